@@ -1,0 +1,161 @@
+//! The versioned contract between the pvkvm VMM and its ring-0 shim.
+//!
+//! The shim is a position-independent blob of entry stubs that the VMM copies into the
+//! shim region (guest-physical memory above guest RAM, owned by no guest frame number)
+//! and maps in the hypervisor hole at [`SHIM_VA_BASE`]. The VMM builds the shim's data
+//! structures (GDT, IDT, TSS with its I/O bitmap, ring-0 stacks, the shim's own
+//! pagetables) at the offsets in [`layout`] before the first vCPU runs.
+//!
+//! Two doorbells lead from the VM to the VMM, both `out %al, $port`:
+//! - [`port::HYPERCALL`]: executed at CPL3 by the `syscall` entry stub (LSTAR). On this
+//!   host's KVM a `syscall` from ring 3 stays at CPL3, so the stub's `out` is allowed by
+//!   the TSS I/O bitmap and the VMM answers the hypercall (or bounces a guest-user
+//!   `syscall`) with no ring-0 instruction executed. The VMM accepts the doorbell only
+//!   when rip is [`ShimHeader::syscall_doorbell_end`] (a guest that writes the port itself
+//!   gets the #GP Xen would give it).
+//! - [`port::TRAP`]: executed at CPL0 by the per-vector IDT stubs after they push the
+//!   vector and an error code (0 when the CPU pushes none). The VMM reads the frame from
+//!   the ring-0 stack, may rewrite its iret part (to bounce to the guest or resume), and
+//!   the stub drops the two words and `iretq`s.
+//!
+//! Bump [`CONTRACT_VERSION`] on any change of layout or meaning; the VMM refuses a shim
+//! whose header carries another version.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Version of this contract; the shim header carries it.
+pub const CONTRACT_VERSION: u32 = 1;
+/// Magic at offset 0 of the shim image.
+pub const SHIM_MAGIC: [u8; 8] = *b"PVKVSHIM";
+/// Number of IDT vectors the shim provides stubs for.
+pub const NR_VECTORS: usize = 256;
+
+/// Virtual base of the shim region: L4 slot 258, inside the hypervisor hole and clear of
+/// the M2P table at its start.
+pub const SHIM_VA_BASE: u64 = 0xffff_8100_0000_0000;
+
+/// I/O ports of the doorbells.
+pub mod port {
+    /// Hypercall / guest `syscall` doorbell, written at CPL3 by the LSTAR stub.
+    pub const HYPERCALL: u16 = 0x00e1;
+    /// Trap doorbell, written at CPL0 by the IDT stubs.
+    pub const TRAP: u16 = 0x00e0;
+}
+
+/// Ring-0 selectors of the shim, in the Xen-reserved GDT pages.
+pub mod selector {
+    /// Shim code (`__HYPERVISOR_CS`).
+    pub const HYPERVISOR_CS: u16 = 0xe008;
+    /// Shim data/stack (`__HYPERVISOR_DS`).
+    pub const HYPERVISOR_DS: u16 = 0xe010;
+    /// The TSS (two GDT entries).
+    pub const TSS: u16 = 0xe040;
+}
+
+/// Offsets of the shim region's parts from its base (the same for its guest-physical
+/// base and for [`SHIM_VA_BASE`]).
+pub mod layout {
+    /// The shim image (header + stubs); mapped read-only and user-executable, because the
+    /// `syscall` stub runs at CPL3 on this host.
+    pub const TEXT: u64 = 0x0_0000;
+    /// Largest shim image.
+    pub const TEXT_SIZE: u64 = 0x1_0000;
+    /// The 16-page GDT: pages 0-13 for the guest's `set_gdt` frames, 14-15 Xen's.
+    pub const GDT: u64 = 0x1_0000;
+    /// GDT size in bytes.
+    pub const GDT_SIZE: u64 = 0x1_0000;
+    /// The IDT (256 gates of 16 bytes).
+    pub const IDT: u64 = 0x2_0000;
+    /// The 64-bit TSS, followed at [`TSS_IOPB`] by its I/O permission bitmap.
+    pub const TSS: u64 = 0x2_1000;
+    /// Offset of the I/O bitmap from the TSS (`iomap_base`).
+    pub const TSS_IOPB: u64 = 0x68;
+    /// TSS limit: the TSS, 65536 port bits and the trailing all-ones byte.
+    pub const TSS_LIMIT: u64 = TSS_IOPB + 8192;
+    /// The domain's `shared_info` page (a frame outside guest RAM, as on Xen).
+    pub const SHARED_INFO: u64 = 0x2_4000;
+    /// The ring-0 stack of vCPU 0 ends here (grows down from the next page boundary).
+    pub const STACK: u64 = 0x2_a000;
+    /// Ring-0 stack size per vCPU.
+    pub const STACK_SIZE: u64 = 0x4000;
+    /// The double-fault (IST1) stack, so a broken ring-0 stack still reports.
+    pub const DF_STACK: u64 = 0x2_c000;
+    /// Size of the double-fault stack.
+    pub const DF_STACK_SIZE: u64 = 0x1000;
+    /// The shim's own pagetables (L3, L2, L1s of the hole) start here.
+    pub const PAGETABLES: u64 = 0x3_0000;
+    /// Size of the shim region without the M2P table.
+    pub const SIZE: u64 = 0x4_0000;
+}
+
+/// Header at offset 0 of the shim image. All offsets are from the image start.
+#[repr(C)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct ShimHeader {
+    /// [`SHIM_MAGIC`].
+    pub magic: [u8; 8],
+    /// [`CONTRACT_VERSION`].
+    pub version: u32,
+    /// Size of this header in bytes.
+    pub header_size: u32,
+    /// Entry of the `syscall` stub (MSR_LSTAR).
+    pub syscall_entry: u32,
+    /// Address just after the stub's doorbell `out`: where rip points at its exit.
+    pub syscall_doorbell_end: u32,
+    /// Address just after each IDT stub's doorbell `out`.
+    pub trap_doorbell_end: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// Entry of the IDT stub of each vector.
+    pub vector_entry: [u32; NR_VECTORS],
+}
+
+/// Words the IDT stub pushes on the ring-0 stack below the CPU's interrupt frame: at the
+/// doorbell, rsp points at this, and the CPU's frame (rip, cs, rflags, rsp, ss) follows.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct TrapFrame {
+    /// Vector number pushed by the stub.
+    pub vector: u64,
+    /// Error code pushed by the CPU, or 0 pushed by the stub.
+    pub error_code: u64,
+    /// Interrupted rip.
+    pub rip: u64,
+    /// Interrupted cs.
+    pub cs: u64,
+    /// Interrupted rflags.
+    pub rflags: u64,
+    /// Interrupted rsp.
+    pub rsp: u64,
+    /// Interrupted ss.
+    pub ss: u64,
+}
+
+/// Whether the CPU pushes an error code for an exception vector.
+pub const fn vector_has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_and_frame_sizes() {
+        assert_eq!(core::mem::size_of::<ShimHeader>(), 32 + 4 * NR_VECTORS);
+        assert_eq!(core::mem::size_of::<TrapFrame>(), 56);
+    }
+
+    #[test]
+    fn regions_do_not_overlap() {
+        use layout::*;
+        assert!(TEXT + TEXT_SIZE <= GDT);
+        assert!(GDT + GDT_SIZE <= IDT);
+        assert!(IDT + 0x1000 <= TSS);
+        assert!(TSS + TSS_LIMIT < SHARED_INFO);
+        assert!(SHARED_INFO + 0x1000 <= STACK - STACK_SIZE);
+        assert!(STACK <= DF_STACK - DF_STACK_SIZE);
+        assert!(DF_STACK <= PAGETABLES);
+        assert!(PAGETABLES + 0x4000 <= SIZE);
+    }
+}

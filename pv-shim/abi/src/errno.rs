@@ -1,0 +1,23 @@
+//! `public/errno.h`: the error numbers hypercalls return, negated.
+
+#![allow(missing_docs)]
+pub const EPERM: i64 = 1;
+pub const ENOENT: i64 = 2;
+pub const ESRCH: i64 = 3;
+pub const EINTR: i64 = 4;
+pub const EIO: i64 = 5;
+pub const E2BIG: i64 = 7;
+pub const EBADF: i64 = 9;
+pub const EAGAIN: i64 = 11;
+pub const ENOMEM: i64 = 12;
+pub const EACCES: i64 = 13;
+pub const EFAULT: i64 = 14;
+pub const EBUSY: i64 = 16;
+pub const EEXIST: i64 = 17;
+pub const ENODEV: i64 = 19;
+pub const EINVAL: i64 = 22;
+pub const ENOSPC: i64 = 28;
+pub const ERANGE: i64 = 34;
+pub const ENOSYS: i64 = 38;
+pub const ENODATA: i64 = 61;
+pub const EOPNOTSUPP: i64 = 95;

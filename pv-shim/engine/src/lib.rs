@@ -1,0 +1,2 @@
+//! The PV ABI engine (placeholder, being written).
+#![no_std]

@@ -1,0 +1,1 @@
+//! pvkvm's host side: the VMM that runs Xen PV kernels on KVM.

@@ -1,0 +1,2 @@
+//! `pvkvm`: the command-line front end.
+fn main() {}
