@@ -1,1 +1,9 @@
 //! pvkvm's host side: the VMM that runs Xen PV kernels on KVM.
+//!
+//! Modules follow DESIGN.md's boxes: [`vstate`] is the only code that touches KVM,
+//! `loader` is the domain builder, [`shim`] lays out the ring-0 shim region, [`exit`]
+//! turns VM exits into engine calls, [`runner`] drives a domain, [`probe`] measures
+//! the host.
+
+pub mod shim;
+pub mod vstate;

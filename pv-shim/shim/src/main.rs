@@ -1,0 +1,79 @@
+//! pvkvm's ring-0 shim.
+//!
+//! A position-independent image the VMM copies into the shim region and maps in the
+//! hypervisor hole of every guest L4 (see `xen_abi::contract`). On this host (KVM
+//! emulates guest ring 0 one instruction at a time) the shim is only the few
+//! instructions a trap must pass through:
+//!
+//! - `syscall_entry` (MSR_LSTAR): a `syscall` from ring 3 stays at CPL3 here, so the stub
+//!   rings the hypercall doorbell with an `out` the TSS I/O bitmap allows, and the VMM
+//!   resumes the guest wherever the engine says. No ring-0 instruction runs.
+//! - one IDT stub per vector: push an error code (0 where the CPU pushes none) and the
+//!   vector, ring the trap doorbell, drop both words and `iretq` to the frame the VMM may
+//!   have rewritten. Five emulated instructions per trap.
+//!
+//! The stubs touch no general, segment or SIMD register: `out %al` only reads al, the
+//! pushes go to the shim's own stack. The header at offset 0 tells the VMM where each
+//! stub is; its layout is `xen_abi::contract::ShimHeader`.
+#![no_std]
+#![no_main]
+
+use core::arch::global_asm;
+
+// The header, the syscall stub and 256 IDT stubs of 16 bytes each, in one section so
+// every offset is an assemble-time constant (no relocations: position-independent).
+global_asm!(
+    r#"
+    .section .text.shim,"ax",@progbits
+    .globl shim_header
+shim_header:
+    .ascii "PVKVSHIM"
+    .long {version}
+    .long header_end - shim_header
+    .long syscall_entry - shim_header
+    .long syscall_doorbell_end - shim_header
+    .long 0
+    .long 0
+    .set vec, 0
+    .rept 256
+    .long vector_stubs - shim_header + vec * 16
+    .set vec, vec + 1
+    .endr
+header_end:
+
+    .balign 16
+syscall_entry:
+    out %al, ${hypercall_port}
+syscall_doorbell_end:
+    ud2
+
+    .balign 16
+vector_stubs:
+    .set vec, 0
+    .rept 256
+    .balign 16
+    .if (vec - 8) * (vec - 10) * (vec - 11) * (vec - 12) * (vec - 13) * (vec - 14) * (vec - 17) * (vec - 21) * (vec - 29) * (vec - 30)
+    pushq $0
+    .endif
+    pushq $vec
+    out %al, ${trap_port}
+    add $16, %rsp
+    iretq
+    .set vec, vec + 1
+    .endr
+    .balign 16
+vector_stubs_end:
+    "#,
+    version = const xen_abi::contract::CONTRACT_VERSION,
+    hypercall_port = const xen_abi::contract::port::HYPERCALL,
+    trap_port = const xen_abi::contract::port::TRAP,
+    options(att_syntax)
+);
+
+/// Never called: the shim has no Rust code on its trap paths yet. Required by `no_std`.
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}

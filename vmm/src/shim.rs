@@ -1,0 +1,341 @@
+//! The shim region: the ring-0 shim image and the data structures it owns (GDT, IDT,
+//! TSS with its I/O bitmap, ring-0 stacks, its pagetables), laid out at the offsets of
+//! `xen_abi::contract::layout` in guest-physical memory above guest RAM and mapped in
+//! the hypervisor hole at `SHIM_VA_BASE`.
+//!
+//! The VMM writes all of it before the first `KVM_RUN`: no hardware walk can have cached
+//! those tables yet, so the host's shadow pagetables see them (DESIGN.md: only writes to
+//! tables the guest already runs on must come from inside the VM).
+
+use object::{Object, ObjectSegment};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use xen_abi::contract::{self, layout, port, selector as shim_sel, ShimHeader, SHIM_VA_BASE};
+use xen_abi::xen::selector;
+use zerocopy::FromBytes;
+
+use crate::vstate::{MsrEntry, Segment, Sregs};
+
+/// Errors of the shim region.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The shim ELF is malformed.
+    #[error("the shim image is not a loadable ELF: {0}")]
+    BadElf(String),
+    /// The shim's header does not match this VMM.
+    #[error("the shim image's header is wrong ({0}); rebuild pvkvm")]
+    BadHeader(&'static str),
+    /// Writing guest memory failed.
+    #[error("cannot write the shim region at {0:#x}: outside guest memory")]
+    Memory(u64),
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Page-table entry bits used here.
+pub mod pte {
+    /// Present.
+    pub const P: u64 = 1 << 0;
+    /// Writable.
+    pub const RW: u64 = 1 << 1;
+    /// User accessible.
+    pub const U: u64 = 1 << 2;
+    /// Accessed.
+    pub const A: u64 = 1 << 5;
+    /// Dirty.
+    pub const D: u64 = 1 << 6;
+    /// Large page (PS) in L2/L3.
+    pub const PS: u64 = 1 << 7;
+    /// No-execute.
+    pub const NX: u64 = 1 << 63;
+    /// Physical address bits of an entry.
+    pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+}
+
+/// The shim binary embedded at build time, with its parsed header.
+pub struct ShimImage {
+    bytes: Vec<u8>,
+    header: ShimHeader,
+}
+
+impl ShimImage {
+    /// The shim that `build.rs` built for this VMM.
+    pub fn embedded() -> Result<Self> {
+        Self::from_elf(include_bytes!(env!("PVKVM_SHIM_ELF")))
+    }
+
+    /// Loads a shim ELF: one loadable segment at address 0 with the header first.
+    pub fn from_elf(elf: &[u8]) -> Result<Self> {
+        let file = object::File::parse(elf).map_err(|e| Error::BadElf(e.to_string()))?;
+        let mut bytes = Vec::new();
+        for seg in file.segments() {
+            let data = seg.data().map_err(|e| Error::BadElf(e.to_string()))?;
+            let end = seg.address() as usize + data.len();
+            if end as u64 > layout::TEXT_SIZE {
+                return Err(Error::BadElf(format!("segment ends at {end:#x}, beyond the shim's text area")));
+            }
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes[seg.address() as usize..end].copy_from_slice(data);
+        }
+        let (header, _) = ShimHeader::read_from_prefix(&bytes).map_err(|_| Error::BadHeader("image too short"))?;
+        if header.magic != contract::SHIM_MAGIC {
+            return Err(Error::BadHeader("bad magic"));
+        }
+        if header.version != contract::CONTRACT_VERSION {
+            return Err(Error::BadHeader("contract version differs"));
+        }
+        if header.vector_entry.iter().any(|&o| u64::from(o) >= bytes.len() as u64) {
+            return Err(Error::BadHeader("a vector stub lies outside the image"));
+        }
+        Ok(Self { bytes, header })
+    }
+
+    /// The header.
+    pub fn header(&self) -> &ShimHeader {
+        &self.header
+    }
+}
+
+/// Where the shim region is and what the vCPU needs to enter it.
+#[derive(Clone, Debug)]
+pub struct ShimRegion {
+    /// Guest-physical base of the region.
+    pub gpa: u64,
+    /// L4 entries for hypervisor-hole slots 256..=271, to copy into every guest L4.
+    pub hole_l4: [u64; 16],
+    /// MSR_LSTAR: the `syscall` stub.
+    pub syscall_entry: u64,
+    /// Where rip points when the `syscall` stub rings its doorbell.
+    pub syscall_doorbell_end: u64,
+    /// Top of vCPU 0's ring-0 stack.
+    pub stack_top: u64,
+    /// Guest-physical address of `shared_info`.
+    pub shared_info_gpa: u64,
+}
+
+/// Extended machine-state components the VMM enables in XCR0 when the host has them.
+pub const XCR0_X87_SSE_AVX: u64 = 0b111;
+
+impl ShimRegion {
+    /// Guest-physical address of a shim virtual address, if it is in the region.
+    pub fn va_to_gpa(&self, va: u64) -> Option<u64> {
+        let off = va.checked_sub(SHIM_VA_BASE)?;
+        (off < layout::SIZE).then_some(self.gpa + off)
+    }
+
+    /// Initial system registers: long mode, the shim's GDT/IDT/TSS, guest kernel mode at
+    /// CPL3 on `cr3`.
+    pub fn initial_sregs(&self, mut sregs: Sregs, cr3: u64, xsave: bool) -> Sregs {
+        let code = |sel: u16, dpl: u8, long: bool| Segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: sel,
+            type_: 11,
+            present: 1,
+            dpl,
+            db: u8::from(!long),
+            s: 1,
+            l: u8::from(long),
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        let data = |sel: u16, dpl: u8| Segment { type_: 3, db: 1, l: 0, ..code(sel, dpl, false) };
+        let null = Segment { unusable: 1, present: 0, selector: 0, ..data(0, 3) };
+        sregs.cs = code(selector::FLAT_KERNEL_CS, 3, true);
+        sregs.ss = data(selector::FLAT_KERNEL_SS, 3);
+        sregs.ds = null;
+        sregs.es = null;
+        sregs.fs = null;
+        sregs.gs = null;
+        sregs.ldt = Segment { type_: 2, s: 0, ..null };
+        sregs.tr = Segment {
+            base: SHIM_VA_BASE + layout::TSS,
+            limit: layout::TSS_LIMIT as u32,
+            selector: shim_sel::TSS,
+            type_: 11,
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 0,
+            l: 0,
+            g: 0,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        sregs.gdt.base = SHIM_VA_BASE + layout::GDT;
+        sregs.gdt.limit = (layout::GDT_SIZE - 1) as u16;
+        sregs.idt.base = SHIM_VA_BASE + layout::IDT;
+        sregs.idt.limit = 0xfff;
+        // PG | AM | WP | NE | ET | MP | PE
+        sregs.cr0 = 0x8005_0033;
+        // PAE | OSFXSR | OSXMMEXCPT, and OSXSAVE so guests may use AVX.
+        sregs.cr4 = 0x620 | if xsave { 1 << 18 } else { 0 };
+        // SCE | LME | LMA | NXE
+        sregs.efer = 0xd01;
+        sregs.cr3 = cr3;
+        sregs
+    }
+
+    /// MSRs of the shim: the syscall entry, Xen's PAT.
+    pub fn msrs(&self) -> Vec<MsrEntry> {
+        let star = (u64::from(selector::FLAT_RING3_CS32) << 48) | (u64::from(shim_sel::HYPERVISOR_CS) << 32);
+        // TF | IF | DF | NT | RF | AC: the stub runs with none of them.
+        let sfmask = 0x4_7700;
+        [
+            (0xc000_0081, star),
+            (0xc000_0082, self.syscall_entry),
+            (0xc000_0083, self.syscall_entry),
+            (0xc000_0084, sfmask),
+            (0x277, 0x0000_0501_0007_0406),
+            (0xc000_0102, 0),
+        ]
+        .iter()
+        .map(|&(index, data)| MsrEntry { index, data, ..Default::default() })
+        .collect()
+    }
+}
+
+fn write(mem: &GuestMemoryMmap, gpa: u64, bytes: &[u8]) -> Result<()> {
+    mem.write_slice(bytes, GuestAddress(gpa)).map_err(|_| Error::Memory(gpa))
+}
+
+fn write_u64(mem: &GuestMemoryMmap, gpa: u64, v: u64) -> Result<()> {
+    write(mem, gpa, &v.to_le_bytes())
+}
+
+/// A code or data descriptor with the accessed bit preset (the CPU need not write it).
+const fn descriptor(type_and_flags: u64) -> u64 {
+    0x0000_0000_0000_ffff | (0xf << 48) | (type_and_flags << 40)
+}
+
+/// Writes the shim region at `gpa` and returns where things are.
+pub fn build_region(mem: &GuestMemoryMmap, gpa: u64, image: &ShimImage) -> Result<ShimRegion> {
+    write(mem, gpa + layout::TEXT, &image.bytes)?;
+    let va = |off: u64| SHIM_VA_BASE + off;
+
+    // GDT: the Xen-reserved entries; the guest's 14 pages stay empty until set_gdt.
+    let gdt = gpa + layout::GDT;
+    let entry = |sel: u16| gdt + u64::from(sel & !7);
+    write_u64(mem, entry(shim_sel::HYPERVISOR_CS), descriptor(0xa09b))?; // L, P, DPL0, code
+    write_u64(mem, entry(shim_sel::HYPERVISOR_DS), descriptor(0xc093))?; // P, DPL0, data
+    write_u64(mem, entry(selector::FLAT_RING3_CS32), descriptor(0xc0fb))?; // D, P, DPL3, code
+    write_u64(mem, entry(selector::FLAT_RING3_DS32), descriptor(0xc0f3))?; // P, DPL3, data
+    write_u64(mem, entry(selector::FLAT_RING3_CS64), descriptor(0xa0fb))?; // L, P, DPL3, code
+    let tss_va = va(layout::TSS);
+    let limit = layout::TSS_LIMIT;
+    let tss_lo = (limit & 0xffff)
+        | ((tss_va & 0xff_ffff) << 16)
+        | (0x8b << 40) // present, DPL0, busy 64-bit TSS (TR is loaded through sregs)
+        | (((limit >> 16) & 0xf) << 48)
+        | (((tss_va >> 24) & 0xff) << 56);
+    write_u64(mem, entry(shim_sel::TSS), tss_lo)?;
+    write_u64(mem, entry(shim_sel::TSS) + 8, tss_va >> 32)?;
+
+    // IDT: every vector to its stub through an interrupt gate; int3/into may be raised
+    // from ring 3 (DPL3); a double fault gets its own stack (IST1).
+    let hdr = image.header();
+    for vector in 0..contract::NR_VECTORS {
+        let handler = va(layout::TEXT) + u64::from(hdr.vector_entry[vector]);
+        let dpl: u64 = if vector == 3 || vector == 4 { 3 } else { 0 };
+        let ist: u64 = if vector == 8 { 1 } else { 0 };
+        let lo = (handler & 0xffff)
+            | (u64::from(shim_sel::HYPERVISOR_CS) << 16)
+            | (ist << 32)
+            | ((0x8e | (dpl << 5)) << 40)
+            | (((handler >> 16) & 0xffff) << 48);
+        let idt_entry = gpa + layout::IDT + 16 * vector as u64;
+        write_u64(mem, idt_entry, lo)?;
+        write_u64(mem, idt_entry + 8, handler >> 32)?;
+    }
+
+    // TSS: ring-0 stack, IST1, and an I/O bitmap that lets ring 3 reach only the
+    // hypercall doorbell.
+    let tss = gpa + layout::TSS;
+    write_u64(mem, tss + 4, va(layout::STACK))?;
+    write_u64(mem, tss + 36, va(layout::DF_STACK))?;
+    write(mem, tss + 102, &(layout::TSS_IOPB as u16).to_le_bytes())?;
+    let mut bitmap = vec![0xffu8; 8192 + 1];
+    let p = usize::from(port::HYPERCALL);
+    bitmap[p / 8] &= !(1 << (p % 8));
+    write(mem, tss + layout::TSS_IOPB, &bitmap)?;
+
+    // The shim's pagetables: L3 -> L2 -> one L1 mapping the region's pages.
+    let l3 = gpa + layout::PAGETABLES;
+    let l2 = l3 + 0x1000;
+    let l1 = l2 + 0x1000;
+    let upper = pte::P | pte::RW | pte::U | pte::A;
+    write_u64(mem, l3, l2 | upper)?;
+    write_u64(mem, l2, l1 | upper)?;
+    let pages: &[(u64, u64, u64)] = &[
+        (layout::TEXT, layout::TEXT_SIZE, pte::P | pte::U | pte::A),
+        (layout::GDT, layout::GDT_SIZE, pte::P | pte::RW | pte::A | pte::D | pte::NX),
+        (layout::IDT, 0x1000, pte::P | pte::A | pte::NX),
+        (layout::TSS, 0x3000, pte::P | pte::RW | pte::A | pte::D | pte::NX),
+        (layout::SHARED_INFO, 0x1000, pte::P | pte::RW | pte::A | pte::D | pte::NX),
+        (layout::STACK - layout::STACK_SIZE, layout::STACK_SIZE, pte::P | pte::RW | pte::A | pte::D | pte::NX),
+        (layout::DF_STACK - layout::DF_STACK_SIZE, layout::DF_STACK_SIZE, pte::P | pte::RW | pte::A | pte::D | pte::NX),
+    ];
+    for &(off, size, flags) in pages {
+        for page in (off..off + size).step_by(0x1000) {
+            write_u64(mem, l1 + (page >> 12) * 8, (gpa + page) | flags)?;
+        }
+    }
+
+    let slot = ((SHIM_VA_BASE >> 39) & 511) as usize;
+    let mut hole_l4 = [0u64; 16];
+    hole_l4[slot - xen_abi::xen::HOLE_FIRST_L4_SLOT] = l3 | upper;
+
+    Ok(ShimRegion {
+        gpa,
+        hole_l4,
+        syscall_entry: va(layout::TEXT) + u64::from(hdr.syscall_entry),
+        syscall_doorbell_end: va(layout::TEXT) + u64::from(hdr.syscall_doorbell_end),
+        stack_top: va(layout::STACK),
+        shared_info_gpa: gpa + layout::SHARED_INFO,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_shim_has_a_valid_header() {
+        let image = ShimImage::embedded().expect("embedded shim");
+        let h = image.header();
+        assert!(h.syscall_doorbell_end > h.syscall_entry);
+        // The doorbell is `out %al, $imm8` (e6 xx) right before syscall_doorbell_end.
+        let end = h.syscall_doorbell_end as usize;
+        assert_eq!(&image.bytes[end - 2..end], &[0xe6, port::HYPERCALL as u8]);
+    }
+
+    #[test]
+    fn stubs_use_no_simd_registers() {
+        // The shim must not touch guest SSE/AVX state: no byte sequence of the stubs
+        // may decode to an xmm/ymm instruction. The stubs are tiny; check each opcode.
+        let image = ShimImage::embedded().expect("embedded shim");
+        for &off in image.header().vector_entry.iter() {
+            let stub = &image.bytes[off as usize..off as usize + 16];
+            assert!(!stub.windows(2).any(|w| w[0] == 0x0f && (w[1] == 0x28 || w[1] == 0x29 || w[1] == 0x10 || w[1] == 0x11)));
+        }
+    }
+
+    #[test]
+    fn region_maps_only_the_doorbell_port_for_ring3() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x10_0000), layout::SIZE as usize)]).unwrap();
+        let image = ShimImage::embedded().unwrap();
+        let region = build_region(&mem, 0x10_0000, &image).unwrap();
+        let bitmap_gpa = region.gpa + layout::TSS + layout::TSS_IOPB;
+        let mut bitmap = vec![0u8; 8193];
+        mem.read_slice(&mut bitmap, GuestAddress(bitmap_gpa)).unwrap();
+        let open: Vec<usize> = (0..65536).filter(|p| bitmap[p / 8] & (1 << (p % 8)) == 0).collect();
+        assert_eq!(open, vec![usize::from(port::HYPERCALL)]);
+        assert_eq!(bitmap[8192], 0xff);
+        assert_eq!(region.va_to_gpa(region.stack_top - 8), Some(region.gpa + layout::STACK - 8));
+    }
+}

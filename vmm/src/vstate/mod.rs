@@ -1,0 +1,350 @@
+//! The only code that touches `kvm-ioctls` and `kvm-bindings`: the VM, its memory slots,
+//! a vCPU and the exits it reports, in the VMM's own terms.
+//!
+//! Registers travel through `KVM_CAP_SYNC_REGS` when the host offers it: after every exit
+//! the general registers and the system registers are already in the shared `kvm_run`
+//! page, and changes are handed back by marking them dirty, so a trap costs one
+//! `KVM_RUN` and no extra ioctl (DESIGN.md, "Count traps").
+
+use kvm_bindings::{kvm_regs, kvm_sregs, Msrs, CpuId};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+pub use kvm_bindings::{kvm_msr_entry as MsrEntry, kvm_segment as Segment};
+/// General registers as KVM exchanges them.
+pub type Regs = kvm_regs;
+/// System registers as KVM exchanges them.
+pub type Sregs = kvm_sregs;
+
+/// Errors of the KVM layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// /dev/kvm is missing or cannot be opened.
+    #[error("cannot open /dev/kvm ({0}): pvkvm needs KVM; check that the kvm module is loaded and that you may open /dev/kvm")]
+    NoKvm(#[source] kvm_ioctls::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Ioctl {
+        /// What was being done.
+        what: &'static str,
+        /// The ioctl's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be created.
+    #[error("cannot allocate guest memory: {0}")]
+    Memory(#[from] vm_memory::mmap::FromRangesError),
+    /// The host lacks something pvkvm needs.
+    #[error("this host's KVM lacks {0}")]
+    Missing(&'static str),
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Ioctl { what, source }
+}
+
+/// What the host's KVM is, as far as the API tells.
+#[derive(Clone, Debug)]
+pub struct HostKvm {
+    /// `KVM_GET_API_VERSION`.
+    pub api_version: i32,
+    /// `KVM_CAP_SYNC_REGS` is offered.
+    pub sync_regs: bool,
+    /// `KVM_CAP_XEN_HVM` bits (0: the kernel's Xen emulation is absent).
+    pub xen_hvm: i32,
+    /// `KVM_CAP_IMMEDIATE_EXIT`.
+    pub immediate_exit: bool,
+    /// `KVM_CAP_TSC_DEADLINE_TIMER`.
+    pub tsc_deadline: bool,
+    /// `KVM_CAP_IRQCHIP`.
+    pub irqchip: bool,
+    /// The module serving /dev/kvm, from /sys/module (kvm_intel, kvm_amd, kvm_pvm, ...).
+    pub module: String,
+    /// Hardware virtualization flags in /proc/cpuinfo (vmx or svm), if any.
+    pub cpu_virt_flag: Option<String>,
+}
+
+/// Opens /dev/kvm and reads what the host offers.
+pub fn host_kvm() -> Result<(Kvm, HostKvm)> {
+    let kvm = Kvm::new().map_err(Error::NoKvm)?;
+    let module = ["kvm_intel", "kvm_amd", "kvm_pvm"]
+        .iter()
+        .find(|m| std::path::Path::new(&format!("/sys/module/{m}")).exists())
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_virt_flag = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_whitespace().find(|f| *f == "vmx" || *f == "svm"))
+        .map(str::to_string);
+    let info = HostKvm {
+        api_version: kvm.get_api_version(),
+        sync_regs: kvm.check_extension(Cap::SyncRegs),
+        xen_hvm: kvm.check_extension_int(Cap::XenHvm),
+        immediate_exit: kvm.check_extension(Cap::ImmediateExit),
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+        irqchip: kvm.check_extension(Cap::Irqchip),
+        module,
+        cpu_virt_flag,
+    };
+    Ok((kvm, info))
+}
+
+/// A KVM VM and its guest memory.
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+    memory: GuestMemoryMmap,
+    sync_regs: bool,
+}
+
+impl Vm {
+    /// Creates a VM whose memory is the given (guest-physical base, size) regions.
+    pub fn new(regions: &[(u64, usize)]) -> Result<Self> {
+        let (kvm, info) = host_kvm()?;
+        let fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        let ranges: Vec<(GuestAddress, usize)> =
+            regions.iter().map(|&(base, size)| (GuestAddress(base), size)).collect();
+        let memory = GuestMemoryMmap::<()>::from_ranges(&ranges)?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host = region.as_ptr() as u64;
+            let mem_region = kvm_bindings::kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mmap owned by `memory`, which this Vm keeps for
+            // as long as the VM fd (and so the slot) exists.
+            unsafe { fd.set_user_memory_region(mem_region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        Ok(Self { kvm, fd, memory, sync_regs: info.sync_regs })
+    }
+
+    /// Guest memory, as the VMM sees it.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The CPUID leaves this host's KVM supports.
+    pub fn supported_cpuid(&self) -> Result<CpuId> {
+        self.kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
+    }
+
+    /// Creates vCPU `id`.
+    pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
+        let mut fd = self.fd.create_vcpu(id).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        if self.sync_regs {
+            fd.set_sync_valid_reg(SyncReg::Register);
+            fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        }
+        Ok(Vcpu { fd, sync_regs: self.sync_regs, regs: None, sregs: None, regs_dirty: false, sregs_dirty: false })
+    }
+}
+
+/// Why `KVM_RUN` returned, in the VMM's terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// `out` to a port (value of the first byte).
+    IoOut {
+        /// Port.
+        port: u16,
+        /// First data byte.
+        value: u8,
+    },
+    /// `in` from a port; the VMM answers all-ones.
+    IoIn {
+        /// Port.
+        port: u16,
+    },
+    /// `hlt` at CPL0.
+    Hlt,
+    /// Triple fault.
+    Shutdown,
+    /// KVM could not emulate or deliver something.
+    InternalError {
+        /// `KVM_INTERNAL_ERROR_*` sub-error.
+        suberror: u32,
+    },
+    /// VM entry failed.
+    FailEntry {
+        /// Hardware reason.
+        reason: u64,
+    },
+    /// `KVM_RUN` was interrupted by a signal (a kick from the watchdog or a backend).
+    Interrupted,
+    /// MMIO access outside guest memory.
+    Mmio {
+        /// Guest-physical address.
+        addr: u64,
+    },
+    /// Anything else, named.
+    Other(String),
+}
+
+/// One vCPU, with its registers cached between exits.
+pub struct Vcpu {
+    fd: VcpuFd,
+    sync_regs: bool,
+    regs: Option<Regs>,
+    sregs: Option<Sregs>,
+    regs_dirty: bool,
+    sregs_dirty: bool,
+}
+
+impl Vcpu {
+    /// Runs the vCPU until its next exit.
+    pub fn run(&mut self) -> Result<Exit> {
+        self.flush()?;
+        self.regs = None;
+        self.sregs = None;
+        let exit = match self.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut { port, value: data.first().copied().unwrap_or(0) },
+            Ok(VcpuExit::IoIn(port, data)) => {
+                data.fill(0xff);
+                Exit::IoIn { port }
+            }
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+            Ok(VcpuExit::InternalError) => {
+                let run = self.fd.get_kvm_run();
+                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the kernel filled the
+                // `internal` member of the union.
+                let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                Exit::InternalError { suberror }
+            }
+            Ok(VcpuExit::FailEntry(reason, _)) => Exit::FailEntry { reason },
+            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                data.fill(0xff);
+                Exit::Mmio { addr }
+            }
+            Ok(VcpuExit::MmioWrite(addr, _)) => Exit::Mmio { addr },
+            Ok(other) => Exit::Other(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+            Err(e) => return Err(Error::Ioctl { what: "KVM_RUN", source: e }),
+        };
+        Ok(exit)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.sync_regs {
+            if self.regs_dirty {
+                let regs = self.regs.unwrap_or_default();
+                self.fd.sync_regs_mut().regs = regs;
+                self.fd.set_sync_dirty_reg(SyncReg::Register);
+            }
+            if self.sregs_dirty {
+                let sregs = self.sregs.unwrap_or_default();
+                self.fd.sync_regs_mut().sregs = sregs;
+                self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+            }
+        } else {
+            if self.regs_dirty {
+                if let Some(regs) = &self.regs {
+                    self.fd.set_regs(regs).map_err(ioctl("KVM_SET_REGS"))?;
+                }
+            }
+            if self.sregs_dirty {
+                if let Some(sregs) = &self.sregs {
+                    self.fd.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+                }
+            }
+        }
+        self.regs_dirty = false;
+        self.sregs_dirty = false;
+        Ok(())
+    }
+
+    /// The general registers at the last exit.
+    pub fn regs(&mut self) -> Result<Regs> {
+        if let Some(r) = self.regs {
+            return Ok(r);
+        }
+        let r = if self.sync_regs && self.fd.get_kvm_run().kvm_valid_regs & u64::from(kvm_bindings::KVM_SYNC_X86_REGS) != 0 {
+            self.fd.sync_regs().regs
+        } else {
+            self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?
+        };
+        self.regs = Some(r);
+        Ok(r)
+    }
+
+    /// Replaces the general registers at the next entry.
+    pub fn set_regs(&mut self, regs: &Regs) {
+        self.regs = Some(*regs);
+        self.regs_dirty = true;
+    }
+
+    /// The system registers at the last exit.
+    pub fn sregs(&mut self) -> Result<Sregs> {
+        if let Some(s) = self.sregs {
+            return Ok(s);
+        }
+        let s = if self.sync_regs && self.fd.get_kvm_run().kvm_valid_regs & u64::from(kvm_bindings::KVM_SYNC_X86_SREGS) != 0 {
+            self.fd.sync_regs().sregs
+        } else {
+            self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?
+        };
+        self.sregs = Some(s);
+        Ok(s)
+    }
+
+    /// Replaces the system registers at the next entry.
+    pub fn set_sregs(&mut self, sregs: &Sregs) {
+        self.sregs = Some(*sregs);
+        self.sregs_dirty = true;
+    }
+
+    /// Writes model-specific registers now.
+    pub fn set_msrs(&mut self, entries: &[MsrEntry]) -> Result<()> {
+        let msrs = Msrs::from_entries(entries).map_err(|_| Error::Missing("room for the MSR list"))?;
+        let n = self.fd.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
+        if n != entries.len() {
+            return Err(Error::Missing("one of the MSRs pvkvm sets (KVM_SET_MSRS stopped early)"));
+        }
+        Ok(())
+    }
+
+    /// Sets the CPUID the guest sees.
+    pub fn set_cpuid(&mut self, cpuid: &CpuId) -> Result<()> {
+        self.fd.set_cpuid2(cpuid).map_err(ioctl("KVM_SET_CPUID2"))
+    }
+
+    /// Sets XCR0.
+    pub fn set_xcr0(&mut self, value: u64) -> Result<()> {
+        let mut xcrs = kvm_bindings::kvm_xcrs::default();
+        xcrs.nr_xcrs = 1;
+        xcrs.xcrs[0].xcr = 0;
+        xcrs.xcrs[0].value = value;
+        self.fd.set_xcrs(&xcrs).map_err(ioctl("KVM_SET_XCRS"))
+    }
+
+    /// Reads general registers with the ioctl, bypassing the sync-regs cache (for probe).
+    pub fn get_regs_ioctl(&self) -> Result<Regs> {
+        self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))
+    }
+
+    /// Writes general registers with the ioctl (for probe).
+    pub fn set_regs_ioctl(&self, regs: &Regs) -> Result<()> {
+        self.fd.set_regs(regs).map_err(ioctl("KVM_SET_REGS"))
+    }
+
+    /// Writes system registers with the ioctl now (for probe).
+    pub fn set_sregs_ioctl(&mut self, sregs: &Sregs) -> Result<()> {
+        self.sregs = None;
+        self.fd.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))
+    }
+
+    /// Makes the next `KVM_RUN` return at once (set from a signal handler's thread).
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+}
