@@ -1,9 +1,14 @@
 //! pvkvm's host side: the VMM that runs Xen PV kernels on KVM.
 //!
 //! Modules follow DESIGN.md's boxes: [`vstate`] is the only code that touches KVM,
-//! `loader` is the domain builder, [`shim`] lays out the ring-0 shim region, [`exit`]
+//! [`loader`] is the domain builder, [`shim`] lays out the ring-0 shim region, [`exit`]
 //! turns VM exits into engine calls, [`runner`] drives a domain, [`probe`] measures
-//! the host.
+//! the host, [`metrics`] reports counters.
 
+pub mod exit;
+pub mod loader;
+pub mod metrics;
+pub mod probe;
+pub mod runner;
 pub mod shim;
 pub mod vstate;

@@ -1,2 +1,128 @@
-//! `pvkvm`: the command-line front end.
-fn main() {}
+//! `pvkvm`: run Xen PV kernels on KVM. Subcommands: `run`, `inspect`, `probe`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "pvkvm", version, about = "Run unmodified Xen PV guest kernels on Linux KVM, without Xen")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a PV kernel.
+    Run {
+        /// Kernel image: bzImage (gzip, xz, lz4, zstd, bzip2) or ELF with Xen notes.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Initial ramdisk.
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// Kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Guest memory, e.g. 512M or 2G.
+        #[arg(long, default_value = "512M", value_parser = parse_size)]
+        memory: u64,
+        /// Stop the guest (exit status 124) after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Print exit and hypercall counters at the end.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Show a kernel's Xen notes and the layout the domain builder would make.
+    Inspect {
+        /// Kernel image.
+        kernel: PathBuf,
+        /// Guest memory to plan for.
+        #[arg(long, default_value = "512M", value_parser = parse_size)]
+        memory: u64,
+    },
+    /// Measure what this host's KVM is and what traps cost.
+    Probe {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1 << 20),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size like 512M or 2G"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { kernel, initrd, cmdline, memory, timeout, stats } => {
+            let cfg = pvkvm::runner::RunConfig { kernel, initrd, cmdline, memory, timeout: timeout.map(Duration::from_secs) };
+            match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
+                Ok(report) => {
+                    match &report.end {
+                        pvkvm::runner::DomainEnd::Shutdown(r) => eprintln!(
+                            "pvkvm: guest shut down ({}) after {:.3} s",
+                            xen_abi::sched::shutdown_reason_name(*r),
+                            report.elapsed.as_secs_f64()
+                        ),
+                        pvkvm::runner::DomainEnd::Fatal(d) | pvkvm::runner::DomainEnd::Timeout(d) => eprint!("{d}"),
+                    }
+                    if stats {
+                        eprint!("{}", pvkvm::metrics::format_report(&report));
+                    }
+                    ExitCode::from(report.exit_status() as u8)
+                }
+                Err(e) => {
+                    eprintln!("pvkvm: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Inspect { kernel, memory } => {
+            let bytes = match std::fs::read(&kernel) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("pvkvm: cannot read {}: {e}", kernel.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match pvkvm::loader::KernelImage::parse(&bytes) {
+                Ok(image) => {
+                    print!("{}", pvkvm::loader::inspect(&image, Some(memory)));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pvkvm: {}: {e}", kernel.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Probe { json } => match pvkvm::probe::run() {
+            Ok(report) => {
+                if json {
+                    println!("{}", report.to_json());
+                } else {
+                    print!("{}", report.to_table());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pvkvm: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -61,7 +61,11 @@ pub struct ShimImage {
 impl ShimImage {
     /// The shim that `build.rs` built for this VMM.
     pub fn embedded() -> Result<Self> {
-        Self::from_elf(include_bytes!(env!("PVKVM_SHIM_ELF")))
+        // ELF parsing wants the header aligned; include_bytes! gives no alignment.
+        #[repr(C, align(16))]
+        struct Aligned<T: ?Sized>(T);
+        static SHIM_ELF: &Aligned<[u8]> = &Aligned(*include_bytes!(env!("PVKVM_SHIM_ELF")));
+        Self::from_elf(&SHIM_ELF.0)
     }
 
     /// Loads a shim ELF: one loadable segment at address 0 with the header first.

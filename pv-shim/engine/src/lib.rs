@@ -1,2 +1,92 @@
-//! The PV ABI engine (placeholder, being written).
+//! The PV ABI engine: what a Xen hypervisor does for a 64-bit PV vCPU, as plain `no_std`
+//! code over small traits, so the same code runs in the VMM (the placement built now,
+//! reached by one VM exit per guest trap) and later inside the ring-0 shim.
+//!
+//! The host (VMM or shim) owns the hardware state. It calls the engine with the guest's
+//! registers as they were at the trap ([`GuestRegs`]), the engine's per-vCPU PV state
+//! ([`Vcpu`]) and a [`Platform`] that reaches guest-physical memory and the console. The
+//! engine updates the registers and the PV state and says what happens next
+//! ([`Outcome`]); the host then makes the hardware match: general registers, and from
+//! [`Vcpu::hw_state`] the active CR3, FS/GS bases and CR0.TS.
+//!
+//! Guest virtual addresses in hypercall arguments are translated by walking the guest's
+//! active pagetables through [`Platform::read_phys`] (see [`guest`]).
+
 #![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod bounce;
+pub mod guest;
+pub mod hypercall;
+pub mod stats;
+pub mod vcpu;
+
+#[cfg(test)]
+mod testutil;
+
+pub use bounce::{exception, syscall_entry, Trap};
+pub use stats::{HypercallRecord, Stats};
+pub use vcpu::{Callback, GuestRegs, HwState, Mode, Vcpu};
+
+/// Why a guest-physical access failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhysError {
+    /// The address is outside guest memory.
+    OutOfRange,
+}
+
+/// What the engine needs from its host.
+pub trait Platform {
+    /// Reads guest-physical memory.
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PhysError>;
+    /// Writes guest-physical memory. Never used for live pagetable entries (the host's
+    /// KVM may not see such writes); data only.
+    fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), PhysError>;
+    /// Writes bytes the guest sent with `CONSOLEIO_write`.
+    fn console_write(&mut self, bytes: &[u8]);
+    /// Reads pending console input for `CONSOLEIO_read`; returns how many bytes it gave.
+    fn console_read(&mut self, buf: &mut [u8]) -> usize;
+}
+
+/// What the host does after the engine handled a trap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Resume the guest with the updated registers and hardware state.
+    Resume,
+    /// `SCHEDOP_yield`: resume, the host may let other work run first.
+    Yield,
+    /// `SCHEDOP_block`: resume when an event is pending (no events yet: resume at once).
+    Block,
+    /// `SCHEDOP_shutdown` with this reason (`SHUTDOWN_*`).
+    Shutdown(u32),
+    /// The guest did something Xen answers with `domain_crash`.
+    Crash(CrashReason),
+}
+
+/// Why the engine crashed the domain, for the diagnostic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashReason {
+    /// An exception with no handler in the guest's trap table.
+    UnhandledTrap {
+        /// Vector.
+        vector: u8,
+        /// Error code.
+        error_code: u64,
+    },
+    /// Writing a bounce frame to the guest kernel stack failed.
+    BadKernelStack {
+        /// The guest stack pointer that could not be written.
+        rsp: u64,
+    },
+    /// `HYPERVISOR_iret` with an unreadable frame or an invalid target.
+    BadIret,
+    /// A guest-user `syscall` with no syscall callback registered.
+    NoSyscallCallback,
+    /// A fault while delivering a bounce to the guest (nested failure).
+    DoubleFault,
+    /// The vCPU's `vcpu_info` (at [`Vcpu::vcpu_info_gpa`]) is outside guest memory.
+    BadVcpuInfo,
+}

@@ -112,6 +112,7 @@ impl Vm {
         let memory = GuestMemoryMmap::<()>::from_ranges(&ranges)?;
         for (slot, region) in memory.iter().enumerate() {
             let host = region.as_ptr() as u64;
+
             let mem_region = kvm_bindings::kvm_userspace_memory_region {
                 slot: slot as u32,
                 guest_phys_addr: region.start_addr().0,
@@ -145,7 +146,7 @@ impl Vm {
             fd.set_sync_valid_reg(SyncReg::Register);
             fd.set_sync_valid_reg(SyncReg::SystemRegister);
         }
-        Ok(Vcpu { fd, sync_regs: self.sync_regs, regs: None, sregs: None, regs_dirty: false, sregs_dirty: false })
+        Ok(Vcpu { fd, sync_regs: self.sync_regs, regs: None, sregs: None, regs_dirty: false, sregs_dirty: false, synced: false })
     }
 }
 
@@ -197,6 +198,9 @@ pub struct Vcpu {
     sregs: Option<Sregs>,
     regs_dirty: bool,
     sregs_dirty: bool,
+    /// The sync-regs area holds the state of the last exit (false before the first run
+    /// and after a direct set ioctl).
+    synced: bool,
 }
 
 impl Vcpu {
@@ -205,6 +209,7 @@ impl Vcpu {
         self.flush()?;
         self.regs = None;
         self.sregs = None;
+        self.synced = self.sync_regs;
         let exit = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut { port, value: data.first().copied().unwrap_or(0) },
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -254,7 +259,7 @@ impl Vcpu {
             }
             if self.sregs_dirty {
                 if let Some(sregs) = &self.sregs {
-                    self.fd.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+                    self.fd.set_sregs(sregs).map_err(|e| { log::debug!("KVM_SET_SREGS refused {sregs:?}"); Error::Ioctl { what: "KVM_SET_SREGS", source: e } })?;
                 }
             }
         }
@@ -268,7 +273,7 @@ impl Vcpu {
         if let Some(r) = self.regs {
             return Ok(r);
         }
-        let r = if self.sync_regs && self.fd.get_kvm_run().kvm_valid_regs & u64::from(kvm_bindings::KVM_SYNC_X86_REGS) != 0 {
+        let r = if self.synced {
             self.fd.sync_regs().regs
         } else {
             self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?
@@ -288,7 +293,7 @@ impl Vcpu {
         if let Some(s) = self.sregs {
             return Ok(s);
         }
-        let s = if self.sync_regs && self.fd.get_kvm_run().kvm_valid_regs & u64::from(kvm_bindings::KVM_SYNC_X86_SREGS) != 0 {
+        let s = if self.synced {
             self.fd.sync_regs().sregs
         } else {
             self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?
@@ -333,14 +338,17 @@ impl Vcpu {
     }
 
     /// Writes general registers with the ioctl (for probe).
-    pub fn set_regs_ioctl(&self, regs: &Regs) -> Result<()> {
+    pub fn set_regs_ioctl(&mut self, regs: &Regs) -> Result<()> {
+        self.regs = None;
+        self.synced = false;
         self.fd.set_regs(regs).map_err(ioctl("KVM_SET_REGS"))
     }
 
     /// Writes system registers with the ioctl now (for probe).
     pub fn set_sregs_ioctl(&mut self, sregs: &Sregs) -> Result<()> {
         self.sregs = None;
-        self.fd.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))
+        self.synced = false;
+        self.fd.set_sregs(sregs).map_err(|e| { log::debug!("KVM_SET_SREGS refused {sregs:?}"); Error::Ioctl { what: "KVM_SET_SREGS", source: e } })
     }
 
     /// Makes the next `KVM_RUN` return at once (set from a signal handler's thread).

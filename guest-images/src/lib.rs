@@ -1,0 +1,63 @@
+//! The tiny runtime shared by pvkvm's Xen PV test kernels.
+//!
+//! Each binary in `src/bin/` is one scenario: a freestanding 64-bit Xen PV guest kernel
+//! that checks one area of the PV ABI and ends by printing exactly one result line on the
+//! hypervisor console (`CONSOLEIO_write`):
+//!
+//! * `Test result: SUCCESS` and `SCHEDOP_shutdown(SHUTDOWN_poweroff)`, or
+//! * `Test result: FAILURE: <why>` and `SCHEDOP_shutdown(SHUTDOWN_crash)`.
+//!
+//! The runtime provides the entry point and the Xen ELF notes ([`start`]), inline
+//! `syscall` hypercalls ([`hypercall`]), console printing ([`console`]), trap-table,
+//! syscall-callback and iret helpers ([`traps`]) and the freestanding memory functions
+//! the compiler expects ([`mem`]). The kernels must be correct against the real Xen PV
+//! ABI: they are meant to run unchanged on Xen and on pvkvm.
+#![no_std]
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod console;
+pub mod hypercall;
+pub mod mem;
+pub mod start;
+pub mod traps;
+
+pub use xen_abi;
+pub use xen_abi::xen::StartInfo;
+
+/// `VIRT_BASE` of the test kernels (and `__START_KERNEL_map` of Linux).
+pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
+/// Page size.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Defines the kernel's scenario function: `test_kernel!(main)` with
+/// `fn main(si: &'static StartInfo)`. Returning from it reports SUCCESS; failures are
+/// reported with [`fail!`] (or a panic) and never return.
+#[macro_export]
+macro_rules! test_kernel {
+    ($main:path) => {
+        /// Called by the runtime's entry point on the runtime's own stack.
+        #[no_mangle]
+        pub extern "C" fn pvt_main(si: &'static $crate::StartInfo) {
+            $main(si)
+        }
+    };
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    match info.location() {
+        Some(loc) => console::fail(format_args!(
+            "panic at {}:{}: {}",
+            loc.file(),
+            loc.line(),
+            info.message()
+        )),
+        None => console::fail(format_args!("panic: {}", info.message())),
+    }
+}
+
+/// The precompiled `core` of the host target is built with unwinding and references this
+/// symbol from its (discarded) unwind tables; with `panic = "abort"` it is never called.
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {}

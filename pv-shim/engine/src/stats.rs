@@ -1,0 +1,132 @@
+//! Counters the VMM prints in its metrics and in a crash diagnostic: which hypercalls and
+//! exceptions a guest used, what it asked for that the engine does not implement yet,
+//! and the last few hypercalls, because the call before a crash is usually the clue.
+
+use xen_abi::xen::hypercall::COUNT;
+
+/// Number of hypercalls kept in [`Stats::recent`].
+pub const RECENT: usize = 16;
+
+/// One hypercall as the engine saw and answered it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HypercallRecord {
+    /// Hypercall number (rax at entry).
+    pub nr: u64,
+    /// rdi, rsi, rdx, r10, r8 at entry.
+    pub args: [u64; 5],
+    /// rax on return (for `iret`: the restored rax; for a continuation: the number).
+    pub result: u64,
+}
+
+/// Engine counters of one vCPU.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Hypercalls by number (numbers at or above `COUNT` are in `hypercalls_out_of_range`).
+    pub hypercalls: [u64; COUNT],
+    /// Hypercalls whose number is at or above `COUNT`.
+    pub hypercalls_out_of_range: u64,
+    /// Answers of `-ENOSYS` by hypercall number (out-of-range numbers count only in
+    /// `enosys_total`).
+    pub enosys: [u64; COUNT],
+    /// All `-ENOSYS` answers.
+    pub enosys_total: u64,
+    /// `mmuext_op` commands refused because the engine does not implement them yet.
+    pub mmuext_unimplemented: u64,
+    /// Exceptions and software interrupts bounced to the guest, by vector.
+    pub bounces: [u64; 256],
+    /// Guest-user `syscall`s bounced to the syscall callback.
+    pub syscall_bounces: u64,
+    /// Ring of the last [`RECENT`] hypercalls; `recent_next` is the slot written next.
+    pub recent: [HypercallRecord; RECENT],
+    /// Next slot of `recent`.
+    pub recent_next: usize,
+    /// Total hypercalls recorded (so a reader knows how many ring slots are valid).
+    pub recent_total: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    /// All counters zero.
+    pub const fn new() -> Self {
+        Self {
+            hypercalls: [0; COUNT],
+            hypercalls_out_of_range: 0,
+            enosys: [0; COUNT],
+            enosys_total: 0,
+            mmuext_unimplemented: 0,
+            bounces: [0; 256],
+            syscall_bounces: 0,
+            recent: [HypercallRecord {
+                nr: 0,
+                args: [0; 5],
+                result: 0,
+            }; RECENT],
+            recent_next: 0,
+            recent_total: 0,
+        }
+    }
+
+    pub(crate) fn count_hypercall(&mut self, nr: u64) {
+        match usize::try_from(nr)
+            .ok()
+            .and_then(|i| self.hypercalls.get_mut(i))
+        {
+            Some(c) => *c += 1,
+            None => self.hypercalls_out_of_range += 1,
+        }
+    }
+
+    pub(crate) fn count_enosys(&mut self, nr: u64) {
+        self.enosys_total += 1;
+        if let Some(c) = usize::try_from(nr)
+            .ok()
+            .and_then(|i| self.enosys.get_mut(i))
+        {
+            *c += 1;
+        }
+    }
+
+    pub(crate) fn record(&mut self, rec: HypercallRecord) {
+        self.recent[self.recent_next] = rec;
+        self.recent_next = (self.recent_next + 1) % RECENT;
+        self.recent_total += 1;
+    }
+
+    /// The recorded hypercalls, oldest first.
+    pub fn recent_iter(&self) -> impl Iterator<Item = &HypercallRecord> {
+        let valid = usize::try_from(self.recent_total)
+            .unwrap_or(RECENT)
+            .min(RECENT);
+        let start = (self.recent_next + RECENT - valid) % RECENT;
+        (0..valid).map(move |i| &self.recent[(start + i) % RECENT])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_keeps_last_sixteen_in_order() {
+        let mut s = Stats::new();
+        assert_eq!(s.recent_iter().count(), 0);
+        for nr in 0..20u64 {
+            s.record(HypercallRecord {
+                nr,
+                args: [nr; 5],
+                result: nr,
+            });
+        }
+        let v: std::vec::Vec<u64> = s.recent_iter().map(|r| r.nr).collect();
+        assert_eq!(v, (4..20).collect::<std::vec::Vec<u64>>());
+        s.count_hypercall(1000);
+        assert_eq!(s.hypercalls_out_of_range, 1);
+        s.count_enosys(1000);
+        assert_eq!(s.enosys_total, 1);
+    }
+}

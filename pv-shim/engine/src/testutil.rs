@@ -1,0 +1,176 @@
+//! Test support: a fake [`Platform`] over a byte vector and a small pagetable builder,
+//! so every engine path runs against real 4-level tables the tests build themselves.
+
+extern crate std;
+use std::vec;
+use std::vec::Vec;
+
+use crate::{PhysError, Platform, Vcpu};
+
+pub const MEM_SIZE: usize = 0x100_0000;
+pub const P: u64 = 1;
+pub const RW: u64 = 2;
+pub const US: u64 = 4;
+pub const PS: u64 = 0x80;
+pub const UPPER: u64 = P | RW | US;
+
+pub const KERNEL_L4: u64 = 0x1000;
+pub const USER_L4: u64 = 0x2000;
+pub const SHARED_INFO: u64 = 0x8000;
+
+pub const DATA_VA: u64 = 0xffff_ffff_8000_0000;
+pub const DATA_GPA: u64 = 0x40_0000;
+pub const DATA_GPA2: u64 = 0x50_0000;
+pub const RO_VA: u64 = DATA_VA + 0x2000;
+pub const UNMAPPED_VA: u64 = DATA_VA + 0x3000;
+pub const RO_L2_VA: u64 = 0xffff_ffff_8020_0000;
+pub const SUPER2M_VA: u64 = 0xffff_ffff_8040_0000;
+pub const SUPER1G_VA: u64 = 0xffff_ffff_4000_0000;
+pub const KSTACK_VA: u64 = 0xffff_ffff_8060_0000;
+pub const KSTACK_GPA: u64 = 0x70_0000;
+pub const KSTACK_TOP: u64 = KSTACK_VA + 0x4000;
+pub const USER_VA: u64 = 0x40_0000;
+pub const USER_GPA: u64 = 0x60_0000;
+
+pub struct FakePlatform {
+    pub mem: Vec<u8>,
+    pub console_out: Vec<u8>,
+    pub console_in: Vec<u8>,
+    next_frame: u64,
+}
+
+impl Platform for FakePlatform {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PhysError> {
+        let start = usize::try_from(gpa).map_err(|_| PhysError::OutOfRange)?;
+        let end = start.checked_add(buf.len()).ok_or(PhysError::OutOfRange)?;
+        buf.copy_from_slice(self.mem.get(start..end).ok_or(PhysError::OutOfRange)?);
+        Ok(())
+    }
+    fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), PhysError> {
+        let start = usize::try_from(gpa).map_err(|_| PhysError::OutOfRange)?;
+        let end = start.checked_add(buf.len()).ok_or(PhysError::OutOfRange)?;
+        self.mem
+            .get_mut(start..end)
+            .ok_or(PhysError::OutOfRange)?
+            .copy_from_slice(buf);
+        Ok(())
+    }
+    fn console_write(&mut self, bytes: &[u8]) {
+        self.console_out.extend_from_slice(bytes);
+    }
+    fn console_read(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.console_in.len());
+        buf[..n].copy_from_slice(&self.console_in[..n]);
+        self.console_in.drain(..n);
+        n
+    }
+}
+
+impl FakePlatform {
+    pub fn new() -> Self {
+        Self {
+            mem: vec![0; MEM_SIZE],
+            console_out: Vec::new(),
+            console_in: Vec::new(),
+            next_frame: 0x10_0000,
+        }
+    }
+    pub fn r64(&self, gpa: u64) -> u64 {
+        let g = gpa as usize;
+        u64::from_le_bytes(self.mem[g..g + 8].try_into().unwrap())
+    }
+    pub fn w64(&mut self, gpa: u64, v: u64) {
+        let g = gpa as usize;
+        self.mem[g..g + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    fn alloc(&mut self) -> u64 {
+        let f = self.next_frame;
+        self.next_frame += 0x1000;
+        f
+    }
+    /// Returns the table the entry at `table[idx]` points to, creating it if absent.
+    fn descend(&mut self, table: u64, idx: u64) -> u64 {
+        let e = self.r64(table + idx * 8);
+        if e & P != 0 {
+            return e & 0x000f_ffff_ffff_f000;
+        }
+        let t = self.alloc();
+        self.w64(table + idx * 8, t | UPPER);
+        t
+    }
+    /// Maps one 4 KiB page; `level` picks which entry gets `flags` (1 = the L1 entry), the
+    /// others get P|RW|U.
+    pub fn map(&mut self, l4: u64, va: u64, gpa: u64, flags: u64) {
+        let l3 = self.descend(l4, (va >> 39) & 0x1ff);
+        let l2 = self.descend(l3, (va >> 30) & 0x1ff);
+        let l1 = self.descend(l2, (va >> 21) & 0x1ff);
+        self.w64(l1 + ((va >> 12) & 0x1ff) * 8, gpa | flags);
+    }
+    /// Rewrites the flags of the L2 entry covering `va`.
+    pub fn set_l2_flags(&mut self, l4: u64, va: u64, flags: u64) {
+        let l3 = self.descend(l4, (va >> 39) & 0x1ff);
+        let l2 = self.descend(l3, (va >> 30) & 0x1ff);
+        let slot = l2 + ((va >> 21) & 0x1ff) * 8;
+        let e = self.r64(slot);
+        self.w64(slot, (e & 0x000f_ffff_ffff_f000) | flags);
+    }
+    pub fn map_2m(&mut self, l4: u64, va: u64, gpa: u64) {
+        let l3 = self.descend(l4, (va >> 39) & 0x1ff);
+        let l2 = self.descend(l3, (va >> 30) & 0x1ff);
+        self.w64(l2 + ((va >> 21) & 0x1ff) * 8, gpa | UPPER | PS);
+    }
+    pub fn map_1g(&mut self, l4: u64, va: u64, gpa: u64) {
+        let l3 = self.descend(l4, (va >> 39) & 0x1ff);
+        self.w64(l3 + ((va >> 30) & 0x1ff) * 8, gpa | UPPER | PS);
+    }
+}
+
+/// A vCPU in kernel mode on KERNEL_L4 and a platform with the test mappings.
+pub fn setup() -> (Vcpu, FakePlatform) {
+    let mut p = FakePlatform::new();
+    p.map(KERNEL_L4, DATA_VA, DATA_GPA, UPPER);
+    p.map(KERNEL_L4, DATA_VA + 0x1000, DATA_GPA2, UPPER);
+    p.map(KERNEL_L4, RO_VA, DATA_GPA + 0x1000, P | US);
+    p.map(KERNEL_L4, RO_L2_VA, DATA_GPA + 0x2000, UPPER);
+    p.set_l2_flags(KERNEL_L4, RO_L2_VA, P | US);
+    p.map_2m(KERNEL_L4, SUPER2M_VA, 0x20_0000);
+    p.map_1g(KERNEL_L4, SUPER1G_VA, 0);
+    for i in 0..4 {
+        p.map(
+            KERNEL_L4,
+            KSTACK_VA + i * 0x1000,
+            KSTACK_GPA + i * 0x1000,
+            UPPER,
+        );
+    }
+    p.map(USER_L4, USER_VA, USER_GPA, UPPER);
+    let v = Vcpu::new(0, KERNEL_L4, SHARED_INFO);
+    (v, p)
+}
+
+/// Registers that make every field distinct, to catch writes to fields an operation does
+/// not own.
+pub fn distinct_regs() -> crate::GuestRegs {
+    crate::GuestRegs {
+        rax: 0x1111,
+        rbx: 0x2222,
+        rcx: 0x3333,
+        rdx: 0x4444,
+        rsi: 0x5555,
+        rdi: 0x6666,
+        rsp: KSTACK_TOP - 0x100,
+        rbp: 0x8888,
+        r8: 0x9999,
+        r9: 0xaaaa,
+        r10: 0xbbbb,
+        r11: 0x202,
+        r12: 0xcccc,
+        r13: 0xdddd,
+        r14: 0xeeee,
+        r15: 0xffff,
+        rip: 0xffff_ffff_8100_0000,
+        rflags: 0x202,
+        cs: 0xe033,
+        ss: 0xe02b,
+    }
+}

@@ -1,0 +1,191 @@
+//! Per-vCPU PV state the engine owns, and the registers it exchanges with its host.
+
+use xen_abi::xen::TrapInfo;
+
+/// General registers, rip and rflags as the host passes them in and takes them back.
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+    /// Code selector of the interrupted context (always RPL 3 on this ABI: guest kernel
+    /// and guest user both run in ring 3).
+    pub cs: u64,
+    /// Stack selector of the interrupted context.
+    pub ss: u64,
+}
+
+/// Which half of the guest is running (both run at CPL3, as on 64-bit Xen).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Guest kernel mode (`TF_kernel_mode`).
+    #[default]
+    Kernel,
+    /// Guest user mode.
+    User,
+}
+
+/// A registered callback (`CALLBACKOP_register` / `set_callbacks`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Callback {
+    /// Entry point; 0 when none is registered.
+    pub address: u64,
+    /// `CALLBACKF_*` flags.
+    pub flags: u16,
+}
+
+/// Hardware state the host must load after the engine ran (it compares with what it
+/// loaded last and writes only what changed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwState {
+    /// Guest-physical address of the active top-level pagetable.
+    pub cr3: u64,
+    /// FS base.
+    pub fs_base: u64,
+    /// Active GS base (kernel's in kernel mode, user's in user mode).
+    pub gs_base: u64,
+    /// CR0.TS as the guest asked with `fpu_taskswitch`.
+    pub cr0_ts: bool,
+}
+
+/// PV state of one vCPU.
+#[derive(Clone, Debug)]
+pub struct Vcpu {
+    /// vCPU id.
+    pub id: u32,
+    /// Current guest mode.
+    pub mode: Mode,
+    /// Guest-physical address of the kernel top-level pagetable (`guest_table`).
+    pub kernel_cr3: u64,
+    /// Guest-physical address of the user top-level pagetable (`guest_table_user`), 0
+    /// when none is set.
+    pub user_cr3: u64,
+    /// Kernel stack segment from `stack_switch`.
+    pub kernel_ss: u64,
+    /// Kernel stack pointer from `stack_switch`: where bounces from user mode land.
+    pub kernel_sp: u64,
+    /// The guest's trap table, indexed by vector.
+    pub trap_table: [TrapInfo; 256],
+    /// Event upcall callback.
+    pub event_callback: Callback,
+    /// Failsafe callback.
+    pub failsafe_callback: Callback,
+    /// 64-bit syscall callback.
+    pub syscall_callback: Callback,
+    /// 32-bit syscall callback.
+    pub syscall32_callback: Callback,
+    /// sysenter callback.
+    pub sysenter_callback: Callback,
+    /// NMI callback.
+    pub nmi_callback: Callback,
+    /// FS base.
+    pub fs_base: u64,
+    /// Kernel GS base.
+    pub gs_base_kernel: u64,
+    /// User GS base.
+    pub gs_base_user: u64,
+    /// Enabled VM assists (`1 << VMASST_TYPE_*`).
+    pub vm_assist: u64,
+    /// Debug registers 0-7 as the guest set them (4 and 5 unused: they alias 6 and 7).
+    pub debugreg: [u64; 8],
+    /// Virtual CR0.TS (`fpu_taskswitch`).
+    pub cr0_ts: bool,
+    /// Guest-physical address of this vCPU's `vcpu_info`.
+    pub vcpu_info_gpa: u64,
+    /// Guest-physical address of `shared_info`.
+    pub shared_info_gpa: u64,
+    /// Top-level tables the VMM has validated (until the pagetable engine exists,
+    /// `NEW_BASEPTR`/`NEW_USER_BASEPTR` accept only these and `kernel_cr3`); 0 = unused.
+    pub known_l4: [u64; 4],
+    /// Virtual IOPL (EFLAGS bits 12-13), reflected into bounce frames when the
+    /// `architectural_iopl` assist is on.
+    pub iopl: u64,
+    /// User GS selector last loaded with `SEGBASE_GS_USER_SEL` (RPL fixed up as Xen does).
+    pub gs_sel_user: u16,
+    /// `SCHEDOP_shutdown_code`: a reason that overrides the next shutdown's. Domain-wide
+    /// on Xen; kept per vCPU until the engine has a domain object (the VMM should treat
+    /// vCPU 0's as the domain's).
+    pub shutdown_code: Option<u8>,
+}
+
+impl Vcpu {
+    /// A vCPU as the domain builder leaves it: kernel mode, the builder's pagetable,
+    /// nothing registered, events masked.
+    pub fn new(id: u32, kernel_cr3: u64, shared_info_gpa: u64) -> Self {
+        Self {
+            id,
+            mode: Mode::Kernel,
+            kernel_cr3,
+            user_cr3: 0,
+            kernel_ss: 0,
+            kernel_sp: 0,
+            trap_table: [TrapInfo::default(); 256],
+            event_callback: Callback::default(),
+            failsafe_callback: Callback::default(),
+            syscall_callback: Callback::default(),
+            syscall32_callback: Callback::default(),
+            sysenter_callback: Callback::default(),
+            nmi_callback: Callback::default(),
+            fs_base: 0,
+            gs_base_kernel: 0,
+            gs_base_user: 0,
+            vm_assist: 0,
+            debugreg: [
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                crate::hypercall::DR6_DEFAULT,
+                crate::hypercall::DR7_DEFAULT,
+            ],
+            cr0_ts: false,
+            vcpu_info_gpa: shared_info_gpa + u64::from(id) * xen_abi::xen::vcpu_info::SIZE,
+            shared_info_gpa,
+            known_l4: [0; 4],
+            iopl: 0,
+            gs_sel_user: 0,
+            shutdown_code: None,
+        }
+    }
+
+    /// Switches between guest kernel and guest user mode, as Xen's `toggle_guest_mode`:
+    /// the active pagetable and GS base follow from [`Vcpu::hw_state`].
+    pub fn toggle_guest_mode(&mut self) {
+        self.mode = match self.mode {
+            Mode::Kernel => Mode::User,
+            Mode::User => Mode::Kernel,
+        };
+    }
+
+    /// The hardware state that matches the PV state.
+    pub fn hw_state(&self) -> HwState {
+        let (cr3, gs_base) = match self.mode {
+            Mode::Kernel => (self.kernel_cr3, self.gs_base_kernel),
+            Mode::User => (self.user_cr3, self.gs_base_user),
+        };
+        HwState {
+            cr3,
+            fs_base: self.fs_base,
+            gs_base,
+            cr0_ts: self.cr0_ts,
+        }
+    }
+}

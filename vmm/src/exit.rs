@@ -1,0 +1,377 @@
+//! VM-exit handling as a plain function: an exit, the vCPU's registers (behind the
+//! [`CpuState`] trait, so unit tests feed synthetic exits) and the domain's state in;
+//! an [`Action`] out.
+//!
+//! Two doorbells reach here (see `xen_abi::contract`): the hypercall doorbell, rung at
+//! CPL3 by the `syscall` stub, and the trap doorbell, rung at CPL0 by an IDT stub with
+//! the CPU's interrupt frame on the shim stack. Everything else is a fault of the VM
+//! and ends the domain with a diagnostic.
+
+use std::fmt::Write as _;
+
+use pv_engine::{GuestRegs, Outcome, Platform, Stats, Trap, Vcpu as PvVcpu};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use xen_abi::contract::{port, vector_has_error_code, TrapFrame};
+use xen_abi::xen::selector;
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::shim::ShimRegion;
+use crate::vstate::{Exit, Regs, Sregs};
+
+/// Access to the vCPU's registers at an exit.
+pub trait CpuState {
+    /// General registers.
+    fn regs(&mut self) -> Result<Regs, String>;
+    /// Replaces the general registers at the next entry.
+    fn set_regs(&mut self, regs: &Regs);
+    /// System registers.
+    fn sregs(&mut self) -> Result<Sregs, String>;
+    /// Replaces the system registers at the next entry.
+    fn set_sregs(&mut self, sregs: &Sregs);
+}
+
+impl CpuState for crate::vstate::Vcpu {
+    fn regs(&mut self) -> Result<Regs, String> {
+        crate::vstate::Vcpu::regs(self).map_err(|e| e.to_string())
+    }
+    fn set_regs(&mut self, regs: &Regs) {
+        crate::vstate::Vcpu::set_regs(self, regs)
+    }
+    fn sregs(&mut self) -> Result<Sregs, String> {
+        crate::vstate::Vcpu::sregs(self).map_err(|e| e.to_string())
+    }
+    fn set_sregs(&mut self, sregs: &Sregs) {
+        crate::vstate::Vcpu::set_sregs(self, sregs)
+    }
+}
+
+/// What the run loop does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Enter the guest again.
+    Resume,
+    /// The guest asked to shut down with this `SHUTDOWN_*` reason.
+    Shutdown(u32),
+    /// The domain cannot continue; the text says why, for a person.
+    Fatal(String),
+    /// `KVM_RUN` was interrupted: the loop checks its deadline and goes on.
+    Interrupted,
+}
+
+/// Counters of exits by kind.
+#[derive(Clone, Debug, Default)]
+pub struct ExitStats {
+    /// Hypercall doorbells (hypercalls and guest-user syscalls).
+    pub hypercall_doorbells: u64,
+    /// Trap doorbells (exceptions).
+    pub trap_doorbells: u64,
+    /// Interrupted runs.
+    pub interrupted: u64,
+    /// Other exits.
+    pub other: u64,
+}
+
+/// Guest memory and console as the engine's [`Platform`]: guest RAM plus the
+/// shared_info frame, nothing else of the shim region.
+pub struct GuestPlatform<'a> {
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+    /// Bytes of guest RAM (it starts at guest-physical 0).
+    pub ram_bytes: u64,
+    /// The shared_info frame.
+    pub shared_info_gpa: u64,
+    /// Where console output goes.
+    pub console: &'a mut dyn std::io::Write,
+}
+
+impl GuestPlatform<'_> {
+    fn allowed(&self, gpa: u64, len: usize) -> bool {
+        let Some(end) = gpa.checked_add(len as u64) else { return false };
+        end <= self.ram_bytes || (gpa >= self.shared_info_gpa && end <= self.shared_info_gpa + 0x1000)
+    }
+}
+
+impl Platform for GuestPlatform<'_> {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), pv_engine::PhysError> {
+        if !self.allowed(gpa, buf.len()) {
+            return Err(pv_engine::PhysError::OutOfRange);
+        }
+        self.mem.read_slice(buf, GuestAddress(gpa)).map_err(|_| pv_engine::PhysError::OutOfRange)
+    }
+    fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), pv_engine::PhysError> {
+        if !self.allowed(gpa, buf.len()) {
+            return Err(pv_engine::PhysError::OutOfRange);
+        }
+        self.mem.write_slice(buf, GuestAddress(gpa)).map_err(|_| pv_engine::PhysError::OutOfRange)
+    }
+    fn console_write(&mut self, bytes: &[u8]) {
+        // Console output is best effort: a closed stdout must not stop the guest.
+        let _ = self.console.write_all(bytes);
+        let _ = self.console.flush();
+    }
+    fn console_read(&mut self, _buf: &mut [u8]) -> usize {
+        0
+    }
+}
+
+/// The domain's state an exit may touch.
+pub struct Domain<'a> {
+    /// The engine's per-vCPU PV state.
+    pub vcpu: &'a mut PvVcpu,
+    /// Engine counters.
+    pub stats: &'a mut Stats,
+    /// Exit counters.
+    pub exits: &'a mut ExitStats,
+    /// Where the shim is.
+    pub shim: &'a ShimRegion,
+    /// Memory and console.
+    pub platform: GuestPlatform<'a>,
+}
+
+/// Flags a guest may hold in the real rflags; IF is always set (the guest's virtual IF
+/// is its event mask) and IOPL always 0 (its virtual IOPL lives in the engine).
+const RFLAGS_GUEST_MASK: u64 = 0x0cd5 | (1 << 18) | (1 << 21);
+const RFLAGS_FIXED: u64 = 0x202;
+
+fn sanitize_rflags(rflags: u64) -> u64 {
+    (rflags & RFLAGS_GUEST_MASK) | RFLAGS_FIXED
+}
+
+fn to_guest_regs(r: &Regs) -> GuestRegs {
+    GuestRegs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rsp: r.rsp,
+        rbp: r.rbp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rip: r.rip,
+        rflags: r.rflags,
+        cs: 0,
+        ss: 0,
+    }
+}
+
+/// Copies the general-purpose registers (not rsp, rip, rflags) back.
+fn copy_gprs(g: &GuestRegs, r: &mut Regs) {
+    r.rax = g.rax;
+    r.rbx = g.rbx;
+    r.rcx = g.rcx;
+    r.rdx = g.rdx;
+    r.rsi = g.rsi;
+    r.rdi = g.rdi;
+    r.rbp = g.rbp;
+    r.r8 = g.r8;
+    r.r9 = g.r9;
+    r.r10 = g.r10;
+    r.r11 = g.r11;
+    r.r12 = g.r12;
+    r.r13 = g.r13;
+    r.r14 = g.r14;
+    r.r15 = g.r15;
+}
+
+/// Makes CR3, FS/GS base and CR0.TS match the engine's PV state; writes sregs only when
+/// something changed (a system-register write costs more than the exit itself).
+fn apply_hw_state(cpu: &mut dyn CpuState, vcpu: &PvVcpu, cs: u64, ss: u64, set_segments: bool) -> Result<(), String> {
+    let hw = vcpu.hw_state();
+    let mut s = cpu.sregs()?;
+    let before = s;
+    s.cr3 = hw.cr3;
+    s.fs.base = hw.fs_base;
+    s.gs.base = hw.gs_base;
+    s.cr0 = if hw.cr0_ts { s.cr0 | 8 } else { s.cr0 & !8 };
+    if set_segments {
+        let cs = cs as u16 | 3;
+        let ss = ss as u16 | 3;
+        if s.cs.selector != cs {
+            s.cs.selector = cs;
+            let long = cs != selector::FLAT_RING3_CS32;
+            s.cs.l = u8::from(long);
+            s.cs.db = u8::from(!long);
+        }
+        s.ss.selector = ss;
+    }
+    let changed = s.cr3 != before.cr3
+        || s.fs.base != before.fs.base
+        || s.gs.base != before.gs.base
+        || s.cr0 != before.cr0
+        || s.cs.selector != before.cs.selector
+        || s.ss.selector != before.ss.selector;
+    if changed {
+        cpu.set_sregs(&s);
+    }
+    Ok(())
+}
+
+fn outcome_to_action(outcome: Outcome, dom: &Domain<'_>, regs: &GuestRegs) -> Action {
+    match outcome {
+        Outcome::Resume | Outcome::Yield | Outcome::Block => Action::Resume,
+        Outcome::Shutdown(reason) => Action::Shutdown(reason),
+        Outcome::Crash(why) => Action::Fatal(diagnostic(&format!("the guest crashed: {why:?}"), dom, Some(regs), None)),
+    }
+}
+
+/// Handles one exit.
+pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Action {
+    let result = match exit {
+        Exit::IoOut { port: port::HYPERCALL, .. } => {
+            dom.exits.hypercall_doorbells += 1;
+            hypercall_doorbell(cpu, dom)
+        }
+        Exit::IoOut { port: port::TRAP, .. } => {
+            dom.exits.trap_doorbells += 1;
+            trap_doorbell(cpu, dom)
+        }
+        Exit::Interrupted => {
+            dom.exits.interrupted += 1;
+            Ok(Action::Interrupted)
+        }
+        other => {
+            dom.exits.other += 1;
+            let what = match other {
+                Exit::Shutdown => "triple fault (the shim could not take an exception)".to_string(),
+                Exit::InternalError { suberror } => {
+                    format!("KVM internal error {suberror} (1 = the host could not emulate an instruction)")
+                }
+                Exit::FailEntry { reason } => format!("VM entry failed (hardware reason {reason:#x})"),
+                Exit::Hlt => "hlt executed in ring 0".to_string(),
+                other => format!("unexpected VM exit {other:?}"),
+            };
+            Ok(Action::Fatal(diagnostic(&what, dom, None, Some(cpu))))
+        }
+    };
+    result.unwrap_or_else(|e| Action::Fatal(format!("cannot access vCPU state: {e}")))
+}
+
+fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
+    let mut regs = cpu.regs()?;
+    let sregs = cpu.sregs()?;
+    let mut g = to_guest_regs(&regs);
+    g.cs = u64::from(sregs.cs.selector);
+    g.ss = u64::from(sregs.ss.selector);
+    let outcome = if regs.rip == dom.shim.syscall_doorbell_end {
+        // A `syscall`: it saved the return rip in rcx and the flags in r11.
+        g.rip = regs.rcx;
+        g.rflags = regs.r11;
+        pv_engine::syscall_entry(dom.vcpu, &mut g, &mut dom.platform, dom.stats)
+    } else {
+        // The guest wrote the doorbell port itself: the port is not the guest's, so it
+        // gets the #GP(0) Xen gives for a denied `out`, at the instruction.
+        g.rip = regs.rip.wrapping_sub(2);
+        let trap = Trap { vector: 13, error_code: Some(0), cr2: 0 };
+        pv_engine::exception(dom.vcpu, &mut g, trap, &mut dom.platform, dom.stats)
+    };
+    copy_gprs(&g, &mut regs);
+    regs.rip = g.rip;
+    regs.rsp = g.rsp;
+    regs.rflags = sanitize_rflags(g.rflags);
+    cpu.set_regs(&regs);
+    apply_hw_state(cpu, dom.vcpu, g.cs, g.ss, true)?;
+    Ok(outcome_to_action(outcome, dom, &g))
+}
+
+fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
+    let mut regs = cpu.regs()?;
+    let sregs = cpu.sregs()?;
+    let Some(frame_gpa) = dom.shim.va_to_gpa(regs.rsp) else {
+        return Ok(Action::Fatal(diagnostic("the trap doorbell rang with rsp outside the shim stack", dom, None, Some(cpu))));
+    };
+    let mut raw = [0u8; core::mem::size_of::<TrapFrame>()];
+    dom.platform.mem.read_slice(&mut raw, GuestAddress(frame_gpa)).map_err(|e| e.to_string())?;
+    let Ok(mut frame) = TrapFrame::read_from_bytes(&raw) else { unreachable!("sized buffer") };
+    let vector = frame.vector as u8;
+    if frame.cs & 3 != 3 || matches!(vector, 2 | 8 | 18) {
+        let what = format!(
+            "exception {vector} (error code {:#x}) in the shim itself at rip {:#x}, cr2 {:#x}",
+            frame.error_code, frame.rip, sregs.cr2
+        );
+        return Ok(Action::Fatal(diagnostic(&what, dom, None, Some(cpu))));
+    }
+    let mut g = to_guest_regs(&regs);
+    g.rip = frame.rip;
+    g.rsp = frame.rsp;
+    g.rflags = frame.rflags;
+    g.cs = frame.cs;
+    g.ss = frame.ss;
+    let trap = Trap {
+        vector,
+        error_code: vector_has_error_code(vector).then_some(frame.error_code),
+        cr2: sregs.cr2,
+    };
+    let outcome = pv_engine::exception(dom.vcpu, &mut g, trap, &mut dom.platform, dom.stats);
+    frame.rip = g.rip;
+    frame.rsp = g.rsp;
+    frame.rflags = sanitize_rflags(g.rflags);
+    frame.cs = g.cs | 3;
+    frame.ss = g.ss | 3;
+    dom.platform.mem.write_slice(frame.as_bytes(), GuestAddress(frame_gpa)).map_err(|e| e.to_string())?;
+    // rsp and rip stay the stub's: it drops two words and iretqs to the frame.
+    copy_gprs(&g, &mut regs);
+    cpu.set_regs(&regs);
+    apply_hw_state(cpu, dom.vcpu, 0, 0, false)?;
+    Ok(outcome_to_action(outcome, dom, &g))
+}
+
+/// A diagnostic for a person: what happened, the guest's registers and its last
+/// hypercalls.
+pub fn diagnostic(what: &str, dom: &Domain<'_>, guest: Option<&GuestRegs>, cpu: Option<&mut dyn CpuState>) -> String {
+    let mut s = format!("pvkvm: {what}\n");
+    if let Some(g) = guest {
+        let _ = writeln!(
+            s,
+            "  guest rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} ss {:#x} mode {:?}",
+            g.rip, g.rsp, g.rflags, g.cs, g.ss, dom.vcpu.mode
+        );
+        let _ = writeln!(
+            s,
+            "  rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} r8 {:#x} r10 {:#x} r11 {:#x}",
+            g.rax, g.rbx, g.rcx, g.rdx, g.rsi, g.rdi, g.r8, g.r10, g.r11
+        );
+    }
+    if let Some(cpu) = cpu {
+        if let (Ok(r), Ok(sr)) = (cpu.regs(), cpu.sregs()) {
+            let _ = writeln!(
+                s,
+                "  vcpu rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} (cpl {}) cr2 {:#x} cr3 {:#x}",
+                r.rip, r.rsp, r.rflags, sr.cs.selector, sr.cs.dpl, sr.cr2, sr.cr3
+            );
+            if let Some(gpa) = dom.shim.va_to_gpa(r.rsp) {
+                let mut raw = [0u8; core::mem::size_of::<TrapFrame>()];
+                if dom.platform.mem.read_slice(&mut raw, GuestAddress(gpa)).is_ok() {
+                    if let Ok(f) = TrapFrame::read_from_bytes(&raw) {
+                        let _ = writeln!(s, "  shim stack frame: {f:x?}");
+                    }
+                }
+            }
+        }
+    }
+    let recent: Vec<_> = dom.stats.recent_iter().collect();
+    if !recent.is_empty() {
+        let _ = writeln!(s, "  last hypercalls (oldest first):");
+        for h in recent {
+            let _ = writeln!(
+                s,
+                "    {}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {}",
+                xen_abi::xen::hypercall::name(h.nr),
+                h.args[0],
+                h.args[1],
+                h.args[2],
+                h.args[3],
+                h.args[4],
+                h.result as i64
+            );
+        }
+    }
+    s
+}

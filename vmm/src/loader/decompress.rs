@@ -1,0 +1,201 @@
+//! bzImage payload decompression (Xen's `xg_dom_bzimageloader.c` probes the same magics).
+//!
+//! Linux appends the decompressed size as 4 little-endian bytes after every payload
+//! except gzip's (`*_with_size` in arch/x86/boot/compressed/Makefile); the decoders are
+//! therefore tried on the payload without those 4 bytes first, then on all of it.
+//! Every decoder writes through a size cap, so a hostile payload cannot make us allocate
+//! more than [`MAX_DECOMPRESSED`].
+
+use std::io::{self, Read, Write};
+
+use super::elf::Compression;
+use super::LoaderError;
+
+/// Upper bound for a decompressed kernel (Xen's `XC_DOM_DECOMPRESS_MAX` is 1 GiB too).
+pub const MAX_DECOMPRESSED: u64 = 1 << 30;
+
+/// The lz4 legacy frame magic (`ARCHIVE_MAGICNUMBER`, written by `lz4 -l`).
+const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
+/// A legacy lz4 block decompresses to at most 8 MiB.
+const LZ4_LEGACY_BLOCK_MAX: usize = 8 << 20;
+
+/// Identifies the payload's compression from its magic bytes.
+pub fn detect(payload: &[u8]) -> Result<Compression, LoaderError> {
+    let starts = |m: &[u8]| payload.starts_with(m);
+    if starts(&[0x1f, 0x8b]) {
+        Ok(Compression::Gzip)
+    } else if starts(b"BZh") {
+        Ok(Compression::Bzip2)
+    } else if starts(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Ok(Compression::Xz)
+    } else if starts(&[0x5d, 0x00, 0x00]) {
+        Ok(Compression::Lzma)
+    } else if starts(&LZ4_LEGACY_MAGIC.to_le_bytes()) {
+        Ok(Compression::Lz4Legacy)
+    } else if starts(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Compression::Zstd)
+    } else if starts(&[0x89, b'L', b'Z', b'O']) {
+        Err(LoaderError::UnsupportedCompression("lzo"))
+    } else if starts(b"\x7fELF") {
+        Ok(Compression::None)
+    } else {
+        Err(LoaderError::UnknownCompression {
+            magic: payload.iter().take(6).copied().collect(),
+        })
+    }
+}
+
+/// A writer that refuses to grow past [`MAX_DECOMPRESSED`].
+struct CappedVec {
+    buf: Vec<u8>,
+    overflowed: bool,
+}
+
+impl Write for CappedVec {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() as u64 + data.len() as u64 > MAX_DECOMPRESSED {
+            self.overflowed = true;
+            return Err(io::Error::other("decompressed size limit reached"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads a whole `Read` stream under the cap.
+fn read_capped(format: &'static str, r: impl Read) -> Result<Vec<u8>, LoaderError> {
+    let mut out = Vec::new();
+    r.take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| LoaderError::Decompress {
+            format,
+            reason: e.to_string(),
+        })?;
+    if out.len() as u64 > MAX_DECOMPRESSED {
+        return Err(LoaderError::DecompressedTooLarge {
+            format,
+            limit: MAX_DECOMPRESSED,
+        });
+    }
+    Ok(out)
+}
+
+fn decode_once(kind: Compression, input: &[u8]) -> Result<Vec<u8>, LoaderError> {
+    let format = kind.name();
+    match kind {
+        Compression::None => Ok(input.to_vec()),
+        Compression::Gzip => read_capped(format, flate2::read::GzDecoder::new(input)),
+        Compression::Bzip2 => read_capped(format, bzip2::read::BzDecoder::new(input)),
+        Compression::Zstd => {
+            let mut src = input;
+            let dec = ruzstd::decoding::StreamingDecoder::new(&mut src).map_err(|e| {
+                LoaderError::Decompress {
+                    format,
+                    reason: e.to_string(),
+                }
+            })?;
+            read_capped(format, dec)
+        }
+        Compression::Xz | Compression::Lzma => {
+            let mut out = CappedVec {
+                buf: Vec::new(),
+                overflowed: false,
+            };
+            let mut src = io::BufReader::new(input);
+            let res = if kind == Compression::Xz {
+                lzma_rs::xz_decompress(&mut src, &mut out)
+            } else {
+                lzma_rs::lzma_decompress(&mut src, &mut out)
+            };
+            if out.overflowed {
+                return Err(LoaderError::DecompressedTooLarge {
+                    format,
+                    limit: MAX_DECOMPRESSED,
+                });
+            }
+            res.map_err(|e| LoaderError::Decompress {
+                format,
+                reason: e.to_string(),
+            })?;
+            Ok(out.buf)
+        }
+        Compression::Lz4Legacy => lz4_legacy(input),
+    }
+}
+
+/// Decodes the kernel's lz4 legacy framing: magic, then (u32 le size, block) pairs until
+/// the input ends; a size field equal to the magic starts a new frame. A lone trailing
+/// 4-byte word after at least one block is Linux's appended size and ends the stream.
+fn lz4_legacy(input: &[u8]) -> Result<Vec<u8>, LoaderError> {
+    let err = |reason: String| LoaderError::Decompress {
+        format: "lz4",
+        reason,
+    };
+    let word = |at: usize| -> Option<u32> {
+        input
+            .get(at..at.checked_add(4)?)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    if word(0) != Some(LZ4_LEGACY_MAGIC) {
+        return Err(err("the legacy frame magic 0x184c2102 is missing".into()));
+    }
+    let mut pos = 4usize;
+    let mut out: Vec<u8> = Vec::new();
+    let mut blocks = 0usize;
+    let mut block = vec![0u8; LZ4_LEGACY_BLOCK_MAX];
+    while pos < input.len() {
+        let Some(size) = word(pos) else {
+            return Err(err(format!("{} stray bytes at the end", input.len() - pos)));
+        };
+        pos += 4;
+        if size == LZ4_LEGACY_MAGIC {
+            continue;
+        }
+        let remaining = input.len() - pos;
+        if remaining == 0 && blocks > 0 {
+            break; // the appended decompressed size
+        }
+        let size = size as usize;
+        let Some(data) = input.get(pos..pos.saturating_add(size)) else {
+            return Err(err(format!(
+                "block {blocks} claims {size} bytes but only {remaining} remain"
+            )));
+        };
+        let n = lz4_flex::block::decompress_into(data, &mut block)
+            .map_err(|e| err(format!("block {blocks}: {e}")))?;
+        if out.len() as u64 + n as u64 > MAX_DECOMPRESSED {
+            return Err(LoaderError::DecompressedTooLarge {
+                format: "lz4",
+                limit: MAX_DECOMPRESSED,
+            });
+        }
+        out.extend_from_slice(block.get(..n).unwrap_or_default());
+        pos += size;
+        blocks += 1;
+    }
+    if blocks == 0 {
+        return Err(err("the stream holds no block".into()));
+    }
+    Ok(out)
+}
+
+/// Decompresses a bzImage payload of the given kind.
+pub fn decompress(kind: Compression, payload: &[u8]) -> Result<Vec<u8>, LoaderError> {
+    if matches!(kind, Compression::None | Compression::Gzip) {
+        return decode_once(kind, payload);
+    }
+    // First without Linux's appended 4-byte size, then, for payloads built without it,
+    // the whole thing; the first error is the one worth reporting.
+    let trimmed = payload
+        .get(..payload.len().saturating_sub(4))
+        .unwrap_or_default();
+    match decode_once(kind, trimmed) {
+        Ok(v) => Ok(v),
+        Err(first @ LoaderError::DecompressedTooLarge { .. }) => Err(first),
+        Err(first) => decode_once(kind, payload).map_err(|_| first),
+    }
+}

@@ -1,0 +1,803 @@
+//! `pvkvm probe`: what this host's KVM is and what each kind of trap costs here, measured
+//! in a small VM with the real shim region (the numbers DESIGN.md's placement decisions
+//! rest on).
+//!
+//! The probe guest is a handful of position-independent snippets assembled into this
+//! binary and copied into a 4 MiB VM whose low 4 MiB are identity-mapped (user
+//! accessible). Ring-3 snippets report through the hypercall doorbell (`syscall`),
+//! ring-0 snippets through their own port; faults land in the shim's IDT stubs and
+//! come back as trap doorbells, so every outcome is observed, none hangs.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+use xen_abi::contract::{layout, port, selector as shim_sel};
+
+use crate::shim::{self, pte, ShimImage, ShimRegion, XCR0_X87_SSE_AVX};
+use crate::vstate::{self, Exit, Regs, Vcpu, Vm};
+
+/// Port ring-0 probe snippets report through (any port is open at CPL0).
+const PROBE_PORT: u16 = 0xe2;
+const RAM: u64 = 4 << 20;
+const CODE_GPA: u64 = 0x10_0000;
+const STACK_TOP: u64 = 0x8_0000;
+const L4: u64 = 0x1000;
+const L1_BASE: u64 = 0x4000; // two L1 pages: 0x4000, 0x5000 (low 4 MiB)
+const DATA_A: u64 = 0x20_0000;
+const DATA_B: u64 = 0x20_1000;
+const L1_ALIAS_VA: u64 = 0x30_0000; // the L1 page mapping DATA_A, mapped writable here
+const XSAVE_AREA: u64 = 0x31_0000;
+
+std::arch::global_asm!(
+    r#"
+    .section .rodata.pvkvm_probe,"a",@progbits
+    .balign 16
+    .globl pvkvm_probe_start
+pvkvm_probe_start:
+
+// rdi iterations of a two-instruction loop; rax = TSC cycles; report by syscall (ring 3)
+probe_r3_loop:
+    mov %rdi, %r13
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %r12
+1:  dec %r13
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    sub %r12, %rax
+    mov %rax, %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
+// the same loop at ring 0, reported through the probe port
+probe_r0_loop:
+    mov %rdi, %r13
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %r12
+1:  dec %r13
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    sub %r12, %rax
+    mov %rax, %rbx
+    out %al, ${probe_port}
+    ud2
+
+// rdi int3 round trips from ring 3
+probe_r3_int3:
+    mov %rdi, %r13
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %r12
+1:  int3
+    dec %r13
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    sub %r12, %rax
+    mov %rax, %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
+// rdi null doorbells (syscall with rax = 0) from ring 3
+probe_r3_syscall:
+    mov %rdi, %r13
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %r12
+1:  xor %eax, %eax
+    syscall
+    dec %r13
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    sub %r12, %rax
+    mov %rax, %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
+// rdi direct doorbells from ring 3 (out allowed by the I/O bitmap), no syscall
+probe_r3_out:
+    mov %rdi, %r13
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %r12
+1:  xor %eax, %eax
+    out %al, ${hcall_port}
+    dec %r13
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    sub %r12, %rax
+    mov %rax, %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
+// rdi doorbells from ring 0 (no I/O bitmap check)
+probe_r0_out:
+    mov %rdi, %r13
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %r12
+1:  xor %eax, %eax
+    out %al, ${hcall_port}
+    dec %r13
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    sub %r12, %rax
+    mov %rax, %rbx
+    out %al, ${probe_port}
+    ud2
+
+// read DATA_A's mapping, let the VMM rewrite its PTE (rax = 2), read again
+probe_r3_pte_host:
+    mov ${data_a}, %rsi
+    mov (%rsi), %rbx
+    mov $2, %eax
+    syscall
+    mov (%rsi), %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
+// ring 0: read, let the VMM rewrite the PTE, invlpg, read, reload cr3, read
+probe_r0_pte_host:
+    mov ${data_a}, %rsi
+    mov (%rsi), %rbx
+    out %al, ${probe_port}
+    invlpg (%rsi)
+    mov (%rsi), %rbx
+    out %al, ${probe_port}
+    mov %cr3, %rax
+    mov %rax, %cr3
+    mov (%rsi), %rbx
+    out %al, ${probe_port}
+    ud2
+
+// ring 0: read, then store the PTE from inside the guest, invlpg, read
+probe_r0_pte_guest:
+    mov ${data_a}, %rsi
+    mov (%rsi), %rbx
+    mov ${l1_alias}, %rdi
+    mov %rdx, ((({data_a} >> 12) & 511) * 8)(%rdi)
+    invlpg (%rsi)
+    mov (%rsi), %rbx
+    out %al, ${probe_port}
+    ud2
+
+// ring 3: raw cpuid of leaf 0x40000000
+probe_r3_cpuid:
+    mov $0x40000000, %eax
+    xor %ecx, %ecx
+    cpuid
+    mov %rbx, %r12
+    mov $1, %eax
+    syscall
+    ud2
+
+// ring 0 instruction snippets: each runs one instruction then reports.
+probe_i_iretq:
+    mov %rsp, %rax
+    pushq ${hv_ds}
+    push %rax
+    pushfq
+    pushq ${hv_cs}
+    lea 1f(%rip), %rax
+    push %rax
+    iretq
+1:  out %al, ${probe_port}
+    ud2
+probe_i_sysret:
+    lea 1f(%rip), %rcx
+    mov $0x202, %r11
+    sysretq
+1:  mov $1, %eax
+    syscall
+    ud2
+probe_i_swapgs:
+    swapgs
+    out %al, ${probe_port}
+    ud2
+probe_i_wrmsr:
+    mov $0xc0000102, %ecx
+    xor %eax, %eax
+    xor %edx, %edx
+    wrmsr
+    out %al, ${probe_port}
+    ud2
+probe_i_rdmsr:
+    mov $0xc0000102, %ecx
+    rdmsr
+    out %al, ${probe_port}
+    ud2
+probe_i_movcr3:
+    mov %cr3, %rax
+    mov %rax, %cr3
+    out %al, ${probe_port}
+    ud2
+probe_i_invlpg:
+    invlpg (%rsp)
+    out %al, ${probe_port}
+    ud2
+probe_i_lgdt:
+    sub $16, %rsp
+    sgdt (%rsp)
+    lgdt (%rsp)
+    add $16, %rsp
+    out %al, ${probe_port}
+    ud2
+probe_i_lidt:
+    sub $16, %rsp
+    sidt (%rsp)
+    lidt (%rsp)
+    add $16, %rsp
+    out %al, ${probe_port}
+    ud2
+probe_i_ltr:
+    mov ${tss_sel}, %ax
+    ltr %ax
+    out %al, ${probe_port}
+    ud2
+probe_i_xsave:
+    mov ${xsave_area}, %rdi
+    mov $3, %eax
+    xor %edx, %edx
+    xsave (%rdi)
+    out %al, ${probe_port}
+    ud2
+probe_i_xrstor:
+    mov ${xsave_area}, %rdi
+    mov $3, %eax
+    xor %edx, %edx
+    xsave (%rdi)
+    xrstor (%rdi)
+    out %al, ${probe_port}
+    ud2
+probe_i_cmpxchg16b:
+    sub $32, %rsp
+    and $-16, %rsp
+    xor %eax, %eax
+    xor %edx, %edx
+    xor %ebx, %ebx
+    xor %ecx, %ecx
+    lock cmpxchg16b (%rsp)
+    out %al, ${probe_port}
+    ud2
+probe_i_cpuid:
+    xor %eax, %eax
+    cpuid
+    out %al, ${probe_port}
+    ud2
+probe_i_movcr4:
+    mov %cr4, %rax
+    mov %rax, %cr4
+    out %al, ${probe_port}
+    ud2
+probe_i_hlt:
+    hlt
+    out %al, ${probe_port}
+    ud2
+
+    .globl pvkvm_probe_end
+pvkvm_probe_end:
+    "#,
+    probe_port = const PROBE_PORT,
+    hcall_port = const port::HYPERCALL,
+    data_a = const DATA_A,
+    l1_alias = const L1_ALIAS_VA,
+    xsave_area = const XSAVE_AREA,
+    hv_cs = const shim_sel::HYPERVISOR_CS,
+    hv_ds = const shim_sel::HYPERVISOR_DS,
+    tss_sel = const 0xe050u16,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static pvkvm_probe_start: u8;
+    static pvkvm_probe_end: u8;
+}
+
+/// Offsets of snippets, found by a marker-free scan: the snippets are assembled in a
+/// fixed order, so they are located by their position in this list at build time.
+macro_rules! snippet_offsets {
+    ($($name:ident),*) => {
+        std::arch::global_asm!(
+            ".section .rodata.pvkvm_probe_offsets,\"a\",@progbits",
+            ".balign 8",
+            ".globl pvkvm_probe_offsets",
+            "pvkvm_probe_offsets:",
+            $(concat!(".quad ", stringify!($name), " - pvkvm_probe_start"),)*
+        );
+        #[allow(non_camel_case_types, dead_code)]
+        #[derive(Clone, Copy, Debug)]
+        #[repr(usize)]
+        enum Snippet { $($name),* }
+        const SNIPPET_COUNT: usize = [$(stringify!($name)),*].len();
+    };
+}
+
+snippet_offsets!(
+    probe_r3_loop,
+    probe_r0_loop,
+    probe_r3_int3,
+    probe_r3_syscall,
+    probe_r3_out,
+    probe_r0_out,
+    probe_r3_pte_host,
+    probe_r0_pte_host,
+    probe_r0_pte_guest,
+    probe_r3_cpuid,
+    probe_i_iretq,
+    probe_i_sysret,
+    probe_i_swapgs,
+    probe_i_wrmsr,
+    probe_i_rdmsr,
+    probe_i_movcr3,
+    probe_i_invlpg,
+    probe_i_lgdt,
+    probe_i_lidt,
+    probe_i_ltr,
+    probe_i_xsave,
+    probe_i_xrstor,
+    probe_i_cmpxchg16b,
+    probe_i_cpuid,
+    probe_i_movcr4,
+    probe_i_hlt
+);
+
+unsafe extern "C" {
+    static pvkvm_probe_offsets: [u64; SNIPPET_COUNT];
+}
+
+fn probe_code() -> &'static [u8] {
+    // SAFETY: both symbols are defined by the global_asm! above in the same section, in
+    // this order, so [start, end) is a valid, immutable byte range of this binary.
+    unsafe {
+        let start = &raw const pvkvm_probe_start;
+        let end = &raw const pvkvm_probe_end;
+        std::slice::from_raw_parts(start, end as usize - start as usize)
+    }
+}
+
+fn snippet_offset(s: Snippet) -> u64 {
+    // SAFETY: the table is defined by the snippet_offsets! global_asm with exactly
+    // SNIPPET_COUNT quads; it is read-only data.
+    unsafe { pvkvm_probe_offsets[s as usize] }
+}
+
+/// Errors of the probe.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// KVM failed.
+    #[error(transparent)]
+    Kvm(#[from] vstate::Error),
+    /// The shim region failed.
+    #[error(transparent)]
+    Shim(#[from] shim::Error),
+    /// A probe step did not end as expected.
+    #[error("probe step '{0}' ended unexpectedly: {1}")]
+    Step(&'static str, String),
+}
+
+/// How a probe snippet ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum End {
+    /// Reported through the ring-0 probe port.
+    Port,
+    /// Reported through the hypercall doorbell (rax = 1).
+    Doorbell,
+    /// An exception reached the shim's IDT (vector).
+    Exception(u8),
+    /// KVM could not emulate it (the VM is dead).
+    InternalError(u32),
+    /// Halted.
+    Hlt,
+    /// Something else.
+    Other(String),
+}
+
+struct ProbeVm {
+    vm: Vm,
+    vcpu: Vcpu,
+    region: ShimRegion,
+}
+
+impl ProbeVm {
+    fn new() -> Result<Self, Error> {
+        let shim_gpa = RAM;
+        let vm = Vm::new(&[(0, RAM as usize), (shim_gpa, layout::SIZE as usize)])?;
+        let region = shim::build_region(vm.memory(), shim_gpa, &ShimImage::embedded()?)?;
+        let mem = vm.memory();
+        let w = |gpa: u64, v: u64| mem.write_obj(v, GuestAddress(gpa)).map_err(|_| shim::Error::Memory(gpa));
+        let upper = pte::P | pte::RW | pte::U | pte::A;
+        w(L4, 0x2000 | upper)?;
+        w(0x2000, 0x3000 | upper)?;
+        w(0x3000, L1_BASE | upper)?;
+        w(0x3008, (L1_BASE + 0x1000) | upper)?;
+        for page in 1..(RAM >> 12) {
+            w(L1_BASE + page * 8, (page << 12) | pte::P | pte::RW | pte::U | pte::A | pte::D)?;
+        }
+        // The L1 page that maps DATA_A, reachable for the in-guest store.
+        let l1_of_a = L1_BASE + (DATA_A >> 21) * 0x1000;
+        w(L1_BASE + (L1_ALIAS_VA >> 12) * 8, l1_of_a | pte::P | pte::RW | pte::A | pte::D)?;
+        for (i, e) in region.hole_l4.iter().enumerate() {
+            w(L4 + (256 + i as u64) * 8, *e)?;
+        }
+        w(DATA_A, 0xaaaa)?;
+        w(DATA_B, 0xbbbb)?;
+        mem.write_slice(probe_code(), GuestAddress(CODE_GPA)).map_err(|_| shim::Error::Memory(CODE_GPA))?;
+        // A second, available TSS descriptor for the ltr probe.
+        let gdt = region.gpa + layout::GDT;
+        let mut tss = [0u8; 16];
+        mem.read_slice(&mut tss, GuestAddress(gdt + u64::from(shim_sel::TSS))).map_err(|_| shim::Error::Memory(gdt))?;
+        tss[5] = 0x89;
+        mem.write_slice(&tss, GuestAddress(gdt + 0xe050)).map_err(|_| shim::Error::Memory(gdt))?;
+
+        let mut vcpu = vm.create_vcpu(0)?;
+        let cpuid = vm.supported_cpuid()?;
+        vcpu.set_cpuid(&cpuid)?;
+        let xsave = cpuid.as_slice().iter().any(|e| e.function == 1 && e.ecx & (1 << 26) != 0);
+        let sregs = vcpu.sregs()?;
+        vcpu.set_sregs_ioctl(&region.initial_sregs(sregs, L4, xsave))?;
+        vcpu.set_msrs(&region.msrs())?;
+        if xsave && vcpu.set_xcr0(XCR0_X87_SSE_AVX).is_err() {
+            vcpu.set_xcr0(0b11)?;
+        }
+        Ok(Self { vm, vcpu, region })
+    }
+
+    /// Starts a snippet at ring 3 (guest-kernel-like) or ring 0.
+    fn start(&mut self, s: Snippet, ring0: bool, rdi: u64) -> Result<(), Error> {
+        let mut sregs = self.vcpu.sregs()?;
+        let init = self.region.initial_sregs(sregs, L4, sregs.cr4 & (1 << 18) != 0);
+        sregs.cs = init.cs;
+        sregs.ss = init.ss;
+        if ring0 {
+            sregs.cs.selector = shim_sel::HYPERVISOR_CS;
+            sregs.cs.dpl = 0;
+            sregs.ss.selector = shim_sel::HYPERVISOR_DS;
+            sregs.ss.dpl = 0;
+        }
+        self.vcpu.set_sregs_ioctl(&sregs)?;
+        let rsp = if ring0 { self.region.stack_top - 256 } else { STACK_TOP };
+        let regs = Regs { rip: CODE_GPA + snippet_offset(s), rsp, rdi, rflags: 0x2, ..Default::default() };
+        self.vcpu.set_regs_ioctl(&regs)?;
+        Ok(())
+    }
+
+    /// Runs until the snippet reports or faults. Null doorbells (rax = 0) are answered
+    /// right away; `on_doorbell` sees reports with rax = 2 (a request to the VMM).
+    fn run(&mut self, mut on_request: impl FnMut(&mut ProbeVm, u64), ioctl_regs: bool) -> Result<(End, Regs), Error> {
+        loop {
+            let exit = self.vcpu.run()?;
+            match exit {
+                Exit::IoOut { port: port::HYPERCALL, .. } => {
+                    let mut regs = if ioctl_regs { self.vcpu.get_regs_ioctl()? } else { self.vcpu.regs()? };
+                    match regs.rax {
+                        0 if regs.rip != self.region.syscall_doorbell_end => {}
+                        0 | 2 => {
+                            if regs.rax == 2 {
+                                on_request(self, 2);
+                            }
+                            regs.rip = regs.rcx;
+                            regs.rflags = regs.r11 | 0x2;
+                            if ioctl_regs {
+                                self.vcpu.set_regs_ioctl(&regs)?;
+                            } else {
+                                self.vcpu.set_regs(&regs);
+                            }
+                        }
+                        _ => return Ok((End::Doorbell, regs)),
+                    }
+                }
+                Exit::IoOut { port: PROBE_PORT, .. } => {
+                    let regs = self.vcpu.regs()?;
+                    return Ok((End::Port, regs));
+                }
+                Exit::IoOut { port: port::TRAP, .. } => {
+                    let regs = self.vcpu.regs()?;
+                    let mut vector = [0u8; 1];
+                    let gpa = self.region.va_to_gpa(regs.rsp).unwrap_or(0);
+                    let _ = self.vm.memory().read_slice(&mut vector, GuestAddress(gpa));
+                    if vector[0] == 3 {
+                        // int3 through the VMM: resume at once (the stub iretqs).
+                        continue;
+                    }
+                    return Ok((End::Exception(vector[0]), regs));
+                }
+                Exit::InternalError { suberror } => return Ok((End::InternalError(suberror), Regs::default())),
+                Exit::Hlt => return Ok((End::Hlt, Regs::default())),
+                other => return Ok((End::Other(format!("{other:?}")), Regs::default())),
+            }
+        }
+    }
+}
+
+/// One measured figure.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    /// What was measured.
+    pub name: &'static str,
+    /// Value.
+    pub value: f64,
+    /// Unit.
+    pub unit: &'static str,
+}
+
+/// Everything the probe found.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// What /dev/kvm is.
+    pub host: vstate::HostKvm,
+    /// Guess of the kind of KVM: "hardware" or "software".
+    pub kind: &'static str,
+    /// TSC frequency used to convert cycles (MHz), measured against the host clock.
+    pub tsc_mhz: f64,
+    /// Timings.
+    pub figures: Vec<Figure>,
+    /// Facts (name, value).
+    pub facts: Vec<(&'static str, String)>,
+    /// Instruction emulation at ring 0 (instruction, outcome).
+    pub instructions: Vec<(&'static str, String)>,
+}
+
+fn tsc_mhz() -> f64 {
+    // SAFETY: rdtsc has no memory effects; it is available on every x86_64 CPU.
+    let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+    let i0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: as above.
+    let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+    (t1 - t0) as f64 / i0.elapsed().as_secs_f64() / 1e6
+}
+
+/// Runs all probes.
+pub fn run() -> Result<Report, Error> {
+    let (_kvm, host) = vstate::host_kvm()?;
+    let mhz = tsc_mhz();
+    let us = |cycles: u64, n: u64| cycles as f64 / n as f64 / mhz;
+    let mut figures = Vec::new();
+    let mut facts = Vec::new();
+    let no_req = |_: &mut ProbeVm, _: u64| {};
+
+    let mut p = ProbeVm::new()?;
+    let n3 = 10_000_000;
+    p.start(Snippet::probe_r3_loop, false, n3)?;
+    let (end, r) = p.run(no_req, false)?;
+    expect("ring-3 loop", &end, End::Doorbell)?;
+    figures.push(Figure { name: "ring-3 loop iteration (dec+jnz)", value: r.rbx as f64 / n3 as f64, unit: "cycles" });
+
+    let n0 = 2_000;
+    p.start(Snippet::probe_r0_loop, true, n0)?;
+    let (end, r) = p.run(no_req, false)?;
+    expect("ring-0 loop", &end, End::Port)?;
+    figures.push(Figure { name: "ring-0 loop iteration (dec+jnz)", value: r.rbx as f64 / n0 as f64, unit: "cycles" });
+    figures.push(Figure { name: "ring-0 instruction (emulated?)", value: us(r.rbx, 2 * n0) * 1000.0, unit: "ns" });
+
+    let nt = 20_000;
+    p.start(Snippet::probe_r3_syscall, false, nt)?;
+    let (end, r) = p.run(no_req, false)?;
+    expect("syscall doorbell", &end, End::Doorbell)?;
+    figures.push(Figure { name: "syscall -> VMM -> guest (sync regs)", value: us(r.rbx, nt), unit: "us" });
+    p.start(Snippet::probe_r3_syscall, false, nt)?;
+    let (end, r) = p.run(no_req, true)?;
+    expect("syscall doorbell (ioctls)", &end, End::Doorbell)?;
+    figures.push(Figure { name: "syscall -> VMM -> guest (GET/SET_REGS)", value: us(r.rbx, nt), unit: "us" });
+
+    p.start(Snippet::probe_r3_out, false, nt)?;
+    let (end, r) = p.run(no_req, false)?;
+    expect("out doorbell", &end, End::Doorbell)?;
+    figures.push(Figure { name: "out from ring 3 (I/O bitmap) -> VMM -> guest", value: us(r.rbx, nt), unit: "us" });
+
+    p.start(Snippet::probe_r0_out, true, nt)?;
+    let (end, r) = p.run(no_req, false)?;
+    expect("ring-0 out doorbell", &end, End::Port)?;
+    figures.push(Figure { name: "out from ring 0 -> VMM -> guest", value: us(r.rbx, nt), unit: "us" });
+
+    p.start(Snippet::probe_r3_int3, false, nt)?;
+    let (end, r) = p.run(no_req, false)?;
+    expect("int3 via VMM", &end, End::Doorbell)?;
+    figures.push(Figure { name: "int3 -> shim stub -> VMM -> iretq", value: us(r.rbx, nt), unit: "us" });
+
+    // The same exception with a ring-0 handler that only iretqs (no VMM).
+    {
+        let idt3 = p.region.gpa + layout::IDT + 3 * 16;
+        let mem = p.vm.memory();
+        let mut gate = [0u8; 16];
+        mem.read_slice(&mut gate, GuestAddress(idt3)).map_err(|_| shim::Error::Memory(idt3))?;
+        // Point the gate at the `iretq` of the shim's own vector-3 stub (its last 2 bytes).
+        let stub = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
+            | (u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16)
+            | (u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]])) << 32);
+        // The stub's own `iretq` (48 cf): a ring-0 handler of one instruction.
+        let mut code = [0u8; 16];
+        let stub_gpa = p.region.va_to_gpa(stub).ok_or(Error::Step("int3 in-VM", "stub outside the shim".into()))?;
+        mem.read_slice(&mut code, GuestAddress(stub_gpa)).map_err(|_| shim::Error::Memory(stub_gpa))?;
+        let at = code.windows(2).position(|w| w == [0x48, 0xcf]).ok_or(Error::Step("int3 in-VM", "no iretq in stub".into()))?;
+        let iret = stub + at as u64;
+        let mut g2 = gate;
+        g2[0..2].copy_from_slice(&(iret as u16).to_le_bytes());
+        g2[6..8].copy_from_slice(&((iret >> 16) as u16).to_le_bytes());
+        g2[8..12].copy_from_slice(&((iret >> 32) as u32).to_le_bytes());
+        mem.write_slice(&g2, GuestAddress(idt3)).map_err(|_| shim::Error::Memory(idt3))?;
+        p.start(Snippet::probe_r3_int3, false, nt)?;
+        let (end, r) = p.run(no_req, false)?;
+        p.vm.memory().write_slice(&gate, GuestAddress(idt3)).map_err(|_| shim::Error::Memory(idt3))?;
+        expect("int3 in-VM", &end, End::Doorbell)?;
+        figures.push(Figure { name: "int3 -> ring-0 iretq (no VMM)", value: us(r.rbx, nt), unit: "us" });
+    }
+
+    // KVM_SET_SREGS cost, host side.
+    {
+        let s = p.vcpu.sregs()?;
+        let t = Instant::now();
+        for _ in 0..1000 {
+            p.vcpu.set_sregs_ioctl(&s)?;
+        }
+        figures.push(Figure { name: "KVM_SET_SREGS ioctl", value: t.elapsed().as_secs_f64() * 1e6 / 1000.0, unit: "us" });
+    }
+
+    // Where a ring-3 syscall lands.
+    p.start(Snippet::probe_r3_cpuid, false, 0)?;
+    {
+        let mut seen = None;
+        let exit = p.vcpu.run()?;
+        if let Exit::IoOut { port: port::HYPERCALL, .. } = exit {
+            let s = p.vcpu.sregs()?;
+            let r = p.vcpu.regs()?;
+            seen = Some(format!("LSTAR stub at CPL{} (cs {:#x}), rcx = return rip: {}", s.cs.dpl, s.cs.selector, r.rcx > CODE_GPA));
+            let sig = [r.r12 as u32, r.rcx as u32];
+            let _ = sig;
+            let vendor = (r.r12 as u32).to_le_bytes();
+            facts.push(("raw cpuid 0x40000000 ebx at ring 3", format!("{:?}", String::from_utf8_lossy(&vendor))));
+        }
+        facts.push(("syscall from ring 3 lands", seen.unwrap_or_else(|| format!("unexpected exit {exit:?}"))));
+    }
+
+    // Pagetable coherence: VMM-side store vs in-guest store.
+    let l1_entry = L1_BASE + (DATA_A >> 21) * 0x1000 + ((DATA_A >> 12) & 511) * 8;
+    let pte_a = DATA_A | pte::P | pte::RW | pte::U | pte::A | pte::D;
+    let pte_b = DATA_B | pte::P | pte::RW | pte::U | pte::A | pte::D;
+    let rewrite = move |p: &mut ProbeVm, _| {
+        let _ = p.vm.memory().write_obj(pte_b, GuestAddress(l1_entry));
+    };
+    let mut pv = ProbeVm::new()?;
+    pv.start(Snippet::probe_r3_pte_host, false, 0)?;
+    let (end, r) = pv.run(rewrite, false)?;
+    expect("pte host store", &end, End::Doorbell)?;
+    facts.push(("PTE stored by the VMM, seen by guest at once", yes_no(r.rbx == 0xbbbb)));
+    let mut pv = ProbeVm::new()?;
+    pv.start(Snippet::probe_r0_pte_host, true, 0)?;
+    let mut after = Vec::new();
+    for step in 0..3 {
+        let (end, r) = pv.run(no_req, false)?;
+        if end != End::Port {
+            after.push(format!("{end:?}"));
+            break;
+        }
+        if step == 0 {
+            let _ = pv.vm.memory().write_obj(pte_b, GuestAddress(l1_entry));
+        } else {
+            after.push(yes_no(r.rbx == 0xbbbb));
+        }
+    }
+    facts.push(("  ... seen after invlpg / after CR3 reload", after.join(" / ")));
+    let mut pv = ProbeVm::new()?;
+    pv.start(Snippet::probe_r0_pte_guest, true, 0)?;
+    let mut regs = pv.vcpu.get_regs_ioctl()?;
+    regs.rdx = pte_b;
+    pv.vcpu.set_regs_ioctl(&regs)?;
+    let (end, r) = pv.run(no_req, false)?;
+    facts.push(("PTE stored inside the guest, seen after invlpg", if end == End::Port { yes_no(r.rbx == 0xbbbb) } else { format!("{end:?}") }));
+    let _ = pte_a;
+
+    // Which ring-0 instructions the host executes.
+    let mut instructions = Vec::new();
+    for (name, s, want) in [
+        ("iretq", Snippet::probe_i_iretq, End::Port),
+        ("sysretq", Snippet::probe_i_sysret, End::Doorbell),
+        ("swapgs", Snippet::probe_i_swapgs, End::Port),
+        ("wrmsr", Snippet::probe_i_wrmsr, End::Port),
+        ("rdmsr", Snippet::probe_i_rdmsr, End::Port),
+        ("mov cr3", Snippet::probe_i_movcr3, End::Port),
+        ("mov cr4", Snippet::probe_i_movcr4, End::Port),
+        ("invlpg", Snippet::probe_i_invlpg, End::Port),
+        ("lgdt", Snippet::probe_i_lgdt, End::Port),
+        ("lidt", Snippet::probe_i_lidt, End::Port),
+        ("ltr", Snippet::probe_i_ltr, End::Port),
+        ("xsave", Snippet::probe_i_xsave, End::Port),
+        ("xrstor", Snippet::probe_i_xrstor, End::Port),
+        ("lock cmpxchg16b", Snippet::probe_i_cmpxchg16b, End::Port),
+        ("cpuid", Snippet::probe_i_cpuid, End::Port),
+        ("hlt", Snippet::probe_i_hlt, End::Hlt),
+    ] {
+        let mut vm = ProbeVm::new()?;
+        vm.start(s, true, 0)?;
+        let outcome = match vm.run(no_req, false) {
+            Ok((end, _)) if end == want => "works".to_string(),
+            Ok((End::InternalError(e), _)) => format!("NOT emulated (KVM internal error {e}: the VM dies)"),
+            Ok((End::Exception(v), _)) => format!("raises exception {v}"),
+            Ok((end, _)) => format!("ends as {end:?}"),
+            Err(e) => format!("error: {e}"),
+        };
+        instructions.push((name, outcome));
+    }
+
+    let kind = if host.module == "kvm_pvm" || host.cpu_virt_flag.is_none() { "software (no VT-x/AMD-V)" } else { "hardware" };
+    facts.insert(0, ("KVM_CAP_XEN_HVM", host.xen_hvm.to_string()));
+    facts.insert(0, ("KVM_CAP_SYNC_REGS", yes_no(host.sync_regs)));
+    Ok(Report { host, kind, tsc_mhz: mhz, figures, facts, instructions })
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
+fn expect(step: &'static str, got: &End, want: End) -> Result<(), Error> {
+    if *got == want {
+        Ok(())
+    } else {
+        Err(Error::Step(step, format!("{got:?}")))
+    }
+}
+
+impl Report {
+    /// Human-readable table.
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "host KVM: {} (module {}, cpu flag {}), API {}", self.kind, self.host.module, self.host.cpu_virt_flag.as_deref().unwrap_or("none"), self.host.api_version);
+        let _ = writeln!(s, "TSC: {:.0} MHz", self.tsc_mhz);
+        let _ = writeln!(s, "\ntimings");
+        for f in &self.figures {
+            let _ = writeln!(s, "  {:<44} {:>10.2} {}", f.name, f.value, f.unit);
+        }
+        let _ = writeln!(s, "\nfacts");
+        for (k, v) in &self.facts {
+            let _ = writeln!(s, "  {k:<48} {v}");
+        }
+        let _ = writeln!(s, "\nring-0 instructions");
+        for (k, v) in &self.instructions {
+            let _ = writeln!(s, "  {k:<18} {v}");
+        }
+        s
+    }
+
+    /// JSON (hand-built: flat and small).
+    pub fn to_json(&self) -> String {
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut parts = vec![
+            format!("\"kind\":\"{}\"", esc(self.kind)),
+            format!("\"module\":\"{}\"", esc(&self.host.module)),
+            format!("\"tsc_mhz\":{:.1}", self.tsc_mhz),
+            format!("\"sync_regs\":{}", self.host.sync_regs),
+            format!("\"xen_hvm\":{}", self.host.xen_hvm),
+        ];
+        let figs: Vec<String> = self.figures.iter().map(|f| format!("{{\"name\":\"{}\",\"value\":{:.3},\"unit\":\"{}\"}}", esc(f.name), f.value, f.unit)).collect();
+        parts.push(format!("\"timings\":[{}]", figs.join(",")));
+        let facts: Vec<String> = self.facts.iter().map(|(k, v)| format!("\"{}\":\"{}\"", esc(k.trim()), esc(v))).collect();
+        parts.push(format!("\"facts\":{{{}}}", facts.join(",")));
+        let ins: Vec<String> = self.instructions.iter().map(|(k, v)| format!("\"{}\":\"{}\"", esc(k), esc(v))).collect();
+        parts.push(format!("\"ring0_instructions\":{{{}}}", ins.join(",")));
+        format!("{{{}}}", parts.join(","))
+    }
+}

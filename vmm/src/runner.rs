@@ -1,0 +1,272 @@
+//! Runs one PV domain: builds it (loader + shim region), starts its vCPU thread, and
+//! turns the end of the guest into an exit status and a diagnostic.
+//!
+//! The vCPU runs on its own thread; the calling thread is the watchdog. When the
+//! deadline passes it marks the run as timed out and kicks the vCPU out of `KVM_RUN`
+//! with a signal, so a guest that spins in ring 3 without ever trapping still ends with
+//! a diagnostic instead of a hang.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use xen_abi::contract::layout;
+
+use crate::exit::{self, Action, CpuState, Domain, ExitStats, GuestPlatform};
+use crate::loader::{self, DomainConfig, KernelImage};
+use crate::shim::{self, ShimImage, ShimRegion, XCR0_X87_SSE_AVX};
+use crate::vstate::{self, Regs, Vm};
+
+/// Errors that stop a domain before or while it runs (not the guest's own end).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel or initrd file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel is not a usable PV kernel.
+    #[error("{path}: {source}")]
+    Kernel {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: loader::LoaderError,
+    },
+    /// KVM failed.
+    #[error(transparent)]
+    Kvm(#[from] vstate::Error),
+    /// The shim region could not be built.
+    #[error(transparent)]
+    Shim(#[from] shim::Error),
+    /// The memory size is unusable.
+    #[error("memory size {0} MiB is outside 16 MiB .. 64 GiB")]
+    MemorySize(u64),
+    /// The vCPU thread died.
+    #[error("the vCPU thread failed: {0}")]
+    Thread(String),
+}
+
+/// How to run a domain.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Kernel image (ELF or bzImage).
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// How a domain ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainEnd {
+    /// `SCHEDOP_shutdown` with a reason.
+    Shutdown(u32),
+    /// The domain could not go on (diagnostic attached).
+    Fatal(String),
+    /// The watchdog stopped it (diagnostic attached).
+    Timeout(String),
+}
+
+/// What a run reports.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// How it ended.
+    pub end: DomainEnd,
+    /// Wall time from launch to end.
+    pub elapsed: Duration,
+    /// Exits by kind.
+    pub exits: ExitStats,
+    /// Engine counters.
+    pub stats: pv_engine::Stats,
+}
+
+impl RunReport {
+    /// The process exit status for this end: poweroff and reboot 0, a crash 1, any other
+    /// shutdown reason 3, a VMM-side fatal error 1, a timeout 124 (as timeout(1)).
+    pub fn exit_status(&self) -> i32 {
+        match self.end {
+            DomainEnd::Shutdown(r) if r == xen_abi::sched::SHUTDOWN_POWEROFF || r == xen_abi::sched::SHUTDOWN_REBOOT => 0,
+            DomainEnd::Shutdown(xen_abi::sched::SHUTDOWN_CRASH) => 1,
+            DomainEnd::Shutdown(_) => 3,
+            DomainEnd::Fatal(_) => 1,
+            DomainEnd::Timeout(_) => 124,
+        }
+    }
+}
+
+const STORE_EVTCHN: u32 = 1;
+const CONSOLE_EVTCHN: u32 = 2;
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal only makes KVM_RUN return with EINTR.
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// A CPUID table for the guest: what KVM supports, with the hypervisor leaves replaced by
+/// Xen's (0x40000000..0x40000005) so raw CPUID and the PV view agree.
+fn guest_cpuid(vm: &Vm) -> Result<kvm_bindings::CpuId, Error> {
+    let supported = vm.supported_cpuid()?;
+    let mut entries: Vec<kvm_bindings::kvm_cpuid_entry2> =
+        supported.as_slice().iter().copied().filter(|e| e.function & 0xffff_0000 != 0x4000_0000).collect();
+    let leaf = |function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32| kvm_bindings::kvm_cpuid_entry2 {
+        function,
+        eax,
+        ebx,
+        ecx,
+        edx,
+        ..Default::default()
+    };
+    let sig = |s: &[u8; 4]| u32::from_le_bytes(*s);
+    entries.push(leaf(0x4000_0000, 0x4000_0005, sig(b"XenV"), sig(b"MMXe"), sig(b"nVMM")));
+    entries.push(leaf(0x4000_0001, (4 << 16) | 17, 0, 0, 0));
+    entries.push(leaf(0x4000_0002, 1, 0x4000_0000, 0, 0));
+    entries.push(leaf(0x4000_0003, 0, 0, 0, 0));
+    entries.push(leaf(0x4000_0004, 0, 0, 0, 0));
+    // PV leaf: machine address width 44 bits, or Linux asks for grant tables v2.
+    entries.push(leaf(0x4000_0005, 0, 44, 0, 0));
+    kvm_bindings::CpuId::from_entries(&entries).map_err(|_| Error::Kvm(vstate::Error::Missing("room for the CPUID table")))
+}
+
+fn host_has_xsave(vm: &Vm) -> bool {
+    vm.supported_cpuid()
+        .map(|c| c.as_slice().iter().any(|e| e.function == 1 && e.ecx & (1 << 26) != 0))
+        .unwrap_or(false)
+}
+
+/// Builds and runs a domain until it ends. Console output goes to `console`.
+pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport, Error> {
+    let started = Instant::now();
+    if !(16 << 20..=64 << 30).contains(&cfg.memory) {
+        return Err(Error::MemorySize(cfg.memory >> 20));
+    }
+    let read = |path: &PathBuf| std::fs::read(path).map_err(|source| Error::Read { path: path.clone(), source });
+    let kernel_bytes = read(&cfg.kernel)?;
+    let image = KernelImage::parse(&kernel_bytes).map_err(|source| Error::Kernel { path: cfg.kernel.clone(), source })?;
+    let initrd = cfg.initrd.as_ref().map(read).transpose()?;
+
+    let ram = cfg.memory & !0xfff;
+    let shim_gpa = (ram + 0x1f_ffff) & !0x1f_ffff;
+    let vm = Vm::new(&[(0, ram as usize), (shim_gpa, layout::SIZE as usize)])?;
+    let shim_image = ShimImage::embedded()?;
+    let region = shim::build_region(vm.memory(), shim_gpa, &shim_image)?;
+
+    let dom_cfg = DomainConfig {
+        mem_bytes: ram,
+        cmdline: cfg.cmdline.clone(),
+        initrd,
+        shared_info_gpa: region.shared_info_gpa,
+        hole_l4: region.hole_l4,
+        store_evtchn: STORE_EVTCHN,
+        console_evtchn: CONSOLE_EVTCHN,
+    };
+    let layout = loader::build(&image, &dom_cfg, vm.memory()).map_err(|source| Error::Kernel { path: cfg.kernel.clone(), source })?;
+    log::info!("domain built: entry {:#x}, start_info {:#x}, cr3 {:#x}", layout.entry, layout.start_info_va, layout.l4_gpa);
+
+    // Events start masked, as Xen's builder leaves them.
+    vm.memory()
+        .write_obj(1u8, GuestAddress(region.shared_info_gpa + xen_abi::xen::vcpu_info::UPCALL_MASK))
+        .map_err(|_| shim::Error::Memory(region.shared_info_gpa))?;
+
+    let mut vcpu = vm.create_vcpu(0)?;
+    vcpu.set_cpuid(&guest_cpuid(&vm)?)?;
+    let xsave = host_has_xsave(&vm);
+    let sregs = vcpu.sregs()?;
+    vcpu.set_sregs_ioctl(&region.initial_sregs(sregs, layout.l4_gpa, xsave))?;
+    vcpu.set_msrs(&region.msrs())?;
+    if xsave {
+        // Best effort: a host without AVX refuses XCR0 bits it lacks; x87|SSE then.
+        if vcpu.set_xcr0(XCR0_X87_SSE_AVX).is_err() {
+            vcpu.set_xcr0(0b11)?;
+        }
+    }
+    let regs = Regs { rip: layout.entry, rsp: layout.stack_top, rsi: layout.start_info_va, rflags: 0x202, ..Default::default() };
+    vcpu.set_regs_ioctl(&regs)?;
+
+    register_signal_handler(kick_signal(), on_kick).map_err(|e| Error::Thread(format!("cannot install the kick signal handler: {e}")))?;
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let pv_vcpu = pv_engine::Vcpu::new(0, layout.l4_gpa, region.shared_info_gpa);
+    let thread_flag = timed_out.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("vcpu0".into())
+        .spawn(move || {
+            let report = vcpu_loop(vm, vcpu, region, pv_vcpu, ram, console, &thread_flag);
+            let _ = done_tx.send(());
+            report
+        })
+        .map_err(|e| Error::Thread(e.to_string()))?;
+
+    let deadline = cfg.timeout.map(|t| started + t);
+    loop {
+        let wait = deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
+        match done_rx.recv_timeout(wait) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    timed_out.store(true, Ordering::SeqCst);
+                    // Kick until the thread notices (a kick that lands just before
+                    // KVM_RUN is lost; the next one is not).
+                    while done_rx.recv_timeout(Duration::from_millis(50)).is_err() {
+                        let _ = handle.kill(kick_signal());
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    let (end, exits, stats) = handle.join().map_err(|_| Error::Thread("the vCPU thread panicked".into()))??;
+    Ok(RunReport { end, elapsed: started.elapsed(), exits, stats })
+}
+
+fn vcpu_loop(
+    vm: Vm,
+    mut vcpu: vstate::Vcpu,
+    region: ShimRegion,
+    mut pv_vcpu: pv_engine::Vcpu,
+    ram: u64,
+    mut console: Box<dyn Write + Send>,
+    timed_out: &AtomicBool,
+) -> Result<(DomainEnd, ExitStats, pv_engine::Stats), Error> {
+    let mut stats = pv_engine::Stats::new();
+    let mut exits = ExitStats::default();
+    loop {
+        let exit = vcpu.run()?;
+        let mut dom = Domain {
+            vcpu: &mut pv_vcpu,
+            stats: &mut stats,
+            exits: &mut exits,
+            shim: &region,
+            platform: GuestPlatform { mem: vm.memory(), ram_bytes: ram, shared_info_gpa: region.shared_info_gpa, console: &mut *console },
+        };
+        match exit::handle_exit(&exit, &mut vcpu, &mut dom) {
+            Action::Resume => {}
+            Action::Interrupted => {
+                if timed_out.load(Ordering::SeqCst) {
+                    let diag = exit::diagnostic("the guest did not finish in time (watchdog)", &dom, None, Some(&mut vcpu as &mut dyn CpuState));
+                    return Ok((DomainEnd::Timeout(diag), exits, stats));
+                }
+            }
+            Action::Shutdown(reason) => return Ok((DomainEnd::Shutdown(reason), exits, stats)),
+            Action::Fatal(diag) => return Ok((DomainEnd::Fatal(diag), exits, stats)),
+        }
+    }
+}
