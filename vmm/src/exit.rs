@@ -186,6 +186,7 @@ fn copy_gprs(g: &GuestRegs, r: &mut Regs) {
 fn apply_hw_state(cpu: &mut dyn CpuState, vcpu: &PvVcpu, cs: u64, ss: u64, set_segments: bool) -> Result<(), String> {
     let hw = vcpu.hw_state();
     let mut s = cpu.sregs()?;
+    log::trace!("exit sregs: cr0 {:#x} cr4 {:#x} cr3 {:#x}", s.cr0, s.cr4, s.cr3);
     let before = s;
     s.cr3 = hw.cr3;
     s.fs.base = hw.fs_base;

@@ -185,6 +185,13 @@ probe_r0_pte_guest:
     out %al, ${probe_port}
     ud2
 
+// ring 3: one SSE instruction (the VMM sets CR0.TS first), then report
+probe_r3_sse:
+    movaps %xmm0, %xmm0
+    mov $1, %eax
+    syscall
+    ud2
+
 // ring 3: raw cpuid of leaf 0x40000000
 probe_r3_cpuid:
     mov $0x40000000, %eax
@@ -347,6 +354,7 @@ snippet_offsets!(
     probe_r0_pte_host,
     probe_r0_pte_guest,
     probe_r3_cpuid,
+    probe_r3_sse,
     probe_i_iretq,
     probe_i_sysret,
     probe_i_swapgs,
@@ -454,7 +462,11 @@ impl ProbeVm {
         mem.write_slice(&tss, GuestAddress(gdt + 0xe050)).map_err(|_| shim::Error::Memory(gdt))?;
 
         let mut vcpu = vm.create_vcpu(0)?;
-        let cpuid = vm.supported_cpuid()?;
+        let mut cpuid = vm.supported_cpuid()?;
+        // A signature only this table has, to tell whether ring-3 CPUID reads it.
+        for e in cpuid.as_mut_slice().iter_mut().filter(|e| e.function == 0x4000_0000) {
+            e.ebx = u32::from_le_bytes(*b"pvkv");
+        }
         vcpu.set_cpuid(&cpuid)?;
         let xsave = cpuid.as_slice().iter().any(|e| e.function == 1 && e.ecx & (1 << 26) != 0);
         let sregs = vcpu.sregs()?;
@@ -666,10 +678,8 @@ pub fn run() -> Result<Report, Error> {
             let s = p.vcpu.sregs()?;
             let r = p.vcpu.regs()?;
             seen = Some(format!("LSTAR stub at CPL{} (cs {:#x}), rcx = return rip: {}", s.cs.dpl, s.cs.selector, r.rcx > CODE_GPA));
-            let sig = [r.r12 as u32, r.rcx as u32];
-            let _ = sig;
-            let vendor = (r.r12 as u32).to_le_bytes();
-            facts.push(("raw cpuid 0x40000000 ebx at ring 3", format!("{:?}", String::from_utf8_lossy(&vendor))));
+            let ours = r.r12 as u32 == u32::from_le_bytes(*b"pvkv");
+            facts.push(("raw CPUID at ring 3 answered from KVM_SET_CPUID2", yes_no(ours)));
         }
         facts.push(("syscall from ring 3 lands", seen.unwrap_or_else(|| format!("unexpected exit {exit:?}"))));
     }
@@ -711,6 +721,12 @@ pub fn run() -> Result<Report, Error> {
     facts.push(("PTE stored inside the guest, seen after invlpg", if end == End::Port { yes_no(r.rbx == 0xbbbb) } else { format!("{end:?}") }));
     let _ = pte_a;
 
+    facts.push(("CR0.TS makes ring-3 SSE raise #NM", match cr0_ts_check() {
+        Ok(true) => yes_no(true),
+        Ok(false) => "no (fpu_taskswitch cannot be enforced here)".to_string(),
+        Err(e) => format!("error: {e}"),
+    }));
+
     // Which ring-0 instructions the host executes.
     let mut instructions = Vec::new();
     for (name, s, want) in [
@@ -747,6 +763,26 @@ pub fn run() -> Result<Report, Error> {
     facts.insert(0, ("KVM_CAP_XEN_HVM", host.xen_hvm.to_string()));
     facts.insert(0, ("KVM_CAP_SYNC_REGS", yes_no(host.sync_regs)));
     Ok(Report { host, kind, tsc_mhz: mhz, figures, facts, instructions })
+}
+
+/// Whether this host's KVM makes a guest SSE instruction at ring 3 fault with #NM when
+/// the guest's CR0.TS is set (software backends that run ring 3 natively may not).
+pub fn cr0_ts_honoured() -> Result<bool, Error> {
+    cr0_ts_check()
+}
+
+fn cr0_ts_check() -> Result<bool, Error> {
+    let mut p = ProbeVm::new()?;
+    p.start(Snippet::probe_r3_sse, false, 0)?;
+    let mut sregs = p.vcpu.sregs()?;
+    sregs.cr0 |= 8;
+    p.vcpu.set_sregs_ioctl(&sregs)?;
+    let (end, _) = p.run(|_: &mut ProbeVm, _| {}, false)?;
+    match end {
+        End::Exception(7) => Ok(true),
+        End::Doorbell => Ok(false),
+        other => Err(Error::Step("CR0.TS", format!("{other:?}"))),
+    }
 }
 
 fn yes_no(b: bool) -> String {
