@@ -1,0 +1,101 @@
+//! Shared helpers of the integration tests: build the PV test kernels (once per test
+//! binary) and run `pvkvm` on them.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("vmm/ has a parent").to_path_buf()
+}
+
+/// Fails (never skips) when /dev/kvm is unusable, saying why.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!(
+            "this test boots guests and needs /dev/kvm, which cannot be opened here ({e}); \
+             run the tests on a machine with KVM (the CI machines have it)"
+        );
+    }
+}
+
+/// Builds the test kernels in guest-images/ (its own workspace and flags) and returns the
+/// directory holding them.
+pub fn guest_kernels() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo_root().join("guest-images");
+        // Serialize builds across test binaries running at once.
+        let lock = std::fs::File::create(std::env::temp_dir().join("pvkvm-guest-images.lock")).expect("lock file");
+        lock_exclusive(&lock);
+        let out = Command::new(env!("CARGO"))
+            .current_dir(&dir)
+            .args(["build", "--release", "--quiet"])
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "building the PV test kernels failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir.join("target/x86_64-unknown-linux-gnu/release")
+    })
+}
+
+/// Holds an exclusive advisory lock on `file` until the process ends.
+fn lock_exclusive(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    unsafe extern "C" {
+        fn flock(fd: i32, op: i32) -> i32;
+    }
+    let fd = file.try_clone().expect("dup lock file");
+    // SAFETY: flock only takes a file descriptor, which is live; LOCK_EX (2) blocks until
+    // the lock is held. The duplicate is leaked so the lock lasts for the whole process.
+    unsafe {
+        flock(fd.as_raw_fd(), 2);
+    }
+    std::mem::forget(fd);
+}
+
+/// Path of one test kernel.
+pub fn kernel(name: &str) -> PathBuf {
+    let path = guest_kernels().join(name);
+    assert!(path.exists(), "test kernel {} was not built", path.display());
+    path
+}
+
+/// Runs the pvkvm binary.
+pub fn pvkvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pvkvm")).args(args).output().expect("pvkvm runs")
+}
+
+/// Boots a test kernel and returns (status, stdout, stderr).
+pub fn boot(name: &str, timeout_secs: u32) -> (Option<i32>, String, String) {
+    require_kvm();
+    let kernel = kernel(name);
+    let out = pvkvm(&["run", "--kernel", kernel.to_str().expect("utf-8 path"), "--timeout", &timeout_secs.to_string()]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Boots a test kernel and requires its SUCCESS line and exit status 0.
+pub fn expect_success(name: &str) {
+    let (status, stdout, stderr) = boot(name, 60);
+    let ok = stdout.lines().any(|l| l == "Test result: SUCCESS");
+    let failure = stdout.lines().find(|l| l.starts_with("Test result: FAILURE"));
+    assert!(
+        ok && failure.is_none() && status == Some(0),
+        "test kernel '{name}' did not pass (status {status:?}, {}):\n--- console ---\n{stdout}\n--- pvkvm ---\n{stderr}",
+        failure.unwrap_or("no result line")
+    );
+}
