@@ -80,6 +80,8 @@ pub struct GuestPlatform<'a> {
     pub ram_bytes: u64,
     /// The shared_info frame.
     pub shared_info_gpa: u64,
+    /// The guest's CPUID policy.
+    pub cpuid: &'a crate::cpuid::CpuidTable,
     /// Where console output goes.
     pub console: &'a mut dyn std::io::Write,
 }
@@ -111,6 +113,9 @@ impl Platform for GuestPlatform<'_> {
     }
     fn console_read(&mut self, _buf: &mut [u8]) -> usize {
         0
+    }
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        self.cpuid.lookup(leaf, subleaf)
     }
 }
 

@@ -433,8 +433,8 @@ struct ProbeVm {
 impl ProbeVm {
     fn new() -> Result<Self, Error> {
         let shim_gpa = RAM;
-        let vm = Vm::new(&[(0, RAM as usize), (shim_gpa, layout::SIZE as usize)])?;
-        let region = shim::build_region(vm.memory(), shim_gpa, &ShimImage::embedded()?)?;
+        let vm = Vm::new(&[(0, RAM as usize), (shim_gpa, shim::region_size(RAM >> 12) as usize)])?;
+        let region = shim::build_region(vm.memory(), shim_gpa, &ShimImage::embedded()?, RAM >> 12)?;
         let mem = vm.memory();
         let w = |gpa: u64, v: u64| mem.write_obj(v, GuestAddress(gpa)).map_err(|_| shim::Error::Memory(gpa));
         let upper = pte::P | pte::RW | pte::U | pte::A;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
-use xen_abi::contract::layout;
 
+use crate::cpuid::CpuidTable;
 use crate::exit::{self, Action, CpuState, Domain, ExitStats, GuestPlatform};
 use crate::loader::{self, DomainConfig, KernelImage};
 use crate::shim::{self, ShimImage, ShimRegion, XCR0_X87_SSE_AVX};
@@ -121,31 +121,6 @@ pub fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
-/// A CPUID table for the guest: what KVM supports, with the hypervisor leaves replaced by
-/// Xen's (0x40000000..0x40000005) so raw CPUID and the PV view agree.
-fn guest_cpuid(vm: &Vm) -> Result<kvm_bindings::CpuId, Error> {
-    let supported = vm.supported_cpuid()?;
-    let mut entries: Vec<kvm_bindings::kvm_cpuid_entry2> =
-        supported.as_slice().iter().copied().filter(|e| e.function & 0xffff_0000 != 0x4000_0000).collect();
-    let leaf = |function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32| kvm_bindings::kvm_cpuid_entry2 {
-        function,
-        eax,
-        ebx,
-        ecx,
-        edx,
-        ..Default::default()
-    };
-    let sig = |s: &[u8; 4]| u32::from_le_bytes(*s);
-    entries.push(leaf(0x4000_0000, 0x4000_0005, sig(b"XenV"), sig(b"MMXe"), sig(b"nVMM")));
-    entries.push(leaf(0x4000_0001, (4 << 16) | 17, 0, 0, 0));
-    entries.push(leaf(0x4000_0002, 1, 0x4000_0000, 0, 0));
-    entries.push(leaf(0x4000_0003, 0, 0, 0, 0));
-    entries.push(leaf(0x4000_0004, 0, 0, 0, 0));
-    // PV leaf: machine address width 44 bits, or Linux asks for grant tables v2.
-    entries.push(leaf(0x4000_0005, 0, 44, 0, 0));
-    kvm_bindings::CpuId::from_entries(&entries).map_err(|_| Error::Kvm(vstate::Error::Missing("room for the CPUID table")))
-}
-
 fn host_has_xsave(vm: &Vm) -> bool {
     vm.supported_cpuid()
         .map(|c| c.as_slice().iter().any(|e| e.function == 1 && e.ecx & (1 << 26) != 0))
@@ -165,9 +140,9 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
 
     let ram = cfg.memory & !0xfff;
     let shim_gpa = (ram + 0x1f_ffff) & !0x1f_ffff;
-    let vm = Vm::new(&[(0, ram as usize), (shim_gpa, layout::SIZE as usize)])?;
+    let vm = Vm::new(&[(0, ram as usize), (shim_gpa, shim::region_size(ram >> 12) as usize)])?;
     let shim_image = ShimImage::embedded()?;
-    let region = shim::build_region(vm.memory(), shim_gpa, &shim_image)?;
+    let region = shim::build_region(vm.memory(), shim_gpa, &shim_image, ram >> 12)?;
 
     let dom_cfg = DomainConfig {
         mem_bytes: ram,
@@ -186,8 +161,9 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         .write_obj(1u8, GuestAddress(region.shared_info_gpa + xen_abi::xen::vcpu_info::UPCALL_MASK))
         .map_err(|_| shim::Error::Memory(region.shared_info_gpa))?;
 
+    let cpuid = CpuidTable::pv_policy(&vm.supported_cpuid()?);
     let mut vcpu = vm.create_vcpu(0)?;
-    vcpu.set_cpuid(&guest_cpuid(&vm)?)?;
+    vcpu.set_cpuid(&cpuid.to_kvm().ok_or(vstate::Error::Missing("room for the CPUID table"))?)?;
     let xsave = host_has_xsave(&vm);
     let sregs = vcpu.sregs()?;
     vcpu.set_sregs_ioctl(&region.initial_sregs(sregs, layout.l4_gpa, xsave))?;
@@ -209,7 +185,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let handle = std::thread::Builder::new()
         .name("vcpu0".into())
         .spawn(move || {
-            let report = vcpu_loop(vm, vcpu, region, pv_vcpu, ram, console, &thread_flag);
+            let report = vcpu_loop(vm, vcpu, region, pv_vcpu, ram, cpuid, console, &thread_flag);
             let _ = done_tx.send(());
             report
         })
@@ -243,6 +219,7 @@ fn vcpu_loop(
     region: ShimRegion,
     mut pv_vcpu: pv_engine::Vcpu,
     ram: u64,
+    cpuid: CpuidTable,
     mut console: Box<dyn Write + Send>,
     timed_out: &AtomicBool,
 ) -> Result<(DomainEnd, ExitStats, pv_engine::Stats), Error> {
@@ -255,7 +232,7 @@ fn vcpu_loop(
             stats: &mut stats,
             exits: &mut exits,
             shim: &region,
-            platform: GuestPlatform { mem: vm.memory(), ram_bytes: ram, shared_info_gpa: region.shared_info_gpa, console: &mut *console },
+            platform: GuestPlatform { mem: vm.memory(), ram_bytes: ram, shared_info_gpa: region.shared_info_gpa, cpuid: &cpuid, console: &mut *console },
         };
         match exit::handle_exit(&exit, &mut vcpu, &mut dom) {
             Action::Resume => {}

@@ -217,8 +217,50 @@ const fn descriptor(type_and_flags: u64) -> u64 {
     0x0000_0000_0000_ffff | (0xf << 48) | (type_and_flags << 40)
 }
 
-/// Writes the shim region at `gpa` and returns where things are.
-pub fn build_region(mem: &GuestMemoryMmap, gpa: u64, image: &ShimImage) -> Result<ShimRegion> {
+/// Pages of the read-only M2P table for a guest of `ram_frames` frames.
+fn m2p_pages(ram_frames: u64) -> u64 {
+    (ram_frames * 8).div_ceil(0x1000)
+}
+
+/// Bytes of the shim region for a guest of `ram_frames` frames: the fixed part, then the
+/// M2P table and the pagetables that map it at `MACH2PHYS_VIRT_START`.
+pub fn region_size(ram_frames: u64) -> u64 {
+    let pages = m2p_pages(ram_frames);
+    layout::SIZE + (pages + pages.div_ceil(512) + 2) * 0x1000
+}
+
+/// Writes the M2P table (identity: machine frame == guest-physical frame) after the fixed
+/// part of the region and maps it read-only at `MACH2PHYS_VIRT_START`; returns the L4
+/// entry for slot 256.
+fn build_m2p(mem: &GuestMemoryMmap, gpa: u64, ram_frames: u64) -> Result<u64> {
+    let pages = m2p_pages(ram_frames);
+    let table = gpa + layout::SIZE;
+    let entries: Vec<u8> = (0..pages * 512)
+        .flat_map(|mfn| if mfn < ram_frames { mfn } else { u64::MAX }.to_le_bytes())
+        .collect();
+    write(mem, table, &entries)?;
+    let l1s = table + pages * 0x1000;
+    let n_l1 = pages.div_ceil(512);
+    if n_l1 > 512 {
+        return Err(Error::Memory(table));
+    }
+    let l3 = l1s + n_l1 * 0x1000;
+    let l2 = l3 + 0x1000;
+    let upper = pte::P | pte::RW | pte::U | pte::A;
+    for page in 0..pages {
+        write_u64(mem, l1s + page * 8, (table + page * 0x1000) | pte::P | pte::U | pte::A | pte::NX)?;
+    }
+    for i in 0..n_l1 {
+        write_u64(mem, l2 + i * 8, (l1s + i * 0x1000) | upper)?;
+    }
+    let m2p_va = xen_abi::xen::MACH2PHYS_VIRT_START;
+    write_u64(mem, l3 + ((m2p_va >> 30) & 511) * 8, l2 | upper)?;
+    Ok(l3 | upper)
+}
+
+/// Writes the shim region at `gpa` for a guest of `ram_frames` frames and returns where
+/// things are.
+pub fn build_region(mem: &GuestMemoryMmap, gpa: u64, image: &ShimImage, ram_frames: u64) -> Result<ShimRegion> {
     write(mem, gpa + layout::TEXT, &image.bytes)?;
     let va = |off: u64| SHIM_VA_BASE + off;
 
@@ -293,6 +335,8 @@ pub fn build_region(mem: &GuestMemoryMmap, gpa: u64, image: &ShimImage) -> Resul
     let slot = ((SHIM_VA_BASE >> 39) & 511) as usize;
     let mut hole_l4 = [0u64; 16];
     hole_l4[slot - xen_abi::xen::HOLE_FIRST_L4_SLOT] = l3 | upper;
+    let m2p_slot = ((xen_abi::xen::MACH2PHYS_VIRT_START >> 39) & 511) as usize;
+    hole_l4[m2p_slot - xen_abi::xen::HOLE_FIRST_L4_SLOT] = build_m2p(mem, gpa, ram_frames)?;
 
     Ok(ShimRegion {
         gpa,
@@ -331,9 +375,9 @@ mod tests {
 
     #[test]
     fn region_maps_only_the_doorbell_port_for_ring3() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x10_0000), layout::SIZE as usize)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x10_0000), region_size(1024) as usize)]).unwrap();
         let image = ShimImage::embedded().unwrap();
-        let region = build_region(&mem, 0x10_0000, &image).unwrap();
+        let region = build_region(&mem, 0x10_0000, &image, 1024).unwrap();
         let bitmap_gpa = region.gpa + layout::TSS + layout::TSS_IOPB;
         let mut bitmap = vec![0u8; 8193];
         mem.read_slice(&mut bitmap, GuestAddress(bitmap_gpa)).unwrap();
@@ -341,5 +385,37 @@ mod tests {
         assert_eq!(open, vec![usize::from(port::HYPERCALL)]);
         assert_eq!(bitmap[8192], 0xff);
         assert_eq!(region.va_to_gpa(region.stack_top - 8), Some(region.gpa + layout::STACK - 8));
+    }
+
+    #[test]
+    fn m2p_is_the_identity_and_read_only() {
+        let frames = 5000;
+        let base = 0x10_0000;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(base), region_size(frames) as usize)]).unwrap();
+        let region = build_region(&mem, base, &ShimImage::embedded().unwrap(), frames).unwrap();
+        let walk = |va: u64| -> Option<(u64, u64)> {
+            let slot = ((va >> 39) & 511) as usize;
+            let mut entry = region.hole_l4[slot - 256];
+            let mut flags = entry;
+            for shift in [30u32, 21, 12] {
+                if entry & pte::P == 0 {
+                    return None;
+                }
+                let table = entry & pte::ADDR_MASK;
+                entry = mem.read_obj::<u64>(GuestAddress(table + ((va >> shift) & 511) * 8)).unwrap();
+                flags &= entry | !(pte::RW | pte::U);
+            }
+            (entry & pte::P != 0).then_some((entry & pte::ADDR_MASK, flags))
+        };
+        let m2p = xen_abi::xen::MACH2PHYS_VIRT_START;
+        for mfn in [0u64, 1, 511, 512, 4999] {
+            let (page, flags) = walk(m2p + mfn * 8).expect("M2P entry mapped");
+            assert_eq!(flags & pte::RW, 0, "M2P must be read-only");
+            assert_ne!(flags & pte::U, 0, "the guest kernel (CPL3) reads the M2P");
+            let value: u64 = mem.read_obj(GuestAddress(page + (mfn * 8) % 0x1000)).unwrap();
+            assert_eq!(value, mfn);
+        }
+        let last_page_end = m2p + (frames * 8).div_ceil(0x1000) * 0x1000;
+        assert!(walk(last_page_end).is_none(), "nothing mapped past the table");
     }
 }

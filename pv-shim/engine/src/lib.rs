@@ -19,8 +19,10 @@
 extern crate std;
 
 pub mod bounce;
+pub mod emulate;
 pub mod guest;
 pub mod hypercall;
+pub mod memory;
 pub mod stats;
 pub mod vcpu;
 
@@ -49,6 +51,9 @@ pub trait Platform {
     fn console_write(&mut self, bytes: &[u8]);
     /// Reads pending console input for `CONSOLEIO_read`; returns how many bytes it gave.
     fn console_read(&mut self, buf: &mut [u8]) -> usize;
+    /// The guest's CPUID leaf `leaf`/`subleaf` as eax, ebx, ecx, edx: the same policy the
+    /// host gives raw CPUID, so the forced-emulation view and the raw view agree.
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
 }
 
 /// What the host does after the engine handled a trap.

@@ -58,6 +58,9 @@ impl Platform for FakePlatform {
     fn console_write(&mut self, bytes: &[u8]) {
         self.console_out.extend_from_slice(bytes);
     }
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        [leaf, subleaf, 0x1234, 0x5678]
+    }
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.console_in.len());
         buf[..n].copy_from_slice(&self.console_in[..n]);

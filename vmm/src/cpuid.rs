@@ -1,0 +1,117 @@
+//! The guest's CPUID policy, one table for both views a PV guest has: raw `cpuid`
+//! (answered by KVM from `KVM_SET_CPUID2`) and the forced-emulation `ud2; "xen"; cpuid`
+//! (answered by the engine through [`CpuidTable::lookup`]).
+//!
+//! Based on what this host's KVM supports, with Xen's hypervisor leaves at 0x40000000
+//! instead of KVM's, and the features a PV guest must not use hidden, as Xen's PV policy
+//! hides them: VMX, SMX, MONITOR/MWAIT, x2APIC and the TSC-deadline timer (a PV guest has
+//! no local APIC), and the hypervisor bit set.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+
+/// Leaf 1 ECX bits hidden from a PV guest.
+const LEAF1_ECX_HIDDEN: u32 = (1 << 3) | (1 << 5) | (1 << 6) | (1 << 21) | (1 << 24);
+/// Leaf 1 ECX: running under a hypervisor.
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Machine address width Linux must see in leaf 0x40000005 (above 44 bits it asks for
+/// grant tables v2).
+pub const PV_MACHINE_ADDRESS_BITS: u32 = 44;
+
+/// A CPUID table.
+#[derive(Clone, Debug)]
+pub struct CpuidTable {
+    entries: Vec<kvm_cpuid_entry2>,
+}
+
+fn leaf(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+    kvm_cpuid_entry2 { function, eax, ebx, ecx, edx, ..Default::default() }
+}
+
+fn sig(s: &[u8; 4]) -> u32 {
+    u32::from_le_bytes(*s)
+}
+
+impl CpuidTable {
+    /// The PV policy built from what KVM supports.
+    pub fn pv_policy(supported: &CpuId) -> Self {
+        let mut entries: Vec<kvm_cpuid_entry2> =
+            supported.as_slice().iter().copied().filter(|e| e.function & 0xffff_0000 != 0x4000_0000).collect();
+        for e in entries.iter_mut().filter(|e| e.function == 1) {
+            e.ecx = (e.ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR;
+        }
+        entries.push(leaf(0x4000_0000, 0x4000_0005, sig(b"XenV"), sig(b"MMXe"), sig(b"nVMM")));
+        entries.push(leaf(0x4000_0001, (4 << 16) | 17, 0, 0, 0));
+        // One hypercall page; MSR base for it; no Xen-specific features (bit 0 would
+        // claim MMU_PT_UPDATE_PRESERVE_AD through CPUID, which Linux reads from XENVER).
+        entries.push(leaf(0x4000_0002, 1, 0x4000_0000, 0, 0));
+        entries.push(leaf(0x4000_0003, 0, 0, 0, 0));
+        entries.push(leaf(0x4000_0004, 0, 0, 0, 0));
+        entries.push(leaf(0x4000_0005, 0, PV_MACHINE_ADDRESS_BITS, 0, 0));
+        Self { entries }
+    }
+
+    /// The table for `KVM_SET_CPUID2`.
+    pub fn to_kvm(&self) -> Option<CpuId> {
+        CpuId::from_entries(&self.entries).ok()
+    }
+
+    /// What `cpuid` with this leaf and subleaf returns; zeros for a leaf not in the table.
+    pub fn lookup(&self, function: u32, index: u32) -> [u32; 4] {
+        self.entries
+            .iter()
+            .find(|e| e.function == function && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == index))
+            .map(|e| [e.eax, e.ebx, e.ecx, e.edx])
+            .unwrap_or([0; 4])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> CpuidTable {
+        let mut ext = leaf(7, 0, 0xaa, 0, 0);
+        ext.flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+        let mut ext1 = leaf(7, 1, 0xbb, 0, 0);
+        ext1.index = 1;
+        ext1.flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+        let supported = CpuId::from_entries(&[
+            leaf(0, 0xd, 0, 0, 0),
+            leaf(1, 0, 0, 0xffff_ffff, 0),
+            ext,
+            ext1,
+            leaf(0x4000_0000, 0x4000_0001, sig(b"KVMK"), sig(b"VMKV"), sig(b"M\0\0\0")),
+        ])
+        .unwrap();
+        CpuidTable::pv_policy(&supported)
+    }
+
+    #[test]
+    fn xen_leaves_replace_kvms() {
+        let t = table();
+        let [max, b, c, d] = t.lookup(0x4000_0000, 0);
+        assert_eq!(max, 0x4000_0005);
+        let name: Vec<u8> = [b, c, d].iter().flat_map(|r| r.to_le_bytes()).collect();
+        assert_eq!(&name, b"XenVMMXenVMM");
+        assert_eq!(t.lookup(0x4000_0005, 0)[1], 44);
+        assert_eq!(t.lookup(0x4000_0001, 0)[0] >> 16, 4);
+    }
+
+    #[test]
+    fn pv_policy_hides_what_a_pv_guest_must_not_use() {
+        let ecx = table().lookup(1, 0)[2];
+        for bit in [3, 5, 6, 21, 24] {
+            assert_eq!(ecx & (1 << bit), 0, "leaf 1 ecx bit {bit} must be hidden");
+        }
+        assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
+        assert_ne!(ecx & 1, 0, "other features stay");
+    }
+
+    #[test]
+    fn subleaves_are_honoured() {
+        let t = table();
+        assert_eq!(t.lookup(7, 0)[1], 0xaa);
+        assert_eq!(t.lookup(7, 1)[1], 0xbb);
+        assert_eq!(t.lookup(0x8000_0000, 0), [0; 4]);
+    }
+}
