@@ -8,14 +8,21 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let shim_dir = manifest_dir.join("../pv-shim/shim");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let target_dir = out_dir.join("shim-target");
     let linker_script = shim_dir.join("shim.ld");
     let target = "x86_64-unknown-linux-gnu";
 
-    for path in ["src", "shim.ld", "Cargo.toml", "../abi/src", "../abi/Cargo.toml"] {
+    for path in [
+        "src",
+        "shim.ld",
+        "Cargo.toml",
+        "../abi/src",
+        "../abi/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", shim_dir.join(path).display());
     }
 

@@ -24,7 +24,14 @@ pub struct CpuidTable {
 }
 
 fn leaf(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
-    kvm_cpuid_entry2 { function, eax, ebx, ecx, edx, ..Default::default() }
+    kvm_cpuid_entry2 {
+        function,
+        eax,
+        ebx,
+        ecx,
+        edx,
+        ..Default::default()
+    }
 }
 
 fn sig(s: &[u8; 4]) -> u32 {
@@ -34,12 +41,22 @@ fn sig(s: &[u8; 4]) -> u32 {
 impl CpuidTable {
     /// The PV policy built from what KVM supports.
     pub fn pv_policy(supported: &CpuId) -> Self {
-        let mut entries: Vec<kvm_cpuid_entry2> =
-            supported.as_slice().iter().copied().filter(|e| e.function & 0xffff_0000 != 0x4000_0000).collect();
+        let mut entries: Vec<kvm_cpuid_entry2> = supported
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|e| e.function & 0xffff_0000 != 0x4000_0000)
+            .collect();
         for e in entries.iter_mut().filter(|e| e.function == 1) {
             e.ecx = (e.ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR;
         }
-        entries.push(leaf(0x4000_0000, 0x4000_0005, sig(b"XenV"), sig(b"MMXe"), sig(b"nVMM")));
+        entries.push(leaf(
+            0x4000_0000,
+            0x4000_0005,
+            sig(b"XenV"),
+            sig(b"MMXe"),
+            sig(b"nVMM"),
+        ));
         entries.push(leaf(0x4000_0001, (4 << 16) | 17, 0, 0, 0));
         // One hypercall page; MSR base for it; no Xen-specific features (bit 0 would
         // claim MMU_PT_UPDATE_PRESERVE_AD through CPUID, which Linux reads from XENVER).
@@ -59,7 +76,10 @@ impl CpuidTable {
     pub fn lookup(&self, function: u32, index: u32) -> [u32; 4] {
         self.entries
             .iter()
-            .find(|e| e.function == function && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == index))
+            .find(|e| {
+                e.function == function
+                    && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == index)
+            })
             .map(|e| [e.eax, e.ebx, e.ecx, e.edx])
             .unwrap_or([0; 4])
     }
@@ -80,7 +100,13 @@ mod tests {
             leaf(1, 0, 0, 0xffff_ffff, 0),
             ext,
             ext1,
-            leaf(0x4000_0000, 0x4000_0001, sig(b"KVMK"), sig(b"VMKV"), sig(b"M\0\0\0")),
+            leaf(
+                0x4000_0000,
+                0x4000_0001,
+                sig(b"KVMK"),
+                sig(b"VMKV"),
+                sig(b"M\0\0\0"),
+            ),
         ])
         .unwrap();
         CpuidTable::pv_policy(&supported)

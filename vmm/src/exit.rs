@@ -88,8 +88,11 @@ pub struct GuestPlatform<'a> {
 
 impl GuestPlatform<'_> {
     fn allowed(&self, gpa: u64, len: usize) -> bool {
-        let Some(end) = gpa.checked_add(len as u64) else { return false };
-        end <= self.ram_bytes || (gpa >= self.shared_info_gpa && end <= self.shared_info_gpa + 0x1000)
+        let Some(end) = gpa.checked_add(len as u64) else {
+            return false;
+        };
+        end <= self.ram_bytes
+            || (gpa >= self.shared_info_gpa && end <= self.shared_info_gpa + 0x1000)
     }
 }
 
@@ -98,13 +101,17 @@ impl Platform for GuestPlatform<'_> {
         if !self.allowed(gpa, buf.len()) {
             return Err(pv_engine::PhysError::OutOfRange);
         }
-        self.mem.read_slice(buf, GuestAddress(gpa)).map_err(|_| pv_engine::PhysError::OutOfRange)
+        self.mem
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| pv_engine::PhysError::OutOfRange)
     }
     fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), pv_engine::PhysError> {
         if !self.allowed(gpa, buf.len()) {
             return Err(pv_engine::PhysError::OutOfRange);
         }
-        self.mem.write_slice(buf, GuestAddress(gpa)).map_err(|_| pv_engine::PhysError::OutOfRange)
+        self.mem
+            .write_slice(buf, GuestAddress(gpa))
+            .map_err(|_| pv_engine::PhysError::OutOfRange)
     }
     fn console_write(&mut self, bytes: &[u8]) {
         // Console output is best effort: a closed stdout must not stop the guest.
@@ -188,10 +195,21 @@ fn copy_gprs(g: &GuestRegs, r: &mut Regs) {
 
 /// Makes CR3, FS/GS base and CR0.TS match the engine's PV state; writes sregs only when
 /// something changed (a system-register write costs more than the exit itself).
-fn apply_hw_state(cpu: &mut dyn CpuState, vcpu: &PvVcpu, cs: u64, ss: u64, set_segments: bool) -> Result<(), String> {
+fn apply_hw_state(
+    cpu: &mut dyn CpuState,
+    vcpu: &PvVcpu,
+    cs: u64,
+    ss: u64,
+    set_segments: bool,
+) -> Result<(), String> {
     let hw = vcpu.hw_state();
     let mut s = cpu.sregs()?;
-    log::trace!("exit sregs: cr0 {:#x} cr4 {:#x} cr3 {:#x}", s.cr0, s.cr4, s.cr3);
+    log::trace!(
+        "exit sregs: cr0 {:#x} cr4 {:#x} cr3 {:#x}",
+        s.cr0,
+        s.cr4,
+        s.cr3
+    );
     let before = s;
     s.cr3 = hw.cr3;
     s.fs.base = hw.fs_base;
@@ -224,18 +242,28 @@ fn outcome_to_action(outcome: Outcome, dom: &Domain<'_>, regs: &GuestRegs) -> Ac
     match outcome {
         Outcome::Resume | Outcome::Yield | Outcome::Block => Action::Resume,
         Outcome::Shutdown(reason) => Action::Shutdown(reason),
-        Outcome::Crash(why) => Action::Fatal(diagnostic(&format!("the guest crashed: {why:?}"), dom, Some(regs), None)),
+        Outcome::Crash(why) => Action::Fatal(diagnostic(
+            &format!("the guest crashed: {why:?}"),
+            dom,
+            Some(regs),
+            None,
+        )),
     }
 }
 
 /// Handles one exit.
 pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Action {
     let result = match exit {
-        Exit::IoOut { port: port::HYPERCALL, .. } => {
+        Exit::IoOut {
+            port: port::HYPERCALL,
+            ..
+        } => {
             dom.exits.hypercall_doorbells += 1;
             hypercall_doorbell(cpu, dom)
         }
-        Exit::IoOut { port: port::TRAP, .. } => {
+        Exit::IoOut {
+            port: port::TRAP, ..
+        } => {
             dom.exits.trap_doorbells += 1;
             trap_doorbell(cpu, dom)
         }
@@ -250,7 +278,9 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
                 Exit::InternalError { suberror } => {
                     format!("KVM internal error {suberror} (1 = the host could not emulate an instruction)")
                 }
-                Exit::FailEntry { reason } => format!("VM entry failed (hardware reason {reason:#x})"),
+                Exit::FailEntry { reason } => {
+                    format!("VM entry failed (hardware reason {reason:#x})")
+                }
                 Exit::Hlt => "hlt executed in ring 0".to_string(),
                 other => format!("unexpected VM exit {other:?}"),
             };
@@ -275,7 +305,11 @@ fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Ac
         // The guest wrote the doorbell port itself: the port is not the guest's, so it
         // gets the #GP(0) Xen gives for a denied `out`, at the instruction.
         g.rip = regs.rip.wrapping_sub(2);
-        let trap = Trap { vector: 13, error_code: Some(0), cr2: 0 };
+        let trap = Trap {
+            vector: 13,
+            error_code: Some(0),
+            cr2: 0,
+        };
         pv_engine::exception(dom.vcpu, &mut g, trap, &mut dom.platform, dom.stats)
     };
     copy_gprs(&g, &mut regs);
@@ -291,11 +325,21 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
     let mut regs = cpu.regs()?;
     let sregs = cpu.sregs()?;
     let Some(frame_gpa) = dom.shim.va_to_gpa(regs.rsp) else {
-        return Ok(Action::Fatal(diagnostic("the trap doorbell rang with rsp outside the shim stack", dom, None, Some(cpu))));
+        return Ok(Action::Fatal(diagnostic(
+            "the trap doorbell rang with rsp outside the shim stack",
+            dom,
+            None,
+            Some(cpu),
+        )));
     };
     let mut raw = [0u8; core::mem::size_of::<TrapFrame>()];
-    dom.platform.mem.read_slice(&mut raw, GuestAddress(frame_gpa)).map_err(|e| e.to_string())?;
-    let Ok(mut frame) = TrapFrame::read_from_bytes(&raw) else { unreachable!("sized buffer") };
+    dom.platform
+        .mem
+        .read_slice(&mut raw, GuestAddress(frame_gpa))
+        .map_err(|e| e.to_string())?;
+    let Ok(mut frame) = TrapFrame::read_from_bytes(&raw) else {
+        unreachable!("sized buffer")
+    };
     let vector = frame.vector as u8;
     if frame.cs & 3 != 3 || matches!(vector, 2 | 8 | 18) {
         let what = format!(
@@ -321,7 +365,10 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
     frame.rflags = sanitize_rflags(g.rflags);
     frame.cs = g.cs | 3;
     frame.ss = g.ss | 3;
-    dom.platform.mem.write_slice(frame.as_bytes(), GuestAddress(frame_gpa)).map_err(|e| e.to_string())?;
+    dom.platform
+        .mem
+        .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
+        .map_err(|e| e.to_string())?;
     // rsp and rip stay the stub's: it drops two words and iretqs to the frame.
     copy_gprs(&g, &mut regs);
     cpu.set_regs(&regs);
@@ -331,7 +378,12 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
 
 /// A diagnostic for a person: what happened, the guest's registers and its last
 /// hypercalls.
-pub fn diagnostic(what: &str, dom: &Domain<'_>, guest: Option<&GuestRegs>, cpu: Option<&mut dyn CpuState>) -> String {
+pub fn diagnostic(
+    what: &str,
+    dom: &Domain<'_>,
+    guest: Option<&GuestRegs>,
+    cpu: Option<&mut dyn CpuState>,
+) -> String {
     let mut s = format!("pvkvm: {what}\n");
     if let Some(g) = guest {
         let _ = writeln!(
@@ -354,7 +406,12 @@ pub fn diagnostic(what: &str, dom: &Domain<'_>, guest: Option<&GuestRegs>, cpu: 
             );
             if let Some(gpa) = dom.shim.va_to_gpa(r.rsp) {
                 let mut raw = [0u8; core::mem::size_of::<TrapFrame>()];
-                if dom.platform.mem.read_slice(&mut raw, GuestAddress(gpa)).is_ok() {
+                if dom
+                    .platform
+                    .mem
+                    .read_slice(&mut raw, GuestAddress(gpa))
+                    .is_ok()
+                {
                     if let Ok(f) = TrapFrame::read_from_bytes(&raw) {
                         let _ = writeln!(s, "  shim stack frame: {f:x?}");
                     }

@@ -7,7 +7,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "pvkvm", version, about = "Run unmodified Xen PV guest kernels on Linux KVM, without Xen")]
+#[command(
+    name = "pvkvm",
+    version,
+    about = "Run unmodified Xen PV guest kernels on Linux KVM, without Xen"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,16 +64,32 @@ fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
         _ => (s, 1 << 20),
     };
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size like 512M or 2G"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 512M or 2G"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { kernel, initrd, cmdline, memory, timeout, stats } => {
-            let cfg = pvkvm::runner::RunConfig { kernel, initrd, cmdline, memory, timeout: timeout.map(Duration::from_secs) };
+        Command::Run {
+            kernel,
+            initrd,
+            cmdline,
+            memory,
+            timeout,
+            stats,
+        } => {
+            let cfg = pvkvm::runner::RunConfig {
+                kernel,
+                initrd,
+                cmdline,
+                memory,
+                timeout: timeout.map(Duration::from_secs),
+            };
             match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
                 Ok(report) => {
                     match &report.end {
@@ -78,7 +98,8 @@ fn main() -> ExitCode {
                             xen_abi::sched::shutdown_reason_name(*r),
                             report.elapsed.as_secs_f64()
                         ),
-                        pvkvm::runner::DomainEnd::Fatal(d) | pvkvm::runner::DomainEnd::Timeout(d) => eprint!("{d}"),
+                        pvkvm::runner::DomainEnd::Fatal(d)
+                        | pvkvm::runner::DomainEnd::Timeout(d) => eprint!("{d}"),
                     }
                     if stats {
                         eprint!("{}", pvkvm::metrics::format_report(&report));

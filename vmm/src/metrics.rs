@@ -10,11 +10,23 @@ pub fn format_report(report: &RunReport) -> String {
     let mut s = String::new();
     let e = &report.exits;
     let total = e.hypercall_doorbells + e.trap_doorbells + e.interrupted + e.other;
-    let _ = writeln!(s, "pvkvm stats: {:.3} s, {total} VM exits", report.elapsed.as_secs_f64());
-    let _ = writeln!(s, "  exits: hypercall doorbell {}, trap doorbell {}, interrupted {}, other {}", e.hypercall_doorbells, e.trap_doorbells, e.interrupted, e.other);
+    let _ = writeln!(
+        s,
+        "pvkvm stats: {:.3} s, {total} VM exits",
+        report.elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "  exits: hypercall doorbell {}, trap doorbell {}, interrupted {}, other {}",
+        e.hypercall_doorbells, e.trap_doorbells, e.interrupted, e.other
+    );
     let st = &report.stats;
     let calls: u64 = st.hypercalls.iter().sum::<u64>() + st.hypercalls_out_of_range;
-    let _ = writeln!(s, "  hypercalls: {calls} ({} answered -ENOSYS)", st.enosys_total);
+    let _ = writeln!(
+        s,
+        "  hypercalls: {calls} ({} answered -ENOSYS)",
+        st.enosys_total
+    );
     for (nr, &count) in st.hypercalls.iter().enumerate() {
         if count > 0 {
             let _ = writeln!(
@@ -26,7 +38,11 @@ pub fn format_report(report: &RunReport) -> String {
         }
     }
     if st.hypercalls_out_of_range > 0 {
-        let _ = writeln!(s, "    {:<24} {:>10}", "(out of range)", st.hypercalls_out_of_range);
+        let _ = writeln!(
+            s,
+            "    {:<24} {:>10}",
+            "(out of range)", st.hypercalls_out_of_range
+        );
     }
     let _ = writeln!(s, "  guest-user syscalls bounced: {}", st.syscall_bounces);
     for (v, &count) in st.bounces.iter().enumerate() {

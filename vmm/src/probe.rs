@@ -433,42 +433,64 @@ struct ProbeVm {
 impl ProbeVm {
     fn new() -> Result<Self, Error> {
         let shim_gpa = RAM;
-        let vm = Vm::new(&[(0, RAM as usize), (shim_gpa, shim::region_size(RAM >> 12) as usize)])?;
+        let vm = Vm::new(&[
+            (0, RAM as usize),
+            (shim_gpa, shim::region_size(RAM >> 12) as usize),
+        ])?;
         let region = shim::build_region(vm.memory(), shim_gpa, &ShimImage::embedded()?, RAM >> 12)?;
         let mem = vm.memory();
-        let w = |gpa: u64, v: u64| mem.write_obj(v, GuestAddress(gpa)).map_err(|_| shim::Error::Memory(gpa));
+        let w = |gpa: u64, v: u64| {
+            mem.write_obj(v, GuestAddress(gpa))
+                .map_err(|_| shim::Error::Memory(gpa))
+        };
         let upper = pte::P | pte::RW | pte::U | pte::A;
         w(L4, 0x2000 | upper)?;
         w(0x2000, 0x3000 | upper)?;
         w(0x3000, L1_BASE | upper)?;
         w(0x3008, (L1_BASE + 0x1000) | upper)?;
         for page in 1..(RAM >> 12) {
-            w(L1_BASE + page * 8, (page << 12) | pte::P | pte::RW | pte::U | pte::A | pte::D)?;
+            w(
+                L1_BASE + page * 8,
+                (page << 12) | pte::P | pte::RW | pte::U | pte::A | pte::D,
+            )?;
         }
         // The L1 page that maps DATA_A, reachable for the in-guest store.
         let l1_of_a = L1_BASE + (DATA_A >> 21) * 0x1000;
-        w(L1_BASE + (L1_ALIAS_VA >> 12) * 8, l1_of_a | pte::P | pte::RW | pte::A | pte::D)?;
+        w(
+            L1_BASE + (L1_ALIAS_VA >> 12) * 8,
+            l1_of_a | pte::P | pte::RW | pte::A | pte::D,
+        )?;
         for (i, e) in region.hole_l4.iter().enumerate() {
             w(L4 + (256 + i as u64) * 8, *e)?;
         }
         w(DATA_A, 0xaaaa)?;
         w(DATA_B, 0xbbbb)?;
-        mem.write_slice(probe_code(), GuestAddress(CODE_GPA)).map_err(|_| shim::Error::Memory(CODE_GPA))?;
+        mem.write_slice(probe_code(), GuestAddress(CODE_GPA))
+            .map_err(|_| shim::Error::Memory(CODE_GPA))?;
         // A second, available TSS descriptor for the ltr probe.
         let gdt = region.gpa + layout::GDT;
         let mut tss = [0u8; 16];
-        mem.read_slice(&mut tss, GuestAddress(gdt + u64::from(shim_sel::TSS))).map_err(|_| shim::Error::Memory(gdt))?;
+        mem.read_slice(&mut tss, GuestAddress(gdt + u64::from(shim_sel::TSS)))
+            .map_err(|_| shim::Error::Memory(gdt))?;
         tss[5] = 0x89;
-        mem.write_slice(&tss, GuestAddress(gdt + 0xe050)).map_err(|_| shim::Error::Memory(gdt))?;
+        mem.write_slice(&tss, GuestAddress(gdt + 0xe050))
+            .map_err(|_| shim::Error::Memory(gdt))?;
 
         let mut vcpu = vm.create_vcpu(0)?;
         let mut cpuid = vm.supported_cpuid()?;
         // A signature only this table has, to tell whether ring-3 CPUID reads it.
-        for e in cpuid.as_mut_slice().iter_mut().filter(|e| e.function == 0x4000_0000) {
+        for e in cpuid
+            .as_mut_slice()
+            .iter_mut()
+            .filter(|e| e.function == 0x4000_0000)
+        {
             e.ebx = u32::from_le_bytes(*b"pvkv");
         }
         vcpu.set_cpuid(&cpuid)?;
-        let xsave = cpuid.as_slice().iter().any(|e| e.function == 1 && e.ecx & (1 << 26) != 0);
+        let xsave = cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == 1 && e.ecx & (1 << 26) != 0);
         let sregs = vcpu.sregs()?;
         vcpu.set_sregs_ioctl(&region.initial_sregs(sregs, L4, xsave))?;
         vcpu.set_msrs(&region.msrs())?;
@@ -481,7 +503,9 @@ impl ProbeVm {
     /// Starts a snippet at ring 3 (guest-kernel-like) or ring 0.
     fn start(&mut self, s: Snippet, ring0: bool, rdi: u64) -> Result<(), Error> {
         let mut sregs = self.vcpu.sregs()?;
-        let init = self.region.initial_sregs(sregs, L4, sregs.cr4 & (1 << 18) != 0);
+        let init = self
+            .region
+            .initial_sregs(sregs, L4, sregs.cr4 & (1 << 18) != 0);
         sregs.cs = init.cs;
         sregs.ss = init.ss;
         if ring0 {
@@ -491,20 +515,41 @@ impl ProbeVm {
             sregs.ss.dpl = 0;
         }
         self.vcpu.set_sregs_ioctl(&sregs)?;
-        let rsp = if ring0 { self.region.stack_top - 256 } else { STACK_TOP };
-        let regs = Regs { rip: CODE_GPA + snippet_offset(s), rsp, rdi, rflags: 0x2, ..Default::default() };
+        let rsp = if ring0 {
+            self.region.stack_top - 256
+        } else {
+            STACK_TOP
+        };
+        let regs = Regs {
+            rip: CODE_GPA + snippet_offset(s),
+            rsp,
+            rdi,
+            rflags: 0x2,
+            ..Default::default()
+        };
         self.vcpu.set_regs_ioctl(&regs)?;
         Ok(())
     }
 
     /// Runs until the snippet reports or faults. Null doorbells (rax = 0) are answered
     /// right away; `on_doorbell` sees reports with rax = 2 (a request to the VMM).
-    fn run(&mut self, mut on_request: impl FnMut(&mut ProbeVm, u64), ioctl_regs: bool) -> Result<(End, Regs), Error> {
+    fn run(
+        &mut self,
+        mut on_request: impl FnMut(&mut ProbeVm, u64),
+        ioctl_regs: bool,
+    ) -> Result<(End, Regs), Error> {
         loop {
             let exit = self.vcpu.run()?;
             match exit {
-                Exit::IoOut { port: port::HYPERCALL, .. } => {
-                    let mut regs = if ioctl_regs { self.vcpu.get_regs_ioctl()? } else { self.vcpu.regs()? };
+                Exit::IoOut {
+                    port: port::HYPERCALL,
+                    ..
+                } => {
+                    let mut regs = if ioctl_regs {
+                        self.vcpu.get_regs_ioctl()?
+                    } else {
+                        self.vcpu.regs()?
+                    };
                     match regs.rax {
                         0 if regs.rip != self.region.syscall_doorbell_end => {}
                         0 | 2 => {
@@ -522,11 +567,15 @@ impl ProbeVm {
                         _ => return Ok((End::Doorbell, regs)),
                     }
                 }
-                Exit::IoOut { port: PROBE_PORT, .. } => {
+                Exit::IoOut {
+                    port: PROBE_PORT, ..
+                } => {
                     let regs = self.vcpu.regs()?;
                     return Ok((End::Port, regs));
                 }
-                Exit::IoOut { port: port::TRAP, .. } => {
+                Exit::IoOut {
+                    port: port::TRAP, ..
+                } => {
                     let regs = self.vcpu.regs()?;
                     let mut vector = [0u8; 1];
                     let gpa = self.region.va_to_gpa(regs.rsp).unwrap_or(0);
@@ -537,7 +586,9 @@ impl ProbeVm {
                     }
                     return Ok((End::Exception(vector[0]), regs));
                 }
-                Exit::InternalError { suberror } => return Ok((End::InternalError(suberror), Regs::default())),
+                Exit::InternalError { suberror } => {
+                    return Ok((End::InternalError(suberror), Regs::default()))
+                }
                 Exit::Hlt => return Ok((End::Hlt, Regs::default())),
                 other => return Ok((End::Other(format!("{other:?}")), Regs::default())),
             }
@@ -597,66 +648,113 @@ pub fn run() -> Result<Report, Error> {
     p.start(Snippet::probe_r3_loop, false, n3)?;
     let (end, r) = p.run(no_req, false)?;
     expect("ring-3 loop", &end, End::Doorbell)?;
-    figures.push(Figure { name: "ring-3 loop iteration (dec+jnz)", value: r.rbx as f64 / n3 as f64, unit: "cycles" });
+    figures.push(Figure {
+        name: "ring-3 loop iteration (dec+jnz)",
+        value: r.rbx as f64 / n3 as f64,
+        unit: "cycles",
+    });
 
     let n0 = 2_000;
     p.start(Snippet::probe_r0_loop, true, n0)?;
     let (end, r) = p.run(no_req, false)?;
     expect("ring-0 loop", &end, End::Port)?;
-    figures.push(Figure { name: "ring-0 loop iteration (dec+jnz)", value: r.rbx as f64 / n0 as f64, unit: "cycles" });
-    figures.push(Figure { name: "ring-0 instruction (emulated?)", value: us(r.rbx, 2 * n0) * 1000.0, unit: "ns" });
+    figures.push(Figure {
+        name: "ring-0 loop iteration (dec+jnz)",
+        value: r.rbx as f64 / n0 as f64,
+        unit: "cycles",
+    });
+    figures.push(Figure {
+        name: "ring-0 instruction (emulated?)",
+        value: us(r.rbx, 2 * n0) * 1000.0,
+        unit: "ns",
+    });
 
     let nt = 20_000;
     p.start(Snippet::probe_r3_syscall, false, nt)?;
     let (end, r) = p.run(no_req, false)?;
     expect("syscall doorbell", &end, End::Doorbell)?;
-    figures.push(Figure { name: "syscall -> VMM -> guest (sync regs)", value: us(r.rbx, nt), unit: "us" });
+    figures.push(Figure {
+        name: "syscall -> VMM -> guest (sync regs)",
+        value: us(r.rbx, nt),
+        unit: "us",
+    });
     p.start(Snippet::probe_r3_syscall, false, nt)?;
     let (end, r) = p.run(no_req, true)?;
     expect("syscall doorbell (ioctls)", &end, End::Doorbell)?;
-    figures.push(Figure { name: "syscall -> VMM -> guest (GET/SET_REGS)", value: us(r.rbx, nt), unit: "us" });
+    figures.push(Figure {
+        name: "syscall -> VMM -> guest (GET/SET_REGS)",
+        value: us(r.rbx, nt),
+        unit: "us",
+    });
 
     p.start(Snippet::probe_r3_out, false, nt)?;
     let (end, r) = p.run(no_req, false)?;
     expect("out doorbell", &end, End::Doorbell)?;
-    figures.push(Figure { name: "out from ring 3 (I/O bitmap) -> VMM -> guest", value: us(r.rbx, nt), unit: "us" });
+    figures.push(Figure {
+        name: "out from ring 3 (I/O bitmap) -> VMM -> guest",
+        value: us(r.rbx, nt),
+        unit: "us",
+    });
 
     p.start(Snippet::probe_r0_out, true, nt)?;
     let (end, r) = p.run(no_req, false)?;
     expect("ring-0 out doorbell", &end, End::Port)?;
-    figures.push(Figure { name: "out from ring 0 -> VMM -> guest", value: us(r.rbx, nt), unit: "us" });
+    figures.push(Figure {
+        name: "out from ring 0 -> VMM -> guest",
+        value: us(r.rbx, nt),
+        unit: "us",
+    });
 
     p.start(Snippet::probe_r3_int3, false, nt)?;
     let (end, r) = p.run(no_req, false)?;
     expect("int3 via VMM", &end, End::Doorbell)?;
-    figures.push(Figure { name: "int3 -> shim stub -> VMM -> iretq", value: us(r.rbx, nt), unit: "us" });
+    figures.push(Figure {
+        name: "int3 -> shim stub -> VMM -> iretq",
+        value: us(r.rbx, nt),
+        unit: "us",
+    });
 
     // The same exception with a ring-0 handler that only iretqs (no VMM).
     {
         let idt3 = p.region.gpa + layout::IDT + 3 * 16;
         let mem = p.vm.memory();
         let mut gate = [0u8; 16];
-        mem.read_slice(&mut gate, GuestAddress(idt3)).map_err(|_| shim::Error::Memory(idt3))?;
+        mem.read_slice(&mut gate, GuestAddress(idt3))
+            .map_err(|_| shim::Error::Memory(idt3))?;
         // Point the gate at the `iretq` of the shim's own vector-3 stub (its last 2 bytes).
         let stub = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
             | (u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16)
             | (u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]])) << 32);
         // The stub's own `iretq` (48 cf): a ring-0 handler of one instruction.
         let mut code = [0u8; 16];
-        let stub_gpa = p.region.va_to_gpa(stub).ok_or(Error::Step("int3 in-VM", "stub outside the shim".into()))?;
-        mem.read_slice(&mut code, GuestAddress(stub_gpa)).map_err(|_| shim::Error::Memory(stub_gpa))?;
-        let at = code.windows(2).position(|w| w == [0x48, 0xcf]).ok_or(Error::Step("int3 in-VM", "no iretq in stub".into()))?;
+        let stub_gpa = p
+            .region
+            .va_to_gpa(stub)
+            .ok_or(Error::Step("int3 in-VM", "stub outside the shim".into()))?;
+        mem.read_slice(&mut code, GuestAddress(stub_gpa))
+            .map_err(|_| shim::Error::Memory(stub_gpa))?;
+        let at = code
+            .windows(2)
+            .position(|w| w == [0x48, 0xcf])
+            .ok_or(Error::Step("int3 in-VM", "no iretq in stub".into()))?;
         let iret = stub + at as u64;
         let mut g2 = gate;
         g2[0..2].copy_from_slice(&(iret as u16).to_le_bytes());
         g2[6..8].copy_from_slice(&((iret >> 16) as u16).to_le_bytes());
         g2[8..12].copy_from_slice(&((iret >> 32) as u32).to_le_bytes());
-        mem.write_slice(&g2, GuestAddress(idt3)).map_err(|_| shim::Error::Memory(idt3))?;
+        mem.write_slice(&g2, GuestAddress(idt3))
+            .map_err(|_| shim::Error::Memory(idt3))?;
         p.start(Snippet::probe_r3_int3, false, nt)?;
         let (end, r) = p.run(no_req, false)?;
-        p.vm.memory().write_slice(&gate, GuestAddress(idt3)).map_err(|_| shim::Error::Memory(idt3))?;
+        p.vm.memory()
+            .write_slice(&gate, GuestAddress(idt3))
+            .map_err(|_| shim::Error::Memory(idt3))?;
         expect("int3 in-VM", &end, End::Doorbell)?;
-        figures.push(Figure { name: "int3 -> ring-0 iretq (no VMM)", value: us(r.rbx, nt), unit: "us" });
+        figures.push(Figure {
+            name: "int3 -> ring-0 iretq (no VMM)",
+            value: us(r.rbx, nt),
+            unit: "us",
+        });
     }
 
     // KVM_SET_SREGS cost, host side.
@@ -666,7 +764,11 @@ pub fn run() -> Result<Report, Error> {
         for _ in 0..1000 {
             p.vcpu.set_sregs_ioctl(&s)?;
         }
-        figures.push(Figure { name: "KVM_SET_SREGS ioctl", value: t.elapsed().as_secs_f64() * 1e6 / 1000.0, unit: "us" });
+        figures.push(Figure {
+            name: "KVM_SET_SREGS ioctl",
+            value: t.elapsed().as_secs_f64() * 1e6 / 1000.0,
+            unit: "us",
+        });
     }
 
     // Where a ring-3 syscall lands.
@@ -674,14 +776,29 @@ pub fn run() -> Result<Report, Error> {
     {
         let mut seen = None;
         let exit = p.vcpu.run()?;
-        if let Exit::IoOut { port: port::HYPERCALL, .. } = exit {
+        if let Exit::IoOut {
+            port: port::HYPERCALL,
+            ..
+        } = exit
+        {
             let s = p.vcpu.sregs()?;
             let r = p.vcpu.regs()?;
-            seen = Some(format!("LSTAR stub at CPL{} (cs {:#x}), rcx = return rip: {}", s.cs.dpl, s.cs.selector, r.rcx > CODE_GPA));
+            seen = Some(format!(
+                "LSTAR stub at CPL{} (cs {:#x}), rcx = return rip: {}",
+                s.cs.dpl,
+                s.cs.selector,
+                r.rcx > CODE_GPA
+            ));
             let ours = r.r12 as u32 == u32::from_le_bytes(*b"pvkv");
-            facts.push(("raw CPUID at ring 3 answered from KVM_SET_CPUID2", yes_no(ours)));
+            facts.push((
+                "raw CPUID at ring 3 answered from KVM_SET_CPUID2",
+                yes_no(ours),
+            ));
         }
-        facts.push(("syscall from ring 3 lands", seen.unwrap_or_else(|| format!("unexpected exit {exit:?}"))));
+        facts.push((
+            "syscall from ring 3 lands",
+            seen.unwrap_or_else(|| format!("unexpected exit {exit:?}")),
+        ));
     }
 
     // Pagetable coherence: VMM-side store vs in-guest store.
@@ -695,7 +812,10 @@ pub fn run() -> Result<Report, Error> {
     pv.start(Snippet::probe_r3_pte_host, false, 0)?;
     let (end, r) = pv.run(rewrite, false)?;
     expect("pte host store", &end, End::Doorbell)?;
-    facts.push(("PTE stored by the VMM, seen by guest at once", yes_no(r.rbx == 0xbbbb)));
+    facts.push((
+        "PTE stored by the VMM, seen by guest at once",
+        yes_no(r.rbx == 0xbbbb),
+    ));
     let mut pv = ProbeVm::new()?;
     pv.start(Snippet::probe_r0_pte_host, true, 0)?;
     let mut after = Vec::new();
@@ -711,21 +831,34 @@ pub fn run() -> Result<Report, Error> {
             after.push(yes_no(r.rbx == 0xbbbb));
         }
     }
-    facts.push(("  ... seen after invlpg / after CR3 reload", after.join(" / ")));
+    facts.push((
+        "  ... seen after invlpg / after CR3 reload",
+        after.join(" / "),
+    ));
     let mut pv = ProbeVm::new()?;
     pv.start(Snippet::probe_r0_pte_guest, true, 0)?;
     let mut regs = pv.vcpu.get_regs_ioctl()?;
     regs.rdx = pte_b;
     pv.vcpu.set_regs_ioctl(&regs)?;
     let (end, r) = pv.run(no_req, false)?;
-    facts.push(("PTE stored inside the guest, seen after invlpg", if end == End::Port { yes_no(r.rbx == 0xbbbb) } else { format!("{end:?}") }));
+    facts.push((
+        "PTE stored inside the guest, seen after invlpg",
+        if end == End::Port {
+            yes_no(r.rbx == 0xbbbb)
+        } else {
+            format!("{end:?}")
+        },
+    ));
     let _ = pte_a;
 
-    facts.push(("CR0.TS makes ring-3 SSE raise #NM", match cr0_ts_check() {
-        Ok(true) => yes_no(true),
-        Ok(false) => "no (fpu_taskswitch cannot be enforced here)".to_string(),
-        Err(e) => format!("error: {e}"),
-    }));
+    facts.push((
+        "CR0.TS makes ring-3 SSE raise #NM",
+        match cr0_ts_check() {
+            Ok(true) => yes_no(true),
+            Ok(false) => "no (fpu_taskswitch cannot be enforced here)".to_string(),
+            Err(e) => format!("error: {e}"),
+        },
+    ));
 
     // Which ring-0 instructions the host executes.
     let mut instructions = Vec::new();
@@ -751,7 +884,9 @@ pub fn run() -> Result<Report, Error> {
         vm.start(s, true, 0)?;
         let outcome = match vm.run(no_req, false) {
             Ok((end, _)) if end == want => "works".to_string(),
-            Ok((End::InternalError(e), _)) => format!("NOT emulated (KVM internal error {e}: the VM dies)"),
+            Ok((End::InternalError(e), _)) => {
+                format!("NOT emulated (KVM internal error {e}: the VM dies)")
+            }
             Ok((End::Exception(v), _)) => format!("raises exception {v}"),
             Ok((end, _)) => format!("ends as {end:?}"),
             Err(e) => format!("error: {e}"),
@@ -759,10 +894,21 @@ pub fn run() -> Result<Report, Error> {
         instructions.push((name, outcome));
     }
 
-    let kind = if host.module == "kvm_pvm" || host.cpu_virt_flag.is_none() { "software (no VT-x/AMD-V)" } else { "hardware" };
+    let kind = if host.module == "kvm_pvm" || host.cpu_virt_flag.is_none() {
+        "software (no VT-x/AMD-V)"
+    } else {
+        "hardware"
+    };
     facts.insert(0, ("KVM_CAP_XEN_HVM", host.xen_hvm.to_string()));
     facts.insert(0, ("KVM_CAP_SYNC_REGS", yes_no(host.sync_regs)));
-    Ok(Report { host, kind, tsc_mhz: mhz, figures, facts, instructions })
+    Ok(Report {
+        host,
+        kind,
+        tsc_mhz: mhz,
+        figures,
+        facts,
+        instructions,
+    })
 }
 
 /// Whether this host's KVM makes a guest SSE instruction at ring 3 fault with #NM when
@@ -801,7 +947,14 @@ impl Report {
     /// Human-readable table.
     pub fn to_table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "host KVM: {} (module {}, cpu flag {}), API {}", self.kind, self.host.module, self.host.cpu_virt_flag.as_deref().unwrap_or("none"), self.host.api_version);
+        let _ = writeln!(
+            s,
+            "host KVM: {} (module {}, cpu flag {}), API {}",
+            self.kind,
+            self.host.module,
+            self.host.cpu_virt_flag.as_deref().unwrap_or("none"),
+            self.host.api_version
+        );
         let _ = writeln!(s, "TSC: {:.0} MHz", self.tsc_mhz);
         let _ = writeln!(s, "\ntimings");
         for f in &self.figures {
@@ -828,11 +981,30 @@ impl Report {
             format!("\"sync_regs\":{}", self.host.sync_regs),
             format!("\"xen_hvm\":{}", self.host.xen_hvm),
         ];
-        let figs: Vec<String> = self.figures.iter().map(|f| format!("{{\"name\":\"{}\",\"value\":{:.3},\"unit\":\"{}\"}}", esc(f.name), f.value, f.unit)).collect();
+        let figs: Vec<String> = self
+            .figures
+            .iter()
+            .map(|f| {
+                format!(
+                    "{{\"name\":\"{}\",\"value\":{:.3},\"unit\":\"{}\"}}",
+                    esc(f.name),
+                    f.value,
+                    f.unit
+                )
+            })
+            .collect();
         parts.push(format!("\"timings\":[{}]", figs.join(",")));
-        let facts: Vec<String> = self.facts.iter().map(|(k, v)| format!("\"{}\":\"{}\"", esc(k.trim()), esc(v))).collect();
+        let facts: Vec<String> = self
+            .facts
+            .iter()
+            .map(|(k, v)| format!("\"{}\":\"{}\"", esc(k.trim()), esc(v)))
+            .collect();
         parts.push(format!("\"facts\":{{{}}}", facts.join(",")));
-        let ins: Vec<String> = self.instructions.iter().map(|(k, v)| format!("\"{}\":\"{}\"", esc(k), esc(v))).collect();
+        let ins: Vec<String> = self
+            .instructions
+            .iter()
+            .map(|(k, v)| format!("\"{}\":\"{}\"", esc(k), esc(v)))
+            .collect();
         parts.push(format!("\"ring0_instructions\":{{{}}}", ins.join(",")));
         format!("{{{}}}", parts.join(","))
     }

@@ -100,7 +100,12 @@ impl RunReport {
     /// shutdown reason 3, a VMM-side fatal error 1, a timeout 124 (as timeout(1)).
     pub fn exit_status(&self) -> i32 {
         match self.end {
-            DomainEnd::Shutdown(r) if r == xen_abi::sched::SHUTDOWN_POWEROFF || r == xen_abi::sched::SHUTDOWN_REBOOT => 0,
+            DomainEnd::Shutdown(r)
+                if r == xen_abi::sched::SHUTDOWN_POWEROFF
+                    || r == xen_abi::sched::SHUTDOWN_REBOOT =>
+            {
+                0
+            }
             DomainEnd::Shutdown(xen_abi::sched::SHUTDOWN_CRASH) => 1,
             DomainEnd::Shutdown(_) => 3,
             DomainEnd::Fatal(_) => 1,
@@ -123,7 +128,11 @@ pub fn kick_signal() -> libc::c_int {
 
 fn host_has_xsave(vm: &Vm) -> bool {
     vm.supported_cpuid()
-        .map(|c| c.as_slice().iter().any(|e| e.function == 1 && e.ecx & (1 << 26) != 0))
+        .map(|c| {
+            c.as_slice()
+                .iter()
+                .any(|e| e.function == 1 && e.ecx & (1 << 26) != 0)
+        })
         .unwrap_or(false)
 }
 
@@ -133,14 +142,25 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     if !(16 << 20..=64 << 30).contains(&cfg.memory) {
         return Err(Error::MemorySize(cfg.memory >> 20));
     }
-    let read = |path: &PathBuf| std::fs::read(path).map_err(|source| Error::Read { path: path.clone(), source });
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })
+    };
     let kernel_bytes = read(&cfg.kernel)?;
-    let image = KernelImage::parse(&kernel_bytes).map_err(|source| Error::Kernel { path: cfg.kernel.clone(), source })?;
+    let image = KernelImage::parse(&kernel_bytes).map_err(|source| Error::Kernel {
+        path: cfg.kernel.clone(),
+        source,
+    })?;
     let initrd = cfg.initrd.as_ref().map(read).transpose()?;
 
     let ram = cfg.memory & !0xfff;
     let shim_gpa = (ram + 0x1f_ffff) & !0x1f_ffff;
-    let vm = Vm::new(&[(0, ram as usize), (shim_gpa, shim::region_size(ram >> 12) as usize)])?;
+    let vm = Vm::new(&[
+        (0, ram as usize),
+        (shim_gpa, shim::region_size(ram >> 12) as usize),
+    ])?;
     let shim_image = ShimImage::embedded()?;
     let region = shim::build_region(vm.memory(), shim_gpa, &shim_image, ram >> 12)?;
 
@@ -153,17 +173,32 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         store_evtchn: STORE_EVTCHN,
         console_evtchn: CONSOLE_EVTCHN,
     };
-    let layout = loader::build(&image, &dom_cfg, vm.memory()).map_err(|source| Error::Kernel { path: cfg.kernel.clone(), source })?;
-    log::info!("domain built: entry {:#x}, start_info {:#x}, cr3 {:#x}", layout.entry, layout.start_info_va, layout.l4_gpa);
+    let layout = loader::build(&image, &dom_cfg, vm.memory()).map_err(|source| Error::Kernel {
+        path: cfg.kernel.clone(),
+        source,
+    })?;
+    log::info!(
+        "domain built: entry {:#x}, start_info {:#x}, cr3 {:#x}",
+        layout.entry,
+        layout.start_info_va,
+        layout.l4_gpa
+    );
 
     // Events start masked, as Xen's builder leaves them.
     vm.memory()
-        .write_obj(1u8, GuestAddress(region.shared_info_gpa + xen_abi::xen::vcpu_info::UPCALL_MASK))
+        .write_obj(
+            1u8,
+            GuestAddress(region.shared_info_gpa + xen_abi::xen::vcpu_info::UPCALL_MASK),
+        )
         .map_err(|_| shim::Error::Memory(region.shared_info_gpa))?;
 
     let cpuid = CpuidTable::pv_policy(&vm.supported_cpuid()?);
     let mut vcpu = vm.create_vcpu(0)?;
-    vcpu.set_cpuid(&cpuid.to_kvm().ok_or(vstate::Error::Missing("room for the CPUID table"))?)?;
+    vcpu.set_cpuid(
+        &cpuid
+            .to_kvm()
+            .ok_or(vstate::Error::Missing("room for the CPUID table"))?,
+    )?;
     let xsave = host_has_xsave(&vm);
     let sregs = vcpu.sregs()?;
     vcpu.set_sregs_ioctl(&region.initial_sregs(sregs, layout.l4_gpa, xsave))?;
@@ -174,10 +209,17 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             vcpu.set_xcr0(0b11)?;
         }
     }
-    let regs = Regs { rip: layout.entry, rsp: layout.stack_top, rsi: layout.start_info_va, rflags: 0x202, ..Default::default() };
+    let regs = Regs {
+        rip: layout.entry,
+        rsp: layout.stack_top,
+        rsi: layout.start_info_va,
+        rflags: 0x202,
+        ..Default::default()
+    };
     vcpu.set_regs_ioctl(&regs)?;
 
-    register_signal_handler(kick_signal(), on_kick).map_err(|e| Error::Thread(format!("cannot install the kick signal handler: {e}")))?;
+    register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| Error::Thread(format!("cannot install the kick signal handler: {e}")))?;
     let timed_out = Arc::new(AtomicBool::new(false));
     let pv_vcpu = pv_engine::Vcpu::new(0, layout.l4_gpa, region.shared_info_gpa);
     let thread_flag = timed_out.clone();
@@ -185,7 +227,16 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let handle = std::thread::Builder::new()
         .name("vcpu0".into())
         .spawn(move || {
-            let report = vcpu_loop(vm, vcpu, region, pv_vcpu, ram, cpuid, console, &thread_flag);
+            let thread = VcpuThread {
+                vm,
+                vcpu,
+                region,
+                pv_vcpu,
+                ram,
+                cpuid,
+                console,
+            };
+            let report = vcpu_loop(thread, &thread_flag);
             let _ = done_tx.send(());
             report
         })
@@ -193,7 +244,9 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
 
     let deadline = cfg.timeout.map(|t| started + t);
     loop {
-        let wait = deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
+        let wait = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
         match done_rx.recv_timeout(wait) {
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -209,20 +262,41 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             }
         }
     }
-    let (end, exits, stats) = handle.join().map_err(|_| Error::Thread("the vCPU thread panicked".into()))??;
-    Ok(RunReport { end, elapsed: started.elapsed(), exits, stats })
+    let (end, exits, stats) = handle
+        .join()
+        .map_err(|_| Error::Thread("the vCPU thread panicked".into()))??;
+    Ok(RunReport {
+        end,
+        elapsed: started.elapsed(),
+        exits,
+        stats,
+    })
+}
+
+/// Everything the vCPU thread owns.
+struct VcpuThread {
+    vm: Vm,
+    vcpu: vstate::Vcpu,
+    region: ShimRegion,
+    pv_vcpu: pv_engine::Vcpu,
+    ram: u64,
+    cpuid: CpuidTable,
+    console: Box<dyn Write + Send>,
 }
 
 fn vcpu_loop(
-    vm: Vm,
-    mut vcpu: vstate::Vcpu,
-    region: ShimRegion,
-    mut pv_vcpu: pv_engine::Vcpu,
-    ram: u64,
-    cpuid: CpuidTable,
-    mut console: Box<dyn Write + Send>,
+    t: VcpuThread,
     timed_out: &AtomicBool,
 ) -> Result<(DomainEnd, ExitStats, pv_engine::Stats), Error> {
+    let VcpuThread {
+        vm,
+        mut vcpu,
+        region,
+        mut pv_vcpu,
+        ram,
+        cpuid,
+        mut console,
+    } = t;
     let mut stats = pv_engine::Stats::new();
     let mut exits = ExitStats::default();
     loop {
@@ -232,13 +306,24 @@ fn vcpu_loop(
             stats: &mut stats,
             exits: &mut exits,
             shim: &region,
-            platform: GuestPlatform { mem: vm.memory(), ram_bytes: ram, shared_info_gpa: region.shared_info_gpa, cpuid: &cpuid, console: &mut *console },
+            platform: GuestPlatform {
+                mem: vm.memory(),
+                ram_bytes: ram,
+                shared_info_gpa: region.shared_info_gpa,
+                cpuid: &cpuid,
+                console: &mut *console,
+            },
         };
         match exit::handle_exit(&exit, &mut vcpu, &mut dom) {
             Action::Resume => {}
             Action::Interrupted => {
                 if timed_out.load(Ordering::SeqCst) {
-                    let diag = exit::diagnostic("the guest did not finish in time (watchdog)", &dom, None, Some(&mut vcpu as &mut dyn CpuState));
+                    let diag = exit::diagnostic(
+                        "the guest did not finish in time (watchdog)",
+                        &dom,
+                        None,
+                        Some(&mut vcpu as &mut dyn CpuState),
+                    );
                     return Ok((DomainEnd::Timeout(diag), exits, stats));
                 }
             }

@@ -76,21 +76,28 @@ impl ShimImage {
             let data = seg.data().map_err(|e| Error::BadElf(e.to_string()))?;
             let end = seg.address() as usize + data.len();
             if end as u64 > layout::TEXT_SIZE {
-                return Err(Error::BadElf(format!("segment ends at {end:#x}, beyond the shim's text area")));
+                return Err(Error::BadElf(format!(
+                    "segment ends at {end:#x}, beyond the shim's text area"
+                )));
             }
             if bytes.len() < end {
                 bytes.resize(end, 0);
             }
             bytes[seg.address() as usize..end].copy_from_slice(data);
         }
-        let (header, _) = ShimHeader::read_from_prefix(&bytes).map_err(|_| Error::BadHeader("image too short"))?;
+        let (header, _) = ShimHeader::read_from_prefix(&bytes)
+            .map_err(|_| Error::BadHeader("image too short"))?;
         if header.magic != contract::SHIM_MAGIC {
             return Err(Error::BadHeader("bad magic"));
         }
         if header.version != contract::CONTRACT_VERSION {
             return Err(Error::BadHeader("contract version differs"));
         }
-        if header.vector_entry.iter().any(|&o| u64::from(o) >= bytes.len() as u64) {
+        if header
+            .vector_entry
+            .iter()
+            .any(|&o| u64::from(o) >= bytes.len() as u64)
+        {
             return Err(Error::BadHeader("a vector stub lies outside the image"));
         }
         Ok(Self { bytes, header })
@@ -147,15 +154,29 @@ impl ShimRegion {
             unusable: 0,
             padding: 0,
         };
-        let data = |sel: u16, dpl: u8| Segment { type_: 3, db: 1, l: 0, ..code(sel, dpl, false) };
-        let null = Segment { unusable: 1, present: 0, selector: 0, ..data(0, 3) };
+        let data = |sel: u16, dpl: u8| Segment {
+            type_: 3,
+            db: 1,
+            l: 0,
+            ..code(sel, dpl, false)
+        };
+        let null = Segment {
+            unusable: 1,
+            present: 0,
+            selector: 0,
+            ..data(0, 3)
+        };
         sregs.cs = code(selector::FLAT_KERNEL_CS, 3, true);
         sregs.ss = data(selector::FLAT_KERNEL_SS, 3);
         sregs.ds = null;
         sregs.es = null;
         sregs.fs = null;
         sregs.gs = null;
-        sregs.ldt = Segment { type_: 2, s: 0, ..null };
+        sregs.ldt = Segment {
+            type_: 2,
+            s: 0,
+            ..null
+        };
         sregs.tr = Segment {
             base: SHIM_VA_BASE + layout::TSS,
             limit: layout::TSS_LIMIT as u32,
@@ -187,7 +208,8 @@ impl ShimRegion {
 
     /// MSRs of the shim: the syscall entry, Xen's PAT.
     pub fn msrs(&self) -> Vec<MsrEntry> {
-        let star = (u64::from(selector::FLAT_RING3_CS32) << 48) | (u64::from(shim_sel::HYPERVISOR_CS) << 32);
+        let star = (u64::from(selector::FLAT_RING3_CS32) << 48)
+            | (u64::from(shim_sel::HYPERVISOR_CS) << 32);
         // TF | IF | DF | NT | RF | AC: the stub runs with none of them.
         let sfmask = 0x4_7700;
         [
@@ -199,13 +221,18 @@ impl ShimRegion {
             (0xc000_0102, 0),
         ]
         .iter()
-        .map(|&(index, data)| MsrEntry { index, data, ..Default::default() })
+        .map(|&(index, data)| MsrEntry {
+            index,
+            data,
+            ..Default::default()
+        })
         .collect()
     }
 }
 
 fn write(mem: &GuestMemoryMmap, gpa: u64, bytes: &[u8]) -> Result<()> {
-    mem.write_slice(bytes, GuestAddress(gpa)).map_err(|_| Error::Memory(gpa))
+    mem.write_slice(bytes, GuestAddress(gpa))
+        .map_err(|_| Error::Memory(gpa))
 }
 
 fn write_u64(mem: &GuestMemoryMmap, gpa: u64, v: u64) -> Result<()> {
@@ -248,7 +275,11 @@ fn build_m2p(mem: &GuestMemoryMmap, gpa: u64, ram_frames: u64) -> Result<u64> {
     let l2 = l3 + 0x1000;
     let upper = pte::P | pte::RW | pte::U | pte::A;
     for page in 0..pages {
-        write_u64(mem, l1s + page * 8, (table + page * 0x1000) | pte::P | pte::U | pte::A | pte::NX)?;
+        write_u64(
+            mem,
+            l1s + page * 8,
+            (table + page * 0x1000) | pte::P | pte::U | pte::A | pte::NX,
+        )?;
     }
     for i in 0..n_l1 {
         write_u64(mem, l2 + i * 8, (l1s + i * 0x1000) | upper)?;
@@ -260,7 +291,12 @@ fn build_m2p(mem: &GuestMemoryMmap, gpa: u64, ram_frames: u64) -> Result<u64> {
 
 /// Writes the shim region at `gpa` for a guest of `ram_frames` frames and returns where
 /// things are.
-pub fn build_region(mem: &GuestMemoryMmap, gpa: u64, image: &ShimImage, ram_frames: u64) -> Result<ShimRegion> {
+pub fn build_region(
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    image: &ShimImage,
+    ram_frames: u64,
+) -> Result<ShimRegion> {
     write(mem, gpa + layout::TEXT, &image.bytes)?;
     let va = |off: u64| SHIM_VA_BASE + off;
 
@@ -319,12 +355,32 @@ pub fn build_region(mem: &GuestMemoryMmap, gpa: u64, image: &ShimImage, ram_fram
     write_u64(mem, l2, l1 | upper)?;
     let pages: &[(u64, u64, u64)] = &[
         (layout::TEXT, layout::TEXT_SIZE, pte::P | pte::U | pte::A),
-        (layout::GDT, layout::GDT_SIZE, pte::P | pte::RW | pte::A | pte::D | pte::NX),
+        (
+            layout::GDT,
+            layout::GDT_SIZE,
+            pte::P | pte::RW | pte::A | pte::D | pte::NX,
+        ),
         (layout::IDT, 0x1000, pte::P | pte::A | pte::NX),
-        (layout::TSS, 0x3000, pte::P | pte::RW | pte::A | pte::D | pte::NX),
-        (layout::SHARED_INFO, 0x1000, pte::P | pte::RW | pte::A | pte::D | pte::NX),
-        (layout::STACK - layout::STACK_SIZE, layout::STACK_SIZE, pte::P | pte::RW | pte::A | pte::D | pte::NX),
-        (layout::DF_STACK - layout::DF_STACK_SIZE, layout::DF_STACK_SIZE, pte::P | pte::RW | pte::A | pte::D | pte::NX),
+        (
+            layout::TSS,
+            0x3000,
+            pte::P | pte::RW | pte::A | pte::D | pte::NX,
+        ),
+        (
+            layout::SHARED_INFO,
+            0x1000,
+            pte::P | pte::RW | pte::A | pte::D | pte::NX,
+        ),
+        (
+            layout::STACK - layout::STACK_SIZE,
+            layout::STACK_SIZE,
+            pte::P | pte::RW | pte::A | pte::D | pte::NX,
+        ),
+        (
+            layout::DF_STACK - layout::DF_STACK_SIZE,
+            layout::DF_STACK_SIZE,
+            pte::P | pte::RW | pte::A | pte::D | pte::NX,
+        ),
     ];
     for &(off, size, flags) in pages {
         for page in (off..off + size).step_by(0x1000) {
@@ -369,29 +425,46 @@ mod tests {
         let image = ShimImage::embedded().expect("embedded shim");
         for &off in image.header().vector_entry.iter() {
             let stub = &image.bytes[off as usize..off as usize + 16];
-            assert!(!stub.windows(2).any(|w| w[0] == 0x0f && (w[1] == 0x28 || w[1] == 0x29 || w[1] == 0x10 || w[1] == 0x11)));
+            assert!(!stub
+                .windows(2)
+                .any(|w| w[0] == 0x0f
+                    && (w[1] == 0x28 || w[1] == 0x29 || w[1] == 0x10 || w[1] == 0x11)));
         }
     }
 
     #[test]
     fn region_maps_only_the_doorbell_port_for_ring3() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x10_0000), region_size(1024) as usize)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(
+            GuestAddress(0x10_0000),
+            region_size(1024) as usize,
+        )])
+        .unwrap();
         let image = ShimImage::embedded().unwrap();
         let region = build_region(&mem, 0x10_0000, &image, 1024).unwrap();
         let bitmap_gpa = region.gpa + layout::TSS + layout::TSS_IOPB;
         let mut bitmap = vec![0u8; 8193];
-        mem.read_slice(&mut bitmap, GuestAddress(bitmap_gpa)).unwrap();
-        let open: Vec<usize> = (0..65536).filter(|p| bitmap[p / 8] & (1 << (p % 8)) == 0).collect();
+        mem.read_slice(&mut bitmap, GuestAddress(bitmap_gpa))
+            .unwrap();
+        let open: Vec<usize> = (0..65536)
+            .filter(|p| bitmap[p / 8] & (1 << (p % 8)) == 0)
+            .collect();
         assert_eq!(open, vec![usize::from(port::HYPERCALL)]);
         assert_eq!(bitmap[8192], 0xff);
-        assert_eq!(region.va_to_gpa(region.stack_top - 8), Some(region.gpa + layout::STACK - 8));
+        assert_eq!(
+            region.va_to_gpa(region.stack_top - 8),
+            Some(region.gpa + layout::STACK - 8)
+        );
     }
 
     #[test]
     fn m2p_is_the_identity_and_read_only() {
         let frames = 5000;
         let base = 0x10_0000;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(base), region_size(frames) as usize)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(
+            GuestAddress(base),
+            region_size(frames) as usize,
+        )])
+        .unwrap();
         let region = build_region(&mem, base, &ShimImage::embedded().unwrap(), frames).unwrap();
         let walk = |va: u64| -> Option<(u64, u64)> {
             let slot = ((va >> 39) & 511) as usize;
@@ -402,7 +475,9 @@ mod tests {
                     return None;
                 }
                 let table = entry & pte::ADDR_MASK;
-                entry = mem.read_obj::<u64>(GuestAddress(table + ((va >> shift) & 511) * 8)).unwrap();
+                entry = mem
+                    .read_obj::<u64>(GuestAddress(table + ((va >> shift) & 511) * 8))
+                    .unwrap();
                 flags &= entry | !(pte::RW | pte::U);
             }
             (entry & pte::P != 0).then_some((entry & pte::ADDR_MASK, flags))
@@ -412,10 +487,15 @@ mod tests {
             let (page, flags) = walk(m2p + mfn * 8).expect("M2P entry mapped");
             assert_eq!(flags & pte::RW, 0, "M2P must be read-only");
             assert_ne!(flags & pte::U, 0, "the guest kernel (CPL3) reads the M2P");
-            let value: u64 = mem.read_obj(GuestAddress(page + (mfn * 8) % 0x1000)).unwrap();
+            let value: u64 = mem
+                .read_obj(GuestAddress(page + (mfn * 8) % 0x1000))
+                .unwrap();
             assert_eq!(value, mfn);
         }
         let last_page_end = m2p + (frames * 8).div_ceil(0x1000) * 0x1000;
-        assert!(walk(last_page_end).is_none(), "nothing mapped past the table");
+        assert!(
+            walk(last_page_end).is_none(),
+            "nothing mapped past the table"
+        );
     }
 }

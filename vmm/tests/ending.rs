@@ -10,8 +10,14 @@ fn watchdog_stops_a_spinning_guest_with_a_diagnostic() {
     let (status, stdout, stderr) = boot("spin", 3);
     assert_eq!(status, Some(124), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("spinning without trapping"));
-    assert!(stderr.contains("watchdog") && stderr.contains("vcpu rip"), "no diagnostic:\n{stderr}");
-    assert!(stderr.contains("console_io("), "the diagnostic lists the last hypercalls:\n{stderr}");
+    assert!(
+        stderr.contains("watchdog") && stderr.contains("vcpu rip"),
+        "no diagnostic:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("console_io("),
+        "the diagnostic lists the last hypercalls:\n{stderr}"
+    );
 }
 
 #[test]
@@ -19,8 +25,14 @@ fn unhandled_trap_crashes_with_the_vector_named() {
     let (status, stdout, stderr) = boot("unhandled_fault", 60);
     assert_eq!(status, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(!stdout.contains("still running"));
-    assert!(stderr.contains("vector: 6"), "diagnostic must name #UD:\n{stderr}");
-    assert!(stderr.contains("guest rip"), "diagnostic must show the guest frame:\n{stderr}");
+    assert!(
+        stderr.contains("vector: 6"),
+        "diagnostic must name #UD:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("guest rip"),
+        "diagnostic must show the guest frame:\n{stderr}"
+    );
 }
 
 fn expect_refused(args: &[&str], needle: &str) {
@@ -29,7 +41,11 @@ fn expect_refused(args: &[&str], needle: &str) {
     assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one clear line, got:\n{stderr}");
-    assert!(lines[0].starts_with("pvkvm: ") && lines[0].contains(needle), "line {:?} should mention {needle:?}", lines[0]);
+    assert!(
+        lines[0].starts_with("pvkvm: ") && lines[0].contains(needle),
+        "line {:?} should mention {needle:?}",
+        lines[0]
+    );
 }
 
 fn scratch(name: &str, bytes: &[u8]) -> String {
@@ -42,10 +58,18 @@ fn scratch(name: &str, bytes: &[u8]) -> String {
 
 #[test]
 fn bad_kernels_get_one_line_and_status_2() {
-    let missing = repo_root().join("no-such-kernel").to_str().unwrap().to_string();
+    let missing = repo_root()
+        .join("no-such-kernel")
+        .to_str()
+        .unwrap()
+        .to_string();
     let garbage = scratch("garbage", &[0x5a; 4096]);
     // This test binary is an ELF without Xen notes.
-    let plain_elf = std::env::current_exe().unwrap().to_str().unwrap().to_string();
+    let plain_elf = std::env::current_exe()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     // A bzImage header whose payload runs past the end of the file.
     let mut bz = vec![0u8; 0x1000];
     bz[0x1f1] = 1; // setup_sects
@@ -55,7 +79,16 @@ fn bad_kernels_get_one_line_and_status_2() {
     bz[0x24c..0x250].copy_from_slice(&0x10_0000u32.to_le_bytes()); // payload_length
     let truncated = scratch("truncated-bzimage", &bz);
     for cmd in ["run", "inspect"] {
-        let with = |k: &str| if cmd == "run" { vec![cmd, "--kernel", k] } else { vec![cmd, k] }.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let with = |k: &str| {
+            if cmd == "run" {
+                vec![cmd, "--kernel", k]
+            } else {
+                vec![cmd, k]
+            }
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+        };
         for (kernel, needle) in [
             (&missing, "cannot read"),
             (&garbage, "neither an ELF file nor a bzImage"),
@@ -73,9 +106,18 @@ fn bad_kernels_get_one_line_and_status_2() {
 fn bad_memory_size_is_refused() {
     let hello = common::kernel("hello");
     // A usage error: clap's message (with its usage hint) and status 2.
-    let out = pvkvm(&["run", "--kernel", hello.to_str().unwrap(), "--memory", "lots"]);
+    let out = pvkvm(&[
+        "run",
+        "--kernel",
+        hello.to_str().unwrap(),
+        "--memory",
+        "lots",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'lots' is not a size like 512M or 2G"));
     // Too small to be a domain: pvkvm's own one-line refusal.
-    expect_refused(&["run", "--kernel", hello.to_str().unwrap(), "--memory", "4M"], "memory size 4 MiB");
+    expect_refused(
+        &["run", "--kernel", hello.to_str().unwrap(), "--memory", "4M"],
+        "memory size 4 MiB",
+    );
 }

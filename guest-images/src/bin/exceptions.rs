@@ -176,5 +176,4 @@ fn main(_si: &'static StartInfo) {
     let n = last_trap().count;
     let s = shoot!("", "mov rdx, qword ptr [0x10000]");
     check("#PF (read of unmapped 0x10000)", n, &s, 14, 0, false);
-
 }

@@ -8,6 +8,8 @@
 //! the full 32 bytes of ymm0-ymm15 (so the upper halves are checked too).
 #![no_std]
 #![no_main]
+// `&mut *(&raw mut X)` is deliberate: it avoids a reference to a `static mut` in one step.
+#![allow(clippy::deref_addrof)]
 
 use core::arch::asm;
 use pv_test_kernels::traps::{install_trap_table, last_trap};

@@ -86,6 +86,18 @@ pub mod layout {
     pub const PAGETABLES: u64 = 0x3_0000;
     /// Size of the shim region without the M2P table.
     pub const SIZE: u64 = 0x4_0000;
+
+    // The parts must not overlap; checked when the crate compiles.
+    const _: () = {
+        assert!(TEXT + TEXT_SIZE <= GDT);
+        assert!(GDT + GDT_SIZE <= IDT);
+        assert!(IDT + 0x1000 <= TSS);
+        assert!(TSS + TSS_LIMIT < SHARED_INFO);
+        assert!(SHARED_INFO + 0x1000 <= STACK - STACK_SIZE);
+        assert!(STACK <= DF_STACK - DF_STACK_SIZE);
+        assert!(DF_STACK <= PAGETABLES);
+        assert!(PAGETABLES + 0x4000 <= SIZE);
+    };
 }
 
 /// Header at offset 0 of the shim image. All offsets are from the image start.
@@ -144,18 +156,5 @@ mod tests {
     fn header_and_frame_sizes() {
         assert_eq!(core::mem::size_of::<ShimHeader>(), 32 + 4 * NR_VECTORS);
         assert_eq!(core::mem::size_of::<TrapFrame>(), 56);
-    }
-
-    #[test]
-    fn regions_do_not_overlap() {
-        use layout::*;
-        assert!(TEXT + TEXT_SIZE <= GDT);
-        assert!(GDT + GDT_SIZE <= IDT);
-        assert!(IDT + 0x1000 <= TSS);
-        assert!(TSS + TSS_LIMIT < SHARED_INFO);
-        assert!(SHARED_INFO + 0x1000 <= STACK - STACK_SIZE);
-        assert!(STACK <= DF_STACK - DF_STACK_SIZE);
-        assert!(DF_STACK <= PAGETABLES);
-        assert!(PAGETABLES + 0x4000 <= SIZE);
     }
 }

@@ -242,7 +242,9 @@ pub mod shared_info {
 
 /// `struct trap_info` (x86_64), 16 bytes; a table ends at an entry with `address == 0`.
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct TrapInfo {
     /// Exception vector.
     pub vector: u8,

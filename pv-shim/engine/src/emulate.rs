@@ -103,7 +103,13 @@ mod tests {
     #[test]
     fn wrmsr_gs_base_sets_the_kernel_gs_base() {
         let (mut vcpu, mut p) = setup();
-        let mut regs = GuestRegs { rip: crate::testutil::DATA_VA, rcx: 0xc000_0101, rax: 0x8000_1000, rdx: 0xffff_ffff, ..Default::default() };
+        let mut regs = GuestRegs {
+            rip: crate::testutil::DATA_VA,
+            rcx: 0xc000_0101,
+            rax: 0x8000_1000,
+            rdx: 0xffff_ffff,
+            ..Default::default()
+        };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x30]);
         assert!(emulate_privileged_op(&mut vcpu, &mut regs, &p));
         assert_eq!(vcpu.gs_base_kernel, 0xffff_ffff_8000_1000);
@@ -115,11 +121,19 @@ mod tests {
     fn rdmsr_reads_back_and_unknown_msrs_are_not_emulated() {
         let (mut vcpu, mut p) = setup();
         vcpu.fs_base = 0x1234_5678_9abc;
-        let mut regs = GuestRegs { rip: crate::testutil::DATA_VA, rcx: 0xc000_0100, ..Default::default() };
+        let mut regs = GuestRegs {
+            rip: crate::testutil::DATA_VA,
+            rcx: 0xc000_0100,
+            ..Default::default()
+        };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x32]);
         assert!(emulate_privileged_op(&mut vcpu, &mut regs, &p));
         assert_eq!((regs.rdx, regs.rax), (0x1234, 0x5678_9abc));
-        let mut regs = GuestRegs { rip: crate::testutil::DATA_VA, rcx: 0x10, ..Default::default() };
+        let mut regs = GuestRegs {
+            rip: crate::testutil::DATA_VA,
+            rcx: 0x10,
+            ..Default::default()
+        };
         assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &p));
         assert_eq!(regs.rip, crate::testutil::DATA_VA);
     }
@@ -129,12 +143,24 @@ mod tests {
         let (vcpu, mut p) = setup();
         let rip = crate::testutil::DATA_VA;
         place(&mut p, &vcpu, rip, &FORCED_CPUID);
-        let mut regs = GuestRegs { rip, rax: 0x4000_0000, rcx: 3, r12: 7, ..Default::default() };
+        let mut regs = GuestRegs {
+            rip,
+            rax: 0x4000_0000,
+            rcx: 3,
+            r12: 7,
+            ..Default::default()
+        };
         assert!(emulate_forced_cpuid(&vcpu, &mut regs, &p));
-        assert_eq!((regs.rax, regs.rbx, regs.rcx, regs.rdx), (0x4000_0000, 3, 0x1234, 0x5678));
+        assert_eq!(
+            (regs.rax, regs.rbx, regs.rcx, regs.rdx),
+            (0x4000_0000, 3, 0x1234, 0x5678)
+        );
         assert_eq!((regs.rip, regs.r12), (rip + 7, 7));
         place(&mut p, &vcpu, rip, &[0x0f, 0x0b, 0, 0, 0, 0, 0]);
-        let mut regs = GuestRegs { rip, ..Default::default() };
+        let mut regs = GuestRegs {
+            rip,
+            ..Default::default()
+        };
         assert!(!emulate_forced_cpuid(&vcpu, &mut regs, &p));
         assert_eq!(regs.rip, rip);
     }
@@ -142,7 +168,12 @@ mod tests {
     #[test]
     fn non_canonical_base_and_user_mode_are_refused() {
         let (mut vcpu, mut p) = setup();
-        let mut regs = GuestRegs { rip: crate::testutil::DATA_VA, rcx: 0xc000_0101, rdx: 0x8000, ..Default::default() };
+        let mut regs = GuestRegs {
+            rip: crate::testutil::DATA_VA,
+            rcx: 0xc000_0101,
+            rdx: 0x8000,
+            ..Default::default()
+        };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x30]);
         assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &p));
         vcpu.mode = Mode::User;

@@ -31,7 +31,11 @@ pub struct MachphysMapping {
 pub fn do_memory_op(vcpu: &Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i64 {
     match cmd {
         XENMEM_MACHPHYS_MAPPING => {
-            let map = MachphysMapping { v_start: MACH2PHYS_VIRT_START, v_end: MACH2PHYS_VIRT_END, max_mfn: M2P_MAX_MFN };
+            let map = MachphysMapping {
+                v_start: MACH2PHYS_VIRT_START,
+                v_end: MACH2PHYS_VIRT_END,
+                max_mfn: M2P_MAX_MFN,
+            };
             match guest::write_obj(vcpu, p, arg, &map) {
                 Ok(()) => 0,
                 Err(_) => -EFAULT,
@@ -49,12 +53,18 @@ mod tests {
     #[test]
     fn machphys_mapping_reports_the_m2p_area() {
         let (vcpu, mut p) = setup();
-        assert_eq!(do_memory_op(&vcpu, &mut p, XENMEM_MACHPHYS_MAPPING, DATA_VA), 0);
+        assert_eq!(
+            do_memory_op(&vcpu, &mut p, XENMEM_MACHPHYS_MAPPING, DATA_VA),
+            0
+        );
         let got: MachphysMapping = guest::read_obj(&vcpu, &p, DATA_VA).unwrap();
         assert_eq!(got.v_start, 0xffff_8000_0000_0000);
         assert_eq!(got.v_end, 0xffff_8040_0000_0000);
         assert_eq!(got.max_mfn, (1 << 35) - 1);
-        assert_eq!(do_memory_op(&vcpu, &mut p, XENMEM_MACHPHYS_MAPPING, UNMAPPED_VA), -EFAULT);
+        assert_eq!(
+            do_memory_op(&vcpu, &mut p, XENMEM_MACHPHYS_MAPPING, UNMAPPED_VA),
+            -EFAULT
+        );
         assert_eq!(do_memory_op(&vcpu, &mut p, 99, DATA_VA), -ENOSYS);
     }
 }

@@ -6,7 +6,7 @@
 //! page, and changes are handed back by marking them dirty, so a trap costs one
 //! `KVM_RUN` and no extra ioctl (DESIGN.md, "Count traps").
 
-use kvm_bindings::{kvm_regs, kvm_sregs, Msrs, CpuId};
+use kvm_bindings::{kvm_regs, kvm_sregs, CpuId, Msrs};
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -107,8 +107,10 @@ impl Vm {
     pub fn new(regions: &[(u64, usize)]) -> Result<Self> {
         let (kvm, info) = host_kvm()?;
         let fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-        let ranges: Vec<(GuestAddress, usize)> =
-            regions.iter().map(|&(base, size)| (GuestAddress(base), size)).collect();
+        let ranges: Vec<(GuestAddress, usize)> = regions
+            .iter()
+            .map(|&(base, size)| (GuestAddress(base), size))
+            .collect();
         let memory = GuestMemoryMmap::<()>::from_ranges(&ranges)?;
         for (slot, region) in memory.iter().enumerate() {
             let host = region.as_ptr() as u64;
@@ -122,9 +124,15 @@ impl Vm {
             };
             // SAFETY: the region is a live mmap owned by `memory`, which this Vm keeps for
             // as long as the VM fd (and so the slot) exists.
-            unsafe { fd.set_user_memory_region(mem_region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { fd.set_user_memory_region(mem_region) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        Ok(Self { kvm, fd, memory, sync_regs: info.sync_regs })
+        Ok(Self {
+            kvm,
+            fd,
+            memory,
+            sync_regs: info.sync_regs,
+        })
     }
 
     /// Guest memory, as the VMM sees it.
@@ -146,7 +154,15 @@ impl Vm {
             fd.set_sync_valid_reg(SyncReg::Register);
             fd.set_sync_valid_reg(SyncReg::SystemRegister);
         }
-        Ok(Vcpu { fd, sync_regs: self.sync_regs, regs: None, sregs: None, regs_dirty: false, sregs_dirty: false, synced: false })
+        Ok(Vcpu {
+            fd,
+            sync_regs: self.sync_regs,
+            regs: None,
+            sregs: None,
+            regs_dirty: false,
+            sregs_dirty: false,
+            synced: false,
+        })
     }
 }
 
@@ -211,7 +227,10 @@ impl Vcpu {
         self.sregs = None;
         self.synced = self.sync_regs;
         let exit = match self.fd.run() {
-            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut { port, value: data.first().copied().unwrap_or(0) },
+            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut {
+                port,
+                value: data.first().copied().unwrap_or(0),
+            },
             Ok(VcpuExit::IoIn(port, data)) => {
                 data.fill(0xff);
                 Exit::IoIn { port }
@@ -234,7 +253,12 @@ impl Vcpu {
             Ok(VcpuExit::MmioWrite(addr, _)) => Exit::Mmio { addr },
             Ok(other) => Exit::Other(format!("{other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
-            Err(e) => return Err(Error::Ioctl { what: "KVM_RUN", source: e }),
+            Err(e) => {
+                return Err(Error::Ioctl {
+                    what: "KVM_RUN",
+                    source: e,
+                })
+            }
         };
         Ok(exit)
     }
@@ -259,7 +283,13 @@ impl Vcpu {
             }
             if self.sregs_dirty {
                 if let Some(sregs) = &self.sregs {
-                    self.fd.set_sregs(sregs).map_err(|e| { log::debug!("KVM_SET_SREGS refused {sregs:?}"); Error::Ioctl { what: "KVM_SET_SREGS", source: e } })?;
+                    self.fd.set_sregs(sregs).map_err(|e| {
+                        log::debug!("KVM_SET_SREGS refused {sregs:?}");
+                        Error::Ioctl {
+                            what: "KVM_SET_SREGS",
+                            source: e,
+                        }
+                    })?;
                 }
             }
         }
@@ -310,10 +340,13 @@ impl Vcpu {
 
     /// Writes model-specific registers now.
     pub fn set_msrs(&mut self, entries: &[MsrEntry]) -> Result<()> {
-        let msrs = Msrs::from_entries(entries).map_err(|_| Error::Missing("room for the MSR list"))?;
+        let msrs =
+            Msrs::from_entries(entries).map_err(|_| Error::Missing("room for the MSR list"))?;
         let n = self.fd.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
         if n != entries.len() {
-            return Err(Error::Missing("one of the MSRs pvkvm sets (KVM_SET_MSRS stopped early)"));
+            return Err(Error::Missing(
+                "one of the MSRs pvkvm sets (KVM_SET_MSRS stopped early)",
+            ));
         }
         Ok(())
     }
@@ -325,8 +358,10 @@ impl Vcpu {
 
     /// Sets XCR0.
     pub fn set_xcr0(&mut self, value: u64) -> Result<()> {
-        let mut xcrs = kvm_bindings::kvm_xcrs::default();
-        xcrs.nr_xcrs = 1;
+        let mut xcrs = kvm_bindings::kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
         xcrs.xcrs[0].xcr = 0;
         xcrs.xcrs[0].value = value;
         self.fd.set_xcrs(&xcrs).map_err(ioctl("KVM_SET_XCRS"))
@@ -348,7 +383,13 @@ impl Vcpu {
     pub fn set_sregs_ioctl(&mut self, sregs: &Sregs) -> Result<()> {
         self.sregs = None;
         self.synced = false;
-        self.fd.set_sregs(sregs).map_err(|e| { log::debug!("KVM_SET_SREGS refused {sregs:?}"); Error::Ioctl { what: "KVM_SET_SREGS", source: e } })
+        self.fd.set_sregs(sregs).map_err(|e| {
+            log::debug!("KVM_SET_SREGS refused {sregs:?}");
+            Error::Ioctl {
+                what: "KVM_SET_SREGS",
+                source: e,
+            }
+        })
     }
 
     /// Makes the next `KVM_RUN` return at once (set from a signal handler's thread).

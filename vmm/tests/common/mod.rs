@@ -9,12 +9,19 @@ use std::sync::OnceLock;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("vmm/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("vmm/ has a parent")
+        .to_path_buf()
 }
 
 /// Fails (never skips) when /dev/kvm is unusable, saying why.
 pub fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         panic!(
             "this test boots guests and needs /dev/kvm, which cannot be opened here ({e}); \
              run the tests on a machine with KVM (the CI machines have it)"
@@ -29,7 +36,8 @@ pub fn guest_kernels() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = repo_root().join("guest-images");
         // Serialize builds across test binaries running at once.
-        let lock = std::fs::File::create(std::env::temp_dir().join("pvkvm-guest-images.lock")).expect("lock file");
+        let lock = std::fs::File::create(std::env::temp_dir().join("pvkvm-guest-images.lock"))
+            .expect("lock file");
         lock_exclusive(&lock);
         let out = Command::new(env!("CARGO"))
             .current_dir(&dir)
@@ -67,20 +75,33 @@ fn lock_exclusive(file: &std::fs::File) {
 /// Path of one test kernel.
 pub fn kernel(name: &str) -> PathBuf {
     let path = guest_kernels().join(name);
-    assert!(path.exists(), "test kernel {} was not built", path.display());
+    assert!(
+        path.exists(),
+        "test kernel {} was not built",
+        path.display()
+    );
     path
 }
 
 /// Runs the pvkvm binary.
 pub fn pvkvm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pvkvm")).args(args).output().expect("pvkvm runs")
+    Command::new(env!("CARGO_BIN_EXE_pvkvm"))
+        .args(args)
+        .output()
+        .expect("pvkvm runs")
 }
 
 /// Boots a test kernel and returns (status, stdout, stderr).
 pub fn boot(name: &str, timeout_secs: u32) -> (Option<i32>, String, String) {
     require_kvm();
     let kernel = kernel(name);
-    let out = pvkvm(&["run", "--kernel", kernel.to_str().expect("utf-8 path"), "--timeout", &timeout_secs.to_string()]);
+    let out = pvkvm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().expect("utf-8 path"),
+        "--timeout",
+        &timeout_secs.to_string(),
+    ]);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -92,7 +113,9 @@ pub fn boot(name: &str, timeout_secs: u32) -> (Option<i32>, String, String) {
 pub fn expect_success(name: &str) {
     let (status, stdout, stderr) = boot(name, 60);
     let ok = stdout.lines().any(|l| l == "Test result: SUCCESS");
-    let failure = stdout.lines().find(|l| l.starts_with("Test result: FAILURE"));
+    let failure = stdout
+        .lines()
+        .find(|l| l.starts_with("Test result: FAILURE"));
     assert!(
         ok && failure.is_none() && status == Some(0),
         "test kernel '{name}' did not pass (status {status:?}, {}):\n--- console ---\n{stdout}\n--- pvkvm ---\n{stderr}",

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing pvkvm needs on a fresh Debian machine (root), then
+# fetches the Debian PV guest kernel. Rust (stable, host target) must already be there:
+# pvkvm uses no other toolchain or target.
+set -euo pipefail
+
+need_apt=(gcc libc6-dev make dpkg ca-certificates)
+
+if [[ $(id -u) -eq 0 ]]; then
+    echo "install-deps: apt-get update" >&2
+    apt-get update -qq >&2
+    echo "install-deps: apt-get install ${need_apt[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
+else
+    for tool in gcc dpkg-deb apt-get; do
+        command -v "$tool" >/dev/null || { echo "install-deps: $tool is missing and this is not root; install: ${need_apt[*]}" >&2; exit 1; }
+    done
+fi
+command -v cargo >/dev/null || { echo "install-deps: cargo (stable Rust) is missing; install it with rustup" >&2; exit 1; }
+
+"$(dirname "${BASH_SOURCE[0]}")/fetch-debian-kernel.sh"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is missing, fetches the Debian guest kernel,
+# then builds and runs every test of the workspace (unit, property, and the integration
+# tests that build pvkvm's own PV test kernels and boot each under pvkvm).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+if ! [[ -r /dev/kvm && -w /dev/kvm ]]; then
+    echo "test-all: /dev/kvm is missing or not accessible: pvkvm's tests boot guests and need KVM" >&2
+    exit 1
+fi
+
+guest-images/scripts/install-deps.sh >/dev/null
+export PVKVM_REQUIRE_DEBIAN_KERNEL=1
+cargo test --workspace --release
