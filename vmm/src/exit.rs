@@ -261,6 +261,14 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
             dom.exits.hypercall_doorbells += 1;
             hypercall_doorbell(cpu, dom)
         }
+        // The I/O bitmap opens the doorbell port to ring 3 for both directions; only the
+        // shim's `out` is a doorbell, any `in` is the guest's own and denied.
+        Exit::IoIn {
+            port: port::HYPERCALL,
+        } => {
+            dom.exits.other += 1;
+            denied_io(cpu, dom)
+        }
         Exit::IoOut {
             port: port::TRAP, ..
         } => {
@@ -291,34 +299,89 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
 }
 
 fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
-    let mut regs = cpu.regs()?;
+    let regs = cpu.regs()?;
     let sregs = cpu.sregs()?;
     let mut g = to_guest_regs(&regs);
     g.cs = u64::from(sregs.cs.selector);
     g.ss = u64::from(sregs.ss.selector);
-    let outcome = if regs.rip == dom.shim.syscall_doorbell_end {
-        // A `syscall`: it saved the return rip in rcx and the flags in r11.
-        g.rip = regs.rcx;
-        g.rflags = regs.r11;
-        pv_engine::syscall_entry(dom.vcpu, &mut g, &mut dom.platform, dom.stats)
-    } else {
-        // The guest wrote the doorbell port itself: the port is not the guest's, so it
-        // gets the #GP(0) Xen gives for a denied `out`, at the instruction.
-        g.rip = regs.rip.wrapping_sub(2);
-        let trap = Trap {
-            vector: 13,
-            error_code: Some(0),
-            cr2: 0,
-        };
-        pv_engine::exception(dom.vcpu, &mut g, trap, &mut dom.platform, dom.stats)
-    };
-    copy_gprs(&g, &mut regs);
+    if regs.rip != dom.shim.syscall_doorbell_end {
+        return denied_io(cpu, dom);
+    }
+    // A `syscall`: it saved the return rip in rcx and the flags in r11.
+    g.rip = regs.rcx;
+    g.rflags = regs.r11;
+    let outcome = pv_engine::syscall_entry(dom.vcpu, &mut g, &mut dom.platform, dom.stats);
+    resume_at(cpu, dom, regs, &g, outcome)
+}
+
+/// Loads the engine's answer into the vCPU for a resume at CPL3 (no ring-0 frame):
+/// general registers, rip, rsp, sanitized rflags, and the hardware state.
+fn resume_at(
+    cpu: &mut dyn CpuState,
+    dom: &Domain<'_>,
+    mut regs: Regs,
+    g: &GuestRegs,
+    outcome: Outcome,
+) -> Result<Action, String> {
+    copy_gprs(g, &mut regs);
     regs.rip = g.rip;
     regs.rsp = g.rsp;
     regs.rflags = sanitize_rflags(g.rflags);
     cpu.set_regs(&regs);
     apply_hw_state(cpu, dom.vcpu, g.cs, g.ss, true)?;
-    Ok(outcome_to_action(outcome, dom, &g))
+    Ok(outcome_to_action(outcome, dom, g))
+}
+
+/// Length of the port-I/O instruction that ends at `rip`, from the bytes before it: `in`
+/// or `out` with an immediate port (2 bytes) or through dx (1 byte), string forms, each
+/// with an operand-size or rep prefix. None if the bytes are no such instruction.
+fn io_insn_len(before: &[u8; 4], port_byte: u8) -> Option<u64> {
+    let [_, b3, b2, b1] = *before;
+    let core = if matches!(b2, 0xe4..=0xe7) && b1 == port_byte {
+        2
+    } else if matches!(b1, 0xec..=0xef | 0x6c..=0x6f) {
+        1
+    } else {
+        return None;
+    };
+    let prefix = if core == 2 { b3 } else { b2 };
+    Some(core + u64::from(matches!(prefix, 0x66 | 0xf3 | 0xf2)))
+}
+
+/// The guest itself touched the doorbell port (the I/O bitmap cannot tell the shim's
+/// stub from guest code): the port is not the guest's, so it gets the #GP(0) Xen gives
+/// for denied port I/O, at the instruction.
+fn denied_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
+    let regs = cpu.regs()?;
+    let sregs = cpu.sregs()?;
+    let mut g = to_guest_regs(&regs);
+    g.cs = u64::from(sregs.cs.selector);
+    g.ss = u64::from(sregs.ss.selector);
+    let mut before = [0u8; 4];
+    let len = pv_engine::guest::copy_from_guest(
+        dom.vcpu,
+        &dom.platform,
+        regs.rip.wrapping_sub(4),
+        &mut before,
+    )
+    .ok()
+    .and_then(|()| io_insn_len(&before, port::HYPERCALL as u8));
+    let Some(len) = len else {
+        return Ok(Action::Fatal(diagnostic(
+            "port I/O to the hypercall doorbell from an instruction pvkvm cannot find",
+            dom,
+            Some(&g),
+            Some(cpu),
+        )));
+    };
+    g.rip = regs.rip.wrapping_sub(len);
+    let trap = Trap {
+        vector: 13,
+        error_code: Some(0),
+        cr2: 0,
+    };
+    let outcome = pv_engine::exception(dom.vcpu, &mut g, trap, &mut dom.platform, dom.stats);
+    resume_at(cpu, dom, regs, &g, outcome)
 }
 
 fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
@@ -437,4 +500,296 @@ pub fn diagnostic(
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shim::{pte, ShimImage};
+    use vm_memory::GuestMemoryMmap;
+    use xen_abi::xen::hypercall as hc;
+
+    const RAM: u64 = 4 << 20;
+    const L4: u64 = 0x1000;
+    const CODE: u64 = 0x10_0000;
+
+    struct FakeCpu {
+        regs: Regs,
+        sregs: Sregs,
+        sregs_written: bool,
+    }
+
+    impl CpuState for FakeCpu {
+        fn regs(&mut self) -> Result<Regs, String> {
+            Ok(self.regs)
+        }
+        fn set_regs(&mut self, regs: &Regs) {
+            self.regs = *regs;
+        }
+        fn sregs(&mut self) -> Result<Sregs, String> {
+            Ok(self.sregs)
+        }
+        fn set_sregs(&mut self, sregs: &Sregs) {
+            self.sregs = *sregs;
+            self.sregs_written = true;
+        }
+    }
+
+    struct World {
+        mem: GuestMemoryMmap,
+        region: ShimRegion,
+        vcpu: PvVcpu,
+        stats: Stats,
+        exits: ExitStats,
+        cpuid: crate::cpuid::CpuidTable,
+        console: Vec<u8>,
+    }
+
+    /// Guest RAM with the low 4 MiB identity-mapped (user, writable) and the shim region.
+    fn world() -> World {
+        let shim_gpa = RAM;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), RAM as usize),
+            (
+                GuestAddress(shim_gpa),
+                crate::shim::region_size(RAM >> 12) as usize,
+            ),
+        ])
+        .unwrap();
+        let region =
+            crate::shim::build_region(&mem, shim_gpa, &ShimImage::embedded().unwrap(), RAM >> 12)
+                .unwrap();
+        let w = |gpa: u64, v: u64| mem.write_obj(v, GuestAddress(gpa)).unwrap();
+        let upper = pte::P | pte::RW | pte::U | pte::A;
+        w(L4, 0x2000 | upper);
+        w(0x2000, 0x3000 | upper);
+        w(0x3000, 0x4000 | upper);
+        w(0x3008, 0x5000 | upper);
+        for page in 0..1024u64 {
+            w(0x4000 + page * 8, (page << 12) | upper);
+        }
+        let vcpu = PvVcpu::new(0, L4, region.shared_info_gpa);
+        let supported = kvm_bindings::CpuId::new(0).unwrap();
+        World {
+            mem,
+            region,
+            vcpu,
+            stats: Stats::new(),
+            exits: ExitStats::default(),
+            cpuid: crate::cpuid::CpuidTable::pv_policy(&supported),
+            console: Vec::new(),
+        }
+    }
+
+    fn cpu_at(rip: u64) -> FakeCpu {
+        let mut sregs = Sregs::default();
+        sregs.cs.selector = selector::FLAT_KERNEL_CS;
+        sregs.ss.selector = selector::FLAT_KERNEL_SS;
+        sregs.cr3 = L4;
+        FakeCpu {
+            regs: Regs {
+                rip,
+                rsp: 0x8_0000,
+                rflags: 0x2,
+                ..Default::default()
+            },
+            sregs,
+            sregs_written: false,
+        }
+    }
+
+    fn handle(w: &mut World, exit: Exit, cpu: &mut FakeCpu) -> Action {
+        let mut dom = Domain {
+            vcpu: &mut w.vcpu,
+            stats: &mut w.stats,
+            exits: &mut w.exits,
+            shim: &w.region,
+            platform: GuestPlatform {
+                mem: &w.mem,
+                ram_bytes: RAM,
+                shared_info_gpa: w.region.shared_info_gpa,
+                cpuid: &w.cpuid,
+                console: &mut w.console,
+            },
+        };
+        handle_exit(&exit, cpu, &mut dom)
+    }
+
+    fn doorbell() -> Exit {
+        Exit::IoOut {
+            port: port::HYPERCALL,
+            value: 0,
+        }
+    }
+
+    #[test]
+    fn a_hypercall_is_answered_and_resumes_after_the_syscall() {
+        let mut w = world();
+        let mut cpu = cpu_at(w.region.syscall_doorbell_end);
+        cpu.regs.rax = hc::XEN_VERSION;
+        cpu.regs.rdi = 0;
+        cpu.regs.rcx = CODE + 2;
+        cpu.regs.r11 = 0x246;
+        cpu.regs.r12 = 0x1212;
+        assert_eq!(handle(&mut w, doorbell(), &mut cpu), Action::Resume);
+        assert_eq!(cpu.regs.rax, (4 << 16) | 17);
+        assert_eq!(cpu.regs.rip, CODE + 2);
+        assert_eq!(cpu.regs.rflags, 0x246, "rflags from r11, IF kept");
+        assert_eq!(cpu.regs.r12, 0x1212);
+        assert!(
+            !cpu.sregs_written,
+            "nothing in the system registers changed"
+        );
+        assert_eq!(w.exits.hypercall_doorbells, 1);
+    }
+
+    #[test]
+    fn console_write_reaches_the_console_and_shutdown_ends_the_domain() {
+        let mut w = world();
+        w.mem.write_slice(b"hi\n", GuestAddress(0x9000)).unwrap();
+        let mut cpu = cpu_at(w.region.syscall_doorbell_end);
+        cpu.regs.rax = hc::CONSOLE_IO;
+        cpu.regs.rdi = 0;
+        cpu.regs.rsi = 3;
+        cpu.regs.rdx = 0x9000;
+        assert_eq!(handle(&mut w, doorbell(), &mut cpu), Action::Resume);
+        assert_eq!(w.console, b"hi\n");
+        w.mem.write_obj(3u32, GuestAddress(0x9100)).unwrap();
+        let mut cpu = cpu_at(w.region.syscall_doorbell_end);
+        cpu.regs.rax = hc::SCHED_OP;
+        cpu.regs.rdi = xen_abi::sched::SCHEDOP_SHUTDOWN;
+        cpu.regs.rsi = 0x9100;
+        assert_eq!(handle(&mut w, doorbell(), &mut cpu), Action::Shutdown(3));
+    }
+
+    #[test]
+    fn guest_io_to_the_doorbell_port_is_a_gp_at_the_instruction() {
+        let mut w = world();
+        // out %al, $0xe1 at CODE: the exit reports rip after it.
+        w.mem
+            .write_slice(&[0x90, 0x90, 0xe6, 0xe1], GuestAddress(CODE - 2))
+            .unwrap();
+        let mut cpu = cpu_at(CODE + 2);
+        let action = handle(&mut w, doorbell(), &mut cpu);
+        // No trap table: Xen crashes the domain on the unhandled #GP.
+        match action {
+            Action::Fatal(diag) => {
+                assert!(diag.contains("vector: 13"), "{diag}");
+                assert!(diag.contains(&format!("guest rip {:#x}", CODE)), "{diag}");
+            }
+            other => panic!("expected a crash, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn guest_in_from_the_doorbell_port_is_denied_too() {
+        let mut w = world();
+        w.mem
+            .write_slice(&[0x90, 0x90, 0x90, 0xec], GuestAddress(CODE - 3))
+            .unwrap();
+        let mut cpu = cpu_at(CODE + 1);
+        match handle(
+            &mut w,
+            Exit::IoIn {
+                port: port::HYPERCALL,
+            },
+            &mut cpu,
+        ) {
+            Action::Fatal(diag) => {
+                assert!(diag.contains(&format!("guest rip {:#x}", CODE)), "{diag}")
+            }
+            other => panic!("expected a crash, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn io_instruction_lengths() {
+        assert_eq!(io_insn_len(&[0, 0, 0xe6, 0xe1], 0xe1), Some(2));
+        assert_eq!(io_insn_len(&[0, 0x66, 0xe7, 0xe1], 0xe1), Some(3));
+        assert_eq!(io_insn_len(&[0, 0, 0, 0xee], 0xe1), Some(1));
+        assert_eq!(io_insn_len(&[0, 0, 0x66, 0xef], 0xe1), Some(2));
+        assert_eq!(io_insn_len(&[0, 0, 0xf3, 0x6e], 0xe1), Some(2));
+        assert_eq!(io_insn_len(&[0, 0, 0x90, 0x90], 0xe1), None);
+        assert_eq!(io_insn_len(&[0, 0, 0xe6, 0x80], 0xe1), None);
+    }
+
+    #[test]
+    fn other_exits_end_the_domain_with_a_diagnostic() {
+        let mut w = world();
+        for exit in [
+            Exit::Shutdown,
+            Exit::InternalError { suberror: 1 },
+            Exit::Hlt,
+            Exit::Mmio { addr: 0xfee0_0000 },
+        ] {
+            let mut cpu = cpu_at(CODE);
+            match handle(&mut w, exit.clone(), &mut cpu) {
+                Action::Fatal(diag) => assert!(
+                    diag.starts_with("pvkvm: ") && diag.contains("vcpu rip"),
+                    "{exit:?}: {diag}"
+                ),
+                other => panic!("{exit:?} gave {other:?}"),
+            }
+        }
+        let mut cpu = cpu_at(CODE);
+        assert_eq!(
+            handle(&mut w, Exit::Interrupted, &mut cpu),
+            Action::Interrupted
+        );
+    }
+
+    #[test]
+    fn trap_doorbell_bounces_and_rewrites_the_iret_frame() {
+        let mut w = world();
+        // A trap table with a #BP handler, as set_trap_table would leave it.
+        w.vcpu.trap_table[3] = xen_abi::xen::TrapInfo {
+            vector: 3,
+            flags: 3,
+            cs: selector::FLAT_KERNEL_CS,
+            _pad: 0,
+            address: CODE + 0x100,
+        };
+        // The stub pushed vector 3 and a 0 error code below the CPU's frame.
+        let frame = TrapFrame {
+            vector: 3,
+            error_code: 0,
+            rip: CODE + 1,
+            cs: 0xe033,
+            rflags: 0x202,
+            rsp: 0x8_0000,
+            ss: 0xe02b,
+        };
+        let rsp0 = w.region.stack_top - core::mem::size_of::<TrapFrame>() as u64;
+        let frame_gpa = w.region.va_to_gpa(rsp0).unwrap();
+        w.mem
+            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
+            .unwrap();
+        let mut cpu = cpu_at(0xffff_8100_0000_0500);
+        cpu.regs.rsp = rsp0;
+        cpu.regs.rbx = 0xb0b;
+        assert_eq!(
+            handle(
+                &mut w,
+                Exit::IoOut {
+                    port: port::TRAP,
+                    value: 0
+                },
+                &mut cpu
+            ),
+            Action::Resume
+        );
+        let mut raw = [0u8; core::mem::size_of::<TrapFrame>()];
+        w.mem.read_slice(&mut raw, GuestAddress(frame_gpa)).unwrap();
+        let after = TrapFrame::read_from_bytes(&raw).unwrap();
+        assert_eq!(after.rip, CODE + 0x100, "iret goes to the guest's handler");
+        // Xen's frame (rcx, r11, rip, cs, rflags, rsp, ss) right below the aligned rsp.
+        assert_eq!((0x8_0000u64 & !15) - after.rsp, 7 * 8);
+        assert_eq!(
+            cpu.regs.rip, 0xffff_8100_0000_0500,
+            "the stub's own rip is untouched"
+        );
+        assert_eq!(cpu.regs.rsp, rsp0, "the stub's own rsp is untouched");
+        assert_eq!(cpu.regs.rbx, 0xb0b);
+        assert_eq!(w.stats.bounces[3], 1);
+    }
 }
