@@ -8,12 +8,11 @@
 use core::arch::asm;
 use xen_abi::xen::hypercall as nr;
 
-/// Constants the shared `xen-abi` crate does not (yet) carry, from Xen's public headers.
+pub use xen_abi::version::FeatureInfo;
+pub use xen_abi::xen::mmuext::MmuextOp;
+
+/// Numbers the tests need that Xen deliberately leaves undefined, and sizes.
 pub mod abi_extra {
-    /// `MMUEXT_NEW_USER_BASEPTR` (`public/xen.h`): user-mode top-level pagetable (x86_64).
-    pub const MMUEXT_NEW_USER_BASEPTR: u32 = 15;
-    /// `MMUEXT_PIN_L4_TABLE`.
-    pub const MMUEXT_PIN_L4_TABLE: u32 = 3;
     /// `UVMF_INVLPG` (`public/xen.h`): flush the one address after `update_va_mapping`.
     pub const UVMF_INVLPG: u64 = 2;
     /// `XENVER_platform_parameters` result: `struct xen_platform_parameters { xen_ulong_t virt_start; }`.
@@ -26,30 +25,6 @@ pub mod abi_extra {
     pub const XENVER_UNDEFINED: u64 = 99;
     /// `SEGBASE_*` selector that Xen does not define.
     pub const SEGBASE_UNDEFINED: u64 = 99;
-}
-
-/// `struct mmuext_op` (x86_64): cmd, arg1 (mfn / linear_addr), arg2 (nr_ents / vcpumask / src_mfn).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MmuextOp {
-    /// `MMUEXT_*` command.
-    pub cmd: u32,
-    /// Padding.
-    pub _pad: u32,
-    /// `arg1`: mfn or linear address.
-    pub arg1: u64,
-    /// `arg2`: nr_ents, vcpumask or src_mfn.
-    pub arg2: u64,
-}
-
-/// `struct xen_feature_info` (`public/version.h`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FeatureInfo {
-    /// Which 32-bit submap.
-    pub submap_idx: u32,
-    /// Filled in by the hypervisor.
-    pub submap: u32,
 }
 
 /// Makes hypercall `nr` with five arguments.

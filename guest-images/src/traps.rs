@@ -23,7 +23,7 @@
 use core::arch::{asm, global_asm};
 use xen_abi::xen::{selector, StartInfo, TrapInfo};
 
-use crate::hypercall::{self, abi_extra, MmuextOp};
+use crate::hypercall::{self, MmuextOp};
 use crate::start::Stack;
 
 /// What the last exception bounce looked like, written by the assembly handlers.
@@ -417,7 +417,7 @@ pub fn setup_user_mode(si: &StartInfo) {
     crate::check_rc!("stack_switch", rc, 0);
     let mfn = boot_l4_mfn(si);
     let op = MmuextOp {
-        cmd: abi_extra::MMUEXT_NEW_USER_BASEPTR,
+        cmd: xen_abi::xen::mmuext::NEW_USER_BASEPTR,
         _pad: 0,
         arg1: mfn,
         arg2: 0,

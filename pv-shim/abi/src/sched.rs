@@ -29,3 +29,24 @@ pub fn shutdown_reason_name(reason: u32) -> &'static str {
         _ => "unknown",
     }
 }
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// `struct sched_poll` (x86_64), 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SchedPoll {
+    pub ports: u64,
+    pub nr_ports: u32,
+    pub _pad: u32,
+    pub timeout: u64,
+}
+
+/// `struct sched_remote_shutdown`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SchedRemoteShutdown {
+    pub domain_id: u16,
+    pub _pad: u16,
+    pub reason: u32,
+}

@@ -25,3 +25,36 @@ pub const COMPILE_INFO_LEN: usize = 144;
 pub const COMMANDLINE_LEN: usize = 1024;
 /// `xen_domain_handle_t`: 16 bytes.
 pub const GUEST_HANDLE_LEN: usize = 16;
+
+/// `struct xen_feature_info` (`XENVER_get_features`).
+#[repr(C)]
+#[derive(
+    Clone,
+    Copy,
+    Default,
+    Debug,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
+pub struct FeatureInfo {
+    pub submap_idx: u32,
+    pub submap: u32,
+}
+
+/// `struct xen_platform_parameters` (x86_64).
+#[repr(C)]
+#[derive(
+    Clone,
+    Copy,
+    Default,
+    Debug,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
+pub struct PlatformParameters {
+    pub virt_start: u64,
+}

@@ -319,3 +319,47 @@ mod tests {
         assert_eq!(core::mem::size_of::<IretContext>(), 72);
     }
 }
+
+/// `mmuext_op` commands (`MMUEXT_*`) and the operation record.
+pub mod mmuext {
+    #![allow(missing_docs)]
+    use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+    pub const PIN_L1_TABLE: u32 = 0;
+    pub const PIN_L2_TABLE: u32 = 1;
+    pub const PIN_L3_TABLE: u32 = 2;
+    pub const PIN_L4_TABLE: u32 = 3;
+    pub const UNPIN_TABLE: u32 = 4;
+    pub const NEW_BASEPTR: u32 = 5;
+    pub const TLB_FLUSH_LOCAL: u32 = 6;
+    pub const INVLPG_LOCAL: u32 = 7;
+    pub const TLB_FLUSH_MULTI: u32 = 8;
+    pub const INVLPG_MULTI: u32 = 9;
+    pub const TLB_FLUSH_ALL: u32 = 10;
+    pub const INVLPG_ALL: u32 = 11;
+    pub const FLUSH_CACHE: u32 = 12;
+    pub const SET_LDT: u32 = 13;
+    pub const NEW_USER_BASEPTR: u32 = 15;
+    pub const CLEAR_PAGE: u32 = 16;
+    pub const COPY_PAGE: u32 = 17;
+    pub const FLUSH_CACHE_GLOBAL: u32 = 18;
+    pub const MARK_SUPER: u32 = 19;
+    pub const UNMARK_SUPER: u32 = 20;
+    /// Highest command Xen defines.
+    pub const LAST: u32 = UNMARK_SUPER;
+
+    /// Flag in a `mmuext_op` / `mmu_update` count marking a continuation.
+    pub const MMU_UPDATE_PREEMPTED: u32 = 1 << 31;
+
+    /// `struct mmuext_op` (x86_64), 24 bytes.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+    pub struct MmuextOp {
+        pub cmd: u32,
+        pub _pad: u32,
+        /// mfn or linear_addr.
+        pub arg1: u64,
+        /// nr_ents, vcpumask or src_mfn.
+        pub arg2: u64,
+    }
+}

@@ -20,14 +20,16 @@ use xen_abi::callback::{
 use xen_abi::console::{CONSOLEIO_READ, CONSOLEIO_WRITE};
 use xen_abi::errno::{E2BIG, EFAULT, EINVAL, ENODEV, ENOSYS, EOPNOTSUPP, EPERM, ESRCH};
 use xen_abi::sched::*;
+use xen_abi::sched::{SchedPoll, SchedRemoteShutdown};
+use xen_abi::version::FeatureInfo;
 use xen_abi::version::*;
 use xen_abi::xen::hypercall as hc;
+use xen_abi::xen::mmuext::{self, MmuextOp, MMU_UPDATE_PREEMPTED};
 use xen_abi::xen::selector::FLAT_KERNEL_CS;
 use xen_abi::xen::{
     segbase, vmassist, IretContext, TrapInfo, DOMID_SELF, HYPERVISOR_VIRT_END,
     HYPERVISOR_VIRT_START, VGCF_IN_SYSCALL,
 };
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::bounce::{
     write_upcall_mask, SYSCALL_LEN, X86_EFLAGS_IF, X86_EFLAGS_IOPL, X86_EFLAGS_VM,
@@ -42,18 +44,6 @@ pub const DR6_DEFAULT: u64 = 0xffff_0ff0;
 /// `%dr7` after reset (bit 10 reads as one).
 pub const DR7_DEFAULT: u64 = 0x400;
 
-// Constants not (yet) in xen-abi; see the crate report.
-/// `MMUEXT_*` commands (`public/xen.h`).
-pub(crate) mod mmuext {
-    pub const NEW_BASEPTR: u32 = 5;
-    pub const NEW_USER_BASEPTR: u32 = 15;
-    pub const MARK_SUPER: u32 = 19;
-    pub const UNMARK_SUPER: u32 = 20;
-    /// Highest command Xen defines.
-    pub const LAST: u32 = 20;
-}
-/// Flag in a `mmuext_op`/`mmu_update` count marking a continuation.
-const MMU_UPDATE_PREEMPTED: u32 = 1 << 31;
 /// `EVTCHN_2L_NR_CHANNELS` for a 64-bit guest.
 const EVTCHN_2L_NR_CHANNELS: u32 = 4096;
 /// `SCHEDOP_poll`'s limit on ports.
@@ -72,43 +62,6 @@ const TRAP_TABLE_BATCH: u64 = 256;
 const MMUEXT_BATCH: u32 = 512;
 /// Bytes of console output per chunk, as Xen's `guest_console_write` buffer.
 const CONSOLE_CHUNK: usize = 127;
-
-/// `struct mmuext_op` (x86_64), 24 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
-struct MmuextOp {
-    cmd: u32,
-    _pad: u32,
-    arg1: u64,
-    arg2: u64,
-}
-
-/// `struct sched_poll` (x86_64), 24 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
-struct SchedPoll {
-    ports: u64,
-    nr_ports: u32,
-    _pad: u32,
-    timeout: u64,
-}
-
-/// `struct sched_remote_shutdown`.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
-struct SchedRemoteShutdown {
-    domain_id: u16,
-    _pad: u16,
-    reason: u32,
-}
-
-/// `struct xen_feature_info`.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
-struct FeatureInfo {
-    submap_idx: u32,
-    submap: u32,
-}
 
 /// What a handler did, before the dispatcher turns it into registers and an outcome.
 enum Action {

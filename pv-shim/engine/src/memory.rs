@@ -4,28 +4,13 @@
 //! engine.
 
 use xen_abi::errno::{EFAULT, ENOSYS};
+use xen_abi::memory::{MachphysMapping, XENMEM_MACHPHYS_MAPPING};
 use xen_abi::xen::{MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::{guest, Platform, Vcpu};
 
-/// `XENMEM_machphys_mapping`.
-pub const XENMEM_MACHPHYS_MAPPING: u64 = 12;
-
 /// Highest machine frame number the M2P area can describe (`MACH2PHYS_NR_ENTRIES - 1`).
 pub const M2P_MAX_MFN: u64 = ((MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START) >> 3) - 1;
-
-/// `struct xen_machphys_mapping`.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct MachphysMapping {
-    /// Start of the M2P table.
-    pub v_start: u64,
-    /// End of the M2P area.
-    pub v_end: u64,
-    /// Highest MFN the table covers.
-    pub max_mfn: u64,
-}
 
 /// `HYPERVISOR_memory_op(cmd, arg)`.
 pub fn do_memory_op(vcpu: &Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i64 {
