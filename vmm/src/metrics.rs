@@ -29,12 +29,8 @@ pub fn format_report(report: &RunReport) -> String {
     );
     for (nr, &count) in st.hypercalls.iter().enumerate() {
         if count > 0 {
-            let _ = writeln!(
-                s,
-                "    {:<24} {count:>10}  enosys {}",
-                xen_abi::xen::hypercall::name(nr as u64),
-                st.enosys[nr]
-            );
+            let name = format!("{} ({nr})", xen_abi::xen::hypercall::name(nr as u64));
+            let _ = writeln!(s, "    {name:<28} {count:>10}  enosys {}", st.enosys[nr]);
         }
     }
     if st.hypercalls_out_of_range > 0 {

@@ -121,3 +121,41 @@ fn bad_memory_size_is_refused() {
         "memory size 4 MiB",
     );
 }
+
+/// Without /dev/kvm (hidden here by an empty /dev in a private mount namespace), `run`
+/// and `probe` say so in one line and exit 2. Needs root for the namespace, which CI has;
+/// elsewhere it says why it cannot run.
+#[test]
+fn no_dev_kvm_is_one_clear_line() {
+    let hello = common::kernel("hello");
+    let unshare = std::process::Command::new("unshare")
+        .args(["--mount", "true"])
+        .status();
+    if !unshare.map(|s| s.success()).unwrap_or(false) {
+        assert!(
+            std::env::var_os("PVKVM_REQUIRE_DEBIAN_KERNEL").is_none(),
+            "CI runs as root and must be able to create a mount namespace for this test"
+        );
+        eprintln!("skipped: cannot create a mount namespace here (not root)");
+        return;
+    }
+    let pvkvm = env!("CARGO_BIN_EXE_pvkvm");
+    for args in [
+        format!("run --kernel {}", hello.display()),
+        "probe".to_string(),
+    ] {
+        let script = format!("mount -t tmpfs none /dev && exec {pvkvm} {args}");
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args}: one line, got:\n{stderr}"
+        );
+        assert!(stderr.contains("cannot open /dev/kvm"), "{args}: {stderr}");
+    }
+}

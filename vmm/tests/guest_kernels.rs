@@ -65,3 +65,8 @@ fn fpu_taskswitch_raises_nm() {
         "unexpected outcome (status {status:?}):\n{stdout}\n{stderr}"
     );
 }
+
+#[test]
+fn hypercall_page_stubs() {
+    expect_success("hypercall_page");
+}
