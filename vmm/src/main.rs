@@ -36,6 +36,10 @@ enum Command {
         /// Stop the guest (exit status 124) after this many seconds.
         #[arg(long)]
         timeout: Option<u64>,
+        /// Stop the guest (exit status 124) when it has not trapped for this many seconds;
+        /// 0 disables the check.
+        #[arg(long, default_value_t = 60)]
+        stall_timeout: u64,
         /// Print exit and hypercall counters at the end.
         #[arg(long)]
         stats: bool,
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
             cmdline,
             memory,
             timeout,
+            stall_timeout,
             stats,
         } => {
             let cfg = pvkvm::runner::RunConfig {
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
                 cmdline,
                 memory,
                 timeout: timeout.map(Duration::from_secs),
+                stall_timeout: (stall_timeout > 0).then(|| Duration::from_secs(stall_timeout)),
             };
             match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
                 Ok(report) => {

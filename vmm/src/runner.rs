@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,7 +69,15 @@ pub struct RunConfig {
     pub memory: u64,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
+    /// Stop the guest when it has not trapped at all for this long (a kernel that makes
+    /// progress traps: hypercalls, faults, timer events); None disables the check.
+    pub stall_timeout: Option<Duration>,
 }
+
+/// Why the watchdog stopped a guest.
+const STOP_NONE: u8 = 0;
+const STOP_TIMEOUT: u8 = 1;
+const STOP_STALL: u8 = 2;
 
 /// How a domain ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,9 +228,11 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
 
     register_signal_handler(kick_signal(), on_kick)
         .map_err(|e| Error::Thread(format!("cannot install the kick signal handler: {e}")))?;
-    let timed_out = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicU8::new(STOP_NONE));
+    let progress = Arc::new(AtomicU64::new(0));
     let pv_vcpu = pv_engine::Vcpu::new(0, layout.l4_gpa, region.shared_info_gpa);
-    let thread_flag = timed_out.clone();
+    let thread_stop = stop.clone();
+    let thread_progress = progress.clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("vcpu0".into())
@@ -236,29 +246,45 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 cpuid,
                 console,
             };
-            let report = vcpu_loop(thread, &thread_flag);
+            let report = vcpu_loop(thread, &thread_stop, &thread_progress);
             let _ = done_tx.send(());
             report
         })
         .map_err(|e| Error::Thread(e.to_string()))?;
 
     let deadline = cfg.timeout.map(|t| started + t);
+    let mut last_progress = (0, Instant::now());
     loop {
+        // Wake at least once a second to look at the vCPU's progress.
         let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(3600));
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
         match done_rx.recv_timeout(wait) {
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    timed_out.store(true, Ordering::SeqCst);
-                    // Kick until the thread notices (a kick that lands just before
-                    // KVM_RUN is lost; the next one is not).
-                    while done_rx.recv_timeout(Duration::from_millis(50)).is_err() {
-                        let _ = handle.kill(kick_signal());
-                    }
-                    break;
+                let now = Instant::now();
+                let exits = progress.load(Ordering::Relaxed);
+                if exits != last_progress.0 {
+                    last_progress = (exits, now);
                 }
+                let reason = if deadline.is_some_and(|d| now >= d) {
+                    STOP_TIMEOUT
+                } else if cfg
+                    .stall_timeout
+                    .is_some_and(|t| now.duration_since(last_progress.1) >= t)
+                {
+                    STOP_STALL
+                } else {
+                    continue;
+                };
+                stop.store(reason, Ordering::SeqCst);
+                // Kick until the thread notices (a kick that lands just before KVM_RUN
+                // is lost; the next one is not).
+                while done_rx.recv_timeout(Duration::from_millis(50)).is_err() {
+                    let _ = handle.kill(kick_signal());
+                }
+                break;
             }
         }
     }
@@ -286,7 +312,8 @@ struct VcpuThread {
 
 fn vcpu_loop(
     t: VcpuThread,
-    timed_out: &AtomicBool,
+    stop: &AtomicU8,
+    progress: &AtomicU64,
 ) -> Result<(DomainEnd, ExitStats, pv_engine::Stats), Error> {
     let VcpuThread {
         vm,
@@ -301,6 +328,9 @@ fn vcpu_loop(
     let mut exits = ExitStats::default();
     loop {
         let exit = vcpu.run()?;
+        if exit != vstate::Exit::Interrupted {
+            progress.fetch_add(1, Ordering::Relaxed);
+        }
         let mut dom = Domain {
             vcpu: &mut pv_vcpu,
             stats: &mut stats,
@@ -317,13 +347,14 @@ fn vcpu_loop(
         match exit::handle_exit(&exit, &mut vcpu, &mut dom) {
             Action::Resume => {}
             Action::Interrupted => {
-                if timed_out.load(Ordering::SeqCst) {
-                    let diag = exit::diagnostic(
-                        "the guest did not finish in time (watchdog)",
-                        &dom,
-                        None,
-                        Some(&mut vcpu as &mut dyn CpuState),
-                    );
+                let what = match stop.load(Ordering::SeqCst) {
+                    STOP_TIMEOUT => "the guest did not finish in time (watchdog: --timeout)",
+                    STOP_STALL => "the guest stopped making progress: no trap for --stall-timeout seconds (watchdog)",
+                    _ => continue,
+                };
+                {
+                    let diag =
+                        exit::diagnostic(what, &dom, None, Some(&mut vcpu as &mut dyn CpuState));
                     return Ok((DomainEnd::Timeout(diag), exits, stats));
                 }
             }
