@@ -164,7 +164,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let initrd = cfg.initrd.as_ref().map(read).transpose()?;
 
     let ram = cfg.memory & !0xfff;
-    let shim_gpa = (ram + 0x1f_ffff) & !0x1f_ffff;
+    let shim_gpa = shim::region_gpa(ram >> 12);
     let vm = Vm::new(&[
         (0, ram as usize),
         (shim_gpa, shim::region_size(ram >> 12) as usize),

@@ -124,6 +124,10 @@ pub struct ShimRegion {
     pub stack_top: u64,
     /// Guest-physical address of `shared_info`.
     pub shared_info_gpa: u64,
+    /// The apply routine (see `xen_abi::contract::ShimHeader::apply_entry`).
+    pub apply_entry: u64,
+    /// Where rip points when the apply routine rings `APPLY_MORE`.
+    pub apply_more_doorbell_end: u64,
 }
 
 /// Extended machine-state components the VMM enables in XCR0 when the host has them.
@@ -249,11 +253,46 @@ fn m2p_pages(ram_frames: u64) -> u64 {
     (ram_frames * 8).div_ceil(0x1000)
 }
 
-/// Bytes of the shim region for a guest of `ram_frames` frames: the fixed part, then the
-/// M2P table and the pagetables that map it at `MACH2PHYS_VIRT_START`.
-pub fn region_size(ram_frames: u64) -> u64 {
+/// Guest-physical base of the shim region: right above guest RAM, 2 MiB aligned.
+pub fn region_gpa(ram_frames: u64) -> u64 {
+    (ram_frames * 0x1000).next_multiple_of(0x20_0000)
+}
+
+/// Pages of the M2P part: the table, its L1s, its L3 and L2.
+fn m2p_part_pages(ram_frames: u64) -> u64 {
     let pages = m2p_pages(ram_frames);
-    layout::SIZE + (pages + pages.div_ceil(512) + 2) * 0x1000
+    pages + pages.div_ceil(512) + 2
+}
+
+/// L2 pages of the direct map: 2 MiB pages covering guest RAM and the whole shim region
+/// (the direct map's own tables included; the bound of 64 such pages is 64 GiB).
+fn directmap_l2_pages(ram_frames: u64) -> u64 {
+    let end = region_gpa(ram_frames) + layout::SIZE + (m2p_part_pages(ram_frames) + 1 + 64) * 0x1000;
+    end.div_ceil(1 << 30)
+}
+
+/// Bytes of the shim region for a guest of `ram_frames` frames: the fixed part, the M2P
+/// table and the pagetables that map it at `MACH2PHYS_VIRT_START`, then the direct map's
+/// pagetables.
+pub fn region_size(ram_frames: u64) -> u64 {
+    layout::SIZE + (m2p_part_pages(ram_frames) + 1 + directmap_l2_pages(ram_frames)) * 0x1000
+}
+
+/// Maps all of guest-physical memory up to the end of the shim region at
+/// `DIRECTMAP_VA` with 2 MiB supervisor pages; returns the L4 entry for its slot.
+fn build_directmap(mem: &GuestMemoryMmap, gpa: u64, ram_frames: u64) -> Result<u64> {
+    let l3 = gpa + layout::SIZE + m2p_part_pages(ram_frames) * 0x1000;
+    let upper = pte::P | pte::RW | pte::A;
+    let n_l2 = directmap_l2_pages(ram_frames);
+    for i in 0..n_l2 {
+        let l2 = l3 + (1 + i) * 0x1000;
+        write_u64(mem, l3 + i * 8, l2 | upper)?;
+        for j in 0..512u64 {
+            let target = (i << 30) | (j << 21);
+            write_u64(mem, l2 + j * 8, target | pte::P | pte::RW | pte::A | pte::D | pte::PS | pte::NX)?;
+        }
+    }
+    Ok(l3 | upper)
 }
 
 /// Writes the M2P table (identity: machine frame == guest-physical frame) after the fixed
@@ -377,6 +416,11 @@ pub fn build_region(
             pte::P | pte::RW | pte::A | pte::D | pte::NX,
         ),
         (
+            layout::POSTED,
+            layout::POSTED_SIZE,
+            pte::P | pte::RW | pte::A | pte::D | pte::NX,
+        ),
+        (
             layout::DF_STACK - layout::DF_STACK_SIZE,
             layout::DF_STACK_SIZE,
             pte::P | pte::RW | pte::A | pte::D | pte::NX,
@@ -393,6 +437,8 @@ pub fn build_region(
     hole_l4[slot - xen_abi::xen::HOLE_FIRST_L4_SLOT] = l3 | upper;
     let m2p_slot = ((xen_abi::xen::MACH2PHYS_VIRT_START >> 39) & 511) as usize;
     hole_l4[m2p_slot - xen_abi::xen::HOLE_FIRST_L4_SLOT] = build_m2p(mem, gpa, ram_frames)?;
+    let dm_slot = ((contract::DIRECTMAP_VA >> 39) & 511) as usize;
+    hole_l4[dm_slot - xen_abi::xen::HOLE_FIRST_L4_SLOT] = build_directmap(mem, gpa, ram_frames)?;
 
     Ok(ShimRegion {
         gpa,
@@ -401,6 +447,8 @@ pub fn build_region(
         syscall_doorbell_end: va(layout::TEXT) + u64::from(hdr.syscall_doorbell_end),
         stack_top: va(layout::STACK),
         shared_info_gpa: gpa + layout::SHARED_INFO,
+        apply_entry: va(layout::TEXT) + u64::from(hdr.apply_entry),
+        apply_more_doorbell_end: va(layout::TEXT) + u64::from(hdr.apply_more_doorbell_end),
     })
 }
 

@@ -24,7 +24,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this contract; the shim header carries it.
-pub const CONTRACT_VERSION: u32 = 1;
+pub const CONTRACT_VERSION: u32 = 2;
 /// Magic at offset 0 of the shim image.
 pub const SHIM_MAGIC: [u8; 8] = *b"PVKVSHIM";
 /// Number of IDT vectors the shim provides stubs for.
@@ -40,7 +40,14 @@ pub mod port {
     pub const HYPERCALL: u16 = 0x00e1;
     /// Trap doorbell, written at CPL0 by the IDT stubs.
     pub const TRAP: u16 = 0x00e0;
+    /// Rung at CPL0 by the apply routine when the VMM flagged more posted stores than
+    /// the posting area holds: the VMM refills it and the routine goes on.
+    pub const APPLY_MORE: u16 = 0x00e3;
 }
+
+/// Where the shim maps all guest-physical memory (guest RAM and the shim region),
+/// supervisor-only, so that the apply routine can store into any frame (L4 slot 262).
+pub const DIRECTMAP_VA: u64 = 0xffff_8300_0000_0000;
 
 /// Ring-0 selectors of the shim, in the Xen-reserved GDT pages.
 pub mod selector {
@@ -82,6 +89,10 @@ pub mod layout {
     pub const DF_STACK: u64 = 0x2_c000;
     /// Size of the double-fault stack.
     pub const DF_STACK_SIZE: u64 = 0x1000;
+    /// The posting area: a [`super::PostedHeader`] page, then [`super::PostedStore`]s.
+    pub const POSTED: u64 = 0x2_c000;
+    /// Size of the posting area.
+    pub const POSTED_SIZE: u64 = 0x4000;
     /// The shim's own pagetables (L3, L2, L1s of the hole) start here.
     pub const PAGETABLES: u64 = 0x3_0000;
     /// Size of the shim region without the M2P table.
@@ -95,7 +106,8 @@ pub mod layout {
         assert!(TSS + TSS_LIMIT < SHARED_INFO);
         assert!(SHARED_INFO + 0x1000 <= STACK - STACK_SIZE);
         assert!(STACK <= DF_STACK - DF_STACK_SIZE);
-        assert!(DF_STACK <= PAGETABLES);
+        assert!(DF_STACK <= POSTED);
+        assert!(POSTED + POSTED_SIZE <= PAGETABLES);
         assert!(PAGETABLES + 0x4000 <= SIZE);
     };
 }
@@ -114,10 +126,11 @@ pub struct ShimHeader {
     pub syscall_entry: u32,
     /// Address just after the stub's doorbell `out`: where rip points at its exit.
     pub syscall_doorbell_end: u32,
-    /// Address just after each IDT stub's doorbell `out`.
-    pub trap_doorbell_end: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// Entry of the apply routine: stores what the VMM posted, flushes, and returns to the
+    /// guest through the `TrapFrame`-shaped frame at rsp (as an IDT stub does).
+    pub apply_entry: u32,
+    /// Address just after the apply routine's [`port::APPLY_MORE`] doorbell.
+    pub apply_more_doorbell_end: u32,
     /// Entry of the IDT stub of each vector.
     pub vector_entry: [u32; NR_VECTORS],
 }
@@ -143,6 +156,42 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
+/// Stores the VMM posts: the apply routine performs them, in order, from inside the VM,
+/// so the host's shadow MMU sees every pagetable change (docs/host-kvm.md).
+pub const MAX_POSTED_STORES: usize = ((layout::POSTED_SIZE - 0x1000) / 16) as usize;
+/// Single-address invalidations one apply can carry.
+pub const MAX_POSTED_INVLPG: usize = (0x1000 - 16) / 8;
+/// [`PostedHeader::flags`]: ring [`port::APPLY_MORE`] after the stores (more follow).
+pub const POSTED_MORE: u32 = 1 << 0;
+/// [`PostedHeader::flags`]: flush the whole TLB (reload CR3) after the stores.
+pub const POSTED_FLUSH_ALL: u32 = 1 << 1;
+
+/// First page of the posting area.
+#[repr(C)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct PostedHeader {
+    /// Stores that follow the header page.
+    pub nr_stores: u32,
+    /// `POSTED_*` flags.
+    pub flags: u32,
+    /// Entries of `invlpg` in use.
+    pub nr_invlpg: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// Addresses to invalidate after the stores (unless the whole TLB is flushed).
+    pub invlpg: [u64; MAX_POSTED_INVLPG],
+}
+
+/// One posted store: `*va = value`, with `va` in the direct map.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct PostedStore {
+    /// Virtual address (in the shim's direct map) of the 8-byte entry.
+    pub va: u64,
+    /// Value to store.
+    pub value: u64,
+}
+
 /// Whether the CPU pushes an error code for an exception vector.
 pub const fn vector_has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
@@ -155,6 +204,7 @@ mod tests {
     #[test]
     fn header_and_frame_sizes() {
         assert_eq!(core::mem::size_of::<ShimHeader>(), 32 + 4 * NR_VECTORS);
+        assert_eq!(core::mem::size_of::<PostedHeader>(), 0x1000);
         assert_eq!(core::mem::size_of::<TrapFrame>(), 56);
     }
 }

@@ -12,8 +12,12 @@
 //!   vector, ring the trap doorbell, drop both words and `iretq` to the frame the VMM may
 //!   have rewritten. Five emulated instructions per trap.
 //!
+//! - `shim_apply`: entered when the VMM redirects a stub (or the hypercall return) to it:
+//!   performs the pagetable stores the VMM posted, from inside the VM (the host's shadow
+//!   MMU does not see the VMM's own writes), then the TLB flushes, then returns.
+//!
 //! The stubs touch no general, segment or SIMD register: `out %al` only reads al, the
-//! pushes go to the shim's own stack. The header at offset 0 tells the VMM where each
+//! pushes go to the shim's own stack; the apply routine saves and restores what it uses. The header at offset 0 tells the VMM where each
 //! stub is; its layout is `xen_abi::contract::ShimHeader`.
 #![no_std]
 #![no_main]
@@ -32,8 +36,8 @@ shim_header:
     .long header_end - shim_header
     .long syscall_entry - shim_header
     .long syscall_doorbell_end - shim_header
-    .long 0
-    .long 0
+    .long shim_apply - shim_header
+    .long apply_more_doorbell_end - shim_header
     .set vec, 0
     .rept 256
     .long vector_stubs - shim_header + vec * 16
@@ -63,10 +67,62 @@ vector_stubs:
     .endr
     .balign 16
 vector_stubs_end:
+
+    // The apply routine (ring 0, on the shim stack below a TrapFrame-shaped frame):
+    // performs the stores the VMM posted, in order, through the direct map, so the
+    // host's shadow MMU sees them as guest writes; then the flushes; then returns to the
+    // guest exactly as an IDT stub does. It saves the four registers it uses; the
+    // arithmetic flags it changes are restored by the final iretq.
+shim_apply:
+    push %rax
+    push %rcx
+    push %rsi
+    push %rdi
+1:  movl (shim_header + {posted})(%rip), %ecx
+    lea (shim_header + {posted} + 0x1000)(%rip), %rsi
+    test %ecx, %ecx
+    jz 3f
+2:  mov (%rsi), %rdi
+    mov 8(%rsi), %rax
+    mov %rax, (%rdi)
+    add $16, %rsi
+    dec %ecx
+    jnz 2b
+3:  testl ${more}, (shim_header + {posted} + 4)(%rip)
+    jz 4f
+    out %al, ${apply_more_port}
+apply_more_doorbell_end:
+    jmp 1b
+4:  testl ${flush_all}, (shim_header + {posted} + 4)(%rip)
+    jz 5f
+    mov %cr3, %rax
+    mov %rax, %cr3
+    jmp 7f
+5:  movl (shim_header + {posted} + 8)(%rip), %ecx
+    lea (shim_header + {posted} + 16)(%rip), %rsi
+    test %ecx, %ecx
+    jz 7f
+6:  mov (%rsi), %rdi
+    invlpg (%rdi)
+    add $8, %rsi
+    dec %ecx
+    jnz 6b
+7:  movq $0, (shim_header + {posted})(%rip)
+    movl $0, (shim_header + {posted} + 8)(%rip)
+    pop %rdi
+    pop %rsi
+    pop %rcx
+    pop %rax
+    add $16, %rsp
+    iretq
     "#,
     version = const xen_abi::contract::CONTRACT_VERSION,
     hypercall_port = const xen_abi::contract::port::HYPERCALL,
     trap_port = const xen_abi::contract::port::TRAP,
+    apply_more_port = const xen_abi::contract::port::APPLY_MORE,
+    posted = const xen_abi::contract::layout::POSTED - xen_abi::contract::layout::TEXT,
+    more = const xen_abi::contract::POSTED_MORE,
+    flush_all = const xen_abi::contract::POSTED_FLUSH_ALL,
     options(att_syntax)
 );
 
