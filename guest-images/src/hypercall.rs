@@ -220,3 +220,66 @@ pub unsafe fn update_va_mapping(va: u64, pte: u64, flags: u64) -> i64 {
     // SAFETY: forwarded contract.
     unsafe { hypercall3(nr::UPDATE_VA_MAPPING, va, pte, flags) }
 }
+
+/// `HYPERVISOR_mmu_update(reqs, count, &done, DOMID_SELF)`; returns (rc, done).
+///
+/// # Safety
+/// The updates change the address space (or the M2P).
+pub unsafe fn mmu_update(reqs: &[crate::mm::MmuUpdate]) -> (i64, u32) {
+    let mut done: u32 = 0;
+    // SAFETY: forwarded contract; the hypervisor reads `reqs` and writes `done`.
+    let rc = unsafe {
+        hypercall4(
+            nr::MMU_UPDATE,
+            reqs.as_ptr() as u64,
+            reqs.len() as u64,
+            &mut done as *mut u32 as u64,
+            xen_abi::xen::DOMID_SELF as u64,
+        )
+    };
+    (rc, done)
+}
+
+/// `HYPERVISOR_multicall(calls, count)`; each entry's `result` is written back (and, on
+/// debug Xen builds, everything else in the entry is scribbled over).
+///
+/// # Safety
+/// Every call in the list is made with the caller's authority.
+pub unsafe fn multicall(calls: &mut [crate::mm::MulticallEntry]) -> i64 {
+    // SAFETY: forwarded contract; the hypervisor reads and writes `calls`.
+    unsafe { hypercall2(nr::MULTICALL, calls.as_mut_ptr() as u64, calls.len() as u64) }
+}
+
+/// `HYPERVISOR_memory_op(cmd, arg)`.
+///
+/// # Safety
+/// `arg` must point to the record `cmd` reads and writes (or be what `cmd` expects).
+pub unsafe fn memory_op(cmd: u64, arg: u64) -> i64 {
+    // SAFETY: forwarded contract.
+    unsafe { hypercall2(nr::MEMORY_OP, cmd, arg) }
+}
+
+/// `HYPERVISOR_set_gdt(frames, entries)`: `frames` are MFNs (one per 512 entries).
+///
+/// # Safety
+/// The frames become the guest GDT.
+pub unsafe fn set_gdt(frames: &[u64], entries: u64) -> i64 {
+    // SAFETY: forwarded contract; the hypervisor reads `frames`.
+    unsafe { hypercall2(nr::SET_GDT, frames.as_ptr() as u64, entries) }
+}
+
+/// `HYPERVISOR_update_descriptor(ma, desc)`: `ma` is the machine address of the 8-byte
+/// descriptor slot.
+///
+/// # Safety
+/// Changes a descriptor table.
+pub unsafe fn update_descriptor(ma: u64, desc: u64) -> i64 {
+    // SAFETY: forwarded contract.
+    unsafe { hypercall2(nr::UPDATE_DESCRIPTOR, ma, desc) }
+}
+
+/// `HYPERVISOR_vm_assist(cmd, type)`.
+pub fn vm_assist(cmd: u64, kind: u64) -> i64 {
+    // SAFETY: only switches a VM assist on or off.
+    unsafe { hypercall2(nr::VM_ASSIST, cmd, kind) }
+}

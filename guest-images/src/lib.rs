@@ -19,6 +19,7 @@
 pub mod console;
 pub mod hypercall;
 pub mod mem;
+pub mod mm;
 pub mod start;
 pub mod traps;
 

@@ -1,0 +1,177 @@
+//! `mmu_descriptors`: `HYPERVISOR_set_gdt` and `HYPERVISOR_update_descriptor`.
+//!
+//! A slack frame holding a flat 32-bit data descriptor (DPL 3) at GDT index 2 is made
+//! read-only and installed with `set_gdt(frames, 16)`. Asserts:
+//!
+//! * `set_gdt` of that frame: 0; selector 0x13 (index 2, RPL 3) loads into %ds from guest
+//!   kernel mode (ring 3) and reads back; %ds is reset to the null selector;
+//! * `set_gdt` of a frame still mapped writable: -EINVAL; with more than
+//!   `FIRST_RESERVED_GDT_ENTRY` (7168) entries: -EINVAL;
+//! * `update_descriptor` (machine address of the slot) on the GDT frame: a flat data
+//!   descriptor: 0, visible at once through the read-only mapping; a DPL 0 64-bit code
+//!   descriptor: 0, stored with DPL 3 (Xen 4.17 `check_descriptor` raises the DPL to the
+//!   guest kernel RPL rather than refusing it); a present 64-bit TSS (system) descriptor:
+//!   -EINVAL, slot unchanged; a misaligned address: -EINVAL; a frame not ours: -EINVAL;
+//! * `update_descriptor` on an ordinary writable data frame: 0, visible at once;
+//! * `set_gdt(frames, 0)` releases the frame: 0, and it takes a writable mapping again.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use pv_test_kernels::hypercall;
+use pv_test_kernels::mm;
+use pv_test_kernels::traps::{install_trap_table, last_trap};
+use pv_test_kernels::xen_abi::errno::EINVAL;
+use pv_test_kernels::{check_eq, fail, println, test_kernel, StartInfo};
+
+test_kernel!(main);
+
+const GDT: u64 = 60;
+const PLAIN: u64 = 61;
+const WRITABLE: u64 = 62;
+
+const FLAT_DATA32_DPL3: u64 = 0x00cf_f300_0000_ffff;
+const FLAT_DATA32_DPL3_RO: u64 = 0x00cf_f100_0000_ffff;
+const CODE64_DPL0: u64 = 0x00af_9a00_0000_ffff;
+const CODE64_DPL3: u64 = 0x00af_fa00_0000_ffff;
+const TSS64_DPL0: u64 = 0x0000_8900_0000_0067;
+const FIRST_RESERVED_GDT_ENTRY: u64 = 14 * 512;
+
+fn upd(ma: u64, desc: u64) -> i64 {
+    // SAFETY: slots of the test's own frames (or deliberately bad addresses).
+    unsafe { hypercall::update_descriptor(ma, desc) }
+}
+
+/// Loads `sel` into %ds (trap table armed), reads %ds back, reads memory through %ds,
+/// and resets %ds to 0. Returns (trapped, %ds read back).
+fn load_ds(sel: u16, probe: &u64) -> (bool, u64, u64) {
+    let before = last_trap().count;
+    let got: u64;
+    let val: u64;
+    // SAFETY: a fault resumes at label 3; %ds is reset to the null selector either way.
+    unsafe {
+        asm!(
+            "lea {a}, [rip + 3f]",
+            "mov [rip + PVT_TRAP + 72], {a}",
+            "mov qword ptr [rip + PVT_TRAP + 64], 1",
+            "mov {d:e}, 0xffff",
+            "xor {v:e}, {v:e}",
+            "mov ds, {s:x}",
+            "mov {d:x}, ds",
+            "mov {v}, qword ptr [{p}]",
+            "3:",
+            "mov qword ptr [rip + PVT_TRAP + 64], 0",
+            "mov qword ptr [rip + PVT_TRAP + 72], 0",
+            "xor {a:e}, {a:e}",
+            "mov ds, {a:x}",
+            a = out(reg) _,
+            d = out(reg) got,
+            v = out(reg) val,
+            s = in(reg) sel as u64,
+            p = in(reg) probe as *const u64,
+        );
+    }
+    (last_trap().count != before, got & 0xffff, val)
+}
+
+fn main(si: &'static StartInfo) {
+    mm::print_layout(si);
+    mm::check_slack(si);
+    install_trap_table();
+    mm::assume("set_gdt takes MFNs; each frame must be free of writable mappings (type PGT_seg_desc_page); entries <= 7168 (pv/descriptor-tables.c)");
+    mm::assume("update_descriptor takes the slot's machine address; 64-bit PV: code/data DPL < 3 is raised to 3, system descriptors other than call gates are -EINVAL");
+
+    let g = mm::slack_va(si, GDT);
+    let gmfn = mm::slack_mfn(si, GDT);
+    for k in 0..512u64 {
+        mm::wr(g + k * 8, 0);
+    }
+    mm::wr(g + 2 * 8, FLAT_DATA32_DPL3);
+
+    // A frame still mapped writable is refused.
+    let wmfn = mm::slack_mfn(si, WRITABLE);
+    for k in 0..512u64 {
+        mm::wr(mm::slack_va(si, WRITABLE) + k * 8, 0);
+    }
+    // SAFETY: the frame list is a local array.
+    let rc = unsafe { hypercall::set_gdt(&[wmfn], 16) };
+    check_eq!("set_gdt of a frame still mapped writable", rc, -EINVAL);
+    // SAFETY: as above.
+    let rc = unsafe { hypercall::set_gdt(&[gmfn], FIRST_RESERVED_GDT_ENTRY + 1) };
+    check_eq!("set_gdt with 7169 entries", rc, -EINVAL);
+
+    mm::slack_make_ro(si, GDT);
+    // SAFETY: the frame holds only valid descriptors.
+    let rc = unsafe { hypercall::set_gdt(&[gmfn], 16) };
+    check_eq!("set_gdt(GDT frame, 16)", rc, 0i64);
+    println!("set_gdt(mfn {:#x}, 16): 0", gmfn);
+
+    let probe: u64 = 0x0d5d_5d5d_0d5d_5d5d;
+    let (trapped, ds, v) = load_ds(0x13, &probe);
+    if trapped {
+        let t = last_trap();
+        fail!(
+            "loading %ds with 0x13 (GDT index 2, flat data DPL 3) raised vector {} error code {:#x}",
+            t.vector,
+            t.error_code
+        );
+    }
+    check_eq!("%ds after loading 0x13", ds, 0x13u64);
+    check_eq!("read through %ds = 0x13", v, probe);
+    println!("%ds = 0x13 loaded from the guest GDT: ok");
+
+    // update_descriptor on the live GDT frame.
+    let rc = upd(mm::entry_ma(gmfn, 4), FLAT_DATA32_DPL3_RO);
+    check_eq!("update_descriptor(flat data)", rc, 0i64);
+    check_eq!(
+        "GDT slot 4 right after update_descriptor",
+        mm::rd(g + 4 * 8),
+        FLAT_DATA32_DPL3_RO
+    );
+    let rc = upd(mm::entry_ma(gmfn, 5), CODE64_DPL0);
+    check_eq!("update_descriptor(64-bit code, DPL 0)", rc, 0i64);
+    check_eq!(
+        "GDT slot 5 (DPL 0 code stored with DPL 3)",
+        mm::rd(g + 5 * 8),
+        CODE64_DPL3
+    );
+    let rc = upd(mm::entry_ma(gmfn, 6), TSS64_DPL0);
+    check_eq!(
+        "update_descriptor(present 64-bit TSS descriptor)",
+        rc,
+        -EINVAL
+    );
+    check_eq!(
+        "GDT slot 6 after the refused update",
+        mm::rd(g + 6 * 8),
+        0u64
+    );
+    let rc = upd(mm::entry_ma(gmfn, 7) + 4, FLAT_DATA32_DPL3);
+    check_eq!("update_descriptor at a misaligned address", rc, -EINVAL);
+    check_eq!(
+        "GDT slot 7 after the refused update",
+        mm::rd(g + 7 * 8),
+        0u64
+    );
+    let rc = upd(mm::entry_ma(mm::MFN_NOT_RAM, 0), FLAT_DATA32_DPL3);
+    check_eq!("update_descriptor on a frame not ours", rc, -EINVAL);
+    println!("update_descriptor on the GDT frame: ok");
+
+    let p = mm::slack_va(si, PLAIN);
+    mm::wr(p, 0);
+    let rc = upd(mm::entry_ma(mm::slack_mfn(si, PLAIN), 0), FLAT_DATA32_DPL3);
+    check_eq!("update_descriptor on a writable data frame", rc, 0i64);
+    check_eq!(
+        "data frame slot 0 right after update_descriptor",
+        mm::rd(p),
+        FLAT_DATA32_DPL3
+    );
+
+    // Release the GDT frame.
+    // SAFETY: %ds is null again; an empty GDT.
+    let rc = unsafe { hypercall::set_gdt(&[gmfn], 0) };
+    check_eq!("set_gdt(_, 0)", rc, 0i64);
+    mm::slack_make_rw(si, GDT);
+    mm::wr(g, 0);
+    println!("GDT released and the frame writable again: ok");
+}
