@@ -91,8 +91,29 @@ pub const PTE_CMP_MASK: u64 = PTE_ADDR_MASK | PTE_P | PTE_RW | PTE_PWT | PTE_PCD
 /// Flags of an upper-level entry as the builder and Linux write them.
 pub const PDE_FLAGS: u64 = PTE_P | PTE_RW | PTE_USER | PTE_A | PTE_D;
 
-/// Base of the read-only M2P table (`MACH2PHYS_VIRT_START`).
-pub const M2P_BASE: u64 = xen_abi::xen::MACH2PHYS_VIRT_START;
+/// Base of the read-only M2P table, as `XENMEM_machphys_mapping` reports it (Xen:
+/// `MACH2PHYS_VIRT_START`; a guest must not assume it, Linux does not).
+pub fn m2p_base() -> u64 {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    static BASE: AtomicU64 = AtomicU64::new(0);
+    let cached = BASE.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    let mut map = xen_abi::memory::MachphysMapping::default();
+    // SAFETY: XENMEM_machphys_mapping writes one xen_machphys_mapping to `map`.
+    let rc = unsafe {
+        crate::hypercall::memory_op(
+            xen_abi::memory::XENMEM_MACHPHYS_MAPPING,
+            &mut map as *mut _ as u64,
+        )
+    };
+    if rc != 0 {
+        crate::fail!("XENMEM_machphys_mapping returned {}", rc);
+    }
+    BASE.store(map.v_start, Ordering::Relaxed);
+    map.v_start
+}
 
 /// Number of slack frames the builder guarantees after the boot stack (512 KiB).
 pub const SLACK_FRAMES: u64 = 128;
@@ -196,9 +217,9 @@ pub fn p2m(si: &StartInfo, pfn: u64) -> u64 {
     rd(si.mfn_list + pfn * 8)
 }
 
-/// M2P lookup: the read-only table at `0xffff800000000000`.
+/// M2P lookup: the read-only table `XENMEM_machphys_mapping` names.
 pub fn m2p(mfn: u64) -> u64 {
-    rd(M2P_BASE + mfn * 8)
+    rd(m2p_base() + mfn * 8)
 }
 
 /// pfn of a VA in the builder's 1:1 region.

@@ -67,6 +67,12 @@ pub struct ExitStats {
     pub trap_doorbells: u64,
     /// Interrupted runs.
     pub interrupted: u64,
+    /// Refills of the posting area during one apply.
+    pub apply_more: u64,
+    /// Applies of posted stores and flushes (entries into the shim's apply routine).
+    pub applies: u64,
+    /// Pagetable stores the shim repeated inside the VM.
+    pub posted_stores: u64,
     /// Other exits.
     pub other: u64,
 }
@@ -84,6 +90,12 @@ pub struct GuestPlatform<'a> {
     pub cpuid: &'a crate::cpuid::CpuidTable,
     /// Where console output goes.
     pub console: &'a mut dyn std::io::Write,
+    /// The domain's pagetable engine (None: the guest gets -ENOSYS for MMU calls).
+    pub mm: Option<&'a mut pv_mm::Mm>,
+    /// Guest frames for the engine; its stores are queued for the shim.
+    pub frames: crate::posted::VmmFrames<'a>,
+    /// TLB work queued with the stores.
+    pub flush: &'a mut pv_mm::FlushSet,
 }
 
 impl GuestPlatform<'_> {
@@ -124,6 +136,14 @@ impl Platform for GuestPlatform<'_> {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         self.cpuid.lookup(leaf, subleaf)
     }
+    fn mm(&mut self) -> Option<pv_engine::MmCtx<'_>> {
+        let mm = self.mm.as_deref_mut()?;
+        Some(pv_engine::MmCtx {
+            mm,
+            mem: &mut self.frames,
+            flush: &mut *self.flush,
+        })
+    }
 }
 
 /// The domain's state an exit may touch.
@@ -138,6 +158,8 @@ pub struct Domain<'a> {
     pub shim: &'a ShimRegion,
     /// Memory and console.
     pub platform: GuestPlatform<'a>,
+    /// The guest GDT frames the shim maps now (to notice `set_gdt` changes).
+    pub mapped_gdt: &'a mut [u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE],
 }
 
 /// Flags a guest may hold in the real rflags; IF is always set (the guest's virtual IF
@@ -275,6 +297,13 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
             dom.exits.trap_doorbells += 1;
             trap_doorbell(cpu, dom)
         }
+        Exit::IoOut {
+            port: port::APPLY_MORE,
+            ..
+        } => {
+            dom.exits.apply_more += 1;
+            apply_more(cpu, dom)
+        }
         Exit::Interrupted => {
             dom.exits.interrupted += 1;
             Ok(Action::Interrupted)
@@ -318,18 +347,114 @@ fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Ac
 /// general registers, rip, rsp, sanitized rflags, and the hardware state.
 fn resume_at(
     cpu: &mut dyn CpuState,
-    dom: &Domain<'_>,
+    dom: &mut Domain<'_>,
     mut regs: Regs,
     g: &GuestRegs,
     outcome: Outcome,
 ) -> Result<Action, String> {
     copy_gprs(g, &mut regs);
-    regs.rip = g.rip;
-    regs.rsp = g.rsp;
-    regs.rflags = sanitize_rflags(g.rflags);
-    cpu.set_regs(&regs);
-    apply_hw_state(cpu, dom.vcpu, g.cs, g.ss, true)?;
+    sync_gdt(dom);
+    if pending(dom) {
+        // Stores or flushes wait: enter the shim's apply routine at ring 0 on a
+        // TrapFrame-shaped frame that returns to the guest where the engine said.
+        let frame = TrapFrame {
+            vector: 0,
+            error_code: 0,
+            rip: g.rip,
+            cs: g.cs | 3,
+            rflags: sanitize_rflags(g.rflags),
+            rsp: g.rsp,
+            ss: g.ss | 3,
+        };
+        let rsp0 = dom.shim.stack_top - core::mem::size_of::<TrapFrame>() as u64;
+        let gpa = dom
+            .shim
+            .va_to_gpa(rsp0)
+            .ok_or("the shim stack is outside the shim region")?;
+        dom.platform
+            .mem
+            .write_slice(frame.as_bytes(), GuestAddress(gpa))
+            .map_err(|e| e.to_string())?;
+        start_apply(dom)?;
+        regs.rip = dom.shim.apply_entry;
+        regs.rsp = rsp0;
+        regs.rflags = 0x2;
+        cpu.set_regs(&regs);
+        apply_hw_state(cpu, dom.vcpu, 0, 0, false)?;
+        let mut s = cpu.sregs()?;
+        s.cs.selector = xen_abi::contract::selector::HYPERVISOR_CS;
+        s.cs.dpl = 0;
+        s.cs.l = 1;
+        s.cs.db = 0;
+        s.ss.selector = xen_abi::contract::selector::HYPERVISOR_DS;
+        s.ss.dpl = 0;
+        cpu.set_sregs(&s);
+    } else {
+        regs.rip = g.rip;
+        regs.rsp = g.rsp;
+        regs.rflags = sanitize_rflags(g.rflags);
+        cpu.set_regs(&regs);
+        apply_hw_state(cpu, dom.vcpu, g.cs, g.ss, true)?;
+    }
     Ok(outcome_to_action(outcome, dom, g))
+}
+
+/// Whether pagetable stores or flushes wait for the shim. Collects the flushes the MMU
+/// engine deferred (type changes in copy/clear page, descriptor pages) first.
+fn pending(dom: &mut Domain<'_>) -> bool {
+    let p = &mut dom.platform;
+    if let Some(mm) = p.mm.as_deref_mut() {
+        let deferred = mm.take_pending_flush();
+        pv_engine::mmu::merge_flush(p.flush, deferred);
+        if p.flush.local_all || p.flush.all_vcpus {
+            mm.tlb_flushed();
+        }
+    }
+    !p.frames.posted.nothing_waits(p.flush)
+}
+
+/// Writes the first chunk of the queue into the posting area.
+fn start_apply(dom: &mut Domain<'_>) -> Result<(), String> {
+    dom.exits.applies += 1;
+    dom.exits.posted_stores += dom.platform.frames.posted.queued() as u64;
+    let area = crate::posted::area_gpa(dom.shim.gpa);
+    let p = &mut dom.platform;
+    p.frames.posted.fill(p.flush, p.mem, area)
+}
+
+/// The apply routine asks for the next chunk.
+fn apply_more(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
+    let regs = cpu.regs()?;
+    if regs.rip != dom.shim.apply_more_doorbell_end {
+        return Ok(Action::Fatal(diagnostic(
+            "APPLY_MORE rung outside the apply routine",
+            dom,
+            None,
+            Some(cpu),
+        )));
+    }
+    let area = crate::posted::area_gpa(dom.shim.gpa);
+    let p = &mut dom.platform;
+    p.frames.posted.fill(p.flush, p.mem, area)?;
+    Ok(Action::Resume)
+}
+
+/// Maps the guest's GDT frames (from `set_gdt`) into the shim's GDT when they changed:
+/// stores into the shim's own L1, queued like any other, plus their invalidations.
+fn sync_gdt(dom: &mut Domain<'_>) {
+    let wanted = dom.vcpu.gdt_frames;
+    let nr = (dom.vcpu.gdt_ents as usize).div_ceil(512);
+    for (page, &want) in wanted.iter().enumerate() {
+        let frame = (page < nr).then_some(want);
+        let current = (dom.mapped_gdt[page] != 0).then_some(dom.mapped_gdt[page]);
+        if frame == current {
+            continue;
+        }
+        let (l1, slot, value) = dom.shim.gdt_page_entry(page, frame);
+        pv_mm::FrameAccess::write_entry(&mut dom.platform.frames, l1, slot, value);
+        dom.platform.flush.invlpg.push(dom.shim.gdt_page_va(page));
+        dom.mapped_gdt[page] = frame.unwrap_or(0);
+    }
 }
 
 /// Length of the port-I/O instruction that ends at `rip`, from the bytes before it: `in`
@@ -422,6 +547,19 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
         error_code: vector_has_error_code(vector).then_some(frame.error_code),
         cr2: sregs.cr2,
     };
+    if log::log_enabled!(log::Level::Debug) {
+        let mut insn = [0u8; 8];
+        let _ = pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, frame.rip, &mut insn);
+        log::debug!(
+            "trap {vector} error {:#x} at rip {:#x} ({insn:02x?}) rsp {:#x} cr2 {:#x} rcx {:#x} mode {:?}",
+            frame.error_code,
+            frame.rip,
+            frame.rsp,
+            sregs.cr2,
+            regs.rcx,
+            dom.vcpu.mode
+        );
+    }
     let outcome = pv_engine::exception(dom.vcpu, &mut g, trap, &mut dom.platform, dom.stats);
     frame.rip = g.rip;
     frame.rsp = g.rsp;
@@ -432,8 +570,14 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
         .mem
         .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
         .map_err(|e| e.to_string())?;
-    // rsp and rip stay the stub's: it drops two words and iretqs to the frame.
+    // rsp stays the stub's: it (or the apply routine, which ends the same way) drops
+    // two words and iretqs to the frame.
     copy_gprs(&g, &mut regs);
+    sync_gdt(dom);
+    if pending(dom) {
+        start_apply(dom)?;
+        regs.rip = dom.shim.apply_entry;
+    }
     cpu.set_regs(&regs);
     apply_hw_state(cpu, dom.vcpu, 0, 0, false)?;
     Ok(outcome_to_action(outcome, dom, &g))
@@ -543,6 +687,9 @@ mod tests {
         exits: ExitStats,
         cpuid: crate::cpuid::CpuidTable,
         console: Vec<u8>,
+        posted: crate::posted::Posted,
+        flush: pv_mm::FlushSet,
+        mapped_gdt: [u64; 14],
     }
 
     /// Guest RAM with the low 4 MiB identity-mapped (user, writable) and the shim region.
@@ -578,6 +725,9 @@ mod tests {
             exits: ExitStats::default(),
             cpuid: crate::cpuid::CpuidTable::pv_policy(&supported),
             console: Vec::new(),
+            posted: crate::posted::Posted::default(),
+            flush: pv_mm::FlushSet::default(),
+            mapped_gdt: [0; 14],
         }
     }
 
@@ -610,7 +760,16 @@ mod tests {
                 shared_info_gpa: w.region.shared_info_gpa,
                 cpuid: &w.cpuid,
                 console: &mut w.console,
+                mm: None,
+                frames: crate::posted::VmmFrames {
+                    mem: &w.mem,
+                    posted: &mut w.posted,
+                    m2p_gpa: w.region.m2p_gpa,
+                    m2p_frames: RAM >> 12,
+                },
+                flush: &mut w.flush,
             },
+            mapped_gdt: &mut w.mapped_gdt,
         };
         handle_exit(&exit, cpu, &mut dom)
     }

@@ -9,6 +9,7 @@ pub mod cpuid;
 pub mod exit;
 pub mod loader;
 pub mod metrics;
+pub mod posted;
 pub mod probe;
 pub mod runner;
 pub mod shim;

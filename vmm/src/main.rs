@@ -43,6 +43,11 @@ enum Command {
         /// Print exit and hypercall counters at the end.
         #[arg(long)]
         stats: bool,
+        /// Print every pagetable operation the MMU engine refused (frame, level, slot,
+        /// old and new entry, types and counts, the guest rip, and for a bad type where
+        /// the conflicting writable mapping is).
+        #[arg(long)]
+        mmu_log: bool,
     },
     /// Show a kernel's Xen notes and the layout the domain builder would make.
     Inspect {
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
             timeout,
             stall_timeout,
             stats,
+            mmu_log,
         } => {
             let cfg = pvkvm::runner::RunConfig {
                 kernel,
@@ -109,6 +115,16 @@ fn main() -> ExitCode {
                     }
                     if stats {
                         eprint!("{}", pvkvm::metrics::format_report(&report));
+                    }
+                    if mmu_log {
+                        eprintln!(
+                            "pvkvm: the MMU engine refused {} operation(s); the last {}:",
+                            report.mmu_refusal_count,
+                            report.mmu_refusals.len()
+                        );
+                        for r in &report.mmu_refusals {
+                            eprintln!("  {r}");
+                        }
                     }
                     ExitCode::from(report.exit_status() as u8)
                 }

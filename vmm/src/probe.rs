@@ -192,6 +192,24 @@ probe_r3_sse:
     syscall
     ud2
 
+// ring 3: read the quadword at rdi, report it in rbx
+probe_r3_read:
+    mov (%rdi), %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
+// ring 3: load selector 0x13 (guest GDT index 2) into %ds and read %ds back into rbx
+probe_r3_load_ds:
+    mov $0x13, %eax
+    mov %eax, %ds
+    mov %ds, %ebx
+    xor %eax, %eax
+    mov %eax, %ds
+    mov $1, %eax
+    syscall
+    ud2
+
 // ring 3: raw cpuid of leaf 0x40000000
 probe_r3_cpuid:
     mov $0x40000000, %eax
@@ -354,6 +372,8 @@ snippet_offsets!(
     probe_r0_pte_host,
     probe_r0_pte_guest,
     probe_r3_cpuid,
+    probe_r3_read,
+    probe_r3_load_ds,
     probe_r3_sse,
     probe_i_iretq,
     probe_i_sysret,
@@ -852,6 +872,14 @@ pub fn run() -> Result<Report, Error> {
     let _ = pte_a;
 
     facts.push((
+        "guest GDT data selector loads at ring 3",
+        yes_no(guest_gdt_selectors_honoured()?),
+    ));
+    facts.push((
+        "L4 slots ring 3 can use in the hypervisor hole",
+        hole_slots_usable()?,
+    ));
+    facts.push((
         "CR0.TS makes ring-3 SSE raise #NM",
         match cr0_ts_check() {
             Ok(true) => yes_no(true),
@@ -909,6 +937,49 @@ pub fn run() -> Result<Report, Error> {
         facts,
         instructions,
     })
+}
+
+/// Which L4 slots of the hypervisor hole (256..=271) a ring-3 read can go through here:
+/// the host may keep some of the upper half for itself.
+fn hole_slots_usable() -> Result<String, Error> {
+    let mut bad = Vec::new();
+    let shim_slot = (xen_abi::contract::SHIM_VA_BASE >> 39) & 511;
+    for slot in (256u64..=271).filter(|&s| s != shim_slot) {
+        let mut p = ProbeVm::new()?;
+        let entry = 0x2000 | pte::P | pte::RW | pte::U | pte::A;
+        p.vm.memory()
+            .write_obj(entry, GuestAddress(L4 + slot * 8))
+            .map_err(|_| shim::Error::Memory(L4))?;
+        let va = 0xffff_0000_0000_0000 | (slot << 39) | DATA_A;
+        p.start(Snippet::probe_r3_read, false, va)?;
+        let (end, r) = p.run(|_: &mut ProbeVm, _| {}, false)?;
+        if !(end == End::Doorbell && r.rbx == 0xaaaa) {
+            bad.push(format!("{slot} ({end:?})"));
+        }
+    }
+    Ok(if bad.is_empty() {
+        format!("all (slot {shim_slot}, the shim's, not tested)")
+    } else {
+        format!(
+            "all but {} (slot {shim_slot}, the shim's, not tested)",
+            bad.join(", ")
+        )
+    })
+}
+
+/// Whether guest ring 3 runs with the guest's own descriptor tables: a data selector
+/// the guest put in its GDT (index 2, which a Linux host uses for its kernel code)
+/// loads into %ds and stays there.
+pub fn guest_gdt_selectors_honoured() -> Result<bool, Error> {
+    let mut p = ProbeVm::new()?;
+    let flat_data_dpl3 = 0x00cf_f300_0000_ffffu64;
+    let gdt = p.region.gpa + layout::GDT;
+    p.vm.memory()
+        .write_obj(flat_data_dpl3, GuestAddress(gdt + 16))
+        .map_err(|_| shim::Error::Memory(gdt))?;
+    p.start(Snippet::probe_r3_load_ds, false, 0)?;
+    let (end, r) = p.run(|_: &mut ProbeVm, _| {}, false)?;
+    Ok(end == End::Doorbell && r.rbx & 0xffff == 0x13)
 }
 
 /// Whether this host's KVM makes a guest SSE instruction at ring 3 fault with #NM when

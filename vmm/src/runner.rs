@@ -18,6 +18,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::cpuid::CpuidTable;
 use crate::exit::{self, Action, CpuState, Domain, ExitStats, GuestPlatform};
 use crate::loader::{self, DomainConfig, KernelImage};
+use crate::posted::{Posted, VmmFrames};
 use crate::shim::{self, ShimImage, ShimRegion, XCR0_X87_SSE_AVX};
 use crate::vstate::{self, Regs, Vm};
 
@@ -101,6 +102,10 @@ pub struct RunReport {
     pub exits: ExitStats,
     /// Engine counters.
     pub stats: pv_engine::Stats,
+    /// The MMU engine's refusals, oldest first (the last ones it kept), for `--mmu-log`.
+    pub mmu_refusals: Vec<String>,
+    /// All refusals the MMU engine made.
+    pub mmu_refusal_count: u64,
 }
 
 impl RunReport {
@@ -231,6 +236,11 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let stop = Arc::new(AtomicU8::new(STOP_NONE));
     let progress = Arc::new(AtomicU64::new(0));
     let pv_vcpu = pv_engine::Vcpu::new(0, layout.l4_gpa, region.shared_info_gpa);
+    let mm = initial_mm(&vm, &region, ram, layout.l4_gpa >> 12).map_err(|e| {
+        Error::Thread(format!(
+            "the domain builder's pagetables do not validate ({e}); this is a pvkvm bug"
+        ))
+    })?;
     let thread_stop = stop.clone();
     let thread_progress = progress.clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -242,6 +252,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 vcpu,
                 region,
                 pv_vcpu,
+                mm,
                 ram,
                 cpuid,
                 console,
@@ -288,7 +299,13 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             }
         }
     }
-    let (end, exits, stats) = handle
+    let ThreadEnd {
+        end,
+        exits,
+        stats,
+        mmu_refusals,
+        mmu_refusal_count,
+    } = handle
         .join()
         .map_err(|_| Error::Thread("the vCPU thread panicked".into()))??;
     Ok(RunReport {
@@ -296,7 +313,33 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         elapsed: started.elapsed(),
         exits,
         stats,
+        mmu_refusals,
+        mmu_refusal_count,
     })
+}
+
+fn thread_end(
+    end: DomainEnd,
+    exits: ExitStats,
+    stats: pv_engine::Stats,
+    mm: &pv_mm::Mm,
+) -> ThreadEnd {
+    ThreadEnd {
+        end,
+        exits,
+        stats,
+        mmu_refusals: mm.refusals().map(|r| r.to_string()).collect(),
+        mmu_refusal_count: mm.refusal_count(),
+    }
+}
+
+/// What the vCPU thread hands back.
+struct ThreadEnd {
+    end: DomainEnd,
+    exits: ExitStats,
+    stats: pv_engine::Stats,
+    mmu_refusals: Vec<String>,
+    mmu_refusal_count: u64,
 }
 
 /// Everything the vCPU thread owns.
@@ -305,26 +348,56 @@ struct VcpuThread {
     vcpu: vstate::Vcpu,
     region: ShimRegion,
     pv_vcpu: pv_engine::Vcpu,
+    mm: pv_mm::Mm,
     ram: u64,
     cpuid: CpuidTable,
     console: Box<dyn Write + Send>,
 }
 
-fn vcpu_loop(
-    t: VcpuThread,
-    stop: &AtomicU8,
-    progress: &AtomicU64,
-) -> Result<(DomainEnd, ExitStats, pv_engine::Stats), Error> {
+/// The frame table as Xen's domain builder leaves it: the bootstrap L4 pinned and in
+/// use as the kernel's base pointer, which validates every table the builder made.
+fn initial_mm(
+    vm: &Vm,
+    region: &ShimRegion,
+    ram: u64,
+    l4: u64,
+) -> Result<pv_mm::Mm, pv_mm::MmError> {
+    let mut mm = pv_mm::Mm::new(pv_mm::MmConfig {
+        nr_frames: ram >> 12,
+        hole_l4: region.hole_l4,
+        shared_frames: vec![region.shared_info_gpa >> 12],
+        max_machine_frame: (region.gpa + shim::region_size(ram >> 12)) >> 12,
+    });
+    let mut posted = Posted::default();
+    let mut flush = pv_mm::FlushSet::default();
+    let mut frames = VmmFrames {
+        mem: vm.memory(),
+        posted: &mut posted,
+        m2p_gpa: region.m2p_gpa,
+        m2p_frames: ram >> 12,
+    };
+    let _ = mm.pin_table(&mut frames, l4, pv_mm::Level::L4)?;
+    let _ = mm.set_root(&mut frames, None, Some(l4))?;
+    // Nothing has run: the stores are in memory, which is all a first walk will read.
+    posted.discard(&mut flush);
+    Ok(mm)
+}
+
+fn vcpu_loop(t: VcpuThread, stop: &AtomicU8, progress: &AtomicU64) -> Result<ThreadEnd, Error> {
     let VcpuThread {
         vm,
         mut vcpu,
         region,
         mut pv_vcpu,
+        mut mm,
         ram,
         cpuid,
         mut console,
     } = t;
     let mut stats = pv_engine::Stats::new();
+    let mut posted = Posted::default();
+    let mut flush = pv_mm::FlushSet::default();
+    let mut mapped_gdt = [0u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE];
     let mut exits = ExitStats::default();
     loop {
         let exit = vcpu.run()?;
@@ -342,7 +415,16 @@ fn vcpu_loop(
                 shared_info_gpa: region.shared_info_gpa,
                 cpuid: &cpuid,
                 console: &mut *console,
+                mm: Some(&mut mm),
+                frames: VmmFrames {
+                    mem: vm.memory(),
+                    posted: &mut posted,
+                    m2p_gpa: region.m2p_gpa,
+                    m2p_frames: ram >> 12,
+                },
+                flush: &mut flush,
             },
+            mapped_gdt: &mut mapped_gdt,
         };
         match exit::handle_exit(&exit, &mut vcpu, &mut dom) {
             Action::Resume => {}
@@ -355,11 +437,15 @@ fn vcpu_loop(
                 {
                     let diag =
                         exit::diagnostic(what, &dom, None, Some(&mut vcpu as &mut dyn CpuState));
-                    return Ok((DomainEnd::Timeout(diag), exits, stats));
+                    return Ok(thread_end(DomainEnd::Timeout(diag), exits, stats, &mm));
                 }
             }
-            Action::Shutdown(reason) => return Ok((DomainEnd::Shutdown(reason), exits, stats)),
-            Action::Fatal(diag) => return Ok((DomainEnd::Fatal(diag), exits, stats)),
+            Action::Shutdown(reason) => {
+                return Ok(thread_end(DomainEnd::Shutdown(reason), exits, stats, &mm))
+            }
+            Action::Fatal(diag) => {
+                return Ok(thread_end(DomainEnd::Fatal(diag), exits, stats, &mm))
+            }
         }
     }
 }

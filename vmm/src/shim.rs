@@ -128,12 +128,35 @@ pub struct ShimRegion {
     pub apply_entry: u64,
     /// Where rip points when the apply routine rings `APPLY_MORE`.
     pub apply_more_doorbell_end: u64,
+    /// Guest-physical address of the M2P table.
+    pub m2p_gpa: u64,
 }
 
 /// Extended machine-state components the VMM enables in XCR0 when the host has them.
 pub const XCR0_X87_SSE_AVX: u64 = 0b111;
 
 impl ShimRegion {
+    /// The shim's L1 entry (its frame, its slot, the value) that maps page `page` of the
+    /// guest part of the GDT: the guest's segment-descriptor frame, or the shim's own
+    /// empty page when the guest gave none.
+    pub fn gdt_page_entry(&self, page: usize, guest_frame: Option<u64>) -> (u64, usize, u64) {
+        let l1 = self.gpa + layout::PAGETABLES + 0x2000;
+        let slot = (layout::GDT >> 12) as usize + page;
+        let target = guest_frame
+            .map(|f| f << 12)
+            .unwrap_or(self.gpa + layout::GDT + page as u64 * 0x1000);
+        (
+            l1 >> 12,
+            slot,
+            target | pte::P | pte::RW | pte::A | pte::D | pte::NX,
+        )
+    }
+
+    /// Virtual address of page `page` of the GDT.
+    pub fn gdt_page_va(&self, page: usize) -> u64 {
+        SHIM_VA_BASE + layout::GDT + page as u64 * 0x1000
+    }
+
     /// Guest-physical address of a shim virtual address, if it is in the region.
     pub fn va_to_gpa(&self, va: u64) -> Option<u64> {
         let off = va.checked_sub(SHIM_VA_BASE)?;
@@ -267,12 +290,13 @@ fn m2p_part_pages(ram_frames: u64) -> u64 {
 /// L2 pages of the direct map: 2 MiB pages covering guest RAM and the whole shim region
 /// (the direct map's own tables included; the bound of 64 such pages is 64 GiB).
 fn directmap_l2_pages(ram_frames: u64) -> u64 {
-    let end = region_gpa(ram_frames) + layout::SIZE + (m2p_part_pages(ram_frames) + 1 + 64) * 0x1000;
+    let end =
+        region_gpa(ram_frames) + layout::SIZE + (m2p_part_pages(ram_frames) + 1 + 64) * 0x1000;
     end.div_ceil(1 << 30)
 }
 
 /// Bytes of the shim region for a guest of `ram_frames` frames: the fixed part, the M2P
-/// table and the pagetables that map it at `MACH2PHYS_VIRT_START`, then the direct map's
+/// table and the pagetables that map it at `contract::M2P_VA`, then the direct map's
 /// pagetables.
 pub fn region_size(ram_frames: u64) -> u64 {
     layout::SIZE + (m2p_part_pages(ram_frames) + 1 + directmap_l2_pages(ram_frames)) * 0x1000
@@ -289,14 +313,18 @@ fn build_directmap(mem: &GuestMemoryMmap, gpa: u64, ram_frames: u64) -> Result<u
         write_u64(mem, l3 + i * 8, l2 | upper)?;
         for j in 0..512u64 {
             let target = (i << 30) | (j << 21);
-            write_u64(mem, l2 + j * 8, target | pte::P | pte::RW | pte::A | pte::D | pte::PS | pte::NX)?;
+            write_u64(
+                mem,
+                l2 + j * 8,
+                target | pte::P | pte::RW | pte::A | pte::D | pte::PS | pte::NX,
+            )?;
         }
     }
     Ok(l3 | upper)
 }
 
 /// Writes the M2P table (identity: machine frame == guest-physical frame) after the fixed
-/// part of the region and maps it read-only at `MACH2PHYS_VIRT_START`; returns the L4
+/// part of the region and maps it read-only at `contract::M2P_VA`; returns the L4
 /// entry for slot 256.
 fn build_m2p(mem: &GuestMemoryMmap, gpa: u64, ram_frames: u64) -> Result<u64> {
     let pages = m2p_pages(ram_frames);
@@ -323,7 +351,7 @@ fn build_m2p(mem: &GuestMemoryMmap, gpa: u64, ram_frames: u64) -> Result<u64> {
     for i in 0..n_l1 {
         write_u64(mem, l2 + i * 8, (l1s + i * 0x1000) | upper)?;
     }
-    let m2p_va = xen_abi::xen::MACH2PHYS_VIRT_START;
+    let m2p_va = contract::M2P_VA;
     write_u64(mem, l3 + ((m2p_va >> 30) & 511) * 8, l2 | upper)?;
     Ok(l3 | upper)
 }
@@ -435,7 +463,7 @@ pub fn build_region(
     let slot = ((SHIM_VA_BASE >> 39) & 511) as usize;
     let mut hole_l4 = [0u64; 16];
     hole_l4[slot - xen_abi::xen::HOLE_FIRST_L4_SLOT] = l3 | upper;
-    let m2p_slot = ((xen_abi::xen::MACH2PHYS_VIRT_START >> 39) & 511) as usize;
+    let m2p_slot = ((contract::M2P_VA >> 39) & 511) as usize;
     hole_l4[m2p_slot - xen_abi::xen::HOLE_FIRST_L4_SLOT] = build_m2p(mem, gpa, ram_frames)?;
     let dm_slot = ((contract::DIRECTMAP_VA >> 39) & 511) as usize;
     hole_l4[dm_slot - xen_abi::xen::HOLE_FIRST_L4_SLOT] = build_directmap(mem, gpa, ram_frames)?;
@@ -449,6 +477,7 @@ pub fn build_region(
         shared_info_gpa: gpa + layout::SHARED_INFO,
         apply_entry: va(layout::TEXT) + u64::from(hdr.apply_entry),
         apply_more_doorbell_end: va(layout::TEXT) + u64::from(hdr.apply_more_doorbell_end),
+        m2p_gpa: gpa + layout::SIZE,
     })
 }
 
@@ -530,7 +559,7 @@ mod tests {
             }
             (entry & pte::P != 0).then_some((entry & pte::ADDR_MASK, flags))
         };
-        let m2p = xen_abi::xen::MACH2PHYS_VIRT_START;
+        let m2p = contract::M2P_VA;
         for mfn in [0u64, 1, 511, 512, 4999] {
             let (page, flags) = walk(m2p + mfn * 8).expect("M2P entry mapped");
             assert_eq!(flags & pte::RW, 0, "M2P must be read-only");

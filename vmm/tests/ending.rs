@@ -164,7 +164,13 @@ fn no_dev_kvm_is_one_clear_line() {
 fn stall_watchdog_stops_a_guest_that_never_traps() {
     common::require_kvm();
     let spin = common::kernel("spin");
-    let out = pvkvm(&["run", "--kernel", spin.to_str().unwrap(), "--stall-timeout", "2"]);
+    let out = pvkvm(&[
+        "run",
+        "--kernel",
+        spin.to_str().unwrap(),
+        "--stall-timeout",
+        "2",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(124), "{stderr}");
     assert!(stderr.contains("stopped making progress"), "{stderr}");

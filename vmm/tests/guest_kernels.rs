@@ -70,3 +70,92 @@ fn fpu_taskswitch_raises_nm() {
 fn hypercall_page_stubs() {
     expect_success("hypercall_page");
 }
+
+// The pagetable hypercalls (pv-mm behind mmu_update, mmuext_op, update_va_mapping,
+// multicall, set_gdt/update_descriptor, memory_op): every update visible to the guest at
+// once, results and errors as Xen gives them.
+
+#[test]
+fn mmu_update_batches() {
+    expect_success("mmu_update_batches");
+}
+
+#[test]
+fn mmuext_ops() {
+    expect_success("mmu_mmuext_ops");
+}
+
+#[test]
+fn update_va_mapping_and_cr2() {
+    expect_success("mmu_update_va_mapping");
+}
+
+#[test]
+fn multicall() {
+    expect_success("mmu_multicall");
+}
+
+#[test]
+fn descriptor_tables() {
+    expect_success("mmu_descriptors");
+}
+
+#[test]
+fn memory_op() {
+    expect_success("mmu_memory_op");
+}
+
+// Hostile guests: refused with Xen's error, and the guest keeps running.
+
+#[test]
+fn hostile_writable_mapping_of_an_own_l1() {
+    expect_success("hostile_writable_l1");
+}
+
+#[test]
+fn hostile_pin_of_a_writably_mapped_frame() {
+    expect_success("hostile_pin_writable");
+}
+
+#[test]
+fn hostile_entries_in_the_hypervisor_hole_and_outside_ram() {
+    expect_success("hostile_hole_entry");
+}
+
+#[test]
+fn hostile_pagetable_loops() {
+    expect_success("hostile_pt_loop");
+}
+
+#[test]
+fn hostile_unpin_of_a_table_in_use() {
+    expect_success("hostile_unpin_in_use");
+}
+
+#[test]
+fn hostile_and_valid_direct_pte_writes() {
+    expect_success("hostile_direct_write");
+}
+
+/// Loading a selector of the guest's own GDT needs a host that runs guest ring 3 with
+/// the guest's descriptors; `pvkvm probe` tells. Where it does not (kvm_pvm runs ring 3
+/// on the host's GDT), the kernel must fail exactly at that load and nowhere else.
+#[test]
+fn gdt_selector_load() {
+    common::require_kvm();
+    if pvkvm::probe::guest_gdt_selectors_honoured().expect("GDT selector probe runs") {
+        expect_success("gdt_selector_load");
+        return;
+    }
+    let (status, stdout, stderr) = common::boot("gdt_selector_load", 60);
+    eprintln!(
+        "note: this host runs guest ring 3 on its own GDT; guest GDT selectors cannot load here"
+    );
+    assert!(
+        stdout.contains("set_gdt(mfn")
+            && stdout
+                .contains("Test result: FAILURE: %ds after loading 0x13: got 0x0, expected 0x13")
+            && status == Some(1),
+        "unexpected outcome (status {status:?}):\n{stdout}\n{stderr}"
+    );
+}

@@ -25,7 +25,7 @@ test_kernel!(main);
 const X: u64 = 10;
 
 fn ours(si: &StartInfo, mfn: u64) -> bool {
-    let p = mm::probe_read(mm::M2P_BASE + mfn * 8);
+    let p = mm::probe_read(mm::m2p_base() + mfn * 8);
     !p.trapped && p.value < si.nr_pages && mm::p2m(si, p.value) == mfn
 }
 
@@ -85,7 +85,7 @@ fn main(si: &'static StartInfo) {
     }
     println!("mmu_update of L4 slots 256/271: -EINVAL, unchanged");
     let rc = mm::uvm(
-        mm::M2P_BASE,
+        mm::m2p_base(),
         mm::pte_rw(mm::slack_mfn(si, 0)),
         mm::UVMF_INVLPG,
     );

@@ -27,13 +27,23 @@ fn stub(n: u64) -> &'static [u8] {
 }
 
 fn main(_si: &'static StartInfo) {
-    let xv = [0x51, 0x41, 0x53, 0xb8, 17, 0, 0, 0, 0x0f, 0x05, 0x41, 0x5b, 0x59, 0xc3];
+    let xv = [
+        0x51, 0x41, 0x53, 0xb8, 17, 0, 0, 0, 0x0f, 0x05, 0x41, 0x5b, 0x59, 0xc3,
+    ];
     if stub(nr::XEN_VERSION)[..xv.len()] != xv {
-        fail!("stub 17 is {:02x?}, expected Xen's {:02x?}", &stub(nr::XEN_VERSION)[..xv.len()], xv);
+        fail!(
+            "stub 17 is {:02x?}, expected Xen's {:02x?}",
+            &stub(nr::XEN_VERSION)[..xv.len()],
+            xv
+        );
     }
     let iret = [0x51, 0x41, 0x53, 0x50, 0xb8, 23, 0, 0, 0, 0x0f, 0x05];
     if stub(nr::IRET)[..iret.len()] != iret {
-        fail!("stub 23 is {:02x?}, expected Xen's iret stub {:02x?}", &stub(nr::IRET)[..iret.len()], iret);
+        fail!(
+            "stub 23 is {:02x?}, expected Xen's iret stub {:02x?}",
+            &stub(nr::IRET)[..iret.len()],
+            iret
+        );
     }
 
     // SAFETY: XENVER_version takes no buffer.

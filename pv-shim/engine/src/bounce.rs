@@ -248,7 +248,11 @@ pub fn exception(
             vcpu.cr0_ts = false;
             deliver(vcpu, regs, p, stats, TRAP_NO_DEVICE, None)
         }
+        TRAP_PAGE_FAULT if crate::mmu::ptwr_emulate(vcpu, regs, trap.cr2, ec.unwrap_or(0), p) => {
+            Outcome::Resume
+        }
         TRAP_PAGE_FAULT => {
+            vcpu.cr2 = trap.cr2;
             if p.write_phys(
                 vcpu.vcpu_info_gpa + vcpu_info::ARCH_CR2,
                 &trap.cr2.to_le_bytes(),

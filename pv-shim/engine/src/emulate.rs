@@ -17,6 +17,16 @@ pub const MSR_FS_BASE: u32 = 0xc000_0100;
 pub const MSR_GS_BASE: u32 = 0xc000_0101;
 /// MSR_SHADOW_GS_BASE (KERNEL_GS_BASE).
 pub const MSR_SHADOW_GS_BASE: u32 = 0xc000_0102;
+/// MSR_EFER.
+pub const MSR_EFER: u32 = 0xc000_0080;
+/// MSR_IA32_UCODE_REV.
+pub const MSR_UCODE_REV: u32 = 0x8b;
+/// MSR_ARCH_CAPABILITIES.
+pub const MSR_ARCH_CAPABILITIES: u32 = 0x10a;
+/// MSR_IA32_MISC_ENABLE.
+pub const MSR_MISC_ENABLE: u32 = 0x1a0;
+/// MSR_IA32_CR_PAT.
+pub const MSR_PAT: u32 = 0x277;
 
 /// Tries to emulate the instruction at `regs.rip` that raised #GP(0). Returns true when
 /// it did (rip is then past it), false when the #GP must go to the guest.
@@ -24,14 +34,25 @@ pub fn emulate_privileged_op(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &dyn Plat
     if vcpu.mode != Mode::Kernel {
         return false;
     }
-    let mut insn = [0u8; 2];
-    if guest::copy_from_guest(vcpu, p, regs.rip, &mut insn).is_err() {
+    let mut bytes = [0u8; 4];
+    if guest::copy_from_guest(vcpu, p, regs.rip, &mut bytes).is_err()
+        && guest::copy_from_guest(vcpu, p, regs.rip, &mut bytes[..2]).is_err()
+    {
         return false;
     }
+    if let Some(len) = emulate_mov_cr(vcpu, regs, bytes) {
+        regs.rip = regs.rip.wrapping_add(len);
+        return true;
+    }
+    if let Some(len) = emulate_port_io(vcpu, regs, bytes) {
+        regs.rip = regs.rip.wrapping_add(len);
+        return true;
+    }
+    let insn = [bytes[0], bytes[1]];
     let msr = regs.rcx as u32;
     let done = match insn {
         [0x0f, 0x30] => write_msr(vcpu, msr, (regs.rdx << 32) | (regs.rax & 0xffff_ffff)),
-        [0x0f, 0x32] => match read_msr(vcpu, msr) {
+        [0x0f, 0x32] => match read_msr(vcpu, msr, p) {
             Some(v) => {
                 regs.rax = v & 0xffff_ffff;
                 regs.rdx = v >> 32;
@@ -45,6 +66,125 @@ pub fn emulate_privileged_op(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &dyn Plat
         regs.rip = regs.rip.wrapping_add(2);
     }
     done
+}
+
+/// CR0 bits the hardware has while a PV guest runs (PG, AM, WP, NE, ET, MP, PE): what a
+/// `mov %cr0` reads, with the guest's virtual TS.
+const GUEST_CR0: u64 = 0x8005_0033;
+/// CR0.TS.
+const CR0_TS: u64 = 1 << 3;
+/// CR4 bits a guest may change by writing CR4 (Xen lets a PV guest toggle TSD, DE, PGE,
+/// PCE and OSXSAVE state it is told about; the hardware CR4 stays the shim's).
+const CR4_GUEST_WRITABLE: u64 = (1 << 2) | (1 << 3) | (1 << 7) | (1 << 8);
+
+/// The general register a ModRM `rm`/`reg` number (with its REX bit) names.
+fn gpr(regs: &mut GuestRegs, n: u8) -> &mut u64 {
+    match n & 15 {
+        0 => &mut regs.rax,
+        1 => &mut regs.rcx,
+        2 => &mut regs.rdx,
+        3 => &mut regs.rbx,
+        4 => &mut regs.rsp,
+        5 => &mut regs.rbp,
+        6 => &mut regs.rsi,
+        7 => &mut regs.rdi,
+        8 => &mut regs.r8,
+        9 => &mut regs.r9,
+        10 => &mut regs.r10,
+        11 => &mut regs.r11,
+        12 => &mut regs.r12,
+        13 => &mut regs.r13,
+        14 => &mut regs.r14,
+        _ => &mut regs.r15,
+    }
+}
+
+/// `mov %crN, reg` and `mov reg, %crN` (`0f 20 /r`, `0f 22 /r`, optional REX), as Xen's
+/// `read_cr`/`write_cr` answer a PV guest: CR0 with the virtual TS, CR2 from the last
+/// page fault, CR3 as the current base pointer, CR4 the guest's virtual CR4. Writes:
+/// CR0 may change only TS (as `fpu_taskswitch`), CR4 only the guest-writable bits; a
+/// CR3 write is not emulated (a PV kernel uses `NEW_BASEPTR`). Returns the length.
+fn emulate_mov_cr(vcpu: &mut Vcpu, regs: &mut GuestRegs, bytes: [u8; 4]) -> Option<u64> {
+    let (rex, at) = if bytes[0] & 0xf0 == 0x40 {
+        (bytes[0], 1)
+    } else {
+        (0, 0)
+    };
+    let (op, modrm) = match bytes.get(at..at + 3)? {
+        [0x0f, op @ (0x20 | 0x22), modrm] => (*op, *modrm),
+        _ => return None,
+    };
+    if modrm >> 6 != 3 {
+        return None;
+    }
+    let cr = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
+    let reg = (modrm & 7) | if rex & 1 != 0 { 8 } else { 0 };
+    let len = at as u64 + 3;
+    if op == 0x20 {
+        let value = match cr {
+            0 => GUEST_CR0 | if vcpu.cr0_ts { CR0_TS } else { 0 },
+            2 => vcpu.cr2,
+            3 => vcpu.hw_state().cr3,
+            4 => vcpu.cr4,
+            _ => return None,
+        };
+        *gpr(regs, reg) = value;
+        return Some(len);
+    }
+    let value = *gpr(regs, reg);
+    match cr {
+        0 if value & !CR0_TS == GUEST_CR0 & !CR0_TS => vcpu.cr0_ts = value & CR0_TS != 0,
+        4 if (value ^ vcpu.cr4) & !CR4_GUEST_WRITABLE == 0 => vcpu.cr4 = value,
+        _ => return None,
+    }
+    Some(len)
+}
+
+/// Xen's `iopl_ok`: whether the guest's virtual IOPL allows port I/O from where it runs
+/// (guest kernel mode counts as ring 1, or ring 0 with the `architectural_iopl` assist).
+fn iopl_ok(vcpu: &Vcpu) -> bool {
+    let cpl = match vcpu.mode {
+        Mode::Kernel
+            if vcpu.vm_assist & (1 << xen_abi::xen::vmassist::TYPE_ARCHITECTURAL_IOPL) != 0 =>
+        {
+            0
+        }
+        Mode::Kernel => 1,
+        Mode::User => 3,
+    };
+    cpl <= (vcpu.iopl >> 12) & 3
+}
+
+/// `in`/`out` (immediate or dx port, 8/16/32-bit) from a guest whose virtual IOPL allows
+/// them: the domain has no I/O ports, so as on Xen reads return all ones and writes are
+/// dropped. Without IOPL they are not emulated (the caller bounces the #GP). String forms
+/// are not emulated. Returns the length.
+fn emulate_port_io(vcpu: &Vcpu, regs: &mut GuestRegs, bytes: [u8; 4]) -> Option<u64> {
+    if !iopl_ok(vcpu) {
+        return None;
+    }
+    let (opsize16, at) = if bytes[0] == 0x66 {
+        (true, 1)
+    } else {
+        (false, 0)
+    };
+    let op = *bytes.get(at)?;
+    let len = at as u64 + if matches!(op, 0xe4..=0xe7) { 2 } else { 1 };
+    let width = match op {
+        0xe4 | 0xe6 | 0xec | 0xee => 1,
+        0xe5 | 0xe7 | 0xed | 0xef if opsize16 => 2,
+        0xe5 | 0xe7 | 0xed | 0xef => 4,
+        _ => return None,
+    };
+    if matches!(op, 0xe4 | 0xe5 | 0xec | 0xed) {
+        regs.rax = match width {
+            1 => regs.rax | 0xff,
+            2 => regs.rax | 0xffff,
+            // A 32-bit result zero-extends into rax.
+            _ => 0xffff_ffff,
+        };
+    }
+    Some(len)
 }
 
 /// The forced-emulation prefix followed by `cpuid`.
@@ -66,7 +206,20 @@ pub fn emulate_forced_cpuid(vcpu: &Vcpu, regs: &mut GuestRegs, p: &dyn Platform)
     true
 }
 
+/// MSR_IA32_MISC_ENABLE as a PV guest sees it: fast strings, no BTS, no PEBS.
+const MISC_ENABLE_GUEST: u64 = (1 << 0) | (1 << 11) | (1 << 12);
+/// The PAT Xen gives every PV guest (`XEN_MSR_PAT`).
+const XEN_MSR_PAT: u64 = 0x0000_0501_0007_0406;
+
 fn write_msr(vcpu: &mut Vcpu, msr: u32, value: u64) -> bool {
+    match msr {
+        // Writing what a read returns is accepted and changes nothing (Xen).
+        MSR_MISC_ENABLE => return value == MISC_ENABLE_GUEST,
+        // Linux writes 0 before reading the microcode revision.
+        MSR_UCODE_REV => return value == 0,
+        MSR_PAT => return value == XEN_MSR_PAT,
+        _ => {}
+    }
     if !is_canonical(value) {
         return false;
     }
@@ -79,8 +232,16 @@ fn write_msr(vcpu: &mut Vcpu, msr: u32, value: u64) -> bool {
     true
 }
 
-fn read_msr(vcpu: &Vcpu, msr: u32) -> Option<u64> {
+fn read_msr(vcpu: &Vcpu, msr: u32, p: &dyn Platform) -> Option<u64> {
     match msr {
+        MSR_MISC_ENABLE => Some(MISC_ENABLE_GUEST),
+        MSR_UCODE_REV => Some(0),
+        MSR_PAT => Some(XEN_MSR_PAT),
+        // SCE | LME | LMA | NXE: what the guest runs with.
+        MSR_EFER => Some(0xd01),
+        // Present only where the CPUID policy advertises it (leaf 7 EDX bit 29); pvkvm
+        // claims no mitigation-related capabilities.
+        MSR_ARCH_CAPABILITIES if p.cpuid(7, 0)[3] & (1 << 29) != 0 => Some(0),
         MSR_FS_BASE => Some(vcpu.fs_base),
         MSR_GS_BASE => Some(vcpu.gs_base_kernel),
         MSR_SHADOW_GS_BASE => Some(vcpu.gs_base_user),

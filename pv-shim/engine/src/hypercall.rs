@@ -18,17 +18,16 @@ use xen_abi::callback::{
     CALLBACKTYPE_SYSCALL32, CALLBACKTYPE_SYSENTER,
 };
 use xen_abi::console::{CONSOLEIO_READ, CONSOLEIO_WRITE};
-use xen_abi::errno::{E2BIG, EFAULT, EINVAL, ENODEV, ENOSYS, EOPNOTSUPP, EPERM, ESRCH};
+use xen_abi::errno::{E2BIG, EFAULT, EINVAL, ENODEV, ENOSYS, EPERM, ESRCH};
 use xen_abi::sched::*;
 use xen_abi::sched::{SchedPoll, SchedRemoteShutdown};
 use xen_abi::version::FeatureInfo;
 use xen_abi::version::*;
 use xen_abi::xen::hypercall as hc;
-use xen_abi::xen::mmuext::{self, MmuextOp, MMU_UPDATE_PREEMPTED};
 use xen_abi::xen::selector::FLAT_KERNEL_CS;
 use xen_abi::xen::{
-    segbase, vmassist, IretContext, TrapInfo, DOMID_SELF, HYPERVISOR_VIRT_END,
-    HYPERVISOR_VIRT_START, VGCF_IN_SYSCALL,
+    segbase, vmassist, IretContext, TrapInfo, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START,
+    VGCF_IN_SYSCALL,
 };
 
 use crate::bounce::{
@@ -58,8 +57,6 @@ const CHANGESET: &str = concat!("pvkvm ", env!("CARGO_PKG_VERSION"));
 const XEN_DENY: &str = "<denied>";
 /// Trap table entries taken per entry before a continuation.
 const TRAP_TABLE_BATCH: u64 = 256;
-/// `mmuext_op` entries taken per entry before a continuation.
-const MMUEXT_BATCH: u32 = 512;
 /// Bytes of console output per chunk, as Xen's `guest_console_write` buffer.
 const CONSOLE_CHUNK: usize = 127;
 
@@ -105,25 +102,7 @@ pub fn do_hypercall(
     let nr = regs.rax;
     let a = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
     stats.count_hypercall(nr);
-    let action = match nr {
-        hc::SET_TRAP_TABLE => do_set_trap_table(vcpu, regs, p, a[0]),
-        hc::STACK_SWITCH => Action::Ret(do_stack_switch(vcpu, a[0], a[1])),
-        hc::SET_CALLBACKS => Action::Ret(do_set_callbacks(vcpu, a[0], a[1], a[2])),
-        hc::FPU_TASKSWITCH => Action::Ret(do_fpu_taskswitch(vcpu, a[0] as i32)),
-        hc::SCHED_OP_COMPAT => do_sched_op_compat(vcpu, p, a[0] as i32, a[1]),
-        hc::SET_DEBUGREG => Action::Ret(do_set_debugreg(vcpu, a[0] as i32, a[1])),
-        hc::GET_DEBUGREG => Action::Ret(do_get_debugreg(vcpu, a[0] as i32)),
-        hc::XEN_VERSION => Action::Ret(do_xen_version(vcpu, p, a[0] as i32, a[1])),
-        hc::CONSOLE_IO => Action::Ret(do_console_io(vcpu, p, a[0] as u32, a[1] as u32, a[2])),
-        hc::VM_ASSIST => Action::Ret(do_vm_assist(vcpu, a[0] as u32, a[1] as u32)),
-        hc::IRET => do_iret(vcpu, regs, p),
-        hc::SET_SEGMENT_BASE => Action::Ret(do_set_segment_base(vcpu, a[0] as u32, a[1])),
-        hc::MMUEXT_OP => do_mmuext_op(vcpu, regs, p, stats, a[0], a[1] as u32, a[2], a[3] as u32),
-        hc::SCHED_OP => do_sched_op(vcpu, p, a[0] as i32, a[1]),
-        hc::CALLBACK_OP => Action::Ret(do_callback_op(vcpu, p, a[0] as i32, a[1])),
-        hc::MEMORY_OP => Action::Ret(crate::memory::do_memory_op(vcpu, p, a[0], a[1])),
-        _ => Action::Ret(-ENOSYS),
-    };
+    let action = dispatch(vcpu, regs, p, stats, nr, a);
     let (ret, outcome) = match action {
         Action::Ret(v) => (Some(v), Outcome::Resume),
         Action::RetThen(v, o) => (Some(v), o),
@@ -141,6 +120,157 @@ pub fn do_hypercall(
         result: regs.rax,
     });
     outcome
+}
+
+/// Runs hypercall `nr` with arguments `a` (what `do_hypercall` and each multicall entry
+/// share).
+fn dispatch(
+    vcpu: &mut Vcpu,
+    regs: &mut GuestRegs,
+    p: &mut dyn Platform,
+    stats: &mut Stats,
+    nr: u64,
+    a: [u64; 5],
+) -> Action {
+    match nr {
+        hc::SET_TRAP_TABLE => do_set_trap_table(vcpu, regs, p, a[0]),
+        hc::STACK_SWITCH => Action::Ret(do_stack_switch(vcpu, a[0], a[1])),
+        hc::SET_CALLBACKS => Action::Ret(do_set_callbacks(vcpu, a[0], a[1], a[2])),
+        hc::FPU_TASKSWITCH => Action::Ret(do_fpu_taskswitch(vcpu, a[0] as i32)),
+        hc::SCHED_OP_COMPAT => do_sched_op_compat(vcpu, p, a[0] as i32, a[1]),
+        hc::SET_DEBUGREG => Action::Ret(do_set_debugreg(vcpu, a[0] as i32, a[1])),
+        hc::GET_DEBUGREG => Action::Ret(do_get_debugreg(vcpu, a[0] as i32)),
+        hc::XEN_VERSION => Action::Ret(do_xen_version(vcpu, p, a[0] as i32, a[1])),
+        hc::CONSOLE_IO => Action::Ret(do_console_io(vcpu, p, a[0] as u32, a[1] as u32, a[2])),
+        hc::VM_ASSIST => Action::Ret(do_vm_assist(vcpu, a[0] as u32, a[1] as u32)),
+        hc::IRET => do_iret(vcpu, regs, p),
+        hc::SET_SEGMENT_BASE => Action::Ret(do_set_segment_base(vcpu, a[0] as u32, a[1])),
+        hc::MMUEXT_OP => Action::Ret(crate::mmu::do_mmuext_op(
+            vcpu,
+            p,
+            a[0],
+            a[1] as u32,
+            a[2],
+            a[3] as u32,
+        )),
+        hc::MMU_UPDATE => Action::Ret(crate::mmu::do_mmu_update(
+            vcpu,
+            p,
+            a[0],
+            a[1] as u32,
+            a[2],
+            a[3] as u32,
+        )),
+        hc::UPDATE_VA_MAPPING => {
+            Action::Ret(crate::mmu::do_update_va_mapping(vcpu, p, a[0], a[1], a[2]))
+        }
+        hc::SET_GDT => Action::Ret(crate::mmu::do_set_gdt(vcpu, p, a[0], a[1] as u32 as u64)),
+        hc::UPDATE_DESCRIPTOR => Action::Ret(crate::mmu::do_update_descriptor(p, a[0], a[1])),
+        hc::VCPU_OP => match crate::vcpu_op::do_vcpu_op(vcpu, p, a[0], a[1] as u32, a[2]) {
+            crate::vcpu_op::VcpuOpResult::Ret(v) => Action::Ret(v),
+            crate::vcpu_op::VcpuOpResult::AllDown => Action::RetThen(0, crate::vcpu_op::all_down()),
+        },
+        hc::PHYSDEV_OP => Action::Ret(do_physdev_op(vcpu, p, a[0], a[1])),
+        hc::MULTICALL => do_multicall(vcpu, regs, p, stats, a[0], a[1] as u32),
+        hc::SCHED_OP => do_sched_op(vcpu, p, a[0] as i32, a[1]),
+        hc::CALLBACK_OP => Action::Ret(do_callback_op(vcpu, p, a[0] as i32, a[1])),
+        hc::MEMORY_OP => Action::Ret(crate::memory::do_memory_op(vcpu, p, a[0], a[1])),
+        _ => Action::Ret(-ENOSYS),
+    }
+}
+
+/// `physdev_op` as Xen answers an unprivileged PV guest: `PHYSDEVOP_set_iopl` sets the
+/// virtual IOPL that guards port I/O emulation (the domain has no ports: reads give all
+/// ones, writes vanish); the interrupt-routing sub-ops come with event channels.
+fn do_physdev_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i64 {
+    const PHYSDEVOP_SET_IOPL: u64 = 6;
+    match cmd {
+        PHYSDEVOP_SET_IOPL => {
+            let Ok(iopl) = guest::read_obj::<u32>(vcpu, p, arg) else {
+                return -EFAULT;
+            };
+            if iopl > 3 {
+                return -EINVAL;
+            }
+            vcpu.iopl = u64::from(iopl) << 12;
+            0
+        }
+        _ => -ENOSYS,
+    }
+}
+
+/// `struct multicall_entry` (x86_64).
+#[repr(C)]
+#[derive(
+    Clone,
+    Copy,
+    Default,
+    Debug,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
+pub struct MulticallEntry {
+    /// Hypercall number.
+    pub op: u64,
+    /// Result, written back.
+    pub result: u64,
+    /// Arguments.
+    pub args: [u64; 6],
+}
+
+/// `multicall(list, count)`: each entry runs as its own hypercall in one trap; its
+/// result goes back into the entry. A nested multicall or an `iret` inside one gets
+/// -EINVAL; a shutdown or crash inside one ends the batch with that outcome.
+fn do_multicall(
+    vcpu: &mut Vcpu,
+    regs: &mut GuestRegs,
+    p: &mut dyn Platform,
+    stats: &mut Stats,
+    list: u64,
+    count: u32,
+) -> Action {
+    for i in 0..u64::from(count) {
+        let va = list.wrapping_add(i * 64);
+        let mut entry: MulticallEntry = match guest::read_obj(vcpu, p, va) {
+            Ok(e) => e,
+            Err(e) => return Action::Ret(efault(e)),
+        };
+        let a = [
+            entry.args[0],
+            entry.args[1],
+            entry.args[2],
+            entry.args[3],
+            entry.args[4],
+        ];
+        stats.count_hypercall(entry.op);
+        let mut scratch = *regs;
+        let (result, outcome) = match entry.op {
+            hc::MULTICALL | hc::IRET => (-EINVAL, Outcome::Resume),
+            nr => match dispatch(vcpu, &mut scratch, p, stats, nr, a) {
+                Action::Ret(v) => (v, Outcome::Resume),
+                Action::RetThen(v, o) => (v, o),
+                Action::Done(o) => (-EINVAL, o),
+            },
+        };
+        if result == -ENOSYS {
+            stats.count_enosys(entry.op);
+        }
+        stats.record(HypercallRecord {
+            nr: entry.op,
+            args: a,
+            result: result as u64,
+        });
+        entry.result = result as u64;
+        if guest::write_obj(vcpu, p, va + 8, &entry.result).is_err() {
+            return Action::Ret(-EFAULT);
+        }
+        if outcome != Outcome::Resume {
+            return Action::RetThen(0, outcome);
+        }
+    }
+    Action::Ret(0)
 }
 
 /// `set_trap_table`: entries until one with address 0; NULL clears the table.
@@ -624,123 +754,11 @@ fn do_sched_op_compat(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: i32, arg: u64)
     }
 }
 
-/// Whether `gpa` is a top-level table the engine may install (until pv-mm validates).
-fn known_root(vcpu: &Vcpu, gpa: u64) -> bool {
-    gpa != 0 && (gpa == vcpu.kernel_cr3 || vcpu.known_l4.contains(&gpa))
-}
-
-fn mfn_to_gpa(mfn: u64) -> Option<u64> {
-    // 52-bit physical addresses: anything larger cannot name a frame.
-    (mfn < (1 << 40)).then_some(mfn << 12)
-}
-
-/// One `mmuext_op`; only the base-pointer switches exist before pv-mm.
-fn do_one_mmuext(vcpu: &mut Vcpu, stats: &mut Stats, op: &MmuextOp) -> i64 {
-    match op.cmd {
-        mmuext::NEW_BASEPTR => match mfn_to_gpa(op.arg1) {
-            Some(gpa) if known_root(vcpu, gpa) => {
-                vcpu.kernel_cr3 = gpa;
-                0
-            }
-            _ => -EINVAL,
-        },
-        mmuext::NEW_USER_BASEPTR => {
-            if op.arg1 == vcpu.user_cr3 >> 12 {
-                return 0;
-            }
-            if op.arg1 == 0 {
-                vcpu.user_cr3 = 0;
-                return 0;
-            }
-            match mfn_to_gpa(op.arg1) {
-                Some(gpa) if known_root(vcpu, gpa) => {
-                    vcpu.user_cr3 = gpa;
-                    0
-                }
-                _ => -EINVAL,
-            }
-        }
-        mmuext::MARK_SUPER | mmuext::UNMARK_SUPER => -EOPNOTSUPP,
-        c if c <= mmuext::LAST => {
-            stats.mmuext_unimplemented += 1;
-            -ENOSYS
-        }
-        _ => -ENOSYS,
-    }
-}
-
-/// `mmuext_op(ops, count, pdone, foreigndom)`.
-#[allow(clippy::too_many_arguments)]
-fn do_mmuext_op(
-    vcpu: &mut Vcpu,
-    regs: &mut GuestRegs,
-    p: &mut dyn Platform,
-    stats: &mut Stats,
-    uops: u64,
-    count: u32,
-    pdone: u64,
-    foreigndom: u32,
-) -> Action {
-    if count == MMU_UPDATE_PREEMPTED && uops == 0 {
-        // A continuation carrying a final result in `foreigndom` (Xen uses this after a
-        // preempted table release; the engine never creates one, but honours it).
-        return Action::Ret(i64::from(foreigndom as i32));
-    }
-    let mut count = count;
-    let mut done: u32 = 0;
-    if count & MMU_UPDATE_PREEMPTED != 0 {
-        count &= !MMU_UPDATE_PREEMPTED;
-        if pdone != 0 {
-            done = guest::read_obj(vcpu, p, pdone).unwrap_or(done);
-        }
-    }
-    if !addr_ok(uops) {
-        return Action::Ret(-EFAULT);
-    }
-    if foreigndom as u16 != DOMID_SELF {
-        return Action::Ret(-ESRCH);
-    }
-    let mut rc = 0;
-    let mut i: u32 = 0;
-    let mut preempted = false;
-    while i < count {
-        if i >= MMUEXT_BATCH {
-            preempted = true;
-            break;
-        }
-        let op: MmuextOp = match guest::read_obj(vcpu, p, uops.wrapping_add(u64::from(i) * 24)) {
-            Ok(o) => o,
-            Err(e) => {
-                rc = efault(e);
-                break;
-            }
-        };
-        rc = do_one_mmuext(vcpu, stats, &op);
-        if rc != 0 {
-            break;
-        }
-        i += 1;
-    }
-    if pdone != 0 {
-        // Xen ignores a fault on the progress counter.
-        let _ = guest::write_obj(vcpu, p, pdone, &done.wrapping_add(i));
-    }
-    if preempted {
-        let next = uops.wrapping_add(u64::from(i) * 24);
-        let left = u64::from((count - i) | MMU_UPDATE_PREEMPTED);
-        return create_continuation(
-            regs,
-            hc::MMUEXT_OP,
-            [next, left, pdone, u64::from(foreigndom), regs.r8],
-        );
-    }
-    Action::Ret(rc)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::*;
+    use zerocopy::IntoBytes;
 
     fn call(
         v: &mut Vcpu,
@@ -806,7 +824,7 @@ mod tests {
     fn unknown_and_unimplemented_are_enosys_and_counted() {
         let (mut v, mut p) = setup();
         let mut s = Stats::new();
-        for nr in [hc::MMU_UPDATE, 63, 64, 1000, u64::MAX] {
+        for nr in [hc::GRANT_TABLE_OP, 63, 64, 1000, u64::MAX] {
             let (out, before, after) = call(&mut v, &mut p, &mut s, nr, [1, 2, 3, 4, 5]);
             assert_eq!(out, Outcome::Resume);
             assert_eq!(after.rax as i64, -ENOSYS);
@@ -815,7 +833,7 @@ mod tests {
             assert_eq!(a, before);
         }
         assert_eq!(s.enosys_total, 5);
-        assert_eq!(s.enosys[hc::MMU_UPDATE as usize], 1);
+        assert_eq!(s.enosys[hc::GRANT_TABLE_OP as usize], 1);
         assert_eq!(s.hypercalls_out_of_range, 3);
     }
 
@@ -1879,200 +1897,5 @@ mod tests {
             ),
             -EFAULT
         );
-    }
-
-    fn op(cmd: u32, arg1: u64) -> MmuextOp {
-        MmuextOp {
-            cmd,
-            _pad: 0,
-            arg1,
-            arg2: 0,
-        }
-    }
-
-    #[test]
-    fn mmuext_baseptrs() {
-        let (mut v, mut p) = setup();
-        v.known_l4[1] = USER_L4;
-        let other = 0x3000u64;
-        let ops = [
-            op(mmuext::NEW_USER_BASEPTR, USER_L4 >> 12),
-            op(mmuext::NEW_BASEPTR, KERNEL_L4 >> 12),
-        ];
-        put(&mut p, &v, DATA_VA, ops.as_bytes());
-        put(&mut p, &v, DATA_VA + 0x800, &0xffu32.to_le_bytes());
-        let self_ = u64::from(DOMID_SELF);
-        assert_eq!(
-            ret(
-                &mut v,
-                &mut p,
-                hc::MMUEXT_OP,
-                [DATA_VA, 2, DATA_VA + 0x800, self_, 0]
-            ),
-            0
-        );
-        assert_eq!(v.user_cr3, USER_L4);
-        assert_eq!(get(&p, &v, DATA_VA + 0x800, 4), 2u32.to_le_bytes());
-        // Unknown roots are refused; `done` counts what succeeded before.
-        let ops = [
-            op(mmuext::NEW_USER_BASEPTR, 0),
-            op(mmuext::NEW_BASEPTR, other >> 12),
-        ];
-        put(&mut p, &v, DATA_VA, ops.as_bytes());
-        assert_eq!(
-            ret(
-                &mut v,
-                &mut p,
-                hc::MMUEXT_OP,
-                [DATA_VA, 2, DATA_VA + 0x800, self_, 0]
-            ),
-            -EINVAL
-        );
-        assert_eq!(v.user_cr3, 0, "mfn 0 clears the user table");
-        assert_eq!(get(&p, &v, DATA_VA + 0x800, 4), 1u32.to_le_bytes());
-        put(
-            &mut p,
-            &v,
-            DATA_VA,
-            op(mmuext::NEW_USER_BASEPTR, other >> 12).as_bytes(),
-        );
-        assert_eq!(
-            ret(&mut v, &mut p, hc::MMUEXT_OP, [DATA_VA, 1, 0, self_, 0]),
-            -EINVAL
-        );
-        put(
-            &mut p,
-            &v,
-            DATA_VA,
-            op(mmuext::NEW_BASEPTR, u64::MAX).as_bytes(),
-        );
-        assert_eq!(
-            ret(&mut v, &mut p, hc::MMUEXT_OP, [DATA_VA, 1, 0, self_, 0]),
-            -EINVAL
-        );
-        put(
-            &mut p,
-            &v,
-            DATA_VA,
-            op(mmuext::NEW_BASEPTR, USER_L4 >> 12).as_bytes(),
-        );
-        assert_eq!(
-            ret(&mut v, &mut p, hc::MMUEXT_OP, [DATA_VA, 1, 0, self_, 0]),
-            0
-        );
-        assert_eq!(v.kernel_cr3, USER_L4);
-    }
-
-    #[test]
-    fn mmuext_errors() {
-        let (mut v, mut p) = setup();
-        let self_ = u64::from(DOMID_SELF);
-        let mut s = Stats::new();
-        put(
-            &mut p,
-            &v,
-            DATA_VA,
-            [op(mmuext::NEW_USER_BASEPTR, 0), op(3, 0x10)].as_bytes(),
-        );
-        let (_, _, r) = call(
-            &mut v,
-            &mut p,
-            &mut s,
-            hc::MMUEXT_OP,
-            [DATA_VA, 2, DATA_VA + 0x800, self_, 0],
-        );
-        assert_eq!(r.rax as i64, -ENOSYS);
-        assert_eq!(s.mmuext_unimplemented, 1);
-        assert_eq!(s.enosys[hc::MMUEXT_OP as usize], 1);
-        assert_eq!(get(&p, &v, DATA_VA + 0x800, 4), 1u32.to_le_bytes());
-        put(&mut p, &v, DATA_VA, op(mmuext::MARK_SUPER, 0).as_bytes());
-        assert_eq!(
-            ret(&mut v, &mut p, hc::MMUEXT_OP, [DATA_VA, 1, 0, self_, 0]),
-            -EOPNOTSUPP
-        );
-        put(&mut p, &v, DATA_VA, op(99, 0).as_bytes());
-        assert_eq!(
-            ret(&mut v, &mut p, hc::MMUEXT_OP, [DATA_VA, 1, 0, self_, 0]),
-            -ENOSYS
-        );
-        assert_eq!(
-            ret(&mut v, &mut p, hc::MMUEXT_OP, [DATA_VA, 1, 0, 0, 0]),
-            -ESRCH
-        );
-        assert_eq!(
-            ret(
-                &mut v,
-                &mut p,
-                hc::MMUEXT_OP,
-                [HYPERVISOR_VIRT_START, 1, 0, self_, 0]
-            ),
-            -EFAULT
-        );
-        assert_eq!(
-            ret(
-                &mut v,
-                &mut p,
-                hc::MMUEXT_OP,
-                [UNMAPPED_VA, 1, DATA_VA + 0x800, self_, 0]
-            ),
-            -EFAULT
-        );
-        assert_eq!(get(&p, &v, DATA_VA + 0x800, 4), 0u32.to_le_bytes());
-        // Zero ops: nothing happens, done = 0; a faulting pdone is ignored.
-        assert_eq!(
-            ret(
-                &mut v,
-                &mut p,
-                hc::MMUEXT_OP,
-                [UNMAPPED_VA, 0, RO_VA, self_, 0]
-            ),
-            0
-        );
-        // The continuation-result form.
-        assert_eq!(
-            ret(
-                &mut v,
-                &mut p,
-                hc::MMUEXT_OP,
-                [0, 1 << 31, 0, (-EINVAL) as u64, 0]
-            ),
-            -EINVAL
-        );
-    }
-
-    #[test]
-    fn mmuext_continuation() {
-        let (mut v, mut p) = setup();
-        let self_ = u64::from(DOMID_SELF);
-        // 600 no-op switches (same user table) in the 2 MiB page.
-        for i in 0..600u64 {
-            put(
-                &mut p,
-                &v,
-                SUPER2M_VA + i * 24,
-                op(mmuext::NEW_USER_BASEPTR, 0).as_bytes(),
-            );
-        }
-        let mut s = Stats::new();
-        let (out, before, after) = call(
-            &mut v,
-            &mut p,
-            &mut s,
-            hc::MMUEXT_OP,
-            [SUPER2M_VA, 600, DATA_VA, self_, 0],
-        );
-        assert_eq!(out, Outcome::Resume);
-        assert_eq!(after.rip, before.rip - 2);
-        assert_eq!(after.rdi, SUPER2M_VA + u64::from(MMUEXT_BATCH) * 24);
-        assert_eq!(
-            after.rsi,
-            u64::from((600 - MMUEXT_BATCH) | MMU_UPDATE_PREEMPTED)
-        );
-        assert_eq!(get(&p, &v, DATA_VA, 4), MMUEXT_BATCH.to_le_bytes());
-        let mut r = after;
-        r.rip += 2;
-        crate::syscall_entry(&mut v, &mut r, &mut p, &mut s);
-        assert_eq!(r.rax, 0);
-        assert_eq!(get(&p, &v, DATA_VA, 4), 600u32.to_le_bytes());
     }
 }

@@ -15,6 +15,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 #[cfg(test)]
 extern crate std;
 
@@ -23,8 +25,11 @@ pub mod emulate;
 pub mod guest;
 pub mod hypercall;
 pub mod memory;
+pub mod mmu;
+pub mod ptwr;
 pub mod stats;
 pub mod vcpu;
+pub mod vcpu_op;
 
 #[cfg(test)]
 mod testutil;
@@ -54,6 +59,21 @@ pub trait Platform {
     /// The guest's CPUID leaf `leaf`/`subleaf` as eax, ebx, ecx, edx: the same policy the
     /// host gives raw CPUID, so the forced-emulation view and the raw view agree.
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// The domain's pagetable engine with the host's frame access and the flush set the
+    /// host carries out before the guest runs again; None where the host has none.
+    fn mm(&mut self) -> Option<MmCtx<'_>> {
+        None
+    }
+}
+
+/// Access to the domain's PV MMU engine for one operation.
+pub struct MmCtx<'a> {
+    /// The frame table.
+    pub mm: &'a mut pv_mm::Mm,
+    /// Guest frames, as the host reads and writes them.
+    pub mem: &'a mut dyn pv_mm::FrameAccess,
+    /// TLB work accumulated until the guest runs again.
+    pub flush: &'a mut pv_mm::FlushSet,
 }
 
 /// What the host does after the engine handled a trap.
@@ -90,6 +110,9 @@ pub enum CrashReason {
     BadIret,
     /// A guest-user `syscall` with no syscall callback registered.
     NoSyscallCallback,
+    /// The guest took its only vCPU down (`VCPUOP_down`): how a PV kernel halts, usually
+    /// after a panic.
+    AllVcpusDown,
     /// A fault while delivering a bounce to the guest (nested failure).
     DoubleFault,
     /// The vCPU's `vcpu_info` (at [`Vcpu::vcpu_info_gpa`]) is outside guest memory.

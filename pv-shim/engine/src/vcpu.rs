@@ -106,13 +106,25 @@ pub struct Vcpu {
     pub debugreg: [u64; 8],
     /// Virtual CR0.TS (`fpu_taskswitch`).
     pub cr0_ts: bool,
+    /// Guest virtual address of the registered runstate area (0: none).
+    pub runstate_area: u64,
+    /// The guest's virtual CR2 (the last page-fault address bounced to it).
+    pub cr2: u64,
+    /// The guest's virtual CR4 (reads and the bits it may write; the hardware CR4 is the
+    /// shim's).
+    pub cr4: u64,
     /// Guest-physical address of this vCPU's `vcpu_info`.
     pub vcpu_info_gpa: u64,
     /// Guest-physical address of `shared_info`.
     pub shared_info_gpa: u64,
-    /// Top-level tables the VMM has validated (until the pagetable engine exists,
-    /// `NEW_BASEPTR`/`NEW_USER_BASEPTR` accept only these and `kernel_cr3`); 0 = unused.
-    pub known_l4: [u64; 4],
+    /// Guest frames of the GDT (`set_gdt`), mapped below Xen's reserved entries.
+    pub gdt_frames: [u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE],
+    /// Entries of the guest GDT.
+    pub gdt_ents: u32,
+    /// LDT base (`MMUEXT_SET_LDT`).
+    pub ldt_base: u64,
+    /// LDT entries.
+    pub ldt_ents: u32,
     /// Virtual IOPL (EFLAGS bits 12-13), reflected into bounce frames when the
     /// `architectural_iopl` assist is on.
     pub iopl: u64,
@@ -157,9 +169,16 @@ impl Vcpu {
                 crate::hypercall::DR7_DEFAULT,
             ],
             cr0_ts: false,
+            cr2: 0,
+            runstate_area: 0,
+            // PAE | PGE | OSFXSR | OSXMMEXCPT, as Xen starts a 64-bit PV vCPU.
+            cr4: 0x6a0,
             vcpu_info_gpa: shared_info_gpa + u64::from(id) * xen_abi::xen::vcpu_info::SIZE,
             shared_info_gpa,
-            known_l4: [0; 4],
+            gdt_frames: [0; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE],
+            gdt_ents: 0,
+            ldt_base: 0,
+            ldt_ents: 0,
             iopl: 0,
             gs_sel_user: 0,
             shutdown_code: None,

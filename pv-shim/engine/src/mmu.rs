@@ -1,0 +1,504 @@
+//! The pagetable hypercalls over the PV MMU engine (`pv-mm`): `mmu_update`,
+//! `mmuext_op`, `update_va_mapping`, `set_gdt`, `update_descriptor`. This module reads
+//! the guest's request records, resolves virtual addresses through the guest's own
+//! tables, and turns each request into one `pv_mm::Mm` operation; the typing,
+//! validation and reference counting live in `pv-mm`. TLB work is accumulated in the
+//! platform's flush set and carried out by the host before the guest runs again.
+//!
+//! Every batch is served in one go, whatever its length: on hosts where a trap costs
+//! tens of microseconds a continuation would cost a trap per slice (Xen preempts long
+//! batches; pvkvm does not need to). A continuation flag passed in by a guest is still
+//! honoured.
+
+use pv_mm::{FlushSet, Level, Mfn, MmError};
+use xen_abi::errno::{EACCES, EFAULT, EINVAL, ENOSYS, EOPNOTSUPP, ESRCH};
+use xen_abi::xen::mmuext::{self, MmuextOp, MMU_UPDATE_PREEMPTED};
+use xen_abi::xen::{selector, DOMID_SELF, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::guest::{self, is_canonical};
+use crate::{Platform, Vcpu};
+
+/// `mmu_update` commands (low two bits of `ptr`).
+pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
+/// Update the M2P entry of the frame `ptr >> 12` to `val`.
+pub const MMU_MACHPHYS_UPDATE: u64 = 1;
+/// As a normal update, but keep the accessed and dirty bits the hardware set.
+pub const MMU_PT_UPDATE_PRESERVE_AD: u64 = 2;
+
+/// `update_va_mapping` flags: the flush type in the low bits.
+pub const UVMF_FLUSHTYPE_MASK: u64 = 3;
+/// Flush the whole TLB.
+pub const UVMF_TLB_FLUSH: u64 = 1;
+/// Invalidate the one address.
+pub const UVMF_INVLPG: u64 = 2;
+/// Flush on all vCPUs.
+pub const UVMF_ALL: u64 = 4;
+/// Flush on the vCPUs in the mask the rest of the flags point at.
+pub const UVMF_MULTI: u64 = 0;
+
+/// `struct mmu_update`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct MmuUpdate {
+    /// Machine address of the entry, command in the low bits.
+    pub ptr: u64,
+    /// New value.
+    pub val: u64,
+}
+
+/// Merges `more` into `into`.
+pub fn merge_flush(into: &mut FlushSet, more: FlushSet) {
+    into.local_all |= more.local_all;
+    into.all_vcpus |= more.all_vcpus;
+    if !into.local_all && !into.all_vcpus {
+        into.invlpg.extend(more.invlpg);
+    }
+}
+
+fn errno(e: MmError) -> i64 {
+    e.errno()
+}
+
+/// The top-level tables this vCPU has loaded, as frames.
+fn roots(vcpu: &Vcpu) -> [Mfn; 2] {
+    [vcpu.kernel_cr3 >> 12, vcpu.user_cr3 >> 12]
+}
+
+/// Xen's `__addr_ok` for a guest linear address: not in the hypervisor hole, canonical.
+fn guest_va_ok(va: u64) -> bool {
+    is_canonical(va) && !(HYPERVISOR_VIRT_START..HYPERVISOR_VIRT_END).contains(&va)
+}
+
+/// `mmu_update(reqs, count, pdone, foreigndom)`.
+pub fn do_mmu_update(
+    vcpu: &mut Vcpu,
+    p: &mut dyn Platform,
+    reqs: u64,
+    count: u32,
+    pdone: u64,
+    foreigndom: u32,
+) -> i64 {
+    let mut count = count;
+    let mut done: u32 = 0;
+    if count & MMU_UPDATE_PREEMPTED != 0 {
+        count &= !MMU_UPDATE_PREEMPTED;
+        if pdone != 0 {
+            done = guest::read_obj(vcpu, p, pdone).unwrap_or(0);
+        }
+    }
+    if foreigndom as u16 != DOMID_SELF && foreigndom as u16 != 0 {
+        return -ESRCH;
+    }
+    let mut rc = 0;
+    let mut i: u32 = 0;
+    while i < count {
+        let req: MmuUpdate = match guest::read_obj(vcpu, p, reqs.wrapping_add(u64::from(i) * 16)) {
+            Ok(r) => r,
+            Err(_) => {
+                rc = -EFAULT;
+                break;
+            }
+        };
+        rc = mmu_update_one(vcpu, p, &req);
+        if rc != 0 {
+            break;
+        }
+        i += 1;
+    }
+    if pdone != 0 {
+        let _ = guest::write_obj(vcpu, p, pdone, &done.wrapping_add(i));
+    }
+    rc
+}
+
+fn mmu_update_one(vcpu: &mut Vcpu, p: &mut dyn Platform, req: &MmuUpdate) -> i64 {
+    let roots = roots(vcpu);
+    let Some(ctx) = p.mm() else { return -ENOSYS };
+    match req.ptr & 3 {
+        cmd @ (MMU_NORMAL_PT_UPDATE | MMU_PT_UPDATE_PRESERVE_AD) => {
+            let maddr = req.ptr & !3;
+            if maddr & 7 != 0 {
+                return -EINVAL;
+            }
+            let (table, slot) = (maddr >> 12, ((maddr & 0xfff) >> 3) as usize);
+            match ctx.mm.mod_entry(
+                ctx.mem,
+                table,
+                slot,
+                req.val,
+                cmd == MMU_PT_UPDATE_PRESERVE_AD,
+                &roots,
+            ) {
+                Ok(f) => {
+                    merge_flush(ctx.flush, f);
+                    0
+                }
+                Err(e) => errno(e),
+            }
+        }
+        MMU_MACHPHYS_UPDATE => match ctx.mm.machphys_update(ctx.mem, req.ptr >> 12, req.val) {
+            Ok(()) => 0,
+            Err(e) => errno(e),
+        },
+        _ => -ENOSYS,
+    }
+}
+
+/// `mmuext_op(ops, count, pdone, foreigndom)`.
+pub fn do_mmuext_op(
+    vcpu: &mut Vcpu,
+    p: &mut dyn Platform,
+    uops: u64,
+    count: u32,
+    pdone: u64,
+    foreigndom: u32,
+) -> i64 {
+    if count == MMU_UPDATE_PREEMPTED && uops == 0 {
+        // A continuation carrying a final result in `foreigndom` (Xen's form).
+        return i64::from(foreigndom as i32);
+    }
+    let mut count = count;
+    let mut done: u32 = 0;
+    if count & MMU_UPDATE_PREEMPTED != 0 {
+        count &= !MMU_UPDATE_PREEMPTED;
+        if pdone != 0 {
+            done = guest::read_obj(vcpu, p, pdone).unwrap_or(0);
+        }
+    }
+    if foreigndom as u16 != DOMID_SELF && foreigndom as u16 != 0 {
+        return -ESRCH;
+    }
+    let mut rc = 0;
+    let mut i: u32 = 0;
+    while i < count {
+        let op: MmuextOp = match guest::read_obj(vcpu, p, uops.wrapping_add(u64::from(i) * 24)) {
+            Ok(o) => o,
+            Err(_) => {
+                rc = -EFAULT;
+                break;
+            }
+        };
+        rc = mmuext_one(vcpu, p, &op);
+        if rc != 0 {
+            break;
+        }
+        i += 1;
+    }
+    if pdone != 0 {
+        let _ = guest::write_obj(vcpu, p, pdone, &done.wrapping_add(i));
+    }
+    rc
+}
+
+/// Reads a vCPU bitmap for the `*_MULTI` flushes: whether it names this vCPU.
+fn mask_names(vcpu: &Vcpu, p: &dyn Platform, mask_va: u64) -> Result<bool, i64> {
+    let word: u64 = guest::read_obj(vcpu, p, mask_va.wrapping_add(u64::from(vcpu.id / 64) * 8))
+        .map_err(|_| -EFAULT)?;
+    Ok(word & (1 << (vcpu.id % 64)) != 0)
+}
+
+fn mmuext_one(vcpu: &mut Vcpu, p: &mut dyn Platform, op: &MmuextOp) -> i64 {
+    let level = match op.cmd {
+        mmuext::PIN_L1_TABLE => Some(Level::L1),
+        mmuext::PIN_L2_TABLE => Some(Level::L2),
+        mmuext::PIN_L3_TABLE => Some(Level::L3),
+        mmuext::PIN_L4_TABLE => Some(Level::L4),
+        _ => None,
+    };
+    let flush_multi = match op.cmd {
+        mmuext::TLB_FLUSH_MULTI | mmuext::INVLPG_MULTI => match mask_names(vcpu, p, op.arg2) {
+            Ok(named) => Some(named),
+            Err(e) => return e,
+        },
+        _ => None,
+    };
+    let (kernel_root, user_root) = (vcpu.kernel_cr3 >> 12, vcpu.user_cr3 >> 12);
+    let Some(ctx) = p.mm() else { return -ENOSYS };
+    let result: Result<FlushSet, MmError> = match op.cmd {
+        _ if level.is_some() => ctx
+            .mm
+            .pin_table(ctx.mem, op.arg1, level.unwrap_or(Level::L1)),
+        mmuext::UNPIN_TABLE => ctx.mm.unpin_table(ctx.mem, op.arg1),
+        mmuext::NEW_BASEPTR => {
+            if op.arg1 == kernel_root {
+                Ok(FlushSet {
+                    local_all: true,
+                    ..Default::default()
+                })
+            } else {
+                let r = ctx.mm.set_root(ctx.mem, Some(kernel_root), Some(op.arg1));
+                if r.is_ok() {
+                    vcpu.kernel_cr3 = op.arg1 << 12;
+                }
+                r.map(|mut f| {
+                    f.local_all = true;
+                    f
+                })
+            }
+        }
+        mmuext::NEW_USER_BASEPTR => {
+            if op.arg1 == user_root {
+                Ok(FlushSet::default())
+            } else {
+                let old = (user_root != 0).then_some(user_root);
+                let new = (op.arg1 != 0).then_some(op.arg1);
+                let r = ctx.mm.set_root(ctx.mem, old, new);
+                if r.is_ok() {
+                    vcpu.user_cr3 = op.arg1 << 12;
+                }
+                r
+            }
+        }
+        mmuext::TLB_FLUSH_LOCAL | mmuext::TLB_FLUSH_ALL => Ok(FlushSet {
+            local_all: true,
+            ..Default::default()
+        }),
+        mmuext::INVLPG_LOCAL | mmuext::INVLPG_ALL => {
+            if guest_va_ok(op.arg1) {
+                Ok(FlushSet {
+                    invlpg: alloc::vec![op.arg1],
+                    ..Default::default()
+                })
+            } else {
+                Ok(FlushSet::default())
+            }
+        }
+        mmuext::TLB_FLUSH_MULTI => Ok(FlushSet {
+            local_all: flush_multi.unwrap_or(false),
+            ..Default::default()
+        }),
+        mmuext::INVLPG_MULTI => Ok(if flush_multi.unwrap_or(false) && guest_va_ok(op.arg1) {
+            FlushSet {
+                invlpg: alloc::vec![op.arg1],
+                ..Default::default()
+            }
+        } else {
+            FlushSet::default()
+        }),
+        // An unprivileged domain may not flush caches (Xen: cache_flush_permitted()).
+        mmuext::FLUSH_CACHE | mmuext::FLUSH_CACHE_GLOBAL => return -EACCES,
+        mmuext::SET_LDT => {
+            let (base, ents) = (op.arg1, op.arg2);
+            if base & 0xfff != 0 || ents > 8192 || (ents != 0 && !guest_va_ok(base)) {
+                return -EINVAL;
+            }
+            vcpu.ldt_base = base;
+            vcpu.ldt_ents = ents as u32;
+            Ok(FlushSet::default())
+        }
+        mmuext::CLEAR_PAGE => ctx
+            .mm
+            .clear_page(ctx.mem, op.arg1)
+            .map(|()| FlushSet::default()),
+        mmuext::COPY_PAGE => ctx
+            .mm
+            .copy_page(ctx.mem, op.arg1, op.arg2)
+            .map(|()| FlushSet::default()),
+        mmuext::MARK_SUPER | mmuext::UNMARK_SUPER => return -EOPNOTSUPP,
+        _ => return -ENOSYS,
+    };
+    match result {
+        Ok(f) => {
+            merge_flush(ctx.flush, f);
+            0
+        }
+        Err(e) => errno(e),
+    }
+}
+
+/// The L1 table and slot that map `va` in the table rooted at `root`, as the hardware
+/// would find them; None if an upper level is not present or maps a superpage.
+pub fn l1_slot_of(mem: &dyn pv_mm::FrameAccess, root: Mfn, va: u64) -> Option<(Mfn, usize)> {
+    const P: u64 = 1;
+    const PS: u64 = 1 << 7;
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    let mut table = root;
+    for shift in [39u32, 30, 21] {
+        let e = mem.read_entry(table, ((va >> shift) & 511) as usize);
+        if e & P == 0 || e & PS != 0 {
+            return None;
+        }
+        table = (e & ADDR) >> 12;
+    }
+    Some((table, ((va >> 12) & 511) as usize))
+}
+
+/// `update_va_mapping(va, val, flags)`: replace the L1 entry that maps `va` in the
+/// current kernel table, then flush as `flags` say.
+pub fn do_update_va_mapping(
+    vcpu: &mut Vcpu,
+    p: &mut dyn Platform,
+    va: u64,
+    val: u64,
+    flags: u64,
+) -> i64 {
+    if !guest_va_ok(va) {
+        return -EINVAL;
+    }
+    let flush_named = match flags & UVMF_FLUSHTYPE_MASK {
+        0 => false,
+        _ if flags & UVMF_ALL != 0 => true,
+        _ if flags & !7 != 0 => match mask_names(vcpu, p, flags & !7) {
+            Ok(named) => named,
+            Err(e) => return e,
+        },
+        _ => true,
+    };
+    let roots = roots(vcpu);
+    let root = vcpu.hw_state().cr3 >> 12;
+    let Some(ctx) = p.mm() else { return -ENOSYS };
+    let Some((l1, slot)) = l1_slot_of(ctx.mem, root, va) else {
+        return -EINVAL;
+    };
+    match ctx.mm.mod_entry(ctx.mem, l1, slot, val, false, &roots) {
+        Ok(f) => {
+            merge_flush(ctx.flush, f);
+            if flush_named {
+                let more = match flags & UVMF_FLUSHTYPE_MASK {
+                    UVMF_TLB_FLUSH => FlushSet {
+                        local_all: true,
+                        ..Default::default()
+                    },
+                    UVMF_INVLPG => FlushSet {
+                        invlpg: alloc::vec![va],
+                        ..Default::default()
+                    },
+                    _ => return -EINVAL,
+                };
+                merge_flush(ctx.flush, more);
+            }
+            0
+        }
+        Err(e) => errno(e),
+    }
+}
+
+/// `set_gdt(frame_list, entries)`: type the frames as segment-descriptor pages and make
+/// them the guest part of the GDT (the host maps them below Xen's reserved entries).
+pub fn do_set_gdt(vcpu: &mut Vcpu, p: &mut dyn Platform, list: u64, entries: u64) -> i64 {
+    if entries > selector::FIRST_RESERVED_GDT_ENTRY as u64 {
+        return -EINVAL;
+    }
+    let nr = entries.div_ceil(512) as usize;
+    let mut frames = [0u64; selector::FIRST_RESERVED_GDT_PAGE];
+    for (i, f) in frames.iter_mut().enumerate().take(nr) {
+        match guest::read_obj::<u64>(vcpu, p, list.wrapping_add(i as u64 * 8)) {
+            Ok(mfn) => *f = mfn,
+            Err(_) => return -EFAULT,
+        }
+    }
+    let old = vcpu.gdt_frames;
+    let old_nr = (vcpu.gdt_ents as u64).div_ceil(512) as usize;
+    let Some(ctx) = p.mm() else { return -ENOSYS };
+    for i in 0..nr {
+        if let Err(e) = ctx.mm.get_segdesc_page(ctx.mem, frames[i]) {
+            for &f in &frames[..i] {
+                ctx.mm.put_segdesc_page(ctx.mem, f);
+            }
+            return errno(e);
+        }
+    }
+    for &f in &old[..old_nr] {
+        ctx.mm.put_segdesc_page(ctx.mem, f);
+    }
+    vcpu.gdt_frames = [0; selector::FIRST_RESERVED_GDT_PAGE];
+    vcpu.gdt_frames[..nr].copy_from_slice(&frames[..nr]);
+    vcpu.gdt_ents = entries as u32;
+    0
+}
+
+/// `update_descriptor(maddr, desc)`.
+pub fn do_update_descriptor(p: &mut dyn Platform, maddr: u64, desc: u64) -> i64 {
+    if maddr & 7 != 0 {
+        return -EINVAL;
+    }
+    let Some(ctx) = p.mm() else { return -ENOSYS };
+    match ctx
+        .mm
+        .update_descriptor(ctx.mem, maddr >> 12, (maddr & 0xfff) as usize, desc)
+    {
+        Ok(()) => 0,
+        Err(e) => errno(e),
+    }
+}
+
+/// `#PF` error-code bits.
+const PFEC_PRESENT: u64 = 1 << 0;
+const PFEC_WRITE: u64 = 1 << 1;
+const PFEC_RESERVED: u64 = 1 << 3;
+const PFEC_INSN_FETCH: u64 = 1 << 4;
+
+/// Xen's `ptwr_do_page_fault`: a guest-kernel write that faulted on a read-only mapping
+/// of one of its own validated L1 tables is emulated: the instruction is decoded, the new
+/// entry validated and performed through the MMU engine, and the guest resumes after the
+/// instruction. Returns false when this is not such a write or the engine refuses it:
+/// the caller then bounces the #PF, as Xen does.
+pub fn ptwr_emulate(
+    vcpu: &mut Vcpu,
+    regs: &mut crate::GuestRegs,
+    cr2: u64,
+    error_code: u64,
+    p: &mut dyn Platform,
+) -> bool {
+    use xen_abi::xen::vmassist::TYPE_WRITABLE_PAGETABLES;
+    if vcpu.mode != crate::Mode::Kernel
+        || vcpu.vm_assist & (1 << TYPE_WRITABLE_PAGETABLES) == 0
+        || error_code & (PFEC_PRESENT | PFEC_WRITE) != (PFEC_PRESENT | PFEC_WRITE)
+        || error_code & (PFEC_RESERVED | PFEC_INSN_FETCH) != 0
+    {
+        return false;
+    }
+    // The instruction: up to 15 bytes, fewer when it sits at the end of a mapped page.
+    let mut insn = [0u8; 15];
+    let mut len = insn.len();
+    if guest::copy_from_guest(vcpu, p, regs.rip, &mut insn).is_err() {
+        len = ((0x1000 - (regs.rip & 0xfff)) as usize).min(len);
+        if guest::copy_from_guest(vcpu, p, regs.rip, &mut insn[..len]).is_err() {
+            return false;
+        }
+    }
+    let roots = roots(vcpu);
+    let root = vcpu.hw_state().cr3 >> 12;
+    let Some(ctx) = p.mm() else { return false };
+    let Some((l1, slot)) = l1_slot_of(ctx.mem, root, cr2) else {
+        return false;
+    };
+    let mapping = ctx.mem.read_entry(l1, slot);
+    const P: u64 = 1;
+    const RW: u64 = 2;
+    if mapping & P == 0 || mapping & RW != 0 {
+        return false;
+    }
+    let table = (mapping & 0x000f_ffff_ffff_f000) >> 12;
+    match ctx.mm.page_info(table) {
+        Some(info)
+            if info.ty == pv_mm::PageType::L1 && info.validation == pv_mm::Validation::Valid => {}
+        _ => return false,
+    }
+    let idx = ((cr2 & 0xfff) >> 3) as usize;
+    let old = ctx.mem.read_entry(table, idx);
+    let Ok(op) = crate::ptwr::decode(&insn[..len], regs, cr2, old) else {
+        return false;
+    };
+    if !op.write {
+        op.complete(regs, old, false);
+        return true;
+    }
+    if let Some(expected) = op.cmpxchg_old {
+        if old != expected {
+            if !op.must_retry(old) {
+                op.complete(regs, old, false);
+            }
+            return true;
+        }
+    }
+    match ctx.mm.mod_entry(ctx.mem, table, idx, op.new, false, &roots) {
+        Ok(f) => {
+            merge_flush(ctx.flush, f);
+            op.complete(regs, old, true);
+            true
+        }
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,122 @@
+//! `vcpu_op` for a domain of one vCPU: whether vCPUs are up, taking the only one down
+//! (which is how a PV kernel halts after a panic), and the memory areas Linux registers
+//! early (`register_runstate_memory_area`, `register_vcpu_info`). The timer and
+//! multi-vCPU sub-ops arrive with events and time.
+
+use xen_abi::errno::{EFAULT, EINVAL, ENOENT, ENOSYS};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::{guest, Outcome, Platform, Vcpu};
+
+/// `VCPUOP_*` numbers.
+pub mod cmd {
+    #![allow(missing_docs)]
+    pub const INITIALISE: u64 = 0;
+    pub const UP: u64 = 1;
+    pub const DOWN: u64 = 2;
+    pub const IS_UP: u64 = 3;
+    pub const GET_RUNSTATE_INFO: u64 = 4;
+    pub const REGISTER_RUNSTATE_MEMORY_AREA: u64 = 5;
+    pub const SET_PERIODIC_TIMER: u64 = 6;
+    pub const STOP_PERIODIC_TIMER: u64 = 7;
+    pub const SET_SINGLESHOT_TIMER: u64 = 8;
+    pub const STOP_SINGLESHOT_TIMER: u64 = 9;
+    pub const REGISTER_VCPU_INFO: u64 = 10;
+}
+
+/// `struct vcpu_runstate_info`: state, when it was entered, time spent in each state.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct RunstateInfo {
+    /// `RUNSTATE_*` (0 running).
+    pub state: i32,
+    /// Padding.
+    pub _pad: u32,
+    /// System time at which `state` was entered.
+    pub state_entry_time: u64,
+    /// Nanoseconds spent running, runnable, blocked, offline.
+    pub time: [u64; 4],
+}
+
+/// `struct vcpu_register_vcpu_info`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct RegisterVcpuInfo {
+    /// Frame of the new vcpu_info.
+    pub mfn: u64,
+    /// Offset in that frame.
+    pub offset: u32,
+    /// Reserved.
+    pub rsvd: u32,
+}
+
+/// What a `vcpu_op` did.
+pub enum VcpuOpResult {
+    /// A value for rax.
+    Ret(i64),
+    /// The only vCPU went down: the domain cannot run any more.
+    AllDown,
+}
+
+/// `vcpu_op(cmd, vcpuid, arg)`.
+pub fn do_vcpu_op(
+    vcpu: &mut Vcpu,
+    p: &mut dyn Platform,
+    op: u64,
+    id: u32,
+    arg: u64,
+) -> VcpuOpResult {
+    use VcpuOpResult::Ret;
+    if id != vcpu.id {
+        // One vCPU: the others do not exist (Linux probes with is_up and stops at the
+        // first -ENOENT).
+        return Ret(-ENOENT);
+    }
+    match op {
+        cmd::IS_UP => Ret(1),
+        cmd::UP => Ret(0),
+        cmd::DOWN => VcpuOpResult::AllDown,
+        cmd::GET_RUNSTATE_INFO => match guest::write_obj(vcpu, p, arg, &RunstateInfo::default()) {
+            Ok(()) => Ret(0),
+            Err(_) => Ret(-EFAULT),
+        },
+        cmd::REGISTER_RUNSTATE_MEMORY_AREA => {
+            // The area's address (a guest virtual address); Xen writes it on every
+            // context switch. One vCPU always running: it says so once.
+            let Ok(area) = guest::read_obj::<u64>(vcpu, p, arg) else {
+                return Ret(-EFAULT);
+            };
+            if area != 0 && guest::write_obj(vcpu, p, area, &RunstateInfo::default()).is_err() {
+                return Ret(-EFAULT);
+            }
+            vcpu.runstate_area = area;
+            Ret(0)
+        }
+        cmd::REGISTER_VCPU_INFO => {
+            let Ok(info) = guest::read_obj::<RegisterVcpuInfo>(vcpu, p, arg) else {
+                return Ret(-EFAULT);
+            };
+            let size = xen_abi::xen::vcpu_info::SIZE;
+            if u64::from(info.offset) + size > 0x1000 || info.mfn >= (1 << 40) {
+                return Ret(-EINVAL);
+            }
+            let new = (info.mfn << 12) + u64::from(info.offset);
+            // Move the current contents (pending and mask state) to the new place.
+            let mut cur = [0u8; 64];
+            if p.read_phys(vcpu.vcpu_info_gpa, &mut cur).is_err()
+                || p.write_phys(new, &cur).is_err()
+            {
+                return Ret(-EINVAL);
+            }
+            vcpu.vcpu_info_gpa = new;
+            Ret(0)
+        }
+        cmd::STOP_PERIODIC_TIMER | cmd::STOP_SINGLESHOT_TIMER => Ret(0),
+        _ => Ret(-ENOSYS),
+    }
+}
+
+/// What the engine does with [`VcpuOpResult::AllDown`].
+pub fn all_down() -> Outcome {
+    Outcome::Crash(crate::CrashReason::AllVcpusDown)
+}

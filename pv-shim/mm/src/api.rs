@@ -1,0 +1,49 @@
+//! The API the rest of pvkvm programs against. Keep these names and meanings.
+
+use alloc::vec::Vec;
+
+/// A machine frame number (== guest-physical frame number: identity p2m).
+pub type Mfn = u64;
+
+/// Pagetable levels as the guest pins them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// L1 (PTEs).
+    L1 = 1,
+    /// L2.
+    L2 = 2,
+    /// L3.
+    L3 = 3,
+    /// L4 (root).
+    L4 = 4,
+}
+
+/// How the host reads and writes guest frames. Reads see the latest contents, including
+/// the engine's own writes. `write_entry` is a store into a table the hardware may be
+/// walking: the host must make it visible to hardware walks (in the VMM placement it
+/// writes memory and posts the same store for the ring-0 shim to repeat inside the VM).
+pub trait FrameAccess {
+    /// Reads entry `slot` (0..512) of frame `mfn`.
+    fn read_entry(&self, mfn: Mfn, slot: usize) -> u64;
+    /// Writes entry `slot` of frame `mfn` (a pagetable store).
+    fn write_entry(&mut self, mfn: Mfn, slot: usize, value: u64);
+    /// Copies a whole frame (for copy_page).
+    fn copy_frame(&mut self, dst: Mfn, src: Mfn);
+    /// Zeroes a whole frame (for clear_page).
+    fn clear_frame(&mut self, mfn: Mfn);
+    /// Writes M2P entry `mfn` (machphys update).
+    fn write_m2p(&mut self, mfn: Mfn, pfn: u64);
+}
+
+/// TLB work an operation leaves to do before the guest runs again. Every mutator returns
+/// one; dropping it unused is a compiler warning.
+#[must_use = "a pagetable change whose flush is dropped leaves stale TLB entries"]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlushSet {
+    /// Flush the whole TLB of this vCPU.
+    pub local_all: bool,
+    /// Flush the TLBs of all vCPUs (single vCPU for now: the same as local).
+    pub all_vcpus: bool,
+    /// Single addresses to invalidate on this vCPU.
+    pub invlpg: Vec<u64>,
+}

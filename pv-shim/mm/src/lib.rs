@@ -1,0 +1,44 @@
+//! `pv-mm`: the PV MMU engine of pvkvm. Xen's pagetable semantics for 64-bit PV guests
+//! (Xen 4.17, pv-linear-pt disabled, no superpages), as a `no_std` library over the
+//! [`FrameAccess`] trait, so the same code runs in the VMM, in the ring-0 shim, in host
+//! unit tests and under fuzzers.
+//!
+//! Per frame: a type ([`PageType`]), a type count, a validation state
+//! ([`Validation`], partial validation explicit), a general refcount and a pinned bit.
+//! A frame is a pagetable only while no writable mapping of it exists. Validation is
+//! recursive on pin / base-pointer load and undone on the last type reference. Every
+//! refusal is recorded with enough context to fix the guest ([`Refusal`]).
+//!
+//! Module map: [`api`] (the fixed shared types), `pte` (entry bits and per-level rules),
+//! `frame` (per-frame state), `mm` (the engine), `desc` (descriptor checks), `error`
+//! (refusal reasons and their errno), `refusal` (records), `invariants`
+//! (`Mm::check_invariants`), [`fuzz`] (fake memory, model guest, fuzz entry point).
+//!
+//! Deviations from Xen are listed in the `mm` module docs (no preemption, synchronous
+//! undo of failed validations, no L1TF check, one error for non-RAM L1 targets, `u32`
+//! counts, a global TLB-flush epoch). `copy_page`, `clear_page`, `update_descriptor` and
+//! `get_segdesc_page` keep their `Result<(), _>` signatures; the flush a type change there
+//! may need (Xen's `_get_page_type`) is collected with `Mm::take_pending_flush`.
+#![no_std]
+#![forbid(unsafe_code)]
+extern crate alloc;
+
+pub mod api;
+mod desc;
+mod error;
+mod frame;
+pub mod fuzz;
+mod invariants;
+mod mm;
+pub mod pte;
+mod refusal;
+
+pub use api::{FlushSet, FrameAccess, Level, Mfn};
+pub use desc::check_descriptor;
+pub use error::MmError;
+pub use frame::{FrameState, PageInfo, PageType, Validation};
+pub use mm::{Mm, MmConfig, MmStats};
+pub use refusal::{EntryCause, MmOp, Refusal, WritableMapping, REFUSAL_LOG_LEN};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1417 @@
+//! The engine: Xen's page typing, validation, pinning and pagetable updates for a 64-bit
+//! PV guest (Xen 4.17 `arch/x86/mm.c` and `arch/x86/pv/*`, pv-linear-pt disabled, no
+//! superpages).
+//!
+//! Names follow Xen so a reviewer can cross-read: `get_page`, `get_page_type`,
+//! `promote_l1_table`.. (validation on the type's 0 -> 1 transition), `free_lN_table`
+//! (Xen's `demote_lN_table`, teardown on 1 -> 0), `get_page_from_lNe` /
+//! `put_page_from_lNe`, `mod_lN_entry`.
+//!
+//! Reference model. Every present entry of a validated table holds one general reference
+//! on its target; an RW L1 entry also holds a `Writable` type reference, an L2/L3/L4
+//! entry a type reference of the next lower level. A pin holds one general and one type
+//! reference, and so does every reference the engine takes through the public API
+//! (base pointers, GDT frames, `get_page*`); those are kept in a ledger so releases are
+//! checked and `check_invariants` can recompute every count.
+//!
+//! Deviations from Xen (also listed in the crate docs):
+//! - No preemption: validation and teardown run to completion (`-ERESTART` is never
+//!   returned). A failed validation is undone at once: slots below the failing one are
+//!   released and the frame returns to its previous state; Xen defers the L2..L4 undo
+//!   to `old_guest_table`. Deferred puts (`PTF_defer`) are done at once too.
+//! - The L1TF check on non-present entries (`pv_l1tf_check_*`) is not done: there is no
+//!   shadow-paging fallback to switch to, and non-present entries are never walked.
+//! - Frames outside RAM: one error (`ForeignMapping`, -EBUSY) for an L1 mapping of any
+//!   frame that is not RAM or shared; Xen says -EBUSY for another owner's page and -EPERM
+//!   for MMIO. Shared frames are Xen's `share_xen_page_with_guest` pages: mappable RW, never
+//!   typed otherwise, not refcounted, not usable as tables, M2P or copy targets.
+//! - Reference counts are `u32`; an overflow is `CountOverflow` (-EINVAL everywhere).
+//! - Type-change TLB flushes use a single global epoch instead of per-CPU timestamps
+//!   (see [`Mm::tlb_flushed`]).
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::api::{FlushSet, FrameAccess, Level, Mfn};
+use crate::desc::check_descriptor;
+use crate::error::MmError;
+use crate::frame::{child_level, parent_level, FrameState, PageInfo, PageType, Validation};
+use crate::pte::*;
+use crate::refusal::{EntryCause, MmOp, Refusal, WritableMapping, REFUSAL_LOG_LEN};
+
+/// What the engine is given about the domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MmConfig {
+    /// The domain owns mfn `0..nr_frames` (guest RAM).
+    pub nr_frames: u64,
+    /// Written into slots 256..=271 of every L4 the engine validates (the shim and the
+    /// M2P); guest updates to those slots are refused.
+    pub hole_l4: [u64; 16],
+    /// Frames outside RAM the guest may map (shared_info): RW mappings allowed, never
+    /// typed as pagetables, no refcounts.
+    pub shared_frames: Vec<Mfn>,
+    /// Machine frames that exist at all (RAM and the hypervisor's own memory). An L1
+    /// mapping of a frame at or above this is I/O space, which an unprivileged domain may
+    /// not map (Xen: -EPERM); below it but not the domain's is another owner's (-EBUSY).
+    pub max_machine_frame: Mfn,
+}
+
+/// Counters for benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmStats {
+    /// Entry updates that took the no-revalidation fast path.
+    pub fast_path: u64,
+    /// Entry updates that revalidated the new entry.
+    pub slow_path: u64,
+    /// `mmu_update`s into non-pagetable frames (plain writes).
+    pub plain_writes: u64,
+    /// Tables validated (`promote_lN_table` successes).
+    pub promotions: u64,
+    /// Tables torn down (`free_lN_table`, including undo of failed validations).
+    pub teardowns: u64,
+    /// Type changes that required a TLB flush.
+    pub type_change_flushes: u64,
+}
+
+/// References the engine holds through the public API (base pointers, GDT frames, direct
+/// `get_page*` calls), so releases can be checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Held {
+    general: u32,
+    typed: u32,
+}
+
+/// Context of the innermost failure while an operation runs.
+#[derive(Clone, Copy, Debug)]
+struct FailCtx {
+    cause: EntryCause,
+    wmap: Option<WritableMapping>,
+}
+
+/// The PV MMU engine: the frame table and everything else.
+#[derive(Clone, Debug)]
+pub struct Mm {
+    cfg: MmConfig,
+    frames: Vec<PageInfo>,
+    /// Per frame: the epoch at which its type count last dropped to 0 (Xen's
+    /// `tlbflush_timestamp`): a stale TLB entry may exist until a flush after it.
+    stamps: Vec<u64>,
+    epoch: u64,
+    last_flush: u64,
+    held: BTreeMap<Mfn, Held>,
+    refusals: VecDeque<Refusal>,
+    refusal_count: u64,
+    rip: u64,
+    fail: Option<FailCtx>,
+    stats: MmStats,
+    /// Flushes needed by operations whose signature returns no `FlushSet` (copy/clear
+    /// page, set_gdt, update_descriptor); see [`Mm::take_pending_flush`].
+    pending: FlushSet,
+    /// Frames the guest gave back (`XENMEM_decrease_reservation`): not its own until
+    /// `reclaim_frame` hands them out again.
+    released: Vec<bool>,
+}
+
+/// Reads a guest entry; `slot` is always < 512 here.
+fn rd(mem: &dyn FrameAccess, mfn: Mfn, slot: usize) -> u64 {
+    mem.read_entry(mfn, slot)
+}
+
+impl Mm {
+    /// A fresh engine: every frame untyped, unreferenced, unpinned.
+    pub fn new(cfg: MmConfig) -> Self {
+        let n = usize::try_from(cfg.nr_frames).unwrap_or(usize::MAX);
+        let frames = vec![PageInfo::default(); n];
+        let stamps = vec![0; n];
+        Mm {
+            cfg,
+            frames,
+            stamps,
+            epoch: 0,
+            last_flush: 0,
+            held: BTreeMap::new(),
+            refusals: VecDeque::with_capacity(REFUSAL_LOG_LEN),
+            refusal_count: 0,
+            rip: 0,
+            fail: None,
+            stats: MmStats::default(),
+            pending: FlushSet::default(),
+            released: vec![false; n],
+        }
+    }
+
+    /// `XENMEM_decrease_reservation` of one frame (Xen's `guest_remove_page`): the frame
+    /// stops being the domain's. Refused while anything still references it (Xen frees
+    /// such a page later; pvkvm keeps the rule simple and the guest unmaps first, as
+    /// Linux's balloon driver does).
+    pub fn release_frame(&mut self, mfn: Mfn) -> Result<(), MmError> {
+        let i = self.idx(mfn).ok_or(MmError::NotOwned)?;
+        let info = self.frames.get(i).ok_or(MmError::NotOwned)?;
+        if info.refcount != 0 || info.type_count != 0 || info.pinned || self.held.contains_key(&mfn)
+        {
+            return Err(MmError::InUse);
+        }
+        if let (Some(r), Some(f)) = (self.released.get_mut(i), self.frames.get_mut(i)) {
+            *r = true;
+            *f = PageInfo::default();
+        }
+        Ok(())
+    }
+
+    /// `XENMEM_populate_physmap` of one frame: hands a released frame back to the domain,
+    /// fresh (untyped, unreferenced). None when no frame was released.
+    pub fn reclaim_frame(&mut self) -> Option<Mfn> {
+        let i = self.released.iter().position(|&r| r)?;
+        if let Some(r) = self.released.get_mut(i) {
+            *r = false;
+        }
+        Some(i as Mfn)
+    }
+
+    /// Frames the domain owns now (`XENMEM_current_reservation`).
+    pub fn owned_frames(&self) -> u64 {
+        self.cfg.nr_frames - self.released.iter().filter(|&&r| r).count() as u64
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MmConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &MmStats {
+        &self.stats
+    }
+
+    /// State of a RAM frame (None outside RAM).
+    pub fn page_info(&self, mfn: Mfn) -> Option<&PageInfo> {
+        self.idx(mfn).and_then(|i| self.frames.get(i))
+    }
+
+    /// Whether `mfn` is a configured shared frame.
+    pub fn is_shared(&self, mfn: Mfn) -> bool {
+        mfn >= self.cfg.nr_frames && self.cfg.shared_frames.contains(&mfn)
+    }
+
+    /// The last (up to 64) refusals, oldest first.
+    pub fn refusals(&self) -> impl Iterator<Item = &Refusal> {
+        self.refusals.iter()
+    }
+
+    /// Number of refusals since creation.
+    pub fn refusal_count(&self) -> u64 {
+        self.refusal_count
+    }
+
+    /// Stamps later refusal records with this guest rip.
+    pub fn set_context_rip(&mut self, rip: u64) {
+        self.rip = rip;
+    }
+
+    /// Tells the engine that every vCPU's TLB was fully flushed (global entries
+    /// included). Type changes of frames whose last type reference was dropped before
+    /// this point no longer need a flush (Xen's `tlbflush_filter`). Never calling it is
+    /// safe: every such type change then asks for a flush.
+    pub fn tlb_flushed(&mut self) {
+        self.last_flush = self.epoch;
+    }
+
+    /// Takes the TLB work left by `copy_page`, `clear_page`, `get_segdesc_page` and
+    /// `update_descriptor`: their target can change type (Xen's `_get_page_type` flushes
+    /// on a type change), which may need a flush before the guest runs again. Call it
+    /// after every batch that used them.
+    pub fn take_pending_flush(&mut self) -> FlushSet {
+        core::mem::take(&mut self.pending)
+    }
+
+    fn pend(&mut self, fl: FlushSet) {
+        self.pending.local_all |= fl.local_all;
+        self.pending.all_vcpus |= fl.all_vcpus;
+        self.pending.invlpg.extend(fl.invlpg);
+    }
+
+    fn idx(&self, mfn: Mfn) -> Option<usize> {
+        if mfn < self.cfg.nr_frames {
+            usize::try_from(mfn).ok().filter(|&i| {
+                i < self.frames.len() && !self.released.get(i).copied().unwrap_or(true)
+            })
+        } else {
+            None
+        }
+    }
+
+    fn info_mut(&mut self, mfn: Mfn) -> Option<&mut PageInfo> {
+        let i = self.idx(mfn)?;
+        self.frames.get_mut(i)
+    }
+
+    fn info(&self, mfn: Mfn) -> Option<PageInfo> {
+        self.page_info(mfn).copied()
+    }
+
+    fn frame_state(&self, mfn: Mfn) -> FrameState {
+        FrameState {
+            mfn,
+            info: self.info(mfn),
+            shared: self.is_shared(mfn),
+        }
+    }
+
+    fn stamp(&mut self, mfn: Mfn) {
+        // set_tlbflush_timestamp(): a TLB entry through the dropped use may be stale.
+        self.epoch = self.epoch.wrapping_add(1);
+        let e = self.epoch;
+        if let Some(s) = self.idx(mfn).and_then(|i| self.stamps.get_mut(i)) {
+            *s = e;
+        }
+    }
+
+    // ------------------------------------------------------------------------------
+    // Core reference counting (internal: no ledger, no refusal records).
+    // ------------------------------------------------------------------------------
+
+    /// `get_page`: one general reference. Shared frames are not counted.
+    fn get_page_raw(&mut self, mfn: Mfn) -> Result<(), MmError> {
+        if self.is_shared(mfn) {
+            return Ok(());
+        }
+        let pi = self.info_mut(mfn).ok_or(MmError::NotOwned)?;
+        pi.refcount = pi.refcount.checked_add(1).ok_or(MmError::CountOverflow)?;
+        Ok(())
+    }
+
+    /// `put_page`. Nothing is freed at 0: the domain still owns the frame.
+    fn put_page_raw(&mut self, mfn: Mfn) {
+        if let Some(pi) = self.info_mut(mfn) {
+            // Saturating: a release without a reference is an engine bug; never panic.
+            pi.refcount = pi.refcount.saturating_sub(1);
+        }
+    }
+
+    /// `_get_page_type`: one type reference; validates on 0 -> 1 (`validate_page`).
+    fn get_type_raw(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        ty: PageType,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        if ty == PageType::None {
+            return Err(MmError::InvalidType);
+        }
+        if self.is_shared(mfn) {
+            // Xen's shared pages are permanently PGT_writable_page.
+            return if ty == PageType::Writable {
+                Ok(())
+            } else {
+                Err(MmError::BadType {
+                    want: ty,
+                    have: PageType::Writable,
+                })
+            };
+        }
+        let i = self.idx(mfn).ok_or(MmError::NotOwned)?;
+        let pi = *self.frames.get(i).ok_or(MmError::NotOwned)?;
+        if pi.type_count > 0 {
+            if pi.ty != ty {
+                return Err(MmError::BadType {
+                    want: ty,
+                    have: pi.ty,
+                });
+            }
+            if pi.validation != Validation::Valid {
+                return Err(MmError::NotValidated);
+            }
+            let c = pi.type_count.checked_add(1).ok_or(MmError::CountOverflow)?;
+            if let Some(p) = self.frames.get_mut(i) {
+                p.type_count = c;
+            }
+            return Ok(());
+        }
+
+        // Type count 0 -> 1: a type change is allowed. A different type may leave stale
+        // TLB entries (a writable mapping of a future pagetable, or paging-structure
+        // caches of a former one): flush unless a flush happened since the last drop.
+        let changed = pi.ty != ty;
+        let stale = self.stamps.get(i).copied().unwrap_or(0) > self.last_flush;
+        let before = pi;
+        if let Some(p) = self.frames.get_mut(i) {
+            p.type_count = 1;
+            if changed {
+                p.ty = ty;
+                p.validation = Validation::Unvalidated;
+            }
+        }
+        let needs = ty.needs_validation()
+            && self.frames.get(i).map(|p| p.validation) != Some(Validation::Valid);
+        if needs {
+            if let Some(p) = self.frames.get_mut(i) {
+                p.validation = Validation::Partial { next_slot: 0 };
+            }
+            let r = match ty {
+                PageType::SegDesc => self.validate_segdesc_page(mem, mfn),
+                _ => match ty.level() {
+                    Some(level) => self.promote_table(mem, mfn, level, fl),
+                    None => Err(MmError::InvalidType),
+                },
+            };
+            if let Err(e) = r {
+                // validate_page() failure: the frame returns to its previous state (Xen
+                // resets type_info to 0; restoring is the same up to sticky types).
+                if let Some(p) = self.frames.get_mut(i) {
+                    *p = PageInfo {
+                        refcount: p.refcount,
+                        pinned: p.pinned,
+                        ..before
+                    };
+                }
+                return Err(e);
+            }
+            if ty.is_pagetable() {
+                self.stats.promotions += 1;
+            }
+        }
+        if let Some(p) = self.frames.get_mut(i) {
+            p.validation = Validation::Valid;
+        }
+        if changed && stale {
+            self.stats.type_change_flushes += 1;
+            fl.all_vcpus = true;
+            fl.local_all = true;
+        }
+        Ok(())
+    }
+
+    /// `_put_page_type`: on 1 -> 0 a pagetable is torn down (`free_lN_table`) and loses
+    /// its validation.
+    fn put_type_raw(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) {
+        let Some(pi) = self.info(mfn) else { return };
+        if pi.type_count == 0 {
+            return; // Engine bug; never underflow.
+        }
+        if pi.type_count == 1 {
+            if let Some(level) = pi.ty.level() {
+                let upto = match pi.validation {
+                    Validation::Valid => ENTRIES,
+                    Validation::Partial { next_slot } => usize::from(next_slot),
+                    Validation::Unvalidated => 0,
+                };
+                // The type count stays 1 during teardown (as Xen's "validate locked"
+                // state), so nothing can re-reference the frame meanwhile.
+                if let Some(p) = self.info_mut(mfn) {
+                    p.validation = Validation::Unvalidated;
+                }
+                self.free_table(mem, mfn, level, upto);
+            }
+            if let Some(p) = self.info_mut(mfn) {
+                p.type_count = 0;
+            }
+            self.stamp(mfn);
+        } else if let Some(p) = self.info_mut(mfn) {
+            p.type_count -= 1;
+        }
+    }
+
+    /// `get_page_and_type`.
+    fn get_page_and_type_raw(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        ty: PageType,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        self.get_page_raw(mfn)?;
+        if let Err(e) = self.get_type_raw(mem, mfn, ty, fl) {
+            self.put_page_raw(mfn);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `put_page_and_type`.
+    fn put_page_and_type_raw(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) {
+        if self.is_shared(mfn) {
+            return;
+        }
+        self.put_type_raw(mem, mfn);
+        self.put_page_raw(mfn);
+    }
+
+    // ------------------------------------------------------------------------------
+    // Entries: get_page_from_lNe / put_page_from_lNe.
+    // ------------------------------------------------------------------------------
+
+    /// Flags check shared by validation and `mod_lN_entry`.
+    fn check_flags(level: Level, e: u64) -> Result<(), MmError> {
+        let bad = e & disallow_mask(level);
+        if bad == 0 {
+            return Ok(());
+        }
+        if matches!(level, Level::L2 | Level::L3) && bad & PAGE_PSE != 0 {
+            return Err(MmError::Superpage { level });
+        }
+        Err(MmError::BadFlags { level, bits: bad })
+    }
+
+    /// `get_page_from_l1e` (present entry): general ref on the target; RW also takes a
+    /// `Writable` type ref, which fails while the target is a pagetable/descriptor page.
+    fn get_page_from_l1e(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        e: u64,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        Self::check_flags(Level::L1, e)?;
+        let t = entry_mfn(e);
+        if self.is_shared(t) {
+            return Ok(());
+        }
+        if self.idx(t).is_none() {
+            return Err(if t >= self.cfg.max_machine_frame {
+                MmError::IoSpace
+            } else {
+                MmError::ForeignMapping
+            });
+        }
+        self.get_page_raw(t)?;
+        if e & PAGE_RW != 0 {
+            if let Err(err) = self.get_type_raw(mem, t, PageType::Writable, fl) {
+                self.put_page_raw(t);
+                return Err(match err {
+                    MmError::BadType { have, .. } => MmError::NotWritable { have },
+                    MmError::NotValidated => MmError::NotWritable {
+                        have: self.info(t).map_or(PageType::None, |p| p.ty),
+                    },
+                    other => other,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `put_page_from_l1e`.
+    fn put_page_from_l1e(&mut self, mem: &mut dyn FrameAccess, e: u64) {
+        if !present(e) {
+            return;
+        }
+        let t = entry_mfn(e);
+        if self.is_shared(t) || self.idx(t).is_none() {
+            return;
+        }
+        if e & PAGE_RW != 0 {
+            self.put_type_raw(mem, t);
+        }
+        self.put_page_raw(t);
+    }
+
+    /// `get_page_from_l2e` / `l3e` / `l4e` (present entry of a table at `level`): the
+    /// target must be typeable as the next lower level. Without linear pagetables an
+    /// entry pointing at its own table, or at any table of the same level, fails here on
+    /// the type check.
+    fn get_page_from_upper(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        level: Level,
+        e: u64,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        Self::check_flags(level, e)?;
+        let Some(child) = child_level(level) else {
+            return Err(MmError::InvalidType);
+        };
+        self.get_page_and_type_raw(mem, entry_mfn(e), PageType::from_level(child), fl)
+    }
+
+    /// `put_page_from_l2e` / `l3e` / `l4e`. An entry pointing at its own table holds no
+    /// reference (Xen skips it; here it cannot even be validated).
+    fn put_page_from_upper(&mut self, mem: &mut dyn FrameAccess, table: Mfn, e: u64) {
+        if !present(e) || entry_mfn(e) == table {
+            return;
+        }
+        self.put_page_and_type_raw(mem, entry_mfn(e));
+    }
+
+    fn get_page_from_entry(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        level: Level,
+        e: u64,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        match level {
+            Level::L1 => self.get_page_from_l1e(mem, e, fl),
+            _ => self.get_page_from_upper(mem, level, e, fl),
+        }
+    }
+
+    fn put_page_from_entry(&mut self, mem: &mut dyn FrameAccess, level: Level, table: Mfn, e: u64) {
+        match level {
+            Level::L1 => self.put_page_from_l1e(mem, e),
+            _ => self.put_page_from_upper(mem, table, e),
+        }
+    }
+
+    // ------------------------------------------------------------------------------
+    // Validation and teardown.
+    // ------------------------------------------------------------------------------
+
+    /// `promote_l1_table` .. `promote_l4_table`: takes every present entry's references
+    /// and writes back the `adjust_guest_lNe` form. On failure at slot k, slots < k are
+    /// released (explicit `Partial` state) and the error returned. An L4 skips the hole
+    /// slots and gets `hole_l4` written into them once valid (`init_xen_l4_slots`).
+    fn promote_table(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        level: Level,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        for slot in 0..ENTRIES {
+            if let Some(p) = self.info_mut(mfn) {
+                p.validation = Validation::Partial {
+                    next_slot: slot as u16,
+                };
+            }
+            if level == Level::L4 && is_hole_slot(slot) {
+                continue;
+            }
+            let e = rd(mem, mfn, slot);
+            if !present(e) {
+                continue;
+            }
+            if let Err(err) = self.get_page_from_entry(mem, level, e, fl) {
+                self.note_fail(mem, mfn, level, slot, None, e, err);
+                self.free_table(mem, mfn, level, slot);
+                if let Some(p) = self.info_mut(mfn) {
+                    p.validation = Validation::Unvalidated;
+                }
+                return Err(err);
+            }
+            let adj = adjust_guest_entry(level, e);
+            if adj != e {
+                mem.write_entry(mfn, slot, adj);
+            }
+        }
+        if level == Level::L4 {
+            for (k, slot) in HOLE_L4_SLOTS.enumerate() {
+                let want = self.cfg.hole_l4.get(k).copied().unwrap_or(0);
+                if rd(mem, mfn, slot) != want {
+                    mem.write_entry(mfn, slot, want);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `free_l1_table` .. `free_l4_table` (Xen's `demote_lN_table`): releases what slots
+    /// `< upto` hold.
+    fn free_table(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn, level: Level, upto: usize) {
+        for slot in 0..upto.min(ENTRIES) {
+            if level == Level::L4 && is_hole_slot(slot) {
+                continue;
+            }
+            let e = rd(mem, mfn, slot);
+            self.put_page_from_entry(mem, level, mfn, e);
+        }
+        self.stats.teardowns += 1;
+    }
+
+    /// `validate_segdesc_page`: every descriptor must pass `check_descriptor`; fixups
+    /// are written back as Xen does.
+    fn validate_segdesc_page(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+    ) -> Result<(), MmError> {
+        // Check everything first, then write the fixups: a refused frame stays
+        // untouched (Xen writes fixups as it goes; harmless either way).
+        for i in 0..ENTRIES {
+            if check_descriptor(rd(mem, mfn, i)).is_none() {
+                return Err(MmError::BadDescriptor { index: i as u16 });
+            }
+        }
+        for i in 0..ENTRIES {
+            let d = rd(mem, mfn, i);
+            if let Some(fixed) = check_descriptor(d) {
+                if fixed != d {
+                    mem.write_entry(mfn, i, fixed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------
+    // Diagnostics.
+    // ------------------------------------------------------------------------------
+
+    /// Remembers the innermost failing entry (outer levels see it already set).
+    #[allow(clippy::too_many_arguments)]
+    fn note_fail(
+        &mut self,
+        mem: &dyn FrameAccess,
+        table: Mfn,
+        level: Level,
+        slot: usize,
+        old: Option<u64>,
+        new: u64,
+        err: MmError,
+    ) {
+        if self.fail.is_some() {
+            return;
+        }
+        let target = entry_mfn(new);
+        let wmap = match err {
+            MmError::BadType {
+                have: PageType::Writable,
+                want,
+            } if want != PageType::Writable => self.find_writable_mapping(mem, target),
+            _ => None,
+        };
+        self.fail = Some(FailCtx {
+            cause: EntryCause {
+                table,
+                level,
+                slot: slot as u16,
+                table_state: self.frame_state(table),
+                old,
+                new,
+                target: self.frame_state(target),
+            },
+            wmap,
+        });
+    }
+
+    /// Slots of `table` whose references are held right now.
+    fn held_slots(&self, table: Mfn, want: PageType) -> usize {
+        match self.info(table) {
+            Some(p) if p.ty == want && p.type_count > 0 => match p.validation {
+                Validation::Valid => ENTRIES,
+                Validation::Partial { next_slot } => usize::from(next_slot),
+                Validation::Unvalidated => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    /// A live table of `level` with a present entry pointing at `child`.
+    fn find_parent(&self, mem: &dyn FrameAccess, child: Mfn, level: Level) -> Option<(Mfn, usize)> {
+        let ty = PageType::from_level(level);
+        for t in 0..self.cfg.nr_frames.min(self.frames.len() as u64) {
+            for slot in 0..self.held_slots(t, ty) {
+                if level == Level::L4 && is_hole_slot(slot) {
+                    continue;
+                }
+                let e = rd(mem, t, slot);
+                if present(e) && entry_mfn(e) == child {
+                    return Some((t, slot));
+                }
+            }
+        }
+        None
+    }
+
+    /// Finds an RW L1 entry mapping `target`, and a virtual address it maps at.
+    pub fn find_writable_mapping(
+        &self,
+        mem: &dyn FrameAccess,
+        target: Mfn,
+    ) -> Option<WritableMapping> {
+        for l1 in 0..self.cfg.nr_frames.min(self.frames.len() as u64) {
+            for slot in 0..self.held_slots(l1, PageType::L1) {
+                let e = rd(mem, l1, slot);
+                if e & (PAGE_PRESENT | PAGE_RW) == PAGE_PRESENT | PAGE_RW && entry_mfn(e) == target
+                {
+                    return Some(WritableMapping {
+                        l1,
+                        slot: slot as u16,
+                        va: self.va_of(mem, l1, slot),
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Composes a VA for `slot` of L1 `l1` by walking up through live L2/L3/L4 tables.
+    fn va_of(&self, mem: &dyn FrameAccess, l1: Mfn, slot: usize) -> Option<u64> {
+        let mut idx = [0usize; 4];
+        idx[0] = slot;
+        let mut child = l1;
+        let mut level = Level::L1;
+        for k in 1..4 {
+            let parent = parent_level(level)?;
+            let (p, s) = self.find_parent(mem, child, parent)?;
+            *idx.get_mut(k)? = s;
+            child = p;
+            level = parent;
+        }
+        Some(compose_va(idx[3], idx[2], idx[1], idx[0]))
+    }
+
+    /// Records a refusal (ring of the last 64).
+    fn refuse(
+        &mut self,
+        mem: &dyn FrameAccess,
+        op: MmOp,
+        frame: Mfn,
+        slot: Option<u16>,
+        value: Option<u64>,
+        error: MmError,
+    ) {
+        let ctx = self.fail.take();
+        let mut wmap = ctx.and_then(|c| c.wmap);
+        // A top-level bad type (pin, base pointer, set_gdt of a frame mapped RW).
+        if wmap.is_none() && ctx.is_none() {
+            if let MmError::BadType {
+                have: PageType::Writable,
+                want,
+            } = error
+            {
+                if want != PageType::Writable {
+                    wmap = self.find_writable_mapping(mem, frame);
+                }
+            }
+        }
+        self.refusal_count += 1;
+        let r = Refusal {
+            seq: self.refusal_count,
+            rip: self.rip,
+            op,
+            frame,
+            slot,
+            value,
+            error,
+            frame_state: self.frame_state(frame),
+            cause: ctx.map(|c| c.cause),
+            writable_mapping: wmap,
+        };
+        if self.refusals.len() >= REFUSAL_LOG_LEN {
+            self.refusals.pop_front();
+        }
+        self.refusals.push_back(r);
+    }
+
+    /// Wraps an operation: clears the failure context, records a refusal on error.
+    fn finish<T>(
+        &mut self,
+        mem: &dyn FrameAccess,
+        op: MmOp,
+        frame: Mfn,
+        slot: Option<u16>,
+        value: Option<u64>,
+        r: Result<T, MmError>,
+    ) -> Result<T, MmError> {
+        match r {
+            Ok(v) => {
+                self.fail = None;
+                Ok(v)
+            }
+            Err(e) => {
+                self.refuse(mem, op, frame, slot, value, e);
+                Err(e)
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------------------
+    // Public Xen-named core (references held by the engine; kept in the ledger).
+    // ------------------------------------------------------------------------------
+
+    fn held_mut(&mut self, mfn: Mfn) -> &mut Held {
+        self.held.entry(mfn).or_default()
+    }
+
+    fn held_get(&self, mfn: Mfn) -> Held {
+        self.held.get(&mfn).copied().unwrap_or_default()
+    }
+
+    fn held_drop(&mut self, mfn: Mfn, general: bool, typed: bool) {
+        if let Some(h) = self.held.get_mut(&mfn) {
+            if general {
+                h.general = h.general.saturating_sub(1);
+            }
+            if typed {
+                h.typed = h.typed.saturating_sub(1);
+            }
+            if h.general == 0 && h.typed == 0 {
+                self.held.remove(&mfn);
+            }
+        }
+    }
+
+    /// `get_page`: a general reference held by the engine. Shared frames succeed
+    /// without counting.
+    pub fn get_page(&mut self, mfn: Mfn) -> Result<(), MmError> {
+        self.fail = None;
+        let r = self.get_page_raw(mfn);
+        if r.is_ok() && !self.is_shared(mfn) {
+            self.held_mut(mfn).general += 1;
+        }
+        let Err(e) = r else { return Ok(()) };
+        // No memory access needed to describe this refusal.
+        self.refuse(&NoMem, MmOp::GetPage, mfn, None, None, e);
+        Err(e)
+    }
+
+    /// `put_page`: releases a general reference taken with [`Mm::get_page`].
+    pub fn put_page(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) -> FlushSet {
+        self.fail = None;
+        if self.is_shared(mfn) {
+            return FlushSet::default();
+        }
+        if self.held_get(mfn).general <= self.held_get(mfn).typed {
+            // Every typed hold also holds a general ref (get_page_and_type); a bare
+            // put_page may only drop the surplus.
+            self.refuse(mem, MmOp::PutRef, mfn, None, None, MmError::NotHeld);
+            return FlushSet::default();
+        }
+        self.held_drop(mfn, true, false);
+        self.put_page_raw(mfn);
+        FlushSet::default()
+    }
+
+    /// `get_page_type`: a type reference held by the engine (the caller also holds a
+    /// general reference, as in Xen). Validates on the 0 -> 1 transition.
+    pub fn get_page_type(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        ty: PageType,
+    ) -> Result<FlushSet, MmError> {
+        self.fail = None;
+        let mut fl = FlushSet::default();
+        let r = self.get_type_raw(mem, mfn, ty, &mut fl);
+        if r.is_ok() && !self.is_shared(mfn) {
+            self.held_mut(mfn).typed += 1;
+        }
+        let r = r.map(|()| fl);
+        self.finish(mem, MmOp::GetPageType, mfn, None, None, r)
+    }
+
+    /// `put_page_type`: releases a type reference taken with [`Mm::get_page_type`]; tears
+    /// a pagetable down on 1 -> 0.
+    pub fn put_page_type(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) -> FlushSet {
+        self.fail = None;
+        if self.is_shared(mfn) {
+            return FlushSet::default();
+        }
+        if self.held_get(mfn).typed == 0 {
+            self.refuse(mem, MmOp::PutRef, mfn, None, None, MmError::NotHeld);
+            return FlushSet::default();
+        }
+        self.held_drop(mfn, false, true);
+        self.put_type_raw(mem, mfn);
+        FlushSet::default()
+    }
+
+    /// `get_page_and_type`.
+    pub fn get_page_and_type(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        ty: PageType,
+    ) -> Result<FlushSet, MmError> {
+        self.fail = None;
+        let mut fl = FlushSet::default();
+        let r = self.get_page_and_type_raw(mem, mfn, ty, &mut fl);
+        if r.is_ok() && !self.is_shared(mfn) {
+            let h = self.held_mut(mfn);
+            h.general += 1;
+            h.typed += 1;
+        }
+        let r = r.map(|()| fl);
+        self.finish(mem, MmOp::GetPageType, mfn, None, None, r)
+    }
+
+    /// `put_page_and_type`.
+    pub fn put_page_and_type(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) -> FlushSet {
+        self.fail = None;
+        if self.is_shared(mfn) {
+            return FlushSet::default();
+        }
+        let h = self.held_get(mfn);
+        if h.typed == 0 || h.general == 0 {
+            self.refuse(mem, MmOp::PutRef, mfn, None, None, MmError::NotHeld);
+            return FlushSet::default();
+        }
+        self.held_drop(mfn, true, true);
+        self.put_page_and_type_raw(mem, mfn);
+        FlushSet::default()
+    }
+
+    // ------------------------------------------------------------------------------
+    // Hypercall operations.
+    // ------------------------------------------------------------------------------
+
+    /// `MMUEXT_PIN_L{1,2,3,4}_TABLE` (`do_mmuext_op` `pin_page`): takes a general and a
+    /// type reference (validating the tree below on first use) and sets `pinned`.
+    /// Pinning a pinned frame: -EINVAL, counts unchanged.
+    pub fn pin_table(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        level: Level,
+    ) -> Result<FlushSet, MmError> {
+        self.fail = None;
+        let mut fl = FlushSet::default();
+        let r = self.pin_inner(mem, mfn, level, &mut fl).map(|()| fl);
+        self.finish(mem, MmOp::PinTable(level), mfn, None, None, r)
+    }
+
+    fn pin_inner(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        level: Level,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        self.get_page_and_type_raw(mem, mfn, PageType::from_level(level), fl)?;
+        let Some(p) = self.info_mut(mfn) else {
+            return Err(MmError::NotOwned);
+        };
+        if p.pinned {
+            // Xen: test_and_set_bit(_PGT_pinned) failed -> pin_drop.
+            self.put_page_and_type_raw(mem, mfn);
+            return Err(MmError::AlreadyPinned);
+        }
+        p.pinned = true;
+        Ok(())
+    }
+
+    /// `MMUEXT_UNPIN_TABLE`: clears `pinned` and drops the pin's references; the table
+    /// is torn down only if that was its last type reference (a table still in use as a
+    /// base pointer or referenced by another table stays typed and validated).
+    pub fn unpin_table(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+    ) -> Result<FlushSet, MmError> {
+        self.fail = None;
+        let r = match self.info_mut(mfn) {
+            None => Err(MmError::NotOwned),
+            Some(p) if !p.pinned => Err(MmError::NotPinned),
+            Some(p) => {
+                p.pinned = false;
+                self.put_page_and_type_raw(mem, mfn);
+                Ok(FlushSet::default())
+            }
+        };
+        self.finish(mem, MmOp::UnpinTable, mfn, None, None, r)
+    }
+
+    /// `MMUEXT_NEW_BASEPTR` / `MMUEXT_NEW_USER_BASEPTR` (`new_guest_cr3`): takes
+    /// `get_page_and_type(new, L4)` first, then releases `old` (a reference previously
+    /// taken by this function). Same frame: nothing to do. The CR3 load itself is the
+    /// caller's.
+    pub fn set_root(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        old: Option<Mfn>,
+        new: Option<Mfn>,
+    ) -> Result<FlushSet, MmError> {
+        self.fail = None;
+        let mut fl = FlushSet::default();
+        let frame = new.or(old).unwrap_or(0);
+        let r = self.set_root_inner(mem, old, new, &mut fl).map(|()| fl);
+        self.finish(mem, MmOp::SetRoot, frame, None, None, r)
+    }
+
+    fn set_root_inner(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        old: Option<Mfn>,
+        new: Option<Mfn>,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        if old == new {
+            return Ok(());
+        }
+        if let Some(o) = old {
+            let h = self.held_get(o);
+            let is_l4 = self.info(o).is_some_and(|p| p.ty == PageType::L4);
+            if h.general == 0 || h.typed == 0 || !is_l4 {
+                return Err(MmError::NotHeld);
+            }
+        }
+        if let Some(n) = new {
+            self.get_page_and_type_raw(mem, n, PageType::L4, fl)?;
+            let h = self.held_mut(n);
+            h.general += 1;
+            h.typed += 1;
+        }
+        if let Some(o) = old {
+            self.held_drop(o, true, true);
+            self.put_page_and_type_raw(mem, o);
+        }
+        Ok(())
+    }
+
+    /// `MMU_NORMAL_PT_UPDATE` / `MMU_PT_UPDATE_PRESERVE_AD` of entry `slot` of `table`
+    /// (`do_mmu_update`): dispatches on the table frame's type. A validated pagetable
+    /// goes to `mod_lN_entry`; a writable page, or any frame that can take a transient
+    /// `Writable` type reference, gets a plain write; a descriptor page is refused.
+    /// `vcpu_roots` are the L4s currently loaded on any vCPU (kernel and user).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mod_entry(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        table: Mfn,
+        slot: usize,
+        new: u64,
+        preserve_ad: bool,
+        vcpu_roots: &[Mfn],
+    ) -> Result<FlushSet, MmError> {
+        self.fail = None;
+        let mut fl = FlushSet::default();
+        let r = self
+            .mod_entry_inner(mem, table, slot, new, preserve_ad, vcpu_roots, &mut fl)
+            .map(|()| fl);
+        let s = u16::try_from(slot).ok();
+        self.finish(mem, MmOp::ModEntry, table, s, Some(new), r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mod_entry_inner(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        table: Mfn,
+        slot: usize,
+        new: u64,
+        preserve_ad: bool,
+        vcpu_roots: &[Mfn],
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        if slot >= ENTRIES {
+            return Err(MmError::BadOffset);
+        }
+        let pi = self.info(table).ok_or(MmError::NotOwned)?;
+        // Xen's page_lock() succeeds only on a validated frame with type refs.
+        if pi.type_count > 0 && pi.validation == Validation::Valid {
+            match pi.ty {
+                PageType::L1 => return self.mod_l1_entry(mem, table, slot, new, preserve_ad, fl),
+                PageType::L2 | PageType::L3 | PageType::L4 => {
+                    let level = pi.ty.level().unwrap_or(Level::L2);
+                    return self.mod_upper_entry(
+                        mem,
+                        table,
+                        level,
+                        slot,
+                        new,
+                        preserve_ad,
+                        vcpu_roots,
+                        fl,
+                    );
+                }
+                PageType::Writable => {
+                    mem.write_entry(table, slot, new);
+                    self.stats.plain_writes += 1;
+                    return Ok(());
+                }
+                PageType::SegDesc | PageType::None => return Err(MmError::SegDescTable),
+            }
+        }
+        // Not lockable: write through a transient writable type reference, which fails
+        // while the frame is typed as anything else (e.g. a table being validated).
+        self.get_type_raw(mem, table, PageType::Writable, fl)?;
+        mem.write_entry(table, slot, new);
+        self.stats.plain_writes += 1;
+        self.put_type_raw(mem, table);
+        Ok(())
+    }
+
+    fn write_ad(
+        mem: &mut dyn FrameAccess,
+        table: Mfn,
+        slot: usize,
+        old: u64,
+        new: u64,
+        preserve_ad: bool,
+    ) -> u64 {
+        // update_intpte(): PRESERVE_AD ORs in the current A/D bits.
+        let v = if preserve_ad {
+            new | (old & (PAGE_ACCESSED | PAGE_DIRTY))
+        } else {
+            new
+        };
+        mem.write_entry(table, slot, v);
+        v
+    }
+
+    /// `mod_l1_entry`.
+    fn mod_l1_entry(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        table: Mfn,
+        slot: usize,
+        new: u64,
+        preserve_ad: bool,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        let old = rd(mem, table, slot);
+        if present(new) {
+            if let Err(e) = Self::check_flags(Level::L1, new) {
+                self.note_fail(mem, table, Level::L1, slot, Some(old), new, e);
+                return Err(e);
+            }
+            let new = adjust_guest_entry(Level::L1, new);
+            if !has_changed(old, new, FASTPATH_FLAG_WHITELIST) {
+                // Fast path: same frame and same safety-relevant bits; refs unchanged.
+                Self::write_ad(mem, table, slot, old, new, preserve_ad);
+                self.stats.fast_path += 1;
+                return Ok(());
+            }
+            if let Err(e) = self.get_page_from_l1e(mem, new, fl) {
+                self.note_fail(mem, table, Level::L1, slot, Some(old), new, e);
+                return Err(e);
+            }
+            Self::write_ad(mem, table, slot, old, new, preserve_ad);
+        } else {
+            Self::write_ad(mem, table, slot, old, new, preserve_ad);
+        }
+        self.stats.slow_path += 1;
+        self.put_page_from_l1e(mem, old);
+        Ok(())
+    }
+
+    /// `mod_l2_entry` / `mod_l3_entry` / `mod_l4_entry`.
+    #[allow(clippy::too_many_arguments)]
+    fn mod_upper_entry(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        table: Mfn,
+        level: Level,
+        slot: usize,
+        new: u64,
+        preserve_ad: bool,
+        vcpu_roots: &[Mfn],
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        let old = rd(mem, table, slot);
+        if level == Level::L4 && is_hole_slot(slot) {
+            let e = MmError::HoleSlot { slot: slot as u16 };
+            self.note_fail(mem, table, level, slot, Some(old), new, e);
+            return Err(e);
+        }
+        let written;
+        if present(new) {
+            if let Err(e) = Self::check_flags(level, new) {
+                self.note_fail(mem, table, level, slot, Some(old), new, e);
+                return Err(e);
+            }
+            let new = adjust_guest_entry(level, new);
+            if !has_changed(old, new, fastpath_whitelist(level)) {
+                written = Self::write_ad(mem, table, slot, old, new, preserve_ad);
+                self.stats.fast_path += 1;
+                self.root_flush(table, level, old, written, vcpu_roots, fl);
+                return Ok(());
+            }
+            if let Err(e) = self.get_page_from_upper(mem, level, new, fl) {
+                self.note_fail(mem, table, level, slot, Some(old), new, e);
+                return Err(e);
+            }
+            written = Self::write_ad(mem, table, slot, old, new, preserve_ad);
+        } else {
+            written = Self::write_ad(mem, table, slot, old, new, preserve_ad);
+        }
+        self.stats.slow_path += 1;
+        self.put_page_from_upper(mem, table, old);
+        self.root_flush(table, level, old, written, vcpu_roots, fl);
+        Ok(())
+    }
+
+    /// After an L4 update: if the L4 is loaded, report a flush (Xen's `do_mmu_update`
+    /// sets `flush_root_pt_local` for the current vCPU's root and `flush_root_pt_others`
+    /// when the type count shows uses beyond the pin and this vCPU's roots).
+    fn root_flush(
+        &self,
+        table: Mfn,
+        level: Level,
+        old: u64,
+        written: u64,
+        roots: &[Mfn],
+        fl: &mut FlushSet,
+    ) {
+        if level != Level::L4 || old == written {
+            return;
+        }
+        let uses = roots.iter().filter(|&&r| r == table).count() as u64;
+        if uses == 0 {
+            return;
+        }
+        fl.local_all = true;
+        if let Some(p) = self.info(table) {
+            if u64::from(p.type_count) > uses + u64::from(p.pinned) {
+                fl.all_vcpus = true;
+            }
+        }
+    }
+
+    /// `MMU_MACHPHYS_UPDATE`: only the domain's own RAM frames.
+    pub fn machphys_update(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        pfn: u64,
+    ) -> Result<(), MmError> {
+        self.fail = None;
+        let r = match self.idx(mfn) {
+            None => Err(MmError::NotOwned),
+            Some(_) => {
+                mem.write_m2p(mfn, pfn);
+                Ok(())
+            }
+        };
+        self.finish(mem, MmOp::MachphysUpdate, mfn, None, Some(pfn), r)
+    }
+
+    /// `set_gdt` (`pv_set_gdt`) for one frame: general + `SegDesc` type reference, every
+    /// descriptor checked (and fixed up) on first use. Held until
+    /// [`Mm::put_segdesc_page`]. A needed TLB flush goes to [`Mm::take_pending_flush`].
+    pub fn get_segdesc_page(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) -> Result<(), MmError> {
+        self.fail = None;
+        let mut fl = FlushSet::default();
+        let r = self.get_page_and_type_raw(mem, mfn, PageType::SegDesc, &mut fl);
+        if r.is_ok() {
+            let h = self.held_mut(mfn);
+            h.general += 1;
+            h.typed += 1;
+        }
+        self.pend(fl);
+        self.finish(mem, MmOp::SetGdt, mfn, None, None, r)
+    }
+
+    /// Releases a frame taken with [`Mm::get_segdesc_page`] (`pv_destroy_gdt`).
+    pub fn put_segdesc_page(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) {
+        self.fail = None;
+        let h = self.held_get(mfn);
+        let is_seg = self.info(mfn).is_some_and(|p| p.ty == PageType::SegDesc);
+        if h.general == 0 || h.typed == 0 || !is_seg {
+            self.refuse(mem, MmOp::PutRef, mfn, None, None, MmError::NotHeld);
+            return;
+        }
+        self.held_drop(mfn, true, true);
+        self.put_page_and_type_raw(mem, mfn);
+    }
+
+    /// `HYPERVISOR_update_descriptor` (`do_update_descriptor`): `offset` is the byte
+    /// offset in the frame (8-aligned). The frame must take a `SegDesc` type reference
+    /// (if that is its type) or a `Writable` one; the descriptor must pass
+    /// `check_descriptor` and is stored with its fixups. A needed TLB flush goes to
+    /// [`Mm::take_pending_flush`].
+    pub fn update_descriptor(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        offset: usize,
+        desc: u64,
+    ) -> Result<(), MmError> {
+        self.fail = None;
+        let mut fl = FlushSet::default();
+        let slot = offset / 8;
+        let r = self.update_descriptor_inner(mem, mfn, offset, desc, &mut fl);
+        self.pend(fl);
+        self.finish(
+            mem,
+            MmOp::UpdateDescriptor,
+            mfn,
+            u16::try_from(slot).ok(),
+            Some(desc),
+            r,
+        )
+    }
+
+    fn update_descriptor_inner(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        offset: usize,
+        desc: u64,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        if offset & 7 != 0 || offset >= 4096 {
+            return Err(MmError::BadOffset);
+        }
+        let slot = offset / 8;
+        let d = check_descriptor(desc).ok_or(MmError::BadDescriptor { index: slot as u16 })?;
+        let pi = self.info(mfn).ok_or(MmError::NotOwned)?;
+        let ty = if pi.ty == PageType::SegDesc {
+            PageType::SegDesc
+        } else {
+            PageType::Writable
+        };
+        self.get_type_raw(mem, mfn, ty, fl)?;
+        mem.write_entry(mfn, slot, d);
+        self.put_type_raw(mem, mfn);
+        Ok(())
+    }
+
+    /// `MMUEXT_COPY_PAGE`: `src` any own frame, `dst` must take a `Writable` type
+    /// reference (so never a live pagetable or descriptor page). A needed TLB flush goes
+    /// to [`Mm::take_pending_flush`].
+    pub fn copy_page(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        dst: Mfn,
+        src: Mfn,
+    ) -> Result<(), MmError> {
+        self.fail = None;
+        let mut fl = FlushSet::default();
+        let r = (|| {
+            if self.idx(src).is_none() || self.idx(dst).is_none() {
+                return Err(MmError::NotOwned);
+            }
+            self.get_type_raw(mem, dst, PageType::Writable, &mut fl)?;
+            mem.copy_frame(dst, src);
+            self.put_type_raw(mem, dst);
+            Ok(())
+        })();
+        self.pend(fl);
+        self.finish(mem, MmOp::CopyPage, dst, None, Some(src), r)
+    }
+
+    /// `MMUEXT_CLEAR_PAGE`: the frame must take a `Writable` type reference. A needed TLB
+    /// flush goes to [`Mm::take_pending_flush`].
+    pub fn clear_page(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) -> Result<(), MmError> {
+        self.fail = None;
+        let mut fl = FlushSet::default();
+        let r = (|| {
+            if self.idx(mfn).is_none() {
+                return Err(MmError::NotOwned);
+            }
+            self.get_type_raw(mem, mfn, PageType::Writable, &mut fl)?;
+            mem.clear_frame(mfn);
+            self.put_type_raw(mem, mfn);
+            Ok(())
+        })();
+        self.pend(fl);
+        self.finish(mem, MmOp::ClearPage, mfn, None, None, r)
+    }
+
+    // Accessors for the invariant checker.
+    pub(crate) fn frames(&self) -> &[PageInfo] {
+        &self.frames
+    }
+
+    pub(crate) fn held_refs(&self) -> impl Iterator<Item = (Mfn, u32, u32)> + '_ {
+        self.held.iter().map(|(&m, h)| (m, h.general, h.typed))
+    }
+
+    pub(crate) fn refusal_log_len(&self) -> usize {
+        self.refusals.len()
+    }
+}
+
+/// A memory that reads as zero, for refusals that need no memory access.
+struct NoMem;
+
+impl FrameAccess for NoMem {
+    fn read_entry(&self, _mfn: Mfn, _slot: usize) -> u64 {
+        0
+    }
+    fn write_entry(&mut self, _mfn: Mfn, _slot: usize, _value: u64) {}
+    fn copy_frame(&mut self, _dst: Mfn, _src: Mfn) {}
+    fn clear_frame(&mut self, _mfn: Mfn) {}
+    fn write_m2p(&mut self, _mfn: Mfn, _pfn: u64) {}
+}

@@ -1,0 +1,214 @@
+//! Pagetable stores and TLB flushes the engine made, waiting for the ring-0 shim to
+//! repeat them inside the VM before the guest runs again.
+//!
+//! The host's KVM shadows guest pagetables and does not notice stores the VMM makes
+//! through its own mapping (docs/host-kvm.md). So every store into a guest frame goes
+//! twice: into memory at once (so the engine reads its own writes), and into this queue,
+//! which the shim's apply routine performs as ordinary guest stores through its direct
+//! map, followed by the flushes. Chunks larger than the posting area go through the
+//! `APPLY_MORE` doorbell.
+
+use pv_mm::{FlushSet, FrameAccess, Mfn};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use xen_abi::contract::{
+    layout, PostedHeader, PostedStore, DIRECTMAP_VA, MAX_POSTED_INVLPG, MAX_POSTED_STORES,
+    POSTED_FLUSH_ALL, POSTED_MORE,
+};
+use zerocopy::{FromZeros, IntoBytes};
+
+/// The store queue of one vCPU (the flushes that go with it are the engine's
+/// [`FlushSet`], kept beside it).
+#[derive(Debug, Default)]
+pub struct Posted {
+    stores: Vec<PostedStore>,
+    sent: usize,
+}
+
+impl Posted {
+    /// Whether nothing waits: no store and no flush.
+    pub fn nothing_waits(&self, flush: &FlushSet) -> bool {
+        self.stores.is_empty() && *flush == FlushSet::default()
+    }
+
+    /// Stores queued so far.
+    pub fn queued(&self) -> usize {
+        self.stores.len()
+    }
+
+    /// Forgets everything queued (used once at boot: nothing has walked the tables yet,
+    /// so the stores already in memory are all the hardware will ever see).
+    pub fn discard(&mut self, flush: &mut FlushSet) {
+        self.stores.clear();
+        self.sent = 0;
+        *flush = FlushSet::default();
+    }
+
+    /// Writes the next chunk into the posting area at `area_gpa`. The last chunk carries
+    /// the flushes and empties the queue; earlier ones ask the shim to ring `APPLY_MORE`.
+    pub fn fill(
+        &mut self,
+        flush: &mut FlushSet,
+        mem: &GuestMemoryMmap,
+        area_gpa: u64,
+    ) -> Result<(), String> {
+        let end = (self.sent + MAX_POSTED_STORES).min(self.stores.len());
+        let chunk = &self.stores[self.sent..end];
+        let more = end < self.stores.len();
+        let mut header = PostedHeader::new_zeroed();
+        header.nr_stores = chunk.len() as u32;
+        if more {
+            header.flags |= POSTED_MORE;
+        } else if flush.local_all || flush.all_vcpus || flush.invlpg.len() > MAX_POSTED_INVLPG {
+            header.flags |= POSTED_FLUSH_ALL;
+        } else {
+            header.nr_invlpg = flush.invlpg.len() as u32;
+            header.invlpg[..flush.invlpg.len()].copy_from_slice(&flush.invlpg);
+        }
+        mem.write_slice(header.as_bytes(), GuestAddress(area_gpa))
+            .map_err(|e| e.to_string())?;
+        mem.write_slice(chunk.as_bytes(), GuestAddress(area_gpa + 0x1000))
+            .map_err(|e| e.to_string())?;
+        if more {
+            self.sent = end;
+        } else {
+            self.discard(flush);
+        }
+        Ok(())
+    }
+}
+
+/// Guest frames as the engine sees them in the VMM placement.
+pub struct VmmFrames<'a> {
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+    /// Where stores are queued for the shim.
+    pub posted: &'a mut Posted,
+    /// Guest-physical address of the M2P table (in the shim region).
+    pub m2p_gpa: u64,
+    /// Frames the M2P table has entries for.
+    pub m2p_frames: u64,
+}
+
+impl VmmFrames<'_> {
+    fn store(&mut self, gpa: u64, value: u64) {
+        if self.mem.write_obj(value, GuestAddress(gpa)).is_ok() {
+            self.posted.stores.push(PostedStore {
+                va: DIRECTMAP_VA + gpa,
+                value,
+            });
+        }
+    }
+}
+
+impl FrameAccess for VmmFrames<'_> {
+    fn read_entry(&self, mfn: Mfn, slot: usize) -> u64 {
+        let gpa = (mfn << 12) + (slot as u64 & 511) * 8;
+        self.mem.read_obj(GuestAddress(gpa)).unwrap_or(0)
+    }
+
+    fn write_entry(&mut self, mfn: Mfn, slot: usize, value: u64) {
+        self.store((mfn << 12) + (slot as u64 & 511) * 8, value);
+    }
+
+    fn copy_frame(&mut self, dst: Mfn, src: Mfn) {
+        for slot in 0..512 {
+            let v = self.read_entry(src, slot);
+            self.write_entry(dst, slot, v);
+        }
+    }
+
+    fn clear_frame(&mut self, mfn: Mfn) {
+        for slot in 0..512 {
+            self.write_entry(mfn, slot, 0);
+        }
+    }
+
+    fn write_m2p(&mut self, mfn: Mfn, pfn: u64) {
+        // The M2P is data (read-only to the guest, never a pagetable): a plain write.
+        if mfn < self.m2p_frames {
+            let _ = self
+                .mem
+                .write_obj(pfn, GuestAddress(self.m2p_gpa + mfn * 8));
+        }
+    }
+}
+
+/// Guest-physical address of the posting area of a shim region at `region_gpa`.
+pub fn area_gpa(region_gpa: u64) -> u64 {
+    region_gpa + layout::POSTED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::FromBytes;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn header(mem: &GuestMemoryMmap, at: u64) -> PostedHeader {
+        let mut raw = vec![0u8; 0x1000];
+        mem.read_slice(&mut raw, GuestAddress(at)).unwrap();
+        PostedHeader::read_from_bytes(&raw).unwrap()
+    }
+
+    #[test]
+    fn stores_reach_memory_at_once_and_the_queue_in_order() {
+        let m = mem();
+        let mut posted = Posted::default();
+        let mut flush = FlushSet::default();
+        let mut frames = VmmFrames {
+            mem: &m,
+            posted: &mut posted,
+            m2p_gpa: 0x8_0000,
+            m2p_frames: 16,
+        };
+        frames.write_entry(3, 7, 0xabc);
+        frames.write_entry(3, 8, 0xdef);
+        assert_eq!(frames.read_entry(3, 7), 0xabc);
+        frames.write_m2p(2, 99);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x8_0000 + 16)).unwrap(), 99);
+        assert_eq!(posted.queued(), 2, "the M2P write is data, not a posted store");
+        flush.invlpg.push(0x4000);
+        let area = 0x9_0000;
+        posted.fill(&mut flush, &m, area).unwrap();
+        let h = header(&m, area);
+        assert_eq!(
+            (h.nr_stores, h.flags, h.nr_invlpg, h.invlpg[0]),
+            (2, 0, 1, 0x4000)
+        );
+        let first: u64 = m.read_obj(GuestAddress(area + 0x1000)).unwrap();
+        assert_eq!(first, DIRECTMAP_VA + 3 * 4096 + 7 * 8);
+        assert!(posted.nothing_waits(&flush));
+    }
+
+    #[test]
+    fn long_queues_go_in_chunks_and_the_flush_comes_last() {
+        let m = mem();
+        let mut posted = Posted::default();
+        let mut flush = FlushSet::default();
+        let mut frames = VmmFrames {
+            mem: &m,
+            posted: &mut posted,
+            m2p_gpa: 0,
+            m2p_frames: 0,
+        };
+        for i in 0..(MAX_POSTED_STORES + 5) {
+            frames.write_entry(10 + (i / 512) as u64, i % 512, i as u64);
+        }
+        flush.local_all = true;
+        let area = 0xa_0000;
+        posted.fill(&mut flush, &m, area).unwrap();
+        let h = header(&m, area);
+        assert_eq!(
+            (h.nr_stores as usize, h.flags),
+            (MAX_POSTED_STORES, POSTED_MORE)
+        );
+        assert!(!posted.nothing_waits(&flush));
+        posted.fill(&mut flush, &m, area).unwrap();
+        let h = header(&m, area);
+        assert_eq!((h.nr_stores, h.flags), (5, POSTED_FLUSH_ALL));
+        assert!(posted.nothing_waits(&flush));
+    }
+}
