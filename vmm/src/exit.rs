@@ -73,6 +73,10 @@ pub struct ExitStats {
     pub applies: u64,
     /// Pagetable stores the shim repeated inside the VM.
     pub posted_stores: u64,
+    /// Nanoseconds the VMM spent handling hypercall doorbells (decode, engine, posting).
+    pub hypercall_ns: u64,
+    /// Nanoseconds the VMM spent handling trap doorbells.
+    pub trap_ns: u64,
     /// Other exits.
     pub other: u64,
 }

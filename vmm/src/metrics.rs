@@ -9,7 +9,7 @@ use crate::runner::RunReport;
 pub fn format_report(report: &RunReport) -> String {
     let mut s = String::new();
     let e = &report.exits;
-    let total = e.hypercall_doorbells + e.trap_doorbells + e.interrupted + e.other;
+    let total = e.hypercall_doorbells + e.trap_doorbells + e.apply_more + e.interrupted + e.other;
     let _ = writeln!(
         s,
         "pvkvm stats: {:.3} s, {total} VM exits",
@@ -17,8 +17,20 @@ pub fn format_report(report: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  exits: hypercall doorbell {}, trap doorbell {}, interrupted {}, other {}",
-        e.hypercall_doorbells, e.trap_doorbells, e.interrupted, e.other
+        "  exits: hypercall doorbell {}, trap doorbell {}, apply refill {}, interrupted {}, other {}",
+        e.hypercall_doorbells, e.trap_doorbells, e.apply_more, e.interrupted, e.other
+    );
+    let per = |ns: u64, n: u64| ns as f64 / n.max(1) as f64 / 1000.0;
+    let _ = writeln!(
+        s,
+        "  VMM time: {:.1} us per hypercall doorbell, {:.1} us per trap doorbell",
+        per(e.hypercall_ns, e.hypercall_doorbells),
+        per(e.trap_ns, e.trap_doorbells)
+    );
+    let _ = writeln!(
+        s,
+        "  posted pagetable stores: {} in {} applies inside the VM",
+        e.posted_stores, e.applies
     );
     let st = &report.stats;
     let calls: u64 = st.hypercalls.iter().sum::<u64>() + st.hypercalls_out_of_range;

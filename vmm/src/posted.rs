@@ -169,7 +169,11 @@ mod tests {
         assert_eq!(frames.read_entry(3, 7), 0xabc);
         frames.write_m2p(2, 99);
         assert_eq!(m.read_obj::<u64>(GuestAddress(0x8_0000 + 16)).unwrap(), 99);
-        assert_eq!(posted.queued(), 2, "the M2P write is data, not a posted store");
+        assert_eq!(
+            posted.queued(),
+            2,
+            "the M2P write is data, not a posted store"
+        );
         flush.invlpg.push(0x4000);
         let area = 0x9_0000;
         posted.fill(&mut flush, &m, area).unwrap();

@@ -426,7 +426,21 @@ fn vcpu_loop(t: VcpuThread, stop: &AtomicU8, progress: &AtomicU64) -> Result<Thr
             },
             mapped_gdt: &mut mapped_gdt,
         };
-        match exit::handle_exit(&exit, &mut vcpu, &mut dom) {
+        let handling = Instant::now();
+        let action = exit::handle_exit(&exit, &mut vcpu, &mut dom);
+        let spent = handling.elapsed().as_nanos() as u64;
+        match exit {
+            vstate::Exit::IoOut {
+                port: xen_abi::contract::port::HYPERCALL,
+                ..
+            } => dom.exits.hypercall_ns += spent,
+            vstate::Exit::IoOut {
+                port: xen_abi::contract::port::TRAP,
+                ..
+            } => dom.exits.trap_ns += spent,
+            _ => {}
+        }
+        match action {
             Action::Resume => {}
             Action::Interrupted => {
                 let what = match stop.load(Ordering::SeqCst) {

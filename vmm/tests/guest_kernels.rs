@@ -159,3 +159,58 @@ fn gdt_selector_load() {
         "unexpected outcome (status {status:?}):\n{stdout}\n{stderr}"
     );
 }
+
+/// The PTE-update benchmark kernel: every path (mmu_update batches of 1, 16 and 512,
+/// update_va_mapping, trapped direct writes) costs exactly one VM exit per hypercall or
+/// trapped write, however long the batch: no refill exits, no extra exits for the
+/// in-VM stores, as `--stats` counts them.
+#[test]
+fn pte_update_paths_cost_one_exit_each() {
+    common::require_kvm();
+    let kernel = common::kernel("bench_pte");
+    let out = common::pvkvm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--stats",
+        "--timeout",
+        "120",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let number_after = |text: &str, key: &str| -> u64 {
+        let at = text
+            .find(key)
+            .unwrap_or_else(|| panic!("no {key:?} in:\n{text}"))
+            + key.len();
+        text[at..]
+            .trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let trapped = number_after(&stdout, "trapped_writes");
+    let doorbells = number_after(&stderr, "hypercall doorbell");
+    let traps = number_after(&stderr, "trap doorbell");
+    let refills = number_after(&stderr, "apply refill");
+    let hypercalls = number_after(&stderr, "hypercalls:");
+    let mmu_updates = number_after(&stderr, "mmu_update (1)");
+    assert_eq!(trapped, 200);
+    assert_eq!(
+        traps, trapped,
+        "one trap doorbell per trapped PTE write:\n{stderr}"
+    );
+    assert_eq!(
+        doorbells, hypercalls,
+        "one hypercall doorbell per hypercall:\n{stderr}"
+    );
+    assert_eq!(
+        refills, 0,
+        "batches of up to 512 entries fit one apply:\n{stderr}"
+    );
+    assert_eq!(mmu_updates, 200 + 50 + 10, "{stderr}");
+    assert!(stderr.contains(", interrupted 0, other 0"), "{stderr}");
+}
