@@ -5,12 +5,21 @@
 //! Based on what this host's KVM supports, with Xen's hypervisor leaves at 0x40000000
 //! instead of KVM's, and the features a PV guest must not use hidden, as Xen's PV policy
 //! hides them: VMX, SMX, MONITOR/MWAIT, x2APIC and the TSC-deadline timer (a PV guest has
-//! no local APIC), and the hypervisor bit set.
+//! no local APIC), the paging features PV guests cannot use (PSE, PSE36, PGE, 1 GiB pages;
+//! VME, MTRR), and the hypervisor bit set.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// Leaf 1 ECX bits hidden from a PV guest.
 const LEAF1_ECX_HIDDEN: u32 = (1 << 3) | (1 << 5) | (1 << 6) | (1 << 21) | (1 << 24);
+/// Leaf 1 EDX bits Xen's PV featureset does not offer (`cpufeatureset.h` marks them
+/// HVM-only): VME, PSE, MTRR, PGE, PSE36. Linux relies on this: with PSE visible it
+/// would build its direct map from 2 MiB pages, which a PV guest may not use.
+const LEAF1_EDX_HIDDEN: u32 = (1 << 1) | (1 << 3) | (1 << 12) | (1 << 13) | (1 << 17);
+/// Leaf 0x80000001 EDX: 1 GiB pages (HAP-only in Xen's featureset).
+const EXT1_EDX_HIDDEN: u32 = 1 << 26;
+/// Leaf 7 ECX: UMIP (not offered to PV guests).
+const LEAF7_ECX_UMIP: u32 = 1 << 2;
 /// Leaf 1 ECX: running under a hypervisor.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// Machine address width Linux must see in leaf 0x40000005 (above 44 bits it asks for
@@ -47,8 +56,17 @@ impl CpuidTable {
             .copied()
             .filter(|e| e.function & 0xffff_0000 != 0x4000_0000)
             .collect();
-        for e in entries.iter_mut().filter(|e| e.function == 1) {
-            e.ecx = (e.ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR;
+        for e in entries.iter_mut() {
+            match e.function {
+                1 => {
+                    e.ecx = (e.ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR;
+                    e.edx &= !LEAF1_EDX_HIDDEN;
+                }
+                0x8000_0001 => e.edx &= !EXT1_EDX_HIDDEN,
+                // UMIP would make a kernel set CR4.UMIP; PV guests do not own CR4.
+                7 if e.index == 0 => e.ecx &= !LEAF7_ECX_UMIP,
+                _ => {}
+            }
         }
         entries.push(leaf(
             0x4000_0000,
@@ -131,6 +149,20 @@ mod tests {
         }
         assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
         assert_ne!(ecx & 1, 0, "other features stay");
+    }
+
+    #[test]
+    fn pv_guests_see_no_superpage_features() {
+        let mut l1 = leaf(1, 0, 0, 0, 0xffff_ffff);
+        l1.ecx = 0;
+        let ext = leaf(0x8000_0001, 0, 0, 0, 0xffff_ffff);
+        let t = CpuidTable::pv_policy(&CpuId::from_entries(&[l1, ext]).unwrap());
+        let edx = t.lookup(1, 0)[3];
+        for bit in [1, 3, 12, 13, 17] {
+            assert_eq!(edx & (1 << bit), 0, "leaf 1 edx bit {bit}");
+        }
+        assert_ne!(edx & 1, 0, "FPU stays");
+        assert_eq!(t.lookup(0x8000_0001, 0)[3] & (1 << 26), 0, "1 GiB pages");
     }
 
     #[test]

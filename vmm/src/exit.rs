@@ -56,6 +56,8 @@ pub enum Action {
     Fatal(String),
     /// `KVM_RUN` was interrupted: the loop checks its deadline and goes on.
     Interrupted,
+    /// `SCHEDOP_block`: do not enter the guest until an event is pending for it.
+    Block,
 }
 
 /// Counters of exits by kind.
@@ -100,6 +102,16 @@ pub struct GuestPlatform<'a> {
     pub frames: crate::posted::VmmFrames<'a>,
     /// TLB work queued with the stores.
     pub flush: &'a mut pv_mm::FlushSet,
+    /// The domain's clock.
+    pub clock: pv_engine::time::PvClock,
+    /// Backend ports the guest notified during this exit.
+    pub notified: &'a mut Vec<u32>,
+}
+
+/// Reads the host TSC (the guest's too: this host does not offset it, `pvkvm probe`).
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects and exists on every x86_64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 impl GuestPlatform<'_> {
@@ -139,6 +151,14 @@ impl Platform for GuestPlatform<'_> {
     }
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         self.cpuid.lookup(leaf, subleaf)
+    }
+    fn notify_backend(&mut self, remote_port: u32) {
+        if !self.notified.contains(&remote_port) {
+            self.notified.push(remote_port);
+        }
+    }
+    fn system_time_ns(&self) -> u64 {
+        self.clock.ns(rdtsc())
     }
     fn mm(&mut self) -> Option<pv_engine::MmCtx<'_>> {
         let mm = self.mm.as_deref_mut()?;
@@ -266,7 +286,8 @@ fn apply_hw_state(
 
 fn outcome_to_action(outcome: Outcome, dom: &Domain<'_>, regs: &GuestRegs) -> Action {
     match outcome {
-        Outcome::Resume | Outcome::Yield | Outcome::Block => Action::Resume,
+        Outcome::Resume | Outcome::Yield => Action::Resume,
+        Outcome::Block => Action::Block,
         Outcome::Shutdown(reason) => Action::Shutdown(reason),
         Outcome::Crash(why) => Action::Fatal(diagnostic(
             &format!("the guest crashed: {why:?}"),
@@ -356,6 +377,12 @@ fn resume_at(
     g: &GuestRegs,
     outcome: Outcome,
 ) -> Result<Action, String> {
+    let mut g = *g;
+    let outcome = match outcome {
+        Outcome::Resume | Outcome::Yield => events_before_resume(dom, &mut g).unwrap_or(outcome),
+        other => other,
+    };
+    let g = &g;
     copy_gprs(g, &mut regs);
     sync_gdt(dom);
     if pending(dom) {
@@ -401,6 +428,41 @@ fn resume_at(
         apply_hw_state(cpu, dom.vcpu, g.cs, g.ss, true)?;
     }
     Ok(outcome_to_action(outcome, dom, g))
+}
+
+/// Fires the timers that passed and delivers a due event upcall (a bounce to the guest's
+/// event callback), as Xen does on every return to the guest. Returns an outcome only
+/// when delivering failed.
+fn events_before_resume(dom: &mut Domain<'_>, g: &mut GuestRegs) -> Option<Outcome> {
+    let now = pv_engine::Platform::system_time_ns(&dom.platform);
+    pv_engine::time::fire_timers(dom.vcpu, &mut dom.platform, now);
+    pv_engine::evtchn::deliver_upcall(dom.vcpu, g, &mut dom.platform, dom.stats).err()
+}
+
+/// The vCPU was kicked out of `KVM_RUN` (a timer, a backend, console input): if it was
+/// running guest code, fire timers and deliver a due upcall now; if it was inside the
+/// shim, let it finish (its next exit delivers).
+pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
+    let regs = cpu.regs()?;
+    let sregs = cpu.sregs()?;
+    // Inside the shim (ring 0, or the syscall stub, which runs at CPL3 between the
+    // `syscall` and its doorbell): let it reach its exit, which delivers.
+    if sregs.cs.dpl != 3 || dom.shim.in_text(regs.rip) {
+        return Ok(Action::Interrupted);
+    }
+    let mut g = to_guest_regs(&regs);
+    g.cs = u64::from(sregs.cs.selector);
+    g.ss = u64::from(sregs.ss.selector);
+    let before = g;
+    let outcome = events_before_resume(dom, &mut g).unwrap_or(Outcome::Resume);
+    if g == before && !pending(dom) {
+        return Ok(match outcome {
+            Outcome::Resume => Action::Interrupted,
+            other => outcome_to_action(other, dom, &g),
+        });
+    }
+    resume_at(cpu, dom, regs, &g, outcome)?;
+    Ok(Action::Interrupted)
 }
 
 /// Whether pagetable stores or flushes wait for the shim. Collects the flushes the MMU
@@ -564,7 +626,10 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
             dom.vcpu.mode
         );
     }
-    let outcome = pv_engine::exception(dom.vcpu, &mut g, trap, &mut dom.platform, dom.stats);
+    let mut outcome = pv_engine::exception(dom.vcpu, &mut g, trap, &mut dom.platform, dom.stats);
+    if outcome == Outcome::Resume {
+        outcome = events_before_resume(dom, &mut g).unwrap_or(outcome);
+    }
     frame.rip = g.rip;
     frame.rsp = g.rsp;
     frame.rflags = sanitize_rflags(g.rflags);
@@ -630,6 +695,17 @@ pub fn diagnostic(
             }
         }
     }
+    let mut vi = [0u8; 2];
+    let _ = pv_engine::Platform::read_phys(&dom.platform, dom.vcpu.vcpu_info_gpa, &mut vi);
+    let _ = writeln!(
+        s,
+        "  events: upcall pending {} mask {}; timer {:?} ns, periodic {} ns, system time now {} ns",
+        vi[0],
+        vi[1],
+        dom.vcpu.timer_deadline,
+        dom.vcpu.periodic_ns,
+        pv_engine::Platform::system_time_ns(&dom.platform)
+    );
     let recent: Vec<_> = dom.stats.recent_iter().collect();
     if !recent.is_empty() {
         let _ = writeln!(s, "  last hypercalls (oldest first):");
@@ -694,6 +770,7 @@ mod tests {
         posted: crate::posted::Posted,
         flush: pv_mm::FlushSet,
         mapped_gdt: [u64; 14],
+        notified: Vec<u32>,
     }
 
     /// Guest RAM with the low 4 MiB identity-mapped (user, writable) and the shim region.
@@ -732,6 +809,7 @@ mod tests {
             posted: crate::posted::Posted::default(),
             flush: pv_mm::FlushSet::default(),
             mapped_gdt: [0; 14],
+            notified: Vec::new(),
         }
     }
 
@@ -772,6 +850,8 @@ mod tests {
                     m2p_frames: RAM >> 12,
                 },
                 flush: &mut w.flush,
+                clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
+                notified: &mut w.notified,
             },
             mapped_gdt: &mut w.mapped_gdt,
         };

@@ -5,6 +5,7 @@
 //! turns VM exits into engine calls, [`runner`] drives a domain, [`probe`] measures
 //! the host, [`metrics`] reports counters.
 
+pub mod backends;
 pub mod cpuid;
 pub mod exit;
 pub mod loader;
@@ -14,3 +15,4 @@ pub mod probe;
 pub mod runner;
 pub mod shim;
 pub mod vstate;
+pub mod xenstore;

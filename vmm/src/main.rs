@@ -43,6 +43,12 @@ enum Command {
         /// Print exit and hypercall counters at the end.
         #[arg(long)]
         stats: bool,
+        /// Write the guest's console (hvc0) to this file instead of the terminal.
+        #[arg(long, conflicts_with = "console_pty")]
+        console_log: Option<PathBuf>,
+        /// Connect the guest's console to a new pseudo-terminal (its path is printed).
+        #[arg(long)]
+        console_pty: bool,
         /// Print every pagetable operation the MMU engine refused (frame, level, slot,
         /// old and new entry, types and counts, the guest rip, and for a bad type where
         /// the conflicting writable mapping is).
@@ -93,6 +99,8 @@ fn main() -> ExitCode {
             stall_timeout,
             stats,
             mmu_log,
+            console_log,
+            console_pty,
         } => {
             let cfg = pvkvm::runner::RunConfig {
                 kernel,
@@ -100,6 +108,11 @@ fn main() -> ExitCode {
                 cmdline,
                 memory,
                 timeout: timeout.map(Duration::from_secs),
+                console: match (console_log, console_pty) {
+                    (Some(path), _) => pvkvm::runner::ConsoleTarget::File(path),
+                    (None, true) => pvkvm::runner::ConsoleTarget::Pty,
+                    (None, false) => pvkvm::runner::ConsoleTarget::Stdio,
+                },
                 stall_timeout: (stall_timeout > 0).then(|| Duration::from_secs(stall_timeout)),
             };
             match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {

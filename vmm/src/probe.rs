@@ -210,6 +210,16 @@ probe_r3_load_ds:
     syscall
     ud2
 
+// ring 3: read the TSC into rbx and report at once
+probe_r3_rdtsc:
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
 // ring 3: raw cpuid of leaf 0x40000000
 probe_r3_cpuid:
     mov $0x40000000, %eax
@@ -373,6 +383,7 @@ snippet_offsets!(
     probe_r0_pte_guest,
     probe_r3_cpuid,
     probe_r3_read,
+    probe_r3_rdtsc,
     probe_r3_load_ds,
     probe_r3_sse,
     probe_i_iretq,
@@ -876,6 +887,10 @@ pub fn run() -> Result<Report, Error> {
         yes_no(guest_gdt_selectors_honoured()?),
     ));
     facts.push((
+        "guest TSC - host TSC at ring 3 (cycles)",
+        guest_tsc_offset()?.to_string(),
+    ));
+    facts.push((
         "L4 slots ring 3 can use in the hypervisor hole",
         hole_slots_usable()?,
     ));
@@ -965,6 +980,20 @@ fn hole_slots_usable() -> Result<String, Error> {
             bad.join(", ")
         )
     })
+}
+
+/// Guest TSC minus host TSC, as a ring-3 `rdtsc` sees it (0 within the exit's duration
+/// when the host does not offset the guest's TSC).
+pub fn guest_tsc_offset() -> Result<i64, Error> {
+    let mut p = ProbeVm::new()?;
+    p.start(Snippet::probe_r3_rdtsc, false, 0)?;
+    let (end, r) = p.run(|_: &mut ProbeVm, _| {}, false)?;
+    // SAFETY: rdtsc has no memory effects.
+    let host = unsafe { core::arch::x86_64::_rdtsc() };
+    if end != End::Doorbell {
+        return Err(Error::Step("guest TSC", format!("{end:?}")));
+    }
+    Ok(r.rbx.wrapping_sub(host) as i64)
 }
 
 /// Whether guest ring 3 runs with the guest's own descriptor tables: a data selector

@@ -12,15 +12,18 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::os::unix::thread::JoinHandleExt;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::backends::console::{ConsoleBackend, GuestRingPage, Output};
 use crate::cpuid::CpuidTable;
 use crate::exit::{self, Action, CpuState, Domain, ExitStats, GuestPlatform};
 use crate::loader::{self, DomainConfig, KernelImage};
 use crate::posted::{Posted, VmmFrames};
 use crate::shim::{self, ShimImage, ShimRegion, XCR0_X87_SSE_AVX};
 use crate::vstate::{self, Regs, Vm};
+use crate::xenstore::Xenstore;
 
 /// Errors that stop a domain before or while it runs (not the guest's own end).
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,8 @@ pub struct RunConfig {
     pub memory: u64,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
+    /// Where the PV console goes.
+    pub console: ConsoleTarget,
     /// Stop the guest when it has not trapped at all for this long (a kernel that makes
     /// progress traps: hypercalls, faults, timer events); None disables the check.
     pub stall_timeout: Option<Duration>,
@@ -79,6 +84,34 @@ pub struct RunConfig {
 const STOP_NONE: u8 = 0;
 const STOP_TIMEOUT: u8 = 1;
 const STOP_STALL: u8 = 2;
+
+/// Where the guest's PV console (hvc0) goes.
+#[derive(Clone, Debug, Default)]
+pub enum ConsoleTarget {
+    /// This process's standard input and output (raw mode when it is a terminal).
+    #[default]
+    Stdio,
+    /// Appended to a file (no input).
+    File(PathBuf),
+    /// A new pseudo-terminal, whose path is printed.
+    Pty,
+}
+
+impl ConsoleTarget {
+    fn into_output(self) -> Result<Output, Error> {
+        Ok(match self {
+            ConsoleTarget::Stdio => Output::Stdout,
+            ConsoleTarget::Pty => Output::Pty,
+            ConsoleTarget::File(path) => Output::File(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|source| Error::Read { path, source })?,
+            ),
+        })
+    }
+}
 
 /// How a domain ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +162,10 @@ impl RunReport {
 
 const STORE_EVTCHN: u32 = 1;
 const CONSOLE_EVTCHN: u32 = 2;
+/// Backend (domain 0) port of the xenstore connection.
+const BACKEND_PORT_XENSTORE: u32 = 1;
+/// Backend port of the console ring.
+const BACKEND_PORT_CONSOLE: u32 = 2;
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // Nothing to do: the signal only makes KVM_RUN return with EINTR.
@@ -235,7 +272,48 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         .map_err(|e| Error::Thread(format!("cannot install the kick signal handler: {e}")))?;
     let stop = Arc::new(AtomicU8::new(STOP_NONE));
     let progress = Arc::new(AtomicU64::new(0));
-    let pv_vcpu = pv_engine::Vcpu::new(0, layout.l4_gpa, region.shared_info_gpa);
+    let mut pv_vcpu = pv_engine::Vcpu::new(0, layout.l4_gpa, region.shared_info_gpa);
+    // The xenstore and console channels start_info names, connected to the backends.
+    pv_vcpu
+        .evtchn
+        .bind_backend(STORE_EVTCHN, BACKEND_PORT_XENSTORE);
+    pv_vcpu
+        .evtchn
+        .bind_backend(CONSOLE_EVTCHN, BACKEND_PORT_CONSOLE);
+    let tsc_hz = u64::from(vcpu.tsc_khz()?) * 1000;
+    let clock = pv_engine::time::PvClock::new(exit::rdtsc(), tsc_hz);
+    let wall_at_zero = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    {
+        let mut boot_platform = BootPlatform(vm.memory());
+        pv_engine::time::publish(&pv_vcpu, &mut boot_platform, &clock, wall_at_zero);
+    }
+    let next_timer = Arc::new(AtomicU64::new(u64::MAX));
+    let mut console_backend = ConsoleBackend::new(cfg.console.clone().into_output()?);
+    let console_gpa = layout.console_gfn << 12;
+    console_backend.connect(&mut GuestRingPage::new(
+        vm.memory(),
+        GuestAddress(console_gpa),
+    ));
+    let (input_tx, input_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let input_reader = console_backend.spawn_input_reader(input_tx).ok();
+    let mut store_cfg = crate::xenstore::DomainConfig::new(u32::from(pv_engine::GUEST_DOMID));
+    store_cfg.memory_target_kib = ram >> 10;
+    store_cfg.memory_static_max_kib = ram >> 10;
+    store_cfg.store_port = STORE_EVTCHN;
+    store_cfg.store_ring_ref = layout.store_gfn;
+    store_cfg.console_port = CONSOLE_EVTCHN;
+    store_cfg.console_ring_ref = layout.console_gfn;
+    let backends = Backends {
+        console: console_backend,
+        console_gpa,
+        xenstore: Xenstore::with_config(&store_cfg),
+        store_gpa: layout.store_gfn << 12,
+    };
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
+    let _keep_wake_tx = wake_tx.clone();
     let mm = initial_mm(&vm, &region, ram, layout.l4_gpa >> 12).map_err(|e| {
         Error::Thread(format!(
             "the domain builder's pagetables do not validate ({e}); this is a pvkvm bug"
@@ -243,6 +321,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     })?;
     let thread_stop = stop.clone();
     let thread_progress = progress.clone();
+    let thread_timer = next_timer.clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("vcpu0".into())
@@ -256,24 +335,64 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 ram,
                 cpuid,
                 console,
+                clock,
+                wake: wake_rx,
+                backends,
             };
-            let report = vcpu_loop(thread, &thread_stop, &thread_progress);
+            let shared = Shared {
+                stop: &thread_stop,
+                progress: &thread_progress,
+                next_timer: &thread_timer,
+            };
+            let report = vcpu_loop(thread, shared);
             let _ = done_tx.send(());
             report
         })
         .map_err(|e| Error::Thread(e.to_string()))?;
 
+    // Console input goes to the vCPU thread with a kick, so a running or blocked guest
+    // gets it at once.
+    if input_reader.is_some() {
+        let tid = handle.as_pthread_t();
+        let wake_tx = wake_tx.clone();
+        std::thread::Builder::new()
+            .name("console-input".into())
+            .spawn(move || {
+                for bytes in input_rx {
+                    if wake_tx.send(Wake::ConsoleInput(bytes)).is_err() {
+                        break;
+                    }
+                    // SAFETY: pthread_kill with a live thread id (the vCPU thread runs
+                    // until the domain ends; after that the send above fails first) and
+                    // the kick signal, whose handler does nothing.
+                    unsafe { libc::pthread_kill(tid, kick_signal()) };
+                }
+            })
+            .map_err(|e| Error::Thread(e.to_string()))?;
+    }
+
     let deadline = cfg.timeout.map(|t| started + t);
     let mut last_progress = (0, Instant::now());
     loop {
-        // Wake at least once a second to look at the vCPU's progress.
+        // Wake at least once a second to look at the vCPU's progress, and when the
+        // guest's timer is due, to kick the vCPU out of the guest so it fires.
+        let timer_wait = match next_timer.load(Ordering::SeqCst) {
+            u64::MAX => Duration::from_secs(1),
+            due => Duration::from_nanos(due.saturating_sub(clock.ns(exit::rdtsc()))),
+        };
         let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
+            .min(Duration::from_secs(1))
+            .min(timer_wait);
         match done_rx.recv_timeout(wait) {
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let due = next_timer.load(Ordering::SeqCst);
+                if due != u64::MAX && clock.ns(exit::rdtsc()) >= due {
+                    let _ = wake_tx.send(Wake::Timer);
+                    let _ = handle.kill(kick_signal());
+                }
                 let now = Instant::now();
                 let exits = progress.load(Ordering::Relaxed);
                 if exits != last_progress.0 {
@@ -352,6 +471,71 @@ struct VcpuThread {
     ram: u64,
     cpuid: CpuidTable,
     console: Box<dyn Write + Send>,
+    clock: pv_engine::time::PvClock,
+    wake: std::sync::mpsc::Receiver<Wake>,
+    backends: Backends,
+}
+
+/// The VMM's backends for this domain, served on the vCPU thread when the guest notifies
+/// them (their work is a few microseconds of ring copying).
+pub struct Backends {
+    /// The PV console (xenconsoled's part).
+    pub console: ConsoleBackend,
+    /// Guest-physical address of the console ring page.
+    pub console_gpa: u64,
+    /// xenstored.
+    pub xenstore: Xenstore,
+    /// Guest-physical address of the xenstore ring page.
+    pub store_gpa: u64,
+}
+
+impl crate::xenstore::RingPage for GuestRingPage<'_> {
+    fn read(&self, offset: usize, buf: &mut [u8]) {
+        crate::backends::console::RingPage::read(self, offset, buf)
+    }
+    fn write(&mut self, offset: usize, buf: &[u8]) {
+        crate::backends::console::RingPage::write(self, offset, buf)
+    }
+}
+
+/// What the other threads tell the vCPU thread (each message comes with a kick).
+#[derive(Debug)]
+pub enum Wake {
+    /// The guest's timer is due.
+    Timer,
+    /// Bytes typed on the console.
+    ConsoleInput(Vec<u8>),
+}
+
+/// State the vCPU thread shares with the watchdog.
+struct Shared<'a> {
+    stop: &'a AtomicU8,
+    progress: &'a AtomicU64,
+    /// System time of the guest's next timer (u64::MAX: none).
+    next_timer: &'a AtomicU64,
+}
+
+/// Guest memory as the engine's platform before the vCPU runs (boot-time writes).
+struct BootPlatform<'a>(&'a vm_memory::GuestMemoryMmap);
+
+impl pv_engine::Platform for BootPlatform<'_> {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), pv_engine::PhysError> {
+        self.0
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| pv_engine::PhysError::OutOfRange)
+    }
+    fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), pv_engine::PhysError> {
+        self.0
+            .write_slice(buf, GuestAddress(gpa))
+            .map_err(|_| pv_engine::PhysError::OutOfRange)
+    }
+    fn console_write(&mut self, _bytes: &[u8]) {}
+    fn console_read(&mut self, _buf: &mut [u8]) -> usize {
+        0
+    }
+    fn cpuid(&self, _leaf: u32, _subleaf: u32) -> [u32; 4] {
+        [0; 4]
+    }
 }
 
 /// The frame table as Xen's domain builder leaves it: the bootstrap L4 pinned and in
@@ -383,7 +567,7 @@ fn initial_mm(
     Ok(mm)
 }
 
-fn vcpu_loop(t: VcpuThread, stop: &AtomicU8, progress: &AtomicU64) -> Result<ThreadEnd, Error> {
+fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let VcpuThread {
         vm,
         mut vcpu,
@@ -393,16 +577,27 @@ fn vcpu_loop(t: VcpuThread, stop: &AtomicU8, progress: &AtomicU64) -> Result<Thr
         ram,
         cpuid,
         mut console,
+        clock,
+        wake,
+        mut backends,
     } = t;
     let mut stats = pv_engine::Stats::new();
     let mut posted = Posted::default();
     let mut flush = pv_mm::FlushSet::default();
     let mut mapped_gdt = [0u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE];
     let mut exits = ExitStats::default();
+    let mut notified: Vec<u32> = Vec::new();
+    let mut blocked = false;
     loop {
-        let exit = vcpu.run()?;
+        let exit = if blocked {
+            // SCHEDOP_block: wait, outside the guest, for an event (a timer, a backend,
+            // console input) or the watchdog.
+            vstate::Exit::Interrupted
+        } else {
+            vcpu.run()?
+        };
         if exit != vstate::Exit::Interrupted {
-            progress.fetch_add(1, Ordering::Relaxed);
+            shared.progress.fetch_add(1, Ordering::Relaxed);
         }
         let mut dom = Domain {
             vcpu: &mut pv_vcpu,
@@ -423,36 +618,71 @@ fn vcpu_loop(t: VcpuThread, stop: &AtomicU8, progress: &AtomicU64) -> Result<Thr
                     m2p_frames: ram >> 12,
                 },
                 flush: &mut flush,
+                clock,
+                notified: &mut notified,
             },
             mapped_gdt: &mut mapped_gdt,
         };
-        let handling = Instant::now();
-        let action = exit::handle_exit(&exit, &mut vcpu, &mut dom);
-        let spent = handling.elapsed().as_nanos() as u64;
-        match exit {
-            vstate::Exit::IoOut {
-                port: xen_abi::contract::port::HYPERCALL,
-                ..
-            } => dom.exits.hypercall_ns += spent,
-            vstate::Exit::IoOut {
-                port: xen_abi::contract::port::TRAP,
-                ..
-            } => dom.exits.trap_ns += spent,
-            _ => {}
+        let action = if blocked {
+            let action = wait_for_event(&mut dom, &mut backends, &wake, &shared, &clock);
+            if action == Action::Resume {
+                blocked = false;
+                match exit::interrupted(&mut vcpu, &mut dom) {
+                    Ok(Action::Interrupted) => Action::Resume,
+                    Ok(other) => other,
+                    Err(e) => Action::Fatal(format!("pvkvm: cannot access vCPU state: {e}")),
+                }
+            } else {
+                action
+            }
+        } else {
+            let handling = Instant::now();
+            let mut action = exit::handle_exit(&exit, &mut vcpu, &mut dom);
+            let spent = handling.elapsed().as_nanos() as u64;
+            match exit {
+                vstate::Exit::IoOut {
+                    port: xen_abi::contract::port::HYPERCALL,
+                    ..
+                } => dom.exits.hypercall_ns += spent,
+                vstate::Exit::IoOut {
+                    port: xen_abi::contract::port::TRAP,
+                    ..
+                } => dom.exits.trap_ns += spent,
+                _ => {}
+            }
+            if action == Action::Interrupted {
+                for w in wake.try_iter() {
+                    handle_wake(&mut dom, &mut backends, w);
+                }
+                action = match exit::interrupted(&mut vcpu, &mut dom) {
+                    Ok(a) => a,
+                    Err(e) => Action::Fatal(format!("pvkvm: cannot access vCPU state: {e}")),
+                };
+            }
+            action
+        };
+        // Backends the guest notified answer now; their events reach the guest at once.
+        if !dom.platform.notified.is_empty() {
+            serve_backends(&mut dom, &mut backends);
+            if matches!(action, Action::Resume | Action::Interrupted) {
+                let _ = exit::interrupted(&mut vcpu, &mut dom);
+            }
         }
+        shared.next_timer.store(
+            pv_engine::time::next_deadline(dom.vcpu).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
         match action {
             Action::Resume => {}
+            Action::Block => blocked = true,
             Action::Interrupted => {
-                let what = match stop.load(Ordering::SeqCst) {
+                let what = match shared.stop.load(Ordering::SeqCst) {
                     STOP_TIMEOUT => "the guest did not finish in time (watchdog: --timeout)",
                     STOP_STALL => "the guest stopped making progress: no trap for --stall-timeout seconds (watchdog)",
                     _ => continue,
                 };
-                {
-                    let diag =
-                        exit::diagnostic(what, &dom, None, Some(&mut vcpu as &mut dyn CpuState));
-                    return Ok(thread_end(DomainEnd::Timeout(diag), exits, stats, &mm));
-                }
+                let diag = exit::diagnostic(what, &dom, None, Some(&mut vcpu as &mut dyn CpuState));
+                return Ok(thread_end(DomainEnd::Timeout(diag), exits, stats, &mm));
             }
             Action::Shutdown(reason) => {
                 return Ok(thread_end(DomainEnd::Shutdown(reason), exits, stats, &mm))
@@ -460,6 +690,91 @@ fn vcpu_loop(t: VcpuThread, stop: &AtomicU8, progress: &AtomicU64) -> Result<Thr
             Action::Fatal(diag) => {
                 return Ok(thread_end(DomainEnd::Fatal(diag), exits, stats, &mm))
             }
+        }
+    }
+}
+
+/// One message from another thread.
+fn handle_wake(dom: &mut Domain<'_>, backends: &mut Backends, w: Wake) {
+    match w {
+        // Timers are looked at on every resume.
+        Wake::Timer => {}
+        Wake::ConsoleInput(bytes) => {
+            let mut page = GuestRingPage::new(dom.platform.mem, GuestAddress(backends.console_gpa));
+            if backends.console.push_input(&mut page, &bytes) {
+                pv_engine::evtchn::backend_notify(
+                    dom.vcpu,
+                    &mut dom.platform,
+                    BACKEND_PORT_CONSOLE,
+                );
+            }
+        }
+    }
+}
+
+/// The vCPU is blocked: waits until an event is pending for it. Returns `Resume` when
+/// one is, `Interrupted` when the watchdog wants the thread.
+fn wait_for_event(
+    dom: &mut Domain<'_>,
+    backends: &mut Backends,
+    wake: &std::sync::mpsc::Receiver<Wake>,
+    shared: &Shared<'_>,
+    clock: &pv_engine::time::PvClock,
+) -> Action {
+    loop {
+        let now = clock.ns(exit::rdtsc());
+        pv_engine::time::fire_timers(dom.vcpu, &mut dom.platform, now);
+        if pv_engine::evtchn::event_pending(dom.vcpu, &dom.platform) {
+            return Action::Resume;
+        }
+        if shared.stop.load(Ordering::SeqCst) != STOP_NONE {
+            return Action::Interrupted;
+        }
+        // Blocked is progress as far as the stall watchdog is concerned.
+        shared.progress.fetch_add(1, Ordering::Relaxed);
+        let wait = match pv_engine::time::next_deadline(dom.vcpu) {
+            Some(due) => {
+                Duration::from_nanos(due.saturating_sub(now)).min(Duration::from_millis(200))
+            }
+            None => Duration::from_millis(200),
+        };
+        if let Ok(w) = wake.recv_timeout(wait) {
+            handle_wake(dom, backends, w);
+        }
+    }
+}
+
+/// Serves the backends the guest notified (xenstore, console ring) and raises their
+/// answers on the guest's channels.
+fn serve_backends(dom: &mut Domain<'_>, backends: &mut Backends) {
+    let ports: Vec<u32> = std::mem::take(dom.platform.notified);
+    for port in ports {
+        let notify = match port {
+            BACKEND_PORT_CONSOLE => {
+                let mut page =
+                    GuestRingPage::new(dom.platform.mem, GuestAddress(backends.console_gpa));
+                // Output that cannot be written (a closed stdout) is dropped: the guest
+                // must not stall on it.
+                let out = backends.console.process_output(&mut page).unwrap_or(true);
+                let inp = backends.console.push_input(&mut page, &[]);
+                out || inp
+            }
+            BACKEND_PORT_XENSTORE => {
+                let mut page =
+                    GuestRingPage::new(dom.platform.mem, GuestAddress(backends.store_gpa));
+                let mut notify = backends.xenstore.process(&mut page);
+                // A guest that keeps the ring full gets served in slices, each a kick.
+                let mut slices = 0;
+                while backends.xenstore.needs_poll() && slices < 64 {
+                    notify |= backends.xenstore.process(&mut page);
+                    slices += 1;
+                }
+                notify
+            }
+            _ => false,
+        };
+        if notify {
+            pv_engine::evtchn::backend_notify(dom.vcpu, &mut dom.platform, port);
         }
     }
 }

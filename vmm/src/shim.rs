@@ -152,6 +152,11 @@ impl ShimRegion {
         )
     }
 
+    /// Whether `va` is in the shim's code.
+    pub fn in_text(&self, va: u64) -> bool {
+        (SHIM_VA_BASE + layout::TEXT..SHIM_VA_BASE + layout::TEXT + layout::TEXT_SIZE).contains(&va)
+    }
+
     /// Virtual address of page `page` of the GDT.
     pub fn gdt_page_va(&self, page: usize) -> u64 {
         SHIM_VA_BASE + layout::GDT + page as u64 * 0x1000

@@ -20,4 +20,5 @@ pub const ENOSPC: i64 = 28;
 pub const ERANGE: i64 = 34;
 pub const ENOSYS: i64 = 38;
 pub const ENODATA: i64 = 61;
+pub const ETIME: i64 = 62;
 pub const EOPNOTSUPP: i64 = 95;

@@ -30,7 +30,7 @@ pub const MSR_PAT: u32 = 0x277;
 
 /// Tries to emulate the instruction at `regs.rip` that raised #GP(0). Returns true when
 /// it did (rip is then past it), false when the #GP must go to the guest.
-pub fn emulate_privileged_op(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &dyn Platform) -> bool {
+pub fn emulate_privileged_op(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &mut dyn Platform) -> bool {
     if vcpu.mode != Mode::Kernel {
         return false;
     }
@@ -47,6 +47,16 @@ pub fn emulate_privileged_op(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &dyn Plat
     if let Some(len) = emulate_port_io(vcpu, regs, bytes) {
         regs.rip = regs.rip.wrapping_add(len);
         return true;
+    }
+    // cli / sti with the guest's IOPL: Xen maps them onto the event mask ("fast and
+    // loose", as its comment says: popf cannot be trapped).
+    if matches!(bytes[0], 0xfa | 0xfb) && iopl_ok(vcpu) {
+        let masked = u8::from(bytes[0] == 0xfa);
+        if p_write_mask(vcpu, p, masked) {
+            regs.rip = regs.rip.wrapping_add(1);
+            return true;
+        }
+        return false;
     }
     let insn = [bytes[0], bytes[1]];
     let msr = regs.rcx as u32;
@@ -73,9 +83,12 @@ pub fn emulate_privileged_op(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &dyn Plat
 const GUEST_CR0: u64 = 0x8005_0033;
 /// CR0.TS.
 const CR0_TS: u64 = 1 << 3;
-/// CR4 bits a guest may change by writing CR4 (Xen lets a PV guest toggle TSD, DE, PGE,
-/// PCE and OSXSAVE state it is told about; the hardware CR4 stays the shim's).
-const CR4_GUEST_WRITABLE: u64 = (1 << 2) | (1 << 3) | (1 << 7) | (1 << 8);
+/// CR4 bits a PV guest controls (Xen's `PV_CR4_GUEST_MASK`: TSD, DE, FSGSBASE, OSXSAVE);
+/// the hardware CR4 stays the shim's.
+const CR4_GUEST_MASK: u64 = (1 << 2) | (1 << 3) | (1 << 16) | (1 << 18);
+/// CR4 bits a PV guest sees as the hypervisor set them (`PV_CR4_GUEST_VISIBLE_MASK`
+/// with what pvkvm runs: PAE, PGE, OSFXSR, OSXMMEXCPT).
+const CR4_GUEST_VISIBLE: u64 = (1 << 5) | (1 << 7) | (1 << 9) | (1 << 10);
 
 /// The general register a ModRM `rm`/`reg` number (with its REX bit) names.
 fn gpr(regs: &mut GuestRegs, n: u8) -> &mut u64 {
@@ -102,7 +115,7 @@ fn gpr(regs: &mut GuestRegs, n: u8) -> &mut u64 {
 /// `mov %crN, reg` and `mov reg, %crN` (`0f 20 /r`, `0f 22 /r`, optional REX), as Xen's
 /// `read_cr`/`write_cr` answer a PV guest: CR0 with the virtual TS, CR2 from the last
 /// page fault, CR3 as the current base pointer, CR4 the guest's virtual CR4. Writes:
-/// CR0 may change only TS (as `fpu_taskswitch`), CR4 only the guest-writable bits; a
+/// CR0 may change only TS (as `fpu_taskswitch`), CR4 keeps only the guest's bits; a
 /// CR3 write is not emulated (a PV kernel uses `NEW_BASEPTR`). Returns the length.
 fn emulate_mov_cr(vcpu: &mut Vcpu, regs: &mut GuestRegs, bytes: [u8; 4]) -> Option<u64> {
     let (rex, at) = if bytes[0] & 0xf0 == 0x40 {
@@ -134,10 +147,19 @@ fn emulate_mov_cr(vcpu: &mut Vcpu, regs: &mut GuestRegs, bytes: [u8; 4]) -> Opti
     let value = *gpr(regs, reg);
     match cr {
         0 if value & !CR0_TS == GUEST_CR0 & !CR0_TS => vcpu.cr0_ts = value & CR0_TS != 0,
-        4 if (value ^ vcpu.cr4) & !CR4_GUEST_WRITABLE == 0 => vcpu.cr4 = value,
+        // Xen's pv_fixup_guest_cr4: other bits are dropped silently, never a fault.
+        4 => vcpu.cr4 = (value & CR4_GUEST_MASK) | CR4_GUEST_VISIBLE,
         _ => return None,
     }
     Some(len)
+}
+
+fn p_write_mask(vcpu: &Vcpu, p: &mut dyn Platform, masked: u8) -> bool {
+    p.write_phys(
+        vcpu.vcpu_info_gpa + xen_abi::xen::vcpu_info::UPCALL_MASK,
+        &[masked],
+    )
+    .is_ok()
 }
 
 /// Xen's `iopl_ok`: whether the guest's virtual IOPL allows port I/O from where it runs
@@ -272,7 +294,7 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x30]);
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &p));
+        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p));
         assert_eq!(vcpu.gs_base_kernel, 0xffff_ffff_8000_1000);
         assert_eq!(regs.rip, crate::testutil::DATA_VA + 2);
         assert_eq!(vcpu.hw_state().gs_base, 0xffff_ffff_8000_1000);
@@ -288,14 +310,14 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x32]);
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &p));
+        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p));
         assert_eq!((regs.rdx, regs.rax), (0x1234, 0x5678_9abc));
         let mut regs = GuestRegs {
             rip: crate::testutil::DATA_VA,
             rcx: 0x10,
             ..Default::default()
         };
-        assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &p));
+        assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &mut p));
         assert_eq!(regs.rip, crate::testutil::DATA_VA);
     }
 
@@ -336,10 +358,10 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x30]);
-        assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &p));
+        assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &mut p));
         vcpu.mode = Mode::User;
         vcpu.user_cr3 = vcpu.kernel_cr3;
         regs.rdx = 0;
-        assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &p));
+        assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &mut p));
     }
 }

@@ -171,6 +171,19 @@ fn dispatch(
             crate::vcpu_op::VcpuOpResult::AllDown => Action::RetThen(0, crate::vcpu_op::all_down()),
         },
         hc::PHYSDEV_OP => Action::Ret(do_physdev_op(vcpu, p, a[0], a[1])),
+        hc::EVENT_CHANNEL_OP => {
+            Action::Ret(crate::evtchn::do_event_channel_op(vcpu, p, a[0], a[1]))
+        }
+        hc::EVENT_CHANNEL_OP_COMPAT => match guest::read_obj::<u32>(vcpu, p, a[0]) {
+            Ok(cmd) => Action::Ret(crate::evtchn::do_event_channel_op(
+                vcpu,
+                p,
+                u64::from(cmd),
+                a[0] + 8,
+            )),
+            Err(e) => Action::Ret(efault(e)),
+        },
+        hc::SET_TIMER_OP => Action::Ret(crate::time::do_set_timer_op(vcpu, a[0])),
         hc::MULTICALL => do_multicall(vcpu, regs, p, stats, a[0], a[1] as u32),
         hc::SCHED_OP => do_sched_op(vcpu, p, a[0] as i32, a[1]),
         hc::CALLBACK_OP => Action::Ret(do_callback_op(vcpu, p, a[0] as i32, a[1])),

@@ -22,12 +22,14 @@ extern crate std;
 
 pub mod bounce;
 pub mod emulate;
+pub mod evtchn;
 pub mod guest;
 pub mod hypercall;
 pub mod memory;
 pub mod mmu;
 pub mod ptwr;
 pub mod stats;
+pub mod time;
 pub mod vcpu;
 pub mod vcpu_op;
 
@@ -64,7 +66,18 @@ pub trait Platform {
     fn mm(&mut self) -> Option<MmCtx<'_>> {
         None
     }
+    /// The guest sent on a channel whose other end is backend port `remote_port` of the
+    /// host (xenstore, console, ...). The host returns at once; the backend does its work.
+    fn notify_backend(&mut self, _remote_port: u32) {}
+    /// Current system time (ns since the domain started), from the same pvclock the guest
+    /// reads.
+    fn system_time_ns(&self) -> u64 {
+        0
+    }
 }
+
+/// The domain id the guest has (the VMM's backends are domain 0).
+pub const GUEST_DOMID: u16 = 1;
 
 /// Access to the domain's PV MMU engine for one operation.
 pub struct MmCtx<'a> {

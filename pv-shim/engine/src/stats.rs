@@ -36,6 +36,8 @@ pub struct Stats {
     pub bounces: [u64; 256],
     /// Guest-user `syscall`s bounced to the syscall callback.
     pub syscall_bounces: u64,
+    /// Event upcalls delivered.
+    pub upcalls: u64,
     /// Ring of the last [`RECENT`] hypercalls; `recent_next` is the slot written next.
     pub recent: [HypercallRecord; RECENT],
     /// Next slot of `recent`.
@@ -61,6 +63,7 @@ impl Stats {
             mmuext_unimplemented: 0,
             bounces: [0; 256],
             syscall_bounces: 0,
+            upcalls: 0,
             recent: [HypercallRecord {
                 nr: 0,
                 args: [0; 5],

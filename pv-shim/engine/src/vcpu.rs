@@ -106,6 +106,14 @@ pub struct Vcpu {
     pub debugreg: [u64; 8],
     /// Virtual CR0.TS (`fpu_taskswitch`).
     pub cr0_ts: bool,
+    /// The domain's event channels (domain state, kept here while there is one vCPU).
+    pub evtchn: crate::evtchn::EvtchnTable,
+    /// Single-shot timer deadline (system time, ns).
+    pub timer_deadline: Option<u64>,
+    /// Periodic timer period (ns; 0: off).
+    pub periodic_ns: u64,
+    /// Next periodic expiry (system time, ns).
+    pub periodic_next: u64,
     /// Guest virtual address of the registered runstate area (0: none).
     pub runstate_area: u64,
     /// The guest's virtual CR2 (the last page-fault address bounced to it).
@@ -171,6 +179,10 @@ impl Vcpu {
             cr0_ts: false,
             cr2: 0,
             runstate_area: 0,
+            evtchn: crate::evtchn::EvtchnTable::default(),
+            timer_deadline: None,
+            periodic_ns: 0,
+            periodic_next: 0,
             // PAE | PGE | OSFXSR | OSXMMEXCPT, as Xen starts a 64-bit PV vCPU.
             cr4: 0x6a0,
             vcpu_info_gpa: shared_info_gpa + u64::from(id) * xen_abi::xen::vcpu_info::SIZE,

@@ -111,7 +111,16 @@ pub fn do_vcpu_op(
             vcpu.vcpu_info_gpa = new;
             Ret(0)
         }
-        cmd::STOP_PERIODIC_TIMER | cmd::STOP_SINGLESHOT_TIMER => Ret(0),
+        cmd::SET_SINGLESHOT_TIMER => Ret(crate::time::set_singleshot(vcpu, p, arg)),
+        cmd::STOP_SINGLESHOT_TIMER => {
+            vcpu.timer_deadline = None;
+            Ret(0)
+        }
+        cmd::SET_PERIODIC_TIMER => Ret(crate::time::set_periodic(vcpu, p, arg)),
+        cmd::STOP_PERIODIC_TIMER => {
+            vcpu.periodic_ns = 0;
+            Ret(0)
+        }
         _ => Ret(-ENOSYS),
     }
 }

@@ -392,6 +392,11 @@ impl Vcpu {
         })
     }
 
+    /// The guest TSC frequency KVM uses (kHz).
+    pub fn tsc_khz(&self) -> Result<u32> {
+        self.fd.get_tsc_khz().map_err(ioctl("KVM_GET_TSC_KHZ"))
+    }
+
     /// Makes the next `KVM_RUN` return at once (set from a signal handler's thread).
     pub fn set_immediate_exit(&mut self, on: bool) {
         self.fd.set_kvm_immediate_exit(u8::from(on));

@@ -1,0 +1,514 @@
+//! Event channels, 2-level ABI (`public/event_channel.h`), and the upcall that delivers
+//! them: Xen's `common/event_channel.c` and `event_2l.c` semantics for a domain of one
+//! vCPU whose peers are the VMM's backends (xenstore, console) or itself.
+//!
+//! Pending and mask bits live in `shared_info` (guest memory); the selector and
+//! `evtchn_upcall_pending` in the vCPU's `vcpu_info`. Raising a port sets its pending
+//! bit and, unless it is masked, its selector bit and the upcall flag; the upcall itself
+//! is a bounce to the registered event callback with events masked, made whenever the
+//! vCPU is about to run guest code with `upcall_pending` set and `upcall_mask` clear
+//! (Xen checks the same on every return to the guest).
+//!
+//! The table is domain state; with one vCPU it lives beside that vCPU (`Vcpu::evtchn`)
+//! and moves to a domain object when there are several. FIFO event channels are not
+//! offered (`EVTCHNOP_init_control` gives -ENOSYS, as Xen's pv-shim and QEMU do, and
+//! Linux falls back to 2-level).
+
+use xen_abi::errno::{EFAULT, EINVAL, ENOENT, ENOSPC, ENOSYS, EPERM, ESRCH};
+use xen_abi::xen::{shared_info, vcpu_info, DOMID_SELF};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::bounce::{create_bounce_frame, TrapBounce};
+use crate::{guest, GuestRegs, Outcome, Platform, Stats, Vcpu};
+
+/// Ports of the 2-level ABI (64 words of 64 bits).
+pub const NR_PORTS: usize = 4096;
+/// VIRQ numbers a PV guest binds.
+pub const NR_VIRQS: u32 = 24;
+/// `VIRQ_TIMER`.
+pub const VIRQ_TIMER: u32 = 0;
+
+/// `EVTCHNOP_*`.
+pub mod op {
+    #![allow(missing_docs)]
+    pub const BIND_INTERDOMAIN: u64 = 0;
+    pub const BIND_VIRQ: u64 = 1;
+    pub const BIND_PIRQ: u64 = 2;
+    pub const CLOSE: u64 = 3;
+    pub const SEND: u64 = 4;
+    pub const STATUS: u64 = 5;
+    pub const ALLOC_UNBOUND: u64 = 6;
+    pub const BIND_IPI: u64 = 7;
+    pub const BIND_VCPU: u64 = 8;
+    pub const UNMASK: u64 = 9;
+    pub const RESET: u64 = 10;
+    pub const INIT_CONTROL: u64 = 11;
+    pub const EXPAND_ARRAY: u64 = 12;
+    pub const SET_PRIORITY: u64 = 13;
+}
+
+/// What a port is bound to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PortState {
+    /// Free.
+    #[default]
+    Free,
+    /// Allocated, waiting for `remote_dom` to bind.
+    Unbound {
+        /// Domain allowed to bind.
+        remote_dom: u16,
+    },
+    /// Connected to a VMM backend (domain 0) port.
+    Backend {
+        /// The backend's port.
+        remote_port: u32,
+    },
+    /// Connected to another port of this domain (loopback).
+    Loopback {
+        /// The other local port.
+        peer: u32,
+    },
+    /// A virtual IRQ.
+    Virq {
+        /// VIRQ number.
+        virq: u32,
+    },
+    /// An inter-processor interrupt.
+    Ipi,
+}
+
+/// The domain's event channels.
+#[derive(Clone, Debug)]
+pub struct EvtchnTable {
+    ports: [PortState; NR_PORTS],
+    /// The vCPU each port notifies (all 0 with one vCPU).
+    notify_vcpu: [u8; NR_PORTS],
+    virq_port: [u32; NR_VIRQS as usize],
+}
+
+impl Default for EvtchnTable {
+    fn default() -> Self {
+        Self {
+            ports: [PortState::Free; NR_PORTS],
+            notify_vcpu: [0; NR_PORTS],
+            virq_port: [0; NR_VIRQS as usize],
+        }
+    }
+}
+
+impl EvtchnTable {
+    /// State of `port`.
+    pub fn state(&self, port: u32) -> PortState {
+        self.ports.get(port as usize).copied().unwrap_or_default()
+    }
+
+    /// Binds `port` to a backend port before the guest runs (the domain builder's
+    /// xenstore and console channels, which start_info names).
+    pub fn bind_backend(&mut self, port: u32, remote_port: u32) {
+        if let Some(s) = self.ports.get_mut(port as usize) {
+            *s = PortState::Backend { remote_port };
+        }
+    }
+
+    /// The local port connected to backend port `remote_port`, if any.
+    pub fn port_of_backend(&self, remote_port: u32) -> Option<u32> {
+        self.ports
+            .iter()
+            .position(|s| *s == PortState::Backend { remote_port })
+            .map(|p| p as u32)
+    }
+
+    /// The port bound to `virq`, if any.
+    pub fn virq_port(&self, virq: u32) -> Option<u32> {
+        self.virq_port
+            .get(virq as usize)
+            .copied()
+            .filter(|&p| p != 0)
+    }
+
+    fn get_free_port(&self) -> Option<u32> {
+        (1..NR_PORTS)
+            .find(|&p| self.ports[p] == PortState::Free)
+            .map(|p| p as u32)
+    }
+}
+
+fn bit_gpa(base: u64, port: u32) -> (u64, u8) {
+    (base + u64::from(port / 8), 1 << (port % 8))
+}
+
+fn test_bit(p: &dyn Platform, base: u64, port: u32) -> bool {
+    let (gpa, mask) = bit_gpa(base, port);
+    let mut b = [0u8];
+    p.read_phys(gpa, &mut b).is_ok() && b[0] & mask != 0
+}
+
+/// Sets a bit; returns whether it was clear before.
+fn test_and_set_bit(p: &mut dyn Platform, base: u64, port: u32) -> bool {
+    let (gpa, mask) = bit_gpa(base, port);
+    let mut b = [0u8];
+    if p.read_phys(gpa, &mut b).is_err() || b[0] & mask != 0 {
+        return false;
+    }
+    b[0] |= mask;
+    p.write_phys(gpa, &b).is_ok()
+}
+
+fn clear_bit(p: &mut dyn Platform, base: u64, port: u32) {
+    let (gpa, mask) = bit_gpa(base, port);
+    let mut b = [0u8];
+    if p.read_phys(gpa, &mut b).is_ok() {
+        b[0] &= !mask;
+        let _ = p.write_phys(gpa, &b);
+    }
+}
+
+/// Xen's `evtchn_2l_set_pending`: marks `port` pending and, unless masked, tells the
+/// vCPU (selector bit and `upcall_pending`).
+pub fn set_pending(vcpu: &Vcpu, p: &mut dyn Platform, port: u32) {
+    if port as usize >= NR_PORTS {
+        return;
+    }
+    let si = vcpu.shared_info_gpa;
+    if !test_and_set_bit(p, si + shared_info::EVTCHN_PENDING, port) {
+        return;
+    }
+    if test_bit(p, si + shared_info::EVTCHN_MASK, port) {
+        return;
+    }
+    mark_upcall(vcpu, p, port);
+}
+
+fn mark_upcall(vcpu: &Vcpu, p: &mut dyn Platform, port: u32) {
+    let word = port / 64;
+    let sel = vcpu.vcpu_info_gpa + vcpu_info::PENDING_SEL;
+    let mut b = [0u8; 8];
+    if p.read_phys(sel, &mut b).is_ok() {
+        let v = u64::from_le_bytes(b) | (1 << word);
+        let _ = p.write_phys(sel, &v.to_le_bytes());
+    }
+    let _ = p.write_phys(vcpu.vcpu_info_gpa + vcpu_info::UPCALL_PENDING, &[1]);
+}
+
+/// Raises `virq` if the guest bound it.
+pub fn send_virq(vcpu: &Vcpu, p: &mut dyn Platform, virq: u32) {
+    if let Some(port) = vcpu.evtchn.virq_port(virq) {
+        set_pending(vcpu, p, port);
+    }
+}
+
+/// A backend notified its port `remote_port`: raise the guest's end.
+pub fn backend_notify(vcpu: &Vcpu, p: &mut dyn Platform, remote_port: u32) {
+    if let Some(port) = vcpu.evtchn.port_of_backend(remote_port) {
+        set_pending(vcpu, p, port);
+    }
+}
+
+/// Whether an upcall is due: `upcall_pending` set and events not masked.
+pub fn upcall_due(vcpu: &Vcpu, p: &dyn Platform) -> bool {
+    let mut b = [0u8; 2];
+    p.read_phys(vcpu.vcpu_info_gpa, &mut b).is_ok() && b[0] != 0 && b[1] == 0
+}
+
+/// Whether any event is pending for the vCPU (what `SCHEDOP_block` waits for).
+pub fn event_pending(vcpu: &Vcpu, p: &dyn Platform) -> bool {
+    let mut b = [0u8; 1];
+    p.read_phys(vcpu.vcpu_info_gpa, &mut b).is_ok() && b[0] != 0
+}
+
+/// Delivers the event upcall if one is due: a bounce to the event callback with events
+/// masked (Xen's `TBF_INTERRUPT`). Returns false when none was due.
+pub fn deliver_upcall(
+    vcpu: &mut Vcpu,
+    regs: &mut GuestRegs,
+    p: &mut dyn Platform,
+    stats: &mut Stats,
+) -> Result<bool, Outcome> {
+    if !upcall_due(vcpu, p) || vcpu.event_callback.address == 0 {
+        return Ok(false);
+    }
+    let tb = TrapBounce {
+        eip: vcpu.event_callback.address,
+        error_code: None,
+        interrupt: true,
+    };
+    create_bounce_frame(vcpu, regs, p, &tb).map_err(Outcome::Crash)?;
+    stats.upcalls += 1;
+    Ok(true)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct AllocUnbound {
+    dom: u16,
+    remote_dom: u16,
+    port: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct BindInterdomain {
+    remote_dom: u16,
+    _pad: u16,
+    remote_port: u32,
+    local_port: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct BindVirq {
+    virq: u32,
+    vcpu: u32,
+    port: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct BindIpi {
+    vcpu: u32,
+    port: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct Status {
+    dom: u16,
+    _pad: u16,
+    port: u32,
+    status: u32,
+    vcpu: u32,
+    u: [u32; 2],
+}
+
+/// `EVTCHNSTAT_*`.
+mod stat {
+    pub const CLOSED: u32 = 0;
+    pub const UNBOUND: u32 = 1;
+    pub const INTERDOMAIN: u32 = 2;
+    pub const VIRQ: u32 = 4;
+    pub const IPI: u32 = 5;
+}
+
+fn own(dom: u16) -> bool {
+    dom == DOMID_SELF || dom == crate::GUEST_DOMID
+}
+
+/// `event_channel_op(cmd, arg)`. Sends to a backend port reach the host through
+/// `Platform::notify_backend`.
+pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i64 {
+    macro_rules! read {
+        ($t:ty) => {
+            match guest::read_obj::<$t>(vcpu, p, arg) {
+                Ok(v) => v,
+                Err(_) => return -EFAULT,
+            }
+        };
+    }
+    macro_rules! write_back {
+        ($v:expr) => {
+            if guest::write_obj(vcpu, p, arg, &$v).is_err() {
+                return -EFAULT;
+            }
+        };
+    }
+    match cmd {
+        op::ALLOC_UNBOUND => {
+            let mut a = read!(AllocUnbound);
+            if !own(a.dom) {
+                return -EPERM;
+            }
+            let Some(port) = vcpu.evtchn.get_free_port() else {
+                return -ENOSPC;
+            };
+            // The peer is a backend domain (0) or this domain itself.
+            let remote = if a.remote_dom == DOMID_SELF {
+                DOMID_SELF
+            } else {
+                a.remote_dom
+            };
+            vcpu.evtchn.ports[port as usize] = PortState::Unbound { remote_dom: remote };
+            a.port = port;
+            write_back!(a);
+            0
+        }
+        op::BIND_INTERDOMAIN => {
+            let mut b = read!(BindInterdomain);
+            if !own(b.remote_dom) {
+                // Backends bind to the guest from the host side; a guest binding to
+                // domain 0's ports is not something Xen allows an unprivileged guest
+                // unless dom0 offered an unbound port.
+                return -ESRCH;
+            }
+            let rp = b.remote_port;
+            match vcpu.evtchn.state(rp) {
+                PortState::Unbound { remote_dom } if remote_dom == DOMID_SELF => {}
+                _ => return -EINVAL,
+            }
+            let Some(lp) = vcpu.evtchn.get_free_port() else {
+                return -ENOSPC;
+            };
+            vcpu.evtchn.ports[lp as usize] = PortState::Loopback { peer: rp };
+            vcpu.evtchn.ports[rp as usize] = PortState::Loopback { peer: lp };
+            b.local_port = lp;
+            write_back!(b);
+            // Xen raises the new local port so nothing sent meanwhile is lost.
+            set_pending(vcpu, p, lp);
+            0
+        }
+        op::BIND_VIRQ => {
+            let mut b = read!(BindVirq);
+            if b.virq >= NR_VIRQS {
+                return -EINVAL;
+            }
+            if b.vcpu != vcpu.id {
+                return -ENOENT;
+            }
+            if vcpu.evtchn.virq_port(b.virq).is_some() {
+                return -xen_abi::errno::EEXIST;
+            }
+            let Some(port) = vcpu.evtchn.get_free_port() else {
+                return -ENOSPC;
+            };
+            vcpu.evtchn.ports[port as usize] = PortState::Virq { virq: b.virq };
+            vcpu.evtchn.virq_port[b.virq as usize] = port;
+            b.port = port;
+            write_back!(b);
+            0
+        }
+        op::BIND_IPI => {
+            let mut b = read!(BindIpi);
+            if b.vcpu != vcpu.id {
+                return -ENOENT;
+            }
+            let Some(port) = vcpu.evtchn.get_free_port() else {
+                return -ENOSPC;
+            };
+            vcpu.evtchn.ports[port as usize] = PortState::Ipi;
+            b.port = port;
+            write_back!(b);
+            0
+        }
+        op::CLOSE => {
+            let port = read!(u32);
+            close(vcpu, p, port)
+        }
+        op::SEND => {
+            let port = read!(u32);
+            match vcpu.evtchn.state(port) {
+                PortState::Backend { remote_port } => {
+                    p.notify_backend(remote_port);
+                    0
+                }
+                PortState::Loopback { peer } => {
+                    set_pending(vcpu, p, peer);
+                    0
+                }
+                PortState::Ipi => {
+                    set_pending(vcpu, p, port);
+                    0
+                }
+                // Xen: sending on an unbound port is a silent no-op; VIRQs cannot be sent.
+                PortState::Unbound { .. } => 0,
+                PortState::Virq { .. } | PortState::Free => -EINVAL,
+            }
+        }
+        op::STATUS => {
+            let mut s = read!(Status);
+            if !own(s.dom) {
+                return -ESRCH;
+            }
+            let st = vcpu.evtchn.state(s.port);
+            if s.port as usize >= NR_PORTS {
+                return -EINVAL;
+            }
+            s.vcpu = 0;
+            (s.status, s.u) = match st {
+                PortState::Free => (stat::CLOSED, [0, 0]),
+                PortState::Unbound { remote_dom } => (stat::UNBOUND, [u32::from(remote_dom), 0]),
+                PortState::Backend { remote_port } => (stat::INTERDOMAIN, [0, remote_port]),
+                PortState::Loopback { peer } => (stat::INTERDOMAIN, [u32::from(DOMID_SELF), peer]),
+                PortState::Virq { virq } => (stat::VIRQ, [virq, 0]),
+                PortState::Ipi => (stat::IPI, [0, 0]),
+            };
+            write_back!(s);
+            0
+        }
+        op::BIND_VCPU => {
+            #[repr(C)]
+            #[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+            struct BindVcpu {
+                port: u32,
+                vcpu: u32,
+            }
+            let b = read!(BindVcpu);
+            if b.port as usize >= NR_PORTS || vcpu.evtchn.state(b.port) == PortState::Free {
+                return -EINVAL;
+            }
+            if b.vcpu != vcpu.id {
+                return -ENOENT;
+            }
+            vcpu.evtchn.notify_vcpu[b.port as usize] = 0;
+            0
+        }
+        op::UNMASK => {
+            let port = read!(u32);
+            if port as usize >= NR_PORTS {
+                return -EINVAL;
+            }
+            let si = vcpu.shared_info_gpa;
+            clear_bit(p, si + shared_info::EVTCHN_MASK, port);
+            if test_bit(p, si + shared_info::EVTCHN_PENDING, port) {
+                mark_upcall(vcpu, p, port);
+            }
+            0
+        }
+        op::RESET => {
+            #[repr(C)]
+            #[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+            struct Reset {
+                dom: u16,
+            }
+            let r = read!(Reset);
+            if !own(r.dom) {
+                return -ESRCH;
+            }
+            for port in 1..NR_PORTS as u32 {
+                if !matches!(vcpu.evtchn.state(port), PortState::Backend { .. }) {
+                    let _ = close(vcpu, p, port);
+                }
+            }
+            0
+        }
+        // FIFO channels are not offered: Linux falls back to 2-level.
+        op::INIT_CONTROL | op::EXPAND_ARRAY | op::SET_PRIORITY => -ENOSYS,
+        // No physical IRQs in an unprivileged domain.
+        op::BIND_PIRQ => -EPERM,
+        _ => -ENOSYS,
+    }
+}
+
+fn close(vcpu: &mut Vcpu, p: &mut dyn Platform, port: u32) -> i64 {
+    let Some(state) = vcpu.evtchn.ports.get(port as usize).copied() else {
+        return -EINVAL;
+    };
+    match state {
+        PortState::Free => return -EINVAL,
+        PortState::Virq { virq } => {
+            if let Some(v) = vcpu.evtchn.virq_port.get_mut(virq as usize) {
+                *v = 0;
+            }
+        }
+        PortState::Loopback { peer } => {
+            if let Some(s) = vcpu.evtchn.ports.get_mut(peer as usize) {
+                *s = PortState::Unbound {
+                    remote_dom: DOMID_SELF,
+                };
+            }
+        }
+        // The backend side stays; the guest may rebind it through xenstore later.
+        _ => {}
+    }
+    vcpu.evtchn.ports[port as usize] = PortState::Free;
+    clear_bit(p, vcpu.shared_info_gpa + shared_info::EVTCHN_PENDING, port);
+    0
+}

@@ -1,0 +1,7 @@
+//! Device backends the VMM provides to a PV guest in place of Xen's dom0 daemons.
+//!
+//! [`console`] stands in for xenconsoled: it services the guest's console page
+//! (`struct xencons_interface`) and connects it to the user's terminal, a file, or a
+//! pseudo-terminal.
+
+pub mod console;

@@ -1,0 +1,124 @@
+//! The two byte rings of `struct xenstore_domain_interface`, read the way Xen's
+//! xenstored reads them (`readchn()`/`writechn()` in `tools/xenstored/domain.c`):
+//! both indices are read once per access, checked (`prod - cons <= 1024`), and only
+//! then is data copied and our own index advanced.
+
+use std::sync::atomic::{fence, Ordering};
+
+use super::wire::{
+    OFF_REQ, OFF_REQ_CONS, OFF_REQ_PROD, OFF_RSP, OFF_RSP_CONS, OFF_RSP_PROD, XENSTORE_RING_SIZE,
+};
+
+/// Byte access to the 4 KiB xenstore page. Offsets are page offsets.
+///
+/// Implementations must not panic on any offset: bytes outside the page read as 0
+/// and writes outside it are ignored. (This module only uses offsets below 2080.)
+/// An implementation over guest memory should use volatile-style copies; the ring
+/// code places the memory fences.
+pub trait RingPage {
+    /// Fills `buf` from the page at `offset`.
+    fn read(&self, offset: usize, buf: &mut [u8]);
+    /// Stores `buf` into the page at `offset`.
+    fn write(&mut self, offset: usize, buf: &[u8]);
+}
+
+impl RingPage for [u8] {
+    fn read(&self, offset: usize, buf: &mut [u8]) {
+        buf.fill(0);
+        if let Some(src) = self.get(offset..) {
+            let n = src.len().min(buf.len());
+            buf[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write(&mut self, offset: usize, buf: &[u8]) {
+        if let Some(dst) = self.get_mut(offset..) {
+            let n = dst.len().min(buf.len());
+            dst[..n].copy_from_slice(&buf[..n]);
+        }
+    }
+}
+
+impl RingPage for [u8; 4096] {
+    fn read(&self, offset: usize, buf: &mut [u8]) {
+        self.as_slice().read(offset, buf)
+    }
+
+    fn write(&mut self, offset: usize, buf: &[u8]) {
+        self.as_mut_slice().write(offset, buf)
+    }
+}
+
+impl RingPage for Vec<u8> {
+    fn read(&self, offset: usize, buf: &mut [u8]) {
+        self.as_slice().read(offset, buf)
+    }
+
+    fn write(&mut self, offset: usize, buf: &[u8]) {
+        self.as_mut_slice().write(offset, buf)
+    }
+}
+
+/// Reads the u32 at `off`.
+pub fn read_u32(page: &dyn RingPage, off: usize) -> u32 {
+    let mut b = [0u8; 4];
+    page.read(off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Writes the u32 at `off`.
+pub fn write_u32(page: &mut dyn RingPage, off: usize, v: u32) {
+    page.write(off, &v.to_le_bytes());
+}
+
+/// The indices are inconsistent (`prod - cons > ring size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadIndex;
+
+fn indexes_ok(cons: u32, prod: u32) -> bool {
+    prod.wrapping_sub(cons) as usize <= XENSTORE_RING_SIZE
+}
+
+const MASK: u32 = XENSTORE_RING_SIZE as u32 - 1;
+
+/// Copies up to `buf.len()` request bytes out of the ring and advances `req_cons`.
+/// Returns the number of bytes taken (0: the ring is empty).
+pub fn read_requests(page: &mut dyn RingPage, buf: &mut [u8]) -> Result<usize, BadIndex> {
+    let cons = read_u32(page, OFF_REQ_CONS);
+    let prod = read_u32(page, OFF_REQ_PROD);
+    fence(Ordering::SeqCst);
+    if !indexes_ok(cons, prod) {
+        return Err(BadIndex);
+    }
+    let idx = (cons & MASK) as usize;
+    let avail = (XENSTORE_RING_SIZE - idx).min(prod.wrapping_sub(cons) as usize);
+    let len = avail.min(buf.len());
+    if len == 0 {
+        return Ok(0);
+    }
+    page.read(OFF_REQ + idx, &mut buf[..len]);
+    fence(Ordering::SeqCst);
+    write_u32(page, OFF_REQ_CONS, cons.wrapping_add(len as u32));
+    Ok(len)
+}
+
+/// Copies as much of `data` as fits into the response ring and advances
+/// `rsp_prod`. Returns the number of bytes written (0: the ring is full).
+pub fn write_responses(page: &mut dyn RingPage, data: &[u8]) -> Result<usize, BadIndex> {
+    let cons = read_u32(page, OFF_RSP_CONS);
+    let prod = read_u32(page, OFF_RSP_PROD);
+    fence(Ordering::SeqCst);
+    if !indexes_ok(cons, prod) {
+        return Err(BadIndex);
+    }
+    let idx = (prod & MASK) as usize;
+    let free = XENSTORE_RING_SIZE - prod.wrapping_sub(cons) as usize;
+    let len = (XENSTORE_RING_SIZE - idx).min(free).min(data.len());
+    if len == 0 {
+        return Ok(0);
+    }
+    page.write(OFF_RSP + idx, &data[..len]);
+    fence(Ordering::SeqCst);
+    write_u32(page, OFF_RSP_PROD, prod.wrapping_add(len as u32));
+    Ok(len)
+}
