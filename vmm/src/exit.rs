@@ -445,6 +445,16 @@ fn events_before_resume(dom: &mut Domain<'_>, g: &mut GuestRegs) -> Option<Outco
 pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
     let regs = cpu.regs()?;
     let sregs = cpu.sregs()?;
+    // Kicked between a `syscall` and its doorbell: this host does not always resume
+    // such a vCPU into the doorbell (seen: the `out` never exits), so serve the doorbell
+    // here, exactly as if it had rung.
+    if sregs.cs.dpl == 3 && regs.rip == dom.shim.syscall_entry {
+        let mut at_doorbell = regs;
+        at_doorbell.rip = dom.shim.syscall_doorbell_end;
+        cpu.set_regs(&at_doorbell);
+        dom.exits.hypercall_doorbells += 1;
+        return hypercall_doorbell(cpu, dom);
+    }
     // Inside the shim (ring 0, or the syscall stub, which runs at CPL3 between the
     // `syscall` and its doorbell): let it reach its exit, which delivers.
     if sregs.cs.dpl != 3 || dom.shim.in_text(regs.rip) {

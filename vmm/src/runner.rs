@@ -373,11 +373,14 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
 
     let deadline = cfg.timeout.map(|t| started + t);
     let mut last_progress = (0, Instant::now());
+    // The timer deadline the vCPU was last kicked for: one kick per deadline (the vCPU
+    // fires timers on its next exit; kicking again would only keep it from running).
+    let mut kicked_for = u64::MAX;
     loop {
         // Wake at least once a second to look at the vCPU's progress, and when the
         // guest's timer is due, to kick the vCPU out of the guest so it fires.
         let timer_wait = match next_timer.load(Ordering::SeqCst) {
-            u64::MAX => Duration::from_secs(1),
+            due if due == u64::MAX || due == kicked_for => Duration::from_secs(1),
             due => Duration::from_nanos(due.saturating_sub(clock.ns(exit::rdtsc()))),
         };
         let wait = deadline
@@ -389,7 +392,8 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let due = next_timer.load(Ordering::SeqCst);
-                if due != u64::MAX && clock.ns(exit::rdtsc()) >= due {
+                if due != u64::MAX && due != kicked_for && clock.ns(exit::rdtsc()) >= due {
+                    kicked_for = due;
                     let _ = wake_tx.send(Wake::Timer);
                     let _ = handle.kill(kick_signal());
                 }
@@ -599,6 +603,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         if exit != vstate::Exit::Interrupted {
             shared.progress.fetch_add(1, Ordering::Relaxed);
         }
+        log::trace!("exit {exit:?} blocked {blocked}");
         let mut dom = Domain {
             vcpu: &mut pv_vcpu,
             stats: &mut stats,
