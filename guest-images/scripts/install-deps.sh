@@ -18,4 +18,5 @@ else
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo (stable Rust) is missing; install it with rustup" >&2; exit 1; }
 
-"$(dirname "${BASH_SOURCE[0]}")/fetch-debian-kernel.sh"
+# The Debian guest kernel and the default initramfs (busybox), cached.
+"$(dirname "${BASH_SOURCE[0]}")/build-default-guest.sh"

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The README's first command: builds pvkvm and the default guest, then boots it.
-# Until the Debian guest boots, the default guest is the `hello` PV test kernel.
+# The README's first command: builds pvkvm and the default guest (Debian's newest
+# linux-image-6.1.0-*-cloud-amd64 with a busybox initramfs, fetched and cached by
+# build-default-guest.sh), then boots it to a shell on the terminal. Type `poweroff -f`
+# (or press Ctrl-] then q, or send SIGTERM) to stop it. Extra arguments go to `pvkvm run`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 cargo build --release --quiet -p pvkvm
-(cd guest-images && cargo build --release --quiet)
-exec target/release/pvkvm run --kernel guest-images/target/x86_64-unknown-linux-gnu/release/hello "$@"
+paths=$(guest-images/scripts/build-default-guest.sh)
+kernel=$(printf '%s\n' "$paths" | tail -n 2 | head -n 1)
+initrd=$(printf '%s\n' "$paths" | tail -n 1)
+exec target/release/pvkvm run --kernel "$kernel" --initrd "$initrd" --cmdline "console=hvc0 quiet" "$@"

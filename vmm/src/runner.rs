@@ -84,6 +84,17 @@ pub struct RunConfig {
 const STOP_NONE: u8 = 0;
 const STOP_TIMEOUT: u8 = 1;
 const STOP_STALL: u8 = 2;
+const STOP_DESTROY: u8 = 3;
+
+/// How long a guest asked to power off (SIGTERM) gets before it is destroyed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+static SIGTERMS: AtomicU8 = AtomicU8::new(0);
+
+extern "C" fn on_sigterm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Async-signal-safe: an atomic increment; the watchdog loop acts on it.
+    SIGTERMS.fetch_add(1, Ordering::SeqCst);
+}
 
 /// Where the guest's PV console (hvc0) goes.
 #[derive(Clone, Debug, Default)]
@@ -291,6 +302,12 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         pv_engine::time::publish(&pv_vcpu, &mut boot_platform, &clock, wall_at_zero);
     }
     let next_timer = Arc::new(AtomicU64::new(u64::MAX));
+    // Raw mode while the guest owns the terminal; restored on every way out (Drop, the
+    // panic hook, SIGTERM's path below).
+    let _raw = match cfg.console {
+        ConsoleTarget::Stdio => crate::backends::console::RawTerminal::new().ok(),
+        _ => None,
+    };
     let mut console_backend = ConsoleBackend::new(cfg.console.clone().into_output()?);
     let console_gpa = layout.console_gfn << 12;
     console_backend.connect(&mut GuestRingPage::new(
@@ -358,8 +375,14 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         std::thread::Builder::new()
             .name("console-input".into())
             .spawn(move || {
+                // Ctrl-] q asks the guest to power off; everything else is the guest's.
+                let mut escape = crate::backends::console::EscapeScanner::new();
                 for bytes in input_rx {
-                    if wake_tx.send(Wake::ConsoleInput(bytes)).is_err() {
+                    let (to_guest, quit) = escape.scan(&bytes);
+                    let sent = (to_guest.is_empty()
+                        || wake_tx.send(Wake::ConsoleInput(to_guest)).is_ok())
+                        && (!quit || wake_tx.send(Wake::PowerOff).is_ok());
+                    if !sent {
                         break;
                     }
                     // SAFETY: pthread_kill with a live thread id (the vCPU thread runs
@@ -373,6 +396,11 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
 
     let deadline = cfg.timeout.map(|t| started + t);
     let mut last_progress = (0, Instant::now());
+    // SIGTERM: the first asks the guest to power off; a second one, or the guest not
+    // going within SHUTDOWN_GRACE, destroys it.
+    SIGTERMS.store(0, Ordering::SeqCst);
+    let _ = register_signal_handler(libc::SIGTERM, on_sigterm);
+    let mut poweroff_asked: Option<Instant> = None;
     // The timer deadline the vCPU was last kicked for: one kick per deadline (the vCPU
     // fires timers on its next exit; kicking again would only keep it from running).
     let mut kicked_for = u64::MAX;
@@ -391,6 +419,21 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         match done_rx.recv_timeout(wait) {
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let terms = SIGTERMS.load(Ordering::SeqCst);
+                if terms >= 1 && poweroff_asked.is_none() {
+                    poweroff_asked = Some(Instant::now());
+                    let _ = wake_tx.send(Wake::PowerOff);
+                    let _ = handle.kill(kick_signal());
+                }
+                let destroy =
+                    terms >= 2 || poweroff_asked.is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);
+                if destroy {
+                    stop.store(STOP_DESTROY, Ordering::SeqCst);
+                    while done_rx.recv_timeout(Duration::from_millis(50)).is_err() {
+                        let _ = handle.kill(kick_signal());
+                    }
+                    break;
+                }
                 let due = next_timer.load(Ordering::SeqCst);
                 if due != u64::MAX && due != kicked_for && clock.ns(exit::rdtsc()) >= due {
                     kicked_for = due;
@@ -509,6 +552,8 @@ pub enum Wake {
     Timer,
     /// Bytes typed on the console.
     ConsoleInput(Vec<u8>),
+    /// Ask the guest to power off (console escape, SIGTERM): `control/shutdown`.
+    PowerOff,
 }
 
 /// State the vCPU thread shares with the watchdog.
@@ -684,6 +729,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 let what = match shared.stop.load(Ordering::SeqCst) {
                     STOP_TIMEOUT => "the guest did not finish in time (watchdog: --timeout)",
                     STOP_STALL => "the guest stopped making progress: no trap for --stall-timeout seconds (watchdog)",
+                    STOP_DESTROY => "the guest was destroyed: SIGTERM twice, or it did not power off within 30 s of the first",
                     _ => continue,
                 };
                 let diag = exit::diagnostic(what, &dom, None, Some(&mut vcpu as &mut dyn CpuState));
@@ -704,6 +750,24 @@ fn handle_wake(dom: &mut Domain<'_>, backends: &mut Backends, w: Wake) {
     match w {
         // Timers are looked at on every resume.
         Wake::Timer => {}
+        Wake::PowerOff => {
+            // The guest's xenbus watch on control/shutdown does the rest.
+            if backends
+                .xenstore
+                .write("control/shutdown", b"poweroff")
+                .is_ok()
+            {
+                let mut page =
+                    GuestRingPage::new(dom.platform.mem, GuestAddress(backends.store_gpa));
+                if backends.xenstore.process(&mut page) {
+                    pv_engine::evtchn::backend_notify(
+                        dom.vcpu,
+                        &mut dom.platform,
+                        BACKEND_PORT_XENSTORE,
+                    );
+                }
+            }
+        }
         Wake::ConsoleInput(bytes) => {
             let mut page = GuestRingPage::new(dom.platform.mem, GuestAddress(backends.console_gpa));
             if backends.console.push_input(&mut page, &bytes) {
