@@ -48,6 +48,22 @@ fn sig(s: &[u8; 4]) -> u32 {
 }
 
 impl CpuidTable {
+    /// The PV policy with leaf 0x16 reporting the processor's base frequency (the TSC
+    /// rate), so a kernel takes it from CPUID instead of timing the PIT: on this kind of
+    /// host every PIT read is a trap, and the PIT loop cost ~10 s of boot.
+    pub fn pv_policy_with_tsc(supported: &CpuId, tsc_khz: u32) -> Self {
+        let mut t = Self::pv_policy(supported);
+        let mhz = tsc_khz / 1000;
+        if mhz != 0 {
+            t.entries.retain(|e| e.function != 0x16);
+            t.entries.push(leaf(0x16, mhz, mhz, 100, 0));
+            for e in t.entries.iter_mut().filter(|e| e.function == 0) {
+                e.eax = e.eax.max(0x16);
+            }
+        }
+        t
+    }
+
     /// The PV policy built from what KVM supports.
     pub fn pv_policy(supported: &CpuId) -> Self {
         let mut entries: Vec<kvm_cpuid_entry2> = supported
@@ -163,6 +179,14 @@ mod tests {
         }
         assert_ne!(edx & 1, 0, "FPU stays");
         assert_eq!(t.lookup(0x8000_0001, 0)[3] & (1 << 26), 0, "1 GiB pages");
+    }
+
+    #[test]
+    fn leaf_0x16_reports_the_tsc_rate() {
+        let supported = CpuId::from_entries(&[leaf(0, 0xd, 0, 0, 0)]).unwrap();
+        let t = CpuidTable::pv_policy_with_tsc(&supported, 2_300_000);
+        assert_eq!(t.lookup(0x16, 0)[0], 2300);
+        assert!(t.lookup(0, 0)[0] >= 0x16, "the max basic leaf covers 0x16");
     }
 
     #[test]

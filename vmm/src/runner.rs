@@ -253,8 +253,8 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         )
         .map_err(|_| shim::Error::Memory(region.shared_info_gpa))?;
 
-    let cpuid = CpuidTable::pv_policy(&vm.supported_cpuid()?);
     let mut vcpu = vm.create_vcpu(0)?;
+    let cpuid = CpuidTable::pv_policy_with_tsc(&vm.supported_cpuid()?, vcpu.tsc_khz()?);
     vcpu.set_cpuid(
         &cpuid
             .to_kvm()
