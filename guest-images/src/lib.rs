@@ -18,6 +18,7 @@
 
 pub mod console;
 pub mod hypercall;
+pub mod kernel_fault;
 pub mod mem;
 pub mod mm;
 pub mod start;
