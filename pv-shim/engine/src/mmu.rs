@@ -70,14 +70,18 @@ fn guest_va_ok(va: u64) -> bool {
     is_canonical(va) && !(HYPERVISOR_VIRT_START..HYPERVISOR_VIRT_END).contains(&va)
 }
 
-/// `mmu_update(reqs, count, pdone, foreigndom)`.
-pub fn do_mmu_update(
+/// The batch loop `mmu_update` and `mmuext_op` share: reads `count` records of `T` from
+/// `list`, runs `one` on each until one fails, and adds the number done to `*pdone`
+/// (continuing a count a continuation carried over, as Xen's `MMU_UPDATE_PREEMPTED`).
+/// The whole batch runs in this one trap.
+fn batch<T: FromBytes + IntoBytes>(
     vcpu: &mut Vcpu,
     p: &mut dyn Platform,
-    reqs: u64,
+    list: u64,
     count: u32,
     pdone: u64,
     foreigndom: u32,
+    mut one: impl FnMut(&mut Vcpu, &mut dyn Platform, &T) -> i64,
 ) -> i64 {
     let mut count = count;
     let mut done: u32 = 0;
@@ -87,20 +91,21 @@ pub fn do_mmu_update(
             done = guest::read_obj(vcpu, p, pdone).unwrap_or(0);
         }
     }
-    if foreigndom as u16 != DOMID_SELF && foreigndom as u16 != 0 {
+    if foreigndom as u16 != DOMID_SELF && foreigndom as u16 != crate::GUEST_DOMID {
         return -ESRCH;
     }
+    let size = core::mem::size_of::<T>() as u64;
     let mut rc = 0;
     let mut i: u32 = 0;
     while i < count {
-        let req: MmuUpdate = match guest::read_obj(vcpu, p, reqs.wrapping_add(u64::from(i) * 16)) {
+        let item: T = match guest::read_obj(vcpu, p, list.wrapping_add(u64::from(i) * size)) {
             Ok(r) => r,
             Err(_) => {
                 rc = -EFAULT;
                 break;
             }
         };
-        rc = mmu_update_one(vcpu, p, &req);
+        rc = one(vcpu, p, &item);
         if rc != 0 {
             break;
         }
@@ -110,6 +115,18 @@ pub fn do_mmu_update(
         let _ = guest::write_obj(vcpu, p, pdone, &done.wrapping_add(i));
     }
     rc
+}
+
+/// `mmu_update(reqs, count, pdone, foreigndom)`.
+pub fn do_mmu_update(
+    vcpu: &mut Vcpu,
+    p: &mut dyn Platform,
+    reqs: u64,
+    count: u32,
+    pdone: u64,
+    foreigndom: u32,
+) -> i64 {
+    batch::<MmuUpdate>(vcpu, p, reqs, count, pdone, foreigndom, mmu_update_one)
 }
 
 fn mmu_update_one(vcpu: &mut Vcpu, p: &mut dyn Platform, req: &MmuUpdate) -> i64 {
@@ -158,37 +175,7 @@ pub fn do_mmuext_op(
         // A continuation carrying a final result in `foreigndom` (Xen's form).
         return i64::from(foreigndom as i32);
     }
-    let mut count = count;
-    let mut done: u32 = 0;
-    if count & MMU_UPDATE_PREEMPTED != 0 {
-        count &= !MMU_UPDATE_PREEMPTED;
-        if pdone != 0 {
-            done = guest::read_obj(vcpu, p, pdone).unwrap_or(0);
-        }
-    }
-    if foreigndom as u16 != DOMID_SELF && foreigndom as u16 != 0 {
-        return -ESRCH;
-    }
-    let mut rc = 0;
-    let mut i: u32 = 0;
-    while i < count {
-        let op: MmuextOp = match guest::read_obj(vcpu, p, uops.wrapping_add(u64::from(i) * 24)) {
-            Ok(o) => o,
-            Err(_) => {
-                rc = -EFAULT;
-                break;
-            }
-        };
-        rc = mmuext_one(vcpu, p, &op);
-        if rc != 0 {
-            break;
-        }
-        i += 1;
-    }
-    if pdone != 0 {
-        let _ = guest::write_obj(vcpu, p, pdone, &done.wrapping_add(i));
-    }
-    rc
+    batch::<MmuextOp>(vcpu, p, uops, count, pdone, foreigndom, mmuext_one)
 }
 
 /// Reads a vCPU bitmap for the `*_MULTI` flushes: whether it names this vCPU.
