@@ -32,6 +32,7 @@ fn main(_si: &'static StartInfo) {
     unsafe { asm!("mov {}, qword ptr fs:[8]", out(reg) v, options(nostack, readonly)) };
     check_eq!("%fs:8 after SEGBASE_FS", v, FS_TARGET[1]);
 
+    // SAFETY: only a segment base of this vCPU changes; nothing is accessed through it here.
     let rc = unsafe { set_segment_base(segbase::GS_KERNEL, GS_TARGET.as_ptr() as u64) };
     check_rc!("set_segment_base(SEGBASE_GS_KERNEL, &static)", rc, 0);
     let v: u64;
@@ -39,6 +40,7 @@ fn main(_si: &'static StartInfo) {
     unsafe { asm!("mov {}, qword ptr gs:[0]", out(reg) v, options(nostack, readonly)) };
     check_eq!("%gs:0 after SEGBASE_GS_KERNEL", v, GS_TARGET[0]);
 
+    // SAFETY: only a segment base of this vCPU changes; nothing is accessed through it here.
     let rc = unsafe { set_segment_base(segbase::GS_USER, 0x1000) };
     check_rc!("set_segment_base(SEGBASE_GS_USER, 0x1000)", rc, 0);
     // The user GS base must not leak into kernel mode.
@@ -51,6 +53,7 @@ fn main(_si: &'static StartInfo) {
         GS_TARGET[0]
     );
 
+    // SAFETY: only a segment base of this vCPU changes; nothing is accessed through it here.
     let rc = unsafe { set_segment_base(segbase::FS, NON_CANONICAL) };
     check_rc!(
         "set_segment_base(SEGBASE_FS, non-canonical)",
@@ -67,13 +70,17 @@ fn main(_si: &'static StartInfo) {
         rc,
         -errno::EINVAL
     );
+    // SAFETY: only a segment base of this vCPU changes; nothing is accessed through it here.
     let rc = unsafe { set_segment_base(abi_extra::SEGBASE_UNDEFINED, 0) };
     check_rc!("set_segment_base(99, 0)", rc, -errno::EINVAL);
 
+    // SAFETY: only a segment base of this vCPU changes; nothing is accessed through it here.
     let rc = unsafe { set_segment_base(segbase::FS, 0) };
     check_rc!("set_segment_base(SEGBASE_FS, 0)", rc, 0);
+    // SAFETY: only a segment base of this vCPU changes; nothing is accessed through it here.
     let rc = unsafe { set_segment_base(segbase::GS_KERNEL, 0) };
     check_rc!("set_segment_base(SEGBASE_GS_KERNEL, 0)", rc, 0);
+    // SAFETY: only a segment base of this vCPU changes; nothing is accessed through it here.
     let rc = unsafe { set_segment_base(segbase::GS_USER, 0) };
     check_rc!("set_segment_base(SEGBASE_GS_USER, 0)", rc, 0);
 }

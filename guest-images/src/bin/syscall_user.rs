@@ -110,11 +110,13 @@ extern "C" fn on_syscall(f: &mut SyscallFrame) {
             if f.rcx != ret1 {
                 fail!("first syscall: frame rcx {:#x}, expected {:#x} (syscall's return rip)", f.rcx, ret1);
             }
+            // SAFETY: one vCPU; the static is written by the user-mode code that ran before this handler.
             let usp = unsafe { core::ptr::read_volatile(&raw const USER_RSP) };
             if f.rsp != usp {
                 fail!("first syscall: frame rsp {:#x}, expected the user rsp {:#x}", f.rsp, usp);
             }
             println!("syscall 42 from user mode: rip {:#x} cs {:#x} rsp {:#x}", f.rip, f.cs, f.rsp);
+            // SAFETY: one vCPU; the handler and the main flow never run at the same time.
             unsafe { core::ptr::write_volatile(&raw mut STAGE, 1) };
             f.rax = RET_42;
         }

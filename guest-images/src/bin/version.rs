@@ -31,6 +31,7 @@ fn main(_si: &'static StartInfo) {
     }
 
     let mut extra = [0u8; ver::EXTRAVERSION_LEN];
+    // SAFETY: the argument is a local buffer of the size this sub-op writes, or NULL where it takes none.
     let rc = unsafe { xen_version(ver::XENVER_EXTRAVERSION, extra.as_mut_ptr()) };
     check_rc!("XENVER_extraversion", rc, 0);
     if extra[0] == 0 {
@@ -38,6 +39,7 @@ fn main(_si: &'static StartInfo) {
     }
 
     let mut caps = [0u8; ver::CAPABILITIES_LEN];
+    // SAFETY: the argument is a local buffer of the size this sub-op writes, or NULL where it takes none.
     let rc = unsafe { xen_version(ver::XENVER_CAPABILITIES, caps.as_mut_ptr()) };
     check_rc!("XENVER_capabilities", rc, 0);
     let caps_str = cstr(&caps);
@@ -52,6 +54,7 @@ fn main(_si: &'static StartInfo) {
         submap_idx: 0,
         submap: 0,
     };
+    // SAFETY: the argument is a local buffer of the size this sub-op writes, or NULL where it takes none.
     let rc = unsafe { xen_version(ver::XENVER_GET_FEATURES, &mut fi as *mut _ as *mut u8) };
     check_rc!("XENVER_get_features(0)", rc, 0);
     for (bit, name, want) in [
@@ -84,10 +87,12 @@ fn main(_si: &'static StartInfo) {
         }
     }
 
+    // SAFETY: the argument is a local buffer of the size this sub-op writes, or NULL where it takes none.
     let rc = unsafe { xen_version(ver::XENVER_PAGESIZE, core::ptr::null_mut()) };
     check_rc!("XENVER_pagesize", rc, 4096);
 
     let mut params = [0u8; abi_extra::PLATFORM_PARAMETERS_LEN];
+    // SAFETY: the argument is a local buffer of the size this sub-op writes, or NULL where it takes none.
     let rc = unsafe { xen_version(ver::XENVER_PLATFORM_PARAMETERS, params.as_mut_ptr()) };
     check_rc!("XENVER_platform_parameters", rc, 0);
     check_eq!(
@@ -96,6 +101,7 @@ fn main(_si: &'static StartInfo) {
         xen::HYPERVISOR_VIRT_START
     );
 
+    // SAFETY: the argument is a local buffer of the size this sub-op writes, or NULL where it takes none.
     let rc = unsafe { xen_version(abi_extra::XENVER_UNDEFINED, core::ptr::null_mut()) };
     check_rc!("xen_version(99)", rc, -errno::ENOSYS);
 
