@@ -92,24 +92,7 @@ const CR4_GUEST_VISIBLE: u64 = (1 << 5) | (1 << 7) | (1 << 9) | (1 << 10);
 
 /// The general register a ModRM `rm`/`reg` number (with its REX bit) names.
 fn gpr(regs: &mut GuestRegs, n: u8) -> &mut u64 {
-    match n & 15 {
-        0 => &mut regs.rax,
-        1 => &mut regs.rcx,
-        2 => &mut regs.rdx,
-        3 => &mut regs.rbx,
-        4 => &mut regs.rsp,
-        5 => &mut regs.rbp,
-        6 => &mut regs.rsi,
-        7 => &mut regs.rdi,
-        8 => &mut regs.r8,
-        9 => &mut regs.r9,
-        10 => &mut regs.r10,
-        11 => &mut regs.r11,
-        12 => &mut regs.r12,
-        13 => &mut regs.r13,
-        14 => &mut regs.r14,
-        _ => &mut regs.r15,
-    }
+    regs.gpr_mut(n)
 }
 
 /// `mov %crN, reg` and `mov reg, %crN` (`0f 20 /r`, `0f 22 /r`, optional REX), as Xen's

@@ -398,24 +398,7 @@ fn gpr_operand(instr: &Instruction, n: u32) -> Result<Gpr, PtwrError> {
 
 /// The [`GuestRegs`] slot of full register number `num` (0 = rax ... 15 = r15).
 fn slot(regs: &mut GuestRegs, num: u8) -> &mut u64 {
-    match num {
-        0 => &mut regs.rax,
-        1 => &mut regs.rcx,
-        2 => &mut regs.rdx,
-        3 => &mut regs.rbx,
-        4 => &mut regs.rsp,
-        5 => &mut regs.rbp,
-        6 => &mut regs.rsi,
-        7 => &mut regs.rdi,
-        8 => &mut regs.r8,
-        9 => &mut regs.r9,
-        10 => &mut regs.r10,
-        11 => &mut regs.r11,
-        12 => &mut regs.r12,
-        13 => &mut regs.r13,
-        14 => &mut regs.r14,
-        _ => &mut regs.r15,
-    }
+    regs.gpr_mut(num)
 }
 
 /// The value of a register operand, zero-extended.

@@ -31,6 +31,31 @@ pub struct GuestRegs {
     pub ss: u64,
 }
 
+impl GuestRegs {
+    /// The general register with x86 number `num` (0 = rax, 1 = rcx, ... 15 = r15; only
+    /// the low four bits count), as instruction encodings name them.
+    pub fn gpr_mut(&mut self, num: u8) -> &mut u64 {
+        match num & 15 {
+            0 => &mut self.rax,
+            1 => &mut self.rcx,
+            2 => &mut self.rdx,
+            3 => &mut self.rbx,
+            4 => &mut self.rsp,
+            5 => &mut self.rbp,
+            6 => &mut self.rsi,
+            7 => &mut self.rdi,
+            8 => &mut self.r8,
+            9 => &mut self.r9,
+            10 => &mut self.r10,
+            11 => &mut self.r11,
+            12 => &mut self.r12,
+            13 => &mut self.r13,
+            14 => &mut self.r14,
+            _ => &mut self.r15,
+        }
+    }
+}
+
 /// Which half of the guest is running (both run at CPL3, as on 64-bit Xen).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
