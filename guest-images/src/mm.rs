@@ -658,3 +658,47 @@ pub fn check_slack(si: &StartInfo) {
         }
     }
 }
+
+/// Flat 32-bit data descriptor, DPL 3 (what the descriptor kernels put at GDT index 2).
+pub const FLAT_DATA32_DPL3: u64 = 0x00cf_f300_0000_ffff;
+/// Slack frame the descriptor kernels use as their GDT page.
+pub const GDT_SLACK: u64 = 60;
+/// Slack frame they keep writable, to be refused.
+pub const WRITABLE_SLACK: u64 = 62;
+
+/// The `set_gdt` setup the descriptor kernels share: a GDT frame in slack page
+/// [`GDT_SLACK`] with a flat DPL-3 data descriptor at index 2; checks that a frame still
+/// mapped writable and an entry count over the Xen-reserved area are refused
+/// (-EINVAL), then makes the frame read-only and installs it with 16 entries.
+/// Returns the frame's MFN.
+pub fn install_test_gdt(si: &StartInfo) -> u64 {
+    const FIRST_RESERVED_GDT_ENTRY: u64 = 14 * 512;
+    let einval = -xen_abi::errno::EINVAL;
+    assume("set_gdt takes MFNs; each frame must be free of writable mappings (type PGT_seg_desc_page); entries <= 7168 (pv/descriptor-tables.c)");
+    assume("update_descriptor takes the slot's machine address; 64-bit PV: code/data DPL < 3 is raised to 3, system descriptors other than call gates are -EINVAL");
+    let g = slack_va(si, GDT_SLACK);
+    let gmfn = slack_mfn(si, GDT_SLACK);
+    for k in 0..512u64 {
+        wr(g + k * 8, 0);
+    }
+    wr(g + 2 * 8, FLAT_DATA32_DPL3);
+
+    // A frame still mapped writable is refused.
+    let wmfn = slack_mfn(si, WRITABLE_SLACK);
+    for k in 0..512u64 {
+        wr(slack_va(si, WRITABLE_SLACK) + k * 8, 0);
+    }
+    // SAFETY: the frame list is a local array.
+    let rc = unsafe { hypercall::set_gdt(&[wmfn], 16) };
+    crate::check_eq!("set_gdt of a frame still mapped writable", rc, einval);
+    // SAFETY: as above.
+    let rc = unsafe { hypercall::set_gdt(&[gmfn], FIRST_RESERVED_GDT_ENTRY + 1) };
+    crate::check_eq!("set_gdt with 7169 entries", rc, einval);
+
+    slack_make_ro(si, GDT_SLACK);
+    // SAFETY: the frame holds only valid descriptors.
+    let rc = unsafe { hypercall::set_gdt(&[gmfn], 16) };
+    crate::check_eq!("set_gdt(GDT frame, 16)", rc, 0i64);
+    crate::println!("set_gdt(mfn {:#x}, 16): 0", gmfn);
+    gmfn
+}

@@ -19,19 +19,11 @@
 #![no_main]
 
 use core::arch::asm;
-use pv_test_kernels::hypercall;
 use pv_test_kernels::mm;
 use pv_test_kernels::traps::{install_trap_table, last_trap};
-use pv_test_kernels::xen_abi::errno::EINVAL;
 use pv_test_kernels::{check_eq, fail, println, test_kernel, StartInfo};
 
 test_kernel!(main);
-
-const GDT: u64 = 60;
-const WRITABLE: u64 = 62;
-
-const FLAT_DATA32_DPL3: u64 = 0x00cf_f300_0000_ffff;
-const FIRST_RESERVED_GDT_ENTRY: u64 = 14 * 512;
 
 /// Loads `sel` into %ds (trap table armed), reads %ds back, reads memory through %ds,
 /// and resets %ds to 0. Returns (trapped, %ds read back).
@@ -69,33 +61,7 @@ fn main(si: &'static StartInfo) {
     mm::print_layout(si);
     mm::check_slack(si);
     install_trap_table();
-    mm::assume("set_gdt takes MFNs; each frame must be free of writable mappings (type PGT_seg_desc_page); entries <= 7168 (pv/descriptor-tables.c)");
-    mm::assume("update_descriptor takes the slot's machine address; 64-bit PV: code/data DPL < 3 is raised to 3, system descriptors other than call gates are -EINVAL");
-
-    let g = mm::slack_va(si, GDT);
-    let gmfn = mm::slack_mfn(si, GDT);
-    for k in 0..512u64 {
-        mm::wr(g + k * 8, 0);
-    }
-    mm::wr(g + 2 * 8, FLAT_DATA32_DPL3);
-
-    // A frame still mapped writable is refused.
-    let wmfn = mm::slack_mfn(si, WRITABLE);
-    for k in 0..512u64 {
-        mm::wr(mm::slack_va(si, WRITABLE) + k * 8, 0);
-    }
-    // SAFETY: the frame list is a local array.
-    let rc = unsafe { hypercall::set_gdt(&[wmfn], 16) };
-    check_eq!("set_gdt of a frame still mapped writable", rc, -EINVAL);
-    // SAFETY: as above.
-    let rc = unsafe { hypercall::set_gdt(&[gmfn], FIRST_RESERVED_GDT_ENTRY + 1) };
-    check_eq!("set_gdt with 7169 entries", rc, -EINVAL);
-
-    mm::slack_make_ro(si, GDT);
-    // SAFETY: the frame holds only valid descriptors.
-    let rc = unsafe { hypercall::set_gdt(&[gmfn], 16) };
-    check_eq!("set_gdt(GDT frame, 16)", rc, 0i64);
-    println!("set_gdt(mfn {:#x}, 16): 0", gmfn);
+    mm::install_test_gdt(si);
 
     let probe: u64 = 0x0d5d_5d5d_0d5d_5d5d;
     let (trapped, ds, v) = load_ds(0x13, &probe);

@@ -24,16 +24,12 @@ use pv_test_kernels::{check_eq, println, test_kernel, StartInfo};
 
 test_kernel!(main);
 
-const GDT: u64 = 60;
 const PLAIN: u64 = 61;
-const WRITABLE: u64 = 62;
 
-const FLAT_DATA32_DPL3: u64 = 0x00cf_f300_0000_ffff;
 const FLAT_DATA32_DPL3_RO: u64 = 0x00cf_f100_0000_ffff;
 const CODE64_DPL0: u64 = 0x00af_9a00_0000_ffff;
 const CODE64_DPL3: u64 = 0x00af_fa00_0000_ffff;
 const TSS64_DPL0: u64 = 0x0000_8900_0000_0067;
-const FIRST_RESERVED_GDT_ENTRY: u64 = 14 * 512;
 
 fn upd(ma: u64, desc: u64) -> i64 {
     // SAFETY: slots of the test's own frames (or deliberately bad addresses).
@@ -44,33 +40,8 @@ fn main(si: &'static StartInfo) {
     mm::print_layout(si);
     mm::check_slack(si);
     install_trap_table();
-    mm::assume("set_gdt takes MFNs; each frame must be free of writable mappings (type PGT_seg_desc_page); entries <= 7168 (pv/descriptor-tables.c)");
-    mm::assume("update_descriptor takes the slot's machine address; 64-bit PV: code/data DPL < 3 is raised to 3, system descriptors other than call gates are -EINVAL");
-
-    let g = mm::slack_va(si, GDT);
-    let gmfn = mm::slack_mfn(si, GDT);
-    for k in 0..512u64 {
-        mm::wr(g + k * 8, 0);
-    }
-    mm::wr(g + 2 * 8, FLAT_DATA32_DPL3);
-
-    // A frame still mapped writable is refused.
-    let wmfn = mm::slack_mfn(si, WRITABLE);
-    for k in 0..512u64 {
-        mm::wr(mm::slack_va(si, WRITABLE) + k * 8, 0);
-    }
-    // SAFETY: the frame list is a local array.
-    let rc = unsafe { hypercall::set_gdt(&[wmfn], 16) };
-    check_eq!("set_gdt of a frame still mapped writable", rc, -EINVAL);
-    // SAFETY: as above.
-    let rc = unsafe { hypercall::set_gdt(&[gmfn], FIRST_RESERVED_GDT_ENTRY + 1) };
-    check_eq!("set_gdt with 7169 entries", rc, -EINVAL);
-
-    mm::slack_make_ro(si, GDT);
-    // SAFETY: the frame holds only valid descriptors.
-    let rc = unsafe { hypercall::set_gdt(&[gmfn], 16) };
-    check_eq!("set_gdt(GDT frame, 16)", rc, 0i64);
-    println!("set_gdt(mfn {:#x}, 16): 0", gmfn);
+    let gmfn = mm::install_test_gdt(si);
+    let g = mm::slack_va(si, mm::GDT_SLACK);
 
     // update_descriptor on the live GDT frame.
     let rc = upd(mm::entry_ma(gmfn, 4), FLAT_DATA32_DPL3_RO);
@@ -98,32 +69,35 @@ fn main(si: &'static StartInfo) {
         mm::rd(g + 6 * 8),
         0u64
     );
-    let rc = upd(mm::entry_ma(gmfn, 7) + 4, FLAT_DATA32_DPL3);
+    let rc = upd(mm::entry_ma(gmfn, 7) + 4, mm::FLAT_DATA32_DPL3);
     check_eq!("update_descriptor at a misaligned address", rc, -EINVAL);
     check_eq!(
         "GDT slot 7 after the refused update",
         mm::rd(g + 7 * 8),
         0u64
     );
-    let rc = upd(mm::entry_ma(mm::MFN_NOT_RAM, 0), FLAT_DATA32_DPL3);
+    let rc = upd(mm::entry_ma(mm::MFN_NOT_RAM, 0), mm::FLAT_DATA32_DPL3);
     check_eq!("update_descriptor on a frame not ours", rc, -EINVAL);
     println!("update_descriptor on the GDT frame: ok");
 
     let p = mm::slack_va(si, PLAIN);
     mm::wr(p, 0);
-    let rc = upd(mm::entry_ma(mm::slack_mfn(si, PLAIN), 0), FLAT_DATA32_DPL3);
+    let rc = upd(
+        mm::entry_ma(mm::slack_mfn(si, PLAIN), 0),
+        mm::FLAT_DATA32_DPL3,
+    );
     check_eq!("update_descriptor on a writable data frame", rc, 0i64);
     check_eq!(
         "data frame slot 0 right after update_descriptor",
         mm::rd(p),
-        FLAT_DATA32_DPL3
+        mm::FLAT_DATA32_DPL3
     );
 
     // Release the GDT frame.
     // SAFETY: %ds is null again; an empty GDT.
     let rc = unsafe { hypercall::set_gdt(&[gmfn], 0) };
     check_eq!("set_gdt(_, 0)", rc, 0i64);
-    mm::slack_make_rw(si, GDT);
+    mm::slack_make_rw(si, mm::GDT_SLACK);
     mm::wr(g, 0);
     println!("GDT released and the frame writable again: ok");
 }
