@@ -625,6 +625,24 @@ impl ProbeVm {
             }
         }
     }
+
+    /// Runs a timing loop of `n` iterations (the snippet reports its TSC delta in rbx)
+    /// and returns cycles per iteration; any other end than `want` is an error naming
+    /// `step`.
+    fn timed(
+        &mut self,
+        snippet: Snippet,
+        ring0: bool,
+        n: u64,
+        ioctl_regs: bool,
+        step: &'static str,
+        want: End,
+    ) -> Result<f64, Error> {
+        self.start(snippet, ring0, n)?;
+        let (end, r) = self.run(|_: &mut ProbeVm, _: u64| {}, ioctl_regs)?;
+        expect(step, &end, want)?;
+        Ok(r.rbx as f64 / n as f64)
+    }
 }
 
 /// One measured figure.
@@ -675,75 +693,90 @@ pub fn run() -> Result<Report, Error> {
     let no_req = |_: &mut ProbeVm, _: u64| {};
 
     let mut p = ProbeVm::new()?;
-    let n3 = 10_000_000;
-    p.start(Snippet::probe_r3_loop, false, n3)?;
-    let (end, r) = p.run(no_req, false)?;
-    expect("ring-3 loop", &end, End::Doorbell)?;
+    let per = p.timed(
+        Snippet::probe_r3_loop,
+        false,
+        10_000_000,
+        false,
+        "ring-3 loop",
+        End::Doorbell,
+    )?;
     figures.push(Figure {
         name: "ring-3 loop iteration (dec+jnz)",
-        value: r.rbx as f64 / n3 as f64,
+        value: per,
         unit: "cycles",
     });
-
-    let n0 = 2_000;
-    p.start(Snippet::probe_r0_loop, true, n0)?;
-    let (end, r) = p.run(no_req, false)?;
-    expect("ring-0 loop", &end, End::Port)?;
+    let per = p.timed(
+        Snippet::probe_r0_loop,
+        true,
+        2_000,
+        false,
+        "ring-0 loop",
+        End::Port,
+    )?;
     figures.push(Figure {
         name: "ring-0 loop iteration (dec+jnz)",
-        value: r.rbx as f64 / n0 as f64,
+        value: per,
         unit: "cycles",
     });
     figures.push(Figure {
         name: "ring-0 instruction (emulated?)",
-        value: us(r.rbx, 2 * n0) * 1000.0,
+        value: per / 2.0 / mhz * 1000.0,
         unit: "ns",
     });
 
+    // Round trips through the VMM, in microseconds each.
     let nt = 20_000;
-    p.start(Snippet::probe_r3_syscall, false, nt)?;
-    let (end, r) = p.run(no_req, false)?;
-    expect("syscall doorbell", &end, End::Doorbell)?;
-    figures.push(Figure {
-        name: "syscall -> VMM -> guest (sync regs)",
-        value: us(r.rbx, nt),
-        unit: "us",
-    });
-    p.start(Snippet::probe_r3_syscall, false, nt)?;
-    let (end, r) = p.run(no_req, true)?;
-    expect("syscall doorbell (ioctls)", &end, End::Doorbell)?;
-    figures.push(Figure {
-        name: "syscall -> VMM -> guest (GET/SET_REGS)",
-        value: us(r.rbx, nt),
-        unit: "us",
-    });
-
-    p.start(Snippet::probe_r3_out, false, nt)?;
-    let (end, r) = p.run(no_req, false)?;
-    expect("out doorbell", &end, End::Doorbell)?;
-    figures.push(Figure {
-        name: "out from ring 3 (I/O bitmap) -> VMM -> guest",
-        value: us(r.rbx, nt),
-        unit: "us",
-    });
-
-    p.start(Snippet::probe_r0_out, true, nt)?;
-    let (end, r) = p.run(no_req, false)?;
-    expect("ring-0 out doorbell", &end, End::Port)?;
-    figures.push(Figure {
-        name: "out from ring 0 -> VMM -> guest",
-        value: us(r.rbx, nt),
-        unit: "us",
-    });
-
-    p.start(Snippet::probe_r3_int3, false, nt)?;
-    let (end, r) = p.run(no_req, false)?;
-    expect("int3 via VMM", &end, End::Doorbell)?;
-    figures.push(Figure {
-        name: "int3 -> shim stub -> VMM -> iretq",
-        value: us(r.rbx, nt),
-        unit: "us",
-    });
+    let round_trips = [
+        (
+            Snippet::probe_r3_syscall,
+            false,
+            false,
+            "syscall doorbell",
+            End::Doorbell,
+            "syscall -> VMM -> guest (sync regs)",
+        ),
+        (
+            Snippet::probe_r3_syscall,
+            false,
+            true,
+            "syscall doorbell (ioctls)",
+            End::Doorbell,
+            "syscall -> VMM -> guest (GET/SET_REGS)",
+        ),
+        (
+            Snippet::probe_r3_out,
+            false,
+            false,
+            "out doorbell",
+            End::Doorbell,
+            "out from ring 3 (I/O bitmap) -> VMM -> guest",
+        ),
+        (
+            Snippet::probe_r0_out,
+            true,
+            false,
+            "ring-0 out doorbell",
+            End::Port,
+            "out from ring 0 -> VMM -> guest",
+        ),
+        (
+            Snippet::probe_r3_int3,
+            false,
+            false,
+            "int3 via VMM",
+            End::Doorbell,
+            "int3 -> shim stub -> VMM -> iretq",
+        ),
+    ];
+    for (snippet, ring0, ioctl_regs, step, want, name) in round_trips {
+        let per = p.timed(snippet, ring0, nt, ioctl_regs, step, want)?;
+        figures.push(Figure {
+            name,
+            value: per / mhz,
+            unit: "us",
+        });
+    }
 
     // The same exception with a ring-0 handler that only iretqs (no VMM).
     {
