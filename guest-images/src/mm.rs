@@ -123,45 +123,8 @@ pub const SLACK_FRAMES: u64 = 128;
 /// MMIO the domain has no `iomem` permission for and refuses it with -EPERM.
 pub const MFN_NOT_RAM: u64 = (1 << 32) - 16;
 
-/// `struct mmu_update` (`public/xen.h`).
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
-pub struct MmuUpdate {
-    /// Machine address of the PTE (or frame, for MACHPHYS) with the command in bits 0-1.
-    pub ptr: u64,
-    /// New PTE (or pfn, for MACHPHYS).
-    pub val: u64,
-}
-
-/// `struct multicall_entry` (`public/xen.h`, x86_64: `xen_ulong_t` = 64 bits).
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
-pub struct MulticallEntry {
-    /// Hypercall number.
-    pub op: u64,
-    /// Written by the hypervisor: the call's return value.
-    pub result: u64,
-    /// Arguments.
-    pub args: [u64; 6],
-}
-
-/// `struct xen_memory_reservation` (`public/memory.h`, x86_64: 32 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
-pub struct MemoryReservation {
-    /// Guest handle: array of `xen_pfn_t`.
-    pub extent_start: u64,
-    /// Number of extents.
-    pub nr_extents: u64,
-    /// log2 of pages per extent.
-    pub extent_order: u32,
-    /// `XENMEMF_*`.
-    pub mem_flags: u32,
-    /// Domain (DOMID_SELF).
-    pub domid: u16,
-    /// Padding.
-    pub _pad: [u16; 3],
-}
+pub use xen_abi::memory::MemoryReservation;
+pub use xen_abi::xen::{MmuUpdate, MulticallEntry};
 
 /// `struct xen_memory_map` (`public/memory.h`): 16 bytes.
 #[repr(C)]

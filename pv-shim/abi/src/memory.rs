@@ -12,6 +12,24 @@ pub const XENMEM_POPULATE_PHYSMAP: u64 = 6;
 pub const XENMEM_MEMORY_MAP: u64 = 9;
 pub const XENMEM_MACHPHYS_MAPPING: u64 = 12;
 
+/// `struct xen_memory_reservation` (x86_64), 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct MemoryReservation {
+    /// Guest handle: the array of `xen_pfn_t` frame numbers.
+    pub extent_start: u64,
+    /// Entries in that array.
+    pub nr_extents: u64,
+    /// log2 of frames per extent.
+    pub extent_order: u32,
+    /// `XENMEMF_*` flags.
+    pub mem_flags: u32,
+    /// The domain (DOMID_SELF).
+    pub domid: u16,
+    /// Padding.
+    pub _pad: [u16; 3],
+}
+
 /// `struct xen_machphys_mapping`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]

@@ -300,6 +300,30 @@ pub const VGCF_FAILSAFE_DISABLES_EVENTS: u64 = 1 << 3;
 /// `VGCF_syscall_disables_events`.
 pub const VGCF_SYSCALL_DISABLES_EVENTS: u64 = 1 << 4;
 
+/// `struct mmu_update`, 16 bytes: the machine address of an entry with the command in
+/// bits 0-1 (`MMU_NORMAL_PT_UPDATE`, `MMU_MACHPHYS_UPDATE`, ...) and the new value.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct MmuUpdate {
+    /// Machine address of the entry (or frame, for `MMU_MACHPHYS_UPDATE`), command in the
+    /// low bits.
+    pub ptr: u64,
+    /// New entry (or pfn, for `MMU_MACHPHYS_UPDATE`).
+    pub val: u64,
+}
+
+/// `struct multicall_entry` (x86_64: `xen_ulong_t` is 64 bits), 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct MulticallEntry {
+    /// Hypercall number.
+    pub op: u64,
+    /// Written back by the hypervisor: the call's return value.
+    pub result: u64,
+    /// Arguments.
+    pub args: [u64; 6],
+}
+
 /// Domain id meaning "the calling domain".
 pub const DOMID_SELF: u16 = 0x7ff0;
 
@@ -317,6 +341,8 @@ mod tests {
         assert_eq!(core::mem::offset_of!(StartInfo, first_p2m_pfn), 1152);
         assert_eq!(core::mem::size_of::<TrapInfo>(), 16);
         assert_eq!(core::mem::size_of::<IretContext>(), 72);
+        assert_eq!(core::mem::size_of::<MmuUpdate>(), 16);
+        assert_eq!(core::mem::size_of::<MulticallEntry>(), 64);
     }
 }
 

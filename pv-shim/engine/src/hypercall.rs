@@ -26,8 +26,8 @@ use xen_abi::version::*;
 use xen_abi::xen::hypercall as hc;
 use xen_abi::xen::selector::FLAT_KERNEL_CS;
 use xen_abi::xen::{
-    segbase, vmassist, IretContext, TrapInfo, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START,
-    VGCF_IN_SYSCALL,
+    segbase, vmassist, IretContext, MulticallEntry, TrapInfo, HYPERVISOR_VIRT_END,
+    HYPERVISOR_VIRT_START, VGCF_IN_SYSCALL,
 };
 
 use crate::bounce::{
@@ -210,27 +210,6 @@ fn do_physdev_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i
         }
         _ => -ENOSYS,
     }
-}
-
-/// `struct multicall_entry` (x86_64).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Default,
-    Debug,
-    zerocopy::FromBytes,
-    zerocopy::IntoBytes,
-    zerocopy::Immutable,
-    zerocopy::KnownLayout,
-)]
-pub struct MulticallEntry {
-    /// Hypercall number.
-    pub op: u64,
-    /// Result, written back.
-    pub result: u64,
-    /// Arguments.
-    pub args: [u64; 6],
 }
 
 /// `multicall(list, count)`: each entry runs as its own hypercall in one trap; its

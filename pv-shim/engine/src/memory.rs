@@ -11,33 +11,6 @@ use crate::{guest, Platform, Vcpu};
 /// Highest machine frame number the M2P area can describe (`MACH2PHYS_NR_ENTRIES - 1`).
 pub const M2P_MAX_MFN: u64 = ((M2P_VA_END - M2P_VA) >> 3) - 1;
 
-/// `struct xen_memory_reservation` (x86_64).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Default,
-    Debug,
-    zerocopy::FromBytes,
-    zerocopy::IntoBytes,
-    zerocopy::Immutable,
-    zerocopy::KnownLayout,
-)]
-pub struct MemoryReservation {
-    /// Guest address of the array of frame numbers.
-    pub extent_start: u64,
-    /// Entries in that array.
-    pub nr_extents: u64,
-    /// log2 of frames per extent (pvkvm serves order 0).
-    pub extent_order: u32,
-    /// `XENMEMF_*` flags.
-    pub mem_flags: u32,
-    /// The domain (DOMID_SELF).
-    pub domid: u16,
-    /// Padding.
-    pub _pad: [u16; 3],
-}
-
 /// An M2P entry that names no pfn.
 const INVALID_M2P_ENTRY: u64 = !0;
 

@@ -13,8 +13,8 @@
 use pv_mm::{FlushSet, Level, Mfn, MmError};
 use xen_abi::errno::{EACCES, EFAULT, EINVAL, ENOSYS, EOPNOTSUPP, ESRCH};
 use xen_abi::xen::mmuext::{self, MmuextOp, MMU_UPDATE_PREEMPTED};
-use xen_abi::xen::{selector, DOMID_SELF, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use xen_abi::xen::{selector, MmuUpdate, DOMID_SELF, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START};
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::guest::{self, is_canonical};
 use crate::{Platform, Vcpu};
@@ -36,16 +36,6 @@ pub const UVMF_INVLPG: u64 = 2;
 pub const UVMF_ALL: u64 = 4;
 /// Flush on the vCPUs in the mask the rest of the flags point at.
 pub const UVMF_MULTI: u64 = 0;
-
-/// `struct mmu_update`.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct MmuUpdate {
-    /// Machine address of the entry, command in the low bits.
-    pub ptr: u64,
-    /// New value.
-    pub val: u64,
-}
 
 /// Merges `more` into `into`.
 pub fn merge_flush(into: &mut FlushSet, more: FlushSet) {
