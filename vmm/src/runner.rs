@@ -536,15 +536,6 @@ pub struct Backends {
     pub store_gpa: u64,
 }
 
-impl crate::xenstore::RingPage for GuestRingPage<'_> {
-    fn read(&self, offset: usize, buf: &mut [u8]) {
-        crate::backends::console::RingPage::read(self, offset, buf)
-    }
-    fn write(&mut self, offset: usize, buf: &[u8]) {
-        crate::backends::console::RingPage::write(self, offset, buf)
-    }
-}
-
 /// What the other threads tell the vCPU thread (each message comes with a kick).
 #[derive(Debug)]
 pub enum Wake {

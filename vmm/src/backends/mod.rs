@@ -2,6 +2,8 @@
 //!
 //! [`console`] stands in for xenconsoled: it services the guest's console page
 //! (`struct xencons_interface`) and connects it to the user's terminal, a file, or a
-//! pseudo-terminal.
+//! pseudo-terminal. [`ring_page`] is the shared-page access it and the xenstore
+//! daemon (`crate::xenstore`) use.
 
 pub mod console;
+pub mod ring_page;

@@ -5,71 +5,11 @@
 
 use std::sync::atomic::{fence, Ordering};
 
+pub use crate::backends::ring_page::{read_u32, write_u32, RingPage};
+
 use super::wire::{
     OFF_REQ, OFF_REQ_CONS, OFF_REQ_PROD, OFF_RSP, OFF_RSP_CONS, OFF_RSP_PROD, XENSTORE_RING_SIZE,
 };
-
-/// Byte access to the 4 KiB xenstore page. Offsets are page offsets.
-///
-/// Implementations must not panic on any offset: bytes outside the page read as 0
-/// and writes outside it are ignored. (This module only uses offsets below 2080.)
-/// An implementation over guest memory should use volatile-style copies; the ring
-/// code places the memory fences.
-pub trait RingPage {
-    /// Fills `buf` from the page at `offset`.
-    fn read(&self, offset: usize, buf: &mut [u8]);
-    /// Stores `buf` into the page at `offset`.
-    fn write(&mut self, offset: usize, buf: &[u8]);
-}
-
-impl RingPage for [u8] {
-    fn read(&self, offset: usize, buf: &mut [u8]) {
-        buf.fill(0);
-        if let Some(src) = self.get(offset..) {
-            let n = src.len().min(buf.len());
-            buf[..n].copy_from_slice(&src[..n]);
-        }
-    }
-
-    fn write(&mut self, offset: usize, buf: &[u8]) {
-        if let Some(dst) = self.get_mut(offset..) {
-            let n = dst.len().min(buf.len());
-            dst[..n].copy_from_slice(&buf[..n]);
-        }
-    }
-}
-
-impl RingPage for [u8; 4096] {
-    fn read(&self, offset: usize, buf: &mut [u8]) {
-        self.as_slice().read(offset, buf)
-    }
-
-    fn write(&mut self, offset: usize, buf: &[u8]) {
-        self.as_mut_slice().write(offset, buf)
-    }
-}
-
-impl RingPage for Vec<u8> {
-    fn read(&self, offset: usize, buf: &mut [u8]) {
-        self.as_slice().read(offset, buf)
-    }
-
-    fn write(&mut self, offset: usize, buf: &[u8]) {
-        self.as_mut_slice().write(offset, buf)
-    }
-}
-
-/// Reads the u32 at `off`.
-pub fn read_u32(page: &dyn RingPage, off: usize) -> u32 {
-    let mut b = [0u8; 4];
-    page.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-
-/// Writes the u32 at `off`.
-pub fn write_u32(page: &mut dyn RingPage, off: usize, v: u32) {
-    page.write(off, &v.to_le_bytes());
-}
 
 /// The indices are inconsistent (`prod - cons > ring size`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

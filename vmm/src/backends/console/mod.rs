@@ -44,10 +44,9 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use super::ring_page::{read_u32, write_u32};
+pub use super::ring_page::{GuestRingPage, RingPage, PAGE_SIZE};
 
-/// Size of the console page.
-pub const PAGE_SIZE: usize = 4096;
 /// Offset of `in[]`, the ring the backend produces and the guest consumes.
 pub const IN_OFFSET: usize = 0;
 /// Size of `in[]`.
@@ -77,94 +76,6 @@ pub const MAX_OUTPUT_BACKLOG: usize = 64 * 1024;
 /// Most host input held for a guest that is not reading its console; further input
 /// is dropped.
 pub const MAX_INPUT_BACKLOG: usize = 64 * 1024;
-
-/// Byte access to the 4 KiB console page. Offsets are page offsets.
-///
-/// Implementations must not panic on any offset: bytes outside the page read as 0
-/// and writes outside it are ignored.
-pub trait RingPage {
-    /// Fills `buf` from the page at `offset`.
-    fn read(&self, offset: usize, buf: &mut [u8]);
-    /// Stores `buf` into the page at `offset`.
-    fn write(&mut self, offset: usize, buf: &[u8]);
-}
-
-impl RingPage for [u8] {
-    fn read(&self, offset: usize, buf: &mut [u8]) {
-        buf.fill(0);
-        if let Some(src) = self.get(offset..) {
-            let n = src.len().min(buf.len());
-            buf[..n].copy_from_slice(&src[..n]);
-        }
-    }
-
-    fn write(&mut self, offset: usize, buf: &[u8]) {
-        if let Some(dst) = self.get_mut(offset..) {
-            let n = dst.len().min(buf.len());
-            dst[..n].copy_from_slice(&buf[..n]);
-        }
-    }
-}
-
-impl<const N: usize> RingPage for [u8; N] {
-    fn read(&self, offset: usize, buf: &mut [u8]) {
-        self.as_slice().read(offset, buf)
-    }
-
-    fn write(&mut self, offset: usize, buf: &[u8]) {
-        self.as_mut_slice().write(offset, buf)
-    }
-}
-
-/// The console page in guest memory, at guest-physical `base`.
-///
-/// Accesses that fall outside guest memory read as 0 and are otherwise ignored.
-pub struct GuestRingPage<'a> {
-    mem: &'a GuestMemoryMmap,
-    base: GuestAddress,
-}
-
-impl<'a> GuestRingPage<'a> {
-    /// The console page at guest-physical `base` (page aligned in practice).
-    pub fn new(mem: &'a GuestMemoryMmap, base: GuestAddress) -> Self {
-        Self { mem, base }
-    }
-
-    fn addr(&self, offset: usize, len: usize) -> Option<GuestAddress> {
-        let end = offset.checked_add(len)?;
-        if end > PAGE_SIZE {
-            return None;
-        }
-        self.base.0.checked_add(offset as u64).map(GuestAddress)
-    }
-}
-
-impl RingPage for GuestRingPage<'_> {
-    fn read(&self, offset: usize, buf: &mut [u8]) {
-        let ok = self
-            .addr(offset, buf.len())
-            .is_some_and(|a| self.mem.read_slice(buf, a).is_ok());
-        if !ok {
-            buf.fill(0);
-        }
-    }
-
-    fn write(&mut self, offset: usize, buf: &[u8]) {
-        if let Some(a) = self.addr(offset, buf.len()) {
-            let _ = self.mem.write_slice(buf, a);
-        }
-    }
-}
-
-fn read_u32(page: &dyn RingPage, offset: usize) -> u32 {
-    let mut b = [0u8; 4];
-    page.read(offset, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn write_u32(page: &mut dyn RingPage, offset: usize, v: u32) {
-    page.write(offset, &v.to_le_bytes());
-}
 
 /// Where guest console output goes (and, for [`Output::Pty`], where input comes from).
 #[derive(Debug)]
@@ -439,6 +350,7 @@ impl ConsoleBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn page() -> Box<[u8; PAGE_SIZE]> {
         Box::new([0u8; PAGE_SIZE])
