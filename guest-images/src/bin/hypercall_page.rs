@@ -22,7 +22,7 @@ unsafe extern "C" {
 fn stub(n: u64) -> &'static [u8] {
     // SAFETY: the runtime defines pvt_hypercall_page as a 4 KiB page in .text; the
     // builder filled it before entry and nothing writes it afterwards.
-    let page = unsafe { &*(&raw const pvt_hypercall_page) };
+    let page = unsafe { &pvt_hypercall_page };
     &page[(n * 32) as usize..(n * 32 + 32) as usize]
 }
 

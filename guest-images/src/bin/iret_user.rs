@@ -8,6 +8,7 @@
 //!      next instruction;
 //!   3. runs `int3` again: this time the handler resumes the kernel (it rewrites the
 //!      frame to CS 0xe030 / the kernel's rsp), and the kernel checks everything.
+//!
 //! The user code copies the trap record after steps 1 and 2. Asserted for each: vector,
 //! error code (#PF: 4 = user-mode read of a non-present page), CS 0xe033 (RPL 3: user
 //! mode), SS 0xe02b, the user rip (after `int3`; at the faulting load) and rsp, the saved

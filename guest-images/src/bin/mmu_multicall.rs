@@ -39,13 +39,13 @@ fn main(si: &'static StartInfo) {
 
     let mut calls = [MulticallEntry::default(); N + 5];
     let frame_of = |k: u64| N as u64 - 1 - k;
-    for k in 0..N {
+    for (k, call) in calls.iter_mut().enumerate().take(N) {
         let flags = match k % 3 {
             0 => mm::UVMF_NONE,
             1 => mm::UVMF_INVLPG | mm::UVMF_LOCAL,
             _ => mm::UVMF_TLB_FLUSH | mm::UVMF_ALL,
         };
-        calls[k] = MulticallEntry {
+        *call = MulticallEntry {
             op: nr::UPDATE_VA_MAPPING,
             result: 0x5555,
             args: [
@@ -108,8 +108,8 @@ fn main(si: &'static StartInfo) {
     // SAFETY: every call maps slack VAs or is harmless.
     let rc = unsafe { hypercall::multicall(&mut calls) };
     check_eq!("multicall rc", rc, 0i64);
-    for k in 0..N {
-        let r = calls[k].result as i64;
+    for (k, call) in calls.iter().enumerate().take(N) {
+        let r = call.result as i64;
         if r != 0 {
             fail!(
                 "multicall entry {} (update_va_mapping): result {}, expected 0",
