@@ -24,6 +24,7 @@ use crate::posted::{Posted, VmmFrames};
 use crate::shim::{self, ShimImage, ShimRegion, XCR0_X87_SSE_AVX};
 use crate::vstate::{self, Regs, Vm};
 use crate::xenstore::Xenstore;
+use xen_abi::contract::layout::GRANT_FRAMES;
 
 /// Errors that stop a domain before or while it runs (not the guest's own end).
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +285,8 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let stop = Arc::new(AtomicU8::new(STOP_NONE));
     let progress = Arc::new(AtomicU64::new(0));
     let mut pv_vcpu = pv_engine::Vcpu::new(0, layout.l4_gpa, region.shared_info_gpa);
+    pv_vcpu.gnttab =
+        pv_engine::gnttab::GrantTable::new(region.grant_table_gpa >> 12, GRANT_FRAMES as u32);
     // The xenstore and console channels start_info names, connected to the backends.
     pv_vcpu
         .evtchn
@@ -589,7 +592,9 @@ fn initial_mm(
     let mut mm = pv_mm::Mm::new(pv_mm::MmConfig {
         nr_frames: ram >> 12,
         hole_l4: region.hole_l4,
-        shared_frames: vec![region.shared_info_gpa >> 12],
+        shared_frames: core::iter::once(region.shared_info_gpa >> 12)
+            .chain((0..GRANT_FRAMES).map(|i| (region.grant_table_gpa >> 12) + i))
+            .collect(),
         max_machine_frame: (region.gpa + shim::region_size(ram >> 12)) >> 12,
     });
     let mut posted = Posted::default();

@@ -124,6 +124,8 @@ pub struct ShimRegion {
     pub stack_top: u64,
     /// Guest-physical address of `shared_info`.
     pub shared_info_gpa: u64,
+    /// Guest-physical address of grant-table frame 0 (`layout::GRANT_FRAMES` frames).
+    pub grant_table_gpa: u64,
     /// The apply routine (see `xen_abi::contract::ShimHeader::apply_entry`).
     pub apply_entry: u64,
     /// Where rip points when the apply routine rings `APPLY_MORE`.
@@ -480,6 +482,7 @@ pub fn build_region(
         syscall_doorbell_end: va(layout::TEXT) + u64::from(hdr.syscall_doorbell_end),
         stack_top: va(layout::STACK),
         shared_info_gpa: gpa + layout::SHARED_INFO,
+        grant_table_gpa: gpa + layout::GRANT_TABLE,
         apply_entry: va(layout::TEXT) + u64::from(hdr.apply_entry),
         apply_more_doorbell_end: va(layout::TEXT) + u64::from(hdr.apply_more_doorbell_end),
         m2p_gpa: gpa + layout::SIZE,

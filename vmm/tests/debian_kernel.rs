@@ -101,7 +101,8 @@ fn prints_the_linux_banner_and_never_hangs() {
 
 /// Issue 4's end-to-end check: the Debian kernel with pvkvm's default initramfs boots to
 /// a shell on hvc0; typed commands answer with the kernel's release, `xen` and no
-/// warning or oops in dmesg; `poweroff -f` ends pvkvm with status 0.
+/// warning or oops in dmesg, and the grant-table driver initialised; `poweroff -f` ends
+/// pvkvm with status 0.
 #[test]
 fn boots_to_a_shell_and_powers_off() {
     use std::io::{Read, Write};
@@ -175,7 +176,8 @@ fn boots_to_a_shell_and_powers_off() {
     };
     writeln!(
         stdin,
-        "uname -r; cat /sys/hypervisor/type; dmesg | grep -c -E 'BUG:|Oops|WARNING:|Kernel panic'"
+        "uname -r; cat /sys/hypervisor/type; dmesg | grep -c -E 'BUG:|Oops|WARNING:|Kernel panic'; \
+         dmesg | grep -c 'Grant table initialized'"
     )
     .unwrap();
     writeln!(stdin, "echo END-OF-ANSWERS").unwrap();
@@ -186,14 +188,14 @@ fn boots_to_a_shell_and_powers_off() {
         panic!("no answers; console:\n{}", text(&console));
     };
     let all = text(&console);
-    // The three lines the shell printed just before the marker (the echoed command above
+    // The four lines the shell printed just before the marker (the echoed command above
     // them may wrap at the terminal width).
     let lines: Vec<String> = all[prompt..end]
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty() && !l.contains('#') && !l.contains("END-OF-ANSWERS"))
         .collect();
-    let answers = lines[lines.len().saturating_sub(3)..].to_vec();
+    let answers = lines[lines.len().saturating_sub(4)..].to_vec();
     writeln!(stdin, "poweroff -f").unwrap();
     let started = Instant::now();
     let status = loop {
@@ -218,8 +220,13 @@ fn boots_to_a_shell_and_powers_off() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(
-        answers.len() >= 3 && answers[0] == release && answers[1] == "xen" && answers[2] == "0",
-        "answers {answers:?}, expected [{release}, xen, 0]; console:\n{}",
+        answers.len() >= 4
+            && answers[0] == release
+            && answers[1] == "xen"
+            && answers[2] == "0"
+            && answers[3] == "1",
+        "answers {answers:?}, expected [{release}, xen, 0, 1] (release, hypervisor type, \
+         kernel warnings, grant table initialised); console:\n{}",
         text(&console)
     );
     assert_eq!(status.code(), Some(0), "pvkvm:\n{stderr}");

@@ -104,8 +104,14 @@ pub mod layout {
     pub const POSTED_SIZE: u64 = 0x4000;
     /// The shim's own pagetables (L3, L2, L1s of the hole) start here.
     pub const PAGETABLES: u64 = 0x3_0000;
+    /// The domain's grant table: [`GRANT_FRAMES`] hypervisor frames shared with the guest
+    /// (not used by the shim; placed here so the region holds all of the domain's
+    /// hypervisor-owned frames).
+    pub const GRANT_TABLE: u64 = 0x4_0000;
+    /// Frames of the grant table (Xen's default `max_grant_frames`).
+    pub const GRANT_FRAMES: u64 = 64;
     /// Size of the shim region without the M2P table.
-    pub const SIZE: u64 = 0x4_0000;
+    pub const SIZE: u64 = GRANT_TABLE + GRANT_FRAMES * 0x1000;
 
     // The parts must not overlap; checked when the crate compiles.
     const _: () = {
@@ -117,7 +123,7 @@ pub mod layout {
         assert!(STACK <= DF_STACK - DF_STACK_SIZE);
         assert!(DF_STACK <= POSTED);
         assert!(POSTED + POSTED_SIZE <= PAGETABLES);
-        assert!(PAGETABLES + 0x4000 <= SIZE);
+        assert!(PAGETABLES + 0x4000 <= GRANT_TABLE);
     };
 }
 

@@ -12,6 +12,7 @@ pub mod contract;
 pub mod elfnote;
 pub mod errno;
 pub mod features;
+pub mod grant_table;
 pub mod memory;
 pub mod sched;
 pub mod version;

@@ -183,6 +183,13 @@ fn dispatch(
             )),
             Err(e) => Action::Ret(efault(e)),
         },
+        hc::GRANT_TABLE_OP => Action::Ret(crate::gnttab::do_grant_table_op(
+            vcpu,
+            p,
+            a[0],
+            a[1],
+            a[2] as u32,
+        )),
         hc::SET_TIMER_OP => Action::Ret(crate::time::do_set_timer_op(vcpu, a[0])),
         hc::MULTICALL => do_multicall(vcpu, regs, p, stats, a[0], a[1] as u32),
         hc::SCHED_OP => do_sched_op(vcpu, p, a[0] as i32, a[1]),

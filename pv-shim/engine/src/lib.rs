@@ -23,6 +23,7 @@ extern crate std;
 pub mod bounce;
 pub mod emulate;
 pub mod evtchn;
+pub mod gnttab;
 pub mod guest;
 pub mod hypercall;
 pub mod memory;

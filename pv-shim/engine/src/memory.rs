@@ -15,7 +15,7 @@ pub const M2P_MAX_MFN: u64 = ((M2P_VA_END - M2P_VA) >> 3) - 1;
 const INVALID_M2P_ENTRY: u64 = !0;
 
 fn own_domain(domid: u16) -> bool {
-    domid == xen_abi::xen::DOMID_SELF || domid == 0
+    domid == xen_abi::xen::DOMID_SELF || domid == crate::GUEST_DOMID
 }
 
 /// The reservation calls: give frames back, take them again. Returns the extents done.

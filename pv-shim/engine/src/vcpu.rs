@@ -133,6 +133,9 @@ pub struct Vcpu {
     pub cr0_ts: bool,
     /// The domain's event channels (domain state, kept here while there is one vCPU).
     pub evtchn: crate::evtchn::EvtchnTable,
+    /// The domain's grant table (domain-wide state, kept here while a domain has one
+    /// vCPU, like the event channels).
+    pub gnttab: crate::gnttab::GrantTable,
     /// Single-shot timer deadline (system time, ns).
     pub timer_deadline: Option<u64>,
     /// Periodic timer period (ns; 0: off).
@@ -205,6 +208,7 @@ impl Vcpu {
             cr2: 0,
             runstate_area: 0,
             evtchn: crate::evtchn::EvtchnTable::default(),
+            gnttab: crate::gnttab::GrantTable::default(),
             timer_deadline: None,
             periodic_ns: 0,
             periodic_next: 0,
