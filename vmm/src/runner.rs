@@ -720,7 +720,16 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         );
         match action {
             Action::Resume => {}
-            Action::Block => blocked = true,
+            Action::Block => {
+                blocked = true;
+                let now = clock.ns(exit::rdtsc());
+                pv_engine::vcpu_op::runstate_change(
+                    dom.vcpu,
+                    &mut dom.platform,
+                    pv_engine::vcpu_op::runstate::BLOCKED,
+                    now,
+                );
+            }
             Action::Interrupted => {
                 let what = match shared.stop.load(Ordering::SeqCst) {
                     STOP_TIMEOUT => "the guest did not finish in time (watchdog: --timeout)",
@@ -777,8 +786,8 @@ fn handle_wake(dom: &mut Domain<'_>, backends: &mut Backends, w: Wake) {
     }
 }
 
-/// The vCPU is blocked: waits until an event is pending for it. Returns `Resume` when
-/// one is, `Interrupted` when the watchdog wants the thread.
+/// The vCPU is blocked: waits until an event is pending for it (or its poll ends).
+/// Returns `Resume` when one is, `Interrupted` when the watchdog wants the thread.
 fn wait_for_event(
     dom: &mut Domain<'_>,
     backends: &mut Backends,
@@ -789,7 +798,13 @@ fn wait_for_event(
     loop {
         let now = clock.ns(exit::rdtsc());
         pv_engine::time::fire_timers(dom.vcpu, &mut dom.platform, now);
-        if pv_engine::evtchn::event_pending(dom.vcpu, &dom.platform) {
+        if pv_engine::hypercall::unblock_due(dom.vcpu, &dom.platform, now) {
+            pv_engine::vcpu_op::runstate_change(
+                dom.vcpu,
+                &mut dom.platform,
+                pv_engine::vcpu_op::runstate::RUNNING,
+                now,
+            );
             return Action::Resume;
         }
         if shared.stop.load(Ordering::SeqCst) != STOP_NONE {

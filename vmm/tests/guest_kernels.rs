@@ -127,6 +127,13 @@ fn hostile_pagetable_loops() {
     expect_success("hostile_pt_loop");
 }
 
+/// Grant table (query_size, setup_table, mapping a frame), a moved vcpu_info (refused on
+/// hypervisor and pagetable frames), the runstate area, and SCHEDOP_poll's timeout.
+#[test]
+fn grant_table_vcpu_info_runstate_and_poll() {
+    expect_success("vcpu_areas");
+}
+
 #[test]
 fn hostile_unpin_of_a_table_in_use() {
     expect_success("hostile_unpin_in_use");

@@ -704,7 +704,34 @@ fn do_sched_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: i32, arg: u64) -> Act
     }
 }
 
-fn do_poll(vcpu: &Vcpu, p: &mut dyn Platform, arg: u64) -> Action {
+/// A `SCHEDOP_poll` that found none of its ports pending: the vCPU blocks until one of
+/// them is, until any event marks an upcall pending (Xen's `vcpu_kick` unblocks a
+/// polling vCPU too), or until the timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollWait {
+    /// Absolute system time at which the poll ends anyway (`sched_poll.timeout`).
+    pub deadline: Option<u64>,
+    ports: [u32; POLL_MAX_PORTS as usize],
+    nr: usize,
+}
+
+impl PollWait {
+    /// The polled ports.
+    pub fn ports(&self) -> &[u32] {
+        &self.ports[..self.nr]
+    }
+}
+
+fn port_pending(vcpu: &Vcpu, p: &dyn Platform, port: u32) -> Result<bool, CrashReason> {
+    let mut b = [0u8; 1];
+    let gpa =
+        vcpu.shared_info_gpa + xen_abi::xen::shared_info::EVTCHN_PENDING + u64::from(port / 8);
+    p.read_phys(gpa, &mut b)
+        .map_err(|_| CrashReason::BadVcpuInfo)?;
+    Ok(b[0] & (1 << (port % 8)) != 0)
+}
+
+fn do_poll(vcpu: &mut Vcpu, p: &mut dyn Platform, arg: u64) -> Action {
     let sp: SchedPoll = match guest::read_obj(vcpu, p, arg) {
         Ok(s) => s,
         Err(e) => return Action::Ret(efault(e)),
@@ -723,25 +750,47 @@ fn do_poll(vcpu: &Vcpu, p: &mut dyn Platform, arg: u64) -> Action {
     if vi[0] != 0 && vi[1] == 0 {
         return Action::Ret(0);
     }
-    for i in 0..u64::from(sp.nr_ports) {
-        let port: u32 = match guest::read_obj(vcpu, p, sp.ports.wrapping_add(i * 4)) {
+    let mut wait = PollWait {
+        deadline: (sp.timeout != 0).then_some(sp.timeout),
+        ports: [0; POLL_MAX_PORTS as usize],
+        nr: sp.nr_ports as usize,
+    };
+    for i in 0..wait.nr {
+        let port: u32 = match guest::read_obj(vcpu, p, sp.ports.wrapping_add(i as u64 * 4)) {
             Ok(v) => v,
             Err(e) => return Action::Ret(efault(e)),
         };
         if port >= EVTCHN_2L_NR_CHANNELS {
             return Action::Ret(-EINVAL);
         }
-        let mut b = [0u8; 1];
-        let gpa =
-            vcpu.shared_info_gpa + xen_abi::xen::shared_info::EVTCHN_PENDING + u64::from(port / 8);
-        if p.read_phys(gpa, &mut b).is_err() {
-            return Action::Done(Outcome::Crash(CrashReason::BadVcpuInfo));
-        }
-        if b[0] & (1 << (port % 8)) != 0 {
-            return Action::Ret(0);
+        match port_pending(vcpu, p, port) {
+            Ok(true) => return Action::Ret(0),
+            Ok(false) => wait.ports[i] = port,
+            Err(r) => return Action::Done(Outcome::Crash(r)),
         }
     }
-    Action::RetThen(0, Outcome::Yield)
+    if wait.deadline.is_some_and(|d| d <= p.system_time_ns()) {
+        return Action::Ret(0);
+    }
+    vcpu.poll = Some(wait);
+    Action::RetThen(0, Outcome::Block)
+}
+
+/// Whether a blocked vCPU wakes at system time `now`: an event marked its upcall pending,
+/// or it polls and one of its ports is pending or the poll timed out. Ends the poll when
+/// it wakes.
+pub fn unblock_due(vcpu: &mut Vcpu, p: &dyn Platform, now: u64) -> bool {
+    let wake = crate::evtchn::event_pending(vcpu, p)
+        || vcpu.poll.is_some_and(|w| {
+            w.deadline.is_some_and(|d| d <= now)
+                || w.ports()
+                    .iter()
+                    .any(|&port| port_pending(vcpu, p, port).unwrap_or(true))
+        });
+    if wake {
+        vcpu.poll = None;
+    }
+    wake
 }
 
 /// `sched_op_compat`: the pre-3.0.2 form, shutdown reason in the argument itself.
@@ -1792,7 +1841,7 @@ mod tests {
     #[test]
     fn sched_poll() {
         let (mut v, mut p) = setup();
-        let poll = |p: &mut FakePlatform, v: &Vcpu, ports: u64, nr: u32| {
+        let poll_until = |p: &mut FakePlatform, v: &Vcpu, ports: u64, nr: u32, timeout: u64| {
             put(
                 p,
                 v,
@@ -1801,11 +1850,13 @@ mod tests {
                     ports,
                     nr_ports: nr,
                     _pad: 0,
-                    timeout: 0,
+                    timeout,
                 }
                 .as_bytes(),
             );
         };
+        let poll =
+            |p: &mut FakePlatform, v: &Vcpu, ports: u64, nr: u32| poll_until(p, v, ports, nr, 0);
         put(
             &mut p,
             &v,
@@ -1820,8 +1871,34 @@ mod tests {
                 hc::SCHED_OP,
                 [SCHEDOP_POLL, DATA_VA, 0, 0, 0]
             ),
-            (Outcome::Yield, 0)
+            (Outcome::Block, 0)
         );
+        // Nothing pending: the vCPU blocks on ports 5 and 77 with no timeout, and wakes
+        // when one of them becomes pending, even while masked.
+        assert_eq!(
+            v.poll.map(|w| (w.ports().to_vec(), w.deadline)),
+            Some((std::vec![5, 77], None))
+        );
+        assert!(!unblock_due(&mut v, &p, u64::MAX - 1));
+        p.mem[(SHARED_INFO + 2048 + 77 / 8) as usize] = 1 << (77 % 8);
+        assert!(unblock_due(&mut v, &p, 0));
+        assert_eq!(v.poll, None, "waking ends the poll");
+        // With a timeout: the poll ends at that system time.
+        p.mem[(SHARED_INFO + 2048 + 77 / 8) as usize] = 0;
+        poll_until(&mut p, &v, DATA_VA + 0x100, 2, 5_000);
+        assert_eq!(
+            hcall(
+                &mut v,
+                &mut p,
+                hc::SCHED_OP,
+                [SCHEDOP_POLL, DATA_VA, 0, 0, 0]
+            ),
+            (Outcome::Block, 0)
+        );
+        assert_eq!(crate::time::next_deadline(&v), Some(5_000));
+        assert!(!unblock_due(&mut v, &p, 4_999));
+        assert!(unblock_due(&mut v, &p, 5_000));
+        poll(&mut p, &v, DATA_VA + 0x100, 2);
         // Port 77 pending: returns at once.
         p.mem[(SHARED_INFO + 2048 + 77 / 8) as usize] = 1 << (77 % 8);
         assert_eq!(

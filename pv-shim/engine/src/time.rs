@@ -194,13 +194,14 @@ pub fn set_periodic(vcpu: &mut Vcpu, p: &dyn Platform, arg: u64) -> i64 {
     0
 }
 
-/// The earliest time a timer of this vCPU fires, if one is armed.
+/// The earliest time a timer of this vCPU fires or its poll times out, if any.
 pub fn next_deadline(vcpu: &Vcpu) -> Option<u64> {
     let periodic = (vcpu.periodic_ns != 0).then_some(vcpu.periodic_next);
-    match (vcpu.timer_deadline, periodic) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    let poll = vcpu.poll.and_then(|w| w.deadline);
+    [vcpu.timer_deadline, periodic, poll]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// Fires the timers that have passed at system time `now`: raises `VIRQ_TIMER`.

@@ -144,6 +144,13 @@ pub struct Vcpu {
     pub periodic_next: u64,
     /// Guest virtual address of the registered runstate area (0: none).
     pub runstate_area: u64,
+    /// Runstate accounting (see [`crate::vcpu_op::runstate_change`]).
+    pub runstate: crate::vcpu_op::RunstateInfo,
+    /// `VCPUOP_register_vcpu_info` succeeded (it may only once; the frame then holds a
+    /// writable type reference for the domain's life).
+    pub vcpu_info_registered: bool,
+    /// An unfinished `SCHEDOP_poll`: what ends the wait besides a new event.
+    pub poll: Option<crate::hypercall::PollWait>,
     /// The guest's virtual CR2 (the last page-fault address bounced to it).
     pub cr2: u64,
     /// The guest's virtual CR4 (reads and the bits it may write; the hardware CR4 is the
@@ -207,6 +214,9 @@ impl Vcpu {
             cr0_ts: false,
             cr2: 0,
             runstate_area: 0,
+            runstate: crate::vcpu_op::RunstateInfo::default(),
+            vcpu_info_registered: false,
+            poll: None,
             evtchn: crate::evtchn::EvtchnTable::default(),
             gnttab: crate::gnttab::GrantTable::default(),
             timer_deadline: None,

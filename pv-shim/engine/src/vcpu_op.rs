@@ -1,7 +1,13 @@
 //! `vcpu_op` for a domain of one vCPU: whether vCPUs are up, taking the only one down
-//! (which is how a PV kernel halts after a panic), and the memory areas Linux registers
-//! early (`register_runstate_memory_area`, `register_vcpu_info`). The timer and
-//! multi-vCPU sub-ops arrive with events and time.
+//! (which is how a PV kernel halts after a panic), the memory areas Linux registers
+//! early (`register_runstate_memory_area`, `register_vcpu_info`), the runstate accounting
+//! behind them, and the timer sub-ops (served by [`crate::time`]).
+//!
+//! Runstate: the vCPU is `running` while the guest runs or the host serves its traps and
+//! `blocked` while the host waits for an event for it (`SCHEDOP_block`/`poll`); the host
+//! reports each change with [`runstate_change`], which updates the registered area as
+//! Xen does on a context switch. Time the host thread is descheduled is not visible to
+//! the VMM and counts as running (a later refinement could report it as `runnable`).
 
 use xen_abi::errno::{EFAULT, EINVAL, ENOENT, ENOSYS};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -36,6 +42,38 @@ pub struct RunstateInfo {
     pub state_entry_time: u64,
     /// Nanoseconds spent running, runnable, blocked, offline.
     pub time: [u64; 4],
+}
+
+/// `RUNSTATE_*`.
+pub mod runstate {
+    #![allow(missing_docs)]
+    pub const RUNNING: i32 = 0;
+    pub const RUNNABLE: i32 = 1;
+    pub const BLOCKED: i32 = 2;
+    pub const OFFLINE: i32 = 3;
+}
+
+/// The vCPU's runstate as of system time `now`: the current state's time counted up to
+/// `now` (Xen's `vcpu_runstate_get`).
+pub fn runstate_snapshot(vcpu: &Vcpu, now: u64) -> RunstateInfo {
+    let mut info = vcpu.runstate;
+    if let Some(t) = info.time.get_mut(info.state as usize) {
+        *t += now.saturating_sub(info.state_entry_time);
+    }
+    info.state_entry_time = info.state_entry_time.max(now);
+    info
+}
+
+/// The vCPU enters runstate `state` at system time `now`: accounts the time of the state
+/// it leaves and writes the registered runstate area (errors ignored, as Xen does).
+pub fn runstate_change(vcpu: &mut Vcpu, p: &mut dyn Platform, state: i32, now: u64) {
+    let mut info = runstate_snapshot(vcpu, now);
+    info.state = state;
+    info.state_entry_time = now;
+    vcpu.runstate = info;
+    if vcpu.runstate_area != 0 {
+        let _ = guest::write_obj(vcpu, p, vcpu.runstate_area, &info);
+    }
 }
 
 /// `struct vcpu_register_vcpu_info`.
@@ -76,17 +114,21 @@ pub fn do_vcpu_op(
         cmd::IS_UP => Ret(1),
         cmd::UP => Ret(0),
         cmd::DOWN => VcpuOpResult::AllDown,
-        cmd::GET_RUNSTATE_INFO => match guest::write_obj(vcpu, p, arg, &RunstateInfo::default()) {
-            Ok(()) => Ret(0),
-            Err(_) => Ret(-EFAULT),
-        },
+        cmd::GET_RUNSTATE_INFO => {
+            let info = runstate_snapshot(vcpu, p.system_time_ns());
+            match guest::write_obj(vcpu, p, arg, &info) {
+                Ok(()) => Ret(0),
+                Err(_) => Ret(-EFAULT),
+            }
+        }
         cmd::REGISTER_RUNSTATE_MEMORY_AREA => {
-            // The area's address (a guest virtual address); Xen writes it on every
-            // context switch. One vCPU always running: it says so once.
+            // The area's address (a guest virtual address for PV); written now and on
+            // every runstate change.
             let Ok(area) = guest::read_obj::<u64>(vcpu, p, arg) else {
                 return Ret(-EFAULT);
             };
-            if area != 0 && guest::write_obj(vcpu, p, area, &RunstateInfo::default()).is_err() {
+            let info = runstate_snapshot(vcpu, p.system_time_ns());
+            if area != 0 && guest::write_obj(vcpu, p, area, &info).is_err() {
                 return Ret(-EFAULT);
             }
             vcpu.runstate_area = area;
@@ -97,8 +139,26 @@ pub fn do_vcpu_op(
                 return Ret(-EFAULT);
             };
             let size = xen_abi::xen::vcpu_info::SIZE;
-            if u64::from(info.offset) + size > 0x1000 || info.mfn >= (1 << 40) {
+            // Once per vCPU; the area must lie in one page of the guest's own that it may
+            // write (Xen takes a writable type reference and keeps it): never a pagetable,
+            // a descriptor page or a frame of the hypervisor's.
+            if vcpu.vcpu_info_registered
+                || u64::from(info.offset) + size > 0x1000
+                || info.mfn >= (1 << 40)
+            {
                 return Ret(-EINVAL);
+            }
+            if let Some(ctx) = p.mm() {
+                if ctx.mm.is_shared(info.mfn) {
+                    return Ret(-EINVAL);
+                }
+                match ctx
+                    .mm
+                    .get_page_and_type(ctx.mem, info.mfn, pv_mm::PageType::Writable)
+                {
+                    Ok(f) => crate::mmu::merge_flush(ctx.flush, f),
+                    Err(_) => return Ret(-EINVAL),
+                }
             }
             let new = (info.mfn << 12) + u64::from(info.offset);
             // Move the current contents (pending and mask state) to the new place.
@@ -109,6 +169,7 @@ pub fn do_vcpu_op(
                 return Ret(-EINVAL);
             }
             vcpu.vcpu_info_gpa = new;
+            vcpu.vcpu_info_registered = true;
             Ret(0)
         }
         cmd::SET_SINGLESHOT_TIMER => Ret(crate::time::set_singleshot(vcpu, p, arg)),
