@@ -872,6 +872,11 @@ pub fn run() -> Result<Report, Error> {
     let rewrite = move |p: &mut ProbeVm, _| {
         let _ = p.vm.memory().write_obj(pte_b, GuestAddress(l1_entry));
     };
+    let drift = pvclock_drift_ppm(Duration::from_secs(1))?;
+    facts.push((
+        "guest clock drift vs host CLOCK_MONOTONIC (1 s)",
+        format!("{drift:+.3} ppm ({:+.1} us per minute)", drift * 60.0),
+    ));
     let mut pv = ProbeVm::new()?;
     pv.start(Snippet::probe_r3_pte_host, false, 0)?;
     let (end, r) = pv.run(rewrite, false)?;
@@ -1013,6 +1018,42 @@ fn hole_slots_usable() -> Result<String, Error> {
             bad.join(", ")
         )
     })
+}
+
+/// A TSC reading paired with the host's monotonic clock, taken so that the two are as
+/// close together as this host allows (the tightest of a few tries).
+fn paired_reading() -> (u64, Instant) {
+    let mut best: Option<(u64, u64, Instant)> = None;
+    for _ in 0..64 {
+        // SAFETY: rdtsc has no memory effects.
+        let before = unsafe { core::arch::x86_64::_rdtsc() };
+        let now = Instant::now();
+        // SAFETY: as above.
+        let after = unsafe { core::arch::x86_64::_rdtsc() };
+        let width = after.wrapping_sub(before);
+        if best.is_none_or(|(w, _, _)| width < w) {
+            best = Some((width, before + width / 2, now));
+        }
+    }
+    let (_, tsc, now) = best.expect("at least one reading");
+    (tsc, now)
+}
+
+/// How fast the guest's clock runs against the host's `CLOCK_MONOTONIC`, in parts per
+/// million (positive: the guest's clock is fast), measured over `over`. The guest's
+/// clock is the pvclock pvkvm publishes: the TSC scaled by the frequency KVM reports for
+/// the vCPU (`KVM_GET_TSC_KHZ`), the same `PvClock` the runner builds. 1 ms per minute is
+/// 16.7 ppm.
+pub fn pvclock_drift_ppm(over: Duration) -> Result<f64, Error> {
+    let p = ProbeVm::new()?;
+    let tsc_hz = u64::from(p.vcpu.tsc_khz()?) * 1000;
+    let (t0, i0) = paired_reading();
+    let clock = pv_engine::time::PvClock::new(t0, tsc_hz);
+    std::thread::sleep(over);
+    let (t1, i1) = paired_reading();
+    let guest_ns = clock.ns(t1) as f64;
+    let host_ns = (i1 - i0).as_nanos() as f64;
+    Ok((guest_ns - host_ns) / host_ns * 1e6)
 }
 
 /// Guest TSC minus host TSC, as a ring-3 `rdtsc` sees it (0 within the exit's duration
