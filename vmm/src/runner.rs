@@ -17,6 +17,9 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::backends::console::{ConsoleBackend, GuestRingPage, Output};
+use crate::backends::service::{
+    self, Backends, Request, BACKEND_PORT_CONSOLE, BACKEND_PORT_XENSTORE,
+};
 use crate::cpuid::CpuidTable;
 use crate::exit::{self, Action, CpuState, Domain, ExitStats, GuestPlatform};
 use crate::loader::{self, DomainConfig, KernelImage};
@@ -174,13 +177,10 @@ impl RunReport {
 
 const STORE_EVTCHN: u32 = 1;
 const CONSOLE_EVTCHN: u32 = 2;
-/// Backend (domain 0) port of the xenstore connection.
-const BACKEND_PORT_XENSTORE: u32 = 1;
-/// Backend port of the console ring.
-const BACKEND_PORT_CONSOLE: u32 = 2;
-
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Nothing to do: the signal only makes KVM_RUN return with EINTR.
+    // Makes this thread's KVM_RUN return at once, whether it is in it now (EINTR) or
+    // about to enter it: no kick is lost.
+    vstate::kick_current_thread();
 }
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
@@ -333,7 +333,9 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         store_gpa: layout.store_gfn << 12,
     };
     let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
-    let _keep_wake_tx = wake_tx.clone();
+    let (request_tx, request_rx) = std::sync::mpsc::channel::<Request>();
+    let backend_mem = vm.memory().clone();
+    let vcpu_requests = request_tx.clone();
     let mm = initial_mm(&vm, &region, ram, layout.l4_gpa >> 12).map_err(|e| {
         Error::Thread(format!(
             "the domain builder's pagetables do not validate ({e}); this is a pvkvm bug"
@@ -357,7 +359,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 console,
                 clock,
                 wake: wake_rx,
-                backends,
+                backend_requests: vcpu_requests,
             };
             let shared = Shared {
                 stop: &thread_stop,
@@ -370,11 +372,25 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         })
         .map_err(|e| Error::Thread(e.to_string()))?;
 
-    // Console input goes to the vCPU thread with a kick, so a running or blocked guest
-    // gets it at once.
+    // The backends' thread raises its events on the vCPU thread: a message, then a kick
+    // that takes the vCPU out of KVM_RUN (or a blocked vCPU's wait ends on the message).
+    let tid = handle.as_pthread_t();
+    let raise_tx = wake_tx.clone();
+    let raise: service::Raise = Box::new(move |port| {
+        if raise_tx.send(Wake::BackendEvent(port)).is_ok() {
+            // SAFETY: pthread_kill with the vCPU thread's id, which stays valid until
+            // the thread is joined; it is joined only after this thread ended (below).
+            // The kick signal's handler only sets that thread's immediate-exit flag.
+            unsafe { libc::pthread_kill(tid, kick_signal()) };
+        }
+    });
+    let backend_thread = service::spawn(backends, backend_mem, request_rx, raise)
+        .map_err(|e| Error::Thread(e.to_string()))?;
+
+    // Console input goes to the backends' thread, which gives it to a running or blocked
+    // guest at once.
     if input_reader.is_some() {
-        let tid = handle.as_pthread_t();
-        let wake_tx = wake_tx.clone();
+        let request_tx = request_tx.clone();
         std::thread::Builder::new()
             .name("console-input".into())
             .spawn(move || {
@@ -383,15 +399,11 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 for bytes in input_rx {
                     let (to_guest, quit) = escape.scan(&bytes);
                     let sent = (to_guest.is_empty()
-                        || wake_tx.send(Wake::ConsoleInput(to_guest)).is_ok())
-                        && (!quit || wake_tx.send(Wake::PowerOff).is_ok());
+                        || request_tx.send(Request::ConsoleInput(to_guest)).is_ok())
+                        && (!quit || request_tx.send(Request::PowerOff).is_ok());
                     if !sent {
                         break;
                     }
-                    // SAFETY: pthread_kill with a live thread id (the vCPU thread runs
-                    // until the domain ends; after that the send above fails first) and
-                    // the kick signal, whose handler does nothing.
-                    unsafe { libc::pthread_kill(tid, kick_signal()) };
                 }
             })
             .map_err(|e| Error::Thread(e.to_string()))?;
@@ -425,8 +437,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 let terms = SIGTERMS.load(Ordering::SeqCst);
                 if terms >= 1 && poweroff_asked.is_none() {
                     poweroff_asked = Some(Instant::now());
-                    let _ = wake_tx.send(Wake::PowerOff);
-                    let _ = handle.kill(kick_signal());
+                    let _ = request_tx.send(Request::PowerOff);
                 }
                 let destroy =
                     terms >= 2 || poweroff_asked.is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);
@@ -467,6 +478,13 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 break;
             }
         }
+    }
+    // The backends serve what is queued and flush the console, then end; only then is
+    // the vCPU thread joined (their kicks name it).
+    let _ = request_tx.send(Request::DomainEnded);
+    drop(request_tx);
+    if backend_thread.join().is_err() {
+        log::error!("the backends' thread panicked");
     }
     let ThreadEnd {
         end,
@@ -523,20 +541,7 @@ struct VcpuThread {
     console: Box<dyn Write + Send>,
     clock: pv_engine::time::PvClock,
     wake: std::sync::mpsc::Receiver<Wake>,
-    backends: Backends,
-}
-
-/// The VMM's backends for this domain, served on the vCPU thread when the guest notifies
-/// them (their work is a few microseconds of ring copying).
-pub struct Backends {
-    /// The PV console (xenconsoled's part).
-    pub console: ConsoleBackend,
-    /// Guest-physical address of the console ring page.
-    pub console_gpa: u64,
-    /// xenstored.
-    pub xenstore: Xenstore,
-    /// Guest-physical address of the xenstore ring page.
-    pub store_gpa: u64,
+    backend_requests: service::RequestSender,
 }
 
 /// What the other threads tell the vCPU thread (each message comes with a kick).
@@ -544,10 +549,8 @@ pub struct Backends {
 pub enum Wake {
     /// The guest's timer is due.
     Timer,
-    /// Bytes typed on the console.
-    ConsoleInput(Vec<u8>),
-    /// Ask the guest to power off (console escape, SIGTERM): `control/shutdown`.
-    PowerOff,
+    /// A backend owes the guest an event on its end of this backend port.
+    BackendEvent(u32),
 }
 
 /// State the vCPU thread shares with the watchdog.
@@ -624,8 +627,9 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         mut console,
         clock,
         wake,
-        mut backends,
+        backend_requests,
     } = t;
+    vcpu.install_kick_target();
     let mut stats = pv_engine::Stats::new();
     let mut posted = Posted::default();
     let mut flush = pv_mm::FlushSet::default();
@@ -670,7 +674,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             mapped_gdt: &mut mapped_gdt,
         };
         let action = if blocked {
-            let action = wait_for_event(&mut dom, &mut backends, &wake, &shared, &clock);
+            let action = wait_for_event(&mut dom, &wake, &shared, &clock);
             if action == Action::Resume {
                 blocked = false;
                 match exit::interrupted(&mut vcpu, &mut dom) {
@@ -698,7 +702,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             }
             if action == Action::Interrupted {
                 for w in wake.try_iter() {
-                    handle_wake(&mut dom, &mut backends, w);
+                    handle_wake(&mut dom, w);
                 }
                 action = match exit::interrupted(&mut vcpu, &mut dom) {
                     Ok(a) => a,
@@ -707,12 +711,10 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             }
             action
         };
-        // Backends the guest notified answer now; their events reach the guest at once.
+        // Backends the guest notified work on their own thread; their answers come back
+        // as Wake::BackendEvent.
         if !dom.platform.notified.is_empty() {
-            serve_backends(&mut dom, &mut backends);
-            if matches!(action, Action::Resume | Action::Interrupted) {
-                let _ = exit::interrupted(&mut vcpu, &mut dom);
-            }
+            notify_backends(&mut dom, &backend_requests);
         }
         shared.next_timer.store(
             pv_engine::time::next_deadline(dom.vcpu).unwrap_or(u64::MAX),
@@ -751,37 +753,12 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
 }
 
 /// One message from another thread.
-fn handle_wake(dom: &mut Domain<'_>, backends: &mut Backends, w: Wake) {
+fn handle_wake(dom: &mut Domain<'_>, w: Wake) {
     match w {
         // Timers are looked at on every resume.
         Wake::Timer => {}
-        Wake::PowerOff => {
-            // The guest's xenbus watch on control/shutdown does the rest.
-            if backends
-                .xenstore
-                .write("control/shutdown", b"poweroff")
-                .is_ok()
-            {
-                let mut page =
-                    GuestRingPage::new(dom.platform.mem, GuestAddress(backends.store_gpa));
-                if backends.xenstore.process(&mut page) {
-                    pv_engine::evtchn::backend_notify(
-                        dom.vcpu,
-                        &mut dom.platform,
-                        BACKEND_PORT_XENSTORE,
-                    );
-                }
-            }
-        }
-        Wake::ConsoleInput(bytes) => {
-            let mut page = GuestRingPage::new(dom.platform.mem, GuestAddress(backends.console_gpa));
-            if backends.console.push_input(&mut page, &bytes) {
-                pv_engine::evtchn::backend_notify(
-                    dom.vcpu,
-                    &mut dom.platform,
-                    BACKEND_PORT_CONSOLE,
-                );
-            }
+        Wake::BackendEvent(port) => {
+            pv_engine::evtchn::backend_notify(dom.vcpu, &mut dom.platform, port);
         }
     }
 }
@@ -790,7 +767,6 @@ fn handle_wake(dom: &mut Domain<'_>, backends: &mut Backends, w: Wake) {
 /// Returns `Resume` when one is, `Interrupted` when the watchdog wants the thread.
 fn wait_for_event(
     dom: &mut Domain<'_>,
-    backends: &mut Backends,
     wake: &std::sync::mpsc::Receiver<Wake>,
     shared: &Shared<'_>,
     clock: &pv_engine::time::PvClock,
@@ -819,42 +795,15 @@ fn wait_for_event(
             None => Duration::from_millis(200),
         };
         if let Ok(w) = wake.recv_timeout(wait) {
-            handle_wake(dom, backends, w);
+            handle_wake(dom, w);
         }
     }
 }
 
-/// Serves the backends the guest notified (xenstore, console ring) and raises their
-/// answers on the guest's channels.
-fn serve_backends(dom: &mut Domain<'_>, backends: &mut Backends) {
-    let ports: Vec<u32> = std::mem::take(dom.platform.notified);
-    for port in ports {
-        let notify = match port {
-            BACKEND_PORT_CONSOLE => {
-                let mut page =
-                    GuestRingPage::new(dom.platform.mem, GuestAddress(backends.console_gpa));
-                // Output that cannot be written (a closed stdout) is dropped: the guest
-                // must not stall on it.
-                let out = backends.console.process_output(&mut page).unwrap_or(true);
-                let inp = backends.console.push_input(&mut page, &[]);
-                out || inp
-            }
-            BACKEND_PORT_XENSTORE => {
-                let mut page =
-                    GuestRingPage::new(dom.platform.mem, GuestAddress(backends.store_gpa));
-                let mut notify = backends.xenstore.process(&mut page);
-                // A guest that keeps the ring full gets served in slices, each a kick.
-                let mut slices = 0;
-                while backends.xenstore.needs_poll() && slices < 64 {
-                    notify |= backends.xenstore.process(&mut page);
-                    slices += 1;
-                }
-                notify
-            }
-            _ => false,
-        };
-        if notify {
-            pv_engine::evtchn::backend_notify(dom.vcpu, &mut dom.platform, port);
-        }
+/// Hands the guest's notifies to the backends' thread; the guest runs on at once.
+fn notify_backends(dom: &mut Domain<'_>, backends: &service::RequestSender) {
+    for port in std::mem::take(dom.platform.notified) {
+        // The thread is gone only once the domain has ended.
+        let _ = backends.send(Request::Notify(port));
     }
 }

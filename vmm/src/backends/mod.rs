@@ -3,7 +3,8 @@
 //! [`console`] stands in for xenconsoled: it services the guest's console page
 //! (`struct xencons_interface`) and connects it to the user's terminal, a file, or a
 //! pseudo-terminal. [`ring_page`] is the shared-page access it and the xenstore
-//! daemon (`crate::xenstore`) use.
+//! daemon (`crate::xenstore`) use. [`service`] runs both on the backends' own thread.
 
 pub mod console;
 pub mod ring_page;
+pub mod service;

@@ -206,6 +206,24 @@ pub enum Exit {
     Other(String),
 }
 
+thread_local! {
+    /// The `immediate_exit` byte of the vCPU this thread runs (null: none).
+    static KICK_TARGET: std::cell::Cell<*mut u8> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Called from the kick signal's handler: makes the calling thread's vCPU (see
+/// [`Vcpu::install_kick_target`]) leave or skip its next `KVM_RUN`. Async-signal-safe:
+/// one const-initialised thread-local read and one byte store.
+pub fn kick_current_thread() {
+    let flag = KICK_TARGET.with(|t| t.get());
+    if !flag.is_null() {
+        // SAFETY: `flag` points into the kvm_run area of the vCPU this thread runs; the
+        // mapping lives as long as that Vcpu, whose Drop clears the pointer (on this
+        // same thread) first. KVM reads the byte only on entry to KVM_RUN.
+        unsafe { flag.write_volatile(1) };
+    }
+}
+
 /// One vCPU, with its registers cached between exits.
 pub struct Vcpu {
     fd: VcpuFd,
@@ -217,6 +235,17 @@ pub struct Vcpu {
     /// The sync-regs area holds the state of the last exit (false before the first run
     /// and after a direct set ioctl).
     synced: bool,
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        let ours: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
+        KICK_TARGET.with(|t| {
+            if t.get() == ours {
+                t.set(std::ptr::null_mut());
+            }
+        });
+    }
 }
 
 impl Vcpu {
@@ -245,14 +274,21 @@ impl Vcpu {
                 Exit::InternalError { suberror }
             }
             Ok(VcpuExit::FailEntry(reason, _)) => Exit::FailEntry { reason },
-            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(VcpuExit::Intr) => {
+                self.fd.set_kvm_immediate_exit(0);
+                Exit::Interrupted
+            }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 data.fill(0xff);
                 Exit::Mmio { addr }
             }
             Ok(VcpuExit::MmioWrite(addr, _)) => Exit::Mmio { addr },
             Ok(other) => Exit::Other(format!("{other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // A kick: clear its flag; the caller looks at what the kick was for.
+                self.fd.set_kvm_immediate_exit(0);
+                Exit::Interrupted
+            }
             Err(e) => {
                 return Err(Error::Ioctl {
                     what: "KVM_RUN",
@@ -395,6 +431,14 @@ impl Vcpu {
     /// The guest TSC frequency KVM uses (kHz).
     pub fn tsc_khz(&self) -> Result<u32> {
         self.fd.get_tsc_khz().map_err(ioctl("KVM_GET_TSC_KHZ"))
+    }
+
+    /// Makes this vCPU the target of [`kick_current_thread`] on the calling thread (the
+    /// thread that runs it), so a kick that arrives outside `KVM_RUN` is not lost: it
+    /// sets `kvm_run.immediate_exit` and the next `KVM_RUN` returns at once.
+    pub fn install_kick_target(&mut self) {
+        let flag: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
+        KICK_TARGET.with(|t| t.set(flag));
     }
 
     /// Makes the next `KVM_RUN` return at once (set from a signal handler's thread).
