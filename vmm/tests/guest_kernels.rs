@@ -290,6 +290,7 @@ fn micro_benchmarks_report_and_cost_one_exit_per_hypercall() {
         .collect();
     for want in [
         "null_hypercall",
+        "null_hypercall_enosys",
         "mmu_update_1",
         "mmu_update_8",
         "mmu_update_64",

@@ -21,7 +21,8 @@
 //!
 //! Runs (rows):
 //!
-//! * `null_hypercall`: `xen_version(XENVER_version, NULL)`.
+//! * `null_hypercall`: `xen_version(XENVER_version, NULL)`; `null_hypercall_enosys`:
+//!   hypercall 63, which Xen does not define (-ENOSYS without any dispatch).
 //! * `mmu_update_{1,8,64,512}`: one `mmu_update` of that many L1 entries (32 slack VAs,
 //!   each remapped between two own frames; larger batches repeat VAs); ns per entry.
 //! * `uvm_none`, `uvm_invlpg`, `uvm_tlb_flush`: `update_va_mapping` of one slack VA
@@ -408,6 +409,7 @@ fn timed<R>(f: impl FnOnce() -> R) -> (u64, R) {
 
 const BENCHES: &[&str] = &[
     "null_hypercall",
+    "null_hypercall_enosys",
     "mmu_update_1",
     "mmu_update_8",
     "mmu_update_64",
@@ -479,6 +481,7 @@ fn main(si: &'static StartInfo) {
 
     match bench {
         "null_hypercall" => null_hypercall(&mut ctx),
+        "null_hypercall_enosys" => null_hypercall_enosys(&mut ctx),
         "mmu_update_1" => mmu_update(&mut ctx, "mmu_update_1", 1),
         "mmu_update_8" => mmu_update(&mut ctx, "mmu_update_8", 8),
         "mmu_update_64" => mmu_update(&mut ctx, "mmu_update_64", 64),
@@ -544,6 +547,40 @@ fn null_hypercall(ctx: &mut Ctx) {
     report(
         &run,
         single("null_hypercall", "call", 1),
+        0,
+        ctx.iters,
+        ctx.clock,
+    );
+}
+
+/// A hypercall number Xen leaves undefined.
+const UNDEFINED_HYPERCALL: u64 = 63;
+
+fn null_hypercall_enosys(ctx: &mut Ctx) {
+    let run = Run {
+        bench: "null_hypercall_enosys",
+        iters: ctx.iters,
+        run_ops_per_iter: 1,
+        exits_per_iter: 1,
+    };
+    let enosys = -pv_test_kernels::xen_abi::errno::ENOSYS;
+    for it in ctx.iterations() {
+        // SAFETY: an undefined hypercall has no effect but -ENOSYS.
+        let (c, rc) = timed(|| unsafe { hypercall::hypercall0(UNDEFINED_HYPERCALL) });
+        if rc != enosys {
+            fail!(
+                "hypercall {} returned {}, expected -ENOSYS",
+                UNDEFINED_HYPERCALL,
+                rc
+            );
+        }
+        if let Some(k) = it {
+            set_sample(k, c);
+        }
+    }
+    report(
+        &run,
+        single("null_hypercall_enosys", "call", 1),
         0,
         ctx.iters,
         ctx.clock,
