@@ -160,7 +160,18 @@ def measure(pvkvm, kernel, bench, iters, rt, timeout):
     unsupported = [r for r in rows if "reason" in r] or [r for r in rows0 if "reason" in r]
     if unsupported:
         return [
-            {"name": r["row"], "run": bench, "iters": iters, "unsupported": r["reason"]}
+            {
+                "name": r["row"],
+                "run": bench,
+                "unit": None,
+                "iters": iters,
+                "median_ns": None,
+                "p10_ns": None,
+                "p90_ns": None,
+                "traps_per_op": None,
+                "floor_ns": None,
+                "unsupported": r["reason"],
+            }
             for r in unsupported
         ]
     out = []

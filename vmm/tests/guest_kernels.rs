@@ -325,7 +325,7 @@ fn micro_benchmarks_report_and_cost_one_exit_per_hypercall() {
             "{bench}: iters=0 and iters={ITERS} report different rows"
         );
         for row in &rows {
-            assert!(!row.contains(" unsupported "), "{bench}: {row}");
+            assert!(!row.contains(" status=unsupported "), "{bench}: {row}");
             assert_eq!(num(row, "iters") as u64, ITERS, "{row}");
             assert!(num(row, "samples") as u64 >= ITERS, "{row}");
             let (min, p10, med, p90, max) = (

@@ -17,7 +17,7 @@
 //! run_ops_per_iter=<all rows' k> expect_exits_per_iter=<e> median_ns=.. p10_ns=..
 //! p90_ns=.. min_ns=.. max_ns=.. median_cycles=.. tsc_khz=..`, where `e` is the number of
 //! hypercalls plus trapped instructions one iteration makes (the VM exits it should
-//! cost), or `bench row=<row> run=<bench> unsupported reason=<why>`.
+//! cost), or `bench row=<row> run=<bench> status=unsupported reason=<why>`.
 //!
 //! Runs (rows):
 //!
@@ -364,7 +364,10 @@ fn report(run: &Run, row: Row, start: usize, n: usize, clock: Clock) {
 /// records the reason and goes on).
 fn unsupported(bench: &str, rows: &[&str], why: fmt::Arguments<'_>) -> ! {
     for r in rows {
-        println!("bench row={} run={} unsupported reason={}", r, bench, why);
+        println!(
+            "bench row={} run={} status=unsupported reason={}",
+            r, bench, why
+        );
     }
     console::succeed()
 }
