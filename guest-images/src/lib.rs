@@ -32,6 +32,27 @@ pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
 /// Page size.
 pub const PAGE_SIZE: u64 = 4096;
 
+/// The kernel command line: `start_info.cmd_line` up to its first NUL ("" if it is not
+/// UTF-8).
+pub fn cmdline(si: &StartInfo) -> &str {
+    let raw = &si.cmd_line[..];
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    core::str::from_utf8(&raw[..len]).unwrap_or("")
+}
+
+/// The value of the first `key=value` word of the command line (words are separated by
+/// spaces), or `None`. A bare `key` yields `Some("")`.
+pub fn cmdline_arg<'a>(si: &'a StartInfo, key: &str) -> Option<&'a str> {
+    cmdline(si).split(' ').find_map(|word| {
+        let rest = word.strip_prefix(key)?;
+        if rest.is_empty() {
+            Some(rest)
+        } else {
+            rest.strip_prefix('=')
+        }
+    })
+}
+
 /// Defines the kernel's scenario function: `test_kernel!(main)` with
 /// `fn main(si: &'static StartInfo)`. Returning from it reports SUCCESS; failures are
 /// reported with [`fail!`] (or a panic) and never return.

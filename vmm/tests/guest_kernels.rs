@@ -221,3 +221,163 @@ fn pte_update_paths_cost_one_exit_each() {
     assert_eq!(mmu_updates, 200 + 50 + 10, "{stderr}");
     assert!(stderr.contains(", interrupted 0, other 0"), "{stderr}");
 }
+
+/// The microbenchmark kernel `bench_micro` (benches/micro.py runs it at scale): every run
+/// it lists boots with a tiny iteration count and reports a plausible figure for each of
+/// its rows, and the VM exits the iterations add (`--stats`, iters=N minus iters=0) are
+/// exactly what the kernel says one iteration makes. In particular the MMU hypercall rows
+/// cost one exit per hypercall however many entries it carries (an `mmu_update` of 512
+/// entries, a multicall of 32 `update_va_mapping`s), with no apply refills.
+#[test]
+fn micro_benchmarks_report_and_cost_one_exit_per_hypercall() {
+    common::require_kvm();
+    const ITERS: u64 = 3;
+    let kernel = common::kernel("bench_micro");
+    let run = |cmdline: &str| -> (String, String) {
+        let out = common::pvkvm(&[
+            "run",
+            "--kernel",
+            kernel.to_str().expect("utf-8 path"),
+            "--stats",
+            "--timeout",
+            "60",
+            "--cmdline",
+            cmdline,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.code() == Some(0) && stdout.lines().any(|l| l == "Test result: SUCCESS"),
+            "bench_micro '{cmdline}' did not pass (status {:?}):\n{stdout}\n{stderr}",
+            out.status.code()
+        );
+        (stdout, stderr)
+    };
+    // `key=value` fields of a `bench row=...` line (values without spaces are enough here).
+    let field = |line: &str, key: &str| -> String {
+        let pat = format!(" {key}=");
+        let at = line
+            .find(&pat)
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            + pat.len();
+        line[at..].split(' ').next().unwrap().to_string()
+    };
+    let num = |line: &str, key: &str| -> f64 {
+        field(line, key)
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} is not a number in {line:?}"))
+    };
+    // Total exits from `pvkvm stats: <secs> s, <N> VM exits`, and other counters by the
+    // text before them ("trap doorbell", "mmu_update (1)", ...; 0 when not listed).
+    let exits = |stderr: &str| -> u64 {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("pvkvm stats:"))
+            .unwrap_or_else(|| panic!("no stats line in:\n{stderr}"));
+        let before = line.strip_suffix(" VM exits").expect("stats line format");
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let counter = |stderr: &str, key: &str| -> u64 {
+        match stderr.find(key) {
+            None => 0,
+            Some(at) => stderr[at + key.len()..]
+                .trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        }
+    };
+
+    let (list, _) = run("bench=list");
+    let benches: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("bench_micro: bench "))
+        .collect();
+    for want in [
+        "null_hypercall",
+        "null_hypercall_enosys",
+        "mmu_update_1",
+        "mmu_update_8",
+        "mmu_update_64",
+        "mmu_update_512",
+        "uvm_none",
+        "uvm_invlpg",
+        "uvm_tlb_flush",
+        "trapped_pte_write",
+        "pin_unpin_l1",
+        "pin_unpin_l4",
+        "new_baseptr",
+        "exception_int3",
+        "exception_pf",
+        "evtchn_send_self",
+        "syscall_user",
+        "multicall_uvm32",
+    ] {
+        assert!(benches.contains(&want), "bench=list lacks {want}:\n{list}");
+    }
+
+    for bench in benches {
+        let (out0, err0) = run(&format!("bench={bench} iters=0"));
+        let (out, err) = run(&format!("bench={bench} iters={ITERS}"));
+        let rows: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("bench row="))
+            .collect();
+        assert!(!rows.is_empty(), "{bench}: no result rows:\n{out}");
+        assert_eq!(
+            rows.len(),
+            out0.lines().filter(|l| l.starts_with("bench row=")).count(),
+            "{bench}: iters=0 and iters={ITERS} report different rows"
+        );
+        for row in &rows {
+            assert!(!row.contains(" status=unsupported "), "{bench}: {row}");
+            assert_eq!(num(row, "iters") as u64, ITERS, "{row}");
+            assert!(num(row, "samples") as u64 >= ITERS, "{row}");
+            let (min, p10, med, p90, max) = (
+                num(row, "min_ns"),
+                num(row, "p10_ns"),
+                num(row, "median_ns"),
+                num(row, "p90_ns"),
+                num(row, "max_ns"),
+            );
+            assert!(
+                0.0 < min && min <= p10 && p10 <= med && med <= p90 && p90 <= max,
+                "{bench}: implausible spread: {row}"
+            );
+            assert!(med < 1e9, "{bench}: over a second per operation: {row}");
+            assert!(num(row, "median_cycles") > 0.0, "{row}");
+            assert!(num(row, "tsc_khz") > 100_000.0, "{row}");
+        }
+        let per_iter = num(rows[0], "expect_exits_per_iter") as u64;
+        assert_eq!(
+            exits(&err) - exits(&err0),
+            ITERS * per_iter,
+            "{bench}: {ITERS} iterations should add {per_iter} VM exits each\n--- iters=0 ---\n{err0}\n--- iters={ITERS} ---\n{err}"
+        );
+        let delta = |key: &str| counter(&err, key) - counter(&err0, key);
+        // The MMU rows: which hypercall an iteration makes and how often.
+        let mmu = match bench {
+            b if b.starts_with("mmu_update_") => Some(("mmu_update (1)", 1)),
+            b if b.starts_with("uvm_") => Some(("update_va_mapping (14)", 1)),
+            "pin_unpin_l1" | "pin_unpin_l4" | "new_baseptr" => Some(("mmuext_op (26)", 2)),
+            "multicall_uvm32" => Some(("multicall (13)", 1)),
+            _ => None,
+        };
+        if let Some((hypercall, n)) = mmu {
+            assert_eq!(delta(hypercall), ITERS * n, "{bench}: {hypercall}\n{err}");
+            assert_eq!(
+                delta("hypercall doorbell"),
+                ITERS * n,
+                "{bench}: one exit per hypercall, not per entry\n{err0}\n{err}"
+            );
+            assert_eq!(delta("trap doorbell"), 0, "{bench}\n{err}");
+            assert_eq!(delta("apply refill"), 0, "{bench}\n{err}");
+        }
+        if bench == "trapped_pte_write" {
+            assert_eq!(delta("trap doorbell"), ITERS, "{bench}\n{err}");
+            assert_eq!(delta("hypercall doorbell"), 0, "{bench}\n{err}");
+        }
+    }
+}
