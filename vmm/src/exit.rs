@@ -63,6 +63,10 @@ pub enum Action {
 /// Counters of exits by kind.
 #[derive(Clone, Debug, Default)]
 pub struct ExitStats {
+    /// What the last exit was, for the `--stats` profile.
+    pub last: ExitKind,
+    /// Exits by kind with the VMM's time for each (`RunConfig::profile`).
+    pub profile: Option<crate::metrics::Profile>,
     /// Hypercall doorbells (hypercalls and guest-user syscalls).
     pub hypercall_doorbells: u64,
     /// Trap doorbells (exceptions).
@@ -81,6 +85,52 @@ pub struct ExitStats {
     pub trap_ns: u64,
     /// Other exits.
     pub other: u64,
+}
+
+/// What an exit was, as finely as the profile tells exits apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExitKind {
+    /// A hypercall from the guest kernel: its number and, for the hypercalls that
+    /// multiplex commands, the command (see [`hypercall_subop`]).
+    Hypercall {
+        /// Hypercall number.
+        nr: u64,
+        /// The command, for multiplexing hypercalls.
+        sub: Option<u64>,
+    },
+    /// A `syscall` from guest user mode, bounced to the guest kernel.
+    UserSyscall,
+    /// An exception or interrupt the shim forwarded: its vector.
+    Trap(u8),
+    /// The shim asked for more posted stores.
+    ApplyRefill,
+    /// `KVM_RUN` returned for a kick (timer, backend event, watchdog).
+    Interrupted,
+    /// Anything else (guest port I/O, unexpected exits).
+    #[default]
+    Other,
+}
+
+/// The command argument of hypercalls that multiplex several operations (the first
+/// argument of most; `update_va_mapping`'s flush flags), None for the rest.
+pub fn hypercall_subop(nr: u64, args: [u64; 3]) -> Option<u64> {
+    use xen_abi::xen::hypercall as hc;
+    match nr {
+        hc::SCHED_OP_COMPAT
+        | hc::MEMORY_OP
+        | hc::XEN_VERSION
+        | hc::CONSOLE_IO
+        | hc::GRANT_TABLE_OP
+        | hc::VM_ASSIST
+        | hc::VCPU_OP
+        | hc::SCHED_OP
+        | hc::CALLBACK_OP
+        | hc::EVENT_CHANNEL_OP
+        | hc::PHYSDEV_OP
+        | hc::SET_SEGMENT_BASE => Some(args[0] & 0xffff_ffff),
+        hc::UPDATE_VA_MAPPING => Some(args[2] & 3),
+        _ => None,
+    }
 }
 
 /// Guest memory and console as the engine's [`Platform`]: guest RAM plus the
@@ -306,6 +356,7 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
             ..
         } => {
             dom.exits.hypercall_doorbells += 1;
+            dom.exits.last = ExitKind::Other;
             hypercall_doorbell(cpu, dom)
         }
         // The I/O bitmap opens the doorbell port to ring 3 for both directions; only the
@@ -314,12 +365,14 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
             port: port::HYPERCALL,
         } => {
             dom.exits.other += 1;
+            dom.exits.last = ExitKind::Other;
             denied_io(cpu, dom)
         }
         Exit::IoOut {
             port: port::TRAP, ..
         } => {
             dom.exits.trap_doorbells += 1;
+            dom.exits.last = ExitKind::Other;
             trap_doorbell(cpu, dom)
         }
         Exit::IoOut {
@@ -327,14 +380,17 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
             ..
         } => {
             dom.exits.apply_more += 1;
+            dom.exits.last = ExitKind::ApplyRefill;
             apply_more(cpu, dom)
         }
         Exit::Interrupted => {
             dom.exits.interrupted += 1;
+            dom.exits.last = ExitKind::Interrupted;
             Ok(Action::Interrupted)
         }
         other => {
             dom.exits.other += 1;
+            dom.exits.last = ExitKind::Other;
             let what = match other {
                 Exit::Shutdown => "triple fault (the shim could not take an exception)".to_string(),
                 Exit::InternalError { suberror } => {
@@ -361,6 +417,13 @@ fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Ac
     if regs.rip != dom.shim.syscall_doorbell_end {
         return denied_io(cpu, dom);
     }
+    dom.exits.last = match dom.vcpu.mode {
+        pv_engine::Mode::Kernel => ExitKind::Hypercall {
+            nr: regs.rax,
+            sub: hypercall_subop(regs.rax, [regs.rdi, regs.rsi, regs.rdx]),
+        },
+        _ => ExitKind::UserSyscall,
+    };
     // A `syscall`: it saved the return rip in rcx and the flags in r11.
     g.rip = regs.rcx;
     g.rflags = regs.r11;
@@ -605,6 +668,7 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
         unreachable!("sized buffer")
     };
     let vector = frame.vector as u8;
+    dom.exits.last = ExitKind::Trap(vector);
     if frame.cs & 3 != 3 || matches!(vector, 2 | 8 | 18) {
         let what = format!(
             "exception {vector} (error code {:#x}) in the shim itself at rip {:#x}, cr2 {:#x}",

@@ -114,6 +114,7 @@ fn main() -> ExitCode {
                     (None, false) => pvkvm::runner::ConsoleTarget::Stdio,
                 },
                 stall_timeout: (stall_timeout > 0).then(|| Duration::from_secs(stall_timeout)),
+                profile: stats,
             };
             match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
                 Ok(report) => {

@@ -82,6 +82,8 @@ pub struct RunConfig {
     /// Stop the guest when it has not trapped at all for this long (a kernel that makes
     /// progress traps: hypercalls, faults, timer events); None disables the check.
     pub stall_timeout: Option<Duration>,
+    /// Time every exit by kind for the `--stats` profile (off: no clock reads).
+    pub profile: bool,
 }
 
 /// Why the watchdog stopped a guest.
@@ -336,6 +338,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let (request_tx, request_rx) = std::sync::mpsc::channel::<Request>();
     let backend_mem = vm.memory().clone();
     let vcpu_requests = request_tx.clone();
+    let profile = cfg.profile;
     let mm = initial_mm(&vm, &region, ram, layout.l4_gpa >> 12).map_err(|e| {
         Error::Thread(format!(
             "the domain builder's pagetables do not validate ({e}); this is a pvkvm bug"
@@ -360,6 +363,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 clock,
                 wake: wake_rx,
                 backend_requests: vcpu_requests,
+                profile,
             };
             let shared = Shared {
                 stop: &thread_stop,
@@ -542,6 +546,7 @@ struct VcpuThread {
     clock: pv_engine::time::PvClock,
     wake: std::sync::mpsc::Receiver<Wake>,
     backend_requests: service::RequestSender,
+    profile: bool,
 }
 
 /// What the other threads tell the vCPU thread (each message comes with a kick).
@@ -628,13 +633,17 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         clock,
         wake,
         backend_requests,
+        profile,
     } = t;
     vcpu.install_kick_target();
     let mut stats = pv_engine::Stats::new();
     let mut posted = Posted::default();
     let mut flush = pv_mm::FlushSet::default();
     let mut mapped_gdt = [0u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE];
-    let mut exits = ExitStats::default();
+    let mut exits = ExitStats {
+        profile: profile.then(crate::metrics::Profile::default),
+        ..ExitStats::default()
+    };
     let mut notified: Vec<u32> = Vec::new();
     let mut blocked = false;
     loop {
@@ -699,6 +708,10 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                     ..
                 } => dom.exits.trap_ns += spent,
                 _ => {}
+            }
+            let kind = dom.exits.last;
+            if let Some(p) = &mut dom.exits.profile {
+                p.add(kind, spent);
             }
             if action == Action::Interrupted {
                 for w in wake.try_iter() {

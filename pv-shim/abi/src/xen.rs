@@ -374,6 +374,33 @@ pub mod mmuext {
     /// Highest command Xen defines.
     pub const LAST: u32 = UNMARK_SUPER;
 
+    /// The command's name as in Xen's headers (lower case, no prefix).
+    pub fn name(cmd: u32) -> &'static str {
+        match cmd {
+            PIN_L1_TABLE => "pin_l1_table",
+            PIN_L2_TABLE => "pin_l2_table",
+            PIN_L3_TABLE => "pin_l3_table",
+            PIN_L4_TABLE => "pin_l4_table",
+            UNPIN_TABLE => "unpin_table",
+            NEW_BASEPTR => "new_baseptr",
+            TLB_FLUSH_LOCAL => "tlb_flush_local",
+            INVLPG_LOCAL => "invlpg_local",
+            TLB_FLUSH_MULTI => "tlb_flush_multi",
+            INVLPG_MULTI => "invlpg_multi",
+            TLB_FLUSH_ALL => "tlb_flush_all",
+            INVLPG_ALL => "invlpg_all",
+            FLUSH_CACHE => "flush_cache",
+            SET_LDT => "set_ldt",
+            NEW_USER_BASEPTR => "new_user_baseptr",
+            CLEAR_PAGE => "clear_page",
+            COPY_PAGE => "copy_page",
+            FLUSH_CACHE_GLOBAL => "flush_cache_global",
+            MARK_SUPER => "mark_super",
+            UNMARK_SUPER => "unmark_super",
+            _ => "unknown",
+        }
+    }
+
     /// Flag in a `mmuext_op` / `mmu_update` count marking a continuation.
     pub const MMU_UPDATE_PREEMPTED: u32 = 1 << 31;
 

@@ -225,8 +225,11 @@ pub fn exception(
     match trap.vector {
         TRAP_GP_FAULT => {
             let code = ec.unwrap_or(0);
-            if code == 0 && crate::emulate::emulate_privileged_op(vcpu, regs, p) {
-                return Outcome::Resume;
+            if code == 0 {
+                if let Some(kind) = crate::emulate::emulate_privileged_op(vcpu, regs, p) {
+                    stats.count_emulated(kind);
+                    return Outcome::Resume;
+                }
             }
             if code & (X86_XEC_IDT | X86_XEC_EXT) == X86_XEC_IDT {
                 let vector = (code >> 3) as u8;
@@ -237,7 +240,10 @@ pub fn exception(
             }
             deliver(vcpu, regs, p, stats, TRAP_GP_FAULT, ec32)
         }
-        TRAP_INVALID_OP if crate::emulate::emulate_forced_cpuid(vcpu, regs, p) => Outcome::Resume,
+        TRAP_INVALID_OP if crate::emulate::emulate_forced_cpuid(vcpu, regs, p) => {
+            stats.count_emulated(crate::stats::emulated::FORCED_CPUID);
+            Outcome::Resume
+        }
         TRAP_NO_DEVICE => {
             // Xen bounces #NM only while the guest's virtual CR0.TS is set (and clears
             // it, as the hardware would after the guest's handler ran `clts`). Without

@@ -9,6 +9,7 @@
 //! asks for the hypervisor's CPUID policy.
 
 use crate::guest::{self, is_canonical};
+use crate::stats::emulated;
 use crate::{GuestRegs, Mode, Platform, Vcpu};
 
 /// MSR_FS_BASE.
@@ -28,25 +29,30 @@ pub const MSR_MISC_ENABLE: u32 = 0x1a0;
 /// MSR_IA32_CR_PAT.
 pub const MSR_PAT: u32 = 0x277;
 
-/// Tries to emulate the instruction at `regs.rip` that raised #GP(0). Returns true when
-/// it did (rip is then past it), false when the #GP must go to the guest.
-pub fn emulate_privileged_op(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &mut dyn Platform) -> bool {
+/// Tries to emulate the instruction at `regs.rip` that raised #GP(0). Returns the kind
+/// of instruction (a [`crate::stats::emulated`] index) when it did (rip is then past it),
+/// None when the #GP must go to the guest.
+pub fn emulate_privileged_op(
+    vcpu: &mut Vcpu,
+    regs: &mut GuestRegs,
+    p: &mut dyn Platform,
+) -> Option<usize> {
     if vcpu.mode != Mode::Kernel {
-        return false;
+        return None;
     }
     let mut bytes = [0u8; 4];
     if guest::copy_from_guest(vcpu, p, regs.rip, &mut bytes).is_err()
         && guest::copy_from_guest(vcpu, p, regs.rip, &mut bytes[..2]).is_err()
     {
-        return false;
+        return None;
     }
     if let Some(len) = emulate_mov_cr(vcpu, regs, bytes) {
         regs.rip = regs.rip.wrapping_add(len);
-        return true;
+        return Some(emulated::MOV_CR);
     }
     if let Some(len) = emulate_port_io(vcpu, regs, bytes) {
         regs.rip = regs.rip.wrapping_add(len);
-        return true;
+        return Some(emulated::PORT_IO);
     }
     // cli / sti with the guest's IOPL: Xen maps them onto the event mask ("fast and
     // loose", as its comment says: popf cannot be trapped).
@@ -54,9 +60,9 @@ pub fn emulate_privileged_op(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &mut dyn 
         let masked = u8::from(bytes[0] == 0xfa);
         if p_write_mask(vcpu, p, masked) {
             regs.rip = regs.rip.wrapping_add(1);
-            return true;
+            return Some(emulated::CLI_STI);
         }
-        return false;
+        return None;
     }
     let insn = [bytes[0], bytes[1]];
     let msr = regs.rcx as u32;
@@ -75,7 +81,7 @@ pub fn emulate_privileged_op(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &mut dyn 
     if done {
         regs.rip = regs.rip.wrapping_add(2);
     }
-    done
+    done.then_some(emulated::MSR)
 }
 
 /// CR0 bits the hardware has while a PV guest runs (PG, AM, WP, NE, ET, MP, PE): what a
@@ -277,7 +283,7 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x30]);
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p));
+        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_some());
         assert_eq!(vcpu.gs_base_kernel, 0xffff_ffff_8000_1000);
         assert_eq!(regs.rip, crate::testutil::DATA_VA + 2);
         assert_eq!(vcpu.hw_state().gs_base, 0xffff_ffff_8000_1000);
@@ -293,14 +299,14 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x32]);
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p));
+        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_some());
         assert_eq!((regs.rdx, regs.rax), (0x1234, 0x5678_9abc));
         let mut regs = GuestRegs {
             rip: crate::testutil::DATA_VA,
             rcx: 0x10,
             ..Default::default()
         };
-        assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &mut p));
+        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_none());
         assert_eq!(regs.rip, crate::testutil::DATA_VA);
     }
 
@@ -341,10 +347,10 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x30]);
-        assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &mut p));
+        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_none());
         vcpu.mode = Mode::User;
         vcpu.user_cr3 = vcpu.kernel_cr3;
         regs.rdx = 0;
-        assert!(!emulate_privileged_op(&mut vcpu, &mut regs, &mut p));
+        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_none());
     }
 }

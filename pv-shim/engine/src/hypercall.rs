@@ -152,15 +152,14 @@ fn dispatch(
             a[1] as u32,
             a[2],
             a[3] as u32,
+            stats,
         )),
-        hc::MMU_UPDATE => Action::Ret(crate::mmu::do_mmu_update(
-            vcpu,
-            p,
-            a[0],
-            a[1] as u32,
-            a[2],
-            a[3] as u32,
-        )),
+        hc::MMU_UPDATE => Action::Ret({
+            stats.count_mmu_batch(u64::from(
+                a[1] as u32 & !xen_abi::xen::mmuext::MMU_UPDATE_PREEMPTED,
+            ));
+            crate::mmu::do_mmu_update(vcpu, p, a[0], a[1] as u32, a[2], a[3] as u32)
+        }),
         hc::UPDATE_VA_MAPPING => {
             Action::Ret(crate::mmu::do_update_va_mapping(vcpu, p, a[0], a[1], a[2]))
         }

@@ -160,12 +160,16 @@ pub fn do_mmuext_op(
     count: u32,
     pdone: u64,
     foreigndom: u32,
+    stats: &mut crate::Stats,
 ) -> i64 {
     if count == MMU_UPDATE_PREEMPTED && uops == 0 {
         // A continuation carrying a final result in `foreigndom` (Xen's form).
         return i64::from(foreigndom as i32);
     }
-    batch::<MmuextOp>(vcpu, p, uops, count, pdone, foreigndom, mmuext_one)
+    batch::<MmuextOp>(vcpu, p, uops, count, pdone, foreigndom, |v, p, op| {
+        stats.count_mmuext(op.cmd);
+        mmuext_one(v, p, op)
+    })
 }
 
 /// Reads a vCPU bitmap for the `*_MULTI` flushes: whether it names this vCPU.

@@ -7,6 +7,31 @@ use xen_abi::xen::hypercall::COUNT;
 /// Number of hypercalls kept in [`Stats::recent`].
 pub const RECENT: usize = 16;
 
+/// Buckets of [`Stats::mmu_update_batches`]: 0, 1, 2-3, ..., 512-1023, 1024 and more.
+pub const MMU_BATCH_BUCKETS: usize = 12;
+
+/// Kinds of instructions the engine emulates for the guest kernel, in
+/// [`Stats::emulated`] order.
+pub const EMULATED_NAMES: [&str; EMULATED_KINDS] = [
+    "mov to/from cr",
+    "port I/O",
+    "cli/sti",
+    "rdmsr/wrmsr",
+    "forced cpuid",
+];
+/// Number of [`EMULATED_NAMES`].
+pub const EMULATED_KINDS: usize = 5;
+
+/// Indexes into [`Stats::emulated`].
+pub mod emulated {
+    #![allow(missing_docs)]
+    pub const MOV_CR: usize = 0;
+    pub const PORT_IO: usize = 1;
+    pub const CLI_STI: usize = 2;
+    pub const MSR: usize = 3;
+    pub const FORCED_CPUID: usize = 4;
+}
+
 /// One hypercall as the engine saw and answered it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HypercallRecord {
@@ -38,6 +63,13 @@ pub struct Stats {
     pub syscall_bounces: u64,
     /// Event upcalls delivered.
     pub upcalls: u64,
+    /// `mmu_update` calls by batch size: bucket `k` counts batches of `2^(k-1)` up to
+    /// `2^k - 1` entries (bucket 0: empty batches), the last bucket everything larger.
+    pub mmu_update_batches: [u64; MMU_BATCH_BUCKETS],
+    /// `mmuext_op` commands by number (all in the last slot when out of range).
+    pub mmuext_cmds: [u64; 32],
+    /// Privileged instructions the engine emulated, by kind.
+    pub emulated: [u64; EMULATED_KINDS],
     /// Ring of the last [`RECENT`] hypercalls; `recent_next` is the slot written next.
     pub recent: [HypercallRecord; RECENT],
     /// Next slot of `recent`.
@@ -64,6 +96,9 @@ impl Stats {
             bounces: [0; 256],
             syscall_bounces: 0,
             upcalls: 0,
+            mmu_update_batches: [0; MMU_BATCH_BUCKETS],
+            mmuext_cmds: [0; 32],
+            emulated: [0; EMULATED_KINDS],
             recent: [HypercallRecord {
                 nr: 0,
                 args: [0; 5],
@@ -94,6 +129,22 @@ impl Stats {
         }
     }
 
+    pub(crate) fn count_mmu_batch(&mut self, entries: u64) {
+        let bucket = (64 - entries.leading_zeros() as usize).min(MMU_BATCH_BUCKETS - 1);
+        self.mmu_update_batches[bucket] += 1;
+    }
+
+    pub(crate) fn count_mmuext(&mut self, cmd: u32) {
+        let i = (cmd as usize).min(self.mmuext_cmds.len() - 1);
+        self.mmuext_cmds[i] += 1;
+    }
+
+    pub(crate) fn count_emulated(&mut self, kind: usize) {
+        if let Some(c) = self.emulated.get_mut(kind) {
+            *c += 1;
+        }
+    }
+
     pub(crate) fn record(&mut self, rec: HypercallRecord) {
         self.recent[self.recent_next] = rec;
         self.recent_next = (self.recent_next + 1) % RECENT;
@@ -113,6 +164,15 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_sizes_fall_in_power_of_two_buckets() {
+        let mut s = Stats::new();
+        for n in [0, 1, 2, 3, 4, 511, 512, 1023, 1024, u64::MAX] {
+            s.count_mmu_batch(n);
+        }
+        assert_eq!(s.mmu_update_batches, [1, 1, 2, 1, 0, 0, 0, 0, 0, 1, 2, 2]);
+    }
 
     #[test]
     fn ring_keeps_last_sixteen_in_order() {
