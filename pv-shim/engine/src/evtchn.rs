@@ -333,10 +333,14 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
         }
         op::BIND_INTERDOMAIN => {
             let mut b = read!(BindInterdomain);
+            if b.remote_dom == 0 {
+                // Domain 0 (the VMM's backends) exists, but it offers the guest no
+                // unbound port: its backends bind to the guest's ports from their side
+                // (console, xenstore) instead. Xen: the remote port is not ECS_UNBOUND
+                // for this domain, -EINVAL.
+                return -EINVAL;
+            }
             if !own(b.remote_dom) {
-                // Backends bind to the guest from the host side; a guest binding to
-                // domain 0's ports is not something Xen allows an unprivileged guest
-                // unless dom0 offered an unbound port.
                 return -ESRCH;
             }
             let rp = b.remote_port;
@@ -424,9 +428,19 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
             s.vcpu = 0;
             (s.status, s.u) = match st {
                 PortState::Free => (stat::CLOSED, [0, 0]),
-                PortState::Unbound { remote_dom } => (stat::UNBOUND, [u32::from(remote_dom), 0]),
+                // Xen keeps domain ids, never DOMID_SELF.
+                PortState::Unbound { remote_dom } => {
+                    let dom = if remote_dom == DOMID_SELF {
+                        crate::GUEST_DOMID
+                    } else {
+                        remote_dom
+                    };
+                    (stat::UNBOUND, [u32::from(dom), 0])
+                }
                 PortState::Backend { remote_port } => (stat::INTERDOMAIN, [0, remote_port]),
-                PortState::Loopback { peer } => (stat::INTERDOMAIN, [u32::from(DOMID_SELF), peer]),
+                PortState::Loopback { peer } => {
+                    (stat::INTERDOMAIN, [u32::from(crate::GUEST_DOMID), peer])
+                }
                 PortState::Virq { virq } => (stat::VIRQ, [virq, 0]),
                 PortState::Ipi => (stat::IPI, [0, 0]),
             };
@@ -511,4 +525,154 @@ fn close(vcpu: &mut Vcpu, p: &mut dyn Platform, port: u32) -> i64 {
     vcpu.evtchn.ports[port as usize] = PortState::Free;
     clear_bit(p, vcpu.shared_info_gpa + shared_info::EVTCHN_PENDING, port);
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use xen_abi::errno::EINVAL;
+
+    fn op<T: IntoBytes + FromBytes + Immutable>(
+        v: &mut Vcpu,
+        p: &mut FakePlatform,
+        cmd: u64,
+        arg: &mut T,
+    ) -> i64 {
+        guest::write_obj(v, p, DATA_VA, arg).unwrap();
+        let rc = do_event_channel_op(v, p, cmd, DATA_VA);
+        *arg = guest::read_obj(v, p, DATA_VA).unwrap();
+        rc
+    }
+
+    fn pending(p: &FakePlatform, port: u32) -> bool {
+        test_bit(p, SHARED_INFO + shared_info::EVTCHN_PENDING, port)
+    }
+
+    #[test]
+    fn loopback_interdomain_binds_sends_and_closes() {
+        let (mut v, mut p) = setup();
+        let mut a = AllocUnbound {
+            dom: DOMID_SELF,
+            remote_dom: DOMID_SELF,
+            port: 0,
+        };
+        assert_eq!(op(&mut v, &mut p, op::ALLOC_UNBOUND, &mut a), 0);
+        let mut s = Status {
+            dom: DOMID_SELF,
+            port: a.port,
+            ..Default::default()
+        };
+        assert_eq!(op(&mut v, &mut p, op::STATUS, &mut s), 0);
+        assert_eq!(
+            (s.status, s.u[0]),
+            (stat::UNBOUND, u32::from(crate::GUEST_DOMID))
+        );
+
+        let mut b = BindInterdomain {
+            remote_dom: DOMID_SELF,
+            remote_port: a.port,
+            ..Default::default()
+        };
+        assert_eq!(op(&mut v, &mut p, op::BIND_INTERDOMAIN, &mut b), 0);
+        assert_ne!(b.local_port, a.port);
+        assert!(pending(&p, b.local_port), "Xen raises the new local port");
+        clear_bit(
+            &mut p,
+            SHARED_INFO + shared_info::EVTCHN_PENDING,
+            b.local_port,
+        );
+
+        let mut port = b.local_port;
+        assert_eq!(op(&mut v, &mut p, op::SEND, &mut port), 0);
+        assert!(pending(&p, a.port), "a send reaches the peer");
+
+        // Binding the same remote port twice: it is no longer unbound.
+        assert_eq!(op(&mut v, &mut p, op::BIND_INTERDOMAIN, &mut b), -EINVAL);
+        let mut port = a.port;
+        assert_eq!(op(&mut v, &mut p, op::CLOSE, &mut port), 0);
+        assert_eq!(
+            v.evtchn.state(b.local_port),
+            PortState::Unbound {
+                remote_dom: DOMID_SELF
+            }
+        );
+        assert_eq!(
+            op(&mut v, &mut p, op::CLOSE, &mut port),
+            -EINVAL,
+            "closing twice"
+        );
+    }
+
+    #[test]
+    fn binding_to_domain_zero_or_a_missing_domain_is_refused() {
+        let (mut v, mut p) = setup();
+        let mut b = BindInterdomain {
+            remote_dom: 0,
+            remote_port: 1,
+            ..Default::default()
+        };
+        assert_eq!(op(&mut v, &mut p, op::BIND_INTERDOMAIN, &mut b), -EINVAL);
+        b.remote_dom = 7;
+        assert_eq!(op(&mut v, &mut p, op::BIND_INTERDOMAIN, &mut b), -ESRCH);
+        let mut a = AllocUnbound {
+            dom: 7,
+            remote_dom: 0,
+            port: 0,
+        };
+        assert_eq!(op(&mut v, &mut p, op::ALLOC_UNBOUND, &mut a), -EPERM);
+    }
+
+    #[test]
+    fn virq_ipi_and_bad_ports() {
+        let (mut v, mut p) = setup();
+        let mut b = BindVirq {
+            virq: 0,
+            vcpu: 0,
+            port: 0,
+        };
+        assert_eq!(op(&mut v, &mut p, op::BIND_VIRQ, &mut b), 0);
+        assert_eq!(v.evtchn.virq_port(0), Some(b.port));
+        assert_eq!(
+            op(&mut v, &mut p, op::BIND_VIRQ, &mut b),
+            -xen_abi::errno::EEXIST
+        );
+        let mut virq_port = b.port;
+        assert_eq!(
+            op(&mut v, &mut p, op::SEND, &mut virq_port),
+            -EINVAL,
+            "VIRQs cannot be sent"
+        );
+        b.virq = NR_VIRQS;
+        assert_eq!(op(&mut v, &mut p, op::BIND_VIRQ, &mut b), -EINVAL);
+
+        let mut ipi = BindIpi { vcpu: 0, port: 0 };
+        assert_eq!(op(&mut v, &mut p, op::BIND_IPI, &mut ipi), 0);
+        let mut port = ipi.port;
+        assert_eq!(op(&mut v, &mut p, op::SEND, &mut port), 0);
+        assert!(pending(&p, ipi.port));
+        ipi.vcpu = 1;
+        assert_eq!(op(&mut v, &mut p, op::BIND_IPI, &mut ipi), -ENOENT);
+
+        for bad in [0u32, NR_PORTS as u32, u32::MAX] {
+            let mut port = bad;
+            assert_eq!(
+                op(&mut v, &mut p, op::SEND, &mut port),
+                -EINVAL,
+                "send on {bad}"
+            );
+            let mut port = bad;
+            assert_eq!(
+                op(&mut v, &mut p, op::CLOSE, &mut port),
+                -EINVAL,
+                "close {bad}"
+            );
+        }
+        let mut port = NR_PORTS as u32;
+        assert_eq!(op(&mut v, &mut p, op::UNMASK, &mut port), -EINVAL);
+        assert_eq!(
+            do_event_channel_op(&mut v, &mut p, op::SEND, 0xdead_0000_0000),
+            -EFAULT
+        );
+    }
 }
