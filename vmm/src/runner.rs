@@ -646,12 +646,22 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     };
     let mut notified: Vec<u32> = Vec::new();
     let mut blocked = false;
+    let mut stub_kernel_mode = 1u32;
     loop {
         let exit = if blocked {
             // SCHEDOP_block: wait, outside the guest, for an event (a timer, a backend,
             // console input) or the watchdog.
             vstate::Exit::Interrupted
         } else {
+            // The syscall stub answers some hypercalls itself, only for the guest kernel:
+            // tell it which mode the guest resumes in.
+            let kernel = u32::from(pv_vcpu.mode == pv_engine::Mode::Kernel);
+            if kernel != stub_kernel_mode {
+                vm.memory()
+                    .write_obj(kernel, GuestAddress(region.guest_state_gpa))
+                    .map_err(|_| shim::Error::Memory(region.guest_state_gpa))?;
+                stub_kernel_mode = kernel;
+            }
             vcpu.run()?
         };
         if exit != vstate::Exit::Interrupted {

@@ -11,7 +11,7 @@ use object::{Object, ObjectSegment};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xen_abi::contract::{self, layout, port, selector as shim_sel, ShimHeader, SHIM_VA_BASE};
 use xen_abi::xen::selector;
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::vstate::{MsrEntry, Segment, Sregs};
 
@@ -126,6 +126,8 @@ pub struct ShimRegion {
     pub shared_info_gpa: u64,
     /// Guest-physical address of grant-table frame 0 (`layout::GRANT_FRAMES` frames).
     pub grant_table_gpa: u64,
+    /// Guest-physical address of the `GuestStatePage` the syscall stub reads.
+    pub guest_state_gpa: u64,
     /// The apply routine (see `xen_abi::contract::ShimHeader::apply_entry`).
     pub apply_entry: u64,
     /// Where rip points when the apply routine rings `APPLY_MORE`.
@@ -420,6 +422,13 @@ pub fn build_region(
     bitmap[p / 8] &= !(1 << (p % 8));
     write(mem, tss + layout::TSS_IOPB, &bitmap)?;
 
+    // The syscall stub's view of the guest: the kernel runs first; one vCPU.
+    let state = xen_abi::contract::GuestStatePage {
+        kernel_mode: 1,
+        nr_vcpus: 1,
+    };
+    write(mem, gpa + layout::GUEST_STATE, state.as_bytes())?;
+
     // The shim's pagetables: L3 -> L2 -> one L1 mapping the region's pages.
     let l3 = gpa + layout::PAGETABLES;
     let l2 = l3 + 0x1000;
@@ -429,6 +438,11 @@ pub fn build_region(
     write_u64(mem, l2, l1 | upper)?;
     let pages: &[(u64, u64, u64)] = &[
         (layout::TEXT, layout::TEXT_SIZE, pte::P | pte::U | pte::A),
+        (
+            layout::GUEST_STATE,
+            0x1000,
+            pte::P | pte::U | pte::A | pte::NX,
+        ),
         (
             layout::GDT,
             layout::GDT_SIZE,
@@ -483,6 +497,7 @@ pub fn build_region(
         stack_top: va(layout::STACK),
         shared_info_gpa: gpa + layout::SHARED_INFO,
         grant_table_gpa: gpa + layout::GRANT_TABLE,
+        guest_state_gpa: gpa + layout::GUEST_STATE,
         apply_entry: va(layout::TEXT) + u64::from(hdr.apply_entry),
         apply_more_doorbell_end: va(layout::TEXT) + u64::from(hdr.apply_more_doorbell_end),
         m2p_gpa: gpa + layout::SIZE,

@@ -9,7 +9,10 @@
 //! rcx, as `syscall` left it), the user rsp and that it runs on the kernel stack; it
 //! returns with `HYPERVISOR_iret` and `VGCF_in_syscall`. The user code checks it got the
 //! callback's return value in rax and that its callee-saved registers survived, then
-//! runs `syscall` with rax 43, whose callback ends the test with SUCCESS.
+//! runs `syscall` with rax 24, rdi 3, rsi 1 (the registers of `vcpu_op(VCPUOP_is_up, 1)`,
+//! which the shim answers itself when the guest kernel asks) and the callback, seeing
+//! them unchanged, ends the test with SUCCESS: a user `syscall` always reaches the
+//! guest kernel.
 #![no_std]
 #![no_main]
 
@@ -44,7 +47,9 @@ user_syscall1_ret:
     mov rcx, {rbx_magic}
     cmp rbx, rcx
     jne 4f
-    mov eax, 43
+    mov eax, 24
+    mov edi, 3
+    mov esi, 1
     syscall
     ud2
 4:
@@ -121,8 +126,8 @@ extern "C" fn on_syscall(f: &mut SyscallFrame) {
             f.rax = RET_42;
         }
         _ => match f.rax {
-            43 => {
-                println!("syscall 43 from user mode after an iret(VGCF_in_syscall) round trip");
+            24 if f.rdi == 3 && f.rsi == 1 => {
+                println!("syscall 24 (rdi 3, rsi 1) from user mode after an iret(VGCF_in_syscall) round trip: reached the kernel");
                 console::succeed();
             }
             44 => fail!(

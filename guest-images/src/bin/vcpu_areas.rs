@@ -11,6 +11,8 @@
 //!   table; 0 on an ordinary frame, after which that frame cannot be pinned as a table
 //!   (the hypervisor holds a writable reference) and a second registration is -EINVAL;
 //!   the pvclock then runs in the new place.
+//! - `VCPUOP_is_up`: 1 for vCPU 0; -ENOENT for vCPUs 1 to 1000 and 2^32-1 (the shim
+//!   answers these without an exit; the host test counts the exits).
 //! - `VCPUOP_register_runstate_memory_area`: filled at once (state running); a
 //!   `SCHEDOP_poll` on an idle port with a 3 ms timeout returns 0 no earlier than the
 //!   timeout, and afterwards the area says running again with at least 2 ms blocked.
@@ -21,7 +23,7 @@ use core::ptr::{addr_of, addr_of_mut};
 use pv_test_kernels::hypercall::hypercall3;
 use pv_test_kernels::mm;
 use pv_test_kernels::traps::install_trap_table;
-use pv_test_kernels::xen_abi::errno::EINVAL;
+use pv_test_kernels::xen_abi::errno::{EINVAL, ENOENT};
 use pv_test_kernels::xen_abi::grant_table::*;
 use pv_test_kernels::xen_abi::sched::{SchedPoll, SCHEDOP_POLL};
 use pv_test_kernels::xen_abi::xen::{hypercall as hc, mmuext, DOMID_SELF};
@@ -295,10 +297,24 @@ fn runstate_and_poll(vi: u64) {
     );
 }
 
+fn is_up() {
+    const VCPUOP_IS_UP: u64 = 3;
+    // SAFETY: is_up takes no argument pointer.
+    let up = |id: u64| unsafe { hypercall3(hc::VCPU_OP, VCPUOP_IS_UP, id, 0) };
+    check_rc!("is_up(0)", up(0), 1);
+    for id in (1..=1000).chain([u64::from(u32::MAX)]) {
+        if up(id) != -ENOENT {
+            fail!("is_up({}) returned {}, expected -ENOENT", id, up(id));
+        }
+    }
+    println!("is_up: vCPU 0 up, 1..=1000 and 2^32-1 -ENOENT");
+}
+
 fn main(si: &'static StartInfo) {
     mm::print_layout(si);
     mm::check_slack(si);
     install_trap_table();
+    is_up();
     grant_table(si);
     let vi = vcpu_info(si);
     runstate_and_poll(vi);

@@ -24,7 +24,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this contract; the shim header carries it.
-pub const CONTRACT_VERSION: u32 = 2;
+pub const CONTRACT_VERSION: u32 = 3;
 /// Magic at offset 0 of the shim image.
 pub const SHIM_MAGIC: [u8; 8] = *b"PVKVSHIM";
 /// Number of IDT vectors the shim provides stubs for.
@@ -75,7 +75,10 @@ pub mod layout {
     /// `syscall` stub runs at CPL3 on this host.
     pub const TEXT: u64 = 0x0_0000;
     /// Largest shim image.
-    pub const TEXT_SIZE: u64 = 0x1_0000;
+    pub const TEXT_SIZE: u64 = 0xf000;
+    /// The guest-state page the `syscall` stub reads at CPL3 ([`super::GuestStatePage`]):
+    /// mapped user-readable and read-only in the guest, written by the VMM.
+    pub const GUEST_STATE: u64 = 0xf000;
     /// The 16-page GDT: pages 0-13 for the guest's `set_gdt` frames, 14-15 Xen's.
     pub const GDT: u64 = 0x1_0000;
     /// GDT size in bytes.
@@ -115,7 +118,8 @@ pub mod layout {
 
     // The parts must not overlap; checked when the crate compiles.
     const _: () = {
-        assert!(TEXT + TEXT_SIZE <= GDT);
+        assert!(TEXT + TEXT_SIZE <= GUEST_STATE);
+        assert!(GUEST_STATE + 0x1000 <= GDT);
         assert!(GDT + GDT_SIZE <= IDT);
         assert!(IDT + 0x1000 <= TSS);
         assert!(TSS + TSS_LIMIT < SHARED_INFO);
@@ -125,6 +129,20 @@ pub mod layout {
         assert!(POSTED + POSTED_SIZE <= PAGETABLES);
         assert!(PAGETABLES + 0x4000 <= GRANT_TABLE);
     };
+}
+
+/// The page at [`layout::GUEST_STATE`]: what the `syscall` stub needs to answer, at CPL3
+/// and without an exit, the one hypercall Linux makes thousands of times with a fixed
+/// answer: `VCPUOP_is_up` for each vCPU the domain does not have (it probes every
+/// possible CPU at boot, 8192 of them in Debian's build). -ENOENT, as Xen answers.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GuestStatePage {
+    /// 1 while the guest kernel runs, 0 in guest user mode (a user `syscall` must reach
+    /// the guest kernel, never the fast path). The VMM writes it on every change.
+    pub kernel_mode: u32,
+    /// vCPUs of the domain: `is_up` for an id at or above it is -ENOENT.
+    pub nr_vcpus: u32,
 }
 
 /// Header at offset 0 of the shim image. All offsets are from the image start.

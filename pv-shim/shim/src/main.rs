@@ -7,7 +7,11 @@
 //!
 //! - `syscall_entry` (MSR_LSTAR): a `syscall` from ring 3 stays at CPL3 here, so the stub
 //!   rings the hypercall doorbell with an `out` the TSS I/O bitmap allows, and the VMM
-//!   resumes the guest wherever the engine says. No ring-0 instruction runs.
+//!   resumes the guest wherever the engine says. No ring-0 instruction runs. One fast
+//!   path first: `VCPUOP_is_up` from the guest kernel for a vCPU the domain does not have
+//!   is answered -ENOENT in place (flags from r11, back to rcx, as the doorbell path
+//!   would), reading the VMM-written `GuestStatePage`; only at CPL3, where returning with
+//!   a plain jump is right.
 //! - one IDT stub per vector: push an error code (0 where the CPU pushes none) and the
 //!   vector, ring the trap doorbell, drop both words and `iretq` to the frame the VMM may
 //!   have rewritten. Five emulated instructions per trap.
@@ -47,7 +51,23 @@ header_end:
 
     .balign 16
 syscall_entry:
-    out %al, ${hypercall_port}
+    cmpq ${vcpu_op}, %rax
+    jne 1f
+    cmpl ${is_up}, %edi
+    jne 1f
+    cmpl (shim_header + {state} + 4)(%rip), %esi
+    jb 1f
+    cmpl $0, (shim_header + {state})(%rip)
+    je 1f
+    mov %cs, %eax
+    test $3, %al
+    mov ${vcpu_op}, %eax
+    jz 1f
+    movq $-{enoent}, %rax
+    pushq %r11
+    popfq
+    jmp *%rcx
+1:  out %al, ${hypercall_port}
 syscall_doorbell_end:
     ud2
 
@@ -118,6 +138,10 @@ apply_more_doorbell_end:
     "#,
     version = const xen_abi::contract::CONTRACT_VERSION,
     hypercall_port = const xen_abi::contract::port::HYPERCALL,
+    vcpu_op = const xen_abi::xen::hypercall::VCPU_OP,
+    is_up = const 3,
+    enoent = const xen_abi::errno::ENOENT,
+    state = const xen_abi::contract::layout::GUEST_STATE - xen_abi::contract::layout::TEXT,
     trap_port = const xen_abi::contract::port::TRAP,
     apply_more_port = const xen_abi::contract::port::APPLY_MORE,
     posted = const xen_abi::contract::layout::POSTED - xen_abi::contract::layout::TEXT,
