@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""pvkvm's benchmark report (issue 5, part 4): one command runs everything and writes
+JSON plus a markdown table.
+
+    python3 benches/report.py [--out benches/results] [--skip-linux] [--scale 0.5]
+
+Parts, in order (each part's failure is recorded in the report, the rest still runs):
+  1. `pvkvm probe --json`: the host KVM kind and the trap floors;
+  2. benches/micro.py: the PV microbenchmarks (bench_micro kernel), ns per operation
+     and VM exits per operation beside the floor those exits cost;
+  3. a boot profile of the default guest (Debian cloud kernel + busybox initramfs):
+     launch to shell prompt, then `pvkvm run --stats` (exits by hypercall, sub-op, trap
+     vector and reason, with the VMM's time);
+  4. benches/linux.sh: the Linux workload program on pvkvm and on the alternatives
+     (QEMU, Xen under QEMU), unless --skip-linux.
+
+Writes <out>/report.json and <out>/report.md (machine, host KVM kind, host kernel,
+guest kernel, commit, date, then every part's table). Python 3 standard library only;
+builds pvkvm, the test kernels and the default guest with the project's own scripts.
+"""
+
+import argparse
+import json
+import os
+import platform
+import select
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PVKVM = os.path.join(ROOT, "target", "release", "pvkvm")
+
+
+def log(msg):
+    print(f"report: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, cwd=ROOT, **kw):
+    log("$ " + " ".join(cmd))
+    return subprocess.run(cmd, cwd=cwd, text=True, capture_output=True, **kw)
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem_kib = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    commit = run(["git", "rev-parse", "--short", "HEAD"]).stdout.strip() or "unknown"
+    dirty = bool(run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip())
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "host_kernel": platform.release(),
+        "commit": commit + ("-dirty" if dirty else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def build():
+    # The test kernels build from their own directory (its .cargo/config.toml).
+    for cmd, cwd in (
+        (["cargo", "build", "--release", "--quiet", "-p", "pvkvm"], ROOT),
+        (["cargo", "build", "--release", "--quiet"], os.path.join(ROOT, "guest-images")),
+    ):
+        r = run(cmd, cwd=cwd)
+        if r.returncode != 0:
+            sys.exit(f"report: {' '.join(cmd)} failed:\n{r.stderr}")
+    r = run(["guest-images/scripts/build-default-guest.sh"])
+    if r.returncode != 0:
+        sys.exit(f"report: building the default guest failed:\n{r.stderr}")
+    lines = r.stdout.strip().splitlines()
+    return lines[-2], lines[-1]
+
+
+def probe():
+    r = run([PVKVM, "probe", "--json"])
+    if r.returncode != 0:
+        return {"status": "failed", "reason": r.stderr.strip()}
+    return json.loads(r.stdout)
+
+
+def boot_profile(kernel, initrd, timeout=240):
+    """Boots the default guest to its prompt, powers it off, returns the figures."""
+    cmd = [PVKVM, "run", "--kernel", kernel, "--initrd", initrd,
+           "--cmdline", "console=hvc0 quiet", "--stats", "--timeout", str(timeout)]
+    log("$ " + " ".join(cmd))
+    start = time.monotonic()
+    p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    seen = b""
+    prompt_s = None
+    while time.monotonic() - start < timeout:
+        ready, _, _ = select.select([p.stdout], [], [], 1.0)
+        if not ready:
+            if p.poll() is not None:
+                break
+            continue
+        chunk = os.read(p.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        seen += chunk
+        if b"~ # " in seen:
+            prompt_s = time.monotonic() - start
+            break
+    if prompt_s is not None:
+        p.stdin.write(b"poweroff -f\n")
+        p.stdin.flush()
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+    err = err.decode(errors="replace")
+    if prompt_s is None:
+        return {"status": "failed", "reason": "no shell prompt", "stderr": err[-4000:]}
+    exits = None
+    for line in err.splitlines():
+        if line.startswith("pvkvm stats:"):
+            exits = int(line.split(",")[1].split()[0])
+    return {"status": "ok", "boot_to_prompt_s": round(prompt_s, 2), "vm_exits": exits,
+            "stats": err[err.find("pvkvm stats:"):]}
+
+
+def part(name, fn):
+    log(f"--- {name}")
+    t0 = time.monotonic()
+    try:
+        out = fn()
+    except Exception as e:  # a part's failure must not lose the others
+        out = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+    log(f"--- {name}: {time.monotonic() - t0:.0f} s")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results"))
+    ap.add_argument("--skip-linux", action="store_true",
+                    help="leave out the Linux workloads and the alternatives")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply the microbenchmarks' iteration counts")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.monotonic()
+    kernel, initrd = build()
+    report = {"machine": machine(), "guest_kernel": os.path.basename(kernel)}
+    report["probe"] = part("probe", probe)
+    report["host_kvm"] = report["probe"].get("kind", "unknown") + " (" + \
+        report["probe"].get("module", "?") + ")"
+
+    micro_json = os.path.join(args.out, "micro.json")
+    micro_md = os.path.join(args.out, "micro.md")
+
+    def micro():
+        r = run([sys.executable, "benches/micro.py", "--json", micro_json,
+                 "--markdown", micro_md, "--scale", str(args.scale)])
+        if r.returncode != 0:
+            return {"status": "failed", "reason": r.stderr[-4000:]}
+        with open(micro_json) as f:
+            return {"status": "ok", "rows": json.load(f)}
+
+    report["micro"] = part("microbenchmarks", micro)
+    report["boot"] = part("boot profile", lambda: boot_profile(kernel, initrd))
+
+    linux_json = os.path.join(args.out, "linux.json")
+    linux_md = os.path.join(args.out, "linux.md")
+
+    def linux():
+        script = os.path.join(ROOT, "benches", "linux.sh")
+        if not os.path.exists(script):
+            return {"status": "missing", "reason": "benches/linux.sh is not in this tree"}
+        r = run([script, "--json", linux_json, "--markdown", linux_md])
+        if r.returncode != 0:
+            return {"status": "failed", "reason": r.stderr[-4000:]}
+        with open(linux_json) as f:
+            return {"status": "ok", "result": json.load(f)}
+
+    if args.skip_linux:
+        report["linux"] = {"status": "skipped"}
+    else:
+        report["linux"] = part("Linux workloads", linux)
+    report["total_s"] = round(time.monotonic() - t0, 1)
+
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    md = markdown(report, micro_md, linux_md)
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(md)
+    print(md)
+    log(f"wrote {args.out}/report.json and report.md in {report['total_s']} s")
+
+
+def markdown(report, micro_md, linux_md):
+    m = report["machine"]
+    out = [
+        "# pvkvm benchmark report",
+        "",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; host kernel "
+        f"{m['host_kernel']}",
+        f"- host KVM: {report['host_kvm']}",
+        f"- guest kernel: {report['guest_kernel']}",
+        f"- commit {m['commit']}, {m['date']}; the whole run took {report['total_s']} s",
+        "",
+        "## Trap floors (`pvkvm probe`)",
+        "",
+    ]
+    probe = report["probe"]
+    if "timings" in probe:
+        out += ["| round trip | value |", "|---|---:|"]
+        for t in probe["timings"]:
+            out.append(f"| {t['name']} | {t['value']:.2f} {t['unit']} |")
+    else:
+        out.append(f"probe {probe.get('status')}: {probe.get('reason', '')}")
+    out += ["", "## Microbenchmarks (`benches/micro.py`)", ""]
+    if report["micro"].get("status") == "ok" and os.path.exists(micro_md):
+        with open(micro_md) as f:
+            out.append(f.read().strip())
+    else:
+        out.append(f"microbenchmarks {report['micro'].get('status')}: "
+                   f"{report['micro'].get('reason', '')}")
+    out += ["", "## Default guest boot (`pvkvm run --stats`)", ""]
+    boot = report["boot"]
+    if boot.get("status") == "ok":
+        out += [f"Launch to shell prompt {boot['boot_to_prompt_s']} s, "
+                f"{boot['vm_exits']} VM exits to poweroff.", "", "```", boot["stats"].rstrip(),
+                "```"]
+    else:
+        out.append(f"boot {boot.get('status')}: {boot.get('reason', '')}")
+    out += ["", "## Linux workloads and the alternatives (`benches/linux.sh`)", ""]
+    if report["linux"].get("status") == "ok" and os.path.exists(linux_md):
+        with open(linux_md) as f:
+            out.append(f.read().strip())
+    else:
+        out.append(f"Linux workloads {report['linux'].get('status')}: "
+                   f"{report['linux'].get('reason', '')}")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
