@@ -125,6 +125,9 @@ pub fn publish(vcpu: &Vcpu, p: &mut dyn Platform, clock: &PvClock, wall_ns_at_ze
     let odd = (v | 1).wrapping_add(if v & 1 == 0 { 0 } else { 2 });
     let _ = p.write_phys(at, &odd.to_le_bytes());
     let _ = p.write_phys(at, clock.time_info(odd.wrapping_add(1)).as_bytes());
+    if vcpu.time_area != 0 {
+        let _ = copy_time_info(vcpu, p, vcpu.time_area);
+    }
     let si = vcpu.shared_info_gpa;
     let mut wv = [0u8; 4];
     let wver = if p.read_phys(si + shared_info::WC_VERSION, &mut wv).is_ok() {
@@ -148,6 +151,20 @@ pub fn publish(vcpu: &Vcpu, p: &mut dyn Platform, clock: &PvClock, wall_ns_at_ze
         si + shared_info::WC_VERSION,
         &wodd.wrapping_add(1).to_le_bytes(),
     );
+}
+
+/// Copies the vCPU's `vcpu_time_info` (from its `vcpu_info`) to guest virtual address
+/// `area` (the `register_vcpu_time_memory_area` copy). The copy is written while the vCPU
+/// is stopped, so a reader sees the even version of a finished update.
+pub fn copy_time_info(
+    vcpu: &Vcpu,
+    p: &mut dyn Platform,
+    area: u64,
+) -> Result<(), guest::GuestFault> {
+    let mut info = VcpuTimeInfo::default();
+    p.read_phys(vcpu.vcpu_info_gpa + vcpu_info::TIME, info.as_mut_bytes())
+        .map_err(|_| guest::GuestFault::BadPhys { va: area })?;
+    guest::write_obj(vcpu, p, area, &info)
 }
 
 /// `set_timer_op(timeout)`: arm (absolute system time) or cancel (0) the vCPU's timer.

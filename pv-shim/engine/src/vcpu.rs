@@ -144,6 +144,8 @@ pub struct Vcpu {
     pub periodic_next: u64,
     /// Guest virtual address of the registered runstate area (0: none).
     pub runstate_area: u64,
+    /// Guest virtual address of the registered second `vcpu_time_info` (0: none).
+    pub time_area: u64,
     /// Runstate accounting (see [`crate::vcpu_op::runstate_change`]).
     pub runstate: crate::vcpu_op::RunstateInfo,
     /// `VCPUOP_register_vcpu_info` succeeded (it may only once; the frame then holds a
@@ -214,6 +216,7 @@ impl Vcpu {
             cr0_ts: false,
             cr2: 0,
             runstate_area: 0,
+            time_area: 0,
             runstate: crate::vcpu_op::RunstateInfo::default(),
             vcpu_info_registered: false,
             poll: None,

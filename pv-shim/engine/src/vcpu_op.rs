@@ -1,7 +1,8 @@
 //! `vcpu_op` for a domain of one vCPU: whether vCPUs are up, taking the only one down
 //! (which is how a PV kernel halts after a panic), the memory areas Linux registers
 //! early (`register_runstate_memory_area`, `register_vcpu_info`), the runstate accounting
-//! behind them, and the timer sub-ops (served by [`crate::time`]).
+//! behind them, the second pvclock copy (`register_vcpu_time_memory_area`), and the timer
+//! sub-ops (served by [`crate::time`]).
 //!
 //! Runstate: the vCPU is `running` while the guest runs or the host serves its traps and
 //! `blocked` while the host waits for an event for it (`SCHEDOP_block`/`poll`); the host
@@ -28,6 +29,7 @@ pub mod cmd {
     pub const SET_SINGLESHOT_TIMER: u64 = 8;
     pub const STOP_SINGLESHOT_TIMER: u64 = 9;
     pub const REGISTER_VCPU_INFO: u64 = 10;
+    pub const REGISTER_VCPU_TIME_MEMORY_AREA: u64 = 13;
 }
 
 /// `struct vcpu_runstate_info`: state, when it was entered, time spent in each state.
@@ -172,6 +174,19 @@ pub fn do_vcpu_op(
             vcpu.vcpu_info_registered = true;
             Ret(0)
         }
+        cmd::REGISTER_VCPU_TIME_MEMORY_AREA => {
+            // A second copy of vcpu_time_info at a guest virtual address, kept equal to
+            // the one in vcpu_info; Linux maps it into user space so the vDSO reads the
+            // pvclock without a system call. 0 unregisters.
+            let Ok(area) = guest::read_obj::<u64>(vcpu, p, arg) else {
+                return Ret(-EFAULT);
+            };
+            if area != 0 && crate::time::copy_time_info(vcpu, p, area).is_err() {
+                return Ret(-EFAULT);
+            }
+            vcpu.time_area = area;
+            Ret(0)
+        }
         cmd::SET_SINGLESHOT_TIMER => Ret(crate::time::set_singleshot(vcpu, p, arg)),
         cmd::STOP_SINGLESHOT_TIMER => {
             vcpu.timer_deadline = None;
@@ -189,4 +204,90 @@ pub fn do_vcpu_op(
 /// What the engine does with [`VcpuOpResult::AllDown`].
 pub fn all_down() -> Outcome {
     Outcome::Crash(crate::CrashReason::AllVcpusDown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use crate::time::VcpuTimeInfo;
+
+    fn op(v: &mut Vcpu, p: &mut FakePlatform, cmd: u64, arg: u64) -> i64 {
+        match do_vcpu_op(v, p, cmd, 0, arg) {
+            VcpuOpResult::Ret(r) => r,
+            VcpuOpResult::AllDown => panic!("vCPU went down"),
+        }
+    }
+
+    #[test]
+    fn time_memory_area_gets_a_copy_of_the_pvclock() {
+        let (mut v, mut p) = setup();
+        let info = VcpuTimeInfo {
+            version: 4,
+            tsc_timestamp: 1234,
+            system_time: 5678,
+            tsc_to_system_mul: 0x8000_0000,
+            tsc_shift: -1,
+            flags: crate::time::PVCLOCK_TSC_STABLE,
+            ..Default::default()
+        };
+        p.write_phys(
+            v.vcpu_info_gpa + xen_abi::xen::vcpu_info::TIME,
+            info.as_bytes(),
+        )
+        .unwrap();
+        let area = DATA_VA + 0x200;
+        guest::write_obj(&v, &mut p, DATA_VA, &area).unwrap();
+        assert_eq!(
+            op(&mut v, &mut p, cmd::REGISTER_VCPU_TIME_MEMORY_AREA, DATA_VA),
+            0
+        );
+        let copy: VcpuTimeInfo = guest::read_obj(&v, &p, area).unwrap();
+        assert_eq!(copy.as_bytes(), info.as_bytes());
+        assert_eq!(v.time_area, area);
+
+        guest::write_obj(&v, &mut p, DATA_VA, &UNMAPPED_VA).unwrap();
+        assert_eq!(
+            op(&mut v, &mut p, cmd::REGISTER_VCPU_TIME_MEMORY_AREA, DATA_VA),
+            -EFAULT
+        );
+        assert_eq!(v.time_area, area, "a refused area leaves the old one");
+        guest::write_obj(&v, &mut p, DATA_VA, &0u64).unwrap();
+        assert_eq!(
+            op(&mut v, &mut p, cmd::REGISTER_VCPU_TIME_MEMORY_AREA, DATA_VA),
+            0
+        );
+        assert_eq!(v.time_area, 0);
+    }
+
+    #[test]
+    fn runstate_accounts_running_and_blocked_time() {
+        let (mut v, mut p) = setup();
+        let area = DATA_VA + 0x100;
+        guest::write_obj(&v, &mut p, DATA_VA, &area).unwrap();
+        assert_eq!(
+            op(&mut v, &mut p, cmd::REGISTER_RUNSTATE_MEMORY_AREA, DATA_VA),
+            0
+        );
+        runstate_change(&mut v, &mut p, runstate::BLOCKED, 1_000);
+        runstate_change(&mut v, &mut p, runstate::RUNNING, 4_000);
+        let rs: RunstateInfo = guest::read_obj(&v, &p, area).unwrap();
+        assert_eq!(rs.state, runstate::RUNNING);
+        assert_eq!(rs.state_entry_time, 4_000);
+        assert_eq!(rs.time, [1_000, 0, 3_000, 0]);
+        let now = runstate_snapshot(&v, 10_000);
+        assert_eq!(now.time, [7_000, 0, 3_000, 0]);
+    }
+
+    #[test]
+    fn other_vcpus_do_not_exist() {
+        let (mut v, mut p) = setup();
+        for id in [1, 2, u32::MAX] {
+            assert!(matches!(
+                do_vcpu_op(&mut v, &mut p, cmd::IS_UP, id, 0),
+                VcpuOpResult::Ret(r) if r == -ENOENT
+            ));
+        }
+        assert_eq!(op(&mut v, &mut p, cmd::IS_UP, 0), 1);
+    }
 }
