@@ -21,6 +21,10 @@ that fails is reported with the reason and the script goes on. Installs what is 
 unpacked, never installed). Python 3 standard library only.
 
   benches/linux.py [--json PATH] [--markdown PATH] [--platforms pvkvm,qemu-tcg,xen-tcg,qemu-kvm]
+                   [--pvkvm-exits]
+
+--pvkvm-exits adds, for pvkvm, the VM exits and hypercalls per operation of each figure
+(one boot per figure, from `pvkvm run --stats`).
 """
 
 import argparse
@@ -63,6 +67,19 @@ FIGURES = [
 ]
 
 T0 = time.monotonic()
+
+ANSI_RE = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[@-Z\\-_])")
+
+
+def clean(text):
+    """A console line without terminal control sequences and other control characters."""
+    text = ANSI_RE.sub("", text)
+    return "".join(c for c in text if c >= " " or c == "\t").rstrip()
+
+
+# Instructions seen in KVM "emulation failure" dumps (QEMU's Code= line, the failing
+# instruction's bytes start at <..>).
+KNOWN_INSNS = [("f0 48 0f c7", "lock cmpxchg16b"), ("48 0f c7", "cmpxchg16b"), ("f0 0f c7", "lock cmpxchg8b")]
 
 
 def say(msg):
@@ -194,13 +211,22 @@ def elf_is_static(path):
     return True
 
 
-def build_all(work):
+def build_all(work, pvkvm=None):
     if not shutil.which("cargo"):
         die("cargo (stable Rust) is missing; install it with rustup")
-    run(["cargo", "build", "--release", "--quiet", "-p", "pvkvm"], cwd=REPO)
-    pvkvm = REPO / "target" / "release" / "pvkvm"
-    # benches/workload/.cargo/config.toml (static linking) applies from that directory.
-    run(["cargo", "build", "--release", "--quiet", "--target", TARGET], cwd=WORKLOAD)
+    if pvkvm is None:
+        run(["cargo", "build", "--release", "--quiet", "-p", "pvkvm"], cwd=REPO)
+        pvkvm = REPO / "target" / "release" / "pvkvm"
+    elif not os.access(pvkvm, os.X_OK):
+        die("--pvkvm %s is not an executable" % pvkvm)
+    # benches/workload/.cargo/config.toml (static linking) applies from that directory;
+    # flags meant for an outer build (a `cargo test` running this script) do not.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET")}
+    say("$ cargo build --release --quiet --target %s (in %s)" % (TARGET, WORKLOAD))
+    if subprocess.run(["cargo", "build", "--release", "--quiet", "--target", TARGET], cwd=WORKLOAD, env=env,
+                      stdout=sys.stderr, stderr=sys.stderr).returncode != 0:
+        die("building benches/workload failed")
     wl = WORKLOAD / "target" / TARGET / "release" / "pvkvm-workload"
     if not elf_is_static(wl):
         die("%s is not statically linked (benches/workload/.cargo/config.toml not applied?)" % wl)
@@ -247,7 +273,7 @@ class Boot:
     def _reader(self, stream, t_launch, log):
         for raw in iter(stream.readline, b""):
             t = time.monotonic() - t_launch
-            text = raw.decode("utf-8", "replace").replace("\r", "").rstrip("\n")
+            text = clean(raw.decode("utf-8", "replace"))
             with self.lock:
                 self.lines.append((t, text))
             log.write("[%8.3f] %s\n" % (t, text))
@@ -354,8 +380,22 @@ class Boot:
         if end:
             bad = [t for _, t in self.lines if "wl-fail" in t]
             return "benchmark reported failures: " + "; ".join(b.strip() for b in bad)[:400]
-        last = [t.strip() for _, t in self.lines if t.strip()][-3:]
         where = "benchmark started but did not finish" if begin_t is not None else "benchmark never started"
+        texts = [t for _, t in self.lines]
+        if any("KVM internal error" in t for t in texts):
+            fail_t = next(t for t, x in self.lines if "KVM internal error" in x)
+            kind = next((x.strip() for x in texts if "emulation failure" in x), "")
+            code = next((x for x in texts if x.startswith("Code=")), "")
+            rip = next((x.split()[0] for x in texts if x.startswith("RIP=")), "")
+            insn = ""
+            m = re.search(r"<([0-9a-f]{2})>((?: [0-9a-f]{2}){0,8})", code)
+            if m:
+                nxt = (m.group(1) + m.group(2)).strip()
+                name = next((n for pfx, n in KNOWN_INSNS if nxt.startswith(pfx)), None)
+                insn = "; failing instruction bytes %s%s" % (nxt, " (%s)" % name if name else "")
+            return ("%s: KVM internal error (%s) after %.0f s, guest %s%s" % (
+                where, kind or "see log", fail_t, rip, insn))
+        last = [t.strip() for t in texts if t.strip() and "terminating on signal" not in t][-3:]
         return "%s: %s; last console lines: %s" % (where, self.end_reason, " | ".join(last)[-500:])
 
 
@@ -363,9 +403,12 @@ def qemu_escape(s):
     return s.replace(",", ",,")
 
 
-def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen):
+def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None):
     log = work / ("%s.log" % name)
     args = "quiet pvkvm.bench=1"
+    if only:
+        log = work / ("%s-only-%s.log" % (name, only))
+        args += " pvkvm.bench_only=" + only
     if name == "pvkvm":
         argv = [pvkvm, "run", "--kernel", kernel, "--initrd", initrd, "--cmdline", "console=hvc0 " + args,
                 "--stats", "--timeout", "280"]
@@ -479,6 +522,9 @@ def main():
                     help="comma-separated subset of %s (default: all)" % ",".join(ALL_PLATFORMS))
     ap.add_argument("--work", default=str(REPO / "target" / "bench-linux"),
                     help="directory for the initramfs and the console logs")
+    ap.add_argument("--pvkvm", help="use this pvkvm binary instead of building target/release/pvkvm")
+    ap.add_argument("--pvkvm-exits", action="store_true",
+                    help="also profile VM exits per operation on pvkvm (one extra boot per figure, ~4 min)")
     a = ap.parse_args()
     plats = [p.strip() for p in a.platforms.split(",") if p.strip()]
     for p in plats:
@@ -487,7 +533,7 @@ def main():
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    pvkvm, kernel, initrd = build_all(work)
+    pvkvm, kernel, initrd = build_all(work, Path(a.pvkvm) if a.pvkvm else None)
     qemu = qemu_reason = xen = xen_reason = None
     if any(p != "pvkvm" for p in plats):
         qemu, qemu_reason = ensure_qemu()
@@ -512,14 +558,20 @@ def main():
         if name == "pvkvm":
             stats = [t for _, t in platform_stats_lines(work / "pvkvm.log")]
             res["pvkvm_stats"] = stats
+            res["counters"] = parse_stats(stats)
         report["platforms"][name] = res
         say("%s: %s%s" % (name, res["status"], "" if res["status"] == "ok" else " (%s)" % res.get("reason")))
         for fig, f in res["figures"].items():
             if "median_ns" in f:
                 say("  %-18s %12s  [%s .. %s]" % (fig, fmt_ns(f["median_ns"]), fmt_ns(f["p10_ns"]),
                                                  fmt_ns(f["p90_ns"])))
+    exits_md = ""
+    if a.pvkvm_exits and os.path.exists("/dev/kvm"):
+        prof = exit_profile(work, pvkvm, kernel, initrd)
+        report["pvkvm_exit_profile"] = prof
+        exits_md = "\n" + exit_markdown(prof)
     report["script_s"] = round(time.monotonic() - T0, 1)
-    md = markdown(report)
+    md = markdown(report) + exits_md
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
     if a.markdown:
@@ -527,6 +579,82 @@ def main():
     sys.stdout.write(md)
     say("done in %.0f s" % report["script_s"])
     return 0 if report["platforms"].get("pvkvm", {}).get("status") == "ok" or "pvkvm" not in plats else 1
+
+
+STAT_EXITS_RE = re.compile(r"pvkvm stats: [\d.]+ s, (\d+) VM exits")
+STAT_KINDS_RE = re.compile(r"exits: hypercall doorbell (\d+), trap doorbell (\d+)")
+STAT_HC_RE = re.compile(r"^\s*(\w+) \((\d+)\)\s+(\d+)\s+enosys (\d+)")
+STAT_SYSCALLS_RE = re.compile(r"guest-user syscalls bounced: (\d+)")
+STAT_EXC_RE = re.compile(r"exception\s+(\d+) bounced (\d+)")
+STAT_STORES_RE = re.compile(r"posted pagetable stores: (\d+)")
+
+
+def parse_stats(lines):
+    """Counters from pvkvm's --stats block, as a flat dict."""
+    c = {}
+    for text in lines:
+        for rx, keys in ((STAT_EXITS_RE, ["vm_exits"]), (STAT_KINDS_RE, ["hypercall_doorbells", "trap_doorbells"]),
+                         (STAT_SYSCALLS_RE, ["syscalls_bounced"]), (STAT_STORES_RE, ["pagetable_stores"])):
+            m = rx.search(text)
+            if m:
+                for k, v in zip(keys, m.groups()):
+                    c[k] = int(v)
+        m = STAT_HC_RE.match(text)
+        if m:
+            c["hc_" + m.group(1)] = int(m.group(3))
+        m = STAT_EXC_RE.search(text)
+        if m:
+            c["exc%s_bounced" % m.group(1)] = int(m.group(2))
+    return c
+
+
+def exit_profile(work, pvkvm, kernel, initrd):
+    """VM exits (and hypercalls, bounces) per operation of each figure on pvkvm: one boot
+    running no figure (the baseline: boot and power-off), then one boot per figure; the
+    difference of pvkvm's --stats counters over the figure's operations (warm-up sample
+    included, so slightly high)."""
+    runs = {}
+    for only in ["none"] + [f for f, _ in FIGURES]:
+        b = platform_boot("pvkvm", work, pvkvm, kernel, initrd, None, None, only=only).run()
+        res = b.result()
+        res["counters"] = parse_stats(t for _, t in b.lines)
+        runs[only] = res
+        say("exit profile %s: %s, %s VM exits" % (only, res["status"], res["counters"].get("vm_exits")))
+    base = runs["none"]["counters"]
+    prof = {}
+    for fig, _ in FIGURES:
+        r = runs[fig]
+        f = r["figures"].get(fig) or {}
+        if r["status"] != "ok" or "ops" not in f or not base:
+            prof[fig] = {"error": r.get("reason", "no figure")}
+            continue
+        # ops timed plus the untimed warm-up sample (one batch).
+        ops = f["ops"] + f["ops"] // f["samples"]
+        per = {k: round((v - base.get(k, 0)) / ops, 2) for k, v in r["counters"].items()}
+        prof[fig] = {"ops": ops, "median_ns": f["median_ns"], "per_op": per}
+    return prof
+
+
+def exit_markdown(prof):
+    cols = [("vm_exits", "VM exits"), ("syscalls_bounced", "syscalls bounced"), ("exc14_bounced", "#PF bounced"),
+            ("hc_iret", "iret"), ("hc_mmu_update", "mmu_update"), ("hc_mmuext_op", "mmuext_op"),
+            ("hc_update_va_mapping", "update_va_mapping"), ("hc_multicall", "multicall"),
+            ("hc_xen_version", "xen_version"), ("hc_stack_switch", "stack_switch"),
+            ("hc_set_segment_base", "set_segment_base"), ("hc_vcpu_op", "vcpu_op"),
+            ("pagetable_stores", "PT stores in VM")]
+    out = ["### pvkvm: VM exits and hypercalls per operation", "",
+           "From `pvkvm run --stats` of one boot per figure minus a boot that runs none "
+           "(`pvkvm.bench_only=`); per operation, warm-up included.", "",
+           "| figure | median | " + " | ".join(c[1] for c in cols) + " |",
+           "|---|---|" + "---|" * len(cols)]
+    for fig, _ in FIGURES:
+        p = prof.get(fig, {})
+        if "per_op" not in p:
+            out.append("| `%s` | %s |" % (fig, p.get("error", "-")))
+            continue
+        cells = ["%.1f" % p["per_op"].get(k, 0) for k, _ in cols]
+        out.append("| `%s` | %s | %s |" % (fig, fmt_ns(p["median_ns"]), " | ".join(cells)))
+    return "\n".join(out) + "\n"
 
 
 def platform_stats_lines(log):

@@ -24,7 +24,8 @@
 //! (fork, child _exits, parent waits), fork_exec (fork, child execs a 129-byte static ELF
 //! that only exits), fork_exec_busybox (same with busybox `true`, when /bin/true exists).
 //!
-//! Usage: pvkvm-workload [--budget-ms N] (per-figure budget, default 2000)
+//! Usage: pvkvm-workload [--budget-ms N] [--only NAME,...]
+//! (per-figure time budget, default 2000 ms; only the named figures, `none` for none)
 
 use std::ffi::CString;
 use std::io::Write;
@@ -56,12 +57,21 @@ struct Plan {
 struct Runner {
     budget_ns: u64,
     failed: bool,
+    /// Only these figures (`--only`); None: all.
+    only: Option<Vec<String>>,
 }
 
 impl Runner {
+    fn wants(&self, name: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name))
+    }
+
     /// Takes samples of `sample` (which returns the nanoseconds it timed for `plan.batch`
     /// operations, or an error) and prints the figure's line.
     fn figure(&mut self, name: &str, plan: Plan, mut sample: impl FnMut(u64) -> Result<u64, String>) {
+        if !self.wants(name) {
+            return;
+        }
         let start = now_ns();
         let mut per_op: Vec<f64> = Vec::with_capacity(plan.max);
         // One untimed warm-up sample (page cache, first faults of the code, lazy binding).
@@ -272,6 +282,9 @@ fn write1(fd: libc::c_int, b: &u8) -> isize {
 
 /// Ping-pong over two pipes with a child that echoes every byte back.
 fn pipe_figure(r: &mut Runner, plan: Plan) {
+    if !r.wants("pipe") {
+        return;
+    }
     let setup = (|| -> Result<_, String> {
         let to_child = pipe_pair()?;
         let to_parent = pipe_pair()?;
@@ -333,6 +346,7 @@ fn read_trim(path: &str) -> String {
 
 fn main() {
     let mut budget_ms: u64 = 2000;
+    let mut only: Option<Vec<String>> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -345,8 +359,19 @@ fn main() {
                         std::process::exit(2)
                     })
             }
+            // Comma-separated figure names; "none" runs no figure (a baseline).
+            "--only" => {
+                only = Some(
+                    args.next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
             _ => {
-                eprintln!("pvkvm-workload: unknown argument {a:?}; usage: pvkvm-workload [--budget-ms N]");
+                eprintln!("pvkvm-workload: unknown argument {a:?}; usage: pvkvm-workload [--budget-ms N] [--only NAME,...]");
                 std::process::exit(2)
             }
         }
@@ -366,6 +391,7 @@ fn main() {
     let mut r = Runner {
         budget_ns: budget_ms * 1_000_000,
         failed: false,
+        only,
     };
 
     r.figure("clock", Plan { batch: 100, min: 5, max: 51 }, |n| {
@@ -413,6 +439,7 @@ fn main() {
 
     const MPROT_PAGES: usize = 16;
     match map_anon(MPROT_PAGES) {
+        Ok(_) if !r.wants("mprotect") => {}
         Ok(p) => {
             touch(p, MPROT_PAGES);
             let mut writable = true;
@@ -454,6 +481,7 @@ fn main() {
     });
 
     match write_tiny_elf() {
+        Ok(_) if !r.wants("fork_exec") => {}
         Ok(path) => {
             let c = CString::new(path.clone()).unwrap();
             r.figure("fork_exec", Plan { batch: 5, min: 5, max: 31 }, |n| {
@@ -464,7 +492,7 @@ fn main() {
         Err(e) => r.fail("fork_exec", &e),
     }
 
-    if std::path::Path::new("/bin/true").exists() {
+    if std::path::Path::new("/bin/true").exists() && r.wants("fork_exec_busybox") {
         let path = CString::new("/bin/true").unwrap();
         let arg0 = CString::new("true").unwrap();
         r.figure("fork_exec_busybox", Plan { batch: 5, min: 5, max: 31 }, |n| {
