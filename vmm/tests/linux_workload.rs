@@ -48,9 +48,7 @@ fn have_debian_kernel() -> bool {
 fn number_after(json: &str, from: usize, key: &str) -> Option<f64> {
     let needle = format!("\"{key}\": ");
     let at = json[from..].find(&needle)? + from + needle.len();
-    let end = json[at..]
-        .find(|c: char| c == ',' || c == '\n' || c == '}')
-        .map(|e| at + e)?;
+    let end = json[at..].find([',', '\n', '}']).map(|e| at + e)?;
     json[at..end].trim().parse().ok()
 }
 
@@ -66,7 +64,12 @@ fn workload_runs_on_pvkvm_with_every_figure() {
     let json_path = work.join("result.json");
     let out = Command::new("python3")
         .arg(root.join("benches/linux.py"))
-        .args(["--platforms", "pvkvm", "--pvkvm", env!("CARGO_BIN_EXE_pvkvm")])
+        .args([
+            "--platforms",
+            "pvkvm",
+            "--pvkvm",
+            env!("CARGO_BIN_EXE_pvkvm"),
+        ])
         .arg("--work")
         .arg(&work)
         .arg("--json")
@@ -76,7 +79,10 @@ fn workload_runs_on_pvkvm_with_every_figure() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let json = std::fs::read_to_string(&json_path)
         .unwrap_or_else(|e| panic!("no JSON from benches/linux.py ({e}):\n{stderr}"));
-    assert!(out.status.success(), "benches/linux.py failed:\n{stderr}\n{json}");
+    assert!(
+        out.status.success(),
+        "benches/linux.py failed:\n{stderr}\n{json}"
+    );
     let pv = json.find("\"pvkvm\": {").expect("a pvkvm entry");
     assert!(
         json[pv..].contains("\"status\": \"ok\""),

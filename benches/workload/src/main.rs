@@ -63,12 +63,19 @@ struct Runner {
 
 impl Runner {
     fn wants(&self, name: &str) -> bool {
-        self.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name))
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|n| n == name))
     }
 
     /// Takes samples of `sample` (which returns the nanoseconds it timed for `plan.batch`
     /// operations, or an error) and prints the figure's line.
-    fn figure(&mut self, name: &str, plan: Plan, mut sample: impl FnMut(u64) -> Result<u64, String>) {
+    fn figure(
+        &mut self,
+        name: &str,
+        plan: Plan,
+        mut sample: impl FnMut(u64) -> Result<u64, String>,
+    ) {
         if !self.wants(name) {
             return;
         }
@@ -228,9 +235,9 @@ fn write_tiny_elf() -> Result<String, String> {
     let mut last = String::new();
     for dir in ["/tmp", "/dev/shm", "/run", "/"] {
         let path = format!("{dir}/pvkvm-wl-true");
-        match std::fs::write(&path, tiny_elf()).and_then(|_| {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        }) {
+        match std::fs::write(&path, tiny_elf())
+            .and_then(|_| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
+        {
             Ok(()) => return Ok(path),
             Err(e) => last = format!("{path}: {e}"),
         }
@@ -351,13 +358,10 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--budget-ms" => {
-                budget_ms = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| {
-                        eprintln!("pvkvm-workload: --budget-ms needs a number of milliseconds");
-                        std::process::exit(2)
-                    })
+                budget_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                    eprintln!("pvkvm-workload: --budget-ms needs a number of milliseconds");
+                    std::process::exit(2)
+                })
             }
             // Comma-separated figure names; "none" runs no figure (a baseline).
             "--only" => {
@@ -394,48 +398,88 @@ fn main() {
         only,
     };
 
-    r.figure("clock", Plan { batch: 100, min: 5, max: 51 }, |n| {
-        let t0 = now_ns();
-        let mut last = t0;
-        for _ in 0..n {
-            last = black_box(now_ns());
-        }
-        Ok(last - t0)
-    });
+    r.figure(
+        "clock",
+        Plan {
+            batch: 100,
+            min: 5,
+            max: 51,
+        },
+        |n| {
+            let t0 = now_ns();
+            let mut last = t0;
+            for _ in 0..n {
+                last = black_box(now_ns());
+            }
+            Ok(last - t0)
+        },
+    );
 
-    r.figure("getppid", Plan { batch: 100, min: 5, max: 51 }, |n| {
-        let t0 = now_ns();
-        for _ in 0..n {
-            // SAFETY: getppid has no arguments and no side effects.
-            black_box(unsafe { libc::syscall(libc::SYS_getppid) });
-        }
-        Ok(now_ns() - t0)
-    });
+    r.figure(
+        "getppid",
+        Plan {
+            batch: 100,
+            min: 5,
+            max: 51,
+        },
+        |n| {
+            let t0 = now_ns();
+            for _ in 0..n {
+                // SAFETY: getppid has no arguments and no side effects.
+                black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+            }
+            Ok(now_ns() - t0)
+        },
+    );
 
     // ns per 1M rounds (about 3M instructions); no syscalls, no faults.
-    r.figure("cpu", Plan { batch: 1, min: 5, max: 31 }, |_| {
-        let t0 = now_ns();
-        black_box(cpu_rounds(1_000_000));
-        Ok(now_ns() - t0)
-    });
+    r.figure(
+        "cpu",
+        Plan {
+            batch: 1,
+            min: 5,
+            max: 31,
+        },
+        |_| {
+            let t0 = now_ns();
+            black_box(cpu_rounds(1_000_000));
+            Ok(now_ns() - t0)
+        },
+    );
 
     const FAULT_PAGES: usize = 64;
-    r.figure("fault", Plan { batch: FAULT_PAGES as u64, min: 5, max: 31 }, |_| {
-        let p = map_anon(FAULT_PAGES)?;
-        let t0 = now_ns();
-        touch(p, FAULT_PAGES);
-        let dt = now_ns() - t0;
-        unmap(p, FAULT_PAGES)?;
-        Ok(dt)
-    });
+    r.figure(
+        "fault",
+        Plan {
+            batch: FAULT_PAGES as u64,
+            min: 5,
+            max: 31,
+        },
+        |_| {
+            let p = map_anon(FAULT_PAGES)?;
+            let t0 = now_ns();
+            touch(p, FAULT_PAGES);
+            let dt = now_ns() - t0;
+            unmap(p, FAULT_PAGES)?;
+            Ok(dt)
+        },
+    );
 
-    r.figure("mmap_cycle", Plan { batch: FAULT_PAGES as u64, min: 5, max: 31 }, |_| {
-        let t0 = now_ns();
-        let p = map_anon(FAULT_PAGES)?;
-        touch(p, FAULT_PAGES);
-        unmap(p, FAULT_PAGES)?;
-        Ok(now_ns() - t0)
-    });
+    r.figure(
+        "mmap_cycle",
+        Plan {
+            batch: FAULT_PAGES as u64,
+            min: 5,
+            max: 31,
+        },
+        |_| {
+            let t0 = now_ns();
+            let p = map_anon(FAULT_PAGES)?;
+            touch(p, FAULT_PAGES);
+            unmap(p, FAULT_PAGES)?;
+            Ok(now_ns() - t0)
+        },
+    );
 
     const MPROT_PAGES: usize = 16;
     match map_anon(MPROT_PAGES) {
@@ -443,50 +487,82 @@ fn main() {
         Ok(p) => {
             touch(p, MPROT_PAGES);
             let mut writable = true;
-            r.figure("mprotect", Plan { batch: 20, min: 5, max: 31 }, |n| {
-                let t0 = now_ns();
-                for _ in 0..n {
-                    writable = !writable;
-                    let prot = if writable {
-                        libc::PROT_READ | libc::PROT_WRITE
-                    } else {
-                        libc::PROT_READ
-                    };
-                    // SAFETY: p maps MPROT_PAGES pages owned by this program and nothing
-                    // writes them while they are read-only.
-                    if unsafe { libc::mprotect(p as *mut libc::c_void, MPROT_PAGES * PAGE, prot) } != 0 {
-                        return Err(format!("mprotect: {}", errno_str()));
+            r.figure(
+                "mprotect",
+                Plan {
+                    batch: 20,
+                    min: 5,
+                    max: 31,
+                },
+                |n| {
+                    let t0 = now_ns();
+                    for _ in 0..n {
+                        writable = !writable;
+                        let prot = if writable {
+                            libc::PROT_READ | libc::PROT_WRITE
+                        } else {
+                            libc::PROT_READ
+                        };
+                        // SAFETY: p maps MPROT_PAGES pages owned by this program and nothing
+                        // writes them while they are read-only.
+                        if unsafe {
+                            libc::mprotect(p as *mut libc::c_void, MPROT_PAGES * PAGE, prot)
+                        } != 0
+                        {
+                            return Err(format!("mprotect: {}", errno_str()));
+                        }
                     }
-                }
-                Ok(now_ns() - t0)
-            });
+                    Ok(now_ns() - t0)
+                },
+            );
             let _ = unmap(p, MPROT_PAGES);
         }
         Err(e) => r.fail("mprotect", &e),
     }
 
-    pipe_figure(&mut r, Plan { batch: 50, min: 5, max: 31 });
+    pipe_figure(
+        &mut r,
+        Plan {
+            batch: 50,
+            min: 5,
+            max: 31,
+        },
+    );
 
-    r.figure("fork_exit", Plan { batch: 5, min: 5, max: 31 }, |n| {
-        let t0 = now_ns();
-        for _ in 0..n {
-            let pid = fork()?;
-            if pid == 0 {
-                // SAFETY: ends the child at once.
-                unsafe { libc::_exit(0) };
+    r.figure(
+        "fork_exit",
+        Plan {
+            batch: 5,
+            min: 5,
+            max: 31,
+        },
+        |n| {
+            let t0 = now_ns();
+            for _ in 0..n {
+                let pid = fork()?;
+                if pid == 0 {
+                    // SAFETY: ends the child at once.
+                    unsafe { libc::_exit(0) };
+                }
+                reap(pid)?;
             }
-            reap(pid)?;
-        }
-        Ok(now_ns() - t0)
-    });
+            Ok(now_ns() - t0)
+        },
+    );
 
     match write_tiny_elf() {
         Ok(_) if !r.wants("fork_exec") => {}
         Ok(path) => {
             let c = CString::new(path.clone()).unwrap();
-            r.figure("fork_exec", Plan { batch: 5, min: 5, max: 31 }, |n| {
-                fork_exec_batch(&c, &c, n)
-            });
+            r.figure(
+                "fork_exec",
+                Plan {
+                    batch: 5,
+                    min: 5,
+                    max: 31,
+                },
+                |n| fork_exec_batch(&c, &c, n),
+            );
             let _ = std::fs::remove_file(&path);
         }
         Err(e) => r.fail("fork_exec", &e),
@@ -495,9 +571,15 @@ fn main() {
     if std::path::Path::new("/bin/true").exists() && r.wants("fork_exec_busybox") {
         let path = CString::new("/bin/true").unwrap();
         let arg0 = CString::new("true").unwrap();
-        r.figure("fork_exec_busybox", Plan { batch: 5, min: 5, max: 31 }, |n| {
-            fork_exec_batch(&path, &arg0, n)
-        });
+        r.figure(
+            "fork_exec_busybox",
+            Plan {
+                batch: 5,
+                min: 5,
+                max: 31,
+            },
+            |n| fork_exec_batch(&path, &arg0, n),
+        );
     }
 
     let total_ms = (now_ns() - t_start) / 1_000_000;
