@@ -644,16 +644,19 @@ def exit_markdown(prof):
             ("pagetable_stores", "PT stores in VM")]
     out = ["### pvkvm: VM exits and hypercalls per operation", "",
            "From `pvkvm run --stats` of one boot per figure minus a boot that runs none "
-           "(`pvkvm.bench_only=`); per operation, warm-up included.", "",
-           "| figure | median | " + " | ".join(c[1] for c in cols) + " |",
-           "|---|---|" + "---|" * len(cols)]
+           "(`pvkvm.bench_only=`); per operation, warm-up included. Figures with few operations "
+           "(`cpu`) are within boot-to-boot noise. \"us per VM exit\" = median / VM exits.", "",
+           "| figure | median | us per VM exit | " + " | ".join(c[1] for c in cols) + " |",
+           "|---|---|---|" + "---|" * len(cols)]
     for fig, _ in FIGURES:
         p = prof.get(fig, {})
         if "per_op" not in p:
             out.append("| `%s` | %s |" % (fig, p.get("error", "-")))
             continue
         cells = ["%.1f" % p["per_op"].get(k, 0) for k, _ in cols]
-        out.append("| `%s` | %s | %s |" % (fig, fmt_ns(p["median_ns"]), " | ".join(cells)))
+        exits = p["per_op"].get("vm_exits", 0)
+        per_exit = "%.0f" % (p["median_ns"] / exits / 1000) if exits >= 1 else "-"
+        out.append("| `%s` | %s | %s | %s |" % (fig, fmt_ns(p["median_ns"]), per_exit, " | ".join(cells)))
     return "\n".join(out) + "\n"
 
 
