@@ -1,0 +1,597 @@
+//! pvkvm-workload: Linux workload micro-benchmarks, run inside a guest by benches/linux.sh.
+//!
+//! Each figure is measured in samples; a sample times a batch of operations with
+//! CLOCK_MONOTONIC and yields nanoseconds per operation. A figure takes samples until it
+//! has `max` of them or has used its time budget (but always at least `min`), so the
+//! whole program stays well under a minute even where every syscall or page fault costs
+//! ~100 us (pvkvm on a software-KVM host) or the CPU is emulated (QEMU TCG).
+//!
+//! Output (stdout, one line each, stable and machine-readable):
+//!
+//! ```text
+//! pvkvm-workload begin v1
+//! info <key> <value>
+//! wl <name> <median_ns> <p10_ns> <p90_ns> <ops> <samples>
+//! wl-fail <name> <reason>
+//! pvkvm-workload end status=<ok|failed> total_ms=<ms>
+//! ```
+//!
+//! `ops` is the number of operations timed (samples x batch). Figures:
+//! clock (one clock_gettime), getppid (one raw syscall), cpu (1M rounds of xorshift,
+//! no syscalls), fault (first write to an anonymous page, per page), mmap_cycle (mmap 64
+//! pages + touch each + munmap, per page), mprotect (16 present pages, RO<->RW, per
+//! call), pipe (1-byte ping-pong between two processes, per round trip), fork_exit
+//! (fork, child _exits, parent waits), fork_exec (fork, child execs a 129-byte static ELF
+//! that only exits), fork_exec_busybox (same with busybox `true`, when /bin/true exists).
+//!
+//! Usage: pvkvm-workload [--budget-ms N] [--only NAME,...]
+//! (per-figure time budget, default 2000 ms; only the named figures, `none` for none)
+
+use std::ffi::CString;
+use std::io::Write;
+use std::ptr;
+
+const PAGE: usize = 4096;
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn errno_str() -> String {
+    std::io::Error::last_os_error().to_string()
+}
+
+/// How many samples a figure takes and how many operations each sample times.
+struct Plan {
+    batch: u64,
+    min: usize,
+    max: usize,
+}
+
+struct Runner {
+    budget_ns: u64,
+    failed: bool,
+    /// Only these figures (`--only`); None: all.
+    only: Option<Vec<String>>,
+}
+
+impl Runner {
+    fn wants(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|n| n == name))
+    }
+
+    /// Takes samples of `sample` (which returns the nanoseconds it timed for `plan.batch`
+    /// operations, or an error) and prints the figure's line.
+    fn figure(
+        &mut self,
+        name: &str,
+        plan: Plan,
+        mut sample: impl FnMut(u64) -> Result<u64, String>,
+    ) {
+        if !self.wants(name) {
+            return;
+        }
+        let start = now_ns();
+        let mut per_op: Vec<f64> = Vec::with_capacity(plan.max);
+        // One untimed warm-up sample (page cache, first faults of the code, lazy binding).
+        if let Err(e) = sample(plan.batch) {
+            self.fail(name, &e);
+            return;
+        }
+        while per_op.len() < plan.max
+            && (per_op.len() < plan.min || now_ns() - start < self.budget_ns)
+        {
+            match sample(plan.batch) {
+                Ok(ns) => per_op.push(ns as f64 / plan.batch as f64),
+                Err(e) => {
+                    self.fail(name, &e);
+                    return;
+                }
+            }
+        }
+        per_op.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pick = |q: f64| -> f64 {
+            // Nearest rank on the sorted samples.
+            let i = (q * (per_op.len() - 1) as f64).round() as usize;
+            per_op[i]
+        };
+        let n = per_op.len();
+        let median = if n % 2 == 1 {
+            per_op[n / 2]
+        } else {
+            (per_op[n / 2 - 1] + per_op[n / 2]) / 2.0
+        };
+        println!(
+            "wl {} {:.0} {:.0} {:.0} {} {}",
+            name,
+            median,
+            pick(0.1),
+            pick(0.9),
+            n as u64 * plan.batch,
+            n
+        );
+    }
+
+    fn fail(&mut self, name: &str, reason: &str) {
+        self.failed = true;
+        println!("wl-fail {} {}", name, reason.replace('\n', " "));
+    }
+}
+
+fn black_box<T>(x: T) -> T {
+    std::hint::black_box(x)
+}
+
+fn cpu_rounds(n: u64) -> u64 {
+    let mut x: u64 = black_box(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    black_box(x)
+}
+
+/// mmap `pages` anonymous private pages.
+fn map_anon(pages: usize) -> Result<*mut u8, String> {
+    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            pages * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(format!("mmap: {}", errno_str()));
+    }
+    Ok(p as *mut u8)
+}
+
+fn touch(p: *mut u8, pages: usize) {
+    for i in 0..pages {
+        // SAFETY: p maps `pages` writable pages.
+        unsafe { ptr::write_volatile(p.add(i * PAGE), i as u8) };
+    }
+}
+
+fn unmap(p: *mut u8, pages: usize) -> Result<(), String> {
+    // SAFETY: p..p+pages*PAGE is a mapping this program made and no longer uses.
+    if unsafe { libc::munmap(p as *mut libc::c_void, pages * PAGE) } != 0 {
+        return Err(format!("munmap: {}", errno_str()));
+    }
+    Ok(())
+}
+
+/// Waits for `pid` and requires a clean exit with status 0.
+fn reap(pid: libc::pid_t) -> Result<(), String> {
+    let mut status = 0;
+    // SAFETY: status is a valid int.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if r != pid {
+        return Err(format!("waitpid: {}", errno_str()));
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(format!("child ended with wait status {status:#x}"));
+    }
+    Ok(())
+}
+
+fn fork() -> Result<libc::pid_t, String> {
+    // SAFETY: this program is single-threaded; the child only calls async-signal-safe
+    // functions (_exit, execve, read, write) before it exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", errno_str()));
+    }
+    Ok(pid)
+}
+
+/// The smallest static x86-64 executable: one PT_LOAD segment whose code is
+/// `mov eax, 60; xor edi, edi; syscall` (exit(0)). 129 bytes.
+fn tiny_elf() -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    let code: [u8; 9] = [0xb8, 0x3c, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05];
+    let total = (64 + 56 + code.len()) as u64;
+    let mut e = Vec::with_capacity(total as usize);
+    e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    e.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    e.extend_from_slice(&(BASE + 120).to_le_bytes()); // e_entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    e.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    e.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    e.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    e.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // PF_R | PF_X
+    e.extend_from_slice(&0u64.to_le_bytes()); // p_offset
+    e.extend_from_slice(&BASE.to_le_bytes()); // p_vaddr
+    e.extend_from_slice(&BASE.to_le_bytes()); // p_paddr
+    e.extend_from_slice(&total.to_le_bytes()); // p_filesz
+    e.extend_from_slice(&total.to_le_bytes()); // p_memsz
+    e.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    e.extend_from_slice(&code);
+    assert_eq!(e.len() as u64, total);
+    e
+}
+
+fn write_tiny_elf() -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut last = String::new();
+    for dir in ["/tmp", "/dev/shm", "/run", "/"] {
+        let path = format!("{dir}/pvkvm-wl-true");
+        match std::fs::write(&path, tiny_elf())
+            .and_then(|_| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
+        {
+            Ok(()) => return Ok(path),
+            Err(e) => last = format!("{path}: {e}"),
+        }
+    }
+    Err(format!("cannot write the tiny ELF anywhere ({last})"))
+}
+
+fn fork_exec_batch(path: &CString, arg0: &CString, n: u64) -> Result<u64, String> {
+    let argv = [arg0.as_ptr(), ptr::null()];
+    let envp: [*const libc::c_char; 1] = [ptr::null()];
+    let t0 = now_ns();
+    for _ in 0..n {
+        let pid = fork()?;
+        if pid == 0 {
+            // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
+            unsafe {
+                libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        reap(pid)?;
+    }
+    Ok(now_ns() - t0)
+}
+
+fn pipe_pair() -> Result<[libc::c_int; 2], String> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(format!("pipe: {}", errno_str()));
+    }
+    Ok(fds)
+}
+
+fn close(fd: libc::c_int) {
+    // SAFETY: closing a descriptor this program owns.
+    unsafe { libc::close(fd) };
+}
+
+fn read1(fd: libc::c_int, b: &mut u8) -> isize {
+    // SAFETY: b is one writable byte.
+    unsafe { libc::read(fd, b as *mut u8 as *mut libc::c_void, 1) }
+}
+
+fn write1(fd: libc::c_int, b: &u8) -> isize {
+    // SAFETY: b is one readable byte.
+    unsafe { libc::write(fd, b as *const u8 as *const libc::c_void, 1) }
+}
+
+/// Ping-pong over two pipes with a child that echoes every byte back.
+fn pipe_figure(r: &mut Runner, plan: Plan) {
+    if !r.wants("pipe") {
+        return;
+    }
+    let setup = (|| -> Result<_, String> {
+        let to_child = pipe_pair()?;
+        let to_parent = pipe_pair()?;
+        let pid = fork()?;
+        if pid == 0 {
+            close(to_child[1]);
+            close(to_parent[0]);
+            let mut b = 0u8;
+            while read1(to_child[0], &mut b) == 1 {
+                if write1(to_parent[1], &b) != 1 {
+                    break;
+                }
+            }
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        close(to_child[0]);
+        close(to_parent[1]);
+        Ok((pid, to_child[1], to_parent[0]))
+    })();
+    let (pid, tx, rx) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            r.fail("pipe", &e);
+            return;
+        }
+    };
+    r.figure("pipe", plan, |n| {
+        let t0 = now_ns();
+        for i in 0..n {
+            let b = i as u8;
+            let mut back = 0u8;
+            if write1(tx, &b) != 1 {
+                return Err(format!("pipe write: {}", errno_str()));
+            }
+            if read1(rx, &mut back) != 1 || back != b {
+                return Err(format!("pipe read: {}", errno_str()));
+            }
+        }
+        Ok(now_ns() - t0)
+    });
+    close(tx);
+    close(rx);
+    if let Err(e) = reap(pid) {
+        r.fail("pipe", &format!("echo child: {e}"));
+    }
+}
+
+fn info(key: &str, value: &str) {
+    let v = value.split_whitespace().collect::<Vec<_>>().join("_");
+    println!("info {} {}", key, if v.is_empty() { "-" } else { &v });
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn main() {
+    let mut budget_ms: u64 = 2000;
+    let mut only: Option<Vec<String>> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--budget-ms" => {
+                budget_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                    eprintln!("pvkvm-workload: --budget-ms needs a number of milliseconds");
+                    std::process::exit(2)
+                })
+            }
+            // Comma-separated figure names; "none" runs no figure (a baseline).
+            "--only" => {
+                only = Some(
+                    args.next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
+            _ => {
+                eprintln!("pvkvm-workload: unknown argument {a:?}; usage: pvkvm-workload [--budget-ms N] [--only NAME,...]");
+                std::process::exit(2)
+            }
+        }
+    }
+    let t_start = now_ns();
+    println!("pvkvm-workload begin v1");
+    let uptime = read_trim("/proc/uptime");
+    info("uptime_s", uptime.split_whitespace().next().unwrap_or(""));
+    info("kernel", &read_trim("/proc/sys/kernel/osrelease"));
+    info("hypervisor", &read_trim("/sys/hypervisor/type"));
+    info(
+        "clocksource",
+        &read_trim("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+    );
+    info("budget_ms", &budget_ms.to_string());
+
+    let mut r = Runner {
+        budget_ns: budget_ms * 1_000_000,
+        failed: false,
+        only,
+    };
+
+    r.figure(
+        "clock",
+        Plan {
+            batch: 100,
+            min: 5,
+            max: 51,
+        },
+        |n| {
+            let t0 = now_ns();
+            let mut last = t0;
+            for _ in 0..n {
+                last = black_box(now_ns());
+            }
+            Ok(last - t0)
+        },
+    );
+
+    r.figure(
+        "getppid",
+        Plan {
+            batch: 100,
+            min: 5,
+            max: 51,
+        },
+        |n| {
+            let t0 = now_ns();
+            for _ in 0..n {
+                // SAFETY: getppid has no arguments and no side effects.
+                black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+            }
+            Ok(now_ns() - t0)
+        },
+    );
+
+    // ns per 1M rounds (about 3M instructions); no syscalls, no faults. Five rounds of 1M
+    // per sample, so that the two clock reads (a syscall each where the vDSO cannot read
+    // the clock, ~230 us on pvkvm here) weigh little.
+    r.figure(
+        "cpu",
+        Plan {
+            batch: 5,
+            min: 5,
+            max: 31,
+        },
+        |n| {
+            let t0 = now_ns();
+            for _ in 0..n {
+                black_box(cpu_rounds(1_000_000));
+            }
+            Ok(now_ns() - t0)
+        },
+    );
+
+    const FAULT_PAGES: usize = 64;
+    r.figure(
+        "fault",
+        Plan {
+            batch: FAULT_PAGES as u64,
+            min: 5,
+            max: 31,
+        },
+        |_| {
+            let p = map_anon(FAULT_PAGES)?;
+            let t0 = now_ns();
+            touch(p, FAULT_PAGES);
+            let dt = now_ns() - t0;
+            unmap(p, FAULT_PAGES)?;
+            Ok(dt)
+        },
+    );
+
+    r.figure(
+        "mmap_cycle",
+        Plan {
+            batch: FAULT_PAGES as u64,
+            min: 5,
+            max: 31,
+        },
+        |_| {
+            let t0 = now_ns();
+            let p = map_anon(FAULT_PAGES)?;
+            touch(p, FAULT_PAGES);
+            unmap(p, FAULT_PAGES)?;
+            Ok(now_ns() - t0)
+        },
+    );
+
+    const MPROT_PAGES: usize = 16;
+    match map_anon(MPROT_PAGES) {
+        Ok(_) if !r.wants("mprotect") => {}
+        Ok(p) => {
+            touch(p, MPROT_PAGES);
+            let mut writable = true;
+            r.figure(
+                "mprotect",
+                Plan {
+                    batch: 20,
+                    min: 5,
+                    max: 31,
+                },
+                |n| {
+                    let t0 = now_ns();
+                    for _ in 0..n {
+                        writable = !writable;
+                        let prot = if writable {
+                            libc::PROT_READ | libc::PROT_WRITE
+                        } else {
+                            libc::PROT_READ
+                        };
+                        // SAFETY: p maps MPROT_PAGES pages owned by this program and nothing
+                        // writes them while they are read-only.
+                        if unsafe {
+                            libc::mprotect(p as *mut libc::c_void, MPROT_PAGES * PAGE, prot)
+                        } != 0
+                        {
+                            return Err(format!("mprotect: {}", errno_str()));
+                        }
+                    }
+                    Ok(now_ns() - t0)
+                },
+            );
+            let _ = unmap(p, MPROT_PAGES);
+        }
+        Err(e) => r.fail("mprotect", &e),
+    }
+
+    pipe_figure(
+        &mut r,
+        Plan {
+            batch: 50,
+            min: 5,
+            max: 31,
+        },
+    );
+
+    r.figure(
+        "fork_exit",
+        Plan {
+            batch: 5,
+            min: 5,
+            max: 31,
+        },
+        |n| {
+            let t0 = now_ns();
+            for _ in 0..n {
+                let pid = fork()?;
+                if pid == 0 {
+                    // SAFETY: ends the child at once.
+                    unsafe { libc::_exit(0) };
+                }
+                reap(pid)?;
+            }
+            Ok(now_ns() - t0)
+        },
+    );
+
+    match write_tiny_elf() {
+        Ok(_) if !r.wants("fork_exec") => {}
+        Ok(path) => {
+            let c = CString::new(path.clone()).unwrap();
+            r.figure(
+                "fork_exec",
+                Plan {
+                    batch: 5,
+                    min: 5,
+                    max: 31,
+                },
+                |n| fork_exec_batch(&c, &c, n),
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+        Err(e) => r.fail("fork_exec", &e),
+    }
+
+    if std::path::Path::new("/bin/true").exists() && r.wants("fork_exec_busybox") {
+        let path = CString::new("/bin/true").unwrap();
+        let arg0 = CString::new("true").unwrap();
+        r.figure(
+            "fork_exec_busybox",
+            Plan {
+                batch: 5,
+                min: 5,
+                max: 31,
+            },
+            |n| fork_exec_batch(&path, &arg0, n),
+        );
+    }
+
+    let total_ms = (now_ns() - t_start) / 1_000_000;
+    println!(
+        "pvkvm-workload end status={} total_ms={}",
+        if r.failed { "failed" } else { "ok" },
+        total_ms
+    );
+    let _ = std::io::stdout().flush();
+    std::process::exit(if r.failed { 1 } else { 0 });
+}

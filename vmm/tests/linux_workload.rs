@@ -1,0 +1,107 @@
+//! Issue 5's Linux workloads: benches/linux.py builds the guest benchmark
+//! (benches/workload) and the benchmark initramfs, boots the Debian kernel with it on
+//! pvkvm (this build's binary), and every figure comes back with sane numbers. Needs the
+//! Debian kernel like debian_kernel.rs (skipped with a note when it was not fetched,
+//! required in CI with PVKVM_REQUIRE_DEBIAN_KERNEL=1), python3, and /dev/kvm (fails
+//! without it).
+
+mod common;
+
+use std::process::Command;
+
+const FIGURES: [&str; 10] = [
+    "clock",
+    "getppid",
+    "cpu",
+    "fault",
+    "mmap_cycle",
+    "mprotect",
+    "pipe",
+    "fork_exit",
+    "fork_exec",
+    "fork_exec_busybox",
+];
+
+fn have_debian_kernel() -> bool {
+    let cache = common::repo_root().join("guest-images/cache");
+    let found = std::fs::read_dir(&cache)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()).any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("vmlinuz-6.1.0-") && name.ends_with("-cloud-amd64")
+            })
+        })
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var_os("PVKVM_REQUIRE_DEBIAN_KERNEL").is_none(),
+            "no guest-images/cache/vmlinuz-6.1.0-*-cloud-amd64: run guest-images/scripts/fetch-debian-kernel.sh"
+        );
+        eprintln!("skipped: the Debian kernel is not in guest-images/cache (run guest-images/scripts/fetch-debian-kernel.sh)");
+    }
+    found
+}
+
+/// The value of `"key": <number>` right after `from` in the script's JSON (this crate
+/// has no JSON parser; the script's output is regular).
+fn number_after(json: &str, from: usize, key: &str) -> Option<f64> {
+    let needle = format!("\"{key}\": ");
+    let at = json[from..].find(&needle)? + from + needle.len();
+    let end = json[at..].find([',', '\n', '}']).map(|e| at + e)?;
+    json[at..end].trim().parse().ok()
+}
+
+#[test]
+fn workload_runs_on_pvkvm_with_every_figure() {
+    if !have_debian_kernel() {
+        return;
+    }
+    common::require_kvm();
+    let root = common::repo_root();
+    let work = std::env::temp_dir().join(format!("pvkvm-linux-workload-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let json_path = work.join("result.json");
+    let out = Command::new("python3")
+        .arg(root.join("benches/linux.py"))
+        .args([
+            "--platforms",
+            "pvkvm",
+            "--pvkvm",
+            env!("CARGO_BIN_EXE_pvkvm"),
+        ])
+        .arg("--work")
+        .arg(&work)
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("python3 runs benches/linux.py");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let json = std::fs::read_to_string(&json_path)
+        .unwrap_or_else(|e| panic!("no JSON from benches/linux.py ({e}):\n{stderr}"));
+    assert!(
+        out.status.success(),
+        "benches/linux.py failed:\n{stderr}\n{json}"
+    );
+    let pv = json.find("\"pvkvm\": {").expect("a pvkvm entry");
+    assert!(
+        json[pv..].contains("\"status\": \"ok\""),
+        "pvkvm did not run the benchmark:\n{json}"
+    );
+    let boot = number_after(&json, pv, "boot_s").expect("boot_s");
+    assert!(boot > 0.0 && boot < 300.0, "boot_s {boot}");
+    for fig in FIGURES {
+        let at = json[pv..]
+            .find(&format!("\"{fig}\": {{"))
+            .map(|a| a + pv)
+            .unwrap_or_else(|| panic!("figure {fig} missing:\n{json}"));
+        let median = number_after(&json, at, "median_ns").unwrap();
+        let p10 = number_after(&json, at, "p10_ns").unwrap();
+        let p90 = number_after(&json, at, "p90_ns").unwrap();
+        assert!(
+            median > 0.0 && p10 <= median && median <= p90,
+            "{fig}: median {median} p10 {p10} p90 {p90}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
