@@ -11,8 +11,9 @@ Parts, in order (each part's failure is recorded in the report, the rest still r
   3. a boot profile of the default guest (Debian cloud kernel + busybox initramfs):
      launch to shell prompt, then `pvkvm run --stats` (exits by hypercall, sub-op, trap
      vector and reason, with the VMM's time);
-  4. benches/linux.sh: the Linux workload program on pvkvm and on the alternatives
-     (QEMU, Xen under QEMU), unless --skip-linux.
+  4. benches/linux.py --pvkvm-exits: the Linux workload program on pvkvm and on the
+     alternatives (QEMU TCG, Xen under QEMU TCG, QEMU with KVM where that boots), with
+     the VM exits each pvkvm figure costs, unless --skip-linux.
 
 Writes <out>/report.json and <out>/report.md (machine, host KVM kind, host kernel,
 guest kernel, commit, date, then every part's table). Python 3 standard library only;
@@ -179,10 +180,8 @@ def main():
     linux_md = os.path.join(args.out, "linux.md")
 
     def linux():
-        script = os.path.join(ROOT, "benches", "linux.sh")
-        if not os.path.exists(script):
-            return {"status": "missing", "reason": "benches/linux.sh is not in this tree"}
-        r = run([script, "--json", linux_json, "--markdown", linux_md])
+        r = run([sys.executable, "benches/linux.py", "--pvkvm-exits", "--json", linux_json,
+                 "--markdown", linux_md])
         if r.returncode != 0:
             return {"status": "failed", "reason": r.stderr[-4000:]}
         with open(linux_json) as f:
@@ -239,7 +238,7 @@ def markdown(report, micro_md, linux_md):
                 "```"]
     else:
         out.append(f"boot {boot.get('status')}: {boot.get('reason', '')}")
-    out += ["", "## Linux workloads and the alternatives (`benches/linux.sh`)", ""]
+    out += ["", "## Linux workloads and the alternatives (`benches/linux.py`)", ""]
     if report["linux"].get("status") == "ok" and os.path.exists(linux_md):
         with open(linux_md) as f:
             out.append(f.read().strip())
