@@ -1147,39 +1147,31 @@ impl Report {
 
     /// JSON (hand-built: flat and small).
     pub fn to_json(&self) -> String {
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        let mut parts = vec![
-            format!("\"kind\":\"{}\"", esc(self.kind)),
-            format!("\"module\":\"{}\"", esc(&self.host.module)),
-            format!("\"tsc_mhz\":{:.1}", self.tsc_mhz),
-            format!("\"sync_regs\":{}", self.host.sync_regs),
-            format!("\"xen_hvm\":{}", self.host.xen_hvm),
-        ];
-        let figs: Vec<String> = self
+        let timings: Vec<serde_json::Value> = self
             .figures
             .iter()
-            .map(|f| {
-                format!(
-                    "{{\"name\":\"{}\",\"value\":{:.3},\"unit\":\"{}\"}}",
-                    esc(f.name),
-                    f.value,
-                    f.unit
-                )
-            })
+            .map(|f| serde_json::json!({ "name": f.name, "value": f.value, "unit": f.unit }))
             .collect();
-        parts.push(format!("\"timings\":[{}]", figs.join(",")));
-        let facts: Vec<String> = self
+        let facts: serde_json::Map<String, serde_json::Value> = self
             .facts
             .iter()
-            .map(|(k, v)| format!("\"{}\":\"{}\"", esc(k.trim()), esc(v)))
+            .map(|(k, v)| (k.trim().to_string(), v.clone().into()))
             .collect();
-        parts.push(format!("\"facts\":{{{}}}", facts.join(",")));
-        let ins: Vec<String> = self
+        let ins: serde_json::Map<String, serde_json::Value> = self
             .instructions
             .iter()
-            .map(|(k, v)| format!("\"{}\":\"{}\"", esc(k), esc(v)))
+            .map(|(k, v)| (k.to_string(), v.clone().into()))
             .collect();
-        parts.push(format!("\"ring0_instructions\":{{{}}}", ins.join(",")));
-        format!("{{{}}}", parts.join(","))
+        serde_json::json!({
+            "kind": self.kind,
+            "module": self.host.module,
+            "tsc_mhz": self.tsc_mhz,
+            "sync_regs": self.host.sync_regs,
+            "xen_hvm": self.host.xen_hvm,
+            "timings": timings,
+            "facts": facts,
+            "ring0_instructions": ins,
+        })
+        .to_string()
     }
 }

@@ -43,15 +43,6 @@ fn have_debian_kernel() -> bool {
     found
 }
 
-/// The value of `"key": <number>` right after `from` in the script's JSON (this crate
-/// has no JSON parser; the script's output is regular).
-fn number_after(json: &str, from: usize, key: &str) -> Option<f64> {
-    let needle = format!("\"{key}\": ");
-    let at = json[from..].find(&needle)? + from + needle.len();
-    let end = json[at..].find([',', '\n', '}']).map(|e| at + e)?;
-    json[at..end].trim().parse().ok()
-}
-
 #[test]
 fn workload_runs_on_pvkvm_with_every_figure() {
     if !have_debian_kernel() {
@@ -83,21 +74,22 @@ fn workload_runs_on_pvkvm_with_every_figure() {
         out.status.success(),
         "benches/linux.py failed:\n{stderr}\n{json}"
     );
-    let pv = json.find("\"pvkvm\": {").expect("a pvkvm entry");
-    assert!(
-        json[pv..].contains("\"status\": \"ok\""),
+    let result: serde_json::Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("benches/linux.py wrote invalid JSON ({e}):\n{json}"));
+    let pv = &result["platforms"]["pvkvm"];
+    assert_eq!(
+        pv["status"], "ok",
         "pvkvm did not run the benchmark:\n{json}"
     );
-    let boot = number_after(&json, pv, "boot_s").expect("boot_s");
+    let boot = pv["boot_s"].as_f64().expect("boot_s");
     assert!(boot > 0.0 && boot < 300.0, "boot_s {boot}");
     for fig in FIGURES {
-        let at = json[pv..]
-            .find(&format!("\"{fig}\": {{"))
-            .map(|a| a + pv)
-            .unwrap_or_else(|| panic!("figure {fig} missing:\n{json}"));
-        let median = number_after(&json, at, "median_ns").unwrap();
-        let p10 = number_after(&json, at, "p10_ns").unwrap();
-        let p90 = number_after(&json, at, "p90_ns").unwrap();
+        let f = &pv["figures"][fig];
+        let num = |k: &str| {
+            f[k].as_f64()
+                .unwrap_or_else(|| panic!("figure {fig} has no {k}:\n{json}"))
+        };
+        let (median, p10, p90) = (num("median_ns"), num("p10_ns"), num("p90_ns"));
         assert!(
             median > 0.0 && p10 <= median && median <= p90,
             "{fig}: median {median} p10 {p10} p90 {p90}"
