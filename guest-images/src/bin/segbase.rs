@@ -20,7 +20,7 @@ static GS_TARGET: [u64; 2] = [0x99aa_bbcc_ddee_ff00, 0];
 const NON_CANONICAL: u64 = 0x0000_8000_0000_0000;
 
 fn main(_si: &'static StartInfo) {
-    // SAFETY (all set_segment_base calls): these kernels use neither FS nor GS otherwise.
+    // SAFETY: this kernel uses neither FS nor GS otherwise (true of every call below).
     let rc = unsafe { set_segment_base(segbase::FS, FS_TARGET.as_ptr() as u64) };
     check_rc!("set_segment_base(SEGBASE_FS, &static)", rc, 0);
     let v: u64;
@@ -64,6 +64,7 @@ fn main(_si: &'static StartInfo) {
     // SAFETY: a refused call must leave the FS base as it was.
     unsafe { asm!("mov {}, qword ptr fs:[0]", out(reg) v, options(nostack, readonly)) };
     check_eq!("%fs:0 after a refused SEGBASE_FS", v, FS_TARGET[0]);
+    // SAFETY: as above; a non-canonical base is refused and changes nothing.
     let rc = unsafe { set_segment_base(segbase::GS_USER, NON_CANONICAL) };
     check_rc!(
         "set_segment_base(SEGBASE_GS_USER, non-canonical)",

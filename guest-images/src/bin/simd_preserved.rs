@@ -123,8 +123,8 @@ macro_rules! ymm_roundtrip {
 }
 
 fn avx_usable() -> bool {
-    // SAFETY: cpuid is unprivileged; rbx is saved by hand (it cannot be an operand).
     let ecx: u32;
+    // SAFETY: cpuid is unprivileged; rbx is saved by hand (it cannot be an operand).
     unsafe {
         asm!(
             "mov {t}, rbx", "cpuid", "mov rbx, {t}",

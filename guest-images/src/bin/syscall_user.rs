@@ -75,6 +75,7 @@ static mut STAGE: u32 = 0;
 extern "C" fn on_syscall(f: &mut SyscallFrame) {
     // SAFETY: single vcpu; only the callback and main touch these.
     let stage = unsafe { core::ptr::read_volatile(&raw const STAGE) };
+    // SAFETY: only the address of the assembly label is taken.
     let ret1 = unsafe { &user_syscall1_ret as *const u8 as u64 };
     let user_cs = (selector::FLAT_USER_CS | 3) as u64;
     let user_ss = (selector::FLAT_USER_SS | 3) as u64;

@@ -22,8 +22,8 @@ fn cstr(buf: &[u8]) -> &str {
 }
 
 fn main(_si: &'static StartInfo) {
-    // SAFETY (all xen_version calls below): each buffer is at least as large as the
-    // structure the sub-op writes, or the argument is null where the sub-op takes none.
+    // SAFETY: the argument is null where the sub-op takes none; each buffer below is at
+    // least as large as the structure its sub-op writes.
     let v = unsafe { xen_version(ver::XENVER_VERSION, core::ptr::null_mut()) };
     let (major, minor) = (v >> 16, v & 0xffff);
     if v <= 0 || major < 3 {
