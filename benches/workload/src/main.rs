@@ -54,6 +54,23 @@ struct Plan {
     max: usize,
 }
 
+impl Plan {
+    /// `batch` operations a sample, at least `min` and at most `max` samples.
+    fn new(batch: u64, min: usize, max: usize) -> Plan {
+        Plan { batch, min, max }
+    }
+}
+
+/// Times `n` calls of `op` (given the call's index, from 0): the nanoseconds they took
+/// together, or the first error.
+fn time_each(n: u64, mut op: impl FnMut(u64) -> Result<(), String>) -> Result<u64, String> {
+    let t0 = now_ns();
+    for i in 0..n {
+        op(i)?;
+    }
+    Ok(now_ns() - t0)
+}
+
 struct Runner {
     budget_ns: u64,
     failed: bool,
@@ -118,6 +135,16 @@ impl Runner {
             n as u64 * plan.batch,
             n
         );
+    }
+
+    /// A figure whose samples each time `plan.batch` calls of `op` (as [`time_each`]).
+    fn figure_each(
+        &mut self,
+        name: &str,
+        plan: Plan,
+        mut op: impl FnMut(u64) -> Result<(), String>,
+    ) {
+        self.figure(name, plan, |n| time_each(n, &mut op));
     }
 
     fn fail(&mut self, name: &str, reason: &str) {
@@ -248,8 +275,7 @@ fn write_tiny_elf() -> Result<String, String> {
 fn fork_exec_batch(path: &CString, arg0: &CString, n: u64) -> Result<u64, String> {
     let argv = [arg0.as_ptr(), ptr::null()];
     let envp: [*const libc::c_char; 1] = [ptr::null()];
-    let t0 = now_ns();
-    for _ in 0..n {
+    time_each(n, |_| {
         let pid = fork()?;
         if pid == 0 {
             // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
@@ -258,9 +284,8 @@ fn fork_exec_batch(path: &CString, arg0: &CString, n: u64) -> Result<u64, String
                 libc::_exit(127);
             }
         }
-        reap(pid)?;
-    }
-    Ok(now_ns() - t0)
+        reap(pid)
+    })
 }
 
 fn pipe_pair() -> Result<[libc::c_int; 2], String> {
@@ -319,19 +344,16 @@ fn pipe_figure(r: &mut Runner, plan: Plan) {
             return;
         }
     };
-    r.figure("pipe", plan, |n| {
-        let t0 = now_ns();
-        for i in 0..n {
-            let b = i as u8;
-            let mut back = 0u8;
-            if write1(tx, &b) != 1 {
-                return Err(format!("pipe write: {}", errno_str()));
-            }
-            if read1(rx, &mut back) != 1 || back != b {
-                return Err(format!("pipe read: {}", errno_str()));
-            }
+    r.figure_each("pipe", plan, |i| {
+        let b = i as u8;
+        let mut back = 0u8;
+        if write1(tx, &b) != 1 {
+            return Err(format!("pipe write: {}", errno_str()));
         }
-        Ok(now_ns() - t0)
+        if read1(rx, &mut back) != 1 || back != b {
+            return Err(format!("pipe read: {}", errno_str()));
+        }
+        Ok(())
     });
     close(tx);
     close(rx);
@@ -398,92 +420,46 @@ fn main() {
         only,
     };
 
-    r.figure(
-        "clock",
-        Plan {
-            batch: 100,
-            min: 5,
-            max: 51,
-        },
-        |n| {
-            let t0 = now_ns();
-            let mut last = t0;
-            for _ in 0..n {
-                last = black_box(now_ns());
-            }
-            Ok(last - t0)
-        },
-    );
+    r.figure("clock", Plan::new(100, 5, 51), |n| {
+        let t0 = now_ns();
+        let mut last = t0;
+        for _ in 0..n {
+            last = black_box(now_ns());
+        }
+        Ok(last - t0)
+    });
 
-    r.figure(
-        "getppid",
-        Plan {
-            batch: 100,
-            min: 5,
-            max: 51,
-        },
-        |n| {
-            let t0 = now_ns();
-            for _ in 0..n {
-                // SAFETY: getppid has no arguments and no side effects.
-                black_box(unsafe { libc::syscall(libc::SYS_getppid) });
-            }
-            Ok(now_ns() - t0)
-        },
-    );
+    r.figure_each("getppid", Plan::new(100, 5, 51), |_| {
+        // SAFETY: getppid has no arguments and no side effects.
+        black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+        Ok(())
+    });
 
     // ns per 1M rounds (about 3M instructions); no syscalls, no faults. Five rounds of 1M
     // per sample, so that the two clock reads (a syscall each where the vDSO cannot read
     // the clock, ~230 us on pvkvm here) weigh little.
-    r.figure(
-        "cpu",
-        Plan {
-            batch: 5,
-            min: 5,
-            max: 31,
-        },
-        |n| {
-            let t0 = now_ns();
-            for _ in 0..n {
-                black_box(cpu_rounds(1_000_000));
-            }
-            Ok(now_ns() - t0)
-        },
-    );
+    r.figure_each("cpu", Plan::new(5, 5, 31), |_| {
+        black_box(cpu_rounds(1_000_000));
+        Ok(())
+    });
 
     const FAULT_PAGES: usize = 64;
-    r.figure(
-        "fault",
-        Plan {
-            batch: FAULT_PAGES as u64,
-            min: 5,
-            max: 31,
-        },
-        |_| {
-            let p = map_anon(FAULT_PAGES)?;
-            let t0 = now_ns();
-            touch(p, FAULT_PAGES);
-            let dt = now_ns() - t0;
-            unmap(p, FAULT_PAGES)?;
-            Ok(dt)
-        },
-    );
+    r.figure("fault", Plan::new(FAULT_PAGES as u64, 5, 31), |_| {
+        let p = map_anon(FAULT_PAGES)?;
+        let t0 = now_ns();
+        touch(p, FAULT_PAGES);
+        let dt = now_ns() - t0;
+        unmap(p, FAULT_PAGES)?;
+        Ok(dt)
+    });
 
-    r.figure(
-        "mmap_cycle",
-        Plan {
-            batch: FAULT_PAGES as u64,
-            min: 5,
-            max: 31,
-        },
-        |_| {
-            let t0 = now_ns();
-            let p = map_anon(FAULT_PAGES)?;
-            touch(p, FAULT_PAGES);
-            unmap(p, FAULT_PAGES)?;
-            Ok(now_ns() - t0)
-        },
-    );
+    r.figure("mmap_cycle", Plan::new(FAULT_PAGES as u64, 5, 31), |_| {
+        let t0 = now_ns();
+        let p = map_anon(FAULT_PAGES)?;
+        touch(p, FAULT_PAGES);
+        unmap(p, FAULT_PAGES)?;
+        Ok(now_ns() - t0)
+    });
 
     const MPROT_PAGES: usize = 16;
     match map_anon(MPROT_PAGES) {
@@ -491,82 +467,44 @@ fn main() {
         Ok(p) => {
             touch(p, MPROT_PAGES);
             let mut writable = true;
-            r.figure(
-                "mprotect",
-                Plan {
-                    batch: 20,
-                    min: 5,
-                    max: 31,
-                },
-                |n| {
-                    let t0 = now_ns();
-                    for _ in 0..n {
-                        writable = !writable;
-                        let prot = if writable {
-                            libc::PROT_READ | libc::PROT_WRITE
-                        } else {
-                            libc::PROT_READ
-                        };
-                        // SAFETY: p maps MPROT_PAGES pages owned by this program and nothing
-                        // writes them while they are read-only.
-                        if unsafe {
-                            libc::mprotect(p as *mut libc::c_void, MPROT_PAGES * PAGE, prot)
-                        } != 0
-                        {
-                            return Err(format!("mprotect: {}", errno_str()));
-                        }
-                    }
-                    Ok(now_ns() - t0)
-                },
-            );
+            r.figure_each("mprotect", Plan::new(20, 5, 31), |_| {
+                writable = !writable;
+                let prot = if writable {
+                    libc::PROT_READ | libc::PROT_WRITE
+                } else {
+                    libc::PROT_READ
+                };
+                // SAFETY: p maps MPROT_PAGES pages owned by this program and nothing
+                // writes them while they are read-only.
+                if unsafe { libc::mprotect(p as *mut libc::c_void, MPROT_PAGES * PAGE, prot) } != 0
+                {
+                    return Err(format!("mprotect: {}", errno_str()));
+                }
+                Ok(())
+            });
             let _ = unmap(p, MPROT_PAGES);
         }
         Err(e) => r.fail("mprotect", &e),
     }
 
-    pipe_figure(
-        &mut r,
-        Plan {
-            batch: 50,
-            min: 5,
-            max: 31,
-        },
-    );
+    pipe_figure(&mut r, Plan::new(50, 5, 31));
 
-    r.figure(
-        "fork_exit",
-        Plan {
-            batch: 5,
-            min: 5,
-            max: 31,
-        },
-        |n| {
-            let t0 = now_ns();
-            for _ in 0..n {
-                let pid = fork()?;
-                if pid == 0 {
-                    // SAFETY: ends the child at once.
-                    unsafe { libc::_exit(0) };
-                }
-                reap(pid)?;
-            }
-            Ok(now_ns() - t0)
-        },
-    );
+    r.figure_each("fork_exit", Plan::new(5, 5, 31), |_| {
+        let pid = fork()?;
+        if pid == 0 {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(0) };
+        }
+        reap(pid)
+    });
 
     match write_tiny_elf() {
         Ok(_) if !r.wants("fork_exec") => {}
         Ok(path) => {
             let c = CString::new(path.clone()).unwrap();
-            r.figure(
-                "fork_exec",
-                Plan {
-                    batch: 5,
-                    min: 5,
-                    max: 31,
-                },
-                |n| fork_exec_batch(&c, &c, n),
-            );
+            r.figure("fork_exec", Plan::new(5, 5, 31), |n| {
+                fork_exec_batch(&c, &c, n)
+            });
             let _ = std::fs::remove_file(&path);
         }
         Err(e) => r.fail("fork_exec", &e),
@@ -575,15 +513,9 @@ fn main() {
     if std::path::Path::new("/bin/true").exists() && r.wants("fork_exec_busybox") {
         let path = CString::new("/bin/true").unwrap();
         let arg0 = CString::new("true").unwrap();
-        r.figure(
-            "fork_exec_busybox",
-            Plan {
-                batch: 5,
-                min: 5,
-                max: 31,
-            },
-            |n| fork_exec_batch(&path, &arg0, n),
-        );
+        r.figure("fork_exec_busybox", Plan::new(5, 5, 31), |n| {
+            fork_exec_batch(&path, &arg0, n)
+        });
     }
 
     let total_ms = (now_ns() - t_start) / 1_000_000;

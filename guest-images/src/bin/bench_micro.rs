@@ -399,6 +399,61 @@ impl Ctx {
     fn iterations(&self) -> impl Iterator<Item = Option<usize>> {
         (0..WARMUP + self.iters).map(|i| i.checked_sub(WARMUP))
     }
+
+    /// The run `bench` over this context's iteration count.
+    fn run(&self, bench: &'static str, run_ops_per_iter: u64, exits_per_iter: u64) -> Run {
+        Run {
+            bench,
+            iters: self.iters,
+            run_ops_per_iter,
+            exits_per_iter,
+        }
+    }
+
+    /// Runs every iteration (warm-up first): `op(ctx, n)` performs and checks the
+    /// operation of iteration `n` (warm-up included) and returns the cycles it took,
+    /// recorded as sample k for recorded iteration k.
+    fn record(&mut self, mut op: impl FnMut(&mut Ctx, usize) -> u64) {
+        for (n, it) in self.iterations().enumerate() {
+            let c = op(self, n);
+            if let Some(k) = it {
+                set_sample(k, c);
+            }
+        }
+    }
+
+    /// Prints the one row of run `name`: `per_sample` units a sample (and an iteration),
+    /// `exits_per_iter` exits an iteration, from samples 0..iters.
+    fn report_single(
+        &self,
+        name: &'static str,
+        unit: &'static str,
+        per_sample: u64,
+        exits_per_iter: u64,
+    ) {
+        let run = self.run(name, per_sample, exits_per_iter);
+        report(
+            &run,
+            single(name, unit, per_sample),
+            0,
+            self.iters,
+            self.clock,
+        );
+    }
+
+    /// A run of one row named like the run, one sample an iteration: `op` as for
+    /// [`Ctx::record`], then the row as for [`Ctx::report_single`].
+    fn bench_single(
+        &mut self,
+        name: &'static str,
+        unit: &'static str,
+        per_sample: u64,
+        exits_per_iter: u64,
+        op: impl FnMut(&mut Ctx, usize) -> u64,
+    ) {
+        self.record(op);
+        self.report_single(name, unit, per_sample, exits_per_iter);
+    }
 }
 
 /// `timed(f)`: the cycles `f` took and its result.
@@ -530,44 +585,23 @@ fn install_bench_trap_table() {
 }
 
 fn null_hypercall(ctx: &mut Ctx) {
-    let run = Run {
-        bench: "null_hypercall",
-        iters: ctx.iters,
-        run_ops_per_iter: 1,
-        exits_per_iter: 1,
-    };
-    for it in ctx.iterations() {
+    ctx.bench_single("null_hypercall", "call", 1, 1, |_, _| {
         // SAFETY: XENVER_version takes no buffer.
         let (c, rc) =
             timed(|| unsafe { hypercall::xen_version(XENVER_VERSION, core::ptr::null_mut()) });
         if rc <= 0 {
             fail!("xen_version(XENVER_version) returned {}", rc);
         }
-        if let Some(k) = it {
-            set_sample(k, c);
-        }
-    }
-    report(
-        &run,
-        single("null_hypercall", "call", 1),
-        0,
-        ctx.iters,
-        ctx.clock,
-    );
+        c
+    });
 }
 
 /// A hypercall number Xen leaves undefined.
 const UNDEFINED_HYPERCALL: u64 = 63;
 
 fn null_hypercall_enosys(ctx: &mut Ctx) {
-    let run = Run {
-        bench: "null_hypercall_enosys",
-        iters: ctx.iters,
-        run_ops_per_iter: 1,
-        exits_per_iter: 1,
-    };
     let enosys = -pv_test_kernels::xen_abi::errno::ENOSYS;
-    for it in ctx.iterations() {
+    ctx.bench_single("null_hypercall_enosys", "call", 1, 1, |_, _| {
         // SAFETY: an undefined hypercall has no effect but -ENOSYS.
         let (c, rc) = timed(|| unsafe { hypercall::hypercall0(UNDEFINED_HYPERCALL) });
         if rc != enosys {
@@ -577,28 +611,13 @@ fn null_hypercall_enosys(ctx: &mut Ctx) {
                 rc
             );
         }
-        if let Some(k) = it {
-            set_sample(k, c);
-        }
-    }
-    report(
-        &run,
-        single("null_hypercall_enosys", "call", 1),
-        0,
-        ctx.iters,
-        ctx.clock,
-    );
+        c
+    });
 }
 
 fn mmu_update(ctx: &mut Ctx, name: &'static str, batch: usize) {
-    let run = Run {
-        bench: name,
-        iters: ctx.iters,
-        run_ops_per_iter: batch as u64,
-        exits_per_iter: 1,
-    };
     let mut reqs = [MmuUpdate::default(); 512];
-    for it in ctx.iterations() {
+    ctx.bench_single(name, "entry", batch as u64, 1, |ctx, _| {
         for (j, r) in reqs.iter_mut().enumerate().take(batch) {
             let i = j % REMAP as usize;
             *r = MmuUpdate {
@@ -611,27 +630,12 @@ fn mmu_update(ctx: &mut Ctx, name: &'static str, batch: usize) {
         if rc != 0 || done as usize != batch {
             fail!("mmu_update of {} entries: rc {} done {}", batch, rc, done);
         }
-        if let Some(k) = it {
-            set_sample(k, c);
-        }
-    }
-    report(
-        &run,
-        single(name, "entry", batch as u64),
-        0,
-        ctx.iters,
-        ctx.clock,
-    );
+        c
+    });
 }
 
 fn uvm(ctx: &mut Ctx, name: &'static str, flags: u64) {
-    let run = Run {
-        bench: name,
-        iters: ctx.iters,
-        run_ops_per_iter: 1,
-        exits_per_iter: 1,
-    };
-    for (n, it) in ctx.iterations().enumerate() {
+    ctx.bench_single(name, "call", 1, 1, |ctx, n| {
         let i = n % REMAP as usize;
         let va = ctx.va(i);
         let pte = ctx.next_pte(i);
@@ -646,21 +650,12 @@ fn uvm(ctx: &mut Ctx, name: &'static str, flags: u64) {
                 rc
             );
         }
-        if let Some(k) = it {
-            set_sample(k, c);
-        }
-    }
-    report(&run, single(name, "call", 1), 0, ctx.iters, ctx.clock);
+        c
+    });
 }
 
 fn trapped_pte_write(ctx: &mut Ctx) {
-    let run = Run {
-        bench: "trapped_pte_write",
-        iters: ctx.iters,
-        run_ops_per_iter: 1,
-        exits_per_iter: 1,
-    };
-    for (n, it) in ctx.iterations().enumerate() {
+    ctx.bench_single("trapped_pte_write", "write", 1, 1, |ctx, n| {
         let i = n % REMAP as usize;
         let target = ctx.walks[i].pte_va();
         let pte = ctx.next_pte(i);
@@ -680,17 +675,8 @@ fn trapped_pte_write(ctx: &mut Ctx) {
                 now
             );
         }
-        if let Some(k) = it {
-            set_sample(k, c);
-        }
-    }
-    report(
-        &run,
-        single("trapped_pte_write", "write", 1),
-        0,
-        ctx.iters,
-        ctx.clock,
-    );
+        c
+    });
 }
 
 fn mmuext_timed(what: &str, cmd: u32, mfn: u64) -> u64 {
@@ -718,12 +704,7 @@ fn build_full_l1(si: &StartInfo, f: u64) {
 }
 
 fn pin_unpin(ctx: &mut Ctx, bench: &'static str, rows: [&'static str; 2], cmd: u32, mfn: u64) {
-    let run = Run {
-        bench,
-        iters: ctx.iters,
-        run_ops_per_iter: 2,
-        exits_per_iter: 2,
-    };
+    let run = ctx.run(bench, 2, 2);
     for it in ctx.iterations() {
         let p = mmuext_timed("PIN", cmd, mfn);
         let u = mmuext_timed("UNPIN_TABLE", mmuext::UNPIN_TABLE, mfn);
@@ -732,14 +713,14 @@ fn pin_unpin(ctx: &mut Ctx, bench: &'static str, rows: [&'static str; 2], cmd: u
             set_sample(MAX_ITERS + k, u);
         }
     }
-    let row = |name| Row {
-        name,
-        unit: "call",
-        per_sample: 1,
-        ops_per_iter: 1,
-    };
-    report(&run, row(rows[0]), 0, ctx.iters, ctx.clock);
-    report(&run, row(rows[1]), MAX_ITERS, ctx.iters, ctx.clock);
+    report(&run, single(rows[0], "call", 1), 0, ctx.iters, ctx.clock);
+    report(
+        &run,
+        single(rows[1], "call", 1),
+        MAX_ITERS,
+        ctx.iters,
+        ctx.clock,
+    );
 }
 
 fn pin_unpin_l1(ctx: &mut Ctx) {
@@ -818,12 +799,7 @@ fn new_baseptr(ctx: &mut Ctx) {
         alt,
         0,
     );
-    let run = Run {
-        bench: "new_baseptr",
-        iters: ctx.iters,
-        run_ops_per_iter: 2,
-        exits_per_iter: 2,
-    };
+    let run = ctx.run("new_baseptr", 2, 2);
     for it in ctx.iterations() {
         let a = mmuext_timed("NEW_BASEPTR (copy)", mmuext::NEW_BASEPTR, alt);
         let b = mmuext_timed("NEW_BASEPTR (boot L4)", mmuext::NEW_BASEPTR, boot);
@@ -842,39 +818,18 @@ fn new_baseptr(ctx: &mut Ctx) {
 }
 
 fn exception_int3(ctx: &mut Ctx) {
-    let run = Run {
-        bench: "exception_int3",
-        iters: ctx.iters,
-        run_ops_per_iter: 1,
-        exits_per_iter: 2,
-    };
-    for it in ctx.iterations() {
+    ctx.bench_single("exception_int3", "round trip", 1, 2, |_, _| {
         let (c, ()) = timed(|| {
             // SAFETY: bench_int3_entry returns right after the int3 with every register
             // intact (HYPERVISOR_iret restores rflags too).
             unsafe { asm!("int3") }
         });
-        if let Some(k) = it {
-            set_sample(k, c);
-        }
-    }
-    report(
-        &run,
-        single("exception_int3", "round trip", 1),
-        0,
-        ctx.iters,
-        ctx.clock,
-    );
+        c
+    });
 }
 
 fn exception_pf(ctx: &mut Ctx) {
-    let run = Run {
-        bench: "exception_pf",
-        iters: ctx.iters,
-        run_ops_per_iter: 1,
-        exits_per_iter: 2,
-    };
-    for it in ctx.iterations() {
+    ctx.bench_single("exception_pf", "round trip", 1, 2, |_, _| {
         let (c, ()) = timed(|| {
             // SAFETY: the read faults; bench_pf_entry resumes at label 3 with every
             // register intact but the load's destination.
@@ -890,17 +845,8 @@ fn exception_pf(ctx: &mut Ctx) {
                 )
             }
         });
-        if let Some(k) = it {
-            set_sample(k, c);
-        }
-    }
-    report(
-        &run,
-        single("exception_pf", "round trip", 1),
-        0,
-        ctx.iters,
-        ctx.clock,
-    );
+        c
+    });
 }
 
 fn evtchn_op(cmd: u64, arg: u64) -> i64 {
@@ -951,14 +897,8 @@ fn evtchn_send_self(ctx: &mut Ctx) {
         p.write_volatile(p.read_volatile() & !(1 << (port % 8)));
         ((sh + vcpu_info::UPCALL_MASK) as *mut u8).write_volatile(0);
     }
-    let run = Run {
-        bench: "evtchn_send_self",
-        iters: ctx.iters,
-        run_ops_per_iter: 1,
-        exits_per_iter: 2,
-    };
     let send = EVTCHNOP_SEND;
-    for it in ctx.iterations() {
+    ctx.record(|_, _| {
         let before = read_static(&raw const BENCH_UPCALLS);
         let p: u32 = port;
         let (c, rc) = timed(|| evtchn_op(send, &p as *const u32 as u64));
@@ -981,19 +921,11 @@ fn evtchn_send_self(ctx: &mut Ctx) {
                 ),
             );
         }
-        if let Some(k) = it {
-            set_sample(k, c);
-        }
-    }
+        c
+    });
     // SAFETY: mask events again (a byte of our shared_info mapping).
     unsafe { ((sh + vcpu_info::UPCALL_MASK) as *mut u8).write_volatile(1) };
-    report(
-        &run,
-        single("evtchn_send_self", "send+upcall", 1),
-        0,
-        ctx.iters,
-        ctx.clock,
-    );
+    ctx.report_single("evtchn_send_self", "send+upcall", 1, 2);
 }
 
 /// The `syscall_user` run, for the callback that reports it.
@@ -1048,12 +980,7 @@ fn syscall_user(ctx: &mut Ctx) {
             ),
         );
     }
-    let run = Run {
-        bench: "syscall_user",
-        iters: ctx.iters,
-        run_ops_per_iter: 1,
-        exits_per_iter: 2,
-    };
+    let run = ctx.run("syscall_user", 1, 2);
     // SAFETY: one vCPU; read back only by the callback.
     unsafe { *SYSCALL_RUN.0.get() = Some((run, ctx.clock)) };
     write_static(&raw mut BENCH_USER_ITERS, (WARMUP + ctx.iters) as u64);
@@ -1069,14 +996,8 @@ fn syscall_user(ctx: &mut Ctx) {
 }
 
 fn multicall_uvm32(ctx: &mut Ctx) {
-    let run = Run {
-        bench: "multicall_uvm32",
-        iters: ctx.iters,
-        run_ops_per_iter: 1,
-        exits_per_iter: 1,
-    };
     let mut calls = [MulticallEntry::default(); REMAP as usize];
-    for it in ctx.iterations() {
+    ctx.bench_single("multicall_uvm32", "call", 1, 1, |ctx, _| {
         for (i, call) in calls.iter_mut().enumerate() {
             *call = MulticallEntry {
                 op: nr::UPDATE_VA_MAPPING,
@@ -1096,15 +1017,6 @@ fn multicall_uvm32(ctx: &mut Ctx) {
                 call.result as i64
             );
         }
-        if let Some(k) = it {
-            set_sample(k, c);
-        }
-    }
-    report(
-        &run,
-        single("multicall_uvm32", "call", 1),
-        0,
-        ctx.iters,
-        ctx.clock,
-    );
+        c
+    });
 }
