@@ -13,6 +13,9 @@
 //!   the pvclock then runs in the new place.
 //! - `VCPUOP_is_up`: 1 for vCPU 0; -ENOENT for vCPUs 1 to 1000 and 2^32-1 (the shim
 //!   answers these without an exit; the host test counts the exits).
+//! - `PHYSDEVOP_pirq_eoi_gmfn_v2`: -EINVAL on a pinned L1 and on shared_info, 0 on an
+//!   ordinary frame, -EBUSY the second time (Xen takes one page per domain);
+//!   `xenpmu_op`: -EOPNOTSUPP for every sub-op (Xen's default, no virtual PMU).
 //! - `VCPUOP_register_runstate_memory_area`: filled at once (state running); a
 //!   `SCHEDOP_poll` on an idle port with a 3 ms timeout returns 0 no earlier than the
 //!   timeout, and afterwards the area says running again with at least 2 ms blocked.
@@ -23,7 +26,7 @@ use core::ptr::{addr_of, addr_of_mut};
 use pv_test_kernels::hypercall::hypercall3;
 use pv_test_kernels::mm;
 use pv_test_kernels::traps::install_trap_table;
-use pv_test_kernels::xen_abi::errno::{EINVAL, ENOENT};
+use pv_test_kernels::xen_abi::errno::{EBUSY, EINVAL, ENOENT, EOPNOTSUPP};
 use pv_test_kernels::xen_abi::grant_table::*;
 use pv_test_kernels::xen_abi::sched::{SchedPoll, SCHEDOP_POLL};
 use pv_test_kernels::xen_abi::xen::{hypercall as hc, mmuext, DOMID_SELF};
@@ -35,6 +38,7 @@ const SHINFO_SLOT: u64 = 30;
 const GRANT_SLOT: u64 = 31;
 const L1_SLOT: u64 = 32;
 const VCPU_INFO_SLOT: u64 = 33;
+const EOI_SLOT: u64 = 34;
 
 const VCPUOP_GET_RUNSTATE_INFO: u64 = 4;
 const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u64 = 5;
@@ -310,11 +314,52 @@ fn is_up() {
     println!("is_up: vCPU 0 up, 1..=1000 and 2^32-1 -ENOENT");
 }
 
+fn physdev_and_pmu(si: &StartInfo) {
+    const PHYSDEVOP_PIRQ_EOI_GMFN_V2: u64 = 28;
+    let eoi = |gmfn: u64| {
+        let mut arg = gmfn;
+        // SAFETY: `arg` is a live `struct physdev_pirq_eoi_gmfn`.
+        unsafe {
+            hypercall3(
+                hc::PHYSDEV_OP,
+                PHYSDEVOP_PIRQ_EOI_GMFN_V2,
+                &mut arg as *mut u64 as u64,
+                0,
+            )
+        }
+    };
+    check_rc!(
+        "pirq_eoi_gmfn on shared_info",
+        eoi(si.shared_info >> 12),
+        -EINVAL
+    );
+    let l1_va = mm::slack_va(si, L1_SLOT);
+    let l1 = mm::slack_mfn(si, L1_SLOT);
+    for k in 0..512 {
+        mm::wr(l1_va + k * 8, 0);
+    }
+    mm::slack_make_ro(si, L1_SLOT);
+    mm::mmuext_ok("pin L1", mmuext::PIN_L1_TABLE, l1, 0);
+    check_rc!("pirq_eoi_gmfn on a pinned L1", eoi(l1), -EINVAL);
+    mm::mmuext_ok("unpin L1", mmuext::UNPIN_TABLE, l1, 0);
+    mm::slack_make_rw(si, L1_SLOT);
+    let frame = mm::slack_mfn(si, EOI_SLOT);
+    check_rc!("pirq_eoi_gmfn on an own frame", eoi(frame), 0);
+    check_rc!("a second pirq_eoi_gmfn", eoi(frame), -EBUSY);
+    for cmd in [0u64, 4, 7] {
+        // SAFETY: xenpmu_op is refused before it reads its argument.
+        let rc = unsafe { hypercall3(hc::XENPMU_OP, cmd, 0, 0) };
+        check_rc!("xenpmu_op", rc, -EOPNOTSUPP);
+    }
+    println!("physdev pirq_eoi_gmfn: -EINVAL, -EINVAL, 0, -EBUSY; xenpmu_op: -EOPNOTSUPP");
+}
+
 fn main(si: &'static StartInfo) {
     mm::print_layout(si);
     mm::check_slack(si);
     install_trap_table();
     is_up();
+    physdev_and_pmu(si);
     grant_table(si);
     let vi = vcpu_info(si);
     runstate_and_poll(vi);

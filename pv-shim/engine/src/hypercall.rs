@@ -18,7 +18,7 @@ use xen_abi::callback::{
     CALLBACKTYPE_SYSCALL32, CALLBACKTYPE_SYSENTER,
 };
 use xen_abi::console::{CONSOLEIO_READ, CONSOLEIO_WRITE};
-use xen_abi::errno::{E2BIG, EFAULT, EINVAL, ENODEV, ENOSYS, EPERM, ESRCH};
+use xen_abi::errno::{E2BIG, EBUSY, EFAULT, EINVAL, ENODEV, ENOSYS, EOPNOTSUPP, EPERM, ESRCH};
 use xen_abi::sched::*;
 use xen_abi::sched::{SchedPoll, SchedRemoteShutdown};
 use xen_abi::version::FeatureInfo;
@@ -194,6 +194,8 @@ fn dispatch(
         hc::SCHED_OP => do_sched_op(vcpu, p, a[0] as i32, a[1]),
         hc::CALLBACK_OP => Action::Ret(do_callback_op(vcpu, p, a[0] as i32, a[1])),
         hc::MEMORY_OP => Action::Ret(crate::memory::do_memory_op(vcpu, p, a[0], a[1])),
+        // Xen's default: no virtual PMU (`vpmu=0`), for every sub-op.
+        hc::XENPMU_OP => Action::Ret(-EOPNOTSUPP),
         _ => Action::Ret(-ENOSYS),
     }
 }
@@ -203,7 +205,35 @@ fn dispatch(
 /// ones, writes vanish); the interrupt-routing sub-ops come with event channels.
 fn do_physdev_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i64 {
     const PHYSDEVOP_SET_IOPL: u64 = 6;
+    const PHYSDEVOP_PIRQ_EOI_GMFN_V1: u64 = 17;
+    const PHYSDEVOP_PIRQ_EOI_GMFN_V2: u64 = 28;
     match cmd {
+        // The page where Xen would flag PIRQs needing an EOI. A domain without PIRQs
+        // never sees a bit set, but Xen still takes the page (a writable type
+        // reference, once per domain) and says 0; pvkvm does the same.
+        PHYSDEVOP_PIRQ_EOI_GMFN_V1 | PHYSDEVOP_PIRQ_EOI_GMFN_V2 => {
+            let Ok(gmfn) = guest::read_obj::<u64>(vcpu, p, arg) else {
+                return -EFAULT;
+            };
+            let Some(ctx) = p.mm() else { return -ENOSYS };
+            if ctx.mm.is_shared(gmfn) {
+                return -EINVAL;
+            }
+            match ctx
+                .mm
+                .get_page_and_type(ctx.mem, gmfn, pv_mm::PageType::Writable)
+            {
+                Ok(f) => crate::mmu::merge_flush(ctx.flush, f),
+                Err(_) => return -EINVAL,
+            }
+            if vcpu.pirq_eoi_mfn.is_some() {
+                let f = ctx.mm.put_page_and_type(ctx.mem, gmfn);
+                crate::mmu::merge_flush(ctx.flush, f);
+                return -EBUSY;
+            }
+            vcpu.pirq_eoi_mfn = Some(gmfn);
+            0
+        }
         PHYSDEVOP_SET_IOPL => {
             let Ok(iopl) = guest::read_obj::<u32>(vcpu, p, arg) else {
                 return -EFAULT;

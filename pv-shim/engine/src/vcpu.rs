@@ -144,6 +144,9 @@ pub struct Vcpu {
     pub periodic_next: u64,
     /// Guest virtual address of the registered runstate area (0: none).
     pub runstate_area: u64,
+    /// The frame the guest gave with `PHYSDEVOP_pirq_eoi_gmfn` (domain-wide; held with a
+    /// writable type reference).
+    pub pirq_eoi_mfn: Option<u64>,
     /// Guest virtual address of the registered second `vcpu_time_info` (0: none).
     pub time_area: u64,
     /// Runstate accounting (see [`crate::vcpu_op::runstate_change`]).
@@ -216,6 +219,7 @@ impl Vcpu {
             cr0_ts: false,
             cr2: 0,
             runstate_area: 0,
+            pirq_eoi_mfn: None,
             time_area: 0,
             runstate: crate::vcpu_op::RunstateInfo::default(),
             vcpu_info_registered: false,
