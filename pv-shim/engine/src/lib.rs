@@ -25,6 +25,8 @@ pub mod emulate;
 pub mod evtchn;
 pub mod gnttab;
 pub mod guest;
+#[cfg(test)]
+mod hostile;
 pub mod hypercall;
 pub mod memory;
 pub mod mmu;

@@ -1,0 +1,70 @@
+//! Property test: any sequence of hypercalls with hostile arguments and hostile guest
+//! memory behind the pointers is answered without a panic, and a hypercall that returns
+//! to the guest changes no register but rax (the ones that switch context, `iret` and a
+//! `multicall` holding one, excepted).
+
+use proptest::prelude::*;
+
+use crate::testutil::*;
+use crate::{guest, Outcome, Stats};
+
+/// Addresses a hostile guest would pass: its own data, unmapped and read-only pages,
+/// the hypervisor hole, non-canonical and null pointers, and anything at all.
+fn pointer() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        (0u64..0x1000).prop_map(|o| DATA_VA + o),
+        Just(RO_VA),
+        Just(UNMAPPED_VA),
+        Just(0u64),
+        Just(0xffff_8000_0000_0000u64),
+        Just(0x0000_8000_0000_0000u64),
+        Just(u64::MAX),
+        any::<u64>(),
+    ]
+}
+
+/// Small numbers (commands, counts, ports, vCPU ids) or pointers or anything.
+fn argument() -> impl Strategy<Value = u64> {
+    prop_oneof![0u64..64, pointer(), any::<u64>(), Just(u64::from(u32::MAX))]
+}
+
+fn hypercall() -> impl Strategy<Value = (u64, [u64; 5], std::vec::Vec<u8>)> {
+    (
+        prop_oneof![0u64..48, any::<u64>()],
+        [argument(), argument(), argument(), argument(), argument()],
+        proptest::collection::vec(any::<u8>(), 0..256),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn hostile_hypercalls_are_answered_without_panics(
+        calls in proptest::collection::vec(hypercall(), 1..8)
+    ) {
+        let (mut v, mut p) = setup();
+        let mut s = Stats::new();
+        for (nr, args, memory) in calls {
+            // What the pointers point at: the guest's own bytes.
+            let _ = guest::copy_to_guest(&v, &mut p, DATA_VA, &memory);
+            let mut r = distinct_regs();
+            r.rax = nr;
+            (r.rdi, r.rsi, r.rdx, r.r10, r.r8) = (args[0], args[1], args[2], args[3], args[4]);
+            let before = r;
+            let out = crate::syscall_entry(&mut v, &mut r, &mut p, &mut s);
+            let switches = matches!(
+                nr,
+                xen_abi::xen::hypercall::IRET | xen_abi::xen::hypercall::MULTICALL
+            );
+            if out == Outcome::Resume && !switches {
+                let mut after = r;
+                after.rax = before.rax;
+                prop_assert_eq!(after, before, "hypercall {} changed registers", nr);
+            }
+            if matches!(out, Outcome::Crash(_) | Outcome::Shutdown(_)) {
+                break;
+            }
+        }
+    }
+}
