@@ -669,6 +669,19 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
     };
     let vector = frame.vector as u8;
     dom.exits.last = ExitKind::Trap(vector);
+    if matches!(vector, 13 | 14) && frame.cs & 3 == 3 && dom.shim.syscall_fixup.contains(&frame.rip)
+    {
+        // The syscall stub's fast path read a bad hypercall argument (#PF, or #GP for a
+        // non-canonical pointer): no guest fault;
+        // the stub takes its doorbell instead, registers untouched, and the engine
+        // answers the hypercall (-EFAULT).
+        frame.rip = dom.shim.syscall_slow_path;
+        dom.platform
+            .mem
+            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
+            .map_err(|e| e.to_string())?;
+        return Ok(Action::Resume);
+    }
     if frame.cs & 3 != 3 || matches!(vector, 2 | 8 | 18) {
         let what = format!(
             "exception {vector} (error code {:#x}) in the shim itself at rip {:#x}, cr2 {:#x}",
@@ -687,6 +700,7 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
         error_code: vector_has_error_code(vector).then_some(frame.error_code),
         cr2: sregs.cr2,
     };
+
     if log::log_enabled!(log::Level::Debug) {
         let mut insn = [0u8; 8];
         let _ = pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, frame.rip, &mut insn);

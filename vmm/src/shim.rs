@@ -120,6 +120,11 @@ pub struct ShimRegion {
     pub syscall_entry: u64,
     /// Where rip points when the `syscall` stub rings its doorbell.
     pub syscall_doorbell_end: u64,
+    /// The `syscall` stub's reads of guest memory (a #PF there falls back to the
+    /// doorbell at `syscall_slow_path`).
+    pub syscall_fixup: core::ops::Range<u64>,
+    /// The `syscall` stub's doorbell.
+    pub syscall_slow_path: u64,
     /// Top of vCPU 0's ring-0 stack.
     pub stack_top: u64,
     /// Guest-physical address of `shared_info`.
@@ -399,7 +404,9 @@ pub fn build_region(
     let hdr = image.header();
     for vector in 0..contract::NR_VECTORS {
         let handler = va(layout::TEXT) + u64::from(hdr.vector_entry[vector]);
-        let dpl: u64 = if vector == 3 || vector == 4 { 3 } else { 0 };
+        let user_gate =
+            matches!(vector, 3 | 4) || vector == usize::from(contract::FAST_GATE_VECTOR);
+        let dpl: u64 = if user_gate { 3 } else { 0 };
         let ist: u64 = if vector == 8 { 1 } else { 0 };
         let lo = (handler & 0xffff)
             | (u64::from(shim_sel::HYPERVISOR_CS) << 16)
@@ -494,6 +501,9 @@ pub fn build_region(
         hole_l4,
         syscall_entry: va(layout::TEXT) + u64::from(hdr.syscall_entry),
         syscall_doorbell_end: va(layout::TEXT) + u64::from(hdr.syscall_doorbell_end),
+        syscall_fixup: va(layout::TEXT) + u64::from(hdr.syscall_fixup_start)
+            ..va(layout::TEXT) + u64::from(hdr.syscall_fixup_end),
+        syscall_slow_path: va(layout::TEXT) + u64::from(hdr.syscall_slow_path),
         stack_top: va(layout::STACK),
         shared_info_gpa: gpa + layout::SHARED_INFO,
         grant_table_gpa: gpa + layout::GRANT_TABLE,

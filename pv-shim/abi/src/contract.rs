@@ -24,7 +24,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this contract; the shim header carries it.
-pub const CONTRACT_VERSION: u32 = 3;
+pub const CONTRACT_VERSION: u32 = 4;
 /// Magic at offset 0 of the shim image.
 pub const SHIM_MAGIC: [u8; 8] = *b"PVKVSHIM";
 /// Number of IDT vectors the shim provides stubs for.
@@ -145,6 +145,13 @@ pub struct GuestStatePage {
     pub nr_vcpus: u32,
 }
 
+/// The IDT vector the `syscall` stub enters ring 0 through, for the one thing it cannot
+/// do at CPL3: a local `invlpg` (`mmuext_op` with one `MMUEXT_INVLPG_LOCAL`, no done
+/// pointer, `DOMID_SELF`). It is #BP's: its gate has DPL 3 anyway, and on kvm_pvm an
+/// `int n` from CPL3 for other vectors raises #UD. The shim's #BP stub checks where the
+/// `int3` came from; the guest's own `int3` goes the ordinary way.
+pub const FAST_GATE_VECTOR: u8 = 3;
+
 /// Header at offset 0 of the shim image. All offsets are from the image start.
 #[repr(C)]
 #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -164,6 +171,15 @@ pub struct ShimHeader {
     pub apply_entry: u32,
     /// Address just after the apply routine's [`port::APPLY_MORE`] doorbell.
     pub apply_more_doorbell_end: u32,
+    /// The `syscall` stub's reads of guest memory lie in
+    /// `syscall_fixup_start..syscall_fixup_end`: a #PF or #GP there is no guest fault, the VMM
+    /// resumes the stub at `syscall_slow_path` (the doorbell), whose hypercall then
+    /// answers -EFAULT as Xen would.
+    pub syscall_fixup_start: u32,
+    /// End of the fixup range.
+    pub syscall_fixup_end: u32,
+    /// The stub's doorbell `out`: the slow path every fast path falls back to.
+    pub syscall_slow_path: u32,
     /// Entry of the IDT stub of each vector.
     pub vector_entry: [u32; NR_VECTORS],
 }
@@ -236,7 +252,7 @@ mod tests {
 
     #[test]
     fn header_and_frame_sizes() {
-        assert_eq!(core::mem::size_of::<ShimHeader>(), 32 + 4 * NR_VECTORS);
+        assert_eq!(core::mem::size_of::<ShimHeader>(), 44 + 4 * NR_VECTORS);
         assert_eq!(core::mem::size_of::<PostedHeader>(), 0x1000);
         assert_eq!(core::mem::size_of::<TrapFrame>(), 56);
     }

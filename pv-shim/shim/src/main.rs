@@ -11,7 +11,11 @@
 //!   path first: `VCPUOP_is_up` from the guest kernel for a vCPU the domain does not have
 //!   is answered -ENOENT in place (flags from r11, back to rcx, as the doorbell path
 //!   would), reading the VMM-written `GuestStatePage`; only at CPL3, where returning with
-//!   a plain jump is right.
+//!   a plain jump is right. A second: `mmuext_op` with one `MMUEXT_INVLPG_LOCAL` (how
+//!   Linux flushes a page, e.g. 16 times in an mprotect of 16 pages) does its `invlpg`
+//!   at ring 0, entered by an `int3` whose #BP gate checks where it came from, and
+//!   answers 0; its reads of the op
+//!   are in a fixup range the VMM knows, so a bad pointer falls back to the doorbell.
 //! - one IDT stub per vector: push an error code (0 where the CPU pushes none) and the
 //!   vector, ring the trap doorbell, drop both words and `iretq` to the frame the VMM may
 //!   have rewritten. Five emulated instructions per trap.
@@ -42,9 +46,16 @@ shim_header:
     .long syscall_doorbell_end - shim_header
     .long shim_apply - shim_header
     .long apply_more_doorbell_end - shim_header
+    .long syscall_fixup_start - shim_header
+    .long syscall_fixup_end - shim_header
+    .long syscall_slow_path - shim_header
     .set vec, 0
     .rept 256
+    .if vec - {gate_vector}
     .long vector_stubs - shim_header + vec * 16
+    .else
+    .long fast_gate - shim_header
+    .endif
     .set vec, vec + 1
     .endr
 header_end:
@@ -52,23 +63,65 @@ header_end:
     .balign 16
 syscall_entry:
     cmpq ${vcpu_op}, %rax
-    jne 1f
-    cmpl ${is_up}, %edi
-    jne 1f
+    je 10f
+    cmpq ${mmuext_op}, %rax
+    je 20f
+syscall_slow_path:
+    out %al, ${hypercall_port}
+syscall_doorbell_end:
+    ud2
+
+    // vcpu_op(VCPUOP_is_up, id) for an id the domain does not have: -ENOENT.
+10: cmpl ${is_up}, %edi
+    jne syscall_slow_path
     cmpl (shim_header + {state} + 4)(%rip), %esi
-    jb 1f
+    jb syscall_slow_path
     cmpl $0, (shim_header + {state})(%rip)
-    je 1f
+    je syscall_slow_path
     mov %cs, %eax
     test $3, %al
     mov ${vcpu_op}, %eax
-    jz 1f
+    jz syscall_slow_path
     movq $-{enoent}, %rax
-    pushq %r11
+    jmp 90f
+
+    // mmuext_op(&op, 1, NULL, DOMID_SELF) with op.cmd MMUEXT_INVLPG_LOCAL: invlpg
+    // through the ring-0 gate, 0. The two reads of the op may fault (a bad pointer):
+    // the VMM then resumes at syscall_slow_path with every register as it was.
+20: cmpl $1, %esi
+    jne syscall_slow_path
+    testq %rdx, %rdx
+    jne syscall_slow_path
+    cmpl ${domid_self}, %r10d
+    jne syscall_slow_path
+    cmpl $0, (shim_header + {state})(%rip)
+    je syscall_slow_path
+    mov %cs, %eax
+    test $3, %al
+    mov ${mmuext_op}, %eax
+    jz syscall_slow_path
+syscall_fixup_start:
+    cmpl ${invlpg_local}, (%rdi)
+    jne syscall_slow_path
+    movq 8(%rdi), %rax
+syscall_fixup_end:
+    int3
+syscall_gate_return:
+    xor %eax, %eax
+90: pushq %r11
     popfq
     jmp *%rcx
-1:  out %al, ${hypercall_port}
-syscall_doorbell_end:
+
+    // The ring-0 gate (the #BP gate): only for the int3 just above; any other int3 is
+    // the guest's and takes the vector's ordinary stub.
+fast_gate:
+    push %rcx
+    lea syscall_gate_return(%rip), %rcx
+    cmpq %rcx, 8(%rsp)
+    pop %rcx
+    jne vector_stubs + {gate_vector} * 16
+    invlpg (%rax)
+    iretq
     ud2
 
     .balign 16
@@ -140,6 +193,10 @@ apply_more_doorbell_end:
     hypercall_port = const xen_abi::contract::port::HYPERCALL,
     vcpu_op = const xen_abi::xen::hypercall::VCPU_OP,
     is_up = const 3,
+    mmuext_op = const xen_abi::xen::hypercall::MMUEXT_OP,
+    invlpg_local = const xen_abi::xen::mmuext::INVLPG_LOCAL,
+    domid_self = const xen_abi::xen::DOMID_SELF,
+    gate_vector = const xen_abi::contract::FAST_GATE_VECTOR,
     enoent = const xen_abi::errno::ENOENT,
     state = const xen_abi::contract::layout::GUEST_STATE - xen_abi::contract::layout::TEXT,
     trap_port = const xen_abi::contract::port::TRAP,
