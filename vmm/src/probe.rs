@@ -785,12 +785,13 @@ pub fn run() -> Result<Report, Error> {
         let mut gate = [0u8; 16];
         mem.read_slice(&mut gate, GuestAddress(idt3))
             .map_err(|_| shim::Error::Memory(idt3))?;
-        // Point the gate at the `iretq` of the shim's own vector-3 stub (its last 2 bytes).
+        // Point the gate at an `iretq` of the shim's own vector-3 entry.
         let stub = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
             | (u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16)
             | (u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]])) << 32);
-        // The stub's own `iretq` (48 cf): a ring-0 handler of one instruction.
-        let mut code = [0u8; 16];
+        // The first `iretq` (48 cf) of the #BP entry (the shim's gate for its syscall
+        // stub, then the ordinary stub): a ring-0 handler of one instruction.
+        let mut code = [0u8; 64];
         let stub_gpa = p
             .region
             .va_to_gpa(stub)
