@@ -1151,7 +1151,10 @@ impl Report {
         let timings: Vec<serde_json::Value> = self
             .figures
             .iter()
-            .map(|f| serde_json::json!({ "name": f.name, "value": f.value, "unit": f.unit }))
+            .map(|f| {
+                let value = (f.value * 1000.0).round() / 1000.0;
+                serde_json::json!({ "name": f.name, "value": value, "unit": f.unit })
+            })
             .collect();
         let facts: serde_json::Map<String, serde_json::Value> = self
             .facts
@@ -1166,7 +1169,7 @@ impl Report {
         serde_json::json!({
             "kind": self.kind,
             "module": self.host.module,
-            "tsc_mhz": self.tsc_mhz,
+            "tsc_mhz": (self.tsc_mhz * 10.0).round() / 10.0,
             "sync_regs": self.host.sync_regs,
             "xen_hvm": self.host.xen_hvm,
             "timings": timings,
