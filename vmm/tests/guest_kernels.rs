@@ -132,24 +132,30 @@ fn hostile_pagetable_loops() {
 /// call and the guest's own `int3` still get the engine's answers.
 #[test]
 fn single_page_flushes_are_answered_inside_the_vm() {
+    let stderr = succeeds_with_stats("fast_paths");
+    assert!(
+        hypercalls(&stderr, "mmuext_op (26)") < 10,
+        "mmuext_op exits; stats:\n{stderr}"
+    );
+}
+
+/// Boots test kernel `name` with `--stats`, asserts it succeeded, returns its stderr.
+fn succeeds_with_stats(name: &str) -> String {
     let out = common::pvkvm(&[
         "run",
         "--kernel",
-        common::kernel("fast_paths").to_str().unwrap(),
+        common::kernel(name).to_str().unwrap(),
         "--stats",
         "--timeout",
         "30",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success() && stdout.contains("Test result: SUCCESS"),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert!(
-        hypercalls(&stderr, "mmuext_op (26)") < 10,
-        "mmuext_op exits; stats:\n{stderr}"
-    );
+    stderr
 }
 
 /// The count `--stats` gives for the hypercall whose line starts with `label`.
@@ -166,20 +172,7 @@ fn hypercalls(stats: &str, label: &str) -> u64 {
 /// hypervisor and pagetable frames), the runstate area, and SCHEDOP_poll's timeout.
 #[test]
 fn grant_table_vcpu_info_runstate_and_poll() {
-    let out = common::pvkvm(&[
-        "run",
-        "--kernel",
-        common::kernel("vcpu_areas").to_str().unwrap(),
-        "--stats",
-        "--timeout",
-        "30",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("Test result: SUCCESS"),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stderr = succeeds_with_stats("vcpu_areas");
     // The 1001 is_up calls for vCPUs the domain lacks never leave the VM: only is_up(0)
     // and the few other vcpu_op calls reach the VMM.
     let vcpu_ops = hypercalls(&stderr, "vcpu_op (24)");

@@ -61,6 +61,21 @@ static mut RUNSTATE: Runstate = Runstate {
     time: [0; 4],
 };
 
+/// Runs `f` with slack frame `L1_SLOT` zeroed and pinned as an L1 table, then unpins it
+/// and makes it writable again.
+fn with_pinned_l1(si: &StartInfo, f: impl FnOnce(u64)) {
+    let l1_va = mm::slack_va(si, L1_SLOT);
+    let l1 = mm::slack_mfn(si, L1_SLOT);
+    for k in 0..512 {
+        mm::wr(l1_va + k * 8, 0);
+    }
+    mm::slack_make_ro(si, L1_SLOT);
+    mm::mmuext_ok("pin L1", mmuext::PIN_L1_TABLE, l1, 0);
+    f(l1);
+    mm::mmuext_ok("unpin L1", mmuext::UNPIN_TABLE, l1, 0);
+    mm::slack_make_rw(si, L1_SLOT);
+}
+
 fn gnttab<T>(cmd: u64, op: &mut T) -> i64 {
     // SAFETY: `op` is a live record of the size the command expects.
     unsafe { hypercall3(hc::GRANT_TABLE_OP, cmd, op as *mut T as u64, 1) }
@@ -183,21 +198,14 @@ fn vcpu_info(si: &StartInfo) -> u64 {
         -EINVAL
     );
 
-    let l1_va = mm::slack_va(si, L1_SLOT);
-    let l1 = mm::slack_mfn(si, L1_SLOT);
-    for k in 0..512 {
-        mm::wr(l1_va + k * 8, 0);
-    }
-    mm::slack_make_ro(si, L1_SLOT);
-    mm::mmuext_ok("pin L1", mmuext::PIN_L1_TABLE, l1, 0);
-    reg[0] = l1;
-    check_rc!(
-        "register_vcpu_info on a pinned L1",
-        vcpu_op(VCPUOP_REGISTER_VCPU_INFO, &mut reg),
-        -EINVAL
-    );
-    mm::mmuext_ok("unpin L1", mmuext::UNPIN_TABLE, l1, 0);
-    mm::slack_make_rw(si, L1_SLOT);
+    with_pinned_l1(si, |l1| {
+        reg[0] = l1;
+        check_rc!(
+            "register_vcpu_info on a pinned L1",
+            vcpu_op(VCPUOP_REGISTER_VCPU_INFO, &mut reg),
+            -EINVAL
+        );
+    });
 
     let vi_va = mm::slack_va(si, VCPU_INFO_SLOT);
     let vi = mm::slack_mfn(si, VCPU_INFO_SLOT);
@@ -333,16 +341,9 @@ fn physdev_and_pmu(si: &StartInfo) {
         eoi(si.shared_info >> 12),
         -EINVAL
     );
-    let l1_va = mm::slack_va(si, L1_SLOT);
-    let l1 = mm::slack_mfn(si, L1_SLOT);
-    for k in 0..512 {
-        mm::wr(l1_va + k * 8, 0);
-    }
-    mm::slack_make_ro(si, L1_SLOT);
-    mm::mmuext_ok("pin L1", mmuext::PIN_L1_TABLE, l1, 0);
-    check_rc!("pirq_eoi_gmfn on a pinned L1", eoi(l1), -EINVAL);
-    mm::mmuext_ok("unpin L1", mmuext::UNPIN_TABLE, l1, 0);
-    mm::slack_make_rw(si, L1_SLOT);
+    with_pinned_l1(si, |l1| {
+        check_rc!("pirq_eoi_gmfn on a pinned L1", eoi(l1), -EINVAL);
+    });
     let frame = mm::slack_mfn(si, EOI_SLOT);
     check_rc!("pirq_eoi_gmfn on an own frame", eoi(frame), 0);
     check_rc!("a second pirq_eoi_gmfn", eoi(frame), -EBUSY);
