@@ -6,34 +6,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-fn debian_kernel() -> Option<PathBuf> {
-    let cache = common::repo_root().join("guest-images/cache");
-    let found = std::fs::read_dir(&cache).ok().and_then(|dir| {
-        let mut names: Vec<PathBuf> = dir
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                name.starts_with("vmlinuz-6.1.0-") && name.ends_with("-cloud-amd64")
-            })
-            .collect();
-        names.sort();
-        names.pop()
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("PVKVM_REQUIRE_DEBIAN_KERNEL").is_none(),
-            "no guest-images/cache/vmlinuz-6.1.0-*-cloud-amd64: run guest-images/scripts/fetch-debian-kernel.sh"
-        );
-        eprintln!("skipped: the Debian kernel is not in guest-images/cache (run guest-images/scripts/fetch-debian-kernel.sh)");
-    }
-    found
-}
-
 #[test]
 fn inspect_shows_the_xen_notes() {
-    let Some(kernel) = debian_kernel() else {
+    let Some(kernel) = common::debian_kernel() else {
         return;
     };
     let out = common::pvkvm(&["inspect", kernel.to_str().unwrap()]);
@@ -66,7 +41,7 @@ fn inspect_shows_the_xen_notes() {
 /// filesystem the kernel panics), pvkvm exits by itself and says why.
 #[test]
 fn prints_the_linux_banner_and_never_hangs() {
-    let Some(kernel) = debian_kernel() else {
+    let Some(kernel) = common::debian_kernel() else {
         return;
     };
     common::require_kvm();
@@ -110,7 +85,7 @@ fn boots_to_a_shell_and_powers_off() {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    let Some(kernel) = debian_kernel() else {
+    let Some(kernel) = common::debian_kernel() else {
         return;
     };
     let initrd = common::repo_root().join("guest-images/cache/initramfs-default.cpio.gz");

@@ -22,30 +22,9 @@ const FIGURES: [&str; 10] = [
     "fork_exec_busybox",
 ];
 
-fn have_debian_kernel() -> bool {
-    let cache = common::repo_root().join("guest-images/cache");
-    let found = std::fs::read_dir(&cache)
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()).any(|e| {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                name.starts_with("vmlinuz-6.1.0-") && name.ends_with("-cloud-amd64")
-            })
-        })
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var_os("PVKVM_REQUIRE_DEBIAN_KERNEL").is_none(),
-            "no guest-images/cache/vmlinuz-6.1.0-*-cloud-amd64: run guest-images/scripts/fetch-debian-kernel.sh"
-        );
-        eprintln!("skipped: the Debian kernel is not in guest-images/cache (run guest-images/scripts/fetch-debian-kernel.sh)");
-    }
-    found
-}
-
 #[test]
 fn workload_runs_on_pvkvm_with_every_figure() {
-    if !have_debian_kernel() {
+    if common::debian_kernel().is_none() {
         return;
     }
     common::require_kvm();

@@ -122,3 +122,29 @@ pub fn expect_success(name: &str) {
         failure.unwrap_or("no result line")
     );
 }
+
+/// The newest Debian 6.1 cloud kernel in guest-images/cache (fetched by
+/// guest-images/scripts/fetch-debian-kernel.sh). None, with a note, when there is none;
+/// a failure instead when PVKVM_REQUIRE_DEBIAN_KERNEL is set (CI).
+pub fn debian_kernel() -> Option<PathBuf> {
+    let cache = repo_root().join("guest-images/cache");
+    let found = std::fs::read_dir(&cache).ok().and_then(|dir| {
+        let mut names: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("vmlinuz-6.1.0-") && name.ends_with("-cloud-amd64")
+            })
+            .collect();
+        names.sort();
+        names.pop()
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("PVKVM_REQUIRE_DEBIAN_KERNEL").is_none(),
+            "no guest-images/cache/vmlinuz-6.1.0-*-cloud-amd64: run guest-images/scripts/fetch-debian-kernel.sh"
+        );
+        eprintln!("skipped: the Debian kernel is not in guest-images/cache (run guest-images/scripts/fetch-debian-kernel.sh)");
+    }
+    found
+}
