@@ -148,8 +148,8 @@ pub struct GuestStatePage {
 /// The IDT vector the `syscall` stub enters ring 0 through, for the one thing it cannot
 /// do at CPL3: a local `invlpg` (`mmuext_op` with one `MMUEXT_INVLPG_LOCAL`, no done
 /// pointer, `DOMID_SELF`). It is #BP's: its gate has DPL 3 anyway, and on kvm_pvm an
-/// `int $0x82` from CPL3 raised #UD even through a DPL3 gate. The shim's #BP stub checks where the
-/// `int3` came from; the guest's own `int3` goes the ordinary way.
+/// `int $0x82` from CPL3 raised #UD even through a DPL3 gate. The shim's #BP stub
+/// checks where the `int3` came from; the guest's own `int3` goes the ordinary way.
 pub const FAST_GATE_VECTOR: u8 = 3;
 
 /// Header at offset 0 of the shim image. All offsets are from the image start.
