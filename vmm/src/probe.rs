@@ -778,19 +778,25 @@ pub fn run() -> Result<Report, Error> {
         });
     }
 
-    // The same exception with a ring-0 handler that only iretqs (no VMM).
-    {
+    // The same exception with a ring-0 handler that only iretqs (no VMM), then with one
+    // that does the shim's in-VM page flush (`invlpg (%rax); iretq`, the tail of its #BP
+    // gate): what an exception costs inside the VM, and what an in-VM flush costs.
+    for (pattern, name) in [
+        (&[0x48u8, 0xcf][..], "int3 -> ring-0 iretq (no VMM)"),
+        (
+            &[0x0f, 0x01, 0x38, 0x48, 0xcf][..],
+            "int3 -> ring-0 invlpg + iretq (in-VM page flush)",
+        ),
+    ] {
         let idt3 = p.region.gpa + layout::IDT + 3 * 16;
         let mem = p.vm.memory();
         let mut gate = [0u8; 16];
         mem.read_slice(&mut gate, GuestAddress(idt3))
             .map_err(|_| shim::Error::Memory(idt3))?;
-        // Point the gate at an `iretq` of the shim's own vector-3 entry.
         let stub = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
             | (u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16)
             | (u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]])) << 32);
-        // The first `iretq` (48 cf) of the #BP entry (the shim's gate for its syscall
-        // stub, then the ordinary stub): a ring-0 handler of one instruction.
+        // Point the gate at the first place in the shim's #BP entry with those bytes.
         let mut code = [0u8; 64];
         let stub_gpa = p
             .region
@@ -799,14 +805,17 @@ pub fn run() -> Result<Report, Error> {
         mem.read_slice(&mut code, GuestAddress(stub_gpa))
             .map_err(|_| shim::Error::Memory(stub_gpa))?;
         let at = code
-            .windows(2)
-            .position(|w| w == [0x48, 0xcf])
-            .ok_or(Error::Step("int3 in-VM", "no iretq in stub".into()))?;
-        let iret = stub + at as u64;
+            .windows(pattern.len())
+            .position(|w| w == pattern)
+            .ok_or(Error::Step(
+                "int3 in-VM",
+                format!("no {pattern:02x?} in the #BP entry"),
+            ))?;
+        let target = stub + at as u64;
         let mut g2 = gate;
-        g2[0..2].copy_from_slice(&(iret as u16).to_le_bytes());
-        g2[6..8].copy_from_slice(&((iret >> 16) as u16).to_le_bytes());
-        g2[8..12].copy_from_slice(&((iret >> 32) as u32).to_le_bytes());
+        g2[0..2].copy_from_slice(&(target as u16).to_le_bytes());
+        g2[6..8].copy_from_slice(&((target >> 16) as u16).to_le_bytes());
+        g2[8..12].copy_from_slice(&((target >> 32) as u32).to_le_bytes());
         mem.write_slice(&g2, GuestAddress(idt3))
             .map_err(|_| shim::Error::Memory(idt3))?;
         p.start(Snippet::probe_r3_int3, false, nt)?;
@@ -816,7 +825,7 @@ pub fn run() -> Result<Report, Error> {
             .map_err(|_| shim::Error::Memory(idt3))?;
         expect("int3 in-VM", &end, End::Doorbell)?;
         figures.push(Figure {
-            name: "int3 -> ring-0 iretq (no VMM)",
+            name,
             value: us(r.rbx, nt),
             unit: "us",
         });
@@ -1133,7 +1142,7 @@ impl Report {
         let _ = writeln!(s, "TSC: {:.0} MHz", self.tsc_mhz);
         let _ = writeln!(s, "\ntimings");
         for f in &self.figures {
-            let _ = writeln!(s, "  {:<44} {:>10.2} {}", f.name, f.value, f.unit);
+            let _ = writeln!(s, "  {:<50} {:>10.2} {}", f.name, f.value, f.unit);
         }
         let _ = writeln!(s, "\nfacts");
         for (k, v) in &self.facts {
