@@ -289,10 +289,6 @@ mod stat {
     pub const IPI: u32 = 5;
 }
 
-fn own(dom: u16) -> bool {
-    dom == DOMID_SELF || dom == crate::GUEST_DOMID
-}
-
 /// `event_channel_op(cmd, arg)`. Sends to a backend port reach the host through
 /// `Platform::notify_backend`.
 pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i64 {
@@ -314,7 +310,7 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
     match cmd {
         op::ALLOC_UNBOUND => {
             let mut a = read!(AllocUnbound);
-            if !own(a.dom) {
+            if !crate::is_own_domain(a.dom) {
                 return -EPERM;
             }
             let Some(port) = vcpu.evtchn.get_free_port() else {
@@ -340,7 +336,7 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
                 // for this domain, -EINVAL.
                 return -EINVAL;
             }
-            if !own(b.remote_dom) {
+            if !crate::is_own_domain(b.remote_dom) {
                 return -ESRCH;
             }
             let rp = b.remote_port;
@@ -418,7 +414,7 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
         }
         op::STATUS => {
             let mut s = read!(Status);
-            if !own(s.dom) {
+            if !crate::is_own_domain(s.dom) {
                 return -ESRCH;
             }
             let st = vcpu.evtchn.state(s.port);
@@ -483,7 +479,7 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
                 dom: u16,
             }
             let r = read!(Reset);
-            if !own(r.dom) {
+            if !crate::is_own_domain(r.dom) {
                 return -ESRCH;
             }
             for port in 1..NR_PORTS as u32 {

@@ -36,17 +36,13 @@ impl GrantTable {
     }
 }
 
-fn own_domain(dom: u16) -> bool {
-    dom == xen_abi::xen::DOMID_SELF || dom == crate::GUEST_DOMID
-}
-
 /// `GNTTABOP_setup_table`: grow the table to `nr_frames` and list frames `0..nr_frames`.
 fn setup_table(vcpu: &mut Vcpu, p: &mut dyn Platform, uop: u64) -> i64 {
     let Ok(op) = guest::read_obj::<GnttabSetupTable>(vcpu, p, uop) else {
         return -EFAULT;
     };
     let gt = vcpu.gnttab;
-    let status = if !own_domain(op.dom) {
+    let status = if !crate::is_own_domain(op.dom) {
         // Xen looks the domain up first: an unprivileged guest names no other one.
         status::BAD_DOMAIN
     } else if op.nr_frames > gt.max_frames {
@@ -74,7 +70,7 @@ fn query_size(vcpu: &Vcpu, p: &mut dyn Platform, uop: u64) -> i64 {
     let Ok(mut op) = guest::read_obj::<GnttabQuerySize>(vcpu, p, uop) else {
         return -EFAULT;
     };
-    if own_domain(op.dom) {
+    if crate::is_own_domain(op.dom) {
         op.nr_frames = vcpu.gnttab.nr_frames;
         op.max_nr_frames = vcpu.gnttab.max_frames;
         op.status = status::OKAY;
@@ -109,7 +105,7 @@ fn get_version(vcpu: &Vcpu, p: &mut dyn Platform, uop: u64) -> i64 {
     let Ok(mut op) = guest::read_obj::<GnttabGetVersion>(vcpu, p, uop) else {
         return -EFAULT;
     };
-    if !own_domain(op.dom) {
+    if !crate::is_own_domain(op.dom) {
         return -ESRCH;
     }
     op.version = 1;

@@ -82,6 +82,12 @@ pub trait Platform {
 /// The domain id the guest has (the VMM's backends are domain 0).
 pub const GUEST_DOMID: u16 = 1;
 
+/// Whether a domain id names the calling domain: `DOMID_SELF` or its own id (what Xen's
+/// `rcu_lock_domain_by_any_id` resolves to the current domain).
+pub(crate) fn is_own_domain(dom: u16) -> bool {
+    dom == xen_abi::xen::DOMID_SELF || dom == GUEST_DOMID
+}
+
 /// Access to the domain's PV MMU engine for one operation.
 pub struct MmCtx<'a> {
     /// The frame table.

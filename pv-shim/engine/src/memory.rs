@@ -14,16 +14,12 @@ pub const M2P_MAX_MFN: u64 = ((M2P_VA_END - M2P_VA) >> 3) - 1;
 /// An M2P entry that names no pfn.
 const INVALID_M2P_ENTRY: u64 = !0;
 
-fn own_domain(domid: u16) -> bool {
-    domid == xen_abi::xen::DOMID_SELF || domid == crate::GUEST_DOMID
-}
-
 /// The reservation calls: give frames back, take them again. Returns the extents done.
 fn reservation(vcpu: &Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i64 {
     let Ok(r) = guest::read_obj::<MemoryReservation>(vcpu, p, arg) else {
         return -EFAULT;
     };
-    if !own_domain(r.domid) {
+    if !crate::is_own_domain(r.domid) {
         return -ESRCH;
     }
     if r.extent_order != 0 {
@@ -82,7 +78,7 @@ pub fn do_memory_op(vcpu: &Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i6
             let Ok(domid) = guest::read_obj::<u16>(vcpu, p, arg) else {
                 return -EFAULT;
             };
-            if !own_domain(domid) {
+            if !crate::is_own_domain(domid) {
                 return -ESRCH;
             }
             match p.mm() {

@@ -13,7 +13,7 @@
 use pv_mm::{FlushSet, Level, Mfn, MmError};
 use xen_abi::errno::{EACCES, EFAULT, EINVAL, ENOSYS, EOPNOTSUPP, ESRCH};
 use xen_abi::xen::mmuext::{self, MmuextOp, MMU_UPDATE_PREEMPTED};
-use xen_abi::xen::{selector, MmuUpdate, DOMID_SELF, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START};
+use xen_abi::xen::{selector, MmuUpdate, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::guest::{self, is_canonical};
@@ -81,7 +81,7 @@ fn batch<T: FromBytes + IntoBytes>(
             done = guest::read_obj(vcpu, p, pdone).unwrap_or(0);
         }
     }
-    if foreigndom as u16 != DOMID_SELF && foreigndom as u16 != crate::GUEST_DOMID {
+    if !crate::is_own_domain(foreigndom as u16) {
         return -ESRCH;
     }
     let size = core::mem::size_of::<T>() as u64;
