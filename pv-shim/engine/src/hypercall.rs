@@ -216,19 +216,16 @@ fn do_physdev_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i
                 return -EFAULT;
             };
             let Some(ctx) = p.mm() else { return -ENOSYS };
-            if ctx.mm.is_shared(gmfn) {
+            if !crate::mmu::get_writable_page(ctx, gmfn) {
                 return -EINVAL;
             }
-            match ctx
-                .mm
-                .get_page_and_type(ctx.mem, gmfn, pv_mm::PageType::Writable)
-            {
-                Ok(f) => crate::mmu::merge_flush(ctx.flush, f),
-                Err(_) => return -EINVAL,
-            }
             if vcpu.pirq_eoi_mfn.is_some() {
-                let f = ctx.mm.put_page_and_type(ctx.mem, gmfn);
-                crate::mmu::merge_flush(ctx.flush, f);
+                // Xen takes the reference first and drops it again when the domain
+                // already has its page.
+                if let Some(ctx) = p.mm() {
+                    let f = ctx.mm.put_page_and_type(ctx.mem, gmfn);
+                    crate::mmu::merge_flush(ctx.flush, f);
+                }
                 return -EBUSY;
             }
             vcpu.pirq_eoi_mfn = Some(gmfn);

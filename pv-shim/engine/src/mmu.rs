@@ -17,7 +17,7 @@ use xen_abi::xen::{selector, MmuUpdate, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_STA
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::guest::{self, is_canonical};
-use crate::{Platform, Vcpu};
+use crate::{MmCtx, Platform, Vcpu};
 
 /// `mmu_update` commands (low two bits of `ptr`).
 pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
@@ -36,6 +36,27 @@ pub const UVMF_INVLPG: u64 = 2;
 pub const UVMF_ALL: u64 = 4;
 /// Flush on the vCPUs in the mask the rest of the flags point at.
 pub const UVMF_MULTI: u64 = 0;
+
+/// Xen's `get_page_from_gfn` + `get_page_type(PGT_writable_page)` for a page the
+/// hypervisor keeps writing on the guest's behalf (vcpu_info, the PIRQ EOI map): one
+/// general and one writable type reference on a frame of the guest's own. False for a
+/// shared hypervisor frame or a frame that cannot be writable (a pagetable, a descriptor
+/// page, not the domain's).
+pub(crate) fn get_writable_page(ctx: MmCtx<'_>, mfn: u64) -> bool {
+    if ctx.mm.is_shared(mfn) {
+        return false;
+    }
+    match ctx
+        .mm
+        .get_page_and_type(ctx.mem, mfn, pv_mm::PageType::Writable)
+    {
+        Ok(f) => {
+            merge_flush(ctx.flush, f);
+            true
+        }
+        Err(_) => false,
+    }
+}
 
 /// Merges `more` into `into`.
 pub fn merge_flush(into: &mut FlushSet, more: FlushSet) {

@@ -151,15 +151,8 @@ pub fn do_vcpu_op(
                 return Ret(-EINVAL);
             }
             if let Some(ctx) = p.mm() {
-                if ctx.mm.is_shared(info.mfn) {
+                if !crate::mmu::get_writable_page(ctx, info.mfn) {
                     return Ret(-EINVAL);
-                }
-                match ctx
-                    .mm
-                    .get_page_and_type(ctx.mem, info.mfn, pv_mm::PageType::Writable)
-                {
-                    Ok(f) => crate::mmu::merge_flush(ctx.flush, f),
-                    Err(_) => return Ret(-EINVAL),
                 }
             }
             let new = (info.mfn << 12) + u64::from(info.offset);
