@@ -137,10 +137,20 @@ fn bit_gpa(base: u64, port: u32) -> (u64, u8) {
     (base + u64::from(port / 8), 1 << (port % 8))
 }
 
-fn test_bit(p: &dyn Platform, base: u64, port: u32) -> bool {
+/// A bit of a `shared_info` bitmap; None when it cannot be read.
+fn read_bit(p: &dyn Platform, base: u64, port: u32) -> Option<bool> {
     let (gpa, mask) = bit_gpa(base, port);
     let mut b = [0u8];
-    p.read_phys(gpa, &mut b).is_ok() && b[0] & mask != 0
+    p.read_phys(gpa, &mut b).ok().map(|()| b[0] & mask != 0)
+}
+
+fn test_bit(p: &dyn Platform, base: u64, port: u32) -> bool {
+    read_bit(p, base, port).unwrap_or(false)
+}
+
+/// Whether `port` is pending in `shared_info`; None when that page cannot be read.
+pub(crate) fn port_pending(vcpu: &Vcpu, p: &dyn Platform, port: u32) -> Option<bool> {
+    read_bit(p, vcpu.shared_info_gpa + shared_info::EVTCHN_PENDING, port)
 }
 
 /// Sets a bit; returns whether it was clear before.

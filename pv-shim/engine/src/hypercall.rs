@@ -748,15 +748,6 @@ impl PollWait {
     }
 }
 
-fn port_pending(vcpu: &Vcpu, p: &dyn Platform, port: u32) -> Result<bool, CrashReason> {
-    let mut b = [0u8; 1];
-    let gpa =
-        vcpu.shared_info_gpa + xen_abi::xen::shared_info::EVTCHN_PENDING + u64::from(port / 8);
-    p.read_phys(gpa, &mut b)
-        .map_err(|_| CrashReason::BadVcpuInfo)?;
-    Ok(b[0] & (1 << (port % 8)) != 0)
-}
-
 fn do_poll(vcpu: &mut Vcpu, p: &mut dyn Platform, arg: u64) -> Action {
     let sp: SchedPoll = match guest::read_obj(vcpu, p, arg) {
         Ok(s) => s,
@@ -789,7 +780,7 @@ fn do_poll(vcpu: &mut Vcpu, p: &mut dyn Platform, arg: u64) -> Action {
         if port >= EVTCHN_2L_NR_CHANNELS {
             return Action::Ret(-EINVAL);
         }
-        match port_pending(vcpu, p, port) {
+        match crate::evtchn::port_pending(vcpu, p, port).ok_or(CrashReason::BadVcpuInfo) {
             Ok(true) => return Action::Ret(0),
             Ok(false) => wait.ports[i] = port,
             Err(r) => return Action::Done(Outcome::Crash(r)),
@@ -811,7 +802,7 @@ pub fn unblock_due(vcpu: &mut Vcpu, p: &dyn Platform, now: u64) -> bool {
             w.deadline.is_some_and(|d| d <= now)
                 || w.ports()
                     .iter()
-                    .any(|&port| port_pending(vcpu, p, port).unwrap_or(true))
+                    .any(|&port| crate::evtchn::port_pending(vcpu, p, port).unwrap_or(true))
         });
     if wake {
         vcpu.poll = None;
