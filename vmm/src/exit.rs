@@ -350,13 +350,14 @@ fn outcome_to_action(outcome: Outcome, dom: &Domain<'_>, regs: &GuestRegs) -> Ac
 
 /// Handles one exit.
 pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Action {
+    // The doorbell handlers name what the exit was once they know (hypercall, trap).
+    dom.exits.last = ExitKind::Other;
     let result = match exit {
         Exit::IoOut {
             port: port::HYPERCALL,
             ..
         } => {
             dom.exits.hypercall_doorbells += 1;
-            dom.exits.last = ExitKind::Other;
             hypercall_doorbell(cpu, dom)
         }
         // The I/O bitmap opens the doorbell port to ring 3 for both directions; only the
@@ -365,14 +366,12 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
             port: port::HYPERCALL,
         } => {
             dom.exits.other += 1;
-            dom.exits.last = ExitKind::Other;
             denied_io(cpu, dom)
         }
         Exit::IoOut {
             port: port::TRAP, ..
         } => {
             dom.exits.trap_doorbells += 1;
-            dom.exits.last = ExitKind::Other;
             trap_doorbell(cpu, dom)
         }
         Exit::IoOut {
@@ -390,7 +389,6 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
         }
         other => {
             dom.exits.other += 1;
-            dom.exits.last = ExitKind::Other;
             let what = match other {
                 Exit::Shutdown => "triple fault (the shim could not take an exception)".to_string(),
                 Exit::InternalError { suberror } => {
