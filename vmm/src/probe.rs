@@ -36,20 +36,28 @@ std::arch::global_asm!(
     .globl pvkvm_probe_start
 pvkvm_probe_start:
 
-// rdi iterations of a two-instruction loop; rax = TSC cycles; report by syscall (ring 3)
-probe_r3_loop:
-    mov %rdi, %r13
+// r12 = TSC; then rbx = TSC - r12 (the cycles a snippet's loop took).
+.macro tsc_start
     rdtsc
     shl $32, %rdx
     or %rdx, %rax
     mov %rax, %r12
-1:  dec %r13
-    jnz 1b
+.endm
+.macro tsc_stop
     rdtsc
     shl $32, %rdx
     or %rdx, %rax
     sub %r12, %rax
     mov %rax, %rbx
+.endm
+
+// rdi iterations of a two-instruction loop; rax = TSC cycles; report by syscall (ring 3)
+probe_r3_loop:
+    mov %rdi, %r13
+    tsc_start
+1:  dec %r13
+    jnz 1b
+    tsc_stop
     mov $1, %eax
     syscall
     ud2
@@ -57,35 +65,21 @@ probe_r3_loop:
 // the same loop at ring 0, reported through the probe port
 probe_r0_loop:
     mov %rdi, %r13
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    mov %rax, %r12
+    tsc_start
 1:  dec %r13
     jnz 1b
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    sub %r12, %rax
-    mov %rax, %rbx
+    tsc_stop
     out %al, ${probe_port}
     ud2
 
 // rdi int3 round trips from ring 3
 probe_r3_int3:
     mov %rdi, %r13
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    mov %rax, %r12
+    tsc_start
 1:  int3
     dec %r13
     jnz 1b
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    sub %r12, %rax
-    mov %rax, %rbx
+    tsc_stop
     mov $1, %eax
     syscall
     ud2
@@ -93,19 +87,12 @@ probe_r3_int3:
 // rdi null doorbells (syscall with rax = 0) from ring 3
 probe_r3_syscall:
     mov %rdi, %r13
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    mov %rax, %r12
+    tsc_start
 1:  xor %eax, %eax
     syscall
     dec %r13
     jnz 1b
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    sub %r12, %rax
-    mov %rax, %rbx
+    tsc_stop
     mov $1, %eax
     syscall
     ud2
@@ -113,19 +100,12 @@ probe_r3_syscall:
 // rdi direct doorbells from ring 3 (out allowed by the I/O bitmap), no syscall
 probe_r3_out:
     mov %rdi, %r13
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    mov %rax, %r12
+    tsc_start
 1:  xor %eax, %eax
     out %al, ${hcall_port}
     dec %r13
     jnz 1b
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    sub %r12, %rax
-    mov %rax, %rbx
+    tsc_stop
     mov $1, %eax
     syscall
     ud2
@@ -133,19 +113,12 @@ probe_r3_out:
 // rdi doorbells from ring 0 (no I/O bitmap check)
 probe_r0_out:
     mov %rdi, %r13
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    mov %rax, %r12
+    tsc_start
 1:  xor %eax, %eax
     out %al, ${hcall_port}
     dec %r13
     jnz 1b
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    sub %r12, %rax
-    mov %rax, %rbx
+    tsc_stop
     out %al, ${probe_port}
     ud2
 
