@@ -9,6 +9,7 @@
 pub mod callback;
 pub mod console;
 pub mod contract;
+pub mod cpufeatureset;
 pub mod elfnote;
 pub mod errno;
 pub mod features;
