@@ -154,14 +154,22 @@ pub struct GuestPlatform<'a> {
     pub flush: &'a mut pv_mm::FlushSet,
     /// The domain's clock.
     pub clock: pv_engine::time::PvClock,
+    /// Guest TSC minus host TSC ([`crate::host::Paths::tsc_offset`]).
+    pub tsc_offset: i64,
     /// Backend ports the guest notified during this exit.
     pub notified: &'a mut Vec<u32>,
 }
 
-/// Reads the host TSC (the guest's too: this host does not offset it, `pvkvm probe`).
+/// Reads the host TSC.
 pub fn rdtsc() -> u64 {
     // SAFETY: rdtsc has no memory effects and exists on every x86_64 CPU.
     unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The TSC the guest reads now: the host's plus the offset the host facts measured (0
+/// where guest code reads the host TSC unchanged, as on software KVM).
+pub fn guest_tsc(offset: i64) -> u64 {
+    rdtsc().wrapping_add_signed(offset)
 }
 
 impl GuestPlatform<'_> {
@@ -208,7 +216,7 @@ impl Platform for GuestPlatform<'_> {
         }
     }
     fn system_time_ns(&self) -> u64 {
-        self.clock.ns(rdtsc())
+        self.clock.ns(guest_tsc(self.tsc_offset))
     }
     fn mm(&mut self) -> Option<pv_engine::MmCtx<'_>> {
         let mm = self.mm.as_deref_mut()?;
@@ -234,6 +242,8 @@ pub struct Domain<'a> {
     pub platform: GuestPlatform<'a>,
     /// The guest GDT frames the shim maps now (to notice `set_gdt` changes).
     pub mapped_gdt: &'a mut [u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE],
+    /// The paths this host's facts chose.
+    pub paths: crate::host::Paths,
 }
 
 /// Flags a guest may hold in the real rflags; IF is always set (the guest's virtual IF
@@ -321,8 +331,14 @@ fn apply_hw_state(
             s.cs.db = u8::from(!long);
         }
         s.ss.selector = ss;
+        // A resume into the guest is a resume at CPL3, also from a stub that ran at
+        // CPL0 (hardware virtualization).
+        s.cs.dpl = 3;
+        s.ss.dpl = 3;
     }
     let changed = s.cr3 != before.cr3
+        || s.cs.dpl != before.cs.dpl
+        || s.ss.dpl != before.ss.dpl
         || s.fs.base != before.fs.base
         || s.gs.base != before.gs.base
         || s.cr0 != before.cr0
@@ -410,8 +426,7 @@ fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Ac
     let regs = cpu.regs()?;
     let sregs = cpu.sregs()?;
     let mut g = to_guest_regs(&regs);
-    g.cs = u64::from(sregs.cs.selector);
-    g.ss = u64::from(sregs.ss.selector);
+    (g.cs, g.ss) = syscall_origin_selectors(&sregs, dom.paths);
     if regs.rip != dom.shim.syscall_doorbell_end {
         return denied_io(cpu, dom);
     }
@@ -427,6 +442,23 @@ fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Ac
     g.rflags = regs.r11;
     let outcome = pv_engine::syscall_entry(dom.vcpu, &mut g, &mut dom.platform, dom.stats);
     resume_at(cpu, dom, regs, &g, outcome)
+}
+
+/// The selectors of the guest context a `syscall` left. Where the LSTAR stub runs at
+/// CPL3 (software KVM) the CPU did not change them; where it runs at CPL0 (hardware
+/// virtualization) the CPU loaded STAR's ring-0 selectors, and the guest's were Xen's
+/// flat 64-bit ring-3 ones (a 64-bit PV guest executes `syscall` only in 64-bit code,
+/// and Xen returns with `sysret`, which loads exactly those).
+fn syscall_origin_selectors(sregs: &Sregs, paths: crate::host::Paths) -> (u64, u64) {
+    match paths.syscall_entry {
+        crate::host::SyscallEntry::StubAtCpl3 => {
+            (u64::from(sregs.cs.selector), u64::from(sregs.ss.selector))
+        }
+        crate::host::SyscallEntry::StubAtCpl0 => (
+            u64::from(selector::FLAT_RING3_CS64),
+            u64::from(selector::FLAT_RING3_SS64),
+        ),
+    }
 }
 
 /// Loads the engine's answer into the vCPU for a resume at CPL3 (no ring-0 frame):
@@ -509,7 +541,11 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
     // Kicked between a `syscall` and its doorbell: this host does not always resume
     // such a vCPU into the doorbell (seen: the `out` never exits), so serve the doorbell
     // here, exactly as if it had rung.
-    if sregs.cs.dpl == 3 && regs.rip == dom.shim.syscall_entry {
+    let stub_cpl = match dom.paths.syscall_entry {
+        crate::host::SyscallEntry::StubAtCpl3 => 3,
+        crate::host::SyscallEntry::StubAtCpl0 => 0,
+    };
+    if sregs.cs.dpl == stub_cpl && regs.rip == dom.shim.syscall_entry {
         let mut at_doorbell = regs;
         at_doorbell.rip = dom.shim.syscall_doorbell_end;
         cpu.set_regs(&at_doorbell);
@@ -857,6 +893,7 @@ mod tests {
         flush: pv_mm::FlushSet,
         mapped_gdt: [u64; 14],
         notified: Vec<u32>,
+        paths: crate::host::Paths,
     }
 
     /// Guest RAM with the low 4 MiB identity-mapped (user, writable) and the shim region.
@@ -896,6 +933,7 @@ mod tests {
             flush: pv_mm::FlushSet::default(),
             mapped_gdt: [0; 14],
             notified: Vec::new(),
+            paths: crate::host::Paths::default(),
         }
     }
 
@@ -903,6 +941,8 @@ mod tests {
         let mut sregs = Sregs::default();
         sregs.cs.selector = selector::FLAT_KERNEL_CS;
         sregs.ss.selector = selector::FLAT_KERNEL_SS;
+        sregs.cs.dpl = 3;
+        sregs.ss.dpl = 3;
         sregs.cr3 = L4;
         FakeCpu {
             regs: Regs {
@@ -937,9 +977,11 @@ mod tests {
                 },
                 flush: &mut w.flush,
                 clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
+                tsc_offset: 0,
                 notified: &mut w.notified,
             },
             mapped_gdt: &mut w.mapped_gdt,
+            paths: w.paths,
         };
         handle_exit(&exit, cpu, &mut dom)
     }
@@ -970,6 +1012,41 @@ mod tests {
             "nothing in the system registers changed"
         );
         assert_eq!(w.exits.hypercall_doorbells, 1);
+    }
+
+    #[test]
+    fn on_hardware_virtualization_a_hypercall_from_the_cpl0_stub_resumes_at_cpl3() {
+        let mut w = world();
+        w.paths.syscall_entry = crate::host::SyscallEntry::StubAtCpl0;
+        let mut cpu = cpu_at(w.region.syscall_doorbell_end);
+        // What the CPU loaded from STAR: the shim's ring-0 selectors.
+        cpu.sregs.cs.selector = xen_abi::contract::selector::HYPERVISOR_CS;
+        cpu.sregs.cs.dpl = 0;
+        cpu.sregs.ss.selector = xen_abi::contract::selector::HYPERVISOR_DS;
+        cpu.sregs.ss.dpl = 0;
+        cpu.regs.rax = hc::XEN_VERSION;
+        cpu.regs.rcx = CODE + 2;
+        cpu.regs.r11 = 0x246;
+        assert_eq!(handle(&mut w, doorbell(), &mut cpu), Action::Resume);
+        assert_eq!(cpu.regs.rax, (4 << 16) | 17);
+        assert_eq!(cpu.regs.rip, CODE + 2);
+        assert_eq!(cpu.sregs.cs.selector, selector::FLAT_RING3_CS64);
+        assert_eq!(cpu.sregs.ss.selector, selector::FLAT_RING3_SS64);
+        assert_eq!((cpu.sregs.cs.dpl, cpu.sregs.ss.dpl), (3, 3));
+        assert_eq!(cpu.sregs.cs.l, 1);
+    }
+
+    #[test]
+    fn on_software_kvm_a_cpl0_doorbell_is_not_taken_for_the_guest_context() {
+        // With the CPL3 path, the selectors the vCPU has after the doorbell are the
+        // guest's own and are kept as they are.
+        let mut w = world();
+        let mut cpu = cpu_at(w.region.syscall_doorbell_end);
+        cpu.regs.rax = hc::XEN_VERSION;
+        cpu.regs.rcx = CODE + 2;
+        assert_eq!(handle(&mut w, doorbell(), &mut cpu), Action::Resume);
+        assert!(!cpu.sregs_written);
+        assert_eq!(cpu.sregs.cs.selector, selector::FLAT_KERNEL_CS);
     }
 
     #[test]

@@ -1161,3 +1161,72 @@ impl Report {
         .to_string()
     }
 }
+
+/// Where a `syscall` from guest ring 3 lands: the CPL the LSTAR stub runs at (3 on
+/// software backends that run ring 3 natively, 0 on hardware virtualization), and
+/// whether the ring-3 `cpuid` before it was answered from pvkvm's `KVM_SET_CPUID2`
+/// table (a signature only that table has).
+pub fn syscall_landing() -> Result<(u8, bool), Error> {
+    let mut p = ProbeVm::new()?;
+    p.start(Snippet::probe_r3_cpuid, false, 0)?;
+    match p.vcpu.run()? {
+        Exit::IoOut {
+            port: port::HYPERCALL,
+            ..
+        } => {
+            let s = p.vcpu.sregs()?;
+            let r = p.vcpu.regs()?;
+            Ok((s.cs.dpl, r.r12 as u32 == u32::from_le_bytes(*b"pvkv")))
+        }
+        other => Err(Error::Step("syscall landing", format!("{other:?}"))),
+    }
+}
+
+/// Whether a PTE stored by the VMM through its own mapping is seen by the guest's next
+/// access without any flush inside the guest (hardware paging: yes; shadow paging: no).
+pub fn vmm_pte_store_visible() -> Result<bool, Error> {
+    let l1_entry = L1_BASE + (DATA_A >> 21) * 0x1000 + ((DATA_A >> 12) & 511) * 8;
+    let pte_b = DATA_B | pte::P | pte::RW | pte::U | pte::A | pte::D;
+    let mut p = ProbeVm::new()?;
+    p.start(Snippet::probe_r3_pte_host, false, 0)?;
+    let (end, r) = p.run(
+        move |p: &mut ProbeVm, _| {
+            let _ = p.vm.memory().write_obj(pte_b, GuestAddress(l1_entry));
+        },
+        false,
+    )?;
+    expect("pte host store", &end, End::Doorbell)?;
+    Ok(r.rbx == 0xbbbb)
+}
+
+/// Guest TSC minus host TSC as guest ring 3 reads it, bracketed by host reads around
+/// the run: returns the offset and its uncertainty (half the bracket), in cycles.
+pub fn guest_tsc_offset_bracketed() -> Result<(i64, u64), Error> {
+    let mut p = ProbeVm::new()?;
+    p.start(Snippet::probe_r3_rdtsc, false, 0)?;
+    // SAFETY: rdtsc has no memory effects.
+    let before = unsafe { core::arch::x86_64::_rdtsc() };
+    let (end, r) = p.run(|_: &mut ProbeVm, _| {}, false)?;
+    // SAFETY: as above.
+    let after = unsafe { core::arch::x86_64::_rdtsc() };
+    if end != End::Doorbell {
+        return Err(Error::Step("guest TSC", format!("{end:?}")));
+    }
+    let half = after.wrapping_sub(before) / 2;
+    let mid = before.wrapping_add(half);
+    Ok((r.rbx.wrapping_sub(mid) as i64, half))
+}
+
+/// Whether a ring-3 read through L4 slot `slot` of the hypervisor hole works here (the
+/// host may keep some upper-half slots for itself).
+pub fn hole_slot_usable(slot: u64) -> Result<bool, Error> {
+    let mut p = ProbeVm::new()?;
+    let entry = 0x2000 | pte::P | pte::RW | pte::U | pte::A;
+    p.vm.memory()
+        .write_obj(entry, GuestAddress(L4 + slot * 8))
+        .map_err(|_| shim::Error::Memory(L4))?;
+    let va = 0xffff_0000_0000_0000 | (slot << 39) | DATA_A;
+    p.start(Snippet::probe_r3_read, false, va)?;
+    let (end, r) = p.run(|_: &mut ProbeVm, _| {}, false)?;
+    Ok(end == End::Doorbell && r.rbx == 0xaaaa)
+}

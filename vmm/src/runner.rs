@@ -62,6 +62,12 @@ pub enum Error {
     /// The vCPU thread died.
     #[error("the vCPU thread failed: {0}")]
     Thread(String),
+    /// Measuring the host's facts failed.
+    #[error("cannot measure this host's KVM: {0}")]
+    HostProbe(#[source] crate::probe::Error),
+    /// A host fact makes pvkvm unsafe here.
+    #[error(transparent)]
+    HostRefused(#[from] crate::host::Refusal),
 }
 
 /// How to run a domain.
@@ -219,6 +225,10 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     })?;
     let initrd = cfg.initrd.as_ref().map(read).transpose()?;
 
+    let facts = crate::host::HostFacts::probe().map_err(Error::HostProbe)?;
+    let paths = facts.paths()?;
+    log::info!("host facts: {facts:?}; paths: {paths:?}");
+
     let ram = cfg.memory & !0xfff;
     let shim_gpa = shim::region_gpa(ram >> 12);
     let vm = Vm::new(&[
@@ -297,7 +307,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         .evtchn
         .bind_backend(CONSOLE_EVTCHN, BACKEND_PORT_CONSOLE);
     let tsc_hz = u64::from(vcpu.tsc_khz()?) * 1000;
-    let clock = pv_engine::time::PvClock::new(exit::rdtsc(), tsc_hz);
+    let clock = pv_engine::time::PvClock::new(exit::guest_tsc(paths.tsc_offset), tsc_hz);
     let wall_at_zero = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -361,6 +371,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 cpuid,
                 console,
                 clock,
+                paths,
                 wake: wake_rx,
                 backend_requests: vcpu_requests,
                 profile,
@@ -428,7 +439,9 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         // guest's timer is due, to kick the vCPU out of the guest so it fires.
         let timer_wait = match next_timer.load(Ordering::SeqCst) {
             due if due == u64::MAX || due == kicked_for => Duration::from_secs(1),
-            due => Duration::from_nanos(due.saturating_sub(clock.ns(exit::rdtsc()))),
+            due => Duration::from_nanos(
+                due.saturating_sub(clock.ns(exit::guest_tsc(paths.tsc_offset))),
+            ),
         };
         let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
@@ -453,7 +466,10 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                     break;
                 }
                 let due = next_timer.load(Ordering::SeqCst);
-                if due != u64::MAX && due != kicked_for && clock.ns(exit::rdtsc()) >= due {
+                if due != u64::MAX
+                    && due != kicked_for
+                    && clock.ns(exit::guest_tsc(paths.tsc_offset)) >= due
+                {
                     kicked_for = due;
                     let _ = wake_tx.send(Wake::Timer);
                     let _ = handle.kill(kick_signal());
@@ -544,6 +560,7 @@ struct VcpuThread {
     cpuid: CpuidTable,
     console: Box<dyn Write + Send>,
     clock: pv_engine::time::PvClock,
+    paths: crate::host::Paths,
     wake: std::sync::mpsc::Receiver<Wake>,
     backend_requests: service::RequestSender,
     profile: bool,
@@ -631,6 +648,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         cpuid,
         mut console,
         clock,
+        paths,
         wake,
         backend_requests,
         profile,
@@ -688,9 +706,11 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 },
                 flush: &mut flush,
                 clock,
+                tsc_offset: paths.tsc_offset,
                 notified: &mut notified,
             },
             mapped_gdt: &mut mapped_gdt,
+            paths,
         };
         let action = if blocked {
             let action = wait_for_event(&mut dom, &wake, &shared, &clock);
@@ -747,7 +767,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             Action::Resume => {}
             Action::Block => {
                 blocked = true;
-                let now = clock.ns(exit::rdtsc());
+                let now = clock.ns(exit::guest_tsc(paths.tsc_offset));
                 pv_engine::vcpu_op::runstate_change(
                     dom.vcpu,
                     &mut dom.platform,
@@ -795,7 +815,7 @@ fn wait_for_event(
     clock: &pv_engine::time::PvClock,
 ) -> Action {
     loop {
-        let now = clock.ns(exit::rdtsc());
+        let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
         pv_engine::time::fire_timers(dom.vcpu, &mut dom.platform, now);
         if pv_engine::hypercall::unblock_due(dom.vcpu, &dom.platform, now) {
             pv_engine::vcpu_op::runstate_change(

@@ -1,0 +1,209 @@
+//! The host's facts, measured at start, and the paths they choose.
+//!
+//! pvkvm runs on hosts that differ in ways no API reports: software KVM backends that run
+//! guest ring 3 natively (`kvm_pvm`) and hardware VT-x/AMD-V; Intel and AMD under each.
+//! [`HostFacts::probe`] measures what pvkvm depends on (the same experiments as `pvkvm
+//! probe`, only the quick ones) and [`HostFacts::paths`] turns them into the choices the
+//! runner and the exit handler make, or refuses the host with one line naming the fact.
+//! Nothing else in the VMM asks what kind of host it is on.
+
+use crate::probe;
+use crate::vstate;
+
+/// The facts pvkvm's behaviour depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The module serving /dev/kvm (kvm_intel, kvm_amd, kvm_pvm, ...).
+    pub module: String,
+    /// Whether the CPU offers hardware virtualization (vmx/svm flag).
+    pub hardware_virt: bool,
+    /// `KVM_CAP_SYNC_REGS` (the exit path relies on it).
+    pub sync_regs: bool,
+    /// `KVM_CAP_IMMEDIATE_EXIT` (kicks rely on it).
+    pub immediate_exit: bool,
+    /// The CPL the LSTAR stub runs at after a guest ring-3 `syscall`.
+    pub syscall_cpl: u8,
+    /// A ring-3 `cpuid` is answered from pvkvm's `KVM_SET_CPUID2` table (if not, guest
+    /// processes see the host's own CPUID).
+    pub ring3_cpuid_intercepted: bool,
+    /// A PTE the VMM stores through its own mapping is seen by the guest without an
+    /// in-guest flush.
+    pub vmm_pte_store_visible: bool,
+    /// Guest TSC minus host TSC as guest code reads it (0 when within the measurement's
+    /// uncertainty), in cycles.
+    pub tsc_offset: i64,
+    /// L4 slot 256 (Xen's machine-to-phys address) is usable by guest ring 3.
+    pub m2p_slot_usable: bool,
+}
+
+/// How a guest `syscall` reaches the VMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallEntry {
+    /// The LSTAR stub runs at CPL3 (software backends): the vCPU's CS and SS after the
+    /// doorbell are still the guest's.
+    StubAtCpl3,
+    /// The LSTAR stub runs at CPL0 (hardware virtualization): the CPU loaded STAR's
+    /// selectors, so the guest context is Xen's flat 64-bit ring-3 selectors, which the
+    /// VMM restores on return (what Xen's `sysret` path loads).
+    StubAtCpl0,
+}
+
+/// The choices the facts make for one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// Where hypercalls and guest-user syscalls arrive.
+    pub syscall_entry: SyscallEntry,
+    /// Added to the host TSC to get the guest's (pvclock's base).
+    pub tsc_offset: i64,
+    /// Whether guest processes can be told the policy's CPUID (false: they read the
+    /// host's, and features the policy hides may still be used by them).
+    pub ring3_cpuid_intercepted: bool,
+}
+
+/// Why pvkvm refuses to run on this host.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// No sync-regs area: every exit would need extra ioctls and the exit code assumes it.
+    #[error("this host's KVM lacks KVM_CAP_SYNC_REGS, which pvkvm's exit path needs")]
+    NoSyncRegs,
+    /// No immediate-exit flag: a kick could be lost.
+    #[error("this host's KVM lacks KVM_CAP_IMMEDIATE_EXIT, without which timer and backend kicks can be lost")]
+    NoImmediateExit,
+    /// `syscall` lands at a CPL pvkvm has no path for.
+    #[error("a guest `syscall` lands at CPL{0} on this host; pvkvm handles CPL0 (hardware virtualization) and CPL3 (software KVM) only")]
+    SyscallCpl(u8),
+}
+
+/// A guest TSC offset smaller than this (cycles) is measurement noise only if it is also
+/// within the bracket; larger ones are always applied.
+const TSC_OFFSET_FLOOR: u64 = 1_000_000;
+
+impl HostFacts {
+    /// Measures the facts (a few small VMs; tens of milliseconds).
+    pub fn probe() -> Result<Self, probe::Error> {
+        let (_kvm, host) = vstate::host_kvm()?;
+        let (syscall_cpl, ring3_cpuid_intercepted) = probe::syscall_landing()?;
+        let (offset, uncertainty) = probe::guest_tsc_offset_bracketed()?;
+        Ok(Self {
+            module: host.module.clone(),
+            hardware_virt: host.cpu_virt_flag.is_some() && host.module != "kvm_pvm",
+            sync_regs: host.sync_regs,
+            immediate_exit: host.immediate_exit,
+            syscall_cpl,
+            ring3_cpuid_intercepted,
+            vmm_pte_store_visible: probe::vmm_pte_store_visible()?,
+            tsc_offset: significant_tsc_offset(offset, uncertainty),
+            m2p_slot_usable: probe::hole_slot_usable(256)?,
+        })
+    }
+
+    /// The paths these facts choose, or why pvkvm cannot run here.
+    pub fn paths(&self) -> Result<Paths, Refusal> {
+        if !self.sync_regs {
+            return Err(Refusal::NoSyncRegs);
+        }
+        if !self.immediate_exit {
+            return Err(Refusal::NoImmediateExit);
+        }
+        let syscall_entry = match self.syscall_cpl {
+            3 => SyscallEntry::StubAtCpl3,
+            0 => SyscallEntry::StubAtCpl0,
+            other => return Err(Refusal::SyscallCpl(other)),
+        };
+        Ok(Paths {
+            syscall_entry,
+            tsc_offset: self.tsc_offset,
+            ring3_cpuid_intercepted: self.ring3_cpuid_intercepted,
+        })
+    }
+}
+
+impl Default for Paths {
+    /// The software-KVM paths (what the exit handler's unit tests assume by default).
+    fn default() -> Self {
+        Self {
+            syscall_entry: SyscallEntry::StubAtCpl3,
+            tsc_offset: 0,
+            ring3_cpuid_intercepted: true,
+        }
+    }
+}
+
+/// The offset to apply: 0 when the measured value is within its uncertainty and small
+/// (the host does not offset the guest's TSC), the measured value otherwise.
+pub fn significant_tsc_offset(offset: i64, uncertainty: u64) -> i64 {
+    if offset.unsigned_abs() <= uncertainty.max(TSC_OFFSET_FLOOR) {
+        0
+    } else {
+        offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn software() -> HostFacts {
+        HostFacts {
+            module: "kvm_pvm".into(),
+            hardware_virt: false,
+            sync_regs: true,
+            immediate_exit: true,
+            syscall_cpl: 3,
+            ring3_cpuid_intercepted: true,
+            vmm_pte_store_visible: false,
+            tsc_offset: 0,
+            m2p_slot_usable: false,
+        }
+    }
+
+    fn hardware() -> HostFacts {
+        HostFacts {
+            module: "kvm_intel".into(),
+            hardware_virt: true,
+            syscall_cpl: 0,
+            vmm_pte_store_visible: true,
+            tsc_offset: -123_456_789_000,
+            m2p_slot_usable: true,
+            ..software()
+        }
+    }
+
+    #[test]
+    fn software_kvm_takes_the_cpl3_stub_path() {
+        let p = software().paths().unwrap();
+        assert_eq!(p.syscall_entry, SyscallEntry::StubAtCpl3);
+        assert_eq!(p.tsc_offset, 0);
+    }
+
+    #[test]
+    fn hardware_virtualization_takes_the_cpl0_path_and_the_tsc_offset() {
+        let p = hardware().paths().unwrap();
+        assert_eq!(p.syscall_entry, SyscallEntry::StubAtCpl0);
+        assert_eq!(p.tsc_offset, -123_456_789_000);
+    }
+
+    #[test]
+    fn unsafe_facts_are_refused_with_the_fact_named() {
+        let mut f = software();
+        f.sync_regs = false;
+        assert_eq!(f.paths(), Err(Refusal::NoSyncRegs));
+        let mut f = software();
+        f.syscall_cpl = 1;
+        assert_eq!(f.paths(), Err(Refusal::SyscallCpl(1)));
+        assert!(Refusal::SyscallCpl(1).to_string().contains("CPL1"));
+        let mut f = software();
+        f.immediate_exit = false;
+        assert_eq!(f.paths(), Err(Refusal::NoImmediateExit));
+    }
+
+    #[test]
+    fn tsc_offsets_within_the_measurement_are_zero() {
+        assert_eq!(significant_tsc_offset(-286_283, 300_000), 0);
+        assert_eq!(significant_tsc_offset(5_000, 10), 0, "below the floor");
+        assert_eq!(
+            significant_tsc_offset(-5_000_000_000, 300_000),
+            -5_000_000_000
+        );
+    }
+}
