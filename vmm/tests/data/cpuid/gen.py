@@ -54,7 +54,7 @@ ALIGN64 = {17, 18}   # ECX[1]: 64-byte aligned in compacted format (SDM; approx.
 XFD_OK = {18}        # ECX[2]: XFD supported for this component
 
 
-def xsave_leaves(xcr0, xss, d1_eax, amd=False, enabled_xss=0):
+def xsave_leaves(xcr0, xss, d1_eax, amd=False, enabled_xss=0, enabled_xcr0=None):
     """Leaf 0xD subleaves 0..max supported component.
 
     EBX of subleaf 0 = size for XCR0 as Linux sets it (all supported user
@@ -62,13 +62,21 @@ def xsave_leaves(xcr0, xss, d1_eax, amd=False, enabled_xss=0):
     """
     comp = dict(XCOMP)
     if amd:
-        comp[9] = (8, 0x980)   # AMD places PKRU at 0x980 (no MPX area)
+        # AMD standard-format offsets (Zen4/Zen5 dumps): no MPX hole, AVX-512 packed
+        # after YMM, PKRU at 0x980.
+        comp[5] = (64, 0x340)
+        comp[6] = (512, 0x380)
+        comp[7] = (1024, 0x580)
+        comp[9] = (8, 0x980)
+    if enabled_xcr0 is None:
+        enabled_xcr0 = xcr0
     user = [i for i in range(2, 64) if xcr0 >> i & 1]
     maxsize = max(comp[i][1] + comp[i][0] for i in user)
-    leaves = [(0xD, 0, xcr0 & 0xffffffff, maxsize, maxsize, xcr0 >> 32)]
+    cursize = max([576] + [comp[i][1] + comp[i][0] for i in user if enabled_xcr0 >> i & 1])
+    leaves = [(0xD, 0, xcr0 & 0xffffffff, cursize, maxsize, xcr0 >> 32)]
     size = 576
     for i in range(2, 64):
-        if (xcr0 | enabled_xss) >> i & 1:
+        if (enabled_xcr0 | enabled_xss) >> i & 1:
             if i in ALIGN64:
                 size = (size + 63) & ~63
             size += comp[i][0]
@@ -407,7 +415,9 @@ def gen_rome():
     # 7.0 EBX: FSGSBASE BMI1 AVX2 SMEP BMI2 PQM PQE RDSEED ADX SMAP CLFLUSHOPT CLWB SHA
     L.append((7, 0, 0, 0x219C91A9, B(2, 22), 0))       # ECX: UMIP RDPID (no PKU on Zen2)
     amd_topo(L, 7, 128)
-    L += xsave_leaves(0x207, 0, B(0, 1, 2, 3), amd=True)
+    # Zen2 enumerates PKRU in XCR0 (0x207, as in the 3950X/3955WX dumps) but has no PKU,
+    # so Linux leaves PKRU out of XCR0: 0xD.0 EBX/0xD.1 EBX are for XCR0 = 0x7.
+    L += xsave_leaves(0x207, 0, B(0, 1, 2, 3), amd=True, enabled_xcr0=0x7)
     amd_rdt(L)
     L.append((0x80000005, 0, 0xFF40FF40, 0xFF40FF40, 0x20080140, 0x20080140))
     L.append((0x80000006, 0, 0x48006400, 0x68006400, 0x02006140, 0x08009140))  # L3 256MB total
