@@ -320,26 +320,21 @@ impl fmt::Debug for Featureset {
 /// Features Xen's PV default policy offers that pvkvm does not, with the reason. Listed
 /// here once: the policy builder clears them and the recorded-CPU tests check that every
 /// difference from Xen's policy is one of these.
-pub const PVKVM_HIDDEN: &[(Feature, &str)] = &[
-    (
-        feat::FSGSBASE,
-        "guest code could change FS/GS bases with wrfsbase/wrgsbase without the engine \
+pub const PVKVM_HIDDEN: &[(Feature, &str)] = &[(
+    feat::FSGSBASE,
+    "guest code could change FS/GS bases with wrfsbase/wrgsbase without the engine \
          seeing it (no trap on any host kind); bases go through set_segment_base and wrmsr",
-    ),
-    (
-        feat::RDTSCP,
-        "rdtscp reads the host's TSC_AUX (the host CPU number) where guest ring 3 runs \
-         natively; no host fact says KVM loads the guest's TSC_AUX there",
-    ),
-    (
-        feat::RDPID,
-        "rdpid reads the host's TSC_AUX, as rdtscp (see there)",
-    ),
-];
+)];
 
 /// The extended-state features, offered only where the host lets the VMM govern the
 /// XCR0 guest code runs with and the engine emulates `xsetbv` ([`PolicyOptions::xstate`]).
 pub const XSTATE_FEATURES: &[Feature] = &[feat::XSAVE];
+
+/// The features that read `MSR_TSC_AUX` in guest code, offered only where the host loads
+/// the guest's TSC_AUX while guest code runs ([`PolicyOptions::tsc_aux`]): where guest
+/// ring 3 runs natively on the host's state (software KVM), `rdtscp`/`rdpid` return the
+/// host's value (the host CPU number), which the guest never wrote.
+pub const TSC_AUX_FEATURES: &[Feature] = &[feat::RDTSCP, feat::RDPID];
 
 /// Host-dependent choices for the policy.
 #[derive(Clone, Copy, Debug, Default)]
@@ -349,7 +344,12 @@ pub struct PolicyOptions {
     /// emulates `xsetbv`. Without it, Linux saves task state with FXSAVE, so no process
     /// may be told AVX exists.
     pub xstate: bool,
-    /// The TSC rate for pvkvm's leaf 0x16, in kHz (0: no leaf 0x16).
+    /// Offer RDTSCP and RDPID: only where guest code reads the guest's own TSC_AUX
+    /// (hardware virtualization loads it on VM entry).
+    pub tsc_aux: bool,
+    /// The TSC rate for pvkvm's leaf 0x16, in kHz (0: no leaf 0x16). With it a kernel
+    /// takes the rate from CPUID instead of timing the PIT (every PIT read is a trap on
+    /// software KVM: the PIT loop cost ~10 s of boot).
     pub tsc_khz: u32,
 }
 
@@ -406,6 +406,11 @@ pub fn pvkvm_featureset(host: &RawCpuid, opts: &PolicyOptions) -> Featureset {
     }
     if !opts.xstate {
         for f in XSTATE_FEATURES {
+            fs.set(*f, false);
+        }
+    }
+    if !opts.tsc_aux {
+        for f in TSC_AUX_FEATURES {
             fs.set(*f, false);
         }
     }
@@ -466,17 +471,6 @@ fn word(fs: &Featureset, w: usize) -> u32 {
 }
 
 impl CpuidTable {
-    /// The PV policy from what KVM supports, with leaf 0x16 reporting the TSC rate so a
-    /// kernel takes it from CPUID instead of timing the PIT (every PIT read is a trap on
-    /// this kind of host: the PIT loop cost ~10 s of boot).
-    pub fn pv_policy_with_tsc(supported: &CpuId, tsc_khz: u32) -> Self {
-        let opts = PolicyOptions {
-            tsc_khz,
-            ..Default::default()
-        };
-        Self::build(&RawCpuid::from_kvm(supported), &opts)
-    }
-
     /// The PV policy from what KVM supports, without leaf 0x16.
     pub fn pv_policy(supported: &CpuId) -> Self {
         Self::build(&RawCpuid::from_kvm(supported), &PolicyOptions::default())
@@ -574,7 +568,7 @@ impl CpuidTable {
             }
         }
         if opts.tsc_khz >= 1000 {
-            // pvkvm's addition (see pv_policy_with_tsc): base and maximum frequency in
+            // pvkvm's addition (see PolicyOptions::tsc_khz): base and maximum frequency in
             // MHz, bus 100 MHz.
             let mhz = opts.tsc_khz / 1000;
             push(0x16, 0, [mhz, mhz, 100, 0]);

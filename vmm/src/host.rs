@@ -58,6 +58,10 @@ pub struct Paths {
     /// Whether guest processes can be told the policy's CPUID (false: they read the
     /// host's, and features the policy hides may still be used by them).
     pub ring3_cpuid_intercepted: bool,
+    /// Whether guest code reads the guest's own TSC_AUX (`rdtscp`, `rdpid`): KVM loads
+    /// it on VM entry with hardware virtualization; software KVM runs guest ring 3 on the
+    /// host's. Derived from the host kind, not measured (a probe step would be better).
+    pub guest_tsc_aux: bool,
 }
 
 /// Why pvkvm refuses to run on this host.
@@ -114,6 +118,7 @@ impl HostFacts {
             syscall_entry,
             tsc_offset: self.tsc_offset,
             ring3_cpuid_intercepted: self.ring3_cpuid_intercepted,
+            guest_tsc_aux: self.hardware_virt,
         })
     }
 }
@@ -125,6 +130,7 @@ impl Default for Paths {
             syscall_entry: SyscallEntry::StubAtCpl3,
             tsc_offset: 0,
             ring3_cpuid_intercepted: true,
+            guest_tsc_aux: false,
         }
     }
 }

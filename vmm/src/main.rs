@@ -54,6 +54,11 @@ enum Command {
         /// the conflicting writable mapping is).
         #[arg(long)]
         mmu_log: bool,
+        /// Testing: present the CPUID of a recorded CPU (a dump as in
+        /// vmm/tests/data/cpuid/), limited to what this host runs, so the guest kernel
+        /// takes that CPU's CPUID and MSR decisions.
+        #[arg(long, hide = true)]
+        cpu_policy: Option<PathBuf>,
     },
     /// Show a kernel's Xen notes and the layout the domain builder would make.
     Inspect {
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
             mmu_log,
             console_log,
             console_pty,
+            cpu_policy,
         } => {
             let cfg = pvkvm::runner::RunConfig {
                 kernel,
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
                 },
                 stall_timeout: (stall_timeout > 0).then(|| Duration::from_secs(stall_timeout)),
                 profile: stats,
+                cpu_policy,
             };
             match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
                 Ok(report) => {

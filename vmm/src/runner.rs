@@ -65,6 +65,15 @@ pub enum Error {
     /// Measuring the host's facts failed.
     #[error("cannot measure this host's KVM: {0}")]
     HostProbe(#[source] crate::probe::Error),
+    /// A recorded CPUID dump is unusable.
+    #[error("{path}: {source}")]
+    CpuPolicy {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: crate::cpuid::DumpError,
+    },
     /// A host fact makes pvkvm unsafe here.
     #[error(transparent)]
     HostRefused(#[from] crate::host::Refusal),
@@ -90,6 +99,9 @@ pub struct RunConfig {
     pub stall_timeout: Option<Duration>,
     /// Time every exit by kind for the `--stats` profile (off: no clock reads).
     pub profile: bool,
+    /// Testing: a recorded CPU's CPUID dump to present instead of this host's (limited
+    /// to what this host runs).
+    pub cpu_policy: Option<PathBuf>,
 }
 
 /// Why the watchdog stopped a guest.
@@ -224,6 +236,19 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         source,
     })?;
     let initrd = cfg.initrd.as_ref().map(read).transpose()?;
+    let recorded_cpu = match &cfg.cpu_policy {
+        Some(path) => {
+            let text = read(path)?;
+            let text = String::from_utf8_lossy(&text);
+            Some(
+                crate::cpuid::RawCpuid::parse_dump(&text).map_err(|source| Error::CpuPolicy {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
 
     let facts = crate::host::HostFacts::probe().map_err(Error::HostProbe)?;
     let paths = facts.paths()?;
@@ -267,7 +292,16 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         .map_err(|_| shim::Error::Memory(region.shared_info_gpa))?;
 
     let mut vcpu = vm.create_vcpu(0)?;
-    let cpuid = CpuidTable::pv_policy_with_tsc(&vm.supported_cpuid()?, vcpu.tsc_khz()?);
+    let policy = crate::cpuid::PolicyOptions {
+        xstate: false,
+        tsc_aux: paths.guest_tsc_aux,
+        tsc_khz: vcpu.tsc_khz()?,
+    };
+    let host_cpuid = crate::cpuid::RawCpuid::from_kvm(&vm.supported_cpuid()?);
+    let cpuid = match &recorded_cpu {
+        Some(recorded) => CpuidTable::build_as(recorded, &host_cpuid, &policy),
+        None => CpuidTable::build(&host_cpuid, &policy),
+    };
     vcpu.set_cpuid(
         &cpuid
             .to_kvm()

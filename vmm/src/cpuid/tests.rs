@@ -36,6 +36,14 @@ fn amd_everything() -> RawCpuid {
 
 const XSTATE_ON: PolicyOptions = PolicyOptions {
     xstate: true,
+    tsc_aux: false,
+    tsc_khz: 0,
+};
+
+/// What a hardware-virtualization host gives.
+const HARDWARE: PolicyOptions = PolicyOptions {
+    xstate: true,
+    tsc_aux: true,
     tsc_khz: 0,
 };
 
@@ -90,8 +98,6 @@ fn features_a_pv_guest_must_never_see_are_absent() {
         feat::ITSC,
         feat::SRSO_US_NO,
         feat::FSGSBASE,
-        feat::RDTSCP,
-        feat::RDPID,
     ];
     for host in [intel_everything(), amd_everything()] {
         for opts in [PolicyOptions::default(), XSTATE_ON] {
@@ -269,4 +275,291 @@ fn dumps_with_bad_lines_are_refused() {
     assert!(RawCpuid::parse_dump("0x1 0x0 0x0 0x0 0x0 0x1ffffffff").is_err());
     assert!(RawCpuid::parse_dump("msr 0x48 0x1").is_err());
     assert!(RawCpuid::parse_dump("# only a comment\n").is_ok());
+}
+
+/// Recorded CPUID dumps of real CPUs (vmm/tests/data/cpuid/README.md).
+const RECORDED: &[(&str, &str)] = &[
+    (
+        "intel-skylake-sp",
+        include_str!("../../tests/data/cpuid/intel-skylake-sp.txt"),
+    ),
+    (
+        "intel-cascade-lake",
+        include_str!("../../tests/data/cpuid/intel-cascade-lake.txt"),
+    ),
+    (
+        "intel-ice-lake-sp",
+        include_str!("../../tests/data/cpuid/intel-ice-lake-sp.txt"),
+    ),
+    (
+        "intel-sapphire-rapids",
+        include_str!("../../tests/data/cpuid/intel-sapphire-rapids.txt"),
+    ),
+    (
+        "amd-zen2-rome",
+        include_str!("../../tests/data/cpuid/amd-zen2-rome.txt"),
+    ),
+    (
+        "amd-zen3-milan",
+        include_str!("../../tests/data/cpuid/amd-zen3-milan.txt"),
+    ),
+    (
+        "amd-zen4-genoa",
+        include_str!("../../tests/data/cpuid/amd-zen4-genoa.txt"),
+    ),
+    (
+        "amd-zen5-turin",
+        include_str!("../../tests/data/cpuid/amd-zen5-turin.txt"),
+    ),
+];
+
+/// What Xen's PV default policy offers on each recorded CPU and how pvkvm differs
+/// (vmm/tests/data/cpuid/expected/NAME.txt; regenerate with PVKVM_BLESS=1 and review).
+const EXPECTED: &[(&str, &str)] = &[
+    (
+        "intel-skylake-sp",
+        include_str!("../../tests/data/cpuid/expected/intel-skylake-sp.txt"),
+    ),
+    (
+        "intel-cascade-lake",
+        include_str!("../../tests/data/cpuid/expected/intel-cascade-lake.txt"),
+    ),
+    (
+        "intel-ice-lake-sp",
+        include_str!("../../tests/data/cpuid/expected/intel-ice-lake-sp.txt"),
+    ),
+    (
+        "intel-sapphire-rapids",
+        include_str!("../../tests/data/cpuid/expected/intel-sapphire-rapids.txt"),
+    ),
+    (
+        "amd-zen2-rome",
+        include_str!("../../tests/data/cpuid/expected/amd-zen2-rome.txt"),
+    ),
+    (
+        "amd-zen3-milan",
+        include_str!("../../tests/data/cpuid/expected/amd-zen3-milan.txt"),
+    ),
+    (
+        "amd-zen4-genoa",
+        include_str!("../../tests/data/cpuid/expected/amd-zen4-genoa.txt"),
+    ),
+    (
+        "amd-zen5-turin",
+        include_str!("../../tests/data/cpuid/expected/amd-zen5-turin.txt"),
+    ),
+];
+
+fn recorded(name: &str) -> RawCpuid {
+    let text = RECORDED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .expect("known dump")
+        .1;
+    RawCpuid::parse_dump(text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The reason pvkvm gives for not offering `f` where Xen does.
+fn reason(f: Feature, opts: &PolicyOptions) -> String {
+    if let Some((_, why)) = PVKVM_HIDDEN.iter().find(|(h, _)| *h == f) {
+        return why.split_whitespace().collect::<Vec<_>>().join(" ");
+    }
+    if TSC_AUX_FEATURES.contains(&f) && !opts.tsc_aux {
+        return "the host does not load the guest's TSC_AUX for guest code (software KVM \
+                runs guest ring 3 on the host's)"
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    if !opts.xstate {
+        return "extended state is off on hosts where the VMM cannot govern XCR0 (or needs \
+                XSAVE, which is off)"
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    "UNEXPLAINED".into()
+}
+
+/// The expected-file text for one CPU: Xen's PV default featureset, then each feature
+/// Xen offers and pvkvm does not (with the extended-state option off and on), with its
+/// reason.
+fn describe(raw: &RawCpuid) -> String {
+    let xen = xen_pv_default_featureset(raw);
+    let mut s =
+        String::from("# Xen's PV default featureset on this CPU, then pvkvm's differences.\n");
+    s += "xen-pv-default:";
+    for f in xen.features() {
+        s += " ";
+        s += f.name;
+    }
+    s += "\n";
+    for opts in [PolicyOptions::default(), XSTATE_ON, HARDWARE] {
+        let ours = pvkvm_featureset(raw, &opts);
+        for f in xen.features().filter(|f| !ours.has(*f)) {
+            s += &format!(
+                "hidden(xstate={},tsc_aux={}): {} -- {}\n",
+                opts.xstate,
+                opts.tsc_aux,
+                f.name,
+                reason(f, &opts)
+            );
+        }
+        for f in ours.features().filter(|f| !xen.has(*f)) {
+            s += &format!("added({opts:?}): {} -- UNEXPLAINED\n", f.name);
+        }
+    }
+    s
+}
+
+#[test]
+fn recorded_cpus_match_xens_pv_default_but_for_listed_reasons() {
+    let bless = std::env::var_os("PVKVM_BLESS").is_some();
+    for (name, _) in RECORDED {
+        let got = describe(&recorded(name));
+        assert!(
+            !got.contains("UNEXPLAINED"),
+            "{name}: a difference without a reason:\n{got}"
+        );
+        if bless {
+            let path = format!(
+                "{}/tests/data/cpuid/expected/{name}.txt",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            std::fs::write(&path, &got).unwrap();
+            continue;
+        }
+        let want = EXPECTED.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(got, want, "{name}: policy changed; review and re-bless");
+    }
+}
+
+#[test]
+fn recorded_cpus_keep_the_invariants() {
+    for (name, _) in RECORDED {
+        let raw = recorded(name);
+        for opts in [PolicyOptions::default(), XSTATE_ON, HARDWARE] {
+            let t = CpuidTable::build(&raw, &opts);
+            let fs = *t.featureset();
+            assert!(opts.tsc_aux || !fs.has(feat::RDTSCP) && !fs.has(feat::RDPID));
+            // Allow-list: nothing Xen would not give a PV guest by default.
+            for f in fs.features() {
+                assert!(
+                    f.avail == Avail::AllDefault || f == feat::STIBP || f == feat::AMD_STIBP,
+                    "{name}: {} offered",
+                    f.name
+                );
+            }
+            for (key, deps) in fset::DEPS {
+                for d in deps.iter().filter(|_| !fs.has(*key)) {
+                    assert!(!fs.has(*d), "{name}: {} without {}", d.name, key.name);
+                }
+            }
+            // The table says what the featureset says.
+            assert_eq!(t.lookup(1, 0)[3], fs.0[0], "{name}: leaf 1 edx");
+            assert_eq!(t.lookup(1, 0)[2], fs.0[1], "{name}: leaf 1 ecx");
+            assert_eq!(
+                t.lookup(7, 0)[1..],
+                [fs.0[5], fs.0[6], fs.0[9]],
+                "{name}: leaf 7"
+            );
+            assert_eq!(t.lookup(0, 0)[1..], raw.get(0, 0)[1..], "{name}: vendor");
+            assert_eq!(
+                t.lookup(1, 0)[0],
+                raw.get(1, 0)[0] & 0x0fff_0fff,
+                "{name}: fms"
+            );
+            assert_eq!(t.lookup(1, 0)[1] >> 24, 0, "{name}: APIC id");
+            assert!(t.lookup(0, 0)[0] <= 0xd, "{name}: max basic leaf");
+            assert_eq!(t.lookup(0xb, 0), [0; 4], "{name}: topology");
+            assert_eq!(t.lookup(6, 0), [0; 4], "{name}: power leaf");
+            if t.vendor() == Vendor::Amd {
+                let e1 = t.lookup(0x8000_0001, 0)[3];
+                for f in fset::COMMON_1D {
+                    assert_eq!(fs.has(*f), e1 & f.mask() != 0, "{name}: mirror {}", f.name);
+                }
+                assert!(!fs.has(feat::ARCH_CAPS), "{name}: ARCH_CAPS on AMD");
+                assert!(!fs.has(feat::SEP), "{name}: SYSENTER on AMD");
+                assert!(t.lookup(0x8000_0000, 0)[0] <= 0x8000_0021);
+            } else {
+                assert!(t.lookup(0x8000_0000, 0)[0] <= 0x8000_0008);
+                assert_eq!(t.lookup(0x8000_0001, 0)[..2], [0, 0]);
+            }
+            // Extended state: offered only with the option, and then leaf 0xD matches.
+            assert_eq!(
+                fs.has(feat::XSAVE),
+                opts.xstate && raw.featureset().has(feat::XSAVE)
+            );
+            if fs.has(feat::XSAVE) {
+                let mask = xcr0_mask(&fs);
+                let [lo, _, max, hi] = t.lookup(0xd, 0);
+                assert_eq!((u64::from(hi) << 32) | u64::from(lo), mask, "{name}");
+                assert_eq!(mask & xcr0::PKRU, 0, "{name}: PKRU");
+                assert!(max >= 576, "{name}");
+                for i in 2..63u32 {
+                    let offered = mask & (1 << i) != 0;
+                    assert_eq!(t.lookup(0xd, i) != [0; 4], offered, "{name}: 0xd.{i}");
+                }
+            } else {
+                assert_eq!(t.lookup(0xd, 0), [0; 4]);
+                assert!(!fs.has(feat::AVX) && !fs.has(feat::AVX512F));
+            }
+        }
+    }
+}
+
+#[test]
+fn recorded_cpus_spectre_controls() {
+    // Intel parts enumerate IBRSB (and with it STIBP, SSBD, IBPB through the AMD bit)
+    // and MSR_ARCH_CAPABILITIES.
+    for name in [
+        "intel-skylake-sp",
+        "intel-cascade-lake",
+        "intel-ice-lake-sp",
+        "intel-sapphire-rapids",
+    ] {
+        let fs = *CpuidTable::build(&recorded(name), &PolicyOptions::default()).featureset();
+        for f in [
+            feat::IBRSB,
+            feat::STIBP,
+            feat::SSBD,
+            feat::IBPB,
+            feat::ARCH_CAPS,
+        ] {
+            assert!(fs.has(f), "{name}: {}", f.name);
+        }
+        assert!(!fs.has(feat::L1D_FLUSH), "{name}: L1D_FLUSH is HVM-only");
+    }
+    // AMD: IBPB yes; the SPEC_CTRL bits (IBRS, AMD_STIBP, AMD_SSBD, PSFD) are HVM-only
+    // in Xen's default.
+    for name in [
+        "amd-zen2-rome",
+        "amd-zen3-milan",
+        "amd-zen4-genoa",
+        "amd-zen5-turin",
+    ] {
+        let fs = *CpuidTable::build(&recorded(name), &PolicyOptions::default()).featureset();
+        assert!(fs.has(feat::IBPB), "{name}: IBPB");
+        for f in [
+            feat::IBRS,
+            feat::AMD_STIBP,
+            feat::AMD_SSBD,
+            feat::PSFD,
+            feat::AUTO_IBRS,
+        ] {
+            assert!(!fs.has(f), "{name}: {}", f.name);
+        }
+    }
+}
+
+#[test]
+fn a_recorded_cpu_can_be_played_on_another_host() {
+    let host = recorded("amd-zen3-milan");
+    let t = CpuidTable::build_as(&recorded("intel-sapphire-rapids"), &host, &XSTATE_ON);
+    assert_eq!(t.vendor(), Vendor::Intel);
+    assert_eq!(t.lookup(1, 0)[0], 0x000806f8);
+    // Only what both have: Milan has no AVX-512 and no AMX.
+    assert!(!t.featureset().has(feat::AVX512F));
+    assert!(!t.featureset().has(feat::AMX_TILE));
+    assert!(t.featureset().has(feat::AVX2));
 }
