@@ -148,3 +148,120 @@ pub fn debian_kernel() -> Option<PathBuf> {
     }
     found
 }
+
+/// What a Debian boot to the shell answered.
+pub struct ShellRun {
+    /// The last lines the shell printed before the end marker, one per command.
+    pub answers: Vec<String>,
+    /// Everything on the console.
+    pub console: String,
+    /// pvkvm's exit status.
+    pub status: Option<i32>,
+    /// pvkvm's own output.
+    pub stderr: String,
+}
+
+/// Boots `kernel` with pvkvm's default initramfs and `cmdline` (plus `extra` pvkvm
+/// arguments), waits for the shell, runs `commands` (one answer line each is expected),
+/// then `poweroff -f`. Panics with the console when the shell or the answers do not come.
+pub fn debian_shell(kernel: &Path, cmdline: &str, extra: &[&str], commands: &[&str]) -> ShellRun {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    require_kvm();
+    let initrd = repo_root().join("guest-images/cache/initramfs-default.cpio.gz");
+    assert!(
+        initrd.exists(),
+        "no default initramfs: run guest-images/scripts/build-default-guest.sh"
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
+        .args(["run", "--kernel", kernel.to_str().expect("utf-8 path")])
+        .args(["--initrd", initrd.to_str().expect("utf-8 path")])
+        .args(["--cmdline", cmdline, "--timeout", "300"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pvkvm starts");
+    let console = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let mut stdout = child.stdout.take().expect("piped");
+    let sink = console.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    let text =
+        |c: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&c.lock().expect("lock")).into_owned();
+    let wait_for = |needle: &str, from: usize, limit: Duration| -> Option<usize> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let t = text(&console);
+            if let Some(at) = t.get(from..).and_then(|rest| rest.find(needle)) {
+                return Some(from + at + needle.len());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    };
+    let mut stdin = child.stdin.take().expect("piped");
+    let Some(prompt) = wait_for("~ # ", 0, Duration::from_secs(240)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no shell prompt within 240 s; console:\n{}", text(&console));
+    };
+    for c in commands {
+        writeln!(stdin, "{c}").expect("stdin");
+    }
+    writeln!(stdin, "echo END-OF-ANSWERS").expect("stdin");
+    let end = wait_for("END-OF-ANSWERS\r\n", prompt, Duration::from_secs(120))
+        .or_else(|| wait_for("END-OF-ANSWERS\n", prompt, Duration::from_secs(1)));
+    let Some(end) = end else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no answers; console:\n{}", text(&console));
+    };
+    let all = text(&console);
+    let lines: Vec<String> = all[prompt..end]
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && !l.contains('#') && !l.contains("END-OF-ANSWERS"))
+        .collect();
+    let answers = lines[lines.len().saturating_sub(commands.len())..].to_vec();
+    writeln!(stdin, "poweroff -f").expect("stdin");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "pvkvm did not exit after poweroff -f; console:\n{}",
+                text(&console)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = reader.join();
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr);
+    ShellRun {
+        answers,
+        console: text(&console),
+        status: status.code(),
+        stderr,
+    }
+}
