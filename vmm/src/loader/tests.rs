@@ -809,6 +809,11 @@ fn hostile_inputs_give_errors_not_panics() {
         bzimage(&lz4_legacy(&elf), 3),
         bzimage(&zstd(&elf), 1),
         bzimage(&xz(&elf), 2),
+        bzimage(&lzma(&elf), 4),
+        bzimage(
+            &with_size(include_bytes!("testdata/x86-bcj.xz").to_vec(), &x86_like()),
+            1,
+        ),
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mem = guest_mem(16 << 20);
