@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing pvkvm needs on a fresh Debian machine (root), then
-# fetches the Debian PV guest kernel. Rust (stable, host target) must already be there:
+# fetches the Debian PV guest kernels: the default guest's (bookworm cloud) and the two
+# more that the loader tests read. Rust (stable, host target) must already be there:
 # pvkvm uses no other toolchain or target.
 set -euo pipefail
 
@@ -18,5 +19,10 @@ else
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo (stable Rust) is missing; install it with rustup" >&2; exit 1; }
 
+script_dir=$(dirname "${BASH_SOURCE[0]}")
 # The Debian guest kernel and the default initramfs (busybox), cached.
-"$(dirname "${BASH_SOURCE[0]}")/build-default-guest.sh"
+"$script_dir/build-default-guest.sh"
+# bookworm's generic flavour (an xz payload with the x86 BCJ filter) and trixie's 6.12
+# cloud kernel (zstd, from a private apt configuration): the loader tests read both.
+"$script_dir/fetch-debian-kernel.sh" --flavour generic
+"$script_dir/fetch-debian-kernel.sh" --suite trixie

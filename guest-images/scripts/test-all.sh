@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command: installs what is missing, fetches the Debian guest kernel,
+# The README's test command: installs what is missing, fetches the Debian guest kernels,
 # then builds and runs every test of the workspace (unit, property, and the integration
 # tests that build pvkvm's own PV test kernels and boot each under pvkvm).
 set -euo pipefail

@@ -1,8 +1,10 @@
 //! The real target, Debian's linux-image-6.1.0-*-cloud-amd64 (fetched by
 //! guest-images/scripts/fetch-debian-kernel.sh): `pvkvm inspect` shows its Xen notes and
-//! layout, and `pvkvm run` takes it as far as the engine goes and ends with a diagnostic,
-//! never a hang. Required in CI (PVKVM_REQUIRE_DEBIAN_KERNEL=1), skipped with a note
-//! elsewhere when the kernel was not fetched.
+//! layout, and `pvkvm run` takes it as far as the engine goes and ends with a
+//! diagnostic, never a hang. `pvkvm inspect` also reads the generic 6.1 flavour (xz with
+//! the x86 BCJ filter) and trixie's 6.12 cloud kernel (zstd). Required in CI
+//! (PVKVM_REQUIRE_DEBIAN_KERNEL=1), skipped with a note elsewhere when a kernel was not
+//! fetched.
 
 mod common;
 
@@ -26,6 +28,60 @@ fn inspect_shows_the_xen_notes() {
         "FEATURES \"!writable_page_tables|pae_pgdir_above_4gb\"",
         "MOD_START_PFN 0x1",
         "Phys-Mach map: 0000008000000000",
+        "Loaded kernel: ffffffff81000000",
+    ] {
+        assert!(
+            text.contains(needle),
+            "inspect output lacks {needle:?}:\n{text}"
+        );
+    }
+}
+
+/// Debian's generic 6.1 flavour: an xz payload with the x86 BCJ filter (lzma-rs refused
+/// it with "Unknown filter id 4").
+#[test]
+fn inspect_reads_the_generic_kernel() {
+    let Some(kernel) = common::debian_generic_kernel() else {
+        return;
+    };
+    let out = common::pvkvm(&["inspect", kernel.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "xz payload",
+        "ENTRY 0xffffffff83",
+        "INIT_P2M 0x8000000000",
+        "Loaded kernel: ffffffff81000000",
+    ] {
+        assert!(
+            text.contains(needle),
+            "inspect output lacks {needle:?}:\n{text}"
+        );
+    }
+}
+
+/// Debian trixie's 6.12 cloud kernel: a zstd payload (`zstd -22 --ultra`).
+#[test]
+fn inspect_reads_the_trixie_cloud_kernel() {
+    let Some(kernel) = common::debian_trixie_cloud_kernel() else {
+        return;
+    };
+    let out = common::pvkvm(&["inspect", kernel.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "zstd payload",
+        "INIT_P2M 0x8000000000",
+        "VIRT_BASE 0xffffffff80000000",
+        "MOD_START_PFN 0x1",
         "Loaded kernel: ffffffff81000000",
     ] {
         assert!(

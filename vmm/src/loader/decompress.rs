@@ -4,7 +4,9 @@
 //! except gzip's (`*_with_size` in arch/x86/boot/compressed/Makefile); the decoders are
 //! therefore tried on the payload without those 4 bytes first, then on all of it.
 //! Every decoder writes through a size cap, so a hostile payload cannot make us allocate
-//! more than [`MAX_DECOMPRESSED`].
+//! more than [`MAX_DECOMPRESSED`]; the xz and lzma decoders also refuse a dictionary
+//! larger than that before allocating it. xz blocks may carry a BCJ filter before LZMA2
+//! (Linux's x86 payloads do: scripts/xz_wrap.sh passes `--x86`); lzma-rust2 applies it.
 
 use std::io::{self, Read, Write};
 
@@ -45,17 +47,39 @@ pub fn detect(payload: &[u8]) -> Result<Compression, LoaderError> {
     }
 }
 
-/// A writer that refuses to grow past [`MAX_DECOMPRESSED`].
+/// A writer that refuses to grow past `cap` bytes. It reserves its own capacity (never
+/// past the cap, and fallibly) because `Vec`'s doubling alone would allocate up to twice
+/// the cap just before a bomb is noticed.
 struct CappedVec {
     buf: Vec<u8>,
+    cap: usize,
     overflowed: bool,
+}
+
+impl CappedVec {
+    fn new(cap: u64) -> Self {
+        CappedVec {
+            buf: Vec::new(),
+            cap: usize::try_from(cap).unwrap_or(usize::MAX),
+            overflowed: false,
+        }
+    }
 }
 
 impl Write for CappedVec {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len() as u64 + data.len() as u64 > MAX_DECOMPRESSED {
+        let len = self.buf.len();
+        let Some(new_len) = len.checked_add(data.len()).filter(|&n| n <= self.cap) else {
             self.overflowed = true;
             return Err(io::Error::other("decompressed size limit reached"));
+        };
+        if new_len > self.buf.capacity() {
+            let target = new_len
+                .max(self.buf.capacity().saturating_mul(2))
+                .min(self.cap);
+            self.buf
+                .try_reserve_exact(target - len)
+                .map_err(io::Error::other)?;
         }
         self.buf.extend_from_slice(data);
         Ok(data.len())
@@ -65,30 +89,36 @@ impl Write for CappedVec {
     }
 }
 
-/// Reads a whole `Read` stream under the cap.
-fn read_capped(format: &'static str, r: impl Read) -> Result<Vec<u8>, LoaderError> {
-    let mut out = Vec::new();
-    r.take(MAX_DECOMPRESSED + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| LoaderError::Decompress {
-            format,
-            reason: e.to_string(),
-        })?;
-    if out.len() as u64 > MAX_DECOMPRESSED {
-        return Err(LoaderError::DecompressedTooLarge {
-            format,
-            limit: MAX_DECOMPRESSED,
-        });
+/// Reads a whole `Read` stream into a buffer of at most `cap` bytes.
+fn read_capped(format: &'static str, mut r: impl Read, cap: u64) -> Result<Vec<u8>, LoaderError> {
+    let mut out = CappedVec::new(cap);
+    let res = io::copy(&mut r, &mut out);
+    if out.overflowed {
+        return Err(LoaderError::DecompressedTooLarge { format, limit: cap });
     }
-    Ok(out)
+    res.map_err(|e| LoaderError::Decompress {
+        format,
+        reason: e.to_string(),
+    })?;
+    Ok(out.buf)
 }
 
-fn decode_once(kind: Compression, input: &[u8]) -> Result<Vec<u8>, LoaderError> {
+/// The LZMA/LZMA2 decoders' memory limit in KiB: a dictionary larger than all the output
+/// allowed is of no use, and refusing it up front keeps a forged header (the dictionary
+/// size is a field of it, up to 4 GiB) from allocating before a single byte is decoded.
+/// Linux uses 32 MiB for xz (scripts/xz_wrap.sh) and `lzma -9`'s 64 MiB for lzma.
+const DICT_LIMIT_KIB: u32 = (MAX_DECOMPRESSED >> 10) as u32;
+
+fn decode_once(kind: Compression, input: &[u8], cap: u64) -> Result<Vec<u8>, LoaderError> {
     let format = kind.name();
+    let decoder_err = |e: io::Error| LoaderError::Decompress {
+        format,
+        reason: e.to_string(),
+    };
     match kind {
         Compression::None => Ok(input.to_vec()),
-        Compression::Gzip => read_capped(format, flate2::read::GzDecoder::new(input)),
-        Compression::Bzip2 => read_capped(format, bzip2::read::BzDecoder::new(input)),
+        Compression::Gzip => read_capped(format, flate2::read::GzDecoder::new(input), cap),
+        Compression::Bzip2 => read_capped(format, bzip2::read::BzDecoder::new(input), cap),
         Compression::Zstd => {
             let mut src = input;
             let dec = ruzstd::decoding::StreamingDecoder::new(&mut src).map_err(|e| {
@@ -97,39 +127,29 @@ fn decode_once(kind: Compression, input: &[u8]) -> Result<Vec<u8>, LoaderError> 
                     reason: e.to_string(),
                 }
             })?;
-            read_capped(format, dec)
+            read_capped(format, dec, cap)
         }
-        Compression::Xz | Compression::Lzma => {
-            let mut out = CappedVec {
-                buf: Vec::new(),
-                overflowed: false,
-            };
-            let mut src = io::BufReader::new(input);
-            let res = if kind == Compression::Xz {
-                lzma_rs::xz_decompress(&mut src, &mut out)
-            } else {
-                lzma_rs::lzma_decompress(&mut src, &mut out)
-            };
-            if out.overflowed {
-                return Err(LoaderError::DecompressedTooLarge {
-                    format,
-                    limit: MAX_DECOMPRESSED,
-                });
-            }
-            res.map_err(|e| LoaderError::Decompress {
-                format,
-                reason: e.to_string(),
-            })?;
-            Ok(out.buf)
+        // One stream only: Linux's appended size (or other trailing bytes) is not a
+        // second stream. The block's filter chain comes from its header, so the BCJ
+        // filters (x86 for x86 kernels, see scripts/xz_wrap.sh) need nothing here.
+        Compression::Xz => read_capped(
+            format,
+            lzma_rust2::XzReader::new_mem_limit(input, false, DICT_LIMIT_KIB),
+            cap,
+        ),
+        Compression::Lzma => {
+            let dec = lzma_rust2::LzmaReader::new_mem_limit(input, DICT_LIMIT_KIB, None)
+                .map_err(decoder_err)?;
+            read_capped(format, dec, cap)
         }
-        Compression::Lz4Legacy => lz4_legacy(input),
+        Compression::Lz4Legacy => lz4_legacy(input, cap),
     }
 }
 
 /// Decodes the kernel's lz4 legacy framing: magic, then (u32 le size, block) pairs until
 /// the input ends; a size field equal to the magic starts a new frame. A lone trailing
 /// 4-byte word after at least one block is Linux's appended size and ends the stream.
-fn lz4_legacy(input: &[u8]) -> Result<Vec<u8>, LoaderError> {
+fn lz4_legacy(input: &[u8], cap: u64) -> Result<Vec<u8>, LoaderError> {
     let err = |reason: String| LoaderError::Decompress {
         format: "lz4",
         reason,
@@ -144,7 +164,7 @@ fn lz4_legacy(input: &[u8]) -> Result<Vec<u8>, LoaderError> {
         return Err(err("the legacy frame magic 0x184c2102 is missing".into()));
     }
     let mut pos = 4usize;
-    let mut out: Vec<u8> = Vec::new();
+    let mut out = CappedVec::new(cap);
     let mut blocks = 0usize;
     let mut block = vec![0u8; LZ4_LEGACY_BLOCK_MAX];
     while pos < input.len() {
@@ -167,35 +187,47 @@ fn lz4_legacy(input: &[u8]) -> Result<Vec<u8>, LoaderError> {
         };
         let n = lz4_flex::block::decompress_into(data, &mut block)
             .map_err(|e| err(format!("block {blocks}: {e}")))?;
-        if out.len() as u64 + n as u64 > MAX_DECOMPRESSED {
-            return Err(LoaderError::DecompressedTooLarge {
-                format: "lz4",
-                limit: MAX_DECOMPRESSED,
+        if let Err(e) = out.write_all(block.get(..n).unwrap_or_default()) {
+            return Err(if out.overflowed {
+                LoaderError::DecompressedTooLarge {
+                    format: "lz4",
+                    limit: cap,
+                }
+            } else {
+                err(e.to_string())
             });
         }
-        out.extend_from_slice(block.get(..n).unwrap_or_default());
         pos += size;
         blocks += 1;
     }
     if blocks == 0 {
         return Err(err("the stream holds no block".into()));
     }
-    Ok(out)
+    Ok(out.buf)
 }
 
 /// Decompresses a bzImage payload of the given kind.
 pub fn decompress(kind: Compression, payload: &[u8]) -> Result<Vec<u8>, LoaderError> {
+    decompress_capped(kind, payload, MAX_DECOMPRESSED)
+}
+
+/// [`decompress`] with the output cap as a parameter, so tests can reach it cheaply.
+pub(super) fn decompress_capped(
+    kind: Compression,
+    payload: &[u8],
+    cap: u64,
+) -> Result<Vec<u8>, LoaderError> {
     if matches!(kind, Compression::None | Compression::Gzip) {
-        return decode_once(kind, payload);
+        return decode_once(kind, payload, cap);
     }
     // First without Linux's appended 4-byte size, then, for payloads built without it,
     // the whole thing; the first error is the one worth reporting.
     let trimmed = payload
         .get(..payload.len().saturating_sub(4))
         .unwrap_or_default();
-    match decode_once(kind, trimmed) {
+    match decode_once(kind, trimmed, cap) {
         Ok(v) => Ok(v),
         Err(first @ LoaderError::DecompressedTooLarge { .. }) => Err(first),
-        Err(first) => decode_once(kind, payload).map_err(|_| first),
+        Err(first) => decode_once(kind, payload, cap).map_err(|_| first),
     }
 }

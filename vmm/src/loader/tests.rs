@@ -1,8 +1,9 @@
 //! Loader tests: a hand-made PV ELF (and bzImages wrapping it in every supported
 //! compression) is parsed, planned and built into guest memory, and the result is
-//! checked by walking the pagetables like the MMU would. Plus the hostile inputs, and
-//! the real Debian cloud kernel when `guest-images/scripts/fetch-debian-kernel.sh` has
-//! fetched it.
+//! checked by walking the pagetables like the MMU would. Plus the hostile inputs, an
+//! xz-utils fixture with the x86 BCJ filter, and the real Debian kernels (bookworm cloud
+//! and generic, trixie cloud) when `guest-images/scripts/fetch-debian-kernel.sh` has
+//! fetched them.
 
 use std::io::Write;
 
@@ -369,6 +370,99 @@ fn bzimage_every_compression_gives_the_same_elf() {
     }
 }
 
+/// The 8 KiB in testdata/x86-bcj.xz: x86 `call rel32` (E8) instructions whose targets
+/// are below 4 KiB, so the x86 BCJ filter rewrites every one, between filler bytes.
+fn x86_like() -> Vec<u8> {
+    (0u32..1024)
+        .flat_map(|i| {
+            let rel = i.wrapping_mul(0x9e37_79b9) >> 20;
+            let mut insn = [0xe8, 0, 0, 0, 0, 0x90, 0x48, 0x89];
+            insn[1..5].copy_from_slice(&rel.to_le_bytes());
+            insn
+        })
+        .collect()
+}
+
+/// Linux's x86 xz payloads put the x86 BCJ filter before LZMA2 (scripts/xz_wrap.sh runs
+/// `xz --check=crc32 --x86 --lzma2=...,dict=32MiB`); lzma-rs refused them with "Unknown
+/// filter id 4". The fixture was made by xz-utils the same way:
+/// `xz --format=xz --check=crc32 --x86 --lzma2=dict=1MiB` of [`x86_like`].
+#[test]
+fn xz_with_the_x86_bcj_filter_decompresses() {
+    let fixture = include_bytes!("testdata/x86-bcj.xz");
+    // Stream header (12 bytes), block header size and flags (two filters), then the first
+    // filter's id: 4, x86 BCJ.
+    assert_eq!(fixture[12..15], [0x02, 0x01, 0x04]);
+    let raw = x86_like();
+    let sized = with_size(fixture.to_vec(), &raw);
+    assert_eq!(
+        decompress::decompress(Compression::Xz, &sized).unwrap(),
+        raw
+    );
+    assert_eq!(
+        decompress::decompress(Compression::Xz, fixture).unwrap(),
+        raw
+    );
+    // Through the bzImage path: the payload decompresses, and is then (rightly) no ELF.
+    match KernelImage::parse(&bzimage(&sized, 3)) {
+        Err(LoaderError::PayloadNotElf { magic }) => assert_eq!(magic, raw[..4]),
+        other => panic!("expected PayloadNotElf, got {other:?}"),
+    }
+    // Damage inside the LZMA2 data is reported, not returned as a kernel.
+    let mut bad = fixture.to_vec();
+    bad[40] ^= 0x10;
+    assert!(decompress::decompress(Compression::Xz, &bad).is_err());
+}
+
+/// A decompression bomb ends with DecompressedTooLarge at the cap, in every format, and
+/// output of exactly the cap is still accepted.
+#[test]
+fn every_decoder_stops_at_the_cap() {
+    let raw = vec![0u8; 256 << 10];
+    let cases: [(Compression, Vec<u8>); 6] = [
+        (Compression::Gzip, gzip(&raw)),
+        (Compression::Xz, xz(&raw)),
+        (Compression::Lzma, lzma(&raw)),
+        (Compression::Zstd, zstd(&raw)),
+        (Compression::Bzip2, bzip2(&raw)),
+        (Compression::Lz4Legacy, lz4_legacy(&raw)),
+    ];
+    for (kind, payload) in cases {
+        let cap = 64 << 10;
+        match decompress::decompress_capped(kind, &payload, cap) {
+            Err(LoaderError::DecompressedTooLarge { limit, .. }) => assert_eq!(limit, cap),
+            other => panic!("{kind:?}: expected DecompressedTooLarge, got {other:?}"),
+        }
+        let exact = decompress::decompress_capped(kind, &payload, raw.len() as u64)
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        assert_eq!(exact.len(), raw.len(), "{kind:?}");
+    }
+}
+
+/// The dictionary size is a header field (up to 4 GiB); a forged one is refused before
+/// the decoder allocates its dictionary, not after.
+#[test]
+fn forged_dictionary_sizes_are_refused() {
+    // .lzma: properties 0x5d, a 3 GiB dictionary, unknown size, some data.
+    let mut forged = vec![0x5d];
+    forged.extend_from_slice(&0xc000_0000u32.to_le_bytes());
+    forged.extend_from_slice(&u64::MAX.to_le_bytes());
+    forged.extend_from_slice(&[0; 64]);
+    let e = decompress::decompress(Compression::Lzma, &forged).unwrap_err();
+    assert!(e.to_string().contains("memory"), "{e}");
+
+    // xz: the fixture's block header is 02 01 | 04 00 | 21 01 <dict> | 00 | CRC32; the
+    // LZMA2 dictionary property 40 means 4 GiB - 1.
+    let mut forged = include_bytes!("testdata/x86-bcj.xz").to_vec();
+    assert_eq!(forged[16..18], [0x21, 0x01]);
+    forged[18] = 40;
+    let mut crc = flate2::Crc::new();
+    crc.update(&forged[12..20]);
+    forged[20..24].copy_from_slice(&crc.sum().to_le_bytes());
+    let e = decompress::decompress(Compression::Xz, &forged).unwrap_err();
+    assert!(e.to_string().contains("memory"), "{e}");
+}
+
 #[test]
 fn plan_follows_xens_order() {
     let img = KernelImage::parse(&synth_elf(&Synth::default())).unwrap();
@@ -715,6 +809,11 @@ fn hostile_inputs_give_errors_not_panics() {
         bzimage(&lz4_legacy(&elf), 3),
         bzimage(&zstd(&elf), 1),
         bzimage(&xz(&elf), 2),
+        bzimage(&lzma(&elf), 4),
+        bzimage(
+            &with_size(include_bytes!("testdata/x86-bcj.xz").to_vec(), &x86_like()),
+            1,
+        ),
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mem = guest_mem(16 << 20);
@@ -772,31 +871,151 @@ fn hostile_inputs_give_errors_not_panics() {
     }
 }
 
-/// Finds `guest-images/cache/vmlinuz-*-cloud-amd64` from the crate directory.
-fn debian_kernel() -> Option<std::path::PathBuf> {
+/// Numbers in a kernel file name, in order, so "6.1.0-10" sorts after "6.1.0-9".
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The newest `guest-images/cache/vmlinuz-<abi>` whose ABI `matches`, as fetched by
+/// `guest-images/scripts/fetch-debian-kernel.sh <fetch_args>`. None, with a note, when
+/// there is none; a failure instead when PVKVM_REQUIRE_DEBIAN_KERNEL is set (CI).
+fn debian_kernel(matches: fn(&str) -> bool, fetch_args: &str) -> Option<std::path::PathBuf> {
     let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/cache");
-    let mut found: Vec<_> = std::fs::read_dir(cache)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-") && n.ends_with("-cloud-amd64"))
-        })
-        .collect();
-    found.sort();
-    found.pop()
+    let found = std::fs::read_dir(cache).ok().and_then(|dir| {
+        dir.filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("vmlinuz-"))
+                    .is_some_and(matches)
+            })
+            .max_by_key(|p| version_key(&p.to_string_lossy()))
+    });
+    if found.is_none() {
+        let hint = format!("run guest-images/scripts/fetch-debian-kernel.sh {fetch_args}");
+        assert!(
+            std::env::var_os("PVKVM_REQUIRE_DEBIAN_KERNEL").is_none(),
+            "the Debian kernel is not in guest-images/cache: {hint}"
+        );
+        println!("skipped: the Debian kernel is not in guest-images/cache ({hint})");
+    }
+    found
+}
+
+/// bookworm's cloud flavour, 6.1.0-<n>-cloud-amd64.
+fn is_bookworm_cloud(abi: &str) -> bool {
+    abi.strip_prefix("6.1.0-")
+        .and_then(|r| r.strip_suffix("-cloud-amd64"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// bookworm's generic flavour, 6.1.0-<n>-amd64 (no cloud or rt infix).
+fn is_bookworm_generic(abi: &str) -> bool {
+    abi.strip_prefix("6.1.0-")
+        .and_then(|r| r.strip_suffix("-amd64"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// trixie's cloud flavour, 6.12.<n>+deb13-cloud-amd64.
+fn is_trixie_cloud(abi: &str) -> bool {
+    abi.starts_with("6.12.") && abi.ends_with("-cloud-amd64")
 }
 
 #[test]
-fn debian_cloud_kernel() {
-    let Some(path) = debian_kernel() else {
-        println!("skipped: no guest-images/cache/vmlinuz-*-cloud-amd64 (run guest-images/scripts/fetch-debian-kernel.sh)");
+fn debian_kernel_name_patterns() {
+    assert!(is_bookworm_cloud("6.1.0-57-cloud-amd64"));
+    assert!(!is_bookworm_cloud("6.1.0-57-amd64"));
+    assert!(is_bookworm_generic("6.1.0-57-amd64"));
+    for other in [
+        "6.1.0-57-cloud-amd64",
+        "6.1.0-57-rt-amd64",
+        "6.12.48+deb13-amd64",
+    ] {
+        assert!(!is_bookworm_generic(other), "{other}");
+    }
+    assert!(is_trixie_cloud("6.12.118+deb13-cloud-amd64"));
+    assert!(!is_trixie_cloud("6.1.0-57-cloud-amd64"));
+    assert!(version_key("vmlinuz-6.1.0-10-amd64") > version_key("vmlinuz-6.1.0-9-amd64"));
+}
+
+/// Checks what every Debian x86-64 PV kernel so far has in common, builds a 512 MiB
+/// domain from it and walks the result: entry mapped, P2M at INIT_P2M.
+fn check_debian_kernel(img: &KernelImage) {
+    let n = &img.notes;
+    assert_eq!(n.virt_base, Some(0xffff_ffff_8000_0000));
+    assert_eq!(n.init_p2m, Some(0x80_0000_0000));
+    assert_eq!(n.mod_start_pfn, Some(1));
+    assert_eq!(n.guest_os.as_deref(), Some("linux"));
+    assert_eq!(n.xen_version.as_deref(), Some("xen-3.0"));
+    assert_eq!(img.virt_kstart, 0xffff_ffff_8100_0000);
+    let entry = n.entry.unwrap();
+    assert!(entry >= img.virt_kstart && entry < img.virt_kend);
+    let mem_bytes = 512u64 << 20;
+    let mut cfg = test_cfg(mem_bytes);
+    cfg.initrd = Some(vec![0; 3 << 20]);
+    let mem = guest_mem(mem_bytes);
+    let l = build(img, &cfg, &mem).unwrap();
+    // Linux is loaded by paddr: its first page at PFN 0x1000.
+    assert_eq!(l.kernel_pfn, 0x1000);
+    let (gpa, _) = walk(&mem, l.l4_gpa, entry).unwrap();
+    assert_eq!(gpa, entry - VIRT_BASE);
+    let (gpa, _) = walk(&mem, l.l4_gpa, 0x80_0000_0000 + 0x1000 * 8).unwrap();
+    let v: u64 = mem.read_obj(GuestAddress(gpa)).unwrap();
+    assert_eq!(v, 0x1000);
+}
+
+/// bookworm's generic flavour: an xz payload with the x86 BCJ filter.
+#[test]
+fn debian_generic_kernel() {
+    let Some(path) = debian_kernel(is_bookworm_generic, "--flavour generic") else {
         return;
     };
     let bytes = std::fs::read(&path).unwrap();
-    let img = KernelImage::parse(&bytes).unwrap();
-    let n = &img.notes;
+    let img = KernelImage::parse(&bytes).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    assert!(matches!(
+        img.format,
+        ImageFormat::BzImage {
+            compression: Compression::Xz,
+            ..
+        }
+    ));
+    assert_eq!(
+        img.notes.features.as_deref(),
+        Some("!writable_page_tables|pae_pgdir_above_4gb")
+    );
+    check_debian_kernel(&img);
+    println!("{path:?}:\n{}", inspect(&img, None));
+}
+
+/// trixie's cloud flavour: Linux 6.12 with a zstd payload.
+#[test]
+fn debian_trixie_cloud_kernel() {
+    let Some(path) = debian_kernel(is_trixie_cloud, "--suite trixie") else {
+        return;
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let img = KernelImage::parse(&bytes).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    assert!(matches!(
+        img.format,
+        ImageFormat::BzImage {
+            compression: Compression::Zstd,
+            ..
+        }
+    ));
+    check_debian_kernel(&img);
+    println!("{path:?}:\n{}", inspect(&img, None));
+}
+
+/// bookworm's cloud flavour (the default guest): an lz4 payload.
+#[test]
+fn debian_cloud_kernel() {
+    let Some(path) = debian_kernel(is_bookworm_cloud, "") else {
+        return;
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let img = KernelImage::parse(&bytes).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     assert!(matches!(
         img.format,
         ImageFormat::BzImage {
@@ -804,30 +1023,14 @@ fn debian_cloud_kernel() {
             ..
         }
     ));
-    assert_eq!(n.virt_base, Some(0xffff_ffff_8000_0000));
-    assert_eq!(n.init_p2m, Some(0x80_0000_0000));
-    assert_eq!(n.mod_start_pfn, Some(1));
     assert_eq!(
-        n.features.as_deref(),
+        img.notes.features.as_deref(),
         Some("!writable_page_tables|pae_pgdir_above_4gb")
     );
-    assert_eq!(n.guest_os.as_deref(), Some("linux"));
-    assert_eq!(n.xen_version.as_deref(), Some("xen-3.0"));
-    let entry = n.entry.unwrap();
-    assert!(entry >= img.virt_kstart && entry < img.virt_kend);
-    assert_eq!(entry & 0xffff_ffff_ff00_0000, 0xffff_ffff_8300_0000);
-    assert_eq!(img.virt_kstart, 0xffff_ffff_8100_0000);
-    // Linux is loaded by paddr: its first page at PFN 0x1000.
-    let mem_bytes = 512u64 << 20;
-    let mut cfg = test_cfg(mem_bytes);
-    cfg.initrd = Some(vec![0; 3 << 20]);
-    let mem = guest_mem(mem_bytes);
-    let l = build(&img, &cfg, &mem).unwrap();
-    assert_eq!(l.kernel_pfn, 0x1000);
-    let (gpa, _) = walk(&mem, l.l4_gpa, entry).unwrap();
-    assert_eq!(gpa, entry - VIRT_BASE);
-    let (gpa, _) = walk(&mem, l.l4_gpa, 0x80_0000_0000 + 0x1000 * 8).unwrap();
-    let v: u64 = mem.read_obj(GuestAddress(gpa)).unwrap();
-    assert_eq!(v, 0x1000);
+    assert_eq!(
+        img.notes.entry.unwrap() & 0xffff_ffff_ff00_0000,
+        0xffff_ffff_8300_0000
+    );
+    check_debian_kernel(&img);
     println!("{path:?}:\n{}", inspect(&img, None));
 }

@@ -127,24 +127,69 @@ pub fn expect_success(name: &str) {
 /// guest-images/scripts/fetch-debian-kernel.sh). None, with a note, when there is none;
 /// a failure instead when PVKVM_REQUIRE_DEBIAN_KERNEL is set (CI).
 pub fn debian_kernel() -> Option<PathBuf> {
+    cached_debian_kernel(
+        |abi| {
+            abi.strip_prefix("6.1.0-")
+                .and_then(|r| r.strip_suffix("-cloud-amd64"))
+                .is_some_and(all_digits)
+        },
+        "",
+    )
+}
+
+/// The newest Debian 6.1 generic kernel (`vmlinuz-6.1.0-<n>-amd64`, an xz bzImage), like
+/// [`debian_kernel`].
+pub fn debian_generic_kernel() -> Option<PathBuf> {
+    cached_debian_kernel(
+        |abi| {
+            abi.strip_prefix("6.1.0-")
+                .and_then(|r| r.strip_suffix("-amd64"))
+                .is_some_and(all_digits)
+        },
+        "--flavour generic",
+    )
+}
+
+/// The newest Debian trixie cloud kernel (`vmlinuz-6.12.<n>+deb13-cloud-amd64`), like
+/// [`debian_kernel`].
+pub fn debian_trixie_cloud_kernel() -> Option<PathBuf> {
+    cached_debian_kernel(
+        |abi| abi.starts_with("6.12.") && abi.ends_with("-cloud-amd64"),
+        "--suite trixie",
+    )
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The newest `guest-images/cache/vmlinuz-<abi>` whose ABI `matches`, by the numbers in
+/// its name (so ABI 10 beats ABI 9), as `fetch-debian-kernel.sh <fetch_args>` leaves it.
+fn cached_debian_kernel(matches: fn(&str) -> bool, fetch_args: &str) -> Option<PathBuf> {
     let cache = repo_root().join("guest-images/cache");
+    let version = |p: &PathBuf| -> Vec<u64> {
+        p.to_string_lossy()
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    };
     let found = std::fs::read_dir(&cache).ok().and_then(|dir| {
-        let mut names: Vec<PathBuf> = dir
-            .filter_map(|e| e.ok().map(|e| e.path()))
+        dir.filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                name.starts_with("vmlinuz-6.1.0-") && name.ends_with("-cloud-amd64")
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("vmlinuz-"))
+                    .is_some_and(matches)
             })
-            .collect();
-        names.sort();
-        names.pop()
+            .max_by_key(version)
     });
     if found.is_none() {
+        let hint = format!("run guest-images/scripts/fetch-debian-kernel.sh {fetch_args}");
         assert!(
             std::env::var_os("PVKVM_REQUIRE_DEBIAN_KERNEL").is_none(),
-            "no guest-images/cache/vmlinuz-6.1.0-*-cloud-amd64: run guest-images/scripts/fetch-debian-kernel.sh"
+            "the Debian kernel is not in guest-images/cache: {hint}"
         );
-        eprintln!("skipped: the Debian kernel is not in guest-images/cache (run guest-images/scripts/fetch-debian-kernel.sh)");
+        eprintln!("skipped: the Debian kernel is not in guest-images/cache ({hint})");
     }
     found
 }
