@@ -43,7 +43,7 @@ fn this_hosts_policy_keeps_the_invariants() {
 
 /// The per-boot check: no kernel warning, oops or unchecked MSR access.
 const CHECK: &str =
-    "dmesg | grep -c -E 'BUG:|Oops|WARNING:|Kernel panic|unchecked MSR|MCA architectural'";
+    "dmesg | grep -c -E 'BUG:|Oops|WARNING: CPU:|Kernel panic|unchecked MSR|MCA architectural'";
 
 fn boot_clean(cmdline: &str, extra: &[&str], vendor: Option<&str>) {
     let Some(kernel) = common::debian_kernel() else {
@@ -122,4 +122,39 @@ boots_with! {
     boots_with_spec_store_bypass_disable_on: "spec_store_bypass_disable=on";
     boots_with_l1d_flush_on: "l1d_flush=on";
     boots_with_mitigations_off: "mitigations=off";
+}
+
+/// Debian's generic 6.1 flavour as shipped (xz bzImage with the x86 BCJ filter, built
+/// with machine-check support) reaches its shell with no extra kernel option.
+#[test]
+fn generic_kernel_boots_to_a_shell() {
+    let Some(kernel) = common::debian_generic_kernel() else {
+        return;
+    };
+    let run = common::debian_shell(&kernel, "console=hvc0", &[], &[CHECK, "uname -r"]);
+    assert_eq!(
+        run.answers.first().map(String::as_str),
+        Some("0"),
+        "{}",
+        run.console
+    );
+    assert!(run.answers[1].ends_with("-amd64"), "{}", run.console);
+    assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
+}
+
+/// Trixie's newest 6.12 cloud kernel reaches its shell with no extra kernel option.
+#[test]
+fn trixie_cloud_kernel_boots_to_a_shell() {
+    let Some(kernel) = common::debian_trixie_cloud_kernel() else {
+        return;
+    };
+    let run = common::debian_shell(&kernel, "console=hvc0", &[], &[CHECK, "uname -r"]);
+    assert_eq!(
+        run.answers.first().map(String::as_str),
+        Some("0"),
+        "{}",
+        run.console
+    );
+    assert!(run.answers[1].starts_with("6.12."), "{}", run.console);
+    assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
 }

@@ -207,7 +207,7 @@ fn boots_to_a_shell_and_powers_off() {
     };
     writeln!(
         stdin,
-        "uname -r; cat /sys/hypervisor/type; dmesg | grep -c -E 'BUG:|Oops|WARNING:|Kernel panic'; \
+        "uname -r; cat /sys/hypervisor/type; dmesg | grep -c -E 'BUG:|Oops|WARNING: CPU:|Kernel panic'; \
          dmesg | grep -c 'Grant table initialized'"
     )
     .unwrap();
