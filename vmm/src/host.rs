@@ -135,6 +135,57 @@ impl Default for Paths {
     }
 }
 
+impl HostFacts {
+    /// The facts and the paths they choose (or the refusal), as `pvkvm probe --json`
+    /// reports them under `host_facts`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let paths = match self.paths() {
+            Ok(p) => serde_json::json!({
+                "syscall_entry": format!("{:?}", p.syscall_entry),
+                "tsc_offset": p.tsc_offset,
+                "ring3_cpuid_intercepted": p.ring3_cpuid_intercepted,
+                "guest_tsc_aux": p.guest_tsc_aux,
+            }),
+            Err(refusal) => serde_json::json!({ "refused": refusal.to_string() }),
+        };
+        serde_json::json!({
+            "module": self.module,
+            "hardware_virt": self.hardware_virt,
+            "sync_regs": self.sync_regs,
+            "immediate_exit": self.immediate_exit,
+            "syscall_cpl": self.syscall_cpl,
+            "ring3_cpuid_intercepted": self.ring3_cpuid_intercepted,
+            "vmm_pte_store_visible": self.vmm_pte_store_visible,
+            "tsc_offset": self.tsc_offset,
+            "m2p_slot_usable": self.m2p_slot_usable,
+            "paths": paths,
+        })
+    }
+
+    /// The same as a table for `pvkvm probe`.
+    pub fn to_table(&self) -> String {
+        let paths = match self.paths() {
+            Ok(p) => format!("{p:?}"),
+            Err(r) => format!("REFUSED: {r}"),
+        };
+        format!(
+            "\nhost facts the runner uses\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  paths: {paths}\n",
+            "syscall lands at CPL",
+            self.syscall_cpl,
+            "ring-3 CPUID intercepted",
+            self.ring3_cpuid_intercepted,
+            "VMM PTE store visible without guest flush",
+            self.vmm_pte_store_visible,
+            "guest TSC offset (cycles, 0 = none measured)",
+            self.tsc_offset,
+            "L4 slot 256 (Xen's M2P address) usable",
+            self.m2p_slot_usable,
+            "hardware virtualization",
+            self.hardware_virt,
+        )
+    }
+}
+
 /// The offset to apply: 0 when the measured value is within its uncertainty and small
 /// (the host does not offset the guest's TSC), the measured value otherwise.
 pub fn significant_tsc_offset(offset: i64, uncertainty: u64) -> i64 {

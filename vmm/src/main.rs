@@ -174,12 +174,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Probe { json } => match pvkvm::probe::run() {
-            Ok(report) => {
+        Command::Probe { json } => match pvkvm::probe::run()
+            .and_then(|report| pvkvm::host::HostFacts::probe().map(|facts| (report, facts)))
+        {
+            Ok((report, facts)) => {
                 if json {
-                    println!("{}", report.to_json());
+                    let mut v: serde_json::Value =
+                        serde_json::from_str(&report.to_json()).unwrap_or_default();
+                    v["host_facts"] = facts.to_json();
+                    println!("{v}");
                 } else {
                     print!("{}", report.to_table());
+                    print!("{}", facts.to_table());
                 }
                 ExitCode::SUCCESS
             }
