@@ -156,6 +156,10 @@ pub struct GuestPlatform<'a> {
     pub clock: pv_engine::time::PvClock,
     /// Backend ports the guest notified during this exit.
     pub notified: &'a mut Vec<u32>,
+    /// MSR writes (index, value) the engine asked to be performed on the vCPU
+    /// (`pv_engine::msr::MsrEffect`); the run loop applies them before the guest runs
+    /// again.
+    pub msr_writes: &'a mut Vec<(u32, u64)>,
 }
 
 /// Reads the host TSC (the guest's too: this host does not offset it, `pvkvm probe`).
@@ -209,6 +213,9 @@ impl Platform for GuestPlatform<'_> {
     }
     fn system_time_ns(&self) -> u64 {
         self.clock.ns(rdtsc())
+    }
+    fn msr_effect(&mut self, effect: pv_engine::msr::MsrEffect) {
+        self.msr_writes.push(effect.msr_write());
     }
     fn mm(&mut self) -> Option<pv_engine::MmCtx<'_>> {
         let mm = self.mm.as_deref_mut()?;
@@ -857,6 +864,7 @@ mod tests {
         flush: pv_mm::FlushSet,
         mapped_gdt: [u64; 14],
         notified: Vec<u32>,
+        msr_writes: Vec<(u32, u64)>,
     }
 
     /// Guest RAM with the low 4 MiB identity-mapped (user, writable) and the shim region.
@@ -896,6 +904,7 @@ mod tests {
             flush: pv_mm::FlushSet::default(),
             mapped_gdt: [0; 14],
             notified: Vec::new(),
+            msr_writes: Vec::new(),
         }
     }
 
@@ -938,6 +947,7 @@ mod tests {
                 flush: &mut w.flush,
                 clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
                 notified: &mut w.notified,
+                msr_writes: &mut w.msr_writes,
             },
             mapped_gdt: &mut w.mapped_gdt,
         };

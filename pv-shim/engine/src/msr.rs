@@ -72,6 +72,8 @@ pub const MSR_P5_MC_TYPE: u32 = 0x1;
 pub const MSR_PLATFORM_ID: u32 = 0x17;
 /// MSR_APIC_BASE.
 pub const MSR_APIC_BASE: u32 = 0x1b;
+/// MSR_IA32_TSC_ADJUST.
+pub const MSR_TSC_ADJUST: u32 = 0x3b;
 /// MSR_IA32_FEATURE_CONTROL.
 pub const MSR_FEATURE_CONTROL: u32 = 0x3a;
 /// MSR_SPEC_CTRL.
@@ -335,6 +337,8 @@ pub mod feature {
     pub const MCA: Feature = feat(1, 0, Reg::Edx, 14, "MCA");
     /// Leaf 1 ECX 15: PERF_CAPABILITIES.
     pub const PDCM: Feature = feat(1, 0, Reg::Ecx, 15, "PDCM");
+    /// Leaf 7 EBX 1: TSC_ADJUST.
+    pub const TSC_ADJUST: Feature = feat(7, 0, Reg::Ebx, 1, "TSC_ADJUST");
     /// Leaf 7 ECX 22: RDPID.
     pub const RDPID: Feature = feat(7, 0, Reg::Ecx, 22, "RDPID");
     /// Leaf 7 EDX 26: IBRS and IBPB (Intel).
@@ -377,6 +381,42 @@ pub mod feature {
     pub const PSFD: Feature = feat(0x8000_0008, 0, Reg::Ebx, 28, "PSFD");
     /// Leaf 0x80000021 EAX 27: PRED_CMD.SBPB.
     pub const SBPB: Feature = feat(0x8000_0021, 0, Reg::Eax, 27, "SBPB");
+
+    // Features that imply MSRs the table has no row for (see FEATURES_WITHOUT_ROWS).
+    /// Leaf 1 ECX 11: IA32_DEBUG_INTERFACE.
+    pub const SDBG: Feature = feat(1, 0, Reg::Ecx, 11, "SDBG");
+    /// Leaf 1 ECX 21: x2APIC MSRs.
+    pub const X2APIC: Feature = feat(1, 0, Reg::Ecx, 21, "X2APIC");
+    /// Leaf 1 ECX 24: IA32_TSC_DEADLINE.
+    pub const TSC_DEADLINE: Feature = feat(1, 0, Reg::Ecx, 24, "TSC_DEADLINE");
+    /// Leaf 1 EDX 12: MTRRs.
+    pub const MTRR: Feature = feat(1, 0, Reg::Edx, 12, "MTRR");
+    /// Leaf 1 EDX 21: IA32_DS_AREA.
+    pub const DS: Feature = feat(1, 0, Reg::Edx, 21, "DS");
+    /// Leaf 7 EBX 12: resource monitoring (IA32_PQR_ASSOC, QM_EVTSEL).
+    pub const PQM: Feature = feat(7, 0, Reg::Ebx, 12, "PQM");
+    /// Leaf 7 EBX 14: IA32_BNDCFGS.
+    pub const MPX: Feature = feat(7, 0, Reg::Ebx, 14, "MPX");
+    /// Leaf 7 EBX 15: resource allocation (mask MSRs).
+    pub const PQE: Feature = feat(7, 0, Reg::Ebx, 15, "PQE");
+    /// Leaf 7 EBX 25: Intel PT (RTIT MSRs).
+    pub const PROC_TRACE: Feature = feat(7, 0, Reg::Ebx, 25, "PROC_TRACE");
+    /// Leaf 7 ECX 5: IA32_UMWAIT_CONTROL.
+    pub const WAITPKG: Feature = feat(7, 0, Reg::Ecx, 5, "WAITPKG");
+    /// Leaf 7 ECX 31: IA32_PKRS.
+    pub const PKS: Feature = feat(7, 0, Reg::Ecx, 31, "PKS");
+    /// Leaf 7 EDX 19: architectural LBR MSRs.
+    pub const ARCH_LBR: Feature = feat(7, 0, Reg::Edx, 19, "ARCH_LBR");
+    /// Leaf 7 EDX 30: IA32_CORE_CAPABILITIES.
+    pub const CORE_CAPS: Feature = feat(7, 0, Reg::Edx, 30, "CORE_CAPS");
+    /// Leaf 0x80000001 ECX 2: SVM (VM_CR, VM_HSAVE_PA).
+    pub const SVM: Feature = feat(0x8000_0001, 0, Reg::Ecx, 2, "SVM");
+    /// Leaf 0x80000001 ECX 15: lightweight profiling (LWP_CFG, LWP_CBADDR).
+    pub const LWP: Feature = feat(0x8000_0001, 0, Reg::Ecx, 15, "LWP");
+    /// Leaf 0x80000001 ECX 23: core performance counter extensions.
+    pub const PERFCTR_CORE: Feature = feat(0x8000_0001, 0, Reg::Ecx, 23, "PERFCTR_CORE");
+    /// Leaf 0x80000001 ECX 24: northbridge performance counters.
+    pub const PERFCTR_NB: Feature = feat(0x8000_0001, 0, Reg::Ecx, 24, "PERFCTR_NB");
 }
 
 use feature as f;
@@ -727,6 +767,22 @@ pub static MSRS: &[MsrRow] = &[
             Ok(APIC_DEFAULT_PHYS_BASE | APIC_BASE_ENABLE | bsp)
         },
         write: read_only,
+    },
+    MsrRow {
+        first: MSR_TSC_ADJUST,
+        last: MSR_TSC_ADJUST,
+        name: "IA32_TSC_ADJUST",
+        exists: |p| p.has(f::TSC_ADJUST),
+        // Xen offers TSC_ADJUST to HVM guests only. Here the policy may offer it (KVM
+        // does): no adjustment is reported, and the TSC, the host's, cannot be moved.
+        read: read_zero,
+        write: |_, _, _, val| {
+            if val == 0 {
+                Ok(None)
+            } else {
+                Err(MsrFault::Invalid)
+            }
+        },
     },
     MsrRow {
         first: MSR_FEATURE_CONTROL,
@@ -1221,6 +1277,7 @@ pub const FEATURE_MSRS: &[FeatureMsr] = &[
     fm(f::MCA, MSR_MC0_CTL + 3, Probe::Read),
     fm(f::MCA, MSR_MC0_CTL2, Probe::Read),
     fm(f::PDCM, MSR_PERF_CAPABILITIES, Probe::Read),
+    fm(f::TSC_ADJUST, MSR_TSC_ADJUST, Probe::Read),
     fm(f::IBRSB, MSR_SPEC_CTRL, Probe::Write(SPEC_CTRL_IBRS)),
     fm(f::IBRSB, MSR_PRED_CMD, Probe::Write(PRED_CMD_IBPB)),
     fm(f::STIBP, MSR_SPEC_CTRL, Probe::Write(SPEC_CTRL_STIBP)),
@@ -1241,6 +1298,30 @@ pub const FEATURE_MSRS: &[FeatureMsr] = &[
     fm(f::DBEXT, MSR_AMD64_DR0_ADDRESS_MASK, Probe::Read),
     fm(f::DBEXT, MSR_AMD64_DR1_ADDRESS_MASK, Probe::Read),
     fm(f::DBEXT, MSR_AMD64_DR3_ADDRESS_MASK, Probe::Read),
+];
+
+/// CPUID features that imply MSRs the table has no row for: Xen does not offer them to
+/// a PV guest (HVM-only or host-only in its featureset), so their MSRs are #GP. A PV
+/// policy must not offer any of these; a host can check its policy against this list as
+/// it checks [`FEATURE_MSRS`].
+pub const FEATURES_WITHOUT_ROWS: &[Feature] = &[
+    f::SDBG,
+    f::X2APIC,
+    f::TSC_DEADLINE,
+    f::MTRR,
+    f::DS,
+    f::PQM,
+    f::MPX,
+    f::PQE,
+    f::PROC_TRACE,
+    f::WAITPKG,
+    f::PKS,
+    f::ARCH_LBR,
+    f::CORE_CAPS,
+    f::SVM,
+    f::LWP,
+    f::PERFCTR_CORE,
+    f::PERFCTR_NB,
 ];
 
 /// Runs `probe` of `msr` against a vCPU and a policy directly (no platform): what
@@ -1272,6 +1353,7 @@ mod tests {
 
     /// Every feature the table knows.
     const ALL: &[Feature] = &[
+        f::TSC_ADJUST,
         f::MCE,
         f::MCA,
         f::PDCM,
@@ -1334,6 +1416,7 @@ mod tests {
             (MSR_P5_MC_TYPE, 0),
             (MSR_PLATFORM_ID, 0),
             (MSR_APIC_BASE, 0xfee0_0900),
+            (MSR_TSC_ADJUST, 0),
             (MSR_FEATURE_CONTROL, 1),
             (MSR_SPEC_CTRL, 0),
             (MSR_UCODE_REV, 0),
@@ -1441,6 +1524,7 @@ mod tests {
         let (mut v, mut p) = with(INTEL, ALL);
         let ok: &[(u32, u64)] = &[
             (MSR_UCODE_REV, 0),
+            (MSR_TSC_ADJUST, 0),
             (MSR_MISC_FEATURES_ENABLES, 0),
             (MSR_MCG_CAP, 0x1234),
             (MSR_MCG_CTL, u64::MAX),
@@ -1476,6 +1560,7 @@ mod tests {
             (MSR_EFER, 0x501),
             (MSR_XSS, 1),
             (MSR_TSC_AUX, 1 << 32),
+            (MSR_TSC_ADJUST, 1),
             (MSR_FS_BASE, 0x8000_0000_0000),
             (MSR_PRED_CMD, 1 << 1),
             (MSR_FLUSH_CMD, 2),
@@ -1832,6 +1917,43 @@ mod tests {
                 Probe::Write(val) => guest_wrmsr(&mut v, &mut p, fm.msr, val),
             };
             assert_eq!(got, Err(MsrFault::Absent), "{}", fm.feature.name);
+        }
+    }
+
+    /// Every feature is in exactly one list, and the features without rows really have
+    /// none of their MSRs served (checked for the ones Linux would touch first).
+    #[test]
+    fn features_without_rows_are_disjoint_from_feature_msrs() {
+        for ft in FEATURES_WITHOUT_ROWS {
+            assert!(
+                !FEATURE_MSRS.iter().any(|fm| fm.feature == *ft),
+                "{}",
+                ft.name
+            );
+            assert!(!ALL.contains(ft), "{}", ft.name);
+        }
+        let (v, p) = with(AMD, FEATURES_WITHOUT_ROWS);
+        // TSC_DEADLINE, MTRRcap, DS_AREA, PQR_ASSOC, BNDCFGS, RTIT_CTL, UMWAIT_CONTROL,
+        // PKRS, ARCH_LBR_CTL, CORE_CAPABILITIES, VM_CR, LWP_CFG, PERF_CTL0 (F15h),
+        // x2APIC ID, DEBUG_INTERFACE.
+        for msr in [
+            0x6e0,
+            0xfe,
+            0x600,
+            0xc8f,
+            0xd90,
+            0x570,
+            0xe1,
+            0x6e1,
+            0x14ce,
+            0xcf,
+            0xc001_0114,
+            0xc000_0105,
+            0xc001_0200,
+            0x802,
+            0xc80,
+        ] {
+            assert_eq!(rd(&v, &p, msr), Err(MsrFault::Unknown), "{msr:#x}");
         }
     }
 
