@@ -328,7 +328,8 @@ const fn feat(leaf: u32, subleaf: u32, reg: Reg, bit: u8, name: &'static str) ->
     }
 }
 
-/// The CPUID features the table depends on (Xen's `cpufeatureset.h` names).
+/// The CPUID features the table depends on (Xen's `cpufeatureset.h` names; PERFCTR_CORE
+/// and PERFCTR_NB, which Xen does not name, are Linux's).
 pub mod feature {
     use super::{feat, Feature, Reg};
     /// Leaf 1 EDX 7: machine-check exception.
@@ -638,7 +639,7 @@ fn has_mca(p: &Policy) -> bool {
 
 /// MCi_CTL/STATUS/ADDR/MISC (0x400 + 4 * bank + register).
 fn mc_bank_read(v: &Vcpu, p: &Policy, msr: u32) -> Result<u64, MsrFault> {
-    let bank = ((msr - MSR_MC0_CTL) / 4) as usize;
+    let bank = (msr.wrapping_sub(MSR_MC0_CTL) / 4) as usize;
     // Banks past the guest's (up to the 32 the range holds) read 0, as Xen's vMCE
     // answers MSRs it routes but does not model.
     let Some(b) = bank_in_cap(v, p, bank) else {
@@ -659,7 +660,7 @@ fn mc_bank_write(
     msr: u32,
     val: u64,
 ) -> Result<Option<MsrEffect>, MsrFault> {
-    let bank = ((msr - MSR_MC0_CTL) / 4) as usize;
+    let bank = (msr.wrapping_sub(MSR_MC0_CTL) / 4) as usize;
     if bank_in_cap(v, p, bank).is_none() {
         return Ok(None);
     }
@@ -692,7 +693,7 @@ fn bank_in_cap<'v>(v: &'v Vcpu, p: &Policy, bank: usize) -> Option<&'v VmceBank>
 /// MCi_CTL2 (0x280 + bank): stored for the guest's banks on Intel (CMCI enable and
 /// threshold), 0 and ignored elsewhere.
 fn mc_ctl2_read(v: &Vcpu, p: &Policy, msr: u32) -> Result<u64, MsrFault> {
-    let bank = (msr - MSR_MC0_CTL2) as usize;
+    let bank = msr.wrapping_sub(MSR_MC0_CTL2) as usize;
     if p.vendor != Vendor::Intel {
         return Ok(0);
     }
@@ -705,7 +706,7 @@ fn mc_ctl2_write(
     msr: u32,
     val: u64,
 ) -> Result<Option<MsrEffect>, MsrFault> {
-    let bank = (msr - MSR_MC0_CTL2) as usize;
+    let bank = msr.wrapping_sub(MSR_MC0_CTL2) as usize;
     if p.vendor == Vendor::Intel && bank_in_cap(v, p, bank).is_some() {
         if let Some(b) = v.msrs.vmce.bank.get_mut(bank) {
             b.mci_ctl2 = val;
@@ -720,7 +721,9 @@ fn p5_mc_read(v: &Vcpu, p: &Policy, msr: u32) -> Result<u64, MsrFault> {
     if !p.vendor.intel_like() {
         return Ok(0);
     }
-    let b = v.msrs.vmce.bank[1];
+    let Some(b) = v.msrs.vmce.bank.get(1) else {
+        return Ok(0);
+    };
     Ok(if msr == MSR_P5_MC_ADDR {
         b.mci_addr
     } else {
@@ -728,12 +731,20 @@ fn p5_mc_read(v: &Vcpu, p: &Policy, msr: u32) -> Result<u64, MsrFault> {
     })
 }
 
+/// DR0's mask MSR sits apart from DR1-3's.
 fn dr_mask_index(msr: u32) -> usize {
     if msr == MSR_AMD64_DR0_ADDRESS_MASK {
         0
     } else {
-        (msr - MSR_AMD64_DR1_ADDRESS_MASK + 1) as usize
+        msr.wrapping_sub(MSR_AMD64_DR1_ADDRESS_MASK).wrapping_add(1) as usize
     }
+}
+
+fn read_dr_mask(v: &Vcpu, _: &Policy, msr: u32) -> Result<u64, MsrFault> {
+    Ok(v.msrs
+        .dr_mask
+        .get(dr_mask_index(msr))
+        .map_or(0, |&m| u64::from(m)))
 }
 
 /// Every MSR a PV guest may touch. Anything not here is #GP ([`MsrFault::Unknown`]).
@@ -1158,7 +1169,7 @@ pub static MSRS: &[MsrRow] = &[
         last: MSR_AMD64_DR3_ADDRESS_MASK,
         name: "AMD64_DR1-3_ADDRESS_MASK",
         exists: |p| p.has(f::DBEXT),
-        read: |v, _, msr| Ok(u64::from(v.msrs.dr_mask[dr_mask_index(msr)])),
+        read: read_dr_mask,
         write: write_dr_mask,
     },
     MsrRow {
@@ -1166,7 +1177,7 @@ pub static MSRS: &[MsrRow] = &[
         last: MSR_AMD64_DR0_ADDRESS_MASK,
         name: "AMD64_DR0_ADDRESS_MASK",
         exists: |p| p.has(f::DBEXT),
-        read: |v, _, msr| Ok(u64::from(v.msrs.dr_mask[dr_mask_index(msr)])),
+        read: read_dr_mask,
         write: write_dr_mask,
     },
     MsrRow {
