@@ -158,6 +158,10 @@ pub struct GuestPlatform<'a> {
     pub tsc_offset: i64,
     /// Backend ports the guest notified during this exit.
     pub notified: &'a mut Vec<u32>,
+    /// MSR writes (index, value) the engine asked to be performed on the vCPU
+    /// (`pv_engine::msr::MsrEffect`); the run loop applies them before the guest runs
+    /// again.
+    pub msr_writes: &'a mut Vec<(u32, u64)>,
 }
 
 /// Reads the host TSC.
@@ -217,6 +221,9 @@ impl Platform for GuestPlatform<'_> {
     }
     fn system_time_ns(&self) -> u64 {
         self.clock.ns(guest_tsc(self.tsc_offset))
+    }
+    fn msr_effect(&mut self, effect: pv_engine::msr::MsrEffect) {
+        self.msr_writes.push(effect.msr_write());
     }
     fn mm(&mut self) -> Option<pv_engine::MmCtx<'_>> {
         let mm = self.mm.as_deref_mut()?;
@@ -894,6 +901,7 @@ mod tests {
         mapped_gdt: [u64; 14],
         notified: Vec<u32>,
         paths: crate::host::Paths,
+        msr_writes: Vec<(u32, u64)>,
     }
 
     /// Guest RAM with the low 4 MiB identity-mapped (user, writable) and the shim region.
@@ -934,6 +942,7 @@ mod tests {
             mapped_gdt: [0; 14],
             notified: Vec::new(),
             paths: crate::host::Paths::default(),
+            msr_writes: Vec::new(),
         }
     }
 
@@ -979,11 +988,113 @@ mod tests {
                 clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
                 tsc_offset: 0,
                 notified: &mut w.notified,
+                msr_writes: &mut w.msr_writes,
             },
             mapped_gdt: &mut w.mapped_gdt,
             paths: w.paths,
         };
         handle_exit(&exit, cpu, &mut dom)
+    }
+
+    /// The PV policy over a host offering every feature that implies an MSR the engine
+    /// serves (`pv_engine::msr::FEATURE_MSRS`), AMD vendor.
+    fn policy_with_msr_features() -> crate::cpuid::CpuidTable {
+        use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+        use pv_engine::msr::Reg;
+        let word = |s: &[u8; 4]| u32::from_le_bytes(*s);
+        let mut leaves: Vec<(u32, u32, [u32; 4])> = vec![
+            (0, 0, [0xd, word(b"Auth"), word(b"cAMD"), word(b"enti")]),
+            (7, 0, [2, 0, 0, 0]),
+            (0x8000_0000, 0, [0x8000_0021, 0, 0, 0]),
+        ];
+        for fm in pv_engine::msr::FEATURE_MSRS {
+            let ft = fm.feature;
+            let i = match leaves
+                .iter()
+                .position(|(l, s, _)| *l == ft.leaf && *s == ft.subleaf)
+            {
+                Some(i) => i,
+                None => {
+                    leaves.push((ft.leaf, ft.subleaf, [0; 4]));
+                    leaves.len() - 1
+                }
+            };
+            let r = match ft.reg {
+                Reg::Eax => 0,
+                Reg::Ebx => 1,
+                Reg::Ecx => 2,
+                Reg::Edx => 3,
+            };
+            leaves[i].2[r] |= 1 << ft.bit;
+        }
+        let entries: Vec<kvm_cpuid_entry2> = leaves
+            .iter()
+            .map(
+                |&(function, index, [eax, ebx, ecx, edx])| kvm_cpuid_entry2 {
+                    function,
+                    index,
+                    flags: if matches!(function, 7 | 0xd) {
+                        KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+                    } else {
+                        0
+                    },
+                    eax,
+                    ebx,
+                    ecx,
+                    edx,
+                    ..Default::default()
+                },
+            )
+            .collect();
+        crate::cpuid::CpuidTable::pv_policy(&CpuId::from_entries(&entries).unwrap())
+    }
+
+    /// Every feature the PV policy offers that implies an MSR has its row in the
+    /// engine's table, read through the VMM's platform; and a write that must reach
+    /// hardware (IBPB) is queued for the run loop to give to KVM.
+    #[test]
+    fn offered_msr_features_have_rows_and_effects_are_queued() {
+        use pv_engine::msr::{self, Probe};
+        let mut w = world();
+        w.cpuid = policy_with_msr_features();
+        let mut platform = GuestPlatform {
+            mem: &w.mem,
+            ram_bytes: RAM,
+            shared_info_gpa: w.region.shared_info_gpa,
+            cpuid: &w.cpuid,
+            console: &mut w.console,
+            mm: None,
+            frames: crate::posted::VmmFrames {
+                mem: &w.mem,
+                posted: &mut w.posted,
+                m2p_gpa: w.region.m2p_gpa,
+                m2p_frames: RAM >> 12,
+            },
+            flush: &mut w.flush,
+            clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
+            notified: &mut w.notified,
+            msr_writes: &mut w.msr_writes,
+        };
+        let policy = msr::Policy::read(&platform);
+        let mut offered = 0;
+        for fm in msr::FEATURE_MSRS {
+            if !policy.has(fm.feature) {
+                continue;
+            }
+            offered += 1;
+            let got = match fm.probe {
+                Probe::Read => msr::guest_rdmsr(&w.vcpu, &platform, fm.msr).map(|_| ()),
+                Probe::Write(v) => msr::guest_wrmsr(&mut w.vcpu, &mut platform, fm.msr, v),
+            };
+            assert_eq!(got, Ok(()), "{} -> MSR {:#x}", fm.feature.name, fm.msr);
+        }
+        assert!(offered > 20, "the policy hid most MSR features ({offered})");
+        platform.msr_writes.clear();
+        assert_eq!(
+            msr::guest_wrmsr(&mut w.vcpu, &mut platform, msr::MSR_PRED_CMD, 1),
+            Ok(())
+        );
+        assert_eq!(*platform.msr_writes, [(msr::MSR_PRED_CMD, 1)]);
     }
 
     fn doorbell() -> Exit {

@@ -697,6 +697,8 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         ..ExitStats::default()
     };
     let mut notified: Vec<u32> = Vec::new();
+    let mut msr_writes: Vec<(u32, u64)> = Vec::new();
+    let mut msr_refused: Vec<u32> = Vec::new();
     let mut blocked = false;
     let mut stub_kernel_mode = 1u32;
     loop {
@@ -742,6 +744,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 clock,
                 tsc_offset: paths.tsc_offset,
                 notified: &mut notified,
+                msr_writes: &mut msr_writes,
             },
             mapped_gdt: &mut mapped_gdt,
             paths,
@@ -788,6 +791,10 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             }
             action
         };
+        // A barrier the guest asked for must happen before it runs again.
+        if !dom.platform.msr_writes.is_empty() {
+            apply_msr_writes(&mut vcpu, dom.platform.msr_writes, &mut msr_refused);
+        }
         // Backends the guest notified work on their own thread; their answers come back
         // as Wake::BackendEvent.
         if !dom.platform.notified.is_empty() {
@@ -824,6 +831,28 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             }
             Action::Fatal(diag) => {
                 return Ok(thread_end(DomainEnd::Fatal(diag), exits, stats, &mm))
+            }
+        }
+    }
+}
+
+/// Performs the guest MSR writes that must reach hardware (`pv_engine::msr::MsrEffect`)
+/// on the vCPU. A write this host's KVM refuses is logged once per MSR and the guest
+/// goes on without it, as it would on a host without the feature. A refused SBPB is
+/// retried as IBPB, a stronger barrier that KVMs older than SBPB support.
+fn apply_msr_writes(vcpu: &mut vstate::Vcpu, writes: &mut Vec<(u32, u64)>, refused: &mut Vec<u32>) {
+    use pv_engine::msr::{MSR_PRED_CMD, PRED_CMD_IBPB, PRED_CMD_SBPB};
+    for (index, data) in writes.drain(..) {
+        let mut result = vcpu.set_msr(index, data);
+        if result.is_err() && index == MSR_PRED_CMD && data & PRED_CMD_SBPB != 0 {
+            result = vcpu.set_msr(index, PRED_CMD_IBPB);
+        }
+        if let Err(e) = result {
+            if !refused.contains(&index) {
+                refused.push(index);
+                log::warn!(
+                    "pvkvm: KVM refused the guest's write of MSR {index:#x} = {data:#x} ({e}); the guest runs without it"
+                );
             }
         }
     }

@@ -2,32 +2,21 @@
 //! (`xen/arch/x86/pv/emul-priv-op.c`): the guest kernel runs at CPL3, so they fault with
 //! #GP(0) and land here before any bounce.
 //!
-//! Covered now: `rdmsr`/`wrmsr` of the segment-base MSRs (Linux's `startup_xen` writes
-//! MSR_GS_BASE before its pvops are live). Anything else is not emulated and the caller
-//! bounces the #GP, as Xen does for an MSR it does not know. And the forced-emulation
+//! Covered: `rdmsr`/`wrmsr` through the MSR table in [`crate::msr`] (an MSR it refuses
+//! is not emulated and the caller bounces the #GP, as Xen does), `mov` to and from
+//! control registers, port I/O and `cli`/`sti` under the virtual IOPL. And the forced-emulation
 //! prefix `ud2; .ascii "xen"; cpuid` (`emul-inv-op.c`), a #UD, which is how a PV kernel
 //! asks for the hypervisor's CPUID policy.
 
-use crate::guest::{self, is_canonical};
+use crate::guest;
+use crate::msr;
 use crate::stats::emulated;
 use crate::{GuestRegs, Mode, Platform, Vcpu};
 
-/// MSR_FS_BASE.
-pub const MSR_FS_BASE: u32 = 0xc000_0100;
-/// MSR_GS_BASE.
-pub const MSR_GS_BASE: u32 = 0xc000_0101;
-/// MSR_SHADOW_GS_BASE (KERNEL_GS_BASE).
-pub const MSR_SHADOW_GS_BASE: u32 = 0xc000_0102;
-/// MSR_EFER.
-pub const MSR_EFER: u32 = 0xc000_0080;
-/// MSR_IA32_UCODE_REV.
-pub const MSR_UCODE_REV: u32 = 0x8b;
-/// MSR_ARCH_CAPABILITIES.
-pub const MSR_ARCH_CAPABILITIES: u32 = 0x10a;
-/// MSR_IA32_MISC_ENABLE.
-pub const MSR_MISC_ENABLE: u32 = 0x1a0;
-/// MSR_IA32_CR_PAT.
-pub const MSR_PAT: u32 = 0x277;
+pub use crate::msr::{
+    MSR_ARCH_CAPABILITIES, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_MISC_ENABLE, MSR_PAT,
+    MSR_SHADOW_GS_BASE, MSR_UCODE_REV,
+};
 
 /// Tries to emulate the instruction at `regs.rip` that raised #GP(0). Returns the kind
 /// of instruction (a [`crate::stats::emulated`] index) when it did (rip is then past it),
@@ -64,24 +53,23 @@ pub fn emulate_privileged_op(
         }
         return None;
     }
-    let insn = [bytes[0], bytes[1]];
+    // wrmsr (0f 30) / rdmsr (0f 32): ECX names the MSR, EDX:EAX hold the value. A
+    // refused access leaves everything as it was and the caller bounces the #GP.
     let msr = regs.rcx as u32;
-    let done = match insn {
-        [0x0f, 0x30] => write_msr(vcpu, msr, (regs.rdx << 32) | (regs.rax & 0xffff_ffff)),
-        [0x0f, 0x32] => match read_msr(vcpu, msr, p) {
-            Some(v) => {
-                regs.rax = v & 0xffff_ffff;
-                regs.rdx = v >> 32;
-                true
-            }
-            None => false,
-        },
-        _ => false,
-    };
-    if done {
-        regs.rip = regs.rip.wrapping_add(2);
+    match [bytes[0], bytes[1]] {
+        [0x0f, 0x30] => {
+            let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+            msr::guest_wrmsr(vcpu, p, msr, value).ok()?;
+        }
+        [0x0f, 0x32] => {
+            let value = msr::guest_rdmsr(vcpu, p, msr).ok()?;
+            regs.rax = value & 0xffff_ffff;
+            regs.rdx = value >> 32;
+        }
+        _ => return None,
     }
-    done.then_some(emulated::MSR)
+    regs.rip = regs.rip.wrapping_add(2);
+    Some(emulated::MSR)
 }
 
 /// CR0 bits the hardware has while a PV guest runs (PG, AM, WP, NE, ET, MP, PE): what a
@@ -217,49 +205,6 @@ pub fn emulate_forced_cpuid(vcpu: &Vcpu, regs: &mut GuestRegs, p: &dyn Platform)
     true
 }
 
-/// MSR_IA32_MISC_ENABLE as a PV guest sees it: fast strings, no BTS, no PEBS.
-const MISC_ENABLE_GUEST: u64 = (1 << 0) | (1 << 11) | (1 << 12);
-/// The PAT Xen gives every PV guest (`XEN_MSR_PAT`).
-const XEN_MSR_PAT: u64 = 0x0000_0501_0007_0406;
-
-fn write_msr(vcpu: &mut Vcpu, msr: u32, value: u64) -> bool {
-    match msr {
-        // Writing what a read returns is accepted and changes nothing (Xen).
-        MSR_MISC_ENABLE => return value == MISC_ENABLE_GUEST,
-        // Linux writes 0 before reading the microcode revision.
-        MSR_UCODE_REV => return value == 0,
-        MSR_PAT => return value == XEN_MSR_PAT,
-        _ => {}
-    }
-    if !is_canonical(value) {
-        return false;
-    }
-    match msr {
-        MSR_FS_BASE => vcpu.fs_base = value,
-        MSR_GS_BASE => vcpu.gs_base_kernel = value,
-        MSR_SHADOW_GS_BASE => vcpu.gs_base_user = value,
-        _ => return false,
-    }
-    true
-}
-
-fn read_msr(vcpu: &Vcpu, msr: u32, p: &dyn Platform) -> Option<u64> {
-    match msr {
-        MSR_MISC_ENABLE => Some(MISC_ENABLE_GUEST),
-        MSR_UCODE_REV => Some(0),
-        MSR_PAT => Some(XEN_MSR_PAT),
-        // SCE | LME | LMA | NXE: what the guest runs with.
-        MSR_EFER => Some(0xd01),
-        // Present only where the CPUID policy advertises it (leaf 7 EDX bit 29); pvkvm
-        // claims no mitigation-related capabilities.
-        MSR_ARCH_CAPABILITIES if p.cpuid(7, 0)[3] & (1 << 29) != 0 => Some(0),
-        MSR_FS_BASE => Some(vcpu.fs_base),
-        MSR_GS_BASE => Some(vcpu.gs_base_kernel),
-        MSR_SHADOW_GS_BASE => Some(vcpu.gs_base_user),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +253,58 @@ mod tests {
         };
         assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_none());
         assert_eq!(regs.rip, crate::testutil::DATA_VA);
+    }
+
+    #[test]
+    fn msr_table_through_the_instruction_decoder() {
+        use crate::msr::{feature as f, MsrEffect};
+        let (mut vcpu, mut p) = setup();
+        p.set_policy(b"AuthenticAMD", &[f::MCE, f::MCA, f::IBPB, f::SBPB]);
+        let rip = crate::testutil::DATA_VA;
+        place(&mut p, &vcpu, rip, &[0x0f, 0x32]);
+        // rdmsr MCG_CAP: Linux's MCE init, which panics on a fault.
+        let mut regs = GuestRegs {
+            rip,
+            rcx: 0x179,
+            rax: 0xdead,
+            rdx: 0xbeef,
+            ..Default::default()
+        };
+        assert_eq!(
+            emulate_privileged_op(&mut vcpu, &mut regs, &mut p),
+            Some(emulated::MSR)
+        );
+        assert_eq!((regs.rdx, regs.rax, regs.rip), (0, 2, rip + 2));
+        // wrmsr PRED_CMD with SBPB (Linux's switch_mm with spec_rstack_overflow=off).
+        place(&mut p, &vcpu, rip, &[0x0f, 0x30]);
+        let mut regs = GuestRegs {
+            rip,
+            rcx: 0x49,
+            rax: 0x80,
+            rdx: 0,
+            ..Default::default()
+        };
+        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_some());
+        assert_eq!(p.effects, [MsrEffect::PredCmd(0x80)]);
+        // A reserved bit: not emulated, rip unchanged, no effect.
+        let mut regs = GuestRegs {
+            rip,
+            rcx: 0x49,
+            rax: 0x2,
+            ..Default::default()
+        };
+        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_none());
+        assert_eq!((regs.rip, p.effects.len()), (rip, 1));
+        // wrmsr takes EAX only: the upper half of rax is not part of the value.
+        let mut regs = GuestRegs {
+            rip,
+            rcx: 0x49,
+            rax: 0xffff_ffff_0000_0001,
+            rdx: 0,
+            ..Default::default()
+        };
+        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_some());
+        assert_eq!(p.effects, [MsrEffect::PredCmd(0x80), MsrEffect::PredCmd(1)]);
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod hostile;
 pub mod hypercall;
 pub mod memory;
 pub mod mmu;
+pub mod msr;
 pub mod ptwr;
 pub mod stats;
 pub mod time;
@@ -77,6 +78,10 @@ pub trait Platform {
     fn system_time_ns(&self) -> u64 {
         0
     }
+    /// A guest MSR write that must happen in hardware too (a barrier or flush now, or a
+    /// speculation control / TSC_AUX the vCPU runs with); see [`msr::MsrEffect`]. Where
+    /// the host cannot, the guest goes on without it (the default does nothing).
+    fn msr_effect(&mut self, _effect: msr::MsrEffect) {}
 }
 
 /// The domain id the guest has (the VMM's backends are domain 0).

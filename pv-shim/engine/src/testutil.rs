@@ -36,6 +36,12 @@ pub struct FakePlatform {
     pub mem: Vec<u8>,
     pub console_out: Vec<u8>,
     pub console_in: Vec<u8>,
+    /// The CPUID policy: None answers `[leaf, subleaf, 0x1234, 0x5678]` (a policy with
+    /// no leaves beyond 0 and an unknown vendor); Some answers from the list, zeros for
+    /// a leaf not in it.
+    pub cpuid: Option<Vec<(u32, u32, [u32; 4])>>,
+    /// MSR effects the engine asked for, in order.
+    pub effects: Vec<crate::msr::MsrEffect>,
     next_frame: u64,
 }
 
@@ -59,7 +65,16 @@ impl Platform for FakePlatform {
         self.console_out.extend_from_slice(bytes);
     }
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        [leaf, subleaf, 0x1234, 0x5678]
+        match &self.cpuid {
+            None => [leaf, subleaf, 0x1234, 0x5678],
+            Some(t) => t
+                .iter()
+                .find(|(l, s, _)| *l == leaf && *s == subleaf)
+                .map_or([0; 4], |e| e.2),
+        }
+    }
+    fn msr_effect(&mut self, effect: crate::msr::MsrEffect) {
+        self.effects.push(effect);
     }
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.console_in.len());
@@ -75,8 +90,41 @@ impl FakePlatform {
             mem: vec![0; MEM_SIZE],
             console_out: Vec::new(),
             console_in: Vec::new(),
+            cpuid: None,
+            effects: Vec::new(),
             next_frame: 0x10_0000,
         }
+    }
+    /// Sets the CPUID policy to `vendor` (a 12-byte leaf-0 string) with `features`, and
+    /// maximum leaves covering every leaf the MSR table reads.
+    pub fn set_policy(&mut self, vendor: &[u8; 12], features: &[crate::msr::Feature]) {
+        let word =
+            |i: usize| u32::from_le_bytes([vendor[i], vendor[i + 1], vendor[i + 2], vendor[i + 3]]);
+        let mut t = vec![
+            (0, 0, [0xd, word(0), word(8), word(4)]),
+            (0x8000_0000, 0, [0x8000_0021, 0, 0, 0]),
+            (7, 0, [2, 0, 0, 0]),
+        ];
+        for ft in features {
+            let r = match ft.reg {
+                crate::msr::Reg::Eax => 0,
+                crate::msr::Reg::Ebx => 1,
+                crate::msr::Reg::Ecx => 2,
+                crate::msr::Reg::Edx => 3,
+            };
+            let slot = match t
+                .iter()
+                .position(|(l, s, _)| *l == ft.leaf && *s == ft.subleaf)
+            {
+                Some(i) => i,
+                None => {
+                    t.push((ft.leaf, ft.subleaf, [0; 4]));
+                    t.len() - 1
+                }
+            };
+            t[slot].2[r] |= 1 << ft.bit;
+        }
+        self.cpuid = Some(t);
     }
     pub fn r64(&self, gpa: u64) -> u64 {
         let g = gpa as usize;

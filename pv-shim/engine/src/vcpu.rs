@@ -182,6 +182,9 @@ pub struct Vcpu {
     /// on Xen; kept per vCPU until the engine has a domain object (the VMM should treat
     /// vCPU 0's as the domain's).
     pub shutdown_code: Option<u8>,
+    /// MSR values the guest wrote and reads back (speculation controls, TSC_AUX,
+    /// machine-check banks; see [`crate::msr`]).
+    pub msrs: crate::msr::VcpuMsrs,
 }
 
 impl Vcpu {
@@ -240,6 +243,7 @@ impl Vcpu {
             iopl: 0,
             gs_sel_user: 0,
             shutdown_code: None,
+            msrs: crate::msr::VcpuMsrs::default(),
         }
     }
 

@@ -387,6 +387,16 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Writes one MSR of the vCPU now (host-initiated, so KVM either performs it at once,
+    /// as for a barrier, or keeps it as the value it loads on every entry).
+    pub fn set_msr(&mut self, index: u32, data: u64) -> Result<()> {
+        self.set_msrs(&[MsrEntry {
+            index,
+            data,
+            ..Default::default()
+        }])
+    }
+
     /// Sets the CPUID the guest sees.
     pub fn set_cpuid(&mut self, cpuid: &CpuId) -> Result<()> {
         self.fd.set_cpuid2(cpuid).map_err(ioctl("KVM_SET_CPUID2"))
