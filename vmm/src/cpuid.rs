@@ -673,4 +673,4 @@ impl CpuidTable {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

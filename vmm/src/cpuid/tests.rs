@@ -275,7 +275,7 @@ fn dumps_with_bad_lines_are_refused() {
 }
 
 /// Recorded CPUID dumps of real CPUs (vmm/tests/data/cpuid/README.md).
-const RECORDED: &[(&str, &str)] = &[
+pub(crate) const RECORDED: &[(&str, &str)] = &[
     (
         "intel-skylake-sp",
         include_str!("../../tests/data/cpuid/intel-skylake-sp.txt"),
