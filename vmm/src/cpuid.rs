@@ -101,6 +101,59 @@ impl CpuidTable {
         Self { entries }
     }
 
+    /// Extended state as [`crate::xstate::XstatePlan`] decided (issue 9): with `xcr0_mask`
+    /// 0, XSAVE and what needs it (AVX, FMA, F16C, AVX2, AVX-512) hidden; otherwise XSAVE,
+    /// AVX when the mask has YMM and AVX-512F when it has the AVX-512 trio, XSAVEOPT
+    /// and XGETBV1 as the host has them, and leaf 0xD for exactly that mask. OSXSAVE is
+    /// never in the table: the engine adds it per vCPU, as Xen does.
+    pub fn apply_xstate(&mut self, xcr0_mask: u64) {
+        let has = |m: u64| xcr0_mask & m == m && xcr0_mask != 0;
+        let host_d1 = core::arch::x86_64::__cpuid_count(0xd, 1).eax;
+        for e in self.entries.iter_mut() {
+            match (e.function, e.index) {
+                (1, _) => {
+                    e.ecx &= !((1 << 26) | (1 << 27) | (1 << 28) | (1 << 12) | (1 << 29));
+                    if has(0x3) {
+                        e.ecx |= 1 << 26;
+                    }
+                    if has(0x7) {
+                        e.ecx |= 1 << 28;
+                    }
+                }
+                (7, 0) if !has(0x7) => e.ebx &= !((1 << 5) | 0xdc23_0000),
+                (7, 0) if has(0xe7) => e.ebx |= 1 << 16,
+                (7, 0) => e.ebx &= !0xdc23_0000,
+                _ => {}
+            }
+        }
+        self.entries.retain(|e| e.function != 0xd);
+        if xcr0_mask == 0 {
+            return;
+        }
+        let mut max = 576;
+        for i in 2..63u32 {
+            if xcr0_mask & (1 << i) != 0 {
+                let r = core::arch::x86_64::__cpuid_count(0xd, i);
+                max = max.max(r.eax + r.ebx);
+                let mut e = leaf(0xd, r.eax, r.ebx, r.ecx & 1, 0);
+                e.index = i;
+                e.flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+                self.entries.push(e);
+            }
+        }
+        let mut d0 = leaf(0xd, xcr0_mask as u32, 576, max, (xcr0_mask >> 32) as u32);
+        d0.flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+        // XSAVEOPT (bit 0) and XGETBV1 (bit 2); not XSAVEC nor XSAVES.
+        let mut d1 = leaf(0xd, host_d1 & 0b101, 0, 0, 0);
+        d1.index = 1;
+        d1.flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+        self.entries.push(d0);
+        self.entries.push(d1);
+        for e in self.entries.iter_mut().filter(|e| e.function == 0) {
+            e.eax = e.eax.max(0xd);
+        }
+    }
+
     /// The table for `KVM_SET_CPUID2`.
     pub fn to_kvm(&self) -> Option<CpuId> {
         CpuId::from_entries(&self.entries).ok()

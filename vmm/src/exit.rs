@@ -156,6 +156,11 @@ pub struct GuestPlatform<'a> {
     pub clock: pv_engine::time::PvClock,
     /// Backend ports the guest notified during this exit.
     pub notified: &'a mut Vec<u32>,
+    /// What the host does about extended state.
+    pub xstate: crate::xstate::XstatePlan,
+    /// An XCR0 the guest set during this exit, for the runner to load before the next
+    /// entry.
+    pub xcr0_pending: Option<u64>,
 }
 
 /// Reads the host TSC (the guest's too: this host does not offset it, `pvkvm probe`).
@@ -201,6 +206,13 @@ impl Platform for GuestPlatform<'_> {
     }
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         self.cpuid.lookup(leaf, subleaf)
+    }
+    fn set_xcr0(&mut self, xcr0: u64) -> bool {
+        if !self.xstate.accepts(xcr0) {
+            return false;
+        }
+        self.xcr0_pending = Some(xcr0);
+        true
     }
     fn notify_backend(&mut self, remote_port: u32) {
         if !self.notified.contains(&remote_port) {
@@ -938,6 +950,12 @@ mod tests {
                 flush: &mut w.flush,
                 clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
                 notified: &mut w.notified,
+                xstate: crate::xstate::XstatePlan {
+                    control: crate::xstate::Xcr0Control::Vcpu,
+                    xcr0_mask: 0x7,
+                    reset_pkru: false,
+                },
+                xcr0_pending: None,
             },
             mapped_gdt: &mut w.mapped_gdt,
         };

@@ -16,3 +16,4 @@ pub mod runner;
 pub mod shim;
 pub mod vstate;
 pub mod xenstore;
+pub mod xstate;

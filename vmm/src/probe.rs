@@ -1326,7 +1326,10 @@ impl XstateHost {
     pub fn facts(&self) -> Vec<(&'static str, String)> {
         let opt = |b: Option<bool>| b.map_or("unknown".to_string(), yes_no);
         vec![
-            ("KVM's supported XCR0 (leaf 0xD.0)", format!("{:#x}", self.kvm_xcr0_mask)),
+            (
+                "KVM's supported XCR0 (leaf 0xD.0)",
+                format!("{:#x}", self.kvm_xcr0_mask),
+            ),
             (
                 "ring-3 xgetbv after KVM_SET_XCRS 0x3 / 0x7",
                 format!("{} / {}", self.xgetbv_after_sse, self.xgetbv_after_avx),
@@ -1497,7 +1500,6 @@ pub fn xstate_host() -> Result<XstateHost, Error> {
     })?;
     let l1 = ring3_cpuid(&mut p, 1, 0);
     let l7 = ring3_cpuid(&mut p, 7, 0);
-    eprintln!("DEBUG host1 {host1:x?} host7 {host7:x?} l1 {l1:x?} l7 {l7:x?} sup {:x?}", supported.as_slice().iter().filter(|e| e.function == 1 || e.function == 7 || e.function == 0xd).collect::<Vec<_>>());
     Ok(XstateHost {
         kvm_xcr0_mask,
         xgetbv_after_sse,
