@@ -133,6 +133,7 @@ mod tests {
             xsave_ioctls_us: 0.0,
             leaf1_from_table: Some(false),
             leaf7_from_table: Some(false),
+            ring3_osxsave: (None, None),
             ring3_leaf1_ecx: None,
             ring3_leaf7_ecx: None,
         }
