@@ -156,6 +156,53 @@ mod tests {
         assert_eq!(p.initial_xcr0(), 3);
     }
 
+    fn policy() -> crate::cpuid::CpuidTable {
+        let mut l7 = kvm_bindings::kvm_cpuid_entry2 {
+            function: 7,
+            ebx: 0xffff_ffff,
+            ..Default::default()
+        };
+        l7.flags = kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+        let l1 = kvm_bindings::kvm_cpuid_entry2 {
+            function: 1,
+            ecx: 0xffff_ffff,
+            ..Default::default()
+        };
+        let d0 = kvm_bindings::kvm_cpuid_entry2 {
+            function: 0xd,
+            eax: 0x2ff,
+            ..Default::default()
+        };
+        crate::cpuid::CpuidTable::pv_policy(
+            &kvm_bindings::CpuId::from_entries(&[l1, l7, d0]).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_policy_offers_exactly_the_plans_mask() {
+        let mut t = policy();
+        t.apply_xstate(0x7);
+        let ecx = t.lookup(1, 0)[2];
+        assert_eq!(
+            ecx & (0b111 << 26),
+            (1 << 26) | (1 << 28),
+            "XSAVE, AVX, never OSXSAVE"
+        );
+        assert_eq!(t.lookup(0xd, 0)[0], 0x7);
+        assert_eq!(t.lookup(0xd, 0)[3], 0);
+        assert_eq!(
+            t.lookup(7, 0)[1] & (1 << 16),
+            0,
+            "no AVX-512F without its state"
+        );
+        assert_ne!(t.lookup(7, 0)[1] & (1 << 5), 0, "AVX2 stays with AVX");
+        let mut t = policy();
+        t.apply_xstate(0);
+        assert_eq!(t.lookup(1, 0)[2] & (0b111 << 26), 0);
+        assert_eq!(t.lookup(7, 0)[1] & ((1 << 5) | (1 << 16)), 0);
+        assert_eq!(t.lookup(0xd, 0), [0; 4]);
+    }
+
     #[test]
     fn unknown_or_unofferable_fixed_xcr0_hides_xsave() {
         for h in [Ring3::Fault(6), Ring3::Unknown, Ring3::Value(0x1)] {
