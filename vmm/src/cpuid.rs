@@ -103,7 +103,8 @@ impl CpuidTable {
 
     /// Extended state as [`crate::xstate::XstatePlan`] decided (issue 9): with `xcr0_mask`
     /// 0, XSAVE and what needs it (AVX, FMA, F16C, AVX2, AVX-512) hidden; otherwise XSAVE,
-    /// AVX when the mask has YMM and AVX-512F when it has the AVX-512 trio, XSAVEOPT
+    /// AVX when the mask has YMM (FMA, F16C, AVX2 as the table had them), AVX-512F when
+    /// it has the AVX-512 trio (the AVX-512 family hidden otherwise), XSAVEOPT
     /// and XGETBV1 as the host has them, and leaf 0xD for exactly that mask. OSXSAVE is
     /// never in the table: the engine adds it per vCPU, as Xen does.
     pub fn apply_xstate(&mut self, xcr0_mask: u64) {
@@ -112,12 +113,15 @@ impl CpuidTable {
         for e in self.entries.iter_mut() {
             match (e.function, e.index) {
                 (1, _) => {
-                    e.ecx &= !((1 << 26) | (1 << 27) | (1 << 28) | (1 << 12) | (1 << 29));
+                    e.ecx &= !((1 << 26) | (1 << 27) | (1 << 28));
                     if has(0x3) {
                         e.ecx |= 1 << 26;
                     }
                     if has(0x7) {
                         e.ecx |= 1 << 28;
+                    } else {
+                        // FMA and F16C need AVX state.
+                        e.ecx &= !((1 << 12) | (1 << 29));
                     }
                 }
                 (7, 0) if !has(0x7) => e.ebx &= !((1 << 5) | 0xdc23_0000),
