@@ -326,8 +326,8 @@ pub const PVKVM_HIDDEN: &[(Feature, &str)] = &[(
          seeing it (no trap on any host kind); bases go through set_segment_base and wrmsr",
 )];
 
-/// The extended-state features, offered only where the host lets the VMM govern the
-/// XCR0 guest code runs with and the engine emulates `xsetbv` ([`PolicyOptions::xstate`]).
+/// The extended-state features, offered only with an XCR0 mask from the host's plan
+/// ([`PolicyOptions::xcr0`]).
 pub const XSTATE_FEATURES: &[Feature] = &[feat::XSAVE];
 
 /// The features that read `MSR_TSC_AUX` in guest code, offered only where the host loads
@@ -339,11 +339,14 @@ pub const TSC_AUX_FEATURES: &[Feature] = &[feat::RDTSCP, feat::RDPID];
 /// Host-dependent choices for the policy.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PolicyOptions {
-    /// Offer XSAVE (and with it AVX and the AVX-512 family): only when the host's facts
-    /// say the XCR0 of guest code follows the vCPU's (`KVM_SET_XCRS`) and the engine
-    /// emulates `xsetbv`. Without it, Linux saves task state with FXSAVE, so no process
-    /// may be told AVX exists.
-    pub xstate: bool,
+    /// The XCR0 components the host's extended-state plan lets the guest have
+    /// ([`crate::xstate::XstatePlan::xcr0_mask`]); 0 hides XSAVE and everything that
+    /// needs it. Otherwise XSAVE is offered, and exactly the state features of these
+    /// components (AVX for YMM, AVX-512F for the AVX-512 trio), whatever KVM's table says
+    /// of them: the plan measured what guest code runs with, and where guest ring 3
+    /// runs natively it can use them anyway, so the kernel must save them (Linux saves
+    /// task state with FXSAVE unless it is offered XSAVE).
+    pub xcr0: u64,
     /// Offer RDTSCP and RDPID: only where guest code reads the guest's own TSC_AUX
     /// (hardware virtualization loads it on VM entry).
     pub tsc_aux: bool,
@@ -356,8 +359,13 @@ pub struct PolicyOptions {
 /// What Xen's PV default policy offers on a host with this featureset (`host`), from
 /// the featureset table and Xen's fix-ups; pvkvm's restrictions come on top of it.
 pub fn xen_pv_default_featureset(host: &RawCpuid) -> Featureset {
+    xen_pv_default_from(host, host.featureset())
+}
+
+/// [`xen_pv_default_featureset`] over `host_fs`, the host's featureset as pvkvm knows it
+/// (the table's, or with facts measured on the host folded in).
+fn xen_pv_default_from(host: &RawCpuid, host_fs: Featureset) -> Featureset {
     let vendor = host.vendor();
-    let host_fs = host.featureset();
     let mut fs = host_fs.and(&Featureset::with_avail(Avail::AllDefault));
     // The AMD copy of the common leaf 1 EDX bits is rebuilt from leaf 1 at the end.
     for f in fset::COMMON_1D {
@@ -398,16 +406,25 @@ pub fn xen_pv_default_featureset(host: &RawCpuid) -> Featureset {
 }
 
 /// pvkvm's featureset: Xen's PV default minus [`PVKVM_HIDDEN`] (and extended state
-/// unless `opts.xstate`).
+/// unless the host's plan allows it, [`PolicyOptions::xcr0`]).
 pub fn pvkvm_featureset(host: &RawCpuid, opts: &PolicyOptions) -> Featureset {
-    let mut fs = xen_pv_default_featureset(host);
+    // The plan's components, as far as this CPU (or recorded dump) has them at all, are
+    // host facts: they decide XSAVE, AVX and AVX-512F before Xen's rules run, so the
+    // features built on them (FMA, AVX2, ...) follow as the host has those.
+    let [lo, _, _, hi] = host.get(0xd, 0);
+    let xcr0 = opts.xcr0 & ((u64::from(hi) << 32) | u64::from(lo));
+    let mut host_fs = host.featureset();
+    let has = |m: u64| xcr0 & m == m;
+    let xsave = has(xcr0::X87 | xcr0::SSE) && host.get(0, 0)[0] >= 0xd;
+    host_fs.set(feat::XSAVE, xsave);
+    host_fs.set(feat::AVX, xsave && has(xcr0::YMM));
+    host_fs.set(
+        feat::AVX512F,
+        xsave && has(xcr0::YMM | xcr0::OPMASK | xcr0::ZMM | xcr0::HI_ZMM),
+    );
+    let mut fs = xen_pv_default_from(host, host_fs);
     for (f, _) in PVKVM_HIDDEN {
         fs.set(*f, false);
-    }
-    if !opts.xstate {
-        for f in XSTATE_FEATURES {
-            fs.set(*f, false);
-        }
     }
     if !opts.tsc_aux {
         for f in TSC_AUX_FEATURES {
@@ -542,7 +559,7 @@ impl CpuidTable {
                     push(7, 2, [0, 0, 0, word(&fs, 13)]);
                 }
                 0xd if fs.has(feat::XSAVE) => {
-                    let mask = xcr0_mask(&fs);
+                    let mask = xcr0_mask(&fs) & opts.xcr0;
                     let initial = xcr0::X87 | xcr0::SSE;
                     push(
                         0xd,

@@ -162,6 +162,11 @@ pub struct GuestPlatform<'a> {
     /// (`pv_engine::msr::MsrEffect`); the run loop applies them before the guest runs
     /// again.
     pub msr_writes: &'a mut Vec<(u32, u64)>,
+    /// What the host does about extended state.
+    pub xstate: crate::xstate::XstatePlan,
+    /// An XCR0 the guest set during this exit, for the runner to load before the next
+    /// entry.
+    pub xcr0_pending: Option<u64>,
 }
 
 /// Reads the host TSC.
@@ -213,6 +218,13 @@ impl Platform for GuestPlatform<'_> {
     }
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         self.cpuid.lookup(leaf, subleaf)
+    }
+    fn set_xcr0(&mut self, xcr0: u64) -> bool {
+        if !self.xstate.accepts(xcr0) {
+            return false;
+        }
+        self.xcr0_pending = Some(xcr0);
+        true
     }
     fn notify_backend(&mut self, remote_port: u32) {
         if !self.notified.contains(&remote_port) {
@@ -989,6 +1001,12 @@ mod tests {
                 tsc_offset: 0,
                 notified: &mut w.notified,
                 msr_writes: &mut w.msr_writes,
+                xstate: crate::xstate::XstatePlan {
+                    control: crate::xstate::Xcr0Control::Vcpu,
+                    xcr0_mask: 0x7,
+                    reset_pkru: false,
+                },
+                xcr0_pending: None,
             },
             mapped_gdt: &mut w.mapped_gdt,
             paths: w.paths,
@@ -1075,6 +1093,8 @@ mod tests {
             tsc_offset: 0,
             notified: &mut w.notified,
             msr_writes: &mut w.msr_writes,
+            xstate: crate::xstate::XstatePlan::HIDDEN,
+            xcr0_pending: None,
         };
         let policy = msr::Policy::read(&platform);
         let mut offered = 0;
@@ -1090,7 +1110,10 @@ mod tests {
             assert_eq!(got, Ok(()), "{} -> MSR {:#x}", fm.feature.name, fm.msr);
         }
         // The allow-list keeps the PV-default ones (machine checks, IBPB/SBPB, ...).
-        assert!(offered >= 10, "the policy hid most MSR features ({offered})");
+        assert!(
+            offered >= 10,
+            "the policy hid most MSR features ({offered})"
+        );
         platform.msr_writes.clear();
         assert_eq!(
             msr::guest_wrmsr(&mut w.vcpu, &mut platform, msr::MSR_PRED_CMD, 1),
@@ -1110,7 +1133,7 @@ mod tests {
             for opts in [
                 crate::cpuid::PolicyOptions::default(),
                 crate::cpuid::PolicyOptions {
-                    xstate: true,
+                    xcr0: 0xe7,
                     tsc_aux: true,
                     tsc_khz: 0,
                 },
@@ -1135,6 +1158,8 @@ mod tests {
                     tsc_offset: 0,
                     notified: &mut w.notified,
                     msr_writes: &mut w.msr_writes,
+                    xstate: crate::xstate::XstatePlan::HIDDEN,
+                    xcr0_pending: None,
                 };
                 let policy = msr::Policy::read(&platform);
                 for f in msr::FEATURES_WITHOUT_ROWS {

@@ -17,3 +17,4 @@ pub mod runner;
 pub mod shim;
 pub mod vstate;
 pub mod xenstore;
+pub mod xstate;

@@ -203,6 +203,58 @@ probe_r3_cpuid:
     syscall
     ud2
 
+// ring 3: raw cpuid of leaf rdi, subleaf rsi; eax..edx in r12..r15
+probe_r3_cpuid_leaf:
+    mov %edi, %eax
+    mov %esi, %ecx
+    cpuid
+    mov %eax, %r12d
+    mov %ebx, %r13d
+    mov %ecx, %r14d
+    mov %edx, %r15d
+    mov $1, %eax
+    syscall
+    ud2
+
+// ring 3: xgetbv(0) into rbx (#UD where CR4.OSXSAVE is not in effect)
+probe_r3_xgetbv:
+    xor %ecx, %ecx
+    xgetbv
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
+// ring 3: one AVX instruction (vpxor of ymm15 with itself: a YMM register), then report
+probe_r3_avx:
+    vpxor %ymm15, %ymm15, %ymm15
+    mov $1, %eax
+    syscall
+    ud2
+
+// ring 3: rdpkru into rbx (#UD where CR4.PKE is not in effect)
+probe_r3_rdpkru:
+    xor %ecx, %ecx
+    rdpkru
+    mov %rax, %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
+// ring 3: wrpkru(rdi), then rdpkru into rbx
+probe_r3_wrpkru:
+    mov %rdi, %rax
+    xor %ecx, %ecx
+    xor %edx, %edx
+    wrpkru
+    rdpkru
+    mov %rax, %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
 // ring 0 instruction snippets: each runs one instruction then reports.
 probe_i_iretq:
     mov %rsp, %rax
@@ -359,6 +411,11 @@ snippet_offsets!(
     probe_r3_rdtsc,
     probe_r3_load_ds,
     probe_r3_sse,
+    probe_r3_cpuid_leaf,
+    probe_r3_xgetbv,
+    probe_r3_avx,
+    probe_r3_rdpkru,
+    probe_r3_wrpkru,
     probe_i_iretq,
     probe_i_sysret,
     probe_i_swapgs,
@@ -436,6 +493,11 @@ struct ProbeVm {
 
 impl ProbeVm {
     fn new() -> Result<Self, Error> {
+        Self::with_cpuid(|_| {})
+    }
+
+    /// A probe VM whose `KVM_SET_CPUID2` table `edit` changed first.
+    fn with_cpuid(edit: impl FnOnce(&mut kvm_bindings::CpuId)) -> Result<Self, Error> {
         let shim_gpa = RAM;
         let vm = Vm::new(&[
             (0, RAM as usize),
@@ -490,6 +552,7 @@ impl ProbeVm {
         {
             e.ebx = u32::from_le_bytes(*b"pvkv");
         }
+        edit(&mut cpuid);
         vcpu.set_cpuid(&cpuid)?;
         let xsave = cpuid
             .as_slice()
@@ -924,6 +987,11 @@ pub fn run() -> Result<Report, Error> {
         },
     ));
 
+    match xstate_host_with(true) {
+        Ok(x) => facts.extend(x.facts()),
+        Err(e) => facts.push(("extended state (XCR0, PKRU)", format!("error: {e}"))),
+    }
+
     // Which ring-0 instructions the host executes.
     let mut instructions = Vec::new();
     for (name, s, want) in [
@@ -1229,4 +1297,316 @@ pub fn hole_slot_usable(slot: u64) -> Result<bool, Error> {
     p.start(Snippet::probe_r3_read, false, va)?;
     let (end, r) = p.run(|_: &mut ProbeVm, _| {}, false)?;
     Ok(end == End::Doorbell && r.rbx == 0xaaaa)
+}
+
+/// XCR0 component bits.
+const XCR0_X87: u64 = 1 << 0;
+const XCR0_SSE: u64 = 1 << 1;
+const XCR0_AVX: u64 = 1 << 2;
+/// XCR0 bit of PKRU.
+const XCR0_PKRU: u64 = 1 << 9;
+/// CR4.OSXSAVE, CR4.PKE.
+const CR4_OSXSAVE: u64 = 1 << 18;
+const CR4_PKE: u64 = 1 << 22;
+
+/// What a ring-3 probe instruction did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ring3 {
+    /// It ran; the value it produced.
+    Value(u64),
+    /// It raised this exception.
+    Fault(u8),
+    /// The probe could not tell (set-up refused or an unexpected end).
+    Unknown,
+}
+
+impl std::fmt::Display for Ring3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ring3::Value(v) => write!(f, "{v:#x}"),
+            Ring3::Fault(6) => write!(f, "#UD"),
+            Ring3::Fault(13) => write!(f, "#GP"),
+            Ring3::Fault(v) => write!(f, "exception {v}"),
+            Ring3::Unknown => write!(f, "unknown"),
+        }
+    }
+}
+
+/// Extended-state facts of this host (issue 9): what XCR0 and PKRU guest ring 3 runs
+/// with, and who answers its CPUID. The runner reads [`XstateHost::xcr0_follows_vcpu`]
+/// to decide whether the guest is offered XSAVE (with `xsetbv` emulated) or not.
+#[derive(Clone, Debug)]
+pub struct XstateHost {
+    /// XCR0 components KVM supports (`KVM_GET_SUPPORTED_CPUID` leaf 0xD.0 EDX:EAX).
+    pub kvm_xcr0_mask: u64,
+    /// Ring-3 `xgetbv(0)` after `KVM_SET_XCRS` of x87|SSE.
+    pub xgetbv_after_sse: Ring3,
+    /// Ring-3 `xgetbv(0)` after `KVM_SET_XCRS` of x87|SSE|AVX.
+    pub xgetbv_after_avx: Ring3,
+    /// A ring-3 AVX instruction (`vpxor %ymm15`) with XCR0 = x87|SSE.
+    pub avx_with_sse_only: Ring3,
+    /// The same with XCR0 = x87|SSE|AVX.
+    pub avx_with_avx: Ring3,
+    /// Ring-3 `xgetbv(0)` with the vCPU's CR4.OSXSAVE clear.
+    pub xgetbv_without_osxsave: Ring3,
+    /// Ring-3 `rdpkru` with the vCPU's CR4.PKE clear.
+    pub rdpkru_without_pke: Ring3,
+    /// Ring-3 `wrpkru(8)` then `rdpkru`, CR4.PKE clear.
+    pub wrpkru_without_pke: Ring3,
+    /// PKRU as `KVM_GET_XSAVE` reports it after the ring-3 `wrpkru` (None: the XSAVE
+    /// header says PKRU is not in the image, or the ioctl failed).
+    pub pkru_in_kvm_xsave: Option<u32>,
+    /// Ring-3 `rdpkru` after `KVM_SET_XSAVE` put PKRU 0x55555554 in the image.
+    pub rdpkru_after_set_xsave: Ring3,
+    /// Cost of one `KVM_GET_XSAVE` + `KVM_SET_XSAVE` pair (us).
+    pub xsave_ioctls_us: f64,
+    /// Ring-3 leaf 1 is the `KVM_SET_CPUID2` table's, not the host CPU's (AVX, ECX bit
+    /// 28, set opposite to the host's in the table).
+    pub leaf1_from_table: Option<bool>,
+    /// The same for leaf 7.0 (AVX2, EBX bit 5).
+    pub leaf7_from_table: Option<bool>,
+    /// Ring-3 leaf 1 ECX.OSXSAVE with the vCPU's CR4.OSXSAVE clear, then set.
+    pub ring3_osxsave: (Option<bool>, Option<bool>),
+    /// Leaf 1 ECX and leaf 7.0 ECX as ring 3 reads them (with the table's bits as KVM
+    /// adjusts them: OSXSAVE and OSPKE follow the vCPU's CR4).
+    pub ring3_leaf1_ecx: Option<u32>,
+    /// Leaf 7.0 ECX at ring 3.
+    pub ring3_leaf7_ecx: Option<u32>,
+}
+
+impl XstateHost {
+    /// Whether the XCR0 guest ring 3 runs with is the vCPU's XCR0 as the VMM sets it
+    /// through `KVM_SET_XCRS` (xgetbv reads it back and AVX faults without the AVX
+    /// bit): then the guest kernel may own XCR0 through emulated `xsetbv` and be offered
+    /// XSAVE. Otherwise XSAVE and everything built on it must be hidden.
+    pub fn xcr0_follows_vcpu(&self) -> bool {
+        let sse = XCR0_X87 | XCR0_SSE;
+        let avx_ok = self.kvm_xcr0_mask & XCR0_AVX == 0
+            || (self.xgetbv_after_avx == Ring3::Value(sse | XCR0_AVX)
+                && self.avx_with_sse_only == Ring3::Fault(6)
+                && matches!(self.avx_with_avx, Ring3::Value(_)));
+        self.xgetbv_after_sse == Ring3::Value(sse) && avx_ok
+    }
+
+    /// Whether a guest process can change PKRU at ring 3 on this host.
+    pub fn wrpkru_reachable(&self) -> bool {
+        matches!(self.wrpkru_without_pke, Ring3::Value(_))
+    }
+
+    /// The facts as (name, value) lines for the report.
+    pub fn facts(&self) -> Vec<(&'static str, String)> {
+        let opt = |b: Option<bool>| b.map_or("unknown".to_string(), yes_no);
+        vec![
+            (
+                "KVM's supported XCR0 (leaf 0xD.0)",
+                format!("{:#x}", self.kvm_xcr0_mask),
+            ),
+            (
+                "ring-3 xgetbv after KVM_SET_XCRS 0x3 / 0x7",
+                format!("{} / {}", self.xgetbv_after_sse, self.xgetbv_after_avx),
+            ),
+            (
+                "ring-3 AVX (ymm) with XCR0 0x3 / 0x7",
+                format!(
+                    "{} / {}",
+                    works_or(self.avx_with_sse_only),
+                    works_or(self.avx_with_avx)
+                ),
+            ),
+            (
+                "  => ring-3 XCR0 is the vCPU's (KVM_SET_XCRS)",
+                yes_no(self.xcr0_follows_vcpu()),
+            ),
+            (
+                "ring-3 xgetbv with vCPU CR4.OSXSAVE clear",
+                self.xgetbv_without_osxsave.to_string(),
+            ),
+            (
+                "ring-3 rdpkru / wrpkru(8) (vCPU CR4.PKE clear)",
+                format!("{} / {}", self.rdpkru_without_pke, self.wrpkru_without_pke),
+            ),
+            (
+                "PKRU in KVM_GET_XSAVE after ring-3 wrpkru",
+                self.pkru_in_kvm_xsave
+                    .map_or("absent".to_string(), |v| format!("{v:#x}")),
+            ),
+            (
+                "ring-3 rdpkru after KVM_SET_XSAVE(PKRU)",
+                self.rdpkru_after_set_xsave.to_string(),
+            ),
+            (
+                "KVM_GET_XSAVE + KVM_SET_XSAVE",
+                format!("{:.2} us", self.xsave_ioctls_us),
+            ),
+            (
+                "ring-3 CPUID leaf 1 / 7 from KVM_SET_CPUID2",
+                format!(
+                    "{} / {}",
+                    opt(self.leaf1_from_table),
+                    opt(self.leaf7_from_table)
+                ),
+            ),
+            (
+                "ring-3 CPUID OSXSAVE with vCPU CR4.OSXSAVE 0 / 1",
+                format!(
+                    "{} / {}",
+                    opt(self.ring3_osxsave.0),
+                    opt(self.ring3_osxsave.1)
+                ),
+            ),
+            (
+                "ring-3 CPUID leaf 1 ECX / leaf 7 ECX",
+                format!(
+                    "{} / {}",
+                    self.ring3_leaf1_ecx
+                        .map_or("?".into(), |v| format!("{v:#010x}")),
+                    self.ring3_leaf7_ecx
+                        .map_or("?".into(), |v| format!("{v:#010x}"))
+                ),
+            ),
+        ]
+    }
+}
+
+fn works_or(r: Ring3) -> String {
+    match r {
+        Ring3::Value(_) => "works".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs a ring-3 snippet in `p` and says what it did (rbx, or the exception).
+fn ring3(p: &mut ProbeVm, s: Snippet, rdi: u64) -> Ring3 {
+    if p.start(s, false, rdi).is_err() {
+        return Ring3::Unknown;
+    }
+    match p.run(|_: &mut ProbeVm, _| {}, false) {
+        Ok((End::Doorbell, r)) => Ring3::Value(r.rbx),
+        Ok((End::Exception(v), _)) => Ring3::Fault(v),
+        _ => Ring3::Unknown,
+    }
+}
+
+/// A probe VM with the vCPU's CR4 bits `set` set and `clear` cleared.
+fn probe_vm_cr4(set: u64, clear: u64) -> Result<ProbeVm, Error> {
+    let mut p = ProbeVm::new()?;
+    let mut s = p.vcpu.sregs()?;
+    s.cr4 = (s.cr4 | set) & !clear;
+    p.vcpu.set_sregs_ioctl(&s)?;
+    Ok(p)
+}
+
+/// Ring-3 `xgetbv` and AVX with the vCPU's CR4.OSXSAVE set and its XCR0 set to `xcr0`
+/// (KVM loads a guest's XCR0 only while its CR4.OSXSAVE is set).
+fn with_xcr0(xcr0: u64) -> Result<(Ring3, Ring3), Error> {
+    let mut p = probe_vm_cr4(CR4_OSXSAVE, 0)?;
+    if p.vcpu.set_xcr0(xcr0).is_err() {
+        return Ok((Ring3::Unknown, Ring3::Unknown));
+    }
+    let x = ring3(&mut p, Snippet::probe_r3_xgetbv, 0);
+    let avx = ring3(&mut p, Snippet::probe_r3_avx, 0);
+    Ok((x, avx))
+}
+
+/// Ring-3 raw CPUID of `leaf` in `p`: eax..edx.
+fn ring3_cpuid(p: &mut ProbeVm, leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
+    p.start(Snippet::probe_r3_cpuid_leaf, false, u64::from(leaf))
+        .ok()?;
+    let mut regs = p.vcpu.get_regs_ioctl().ok()?;
+    regs.rsi = u64::from(subleaf);
+    p.vcpu.set_regs_ioctl(&regs).ok()?;
+    match p.run(|_: &mut ProbeVm, _| {}, false) {
+        Ok((End::Doorbell, r)) => Some([r.r12 as u32, r.r13 as u32, r.r14 as u32, r.r15 as u32]),
+        _ => None,
+    }
+}
+
+/// Measures the extended-state facts (each experiment in a fresh probe VM), without the
+/// ioctl timing (what the runner needs: ~40 ms).
+pub fn xstate_host() -> Result<XstateHost, Error> {
+    xstate_host_with(false)
+}
+
+/// [`xstate_host`], timing `KVM_GET_XSAVE` + `KVM_SET_XSAVE` when `timed`.
+pub fn xstate_host_with(timed: bool) -> Result<XstateHost, Error> {
+    let supported = ProbeVm::new()?.vm.supported_cpuid()?;
+    let kvm_xcr0_mask = supported
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0xd && e.index == 0)
+        .map_or(0, |e| u64::from(e.eax) | (u64::from(e.edx) << 32));
+    let (xgetbv_after_sse, avx_with_sse_only) = with_xcr0(XCR0_X87 | XCR0_SSE)?;
+    let (xgetbv_after_avx, avx_with_avx) = with_xcr0(XCR0_X87 | XCR0_SSE | XCR0_AVX)?;
+    let xgetbv_without_osxsave = ring3(
+        &mut probe_vm_cr4(0, CR4_OSXSAVE)?,
+        Snippet::probe_r3_xgetbv,
+        0,
+    );
+    let mut p = probe_vm_cr4(0, CR4_PKE)?;
+    let rdpkru_without_pke = ring3(&mut p, Snippet::probe_r3_rdpkru, 0);
+    let wrpkru_without_pke = ring3(&mut p, Snippet::probe_r3_wrpkru, 8);
+    let area = p.vcpu.xsave_area().ok();
+    let pkru_in_kvm_xsave = area.and_then(|a| {
+        let xstate_bv = u64::from_le_bytes(a[512..520].try_into().ok()?);
+        let at = vstate::XSAVE_PKRU_OFFSET;
+        (xstate_bv & XCR0_PKRU != 0)
+            .then(|| u32::from_le_bytes([a[at], a[at + 1], a[at + 2], a[at + 3]]))
+    });
+    let mut rdpkru_after_set_xsave = Ring3::Unknown;
+    let mut xsave_ioctls_us = f64::NAN;
+    if let Some(mut a) = area {
+        let at = vstate::XSAVE_PKRU_OFFSET;
+        a[at..at + 4].copy_from_slice(&0x5555_5554u32.to_le_bytes());
+        let bv = u64::from_le_bytes(a[512..520].try_into().unwrap_or([0; 8])) | XCR0_PKRU;
+        a[512..520].copy_from_slice(&bv.to_le_bytes());
+        if p.vcpu.set_xsave_area(&a).is_ok() {
+            rdpkru_after_set_xsave = ring3(&mut p, Snippet::probe_r3_rdpkru, 0);
+        }
+        let t = Instant::now();
+        let n = if timed { 200 } else { 0 };
+        for _ in 0..n {
+            if let Ok(x) = p.vcpu.xsave_area() {
+                let _ = p.vcpu.set_xsave_area(&x);
+            }
+        }
+        if timed {
+            xsave_ioctls_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+        }
+    }
+    // The table's leaf 1 AVX (ECX bit 28) and leaf 7 AVX2 (EBX bit 5) set opposite to the
+    // host's own CPUID (as this process reads it): ring 3 then tells whose it reads.
+    let host1 = core::arch::x86_64::__cpuid_count(1, 0);
+    let host7 = core::arch::x86_64::__cpuid_count(7, 0);
+    let mut p = ProbeVm::with_cpuid(|c| {
+        for e in c.as_mut_slice().iter_mut() {
+            match (e.function, e.index) {
+                (1, _) => e.ecx = (e.ecx & !(1 << 28)) | (!host1.ecx & (1 << 28)),
+                (7, 0) => e.ebx = (e.ebx & !(1 << 5)) | (!host7.ebx & (1 << 5)),
+                _ => {}
+            }
+        }
+    })?;
+    let l1 = ring3_cpuid(&mut p, 1, 0);
+    let l7 = ring3_cpuid(&mut p, 7, 0);
+    let osxsave_with_cr4 = ring3_cpuid(&mut probe_vm_cr4(CR4_OSXSAVE, 0)?, 1, 0);
+    let osxsave_without = ring3_cpuid(&mut probe_vm_cr4(0, CR4_OSXSAVE)?, 1, 0);
+    let osxsave = |r: Option<[u32; 4]>| r.map(|r| r[2] & (1 << 27) != 0);
+    Ok(XstateHost {
+        kvm_xcr0_mask,
+        xgetbv_after_sse,
+        xgetbv_after_avx,
+        avx_with_sse_only,
+        avx_with_avx,
+        xgetbv_without_osxsave,
+        rdpkru_without_pke,
+        wrpkru_without_pke,
+        pkru_in_kvm_xsave,
+        rdpkru_after_set_xsave,
+        xsave_ioctls_us,
+        leaf1_from_table: l1.map(|r| (r[2] ^ host1.ecx) & (1 << 28) != 0),
+        leaf7_from_table: l7.map(|r| (r[1] ^ host7.ebx) & (1 << 5) != 0),
+        ring3_osxsave: (osxsave(osxsave_without), osxsave(osxsave_with_cr4)),
+        ring3_leaf1_ecx: l1.map(|r| r[2]),
+        ring3_leaf7_ecx: l7.map(|r| r[2]),
+    })
 }

@@ -24,7 +24,7 @@ use crate::cpuid::CpuidTable;
 use crate::exit::{self, Action, CpuState, Domain, ExitStats, GuestPlatform};
 use crate::loader::{self, DomainConfig, KernelImage};
 use crate::posted::{Posted, VmmFrames};
-use crate::shim::{self, ShimImage, ShimRegion, XCR0_X87_SSE_AVX};
+use crate::shim::{self, ShimImage, ShimRegion};
 use crate::vstate::{self, Regs, Vm};
 use crate::xenstore::Xenstore;
 use xen_abi::contract::layout::GRANT_FRAMES;
@@ -292,8 +292,20 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         .map_err(|_| shim::Error::Memory(region.shared_info_gpa))?;
 
     let mut vcpu = vm.create_vcpu(0)?;
+    let measuring = Instant::now();
+    let xstate = match crate::probe::xstate_host() {
+        Ok(facts) => crate::xstate::XstatePlan::for_host(&facts),
+        Err(e) => {
+            log::warn!("cannot measure this host's extended state ({e}); XSAVE hidden");
+            crate::xstate::XstatePlan::HIDDEN
+        }
+    };
+    log::info!(
+        "extended state: {xstate:?} (measured in {:?})",
+        measuring.elapsed()
+    );
     let policy = crate::cpuid::PolicyOptions {
-        xstate: false,
+        xcr0: xstate.xcr0_mask,
         tsc_aux: paths.guest_tsc_aux,
         tsc_khz: vcpu.tsc_khz()?,
     };
@@ -307,13 +319,14 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             .to_kvm()
             .ok_or(vstate::Error::Missing("room for the CPUID table"))?,
     )?;
-    let xsave = host_has_xsave(&vm);
+    let xsave = host_has_xsave(&vm) || xstate.control != crate::xstate::Xcr0Control::Hidden;
     let sregs = vcpu.sregs()?;
     vcpu.set_sregs_ioctl(&region.initial_sregs(sregs, layout.l4_gpa, xsave))?;
     vcpu.set_msrs(&region.msrs())?;
     if xsave {
-        // Best effort: a host without AVX refuses XCR0 bits it lacks; x87|SSE then.
-        if vcpu.set_xcr0(XCR0_X87_SSE_AVX).is_err() {
+        // The guest kernel raises it with xsetbv (x87|SSE as on Xen; where ring 3's is
+        // fixed, KVM's copy is only bookkeeping).
+        if vcpu.set_xcr0(xstate.initial_xcr0()).is_err() {
             vcpu.set_xcr0(0b11)?;
         }
     }
@@ -409,6 +422,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 wake: wake_rx,
                 backend_requests: vcpu_requests,
                 profile,
+                xstate,
             };
             let shared = Shared {
                 stop: &thread_stop,
@@ -598,6 +612,7 @@ struct VcpuThread {
     wake: std::sync::mpsc::Receiver<Wake>,
     backend_requests: service::RequestSender,
     profile: bool,
+    xstate: crate::xstate::XstatePlan,
 }
 
 /// What the other threads tell the vCPU thread (each message comes with a kick).
@@ -671,6 +686,25 @@ fn initial_mm(
     Ok(mm)
 }
 
+/// After an exit: loads the XCR0 the guest set (where KVM governs ring 3's), and resets
+/// PKRU when the guest entered its kernel from user mode on a host where guest processes
+/// can write PKRU (docs/host-kvm.md, "Extended state").
+fn load_xstate(
+    vcpu: &mut vstate::Vcpu,
+    dom: &mut Domain<'_>,
+    from_user: bool,
+) -> Result<(), vstate::Error> {
+    if let Some(xcr0) = dom.platform.xcr0_pending.take() {
+        if dom.platform.xstate.control == crate::xstate::Xcr0Control::Vcpu {
+            vcpu.set_xcr0(xcr0)?;
+        }
+    }
+    if dom.platform.xstate.reset_pkru && from_user && dom.vcpu.mode == pv_engine::Mode::Kernel {
+        crate::xstate::reset_pkru(vcpu)?;
+    }
+    Ok(())
+}
+
 fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let VcpuThread {
         vm,
@@ -686,6 +720,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         wake,
         backend_requests,
         profile,
+        xstate,
     } = t;
     vcpu.install_kick_target();
     let mut stats = pv_engine::Stats::new();
@@ -722,6 +757,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             shared.progress.fetch_add(1, Ordering::Relaxed);
         }
         log::trace!("exit {exit:?} blocked {blocked}");
+        let from_user = pv_vcpu.mode == pv_engine::Mode::User;
         let mut dom = Domain {
             vcpu: &mut pv_vcpu,
             stats: &mut stats,
@@ -745,6 +781,8 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 tsc_offset: paths.tsc_offset,
                 notified: &mut notified,
                 msr_writes: &mut msr_writes,
+                xstate,
+                xcr0_pending: None,
             },
             mapped_gdt: &mut mapped_gdt,
             paths,
@@ -795,6 +833,12 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         if !dom.platform.msr_writes.is_empty() {
             apply_msr_writes(&mut vcpu, dom.platform.msr_writes, &mut msr_refused);
         }
+        let action = match load_xstate(&mut vcpu, &mut dom, from_user) {
+            Ok(()) => action,
+            Err(e) => Action::Fatal(format!(
+                "pvkvm: cannot load the guest's extended state: {e}"
+            )),
+        };
         // Backends the guest notified work on their own thread; their answers come back
         // as Wake::BackendEvent.
         if !dom.platform.notified.is_empty() {

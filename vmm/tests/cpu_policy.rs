@@ -14,9 +14,9 @@ fn this_hosts_policy_keeps_the_invariants() {
     common::require_kvm();
     let vm = pvkvm::vstate::Vm::new(&[(0, 1 << 20)]).expect("a VM");
     let raw = RawCpuid::from_kvm(&vm.supported_cpuid().expect("supported CPUID"));
-    for xstate in [false, true] {
+    for xcr0 in [0, 0x7, 0xe7] {
         let opts = PolicyOptions {
-            xstate,
+            xcr0,
             ..Default::default()
         };
         let t = CpuidTable::build(&raw, &opts);

@@ -53,6 +53,9 @@ pub fn emulate_privileged_op(
         }
         return None;
     }
+    if bytes[..3] == crate::xstate::XSETBV {
+        return crate::xstate::emulate_xsetbv(vcpu, regs, p).then_some(emulated::XSETBV);
+    }
     // wrmsr (0f 30) / rdmsr (0f 32): ECX names the MSR, EDX:EAX hold the value. A
     // refused access leaves everything as it was and the caller bounces the #GP.
     let msr = regs.rcx as u32;
@@ -196,7 +199,10 @@ pub fn emulate_forced_cpuid(vcpu: &Vcpu, regs: &mut GuestRegs, p: &dyn Platform)
     if guest::copy_from_guest(vcpu, p, regs.rip, &mut insn).is_err() || insn != FORCED_CPUID {
         return false;
     }
-    let [a, b, c, d] = p.cpuid(regs.rax as u32, regs.rcx as u32);
+    let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
+    let mut res = p.cpuid(leaf, subleaf);
+    crate::xstate::adjust_forced_cpuid(vcpu, p, leaf, subleaf, &mut res);
+    let [a, b, c, d] = res;
     regs.rax = u64::from(a);
     regs.rbx = u64::from(b);
     regs.rcx = u64::from(c);

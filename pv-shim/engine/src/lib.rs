@@ -36,6 +36,7 @@ pub mod stats;
 pub mod time;
 pub mod vcpu;
 pub mod vcpu_op;
+pub mod xstate;
 
 #[cfg(test)]
 mod testutil;
@@ -65,6 +66,13 @@ pub trait Platform {
     /// The guest's CPUID leaf `leaf`/`subleaf` as eax, ebx, ecx, edx: the same policy the
     /// host gives raw CPUID, so the forced-emulation view and the raw view agree.
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// The guest kernel set XCR0 with `xsetbv` (already checked against the policy and
+    /// Xen's rules): the host makes guest ring 3 run with it from the next entry, or
+    /// returns false when it cannot give ring 3 exactly that state (the guest then gets
+    /// #GP). The default accepts and does nothing.
+    fn set_xcr0(&mut self, _xcr0: u64) -> bool {
+        true
+    }
     /// The domain's pagetable engine with the host's frame access and the flush set the
     /// host carries out before the guest runs again; None where the host has none.
     fn mm(&mut self) -> Option<MmCtx<'_>> {

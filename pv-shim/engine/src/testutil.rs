@@ -43,6 +43,13 @@ pub struct FakePlatform {
     /// MSR effects the engine asked for, in order.
     pub effects: Vec<crate::msr::MsrEffect>,
     next_frame: u64,
+    /// CPUID leaves ((leaf, subleaf), eax..edx); empty: every leaf answers
+    /// `[leaf, subleaf, 0x1234, 0x5678]`, otherwise a leaf not listed answers zeros.
+    pub cpuid_leaves: Vec<((u32, u32), [u32; 4])>,
+    /// The last XCR0 the engine handed to the host.
+    pub xcr0: Option<u64>,
+    /// Makes the host refuse every XCR0.
+    pub xcr0_refused: bool,
 }
 
 impl Platform for FakePlatform {
@@ -65,16 +72,29 @@ impl Platform for FakePlatform {
         self.console_out.extend_from_slice(bytes);
     }
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        match &self.cpuid {
-            None => [leaf, subleaf, 0x1234, 0x5678],
-            Some(t) => t
+        if let Some(t) = &self.cpuid {
+            return t
                 .iter()
                 .find(|(l, s, _)| *l == leaf && *s == subleaf)
-                .map_or([0; 4], |e| e.2),
+                .map_or([0; 4], |e| e.2);
         }
+        if self.cpuid_leaves.is_empty() {
+            return [leaf, subleaf, 0x1234, 0x5678];
+        }
+        self.cpuid_leaves
+            .iter()
+            .find(|(k, _)| *k == (leaf, subleaf))
+            .map_or([0; 4], |(_, v)| *v)
     }
     fn msr_effect(&mut self, effect: crate::msr::MsrEffect) {
         self.effects.push(effect);
+    }
+    fn set_xcr0(&mut self, xcr0: u64) -> bool {
+        if self.xcr0_refused {
+            return false;
+        }
+        self.xcr0 = Some(xcr0);
+        true
     }
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.console_in.len());
@@ -93,6 +113,9 @@ impl FakePlatform {
             cpuid: None,
             effects: Vec::new(),
             next_frame: 0x10_0000,
+            cpuid_leaves: Vec::new(),
+            xcr0: None,
+            xcr0_refused: false,
         }
     }
     /// Sets the CPUID policy to `vendor` (a 12-byte leaf-0 string) with `features`, and

@@ -161,6 +161,8 @@ pub struct Vcpu {
     /// The guest's virtual CR4 (reads and the bits it may write; the hardware CR4 is the
     /// shim's).
     pub cr4: u64,
+    /// The vCPU's XCR0 as the guest kernel set it with `xsetbv` (see [`crate::xstate`]).
+    pub xcr0: u64,
     /// Guest-physical address of this vCPU's `vcpu_info`.
     pub vcpu_info_gpa: u64,
     /// Guest-physical address of `shared_info`.
@@ -234,6 +236,7 @@ impl Vcpu {
             periodic_next: 0,
             // PAE | PGE | OSFXSR | OSXMMEXCPT, as Xen starts a 64-bit PV vCPU.
             cr4: 0x6a0,
+            xcr0: crate::xstate::XCR0_INITIAL,
             vcpu_info_gpa: shared_info_gpa + u64::from(id) * xen_abi::xen::vcpu_info::SIZE,
             shared_info_gpa,
             gdt_frames: [0; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE],

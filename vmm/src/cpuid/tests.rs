@@ -34,15 +34,16 @@ fn amd_everything() -> RawCpuid {
     everything(b"AuthenticAMD")
 }
 
+/// Extended state with every component pvkvm can offer (a host whose plan allows them).
 const XSTATE_ON: PolicyOptions = PolicyOptions {
-    xstate: true,
+    xcr0: 0xe7,
     tsc_aux: false,
     tsc_khz: 0,
 };
 
 /// What a hardware-virtualization host gives.
 const HARDWARE: PolicyOptions = PolicyOptions {
-    xstate: true,
+    xcr0: 0xe7,
     tsc_aux: true,
     tsc_khz: 0,
 };
@@ -368,7 +369,7 @@ fn reason(f: Feature, opts: &PolicyOptions) -> String {
             .collect::<Vec<_>>()
             .join(" ");
     }
-    if !opts.xstate {
+    if opts.xcr0 == 0 {
         return "extended state is off on hosts where the VMM cannot govern XCR0 (or needs \
                 XSAVE, which is off)"
             .split_whitespace()
@@ -395,8 +396,8 @@ fn describe(raw: &RawCpuid) -> String {
         let ours = pvkvm_featureset(raw, &opts);
         for f in xen.features().filter(|f| !ours.has(*f)) {
             s += &format!(
-                "hidden(xstate={},tsc_aux={}): {} -- {}\n",
-                opts.xstate,
+                "hidden(xcr0={:#x},tsc_aux={}): {} -- {}\n",
+                opts.xcr0,
                 opts.tsc_aux,
                 f.name,
                 reason(f, &opts)
@@ -485,7 +486,7 @@ fn recorded_cpus_keep_the_invariants() {
             // Extended state: offered only with the option, and then leaf 0xD matches.
             assert_eq!(
                 fs.has(feat::XSAVE),
-                opts.xstate && raw.featureset().has(feat::XSAVE)
+                (opts.xcr0 != 0) && raw.featureset().has(feat::XSAVE)
             );
             if fs.has(feat::XSAVE) {
                 let mask = xcr0_mask(&fs);

@@ -39,6 +39,11 @@ pub enum Error {
     Missing(&'static str),
 }
 
+/// Bytes of the XSAVE image `KVM_GET_XSAVE`/`KVM_SET_XSAVE` exchange.
+pub const XSAVE_AREA_BYTES: usize = 4096;
+/// Offset of PKRU in the standard XSAVE layout (CPUID leaf 0xD.9 EBX on every CPU so far).
+pub const XSAVE_PKRU_OFFSET: usize = 0xa80;
+
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -411,6 +416,39 @@ impl Vcpu {
         xcrs.xcrs[0].xcr = 0;
         xcrs.xcrs[0].value = value;
         self.fd.set_xcrs(&xcrs).map_err(ioctl("KVM_SET_XCRS"))
+    }
+
+    /// Reads XCR0 as KVM holds it for this vCPU.
+    pub fn xcr0(&self) -> Result<u64> {
+        let xcrs = self.fd.get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?;
+        Ok(xcrs.xcrs[..(xcrs.nr_xcrs as usize).min(xcrs.xcrs.len())]
+            .iter()
+            .find(|x| x.xcr == 0)
+            .map_or(0, |x| x.value))
+    }
+
+    /// The vCPU's extended state in the standard (non-compacted) XSAVE layout, first
+    /// 4 KiB (`KVM_GET_XSAVE`): legacy area, XSAVE header at 512, components at their
+    /// CPUID leaf 0xD offsets (PKRU at 0xa80).
+    pub fn xsave_area(&self) -> Result<[u8; XSAVE_AREA_BYTES]> {
+        let x = self.fd.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?;
+        let mut out = [0u8; XSAVE_AREA_BYTES];
+        for (chunk, word) in out.chunks_exact_mut(4).zip(x.region.iter()) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        Ok(out)
+    }
+
+    /// Replaces the vCPU's extended state (`KVM_SET_XSAVE`, the layout of
+    /// [`Vcpu::xsave_area`]).
+    pub fn set_xsave_area(&mut self, area: &[u8; XSAVE_AREA_BYTES]) -> Result<()> {
+        let mut x = kvm_bindings::kvm_xsave::default();
+        for (word, chunk) in x.region.iter_mut().zip(area.chunks_exact(4)) {
+            *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        // SAFETY: `x` is a whole kvm_xsave (4 KiB); KVM_SET_XSAVE reads no more than
+        // that on a VM that did not enable KVM_CAP_XSAVE2 beyond 4 KiB (pvkvm does not).
+        unsafe { self.fd.set_xsave(&x) }.map_err(ioctl("KVM_SET_XSAVE"))
     }
 
     /// Reads general registers with the ioctl, bypassing the sync-regs cache (for probe).
