@@ -28,6 +28,7 @@ pub mod guest;
 #[cfg(test)]
 mod hostile;
 pub mod hypercall;
+pub mod m2p;
 pub mod memory;
 pub mod mmu;
 pub mod ptwr;
@@ -76,6 +77,13 @@ pub trait Platform {
     /// reads.
     fn system_time_ns(&self) -> u64 {
         0
+    }
+    /// Reads the read-only M2P table at byte `offset` (the table's own contents, with
+    /// every `MMU_MACHPHYS_UPDATE` applied), for guest reads of Xen's ABI address that
+    /// the host cannot map (see [`m2p`]). The table is whole pages: an offset past its
+    /// last page is `OutOfRange`, as is any read where the host has no table.
+    fn read_m2p(&self, _offset: u64, _buf: &mut [u8]) -> Result<(), PhysError> {
+        Err(PhysError::OutOfRange)
     }
 }
 

@@ -18,9 +18,10 @@ pub const EMULATED_NAMES: [&str; EMULATED_KINDS] = [
     "cli/sti",
     "rdmsr/wrmsr",
     "forced cpuid",
+    "M2P read at Xen's address",
 ];
 /// Number of [`EMULATED_NAMES`].
-pub const EMULATED_KINDS: usize = 5;
+pub const EMULATED_KINDS: usize = 6;
 
 /// Indexes into [`Stats::emulated`].
 pub mod emulated {
@@ -30,6 +31,7 @@ pub mod emulated {
     pub const CLI_STI: usize = 2;
     pub const MSR: usize = 3;
     pub const FORCED_CPUID: usize = 4;
+    pub const M2P_READ: usize = 5;
 }
 
 /// One hypercall as the engine saw and answered it.

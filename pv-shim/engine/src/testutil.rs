@@ -36,6 +36,8 @@ pub struct FakePlatform {
     pub mem: Vec<u8>,
     pub console_out: Vec<u8>,
     pub console_in: Vec<u8>,
+    /// The read-only M2P table [`Platform::read_m2p`] serves (empty: none).
+    pub m2p: Vec<u8>,
     next_frame: u64,
 }
 
@@ -61,6 +63,12 @@ impl Platform for FakePlatform {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         [leaf, subleaf, 0x1234, 0x5678]
     }
+    fn read_m2p(&self, offset: u64, buf: &mut [u8]) -> Result<(), PhysError> {
+        let start = usize::try_from(offset).map_err(|_| PhysError::OutOfRange)?;
+        let end = start.checked_add(buf.len()).ok_or(PhysError::OutOfRange)?;
+        buf.copy_from_slice(self.m2p.get(start..end).ok_or(PhysError::OutOfRange)?);
+        Ok(())
+    }
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.console_in.len());
         buf[..n].copy_from_slice(&self.console_in[..n]);
@@ -75,6 +83,7 @@ impl FakePlatform {
             mem: vec![0; MEM_SIZE],
             console_out: Vec::new(),
             console_in: Vec::new(),
+            m2p: Vec::new(),
             next_frame: 0x10_0000,
         }
     }
