@@ -158,6 +158,10 @@ pub struct GuestPlatform<'a> {
     pub tsc_offset: i64,
     /// Backend ports the guest notified during this exit.
     pub notified: &'a mut Vec<u32>,
+    /// Guest-physical address of the read-only M2P table.
+    pub m2p_gpa: u64,
+    /// Its size in bytes ([`crate::shim::ShimRegion::m2p_bytes`]).
+    pub m2p_bytes: u64,
 }
 
 /// Reads the host TSC.
@@ -198,6 +202,17 @@ impl Platform for GuestPlatform<'_> {
         self.mem
             .write_slice(buf, GuestAddress(gpa))
             .map_err(|_| pv_engine::PhysError::OutOfRange)
+    }
+    fn read_m2p(&self, offset: u64, buf: &mut [u8]) -> Result<(), pv_engine::PhysError> {
+        // The table's own frames (in the shim region, so not reachable by read_phys): the
+        // engine serves guest reads of Xen's M2P address from them.
+        match offset.checked_add(buf.len() as u64) {
+            Some(end) if end <= self.m2p_bytes => self
+                .mem
+                .read_slice(buf, GuestAddress(self.m2p_gpa + offset))
+                .map_err(|_| pv_engine::PhysError::OutOfRange),
+            _ => Err(pv_engine::PhysError::OutOfRange),
+        }
     }
     fn console_write(&mut self, bytes: &[u8]) {
         // Console output is best effort: a closed stdout must not stop the guest.
@@ -979,6 +994,8 @@ mod tests {
                 clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
                 tsc_offset: 0,
                 notified: &mut w.notified,
+                m2p_gpa: w.region.m2p_gpa,
+                m2p_bytes: w.region.m2p_bytes,
             },
             mapped_gdt: &mut w.mapped_gdt,
             paths: w.paths,
@@ -1197,5 +1214,74 @@ mod tests {
         assert_eq!(cpu.regs.rsp, rsp0, "the stub's own rsp is untouched");
         assert_eq!(cpu.regs.rbx, 0xb0b);
         assert_eq!(w.stats.bounces[3], 1);
+    }
+
+    #[test]
+    fn a_read_of_xens_m2p_address_is_served_from_the_table() {
+        let mut w = world();
+        // The table as an MMU_MACHPHYS_UPDATE left it: entry 0x123 names pfn 0x77.
+        w.mem
+            .write_obj(0x77u64, GuestAddress(w.region.m2p_gpa + 0x123 * 8))
+            .unwrap();
+        // mov rax, [rbx+rdi*8], faulting with this host's reserved-bit error code.
+        w.mem
+            .write_slice(&[0x48, 0x8b, 0x04, 0xfb], GuestAddress(CODE))
+            .unwrap();
+        let frame = TrapFrame {
+            vector: 14,
+            error_code: 0b1101,
+            rip: CODE,
+            cs: 0xe033,
+            rflags: 0x202,
+            rsp: 0x8_0000,
+            ss: 0xe02b,
+        };
+        let rsp0 = w.region.stack_top - core::mem::size_of::<TrapFrame>() as u64;
+        let frame_gpa = w.region.va_to_gpa(rsp0).unwrap();
+        w.mem
+            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
+            .unwrap();
+        let mut cpu = cpu_at(0xffff_8100_0000_0500);
+        cpu.regs.rsp = rsp0;
+        cpu.regs.rbx = xen_abi::xen::MACH2PHYS_VIRT_START;
+        cpu.regs.rdi = 0x123;
+        cpu.sregs.cr2 = xen_abi::xen::MACH2PHYS_VIRT_START + 0x123 * 8;
+        let trap = Exit::IoOut {
+            port: port::TRAP,
+            value: 0,
+        };
+        assert_eq!(handle(&mut w, trap.clone(), &mut cpu), Action::Resume);
+        let mut raw = [0u8; core::mem::size_of::<TrapFrame>()];
+        w.mem.read_slice(&mut raw, GuestAddress(frame_gpa)).unwrap();
+        let after = TrapFrame::read_from_bytes(&raw).unwrap();
+        assert_eq!(after.rip, CODE + 4, "resumes after the load");
+        assert_eq!(cpu.regs.rax, 0x77);
+        assert_eq!(w.stats.emulated[pv_engine::stats::emulated::M2P_READ], 1);
+        assert_eq!(w.stats.bounces[14], 0);
+
+        // Past the table's end (whole pages for the RAM's frames) the read faults not
+        // present, with the user bit cleared for the guest kernel.
+        assert_eq!(w.region.m2p_bytes, (RAM >> 12) * 8);
+        w.vcpu.trap_table[14] = xen_abi::xen::TrapInfo {
+            vector: 14,
+            flags: 0,
+            cs: selector::FLAT_KERNEL_CS,
+            _pad: 0,
+            address: CODE + 0x100,
+        };
+        w.mem
+            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
+            .unwrap();
+        cpu.regs.rip = 0xffff_8100_0000_0500;
+        cpu.regs.rsp = rsp0;
+        cpu.regs.rdi = RAM >> 12;
+        cpu.sregs.cr2 = xen_abi::xen::MACH2PHYS_VIRT_START + (RAM >> 12) * 8;
+        assert_eq!(handle(&mut w, trap, &mut cpu), Action::Resume);
+        w.mem.read_slice(&mut raw, GuestAddress(frame_gpa)).unwrap();
+        let after = TrapFrame::read_from_bytes(&raw).unwrap();
+        assert_eq!(after.rip, CODE + 0x100, "bounced to the #PF handler");
+        assert_eq!(w.stats.bounces[14], 1);
+        let ec: u64 = w.mem.read_obj(GuestAddress(after.rsp + 16)).unwrap();
+        assert_eq!(ec, 0, "not present, read, kernel mode");
     }
 }

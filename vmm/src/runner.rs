@@ -261,7 +261,10 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         (shim_gpa, shim::region_size(ram >> 12) as usize),
     ])?;
     let shim_image = ShimImage::embedded()?;
-    let region = shim::build_region(vm.memory(), shim_gpa, &shim_image, ram >> 12)?;
+    let mut region = shim::build_region(vm.memory(), shim_gpa, &shim_image, ram >> 12)?;
+    if paths.m2p_at_abi {
+        region.map_m2p_at_abi();
+    }
 
     let dom_cfg = DomainConfig {
         mem_bytes: ram,
@@ -742,6 +745,8 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 clock,
                 tsc_offset: paths.tsc_offset,
                 notified: &mut notified,
+                m2p_gpa: region.m2p_gpa,
+                m2p_bytes: region.m2p_bytes,
             },
             mapped_gdt: &mut mapped_gdt,
             paths,
