@@ -167,6 +167,10 @@ pub struct GuestPlatform<'a> {
     /// An XCR0 the guest set during this exit, for the runner to load before the next
     /// entry.
     pub xcr0_pending: Option<u64>,
+    /// Guest-physical address of the read-only M2P table.
+    pub m2p_gpa: u64,
+    /// Its size in bytes ([`crate::shim::ShimRegion::m2p_bytes`]).
+    pub m2p_bytes: u64,
 }
 
 /// Reads the host TSC.
@@ -207,6 +211,17 @@ impl Platform for GuestPlatform<'_> {
         self.mem
             .write_slice(buf, GuestAddress(gpa))
             .map_err(|_| pv_engine::PhysError::OutOfRange)
+    }
+    fn read_m2p(&self, offset: u64, buf: &mut [u8]) -> Result<(), pv_engine::PhysError> {
+        // The table's own frames (in the shim region, so not reachable by read_phys): the
+        // engine serves guest reads of Xen's M2P address from them.
+        match offset.checked_add(buf.len() as u64) {
+            Some(end) if end <= self.m2p_bytes => self
+                .mem
+                .read_slice(buf, GuestAddress(self.m2p_gpa + offset))
+                .map_err(|_| pv_engine::PhysError::OutOfRange),
+            _ => Err(pv_engine::PhysError::OutOfRange),
+        }
     }
     fn console_write(&mut self, bytes: &[u8]) {
         // Console output is best effort: a closed stdout must not stop the guest.
@@ -977,6 +992,37 @@ mod tests {
         }
     }
 
+    /// The VMM's platform over a test world (for tests that use no `Domain`).
+    fn platform(w: &mut World) -> GuestPlatform<'_> {
+        GuestPlatform {
+            mem: &w.mem,
+            ram_bytes: RAM,
+            shared_info_gpa: w.region.shared_info_gpa,
+            cpuid: &w.cpuid,
+            console: &mut w.console,
+            mm: None,
+            frames: crate::posted::VmmFrames {
+                mem: &w.mem,
+                posted: &mut w.posted,
+                m2p_gpa: w.region.m2p_gpa,
+                m2p_frames: RAM >> 12,
+            },
+            flush: &mut w.flush,
+            clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
+            tsc_offset: 0,
+            notified: &mut w.notified,
+            msr_writes: &mut w.msr_writes,
+            xstate: crate::xstate::XstatePlan {
+                control: crate::xstate::Xcr0Control::Vcpu,
+                xcr0_mask: 0x7,
+                reset_pkru: false,
+            },
+            xcr0_pending: None,
+            m2p_gpa: w.region.m2p_gpa,
+            m2p_bytes: w.region.m2p_bytes,
+        }
+    }
+
     fn handle(w: &mut World, exit: Exit, cpu: &mut FakeCpu) -> Action {
         let mut dom = Domain {
             vcpu: &mut w.vcpu,
@@ -1007,6 +1053,8 @@ mod tests {
                     reset_pkru: false,
                 },
                 xcr0_pending: None,
+                m2p_gpa: w.region.m2p_gpa,
+                m2p_bytes: w.region.m2p_bytes,
             },
             mapped_gdt: &mut w.mapped_gdt,
             paths: w.paths,
@@ -1075,27 +1123,8 @@ mod tests {
         use pv_engine::msr::{self, Probe};
         let mut w = world();
         w.cpuid = policy_with_msr_features();
-        let mut platform = GuestPlatform {
-            mem: &w.mem,
-            ram_bytes: RAM,
-            shared_info_gpa: w.region.shared_info_gpa,
-            cpuid: &w.cpuid,
-            console: &mut w.console,
-            mm: None,
-            frames: crate::posted::VmmFrames {
-                mem: &w.mem,
-                posted: &mut w.posted,
-                m2p_gpa: w.region.m2p_gpa,
-                m2p_frames: RAM >> 12,
-            },
-            flush: &mut w.flush,
-            clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
-            tsc_offset: 0,
-            notified: &mut w.notified,
-            msr_writes: &mut w.msr_writes,
-            xstate: crate::xstate::XstatePlan::HIDDEN,
-            xcr0_pending: None,
-        };
+        let mut vcpu = PvVcpu::new(0, L4, w.region.shared_info_gpa);
+        let mut platform = platform(&mut w);
         let policy = msr::Policy::read(&platform);
         let mut offered = 0;
         for fm in msr::FEATURE_MSRS {
@@ -1104,8 +1133,8 @@ mod tests {
             }
             offered += 1;
             let got = match fm.probe {
-                Probe::Read => msr::guest_rdmsr(&w.vcpu, &platform, fm.msr).map(|_| ()),
-                Probe::Write(v) => msr::guest_wrmsr(&mut w.vcpu, &mut platform, fm.msr, v),
+                Probe::Read => msr::guest_rdmsr(&vcpu, &platform, fm.msr).map(|_| ()),
+                Probe::Write(v) => msr::guest_wrmsr(&mut vcpu, &mut platform, fm.msr, v),
             };
             assert_eq!(got, Ok(()), "{} -> MSR {:#x}", fm.feature.name, fm.msr);
         }
@@ -1116,7 +1145,7 @@ mod tests {
         );
         platform.msr_writes.clear();
         assert_eq!(
-            msr::guest_wrmsr(&mut w.vcpu, &mut platform, msr::MSR_PRED_CMD, 1),
+            msr::guest_wrmsr(&mut vcpu, &mut platform, msr::MSR_PRED_CMD, 1),
             Ok(())
         );
         assert_eq!(*platform.msr_writes, [(msr::MSR_PRED_CMD, 1)]);
@@ -1140,27 +1169,8 @@ mod tests {
             ] {
                 let mut w = world();
                 w.cpuid = crate::cpuid::CpuidTable::build(&raw, &opts);
-                let mut platform = GuestPlatform {
-                    mem: &w.mem,
-                    ram_bytes: RAM,
-                    shared_info_gpa: w.region.shared_info_gpa,
-                    cpuid: &w.cpuid,
-                    console: &mut w.console,
-                    mm: None,
-                    frames: crate::posted::VmmFrames {
-                        mem: &w.mem,
-                        posted: &mut w.posted,
-                        m2p_gpa: w.region.m2p_gpa,
-                        m2p_frames: RAM >> 12,
-                    },
-                    flush: &mut w.flush,
-                    clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
-                    tsc_offset: 0,
-                    notified: &mut w.notified,
-                    msr_writes: &mut w.msr_writes,
-                    xstate: crate::xstate::XstatePlan::HIDDEN,
-                    xcr0_pending: None,
-                };
+                let mut vcpu = PvVcpu::new(0, L4, w.region.shared_info_gpa);
+                let mut platform = platform(&mut w);
                 let policy = msr::Policy::read(&platform);
                 for f in msr::FEATURES_WITHOUT_ROWS {
                     assert!(
@@ -1171,8 +1181,8 @@ mod tests {
                 }
                 for fm in msr::FEATURE_MSRS.iter().filter(|fm| policy.has(fm.feature)) {
                     let got = match fm.probe {
-                        Probe::Read => msr::guest_rdmsr(&w.vcpu, &platform, fm.msr).map(|_| ()),
-                        Probe::Write(v) => msr::guest_wrmsr(&mut w.vcpu, &mut platform, fm.msr, v),
+                        Probe::Read => msr::guest_rdmsr(&vcpu, &platform, fm.msr).map(|_| ()),
+                        Probe::Write(v) => msr::guest_wrmsr(&mut vcpu, &mut platform, fm.msr, v),
                     };
                     assert_eq!(
                         got,
@@ -1397,5 +1407,74 @@ mod tests {
         assert_eq!(cpu.regs.rsp, rsp0, "the stub's own rsp is untouched");
         assert_eq!(cpu.regs.rbx, 0xb0b);
         assert_eq!(w.stats.bounces[3], 1);
+    }
+
+    #[test]
+    fn a_read_of_xens_m2p_address_is_served_from_the_table() {
+        let mut w = world();
+        // The table as an MMU_MACHPHYS_UPDATE left it: entry 0x123 names pfn 0x77.
+        w.mem
+            .write_obj(0x77u64, GuestAddress(w.region.m2p_gpa + 0x123 * 8))
+            .unwrap();
+        // mov rax, [rbx+rdi*8], faulting with this host's reserved-bit error code.
+        w.mem
+            .write_slice(&[0x48, 0x8b, 0x04, 0xfb], GuestAddress(CODE))
+            .unwrap();
+        let frame = TrapFrame {
+            vector: 14,
+            error_code: 0b1101,
+            rip: CODE,
+            cs: 0xe033,
+            rflags: 0x202,
+            rsp: 0x8_0000,
+            ss: 0xe02b,
+        };
+        let rsp0 = w.region.stack_top - core::mem::size_of::<TrapFrame>() as u64;
+        let frame_gpa = w.region.va_to_gpa(rsp0).unwrap();
+        w.mem
+            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
+            .unwrap();
+        let mut cpu = cpu_at(0xffff_8100_0000_0500);
+        cpu.regs.rsp = rsp0;
+        cpu.regs.rbx = xen_abi::xen::MACH2PHYS_VIRT_START;
+        cpu.regs.rdi = 0x123;
+        cpu.sregs.cr2 = xen_abi::xen::MACH2PHYS_VIRT_START + 0x123 * 8;
+        let trap = Exit::IoOut {
+            port: port::TRAP,
+            value: 0,
+        };
+        assert_eq!(handle(&mut w, trap.clone(), &mut cpu), Action::Resume);
+        let mut raw = [0u8; core::mem::size_of::<TrapFrame>()];
+        w.mem.read_slice(&mut raw, GuestAddress(frame_gpa)).unwrap();
+        let after = TrapFrame::read_from_bytes(&raw).unwrap();
+        assert_eq!(after.rip, CODE + 4, "resumes after the load");
+        assert_eq!(cpu.regs.rax, 0x77);
+        assert_eq!(w.stats.emulated[pv_engine::stats::emulated::M2P_READ], 1);
+        assert_eq!(w.stats.bounces[14], 0);
+
+        // Past the table's end (whole pages for the RAM's frames) the read faults not
+        // present, with the user bit cleared for the guest kernel.
+        assert_eq!(w.region.m2p_bytes, (RAM >> 12) * 8);
+        w.vcpu.trap_table[14] = xen_abi::xen::TrapInfo {
+            vector: 14,
+            flags: 0,
+            cs: selector::FLAT_KERNEL_CS,
+            _pad: 0,
+            address: CODE + 0x100,
+        };
+        w.mem
+            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
+            .unwrap();
+        cpu.regs.rip = 0xffff_8100_0000_0500;
+        cpu.regs.rsp = rsp0;
+        cpu.regs.rdi = RAM >> 12;
+        cpu.sregs.cr2 = xen_abi::xen::MACH2PHYS_VIRT_START + (RAM >> 12) * 8;
+        assert_eq!(handle(&mut w, trap, &mut cpu), Action::Resume);
+        w.mem.read_slice(&mut raw, GuestAddress(frame_gpa)).unwrap();
+        let after = TrapFrame::read_from_bytes(&raw).unwrap();
+        assert_eq!(after.rip, CODE + 0x100, "bounced to the #PF handler");
+        assert_eq!(w.stats.bounces[14], 1);
+        let ec: u64 = w.mem.read_obj(GuestAddress(after.rsp + 16)).unwrap();
+        assert_eq!(ec, 0, "not present, read, kernel mode");
     }
 }

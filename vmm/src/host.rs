@@ -62,6 +62,10 @@ pub struct Paths {
     /// it on VM entry with hardware virtualization; software KVM runs guest ring 3 on the
     /// host's. Derived from the host kind, not measured (a probe step would be better).
     pub guest_tsc_aux: bool,
+    /// Whether the read-only M2P is also mapped at Xen's `MACH2PHYS_VIRT_START` (L4 slot
+    /// 256): where guest ring 3 can use that slot. Elsewhere the engine emulates reads
+    /// there.
+    pub m2p_at_abi: bool,
 }
 
 /// Why pvkvm refuses to run on this host.
@@ -119,6 +123,7 @@ impl HostFacts {
             tsc_offset: self.tsc_offset,
             ring3_cpuid_intercepted: self.ring3_cpuid_intercepted,
             guest_tsc_aux: self.hardware_virt,
+            m2p_at_abi: self.m2p_slot_usable,
         })
     }
 }
@@ -131,6 +136,7 @@ impl Default for Paths {
             tsc_offset: 0,
             ring3_cpuid_intercepted: true,
             guest_tsc_aux: false,
+            m2p_at_abi: false,
         }
     }
 }
@@ -231,6 +237,7 @@ mod tests {
         let p = software().paths().unwrap();
         assert_eq!(p.syscall_entry, SyscallEntry::StubAtCpl3);
         assert_eq!(p.tsc_offset, 0);
+        assert!(!p.m2p_at_abi, "kvm_pvm keeps slot 256");
     }
 
     #[test]
@@ -238,6 +245,7 @@ mod tests {
         let p = hardware().paths().unwrap();
         assert_eq!(p.syscall_entry, SyscallEntry::StubAtCpl0);
         assert_eq!(p.tsc_offset, -123_456_789_000);
+        assert!(p.m2p_at_abi);
     }
 
     #[test]

@@ -261,7 +261,10 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         (shim_gpa, shim::region_size(ram >> 12) as usize),
     ])?;
     let shim_image = ShimImage::embedded()?;
-    let region = shim::build_region(vm.memory(), shim_gpa, &shim_image, ram >> 12)?;
+    let mut region = shim::build_region(vm.memory(), shim_gpa, &shim_image, ram >> 12)?;
+    if paths.m2p_at_abi {
+        region.map_m2p_at_abi();
+    }
 
     let dom_cfg = DomainConfig {
         mem_bytes: ram,
@@ -783,6 +786,8 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 msr_writes: &mut msr_writes,
                 xstate,
                 xcr0_pending: None,
+                m2p_gpa: region.m2p_gpa,
+                m2p_bytes: region.m2p_bytes,
             },
             mapped_gdt: &mut mapped_gdt,
             paths,

@@ -139,6 +139,8 @@ pub struct ShimRegion {
     pub apply_more_doorbell_end: u64,
     /// Guest-physical address of the M2P table.
     pub m2p_gpa: u64,
+    /// Bytes of the M2P table: whole pages, entries past the last RAM frame invalid.
+    pub m2p_bytes: u64,
 }
 
 /// Extended machine-state components the VMM enables in XCR0 when the host has them.
@@ -159,6 +161,21 @@ impl ShimRegion {
             slot,
             target | pte::P | pte::RW | pte::A | pte::D | pte::NX,
         )
+    }
+
+    /// Maps the M2P at Xen's `MACH2PHYS_VIRT_START` (slot 256) too, for guests that read
+    /// it there without asking `XENMEM_machphys_mapping`: only where the host lets guest
+    /// ring 3 use that slot (elsewhere the engine serves those reads, `pv_engine::m2p`).
+    /// Both addresses have the same offset within their 512 GiB slot, so slot 256
+    /// shares slot 257's L3.
+    pub fn map_m2p_at_abi(&mut self) {
+        const _: () = assert!(
+            (contract::M2P_VA & ((1 << 39) - 1))
+                == (xen_abi::xen::MACH2PHYS_VIRT_START & ((1 << 39) - 1))
+        );
+        let slot = |va: u64| ((va >> 39) & 511) as usize - xen_abi::xen::HOLE_FIRST_L4_SLOT;
+        self.hole_l4[slot(xen_abi::xen::MACH2PHYS_VIRT_START)] =
+            self.hole_l4[slot(contract::M2P_VA)];
     }
 
     /// Whether `va` is in the shim's code.
@@ -511,6 +528,7 @@ pub fn build_region(
         apply_entry: va(layout::TEXT) + u64::from(hdr.apply_entry),
         apply_more_doorbell_end: va(layout::TEXT) + u64::from(hdr.apply_more_doorbell_end),
         m2p_gpa: gpa + layout::SIZE,
+        m2p_bytes: m2p_pages(ram_frames) * 0x1000,
     })
 }
 
@@ -575,7 +593,10 @@ mod tests {
             region_size(frames) as usize,
         )])
         .unwrap();
-        let region = build_region(&mem, base, &ShimImage::embedded().unwrap(), frames).unwrap();
+        let mut region = build_region(&mem, base, &ShimImage::embedded().unwrap(), frames).unwrap();
+        assert_eq!(region.hole_l4[0], 0, "slot 256 is left alone by default");
+        region.map_m2p_at_abi();
+        assert_eq!(region.m2p_bytes, (frames * 8).div_ceil(0x1000) * 0x1000);
         let walk = |va: u64| -> Option<(u64, u64)> {
             let slot = ((va >> 39) & 511) as usize;
             let mut entry = region.hole_l4[slot - 256];
@@ -592,7 +613,17 @@ mod tests {
             }
             (entry & pte::P != 0).then_some((entry & pte::ADDR_MASK, flags))
         };
-        let m2p = contract::M2P_VA;
+        for m2p in [contract::M2P_VA, xen_abi::xen::MACH2PHYS_VIRT_START] {
+            check_m2p(&walk, &mem, m2p, frames);
+        }
+    }
+
+    fn check_m2p(
+        walk: &dyn Fn(u64) -> Option<(u64, u64)>,
+        mem: &GuestMemoryMmap,
+        m2p: u64,
+        frames: u64,
+    ) {
         for mfn in [0u64, 1, 511, 512, 4999] {
             let (page, flags) = walk(m2p + mfn * 8).expect("M2P entry mapped");
             assert_eq!(flags & pte::RW, 0, "M2P must be read-only");

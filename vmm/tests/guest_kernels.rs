@@ -139,6 +139,53 @@ fn single_page_flushes_are_answered_inside_the_vm() {
     );
 }
 
+/// Xen's M2P address (`MACH2PHYS_VIRT_START`, L4 slot 256), read directly as guests other
+/// than Linux do. Where the host lets guest ring 3 use slot 256 the table is mapped there
+/// and no read is emulated; where it does not (kvm_pvm) every read there is one emulated
+/// load, and the table ends with its last page (the next entry faults not-present).
+#[test]
+fn m2p_at_xens_address() {
+    common::require_kvm();
+    let out = common::pvkvm(&[
+        "run",
+        "--kernel",
+        common::kernel("m2p_abi_address").to_str().unwrap(),
+        "--stats",
+        "--timeout",
+        "60",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("Test result: SUCCESS"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("past the table: faulted"),
+        "pvkvm's table ends with its last page:\n{stdout}"
+    );
+    let label = "M2P read at Xen's address ";
+    let emulated: u64 = stderr
+        .split_once(label)
+        .and_then(|(_, rest)| rest.split(';').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no '{label}' count in --stats:\n{stderr}"));
+    let mapped = pvkvm::probe::hole_slot_usable(256).expect("slot 256 probe runs");
+    if mapped {
+        assert_eq!(emulated, 0, "slot 256 is mapped: nothing to emulate");
+    } else {
+        // 6 entries x 6 load forms, one check after the restore, 200 timed reads.
+        assert_eq!(
+            emulated,
+            6 * 6 + 1 + 200,
+            "one emulation per read:\n{stderr}"
+        );
+    }
+    if let Some(line) = stdout.lines().find(|l| l.starts_with("m2p read cycles")) {
+        eprintln!("{line} (slot 256 mapped: {mapped})");
+    }
+}
+
 /// Boots test kernel `name` with `--stats`, asserts it succeeded, returns its stderr.
 fn succeeds_with_stats(name: &str) -> String {
     let out = common::pvkvm(&[

@@ -48,8 +48,9 @@ pub mod port {
 /// Where pvkvm maps the read-only M2P table (what `XENMEM_machphys_mapping` reports):
 /// L4 slot 257 rather than Xen's `MACH2PHYS_VIRT_START` (slot 256), because the probe
 /// finds that this host's KVM keeps slot 256 for itself (ring-3 accesses there fault with
-/// a reserved-bit error). Guests must, and Linux does, take the address from the
-/// hypercall.
+/// a reserved-bit error). Linux takes the address from the hypercall; a guest that reads
+/// Xen's address gets the same table there (mapped where the host allows the slot,
+/// emulated by the engine elsewhere).
 pub const M2P_VA: u64 = 0xffff_8080_0000_0000;
 /// End of the M2P area (room for 2^35 entries, as Xen's).
 pub const M2P_VA_END: u64 = M2P_VA + (1 << 38);

@@ -254,30 +254,50 @@ pub fn exception(
             vcpu.cr0_ts = false;
             deliver(vcpu, regs, p, stats, TRAP_NO_DEVICE, None)
         }
+        // Xen's M2P address, where the host would not let the table be mapped: serve the
+        // guest's load, or fault as Xen's read-only mapping does.
+        TRAP_PAGE_FAULT if crate::m2p::in_abi_range(trap.cr2) => {
+            match crate::m2p::page_fault(vcpu, regs, trap.cr2, ec.unwrap_or(0), p) {
+                crate::m2p::M2pFault::Emulated => {
+                    stats.count_emulated(crate::stats::emulated::M2P_READ);
+                    Outcome::Resume
+                }
+                crate::m2p::M2pFault::Fault { cr2, code } => {
+                    bounce_page_fault(vcpu, regs, p, stats, cr2, code)
+                }
+            }
+        }
         TRAP_PAGE_FAULT if crate::mmu::ptwr_emulate(vcpu, regs, trap.cr2, ec.unwrap_or(0), p) => {
             Outcome::Resume
         }
-        TRAP_PAGE_FAULT => {
-            vcpu.cr2 = trap.cr2;
-            if p.write_phys(
-                vcpu.vcpu_info_gpa + vcpu_info::ARCH_CR2,
-                &trap.cr2.to_le_bytes(),
-            )
-            .is_err()
-            {
-                return Outcome::Crash(CrashReason::BadVcpuInfo);
-            }
-            // The CPU always saw a user-mode access (the guest kernel runs in ring 3);
-            // the guest must see the access mode it believes it was in.
-            let mut code = ec.unwrap_or(0) & !PFEC_USER_MODE;
-            if vcpu.mode == Mode::User {
-                code |= PFEC_USER_MODE;
-            }
-            deliver(vcpu, regs, p, stats, TRAP_PAGE_FAULT, Some(code as u32))
-        }
+        TRAP_PAGE_FAULT => bounce_page_fault(vcpu, regs, p, stats, trap.cr2, ec.unwrap_or(0)),
         TRAP_NMI => deliver(vcpu, regs, p, stats, TRAP_NMI, None),
         v => deliver(vcpu, regs, p, stats, v, ec32),
     }
+}
+
+/// Bounces a #PF at `cr2` with error code `code` (Xen's `pv_inject_page_fault`).
+fn bounce_page_fault(
+    vcpu: &mut Vcpu,
+    regs: &mut GuestRegs,
+    p: &mut dyn Platform,
+    stats: &mut Stats,
+    cr2: u64,
+    code: u64,
+) -> Outcome {
+    vcpu.cr2 = cr2;
+    if p.write_phys(vcpu.vcpu_info_gpa + vcpu_info::ARCH_CR2, &cr2.to_le_bytes())
+        .is_err()
+    {
+        return Outcome::Crash(CrashReason::BadVcpuInfo);
+    }
+    // The CPU always saw a user-mode access (the guest kernel runs in ring 3); the guest
+    // must see the access mode it believes it was in.
+    let mut code = code & !PFEC_USER_MODE;
+    if vcpu.mode == Mode::User {
+        code |= PFEC_USER_MODE;
+    }
+    deliver(vcpu, regs, p, stats, TRAP_PAGE_FAULT, Some(code as u32))
 }
 
 /// The guest executed `syscall`.

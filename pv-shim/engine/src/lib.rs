@@ -28,6 +28,7 @@ pub mod guest;
 #[cfg(test)]
 mod hostile;
 pub mod hypercall;
+pub mod m2p;
 pub mod memory;
 pub mod mmu;
 pub mod msr;
@@ -90,6 +91,13 @@ pub trait Platform {
     /// speculation control / TSC_AUX the vCPU runs with); see [`msr::MsrEffect`]. Where
     /// the host cannot, the guest goes on without it (the default does nothing).
     fn msr_effect(&mut self, _effect: msr::MsrEffect) {}
+    /// Reads the read-only M2P table at byte `offset` (the table's own contents, with
+    /// every `MMU_MACHPHYS_UPDATE` applied), for guest reads of Xen's ABI address that
+    /// the host cannot map (see [`m2p`]). The table is whole pages: an offset past its
+    /// last page is `OutOfRange`, as is any read where the host has no table.
+    fn read_m2p(&self, _offset: u64, _buf: &mut [u8]) -> Result<(), PhysError> {
+        Err(PhysError::OutOfRange)
+    }
 }
 
 /// The domain id the guest has (the VMM's backends are domain 0).

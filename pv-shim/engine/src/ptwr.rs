@@ -44,19 +44,19 @@ use iced_x86::{
 use crate::GuestRegs;
 
 /// RFLAGS.CF.
-const CF: u64 = 1 << 0;
+pub(crate) const CF: u64 = 1 << 0;
 /// RFLAGS.PF.
-const PF: u64 = 1 << 2;
+pub(crate) const PF: u64 = 1 << 2;
 /// RFLAGS.AF.
-const AF: u64 = 1 << 4;
+pub(crate) const AF: u64 = 1 << 4;
 /// RFLAGS.ZF.
-const ZF: u64 = 1 << 6;
+pub(crate) const ZF: u64 = 1 << 6;
 /// RFLAGS.SF.
-const SF: u64 = 1 << 7;
+pub(crate) const SF: u64 = 1 << 7;
 /// RFLAGS.OF.
-const OF: u64 = 1 << 11;
+pub(crate) const OF: u64 = 1 << 11;
 /// The arithmetic flags an ALU instruction defines.
-const ARITH_FLAGS: u64 = CF | PF | AF | ZF | SF | OF;
+pub(crate) const ARITH_FLAGS: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// Why the faulting instruction is not emulated. Every case leads the host to deliver the
 /// #PF to the guest, as Xen does when `x86_emulate` returns `X86EMUL_UNHANDLEABLE`.
@@ -78,7 +78,7 @@ pub enum PtwrError {
 
 /// A locked or plain read-modify-write ALU operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum AluOp {
+pub(crate) enum AluOp {
     And,
     Or,
     Xor,
@@ -96,11 +96,11 @@ enum BitOp {
 
 /// A general register operand, as a slot of [`GuestRegs`] plus its part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Gpr {
+pub(crate) struct Gpr {
     /// Encoding number of the full register: 0 = rax ... 15 = r15.
     num: u8,
     /// Width in bytes (1, 2, 4 or 8).
-    size: u8,
+    pub(crate) size: u8,
     /// ah, ch, dh or bh: bits 8..16 of the full register.
     high8: bool,
 }
@@ -333,7 +333,7 @@ fn writes_memory(instr: &Instruction) -> bool {
 }
 
 /// All ones in the low `width` bytes.
-fn width_mask(width: u8) -> u64 {
+pub(crate) fn width_mask(width: u8) -> u64 {
     if width >= 8 {
         u64::MAX
     } else {
@@ -343,7 +343,7 @@ fn width_mask(width: u8) -> u64 {
 
 /// The source operand (operand 1): a general register or an immediate, as the
 /// instruction uses it (immediates sign-extended to the operand width by the decoder).
-fn source(instr: &Instruction, regs: &GuestRegs) -> Result<u64, PtwrError> {
+pub(crate) fn source(instr: &Instruction, regs: &GuestRegs) -> Result<u64, PtwrError> {
     if instr.op_count() < 2 {
         return Err(PtwrError::Unsupported("no source operand"));
     }
@@ -362,7 +362,7 @@ fn source(instr: &Instruction, regs: &GuestRegs) -> Result<u64, PtwrError> {
 }
 
 /// Operand `n` as a general register.
-fn gpr_operand(instr: &Instruction, n: u32) -> Result<Gpr, PtwrError> {
+pub(crate) fn gpr_operand(instr: &Instruction, n: u32) -> Result<Gpr, PtwrError> {
     if instr.op_count() <= n || instr.op_kind(n) != OpKind::Register {
         return Err(PtwrError::Unsupported("operand is not a register"));
     }
@@ -370,7 +370,18 @@ fn gpr_operand(instr: &Instruction, n: u32) -> Result<Gpr, PtwrError> {
     if !r.is_gpr() {
         return Err(PtwrError::Unsupported("operand is not a general register"));
     }
-    let num = match r.full_register() {
+    let num = gpr_number(r.full_register())
+        .ok_or(PtwrError::Unsupported("operand is not a general register"))?;
+    Ok(Gpr {
+        num,
+        size: r.size() as u8,
+        high8: matches!(r, Register::AH | Register::CH | Register::DH | Register::BH),
+    })
+}
+
+/// x86 number (0 = rax ... 15 = r15) of a full 64-bit general register.
+pub(crate) fn gpr_number(full: Register) -> Option<u8> {
+    Some(match full {
         Register::RAX => 0,
         Register::RCX => 1,
         Register::RDX => 2,
@@ -387,12 +398,7 @@ fn gpr_operand(instr: &Instruction, n: u32) -> Result<Gpr, PtwrError> {
         Register::R13 => 13,
         Register::R14 => 14,
         Register::R15 => 15,
-        _ => return Err(PtwrError::Unsupported("operand is not a general register")),
-    };
-    Ok(Gpr {
-        num,
-        size: r.size() as u8,
-        high8: matches!(r, Register::AH | Register::CH | Register::DH | Register::BH),
+        _ => return None,
     })
 }
 
@@ -402,7 +408,7 @@ fn slot(regs: &mut GuestRegs, num: u8) -> &mut u64 {
 }
 
 /// The value of a register operand, zero-extended.
-fn read_gpr(regs: &GuestRegs, reg: Gpr) -> u64 {
+pub(crate) fn read_gpr(regs: &GuestRegs, reg: Gpr) -> u64 {
     let mut copy = *regs;
     let full = *slot(&mut copy, reg.num);
     if reg.high8 {
@@ -414,7 +420,7 @@ fn read_gpr(regs: &GuestRegs, reg: Gpr) -> u64 {
 
 /// Writes a register operand as the CPU does: a 32-bit write zero-extends, 8- and 16-bit
 /// writes keep the other bits.
-fn write_gpr(regs: &mut GuestRegs, reg: Gpr, value: u64) {
+pub(crate) fn write_gpr(regs: &mut GuestRegs, reg: Gpr, value: u64) {
     let full = slot(regs, reg.num);
     if reg.high8 {
         *full = (*full & !0xff00) | ((value & 0xff) << 8);
@@ -431,7 +437,7 @@ fn write_gpr(regs: &mut GuestRegs, reg: Gpr, value: u64) {
 }
 
 /// Replaces the flags in `which` by `value`.
-fn set_flags(regs: &mut GuestRegs, which: u64, value: u64) {
+pub(crate) fn set_flags(regs: &mut GuestRegs, which: u64, value: u64) {
     regs.rflags = (regs.rflags & !which) | (value & which);
 }
 
@@ -451,7 +457,7 @@ fn zsp(r: u64, width: u8) -> u64 {
 }
 
 /// Result (width-masked) and arithmetic flags of `a op b` at `width` bytes.
-fn alu(op: AluOp, a: u64, b: u64, width: u8) -> (u64, u64) {
+pub(crate) fn alu(op: AluOp, a: u64, b: u64, width: u8) -> (u64, u64) {
     let mask = width_mask(width);
     let (a, b) = (a & mask, b & mask);
     let top = width as u32 * 8 - 1;

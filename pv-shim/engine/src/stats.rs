@@ -19,9 +19,10 @@ pub const EMULATED_NAMES: [&str; EMULATED_KINDS] = [
     "rdmsr/wrmsr",
     "forced cpuid",
     "xsetbv",
+    "M2P read at Xen's address",
 ];
 /// Number of [`EMULATED_NAMES`].
-pub const EMULATED_KINDS: usize = 6;
+pub const EMULATED_KINDS: usize = 7;
 
 /// Indexes into [`Stats::emulated`].
 pub mod emulated {
@@ -32,6 +33,7 @@ pub mod emulated {
     pub const MSR: usize = 3;
     pub const FORCED_CPUID: usize = 4;
     pub const XSETBV: usize = 5;
+    pub const M2P_READ: usize = 6;
 }
 
 /// One hypercall as the engine saw and answered it.

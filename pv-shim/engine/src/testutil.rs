@@ -42,6 +42,8 @@ pub struct FakePlatform {
     pub cpuid: Option<Vec<(u32, u32, [u32; 4])>>,
     /// MSR effects the engine asked for, in order.
     pub effects: Vec<crate::msr::MsrEffect>,
+    /// The read-only M2P table [`Platform::read_m2p`] serves (empty: none).
+    pub m2p: Vec<u8>,
     next_frame: u64,
     /// CPUID leaves ((leaf, subleaf), eax..edx); empty: every leaf answers
     /// `[leaf, subleaf, 0x1234, 0x5678]`, otherwise a leaf not listed answers zeros.
@@ -96,6 +98,12 @@ impl Platform for FakePlatform {
         self.xcr0 = Some(xcr0);
         true
     }
+    fn read_m2p(&self, offset: u64, buf: &mut [u8]) -> Result<(), PhysError> {
+        let start = usize::try_from(offset).map_err(|_| PhysError::OutOfRange)?;
+        let end = start.checked_add(buf.len()).ok_or(PhysError::OutOfRange)?;
+        buf.copy_from_slice(self.m2p.get(start..end).ok_or(PhysError::OutOfRange)?);
+        Ok(())
+    }
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.console_in.len());
         buf[..n].copy_from_slice(&self.console_in[..n]);
@@ -112,6 +120,7 @@ impl FakePlatform {
             console_in: Vec::new(),
             cpuid: None,
             effects: Vec::new(),
+            m2p: Vec::new(),
             next_frame: 0x10_0000,
             cpuid_leaves: Vec::new(),
             xcr0: None,
