@@ -11,7 +11,7 @@ use crate::probe;
 use crate::vstate;
 
 /// The facts pvkvm's behaviour depends on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct HostFacts {
     /// The module serving /dev/kvm (kvm_intel, kvm_amd, kvm_pvm, ...).
     pub module: String,
@@ -34,6 +34,9 @@ pub struct HostFacts {
     pub tsc_offset: i64,
     /// L4 slot 256 (Xen's machine-to-phys address) is usable by guest ring 3.
     pub m2p_slot_usable: bool,
+    /// What XCR0 and PKRU guest ring 3 runs with and who answers its CPUID leaves 1
+    /// and 7 (None: the measurement failed, and extended state is hidden).
+    pub xstate: Option<crate::probe::XstateHost>,
 }
 
 /// How a guest `syscall` reaches the VMM.
@@ -55,9 +58,11 @@ pub struct Paths {
     pub syscall_entry: SyscallEntry,
     /// Added to the host TSC to get the guest's (pvclock's base).
     pub tsc_offset: i64,
-    /// Whether guest processes can be told the policy's CPUID (false: they read the
-    /// host's, and features the policy hides may still be used by them).
+    /// Whether guest processes read the policy's CPUID (false: for leaves 1 and 7 they
+    /// read the host's, and features the policy hides may still be used by them).
     pub ring3_cpuid_intercepted: bool,
+    /// What the guest gets of extended state and how `xsetbv` and PKRU are handled.
+    pub xstate: crate::xstate::XstatePlan,
     /// Whether guest code reads the guest's own TSC_AUX (`rdtscp`, `rdpid`): KVM loads
     /// it on VM entry with hardware virtualization; software KVM runs guest ring 3 on the
     /// host's. Derived from the host kind, not measured (a probe step would be better).
@@ -102,6 +107,13 @@ impl HostFacts {
             vmm_pte_store_visible: probe::vmm_pte_store_visible()?,
             tsc_offset: significant_tsc_offset(offset, uncertainty),
             m2p_slot_usable: probe::hole_slot_usable(256)?,
+            xstate: match probe::xstate_host() {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    log::warn!("cannot measure this host's extended state ({e}); XSAVE hidden");
+                    None
+                }
+            },
         })
     }
 
@@ -121,7 +133,14 @@ impl HostFacts {
         Ok(Paths {
             syscall_entry,
             tsc_offset: self.tsc_offset,
-            ring3_cpuid_intercepted: self.ring3_cpuid_intercepted,
+            ring3_cpuid_intercepted: self.ring3_cpuid_intercepted
+                && self.xstate.as_ref().is_some_and(|x| {
+                    x.leaf1_from_table == Some(true) && x.leaf7_from_table == Some(true)
+                }),
+            xstate: self.xstate.as_ref().map_or(
+                crate::xstate::XstatePlan::HIDDEN,
+                crate::xstate::XstatePlan::for_host,
+            ),
             guest_tsc_aux: self.hardware_virt,
             m2p_at_abi: self.m2p_slot_usable,
         })
@@ -135,6 +154,7 @@ impl Default for Paths {
             syscall_entry: SyscallEntry::StubAtCpl3,
             tsc_offset: 0,
             ring3_cpuid_intercepted: true,
+            xstate: crate::xstate::XstatePlan::HIDDEN,
             guest_tsc_aux: false,
             m2p_at_abi: false,
         }
@@ -150,6 +170,7 @@ impl HostFacts {
                 "syscall_entry": format!("{:?}", p.syscall_entry),
                 "tsc_offset": p.tsc_offset,
                 "ring3_cpuid_intercepted": p.ring3_cpuid_intercepted,
+                "xstate": format!("{:?}", p.xstate),
                 "guest_tsc_aux": p.guest_tsc_aux,
             }),
             Err(refusal) => serde_json::json!({ "refused": refusal.to_string() }),
@@ -178,7 +199,7 @@ impl HostFacts {
             "\nhost facts the runner uses\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  paths: {paths}\n",
             "syscall lands at CPL",
             self.syscall_cpl,
-            "ring-3 CPUID intercepted",
+            "ring-3 CPUID leaf 0x40000000 from pvkvm's table",
             self.ring3_cpuid_intercepted,
             "VMM PTE store visible without guest flush",
             self.vmm_pte_store_visible,
@@ -217,6 +238,7 @@ mod tests {
             vmm_pte_store_visible: false,
             tsc_offset: 0,
             m2p_slot_usable: false,
+            xstate: None,
         }
     }
 

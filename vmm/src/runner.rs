@@ -295,18 +295,8 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         .map_err(|_| shim::Error::Memory(region.shared_info_gpa))?;
 
     let mut vcpu = vm.create_vcpu(0)?;
-    let measuring = Instant::now();
-    let xstate = match crate::probe::xstate_host() {
-        Ok(facts) => crate::xstate::XstatePlan::for_host(&facts),
-        Err(e) => {
-            log::warn!("cannot measure this host's extended state ({e}); XSAVE hidden");
-            crate::xstate::XstatePlan::HIDDEN
-        }
-    };
-    log::info!(
-        "extended state: {xstate:?} (measured in {:?})",
-        measuring.elapsed()
-    );
+    let xstate = paths.xstate;
+    log::info!("extended state: {xstate:?}");
     let policy = crate::cpuid::PolicyOptions {
         xcr0: xstate.xcr0_mask,
         tsc_aux: paths.guest_tsc_aux,
