@@ -1065,8 +1065,6 @@ mod tests {
     /// The PV policy over a host offering every feature that implies an MSR the engine
     /// serves (`pv_engine::msr::FEATURE_MSRS`), AMD vendor.
     fn policy_with_msr_features() -> crate::cpuid::CpuidTable {
-        use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
-        use pv_engine::msr::Reg;
         let word = |s: &[u8; 4]| u32::from_le_bytes(*s);
         let mut leaves: Vec<(u32, u32, [u32; 4])> = vec![
             (0, 0, [0xd, word(b"Auth"), word(b"cAMD"), word(b"enti")]),
@@ -1074,45 +1072,26 @@ mod tests {
             (0x8000_0000, 0, [0x8000_0021, 0, 0, 0]),
         ];
         for fm in pv_engine::msr::FEATURE_MSRS {
-            let ft = fm.feature;
-            let i = match leaves
-                .iter()
-                .position(|(l, s, _)| *l == ft.leaf && *s == ft.subleaf)
-            {
+            let Some((leaf, sub, reg)) = fm.feature.cpuid_location() else {
+                continue;
+            };
+            let i = match leaves.iter().position(|(l, s, _)| (*l, *s) == (leaf, sub)) {
                 Some(i) => i,
                 None => {
-                    leaves.push((ft.leaf, ft.subleaf, [0; 4]));
+                    leaves.push((leaf, sub, [0; 4]));
                     leaves.len() - 1
                 }
             };
-            let r = match ft.reg {
-                Reg::Eax => 0,
-                Reg::Ebx => 1,
-                Reg::Ecx => 2,
-                Reg::Edx => 3,
-            };
-            leaves[i].2[r] |= 1 << ft.bit;
+            leaves[i].2[reg.index()] |= fm.feature.mask();
         }
-        let entries: Vec<kvm_cpuid_entry2> = leaves
+        let dump: String = leaves
             .iter()
-            .map(
-                |&(function, index, [eax, ebx, ecx, edx])| kvm_cpuid_entry2 {
-                    function,
-                    index,
-                    flags: if matches!(function, 7 | 0xd) {
-                        KVM_CPUID_FLAG_SIGNIFCANT_INDEX
-                    } else {
-                        0
-                    },
-                    eax,
-                    ebx,
-                    ecx,
-                    edx,
-                    ..Default::default()
-                },
-            )
+            .map(|(l, s, [a, b, c, d])| format!("{l:#x} {s:#x} {a:#x} {b:#x} {c:#x} {d:#x}\n"))
             .collect();
-        crate::cpuid::CpuidTable::pv_policy(&CpuId::from_entries(&entries).unwrap())
+        crate::cpuid::CpuidTable::build(
+            &crate::cpuid::RawCpuid::parse_dump(&dump).unwrap(),
+            &crate::cpuid::PolicyOptions::default(),
+        )
     }
 
     /// Every feature the PV policy offers that implies an MSR has its row in the

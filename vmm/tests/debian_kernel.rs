@@ -136,129 +136,32 @@ fn prints_the_linux_banner_and_never_hangs() {
 /// pvkvm with status 0.
 #[test]
 fn boots_to_a_shell_and_powers_off() {
-    use std::io::{Read, Write};
-    use std::process::{Command, Stdio};
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
     let Some(kernel) = common::debian_kernel() else {
         return;
     };
-    let initrd = common::repo_root().join("guest-images/cache/initramfs-default.cpio.gz");
-    if !initrd.exists() {
-        assert!(
-            std::env::var_os("PVKVM_REQUIRE_DEBIAN_KERNEL").is_none(),
-            "no default initramfs: run guest-images/scripts/build-default-guest.sh"
-        );
-        eprintln!("skipped: no guest-images/cache/initramfs-default.cpio.gz");
-        return;
-    }
-    common::require_kvm();
     let release = kernel
         .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
         .trim_start_matches("vmlinuz-")
         .to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
-        .args([
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-        ])
-        .args(["--cmdline", "console=hvc0", "--timeout", "300"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pvkvm starts");
-    let console = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let sink = console.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let text = |c: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&c.lock().unwrap()).into_owned();
-    let wait_for = |needle: &str, from: usize, limit: Duration| -> Option<usize> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            let t = text(&console);
-            if let Some(at) = t.get(from..).and_then(|rest| rest.find(needle)) {
-                return Some(from + at + needle.len());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        None
-    };
-    let mut stdin = child.stdin.take().unwrap();
-    let prompt = wait_for("~ # ", 0, Duration::from_secs(240));
-    let Some(prompt) = prompt else {
-        let _ = child.kill();
-        panic!("no shell prompt within 240 s; console:\n{}", text(&console));
-    };
-    writeln!(
-        stdin,
-        "uname -r; cat /sys/hypervisor/type; dmesg | grep -c -E 'BUG:|Oops|WARNING: CPU:|Kernel panic'; \
-         dmesg | grep -c 'Grant table initialized'"
-    )
-    .unwrap();
-    writeln!(stdin, "echo END-OF-ANSWERS").unwrap();
-    let end = wait_for("END-OF-ANSWERS\r\n", prompt, Duration::from_secs(60))
-        .or_else(|| wait_for("END-OF-ANSWERS\n", prompt, Duration::from_secs(1)));
-    let Some(end) = end else {
-        let _ = child.kill();
-        panic!("no answers; console:\n{}", text(&console));
-    };
-    let all = text(&console);
-    // The four lines the shell printed just before the marker (the echoed command above
-    // them may wrap at the terminal width).
-    let lines: Vec<String> = all[prompt..end]
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty() && !l.contains('#') && !l.contains("END-OF-ANSWERS"))
-        .collect();
-    let answers = lines[lines.len().saturating_sub(4)..].to_vec();
-    writeln!(stdin, "poweroff -f").unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!(
-                "pvkvm did not exit after poweroff -f; console:\n{}",
-                text(&console)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    reader.join().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(
-        answers.len() >= 4
-            && answers[0] == release
-            && answers[1] == "xen"
-            && answers[2] == "0"
-            && answers[3] == "1",
-        "answers {answers:?}, expected [{release}, xen, 0, 1] (release, hypervisor type, \
-         kernel warnings, grant table initialised); console:\n{}",
-        text(&console)
+    let run = common::debian_shell(
+        &kernel,
+        "console=hvc0",
+        &[],
+        &[
+            "uname -r",
+            "cat /sys/hypervisor/type",
+            "dmesg | grep -c -E 'BUG:|Oops|WARNING: CPU:|Kernel panic'",
+            "dmesg | grep -c 'Grant table initialized'",
+        ],
     );
-    assert_eq!(status.code(), Some(0), "pvkvm:\n{stderr}");
+    assert_eq!(
+        run.answers,
+        [release.as_str(), "xen", "0", "1"],
+        "expected [release, hypervisor type, kernel warnings, grant table initialised]; \
+         console:\n{}",
+        run.console
+    );
+    assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
 }

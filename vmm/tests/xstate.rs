@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 /// Builds the test initramfs: the default one with a newc archive appended that adds
 /// /xstate-test (Linux unpacks concatenated archives in order).
@@ -70,90 +68,27 @@ fn ymm_survives_context_switches_and_wrpkru_is_contained() {
     let Some(initrd) = test_initramfs(&dir) else {
         return;
     };
-    common::require_kvm();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
-        .args(["run", "--kernel", kernel.to_str().unwrap()])
-        .args(["--initrd", initrd.to_str().unwrap()])
-        .args(["--cmdline", "console=hvc0", "--timeout", "400"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pvkvm starts");
-    let console = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let sink = console.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let text = || String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
-    let wait_for = |needles: &[&str], from: usize, limit: Duration| -> Option<(usize, usize)> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            let t = text();
-            for (i, n) in needles.iter().enumerate() {
-                if let Some(at) = t.get(from..).and_then(|rest| rest.find(n)) {
-                    return Some((i, from + at + n.len()));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        None
-    };
-    let mut stdin = child.stdin.take().unwrap();
-    let Some((_, prompt)) = wait_for(&["~ # "], 0, Duration::from_secs(240)) else {
-        let _ = child.kill();
-        panic!("no shell prompt within 240 s; console:\n{}", text());
-    };
-    writeln!(stdin, "/xstate-test; echo XSTATE-DONE $?").unwrap();
-    let done = wait_for(
-        &["XSTATE-DONE 0", "XSTATE-DONE 1"],
-        prompt,
-        Duration::from_secs(120),
+    // The program's verdict is its last line; then the domain must still answer.
+    let run = common::debian_shell_with(
+        &kernel,
+        &initrd,
+        "console=hvc0",
+        &[],
+        &["/xstate-test | tail -n 1", "echo STILL-ALIVE"],
     );
-    let verdict = text();
-    // The domain must still be alive and answer.
-    writeln!(stdin, "echo STILL-ALIVE").unwrap();
-    let alive = wait_for(
-        &["STILL-ALIVE\r\n", "STILL-ALIVE\n"],
-        prompt,
-        Duration::from_secs(30),
-    );
-    writeln!(stdin, "poweroff -f").unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    reader.join().unwrap();
-    let mut stderr = String::new();
-    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
     let _ = std::fs::remove_dir_all(&dir);
-    let report: Vec<&str> = verdict
+    let report: Vec<&str> = run
+        .console
         .lines()
         .filter(|l| l.contains("xstate-test:"))
         .collect();
     eprintln!("{}", report.join("\n"));
-    assert!(
-        matches!(done, Some((0, _))) && verdict.contains("xstate-test: PASS"),
-        "xstate-test did not pass; console:\n{verdict}\npvkvm:\n{stderr}"
+    assert_eq!(
+        run.answers,
+        ["xstate-test: PASS", "STILL-ALIVE"],
+        "xstate-test did not pass or the domain died; console:\n{}\npvkvm:\n{}",
+        run.console,
+        run.stderr
     );
-    assert!(
-        alive.is_some(),
-        "the domain died after the test; console:\n{}",
-        text()
-    );
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "pvkvm:\n{stderr}");
+    assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
 }

@@ -128,6 +128,15 @@ impl Feature {
     pub const fn mask(self) -> u32 {
         1 << self.bit
     }
+
+    /// The CPUID leaf, subleaf and register the bit is in (None for the words that come
+    /// from `MSR_ARCH_CAPABILITIES`).
+    pub const fn cpuid_location(self) -> Option<(u32, u32, Reg)> {
+        match WORDS[self.word as usize] {
+            WordSource::Cpuid(leaf, subleaf, reg) => Some((leaf, subleaf, reg)),
+            WordSource::ArchCaps(_) | WordSource::Unused => None,
+        }
+    }
 }
 
 /// Every feature, by name.

@@ -290,134 +290,17 @@ impl Vendor {
     }
 }
 
-/// A CPUID output register.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reg {
-    /// EAX.
-    Eax,
-    /// EBX.
-    Ebx,
-    /// ECX.
-    Ecx,
-    /// EDX.
-    Edx,
-}
+pub use xen_abi::cpufeatureset::{Feature, Reg};
 
-/// One CPUID feature bit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Feature {
-    /// Leaf.
-    pub leaf: u32,
-    /// Subleaf.
-    pub subleaf: u32,
-    /// Register.
-    pub reg: Reg,
-    /// Bit number.
-    pub bit: u8,
-    /// Xen's name for it.
-    pub name: &'static str,
-}
-
-const fn feat(leaf: u32, subleaf: u32, reg: Reg, bit: u8, name: &'static str) -> Feature {
-    Feature {
-        leaf,
-        subleaf,
-        reg,
-        bit,
-        name,
-    }
-}
-
-/// The CPUID features the table depends on (Xen's `cpufeatureset.h` names; PERFCTR_CORE
-/// and PERFCTR_NB, which Xen does not name, are Linux's).
+/// The CPUID features the table depends on, from Xen's featureset (`xen-abi`): the
+/// numbers live there once.
 pub mod feature {
-    use super::{feat, Feature, Reg};
-    /// Leaf 1 EDX 7: machine-check exception.
-    pub const MCE: Feature = feat(1, 0, Reg::Edx, 7, "MCE");
-    /// Leaf 1 EDX 14: machine-check architecture.
-    pub const MCA: Feature = feat(1, 0, Reg::Edx, 14, "MCA");
-    /// Leaf 1 ECX 15: PERF_CAPABILITIES.
-    pub const PDCM: Feature = feat(1, 0, Reg::Ecx, 15, "PDCM");
-    /// Leaf 7 EBX 1: TSC_ADJUST.
-    pub const TSC_ADJUST: Feature = feat(7, 0, Reg::Ebx, 1, "TSC_ADJUST");
-    /// Leaf 7 ECX 22: RDPID.
-    pub const RDPID: Feature = feat(7, 0, Reg::Ecx, 22, "RDPID");
-    /// Leaf 7 EDX 26: IBRS and IBPB (Intel).
-    pub const IBRSB: Feature = feat(7, 0, Reg::Edx, 26, "IBRSB");
-    /// Leaf 7 EDX 27: STIBP.
-    pub const STIBP: Feature = feat(7, 0, Reg::Edx, 27, "STIBP");
-    /// Leaf 7 EDX 28: FLUSH_CMD.
-    pub const L1D_FLUSH: Feature = feat(7, 0, Reg::Edx, 28, "L1D_FLUSH");
-    /// Leaf 7 EDX 29: ARCH_CAPABILITIES.
-    pub const ARCH_CAPS: Feature = feat(7, 0, Reg::Edx, 29, "ARCH_CAPS");
-    /// Leaf 7 EDX 31: SPEC_CTRL.SSBD (Intel).
-    pub const SSBD: Feature = feat(7, 0, Reg::Edx, 31, "SSBD");
-    /// Leaf 7.2 EDX 0: SPEC_CTRL.PSFD (Intel).
-    pub const INTEL_PSFD: Feature = feat(7, 2, Reg::Edx, 0, "INTEL_PSFD");
-    /// Leaf 7.2 EDX 1: SPEC_CTRL.IPRED_DIS_*.
-    pub const IPRED_CTRL: Feature = feat(7, 2, Reg::Edx, 1, "IPRED_CTRL");
-    /// Leaf 7.2 EDX 2: SPEC_CTRL.RRSBA_DIS_*.
-    pub const RRSBA_CTRL: Feature = feat(7, 2, Reg::Edx, 2, "RRSBA_CTRL");
-    /// Leaf 7.2 EDX 4: SPEC_CTRL.BHI_DIS_S.
-    pub const BHI_CTRL: Feature = feat(7, 2, Reg::Edx, 4, "BHI_CTRL");
-    /// Leaf 0xd.1 EAX 3: XSAVES and MSR_XSS.
-    pub const XSAVES: Feature = feat(0xd, 1, Reg::Eax, 3, "XSAVES");
-    /// Leaf 0x80000001 ECX 9: OS-visible workarounds.
-    pub const OSVW: Feature = feat(0x8000_0001, 0, Reg::Ecx, 9, "OSVW");
-    /// Leaf 0x80000001 ECX 26: data breakpoint address masks.
-    pub const DBEXT: Feature = feat(0x8000_0001, 0, Reg::Ecx, 26, "DBEXT");
-    /// Leaf 0x80000001 EDX 27: RDTSCP.
-    pub const RDTSCP: Feature = feat(0x8000_0001, 0, Reg::Edx, 27, "RDTSCP");
-    /// Leaf 0x80000008 EBX 12: IBPB (AMD).
-    pub const IBPB: Feature = feat(0x8000_0008, 0, Reg::Ebx, 12, "IBPB");
-    /// Leaf 0x80000008 EBX 14: SPEC_CTRL.IBRS (AMD).
-    pub const IBRS: Feature = feat(0x8000_0008, 0, Reg::Ebx, 14, "IBRS");
-    /// Leaf 0x80000008 EBX 15: SPEC_CTRL.STIBP (AMD).
-    pub const AMD_STIBP: Feature = feat(0x8000_0008, 0, Reg::Ebx, 15, "AMD_STIBP");
-    /// Leaf 0x80000008 EBX 24: SPEC_CTRL.SSBD (AMD).
-    pub const AMD_SSBD: Feature = feat(0x8000_0008, 0, Reg::Ebx, 24, "AMD_SSBD");
-    /// Leaf 0x80000008 EBX 25: VIRT_SPEC_CTRL.SSBD.
-    pub const VIRT_SSBD: Feature = feat(0x8000_0008, 0, Reg::Ebx, 25, "VIRT_SSBD");
-    /// Leaf 0x80000008 EBX 28: SPEC_CTRL.PSFD (AMD).
-    pub const PSFD: Feature = feat(0x8000_0008, 0, Reg::Ebx, 28, "PSFD");
-    /// Leaf 0x80000021 EAX 27: PRED_CMD.SBPB.
-    pub const SBPB: Feature = feat(0x8000_0021, 0, Reg::Eax, 27, "SBPB");
-
-    // Features that imply MSRs the table has no row for (see FEATURES_WITHOUT_ROWS).
-    /// Leaf 1 ECX 11: IA32_DEBUG_INTERFACE.
-    pub const SDBG: Feature = feat(1, 0, Reg::Ecx, 11, "SDBG");
-    /// Leaf 1 ECX 21: x2APIC MSRs.
-    pub const X2APIC: Feature = feat(1, 0, Reg::Ecx, 21, "X2APIC");
-    /// Leaf 1 ECX 24: IA32_TSC_DEADLINE.
-    pub const TSC_DEADLINE: Feature = feat(1, 0, Reg::Ecx, 24, "TSC_DEADLINE");
-    /// Leaf 1 EDX 12: MTRRs.
-    pub const MTRR: Feature = feat(1, 0, Reg::Edx, 12, "MTRR");
-    /// Leaf 1 EDX 21: IA32_DS_AREA.
-    pub const DS: Feature = feat(1, 0, Reg::Edx, 21, "DS");
-    /// Leaf 7 EBX 12: resource monitoring (IA32_PQR_ASSOC, QM_EVTSEL).
-    pub const PQM: Feature = feat(7, 0, Reg::Ebx, 12, "PQM");
-    /// Leaf 7 EBX 14: IA32_BNDCFGS.
-    pub const MPX: Feature = feat(7, 0, Reg::Ebx, 14, "MPX");
-    /// Leaf 7 EBX 15: resource allocation (mask MSRs).
-    pub const PQE: Feature = feat(7, 0, Reg::Ebx, 15, "PQE");
-    /// Leaf 7 EBX 25: Intel PT (RTIT MSRs).
-    pub const PROC_TRACE: Feature = feat(7, 0, Reg::Ebx, 25, "PROC_TRACE");
-    /// Leaf 7 ECX 5: IA32_UMWAIT_CONTROL.
-    pub const WAITPKG: Feature = feat(7, 0, Reg::Ecx, 5, "WAITPKG");
-    /// Leaf 7 ECX 31: IA32_PKRS.
-    pub const PKS: Feature = feat(7, 0, Reg::Ecx, 31, "PKS");
-    /// Leaf 7 EDX 19: architectural LBR MSRs.
-    pub const ARCH_LBR: Feature = feat(7, 0, Reg::Edx, 19, "ARCH_LBR");
-    /// Leaf 7 EDX 30: IA32_CORE_CAPABILITIES.
-    pub const CORE_CAPS: Feature = feat(7, 0, Reg::Edx, 30, "CORE_CAPS");
-    /// Leaf 0x80000001 ECX 2: SVM (VM_CR, VM_HSAVE_PA).
-    pub const SVM: Feature = feat(0x8000_0001, 0, Reg::Ecx, 2, "SVM");
-    /// Leaf 0x80000001 ECX 15: lightweight profiling (LWP_CFG, LWP_CBADDR).
-    pub const LWP: Feature = feat(0x8000_0001, 0, Reg::Ecx, 15, "LWP");
-    /// Leaf 0x80000001 ECX 23: core performance counter extensions.
-    pub const PERFCTR_CORE: Feature = feat(0x8000_0001, 0, Reg::Ecx, 23, "PERFCTR_CORE");
-    /// Leaf 0x80000001 ECX 24: northbridge performance counters.
-    pub const PERFCTR_NB: Feature = feat(0x8000_0001, 0, Reg::Ecx, 24, "PERFCTR_NB");
+    pub use xen_abi::cpufeatureset::feat::{
+        AMD_SSBD, AMD_STIBP, ARCH_CAPS, ARCH_LBR, BHI_CTRL, CORE_CAPS, DBEXT, DS, IBPB, IBRS,
+        IBRSB, INTEL_PSFD, IPRED_CTRL, L1D_FLUSH, LWP, MCA, MCE, MPX, MTRR, OSVW, PDCM, PKS, PQE,
+        PQM, PROC_TRACE, PSFD, RDPID, RDTSCP, RRSBA_CTRL, SBPB, SDBG, SSBD, STIBP, SVM, TSC_ADJUST,
+        TSC_DEADLINE, VIRT_SSBD, WAITPKG, X2APIC, XSAVES,
+    };
 }
 
 use feature as f;
@@ -482,20 +365,14 @@ impl Policy {
 
     /// Whether the policy offers `feat`.
     pub fn has(&self, feat: Feature) -> bool {
-        let Some(&(_, _, regs)) = self
-            .leaves
-            .iter()
-            .find(|(l, s, _)| *l == feat.leaf && *s == feat.subleaf)
+        let Some((leaf, sub, reg)) = feat.cpuid_location() else {
+            return false;
+        };
+        let Some(&(_, _, regs)) = self.leaves.iter().find(|(l, s, _)| *l == leaf && *s == sub)
         else {
             return false;
         };
-        let r = match feat.reg {
-            Reg::Eax => regs[0],
-            Reg::Ebx => regs[1],
-            Reg::Ecx => regs[2],
-            Reg::Edx => regs[3],
-        };
-        r & (1u32 << (feat.bit & 31)) != 0
+        regs[reg.index()] & feat.mask() != 0
     }
 }
 
@@ -506,17 +383,12 @@ impl Policy {
         let mut leaves = [(0, 0, [0u32; 4]); POLICY_LEAVES.len()];
         for (slot, &(leaf, sub)) in leaves.iter_mut().zip(POLICY_LEAVES.iter()) {
             let mut regs = [0u32; 4];
-            for ft in features
-                .iter()
-                .filter(|ft| ft.leaf == leaf && ft.subleaf == sub)
-            {
-                let r = match ft.reg {
-                    Reg::Eax => 0,
-                    Reg::Ebx => 1,
-                    Reg::Ecx => 2,
-                    Reg::Edx => 3,
-                };
-                regs[r] |= 1u32 << (ft.bit & 31);
+            for ft in features {
+                if let Some((l, s, reg)) = ft.cpuid_location() {
+                    if (l, s) == (leaf, sub) {
+                        regs[reg.index()] |= ft.mask();
+                    }
+                }
             }
             *slot = (leaf, sub, regs);
         }
@@ -1314,7 +1186,9 @@ pub const FEATURE_MSRS: &[FeatureMsr] = &[
 /// CPUID features that imply MSRs the table has no row for: Xen does not offer them to
 /// a PV guest (HVM-only or host-only in its featureset), so their MSRs are #GP. A PV
 /// policy must not offer any of these; a host can check its policy against this list as
-/// it checks [`FEATURE_MSRS`].
+/// it checks [`FEATURE_MSRS`]. (AMD's core and northbridge performance-counter
+/// extensions, 0x80000001 ECX bits 23 and 24, imply MSRs too; Xen's featureset does not
+/// name them, so a policy built from it never offers them.)
 pub const FEATURES_WITHOUT_ROWS: &[Feature] = &[
     f::SDBG,
     f::X2APIC,
@@ -1331,8 +1205,6 @@ pub const FEATURES_WITHOUT_ROWS: &[Feature] = &[
     f::CORE_CAPS,
     f::SVM,
     f::LWP,
-    f::PERFCTR_CORE,
-    f::PERFCTR_NB,
 ];
 
 /// Runs `probe` of `msr` against a vCPU and a policy directly (no platform): what

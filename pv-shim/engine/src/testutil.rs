@@ -138,23 +138,17 @@ impl FakePlatform {
             (7, 0, [2, 0, 0, 0]),
         ];
         for ft in features {
-            let r = match ft.reg {
-                crate::msr::Reg::Eax => 0,
-                crate::msr::Reg::Ebx => 1,
-                crate::msr::Reg::Ecx => 2,
-                crate::msr::Reg::Edx => 3,
+            let Some((leaf, sub, reg)) = ft.cpuid_location() else {
+                continue;
             };
-            let slot = match t
-                .iter()
-                .position(|(l, s, _)| *l == ft.leaf && *s == ft.subleaf)
-            {
+            let slot = match t.iter().position(|(l, s, _)| (*l, *s) == (leaf, sub)) {
                 Some(i) => i,
                 None => {
-                    t.push((ft.leaf, ft.subleaf, [0; 4]));
+                    t.push((leaf, sub, [0; 4]));
                     t.len() - 1
                 }
             };
-            t[slot].2[r] |= 1 << ft.bit;
+            t[slot].2[reg.index()] |= ft.mask();
         }
         self.cpuid = Some(t);
     }

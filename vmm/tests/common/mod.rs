@@ -210,17 +210,28 @@ pub struct ShellRun {
 /// arguments), waits for the shell, runs `commands` (one answer line each is expected),
 /// then `poweroff -f`. Panics with the console when the shell or the answers do not come.
 pub fn debian_shell(kernel: &Path, cmdline: &str, extra: &[&str], commands: &[&str]) -> ShellRun {
+    let initrd = repo_root().join("guest-images/cache/initramfs-default.cpio.gz");
+    assert!(
+        initrd.exists(),
+        "no default initramfs: run guest-images/scripts/build-default-guest.sh"
+    );
+    debian_shell_with(kernel, &initrd, cmdline, extra, commands)
+}
+
+/// [`debian_shell`] with another initramfs.
+pub fn debian_shell_with(
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    extra: &[&str],
+    commands: &[&str],
+) -> ShellRun {
     use std::io::{Read, Write};
     use std::process::Stdio;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     require_kvm();
-    let initrd = repo_root().join("guest-images/cache/initramfs-default.cpio.gz");
-    assert!(
-        initrd.exists(),
-        "no default initramfs: run guest-images/scripts/build-default-guest.sh"
-    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
         .args(["run", "--kernel", kernel.to_str().expect("utf-8 path")])
         .args(["--initrd", initrd.to_str().expect("utf-8 path")])
