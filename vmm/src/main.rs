@@ -126,11 +126,18 @@ fn main() -> ExitCode {
             match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
                 Ok(report) => {
                     match &report.end {
-                        pvkvm::runner::DomainEnd::Shutdown(r) => eprintln!(
-                            "pvkvm: guest shut down ({}) after {:.3} s",
-                            xen_abi::sched::shutdown_reason_name(*r),
-                            report.elapsed.as_secs_f64()
-                        ),
+                        pvkvm::runner::DomainEnd::Shutdown(r) => {
+                            eprintln!(
+                                "pvkvm: guest shut down ({}) after {:.3} s",
+                                xen_abi::sched::shutdown_reason_name(*r),
+                                report.elapsed.as_secs_f64()
+                            );
+                            if *r == xen_abi::sched::SHUTDOWN_CRASH {
+                                if let Some(line) = &report.guest_last_words {
+                                    eprintln!("pvkvm: the guest's last word: {line}");
+                                }
+                            }
+                        }
                         pvkvm::runner::DomainEnd::Fatal(d)
                         | pvkvm::runner::DomainEnd::Timeout(d) => eprint!("{d}"),
                     }

@@ -174,6 +174,9 @@ pub struct RunReport {
     pub mmu_refusals: Vec<String>,
     /// All refusals the MMU engine made.
     pub mmu_refusal_count: u64,
+    /// The guest console line that best says why it ended (its last panic, BUG or oops
+    /// line, else its last line), for the crash report.
+    pub guest_last_words: Option<String>,
 }
 
 impl RunReport {
@@ -544,9 +547,13 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     // the vCPU thread joined (their kicks name it).
     let _ = request_tx.send(Request::DomainEnded);
     drop(request_tx);
-    if backend_thread.join().is_err() {
-        log::error!("the backends' thread panicked");
-    }
+    let guest_last_words = match backend_thread.join() {
+        Ok(line) => line,
+        Err(_) => {
+            log::error!("the backends' thread panicked");
+            None
+        }
+    };
     let ThreadEnd {
         end,
         exits,
@@ -563,6 +570,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         stats,
         mmu_refusals,
         mmu_refusal_count,
+        guest_last_words,
     })
 }
 

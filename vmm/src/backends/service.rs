@@ -108,13 +108,14 @@ impl Backends {
 
 /// Starts the backend thread. It ends at [`Request::DomainEnded`] (or when every
 /// [`Sender`] of `requests` is gone), after serving what was queued before and flushing
-/// the console.
+/// the console, and returns the console line that best says why a guest crashed
+/// ([`ConsoleBackend::crash_line`]).
 pub fn spawn(
     mut backends: Backends,
     mem: GuestMemoryMmap,
     requests: Receiver<Request>,
     mut raise: Raise,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<JoinHandle<Option<String>>> {
     std::thread::Builder::new()
         .name("backends".into())
         .spawn(move || {
@@ -128,6 +129,8 @@ pub fn spawn(
                 }
             }
             backends.flush_console(&mem);
+            // What the guest said last, for a crash report.
+            backends.console.crash_line()
         })
 }
 

@@ -129,7 +129,13 @@ pub struct ConsoleBackend {
     input: VecDeque<u8>,
     stats: ConsoleStats,
     warned_broken: bool,
+    /// The last bytes the guest wrote, whatever the sink: what the VMM quotes when the
+    /// guest crashes.
+    tail: VecDeque<u8>,
 }
+
+/// How much of the guest's latest output [`ConsoleBackend::crash_line`] looks through.
+const TAIL_BYTES: usize = 8192;
 
 impl ConsoleBackend {
     /// A backend writing to `output`. If a pseudo-terminal cannot be opened, the
@@ -168,7 +174,27 @@ impl ConsoleBackend {
             input: VecDeque::new(),
             stats: ConsoleStats::default(),
             warned_broken: false,
+            tail: VecDeque::new(),
         }
+    }
+
+    /// The line of the guest's latest output that says why it crashed: the last kernel
+    /// panic, BUG or oops line, else the last non-empty line (None before any output).
+    pub fn crash_line(&self) -> Option<String> {
+        let text: Vec<u8> = self.tail.iter().copied().collect();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let telling = ["Kernel panic", "kernel BUG", "BUG:", "Oops"];
+        lines
+            .iter()
+            .rev()
+            .find(|l| telling.iter().any(|t| l.contains(t)))
+            .or(lines.last())
+            .map(|l| l.to_string())
     }
 
     /// Marks the page connected (`connection = XENCONSOLE_CONNECTED`), as xenconsoled
@@ -304,6 +330,9 @@ impl ConsoleBackend {
     }
 
     fn emit(&mut self, data: &[u8]) -> io::Result<()> {
+        self.tail.extend(data);
+        let over = self.tail.len().saturating_sub(TAIL_BYTES);
+        self.tail.drain(..over);
         match &mut self.sink {
             Sink::Stdout => {
                 let mut out = io::stdout().lock();
@@ -358,6 +387,27 @@ mod tests {
 
     fn backend() -> ConsoleBackend {
         ConsoleBackend::with_sink(Sink::Memory(Vec::new()))
+    }
+
+    #[test]
+    fn the_crash_line_is_the_last_panic_line_or_the_last_line() {
+        let mut b = backend();
+        assert_eq!(b.crash_line(), None);
+        b.emit(b"[ 1.0] booting\r\n[ 2.0] Kernel panic - not syncing: MCA violation!\r\n")
+            .unwrap();
+        b.emit(b"[ 2.1] ---[ end Kernel panic ]---\r\n").unwrap();
+        assert_eq!(
+            b.crash_line().as_deref(),
+            Some("[ 2.1] ---[ end Kernel panic ]---")
+        );
+        let mut b = backend();
+        b.emit(b"one\ntwo\n\n").unwrap();
+        assert_eq!(b.crash_line().as_deref(), Some("two"));
+        // Only the latest output is kept.
+        let mut b = backend();
+        b.emit(b"Kernel panic - old\n").unwrap();
+        b.emit(&vec![b'x'; TAIL_BYTES]).unwrap();
+        assert!(!b.crash_line().unwrap().contains("old"));
     }
 
     fn written(b: &ConsoleBackend) -> &[u8] {
