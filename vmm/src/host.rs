@@ -95,15 +95,15 @@ impl HostFacts {
     /// Measures the facts (a few small VMs; tens of milliseconds).
     pub fn probe() -> Result<Self, probe::Error> {
         let (_kvm, host) = vstate::host_kvm()?;
-        let (syscall_cpl, ring3_cpuid_intercepted) = probe::syscall_landing()?;
+        let landing = probe::syscall_landing()?;
         let (offset, uncertainty) = probe::guest_tsc_offset_bracketed()?;
         Ok(Self {
             module: host.module.clone(),
             hardware_virt: host.cpu_virt_flag.is_some() && host.module != "kvm_pvm",
             sync_regs: host.sync_regs,
             immediate_exit: host.immediate_exit,
-            syscall_cpl,
-            ring3_cpuid_intercepted,
+            syscall_cpl: landing.cpl,
+            ring3_cpuid_intercepted: landing.cpuid_from_table,
             vmm_pte_store_visible: probe::vmm_pte_store_visible()?,
             tsc_offset: significant_tsc_offset(offset, uncertainty),
             m2p_slot_usable: probe::hole_slot_usable(256)?,

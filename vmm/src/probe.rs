@@ -882,33 +882,21 @@ pub fn run() -> Result<Report, Error> {
     }
 
     // Where a ring-3 syscall lands.
-    p.start(Snippet::probe_r3_cpuid, false, 0)?;
-    {
-        let mut seen = None;
-        let exit = p.vcpu.run()?;
-        if let Exit::IoOut {
-            port: port::HYPERCALL,
-            ..
-        } = exit
-        {
-            let s = p.vcpu.sregs()?;
-            let r = p.vcpu.regs()?;
-            seen = Some(format!(
-                "LSTAR stub at CPL{} (cs {:#x}), rcx = return rip: {}",
-                s.cs.dpl,
-                s.cs.selector,
-                r.rcx > CODE_GPA
-            ));
-            let ours = r.r12 as u32 == u32::from_le_bytes(*b"pvkv");
+    match syscall_landing() {
+        Ok(l) => {
             facts.push((
                 "raw CPUID at ring 3 answered from KVM_SET_CPUID2",
-                yes_no(ours),
+                format!("{} (leaf 0x40000000)", yes_no(l.cpuid_from_table)),
+            ));
+            facts.push((
+                "syscall from ring 3 lands",
+                format!(
+                    "LSTAR stub at CPL{} (cs {:#x}), rcx = return rip: {}",
+                    l.cpl, l.cs, l.rcx_is_return_rip
+                ),
             ));
         }
-        facts.push((
-            "syscall from ring 3 lands",
-            seen.unwrap_or_else(|| format!("unexpected exit {exit:?}")),
-        ));
+        Err(e) => facts.push(("syscall from ring 3 lands", format!("error: {e}"))),
     }
 
     // Pagetable coherence: VMM-side store vs in-guest store.
@@ -1049,15 +1037,8 @@ fn hole_slots_usable() -> Result<String, Error> {
     let mut bad = Vec::new();
     let shim_slot = (xen_abi::contract::SHIM_VA_BASE >> 39) & 511;
     for slot in (256u64..=271).filter(|&s| s != shim_slot) {
-        let mut p = ProbeVm::new()?;
-        let entry = 0x2000 | pte::P | pte::RW | pte::U | pte::A;
-        p.vm.memory()
-            .write_obj(entry, GuestAddress(L4 + slot * 8))
-            .map_err(|_| shim::Error::Memory(L4))?;
-        let va = 0xffff_0000_0000_0000 | (slot << 39) | DATA_A;
-        p.start(Snippet::probe_r3_read, false, va)?;
-        let (end, r) = p.run(|_: &mut ProbeVm, _| {}, false)?;
-        if !(end == End::Doorbell && r.rbx == 0xaaaa) {
+        let end = hole_slot_read(slot)?;
+        if end != HOLE_READ_OK {
             bad.push(format!("{slot} ({end:?})"));
         }
     }
@@ -1230,11 +1211,23 @@ impl Report {
     }
 }
 
-/// Where a `syscall` from guest ring 3 lands: the CPL the LSTAR stub runs at (3 on
-/// software backends that run ring 3 natively, 0 on hardware virtualization), and
-/// whether the ring-3 `cpuid` before it was answered from pvkvm's `KVM_SET_CPUID2`
-/// table (a signature only that table has).
-pub fn syscall_landing() -> Result<(u8, bool), Error> {
+/// Where a `syscall` from guest ring 3 lands ([`syscall_landing`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallLanding {
+    /// The CPL the LSTAR stub runs at: 3 on software backends that run ring 3
+    /// natively, 0 with hardware virtualization.
+    pub cpl: u8,
+    /// The CS selector there.
+    pub cs: u16,
+    /// rcx holds the return address, as `syscall` saves it.
+    pub rcx_is_return_rip: bool,
+    /// The ring-3 `cpuid` of leaf 0x40000000 before it was answered from pvkvm's
+    /// `KVM_SET_CPUID2` table (a signature only that table has).
+    pub cpuid_from_table: bool,
+}
+
+/// Runs a ring-3 `cpuid` then `syscall` and reports where the `syscall` landed.
+pub fn syscall_landing() -> Result<SyscallLanding, Error> {
     let mut p = ProbeVm::new()?;
     p.start(Snippet::probe_r3_cpuid, false, 0)?;
     match p.vcpu.run()? {
@@ -1244,7 +1237,12 @@ pub fn syscall_landing() -> Result<(u8, bool), Error> {
         } => {
             let s = p.vcpu.sregs()?;
             let r = p.vcpu.regs()?;
-            Ok((s.cs.dpl, r.r12 as u32 == u32::from_le_bytes(*b"pvkv")))
+            Ok(SyscallLanding {
+                cpl: s.cs.dpl,
+                cs: s.cs.selector,
+                rcx_is_return_rip: r.rcx > CODE_GPA,
+                cpuid_from_table: r.r12 as u32 == u32::from_le_bytes(*b"pvkv"),
+            })
         }
         other => Err(Error::Step("syscall landing", format!("{other:?}"))),
     }
@@ -1288,6 +1286,15 @@ pub fn guest_tsc_offset_bracketed() -> Result<(i64, u64), Error> {
 /// Whether a ring-3 read through L4 slot `slot` of the hypervisor hole works here (the
 /// host may keep some upper-half slots for itself).
 pub fn hole_slot_usable(slot: u64) -> Result<bool, Error> {
+    Ok(hole_slot_read(slot)? == HOLE_READ_OK)
+}
+
+/// How [`hole_slot_read`] ends when the read went through.
+const HOLE_READ_OK: End = End::Doorbell;
+
+/// A ring-3 read of `DATA_A` through L4 slot `slot`: ends at the doorbell when the
+/// read returned the data, as the exception it raised otherwise.
+fn hole_slot_read(slot: u64) -> Result<End, Error> {
     let mut p = ProbeVm::new()?;
     let entry = 0x2000 | pte::P | pte::RW | pte::U | pte::A;
     p.vm.memory()
@@ -1296,7 +1303,10 @@ pub fn hole_slot_usable(slot: u64) -> Result<bool, Error> {
     let va = 0xffff_0000_0000_0000 | (slot << 39) | DATA_A;
     p.start(Snippet::probe_r3_read, false, va)?;
     let (end, r) = p.run(|_: &mut ProbeVm, _| {}, false)?;
-    Ok(end == End::Doorbell && r.rbx == 0xaaaa)
+    Ok(match end {
+        End::Doorbell if r.rbx != 0xaaaa => End::Other(format!("read {:#x}", r.rbx)),
+        other => other,
+    })
 }
 
 /// XCR0 component bits.
