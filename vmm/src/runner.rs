@@ -418,7 +418,6 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 wake: wake_rx,
                 backend_requests: vcpu_requests,
                 profile,
-                xstate,
             };
             let shared = Shared {
                 stop: &thread_stop,
@@ -613,7 +612,6 @@ struct VcpuThread {
     wake: std::sync::mpsc::Receiver<Wake>,
     backend_requests: service::RequestSender,
     profile: bool,
-    xstate: crate::xstate::XstatePlan,
 }
 
 /// What the other threads tell the vCPU thread (each message comes with a kick).
@@ -721,7 +719,6 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         wake,
         backend_requests,
         profile,
-        xstate,
     } = t;
     vcpu.install_kick_target();
     let mut stats = pv_engine::Stats::new();
@@ -782,7 +779,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 tsc_offset: paths.tsc_offset,
                 notified: &mut notified,
                 msr_writes: &mut msr_writes,
-                xstate,
+                xstate: paths.xstate,
                 xcr0_pending: None,
                 m2p_gpa: region.m2p_gpa,
                 m2p_bytes: region.m2p_bytes,
