@@ -347,8 +347,9 @@ pub struct PolicyOptions {
     /// runs natively it can use them anyway, so the kernel must save them (Linux saves
     /// task state with FXSAVE unless it is offered XSAVE).
     pub xcr0: u64,
-    /// Offer RDTSCP and RDPID: only where guest code reads the guest's own TSC_AUX
-    /// (hardware virtualization loads it on VM entry).
+    /// Offer RDTSCP and RDPID: only where guest code reads the guest's own TSC_AUX (the
+    /// host fact `HostFacts::guest_tsc_aux`; hardware virtualization loads it on VM
+    /// entry).
     pub tsc_aux: bool,
     /// The TSC rate for pvkvm's leaf 0x16, in kHz (0: no leaf 0x16). With it a kernel
     /// takes the rate from CPUID instead of timing the PIT (every PIT read is a trap on

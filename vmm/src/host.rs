@@ -34,6 +34,8 @@ pub struct HostFacts {
     pub tsc_offset: i64,
     /// L4 slot 256 (Xen's machine-to-phys address) is usable by guest ring 3.
     pub m2p_slot_usable: bool,
+    /// A ring-3 `rdtscp` returns the TSC_AUX the VMM gave the vCPU.
+    pub guest_tsc_aux: bool,
     /// What XCR0 and PKRU guest ring 3 runs with and who answers its CPUID leaves 1
     /// and 7 (None: the measurement failed, and extended state is hidden).
     pub xstate: Option<crate::probe::XstateHost>,
@@ -65,7 +67,7 @@ pub struct Paths {
     pub xstate: crate::xstate::XstatePlan,
     /// Whether guest code reads the guest's own TSC_AUX (`rdtscp`, `rdpid`): KVM loads
     /// it on VM entry with hardware virtualization; software KVM runs guest ring 3 on the
-    /// host's. Derived from the host kind, not measured (a probe step would be better).
+    /// host's.
     pub guest_tsc_aux: bool,
     /// Whether the read-only M2P is also mapped at Xen's `MACH2PHYS_VIRT_START` (L4 slot
     /// 256): where guest ring 3 can use that slot. Elsewhere the engine emulates reads
@@ -107,6 +109,7 @@ impl HostFacts {
             vmm_pte_store_visible: probe::vmm_pte_store_visible()?,
             tsc_offset: significant_tsc_offset(offset, uncertainty),
             m2p_slot_usable: probe::hole_slot_usable(256)?,
+            guest_tsc_aux: probe::guest_tsc_aux_loaded()?,
             xstate: match probe::xstate_host() {
                 Ok(x) => Some(x),
                 Err(e) => {
@@ -141,7 +144,7 @@ impl HostFacts {
                 crate::xstate::XstatePlan::HIDDEN,
                 crate::xstate::XstatePlan::for_host,
             ),
-            guest_tsc_aux: self.hardware_virt,
+            guest_tsc_aux: self.guest_tsc_aux,
             m2p_at_abi: self.m2p_slot_usable,
         })
     }
@@ -185,6 +188,7 @@ impl HostFacts {
             "vmm_pte_store_visible": self.vmm_pte_store_visible,
             "tsc_offset": self.tsc_offset,
             "m2p_slot_usable": self.m2p_slot_usable,
+            "guest_tsc_aux": self.guest_tsc_aux,
             "paths": paths,
         })
     }
@@ -196,7 +200,7 @@ impl HostFacts {
             Err(r) => format!("REFUSED: {r}"),
         };
         format!(
-            "\nhost facts the runner uses\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  paths: {paths}\n",
+            "\nhost facts the runner uses\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  paths: {paths}\n",
             "syscall lands at CPL",
             self.syscall_cpl,
             "ring-3 CPUID leaf 0x40000000 from pvkvm's table",
@@ -209,6 +213,8 @@ impl HostFacts {
             self.m2p_slot_usable,
             "hardware virtualization",
             self.hardware_virt,
+            "ring-3 rdtscp reads the vCPU's TSC_AUX",
+            self.guest_tsc_aux,
         )
     }
 }
@@ -238,6 +244,7 @@ mod tests {
             vmm_pte_store_visible: false,
             tsc_offset: 0,
             m2p_slot_usable: false,
+            guest_tsc_aux: false,
             xstate: None,
         }
     }
@@ -250,6 +257,7 @@ mod tests {
             vmm_pte_store_visible: true,
             tsc_offset: -123_456_789_000,
             m2p_slot_usable: true,
+            guest_tsc_aux: true,
             ..software()
         }
     }

@@ -193,6 +193,14 @@ probe_r3_rdtsc:
     syscall
     ud2
 
+// ring 3: rdtscp, TSC_AUX (ecx) into rbx (syscall takes rcx)
+probe_r3_rdtscp:
+    rdtscp
+    mov %rcx, %rbx
+    mov $1, %eax
+    syscall
+    ud2
+
 // ring 3: raw cpuid of leaf 0x40000000
 probe_r3_cpuid:
     mov $0x40000000, %eax
@@ -406,6 +414,7 @@ snippet_offsets!(
     probe_r3_pte_host,
     probe_r0_pte_host,
     probe_r0_pte_guest,
+    probe_r3_rdtscp,
     probe_r3_cpuid,
     probe_r3_read,
     probe_r3_rdtsc,
@@ -1281,6 +1290,22 @@ pub fn guest_tsc_offset_bracketed() -> Result<(i64, u64), Error> {
     let half = after.wrapping_sub(before) / 2;
     let mid = before.wrapping_add(half);
     Ok((r.rbx.wrapping_sub(mid) as i64, half))
+}
+
+/// Whether guest code reads the guest's own TSC_AUX: the VMM sets the vCPU's TSC_AUX
+/// (`KVM_SET_MSRS`) and a ring-3 `rdtscp` must return it. False where KVM refuses the
+/// MSR, `rdtscp` faults, or it returns something else (software KVM runs guest ring 3
+/// on the host's TSC_AUX).
+pub fn guest_tsc_aux_loaded() -> Result<bool, Error> {
+    const MSR_TSC_AUX: u32 = 0xc000_0103;
+    const MARK: u64 = 0x5a5a;
+    let mut p = ProbeVm::new()?;
+    if p.vcpu.set_msr(MSR_TSC_AUX, MARK).is_err() {
+        return Ok(false);
+    }
+    p.start(Snippet::probe_r3_rdtscp, false, 0)?;
+    let (end, r) = p.run(|_: &mut ProbeVm, _| {}, false)?;
+    Ok(end == End::Doorbell && r.rbx & 0xffff_ffff == MARK)
 }
 
 /// Whether a ring-3 read through L4 slot `slot` of the hypervisor hole works here (the
