@@ -688,6 +688,12 @@ impl CpuidTable {
     pub fn vendor(&self) -> Vendor {
         self.vendor
     }
+
+    /// `MSR_ARCH_CAPABILITIES` as the policy gives it: featureset words 16 and 17 (the
+    /// host's value filtered like every other word), 0 unless ARCH_CAPS is offered.
+    pub fn arch_capabilities(&self) -> u64 {
+        (u64::from(self.featureset.0[17]) << 32) | u64::from(self.featureset.0[16])
+    }
 }
 
 #[cfg(test)]

@@ -234,6 +234,9 @@ impl Platform for GuestPlatform<'_> {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         self.cpuid.lookup(leaf, subleaf)
     }
+    fn arch_capabilities(&self) -> u64 {
+        self.cpuid.arch_capabilities()
+    }
     fn set_xcr0(&mut self, xcr0: u64) -> bool {
         if !self.xstate.accepts(xcr0) {
             return false;

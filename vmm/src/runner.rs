@@ -305,7 +305,10 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         tsc_aux: paths.guest_tsc_aux,
         tsc_khz: vcpu.tsc_khz()?,
     };
-    let host_cpuid = crate::cpuid::RawCpuid::from_kvm(&vm.supported_cpuid()?);
+    let mut host_cpuid = crate::cpuid::RawCpuid::from_kvm(&vm.supported_cpuid()?);
+    host_cpuid.arch_caps = vm
+        .feature_msr(pv_engine::msr::MSR_ARCH_CAPABILITIES)
+        .unwrap_or(0);
     let cpuid = match &recorded_cpu {
         Some(recorded) => CpuidTable::build_as(recorded, &host_cpuid, &policy),
         None => CpuidTable::build(&host_cpuid, &policy),

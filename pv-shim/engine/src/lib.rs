@@ -74,6 +74,11 @@ pub trait Platform {
     fn set_xcr0(&mut self, _xcr0: u64) -> bool {
         true
     }
+    /// `MSR_ARCH_CAPABILITIES` as the CPU policy gives it (the bits of the host's value
+    /// Xen's PV default offers; read only where CPUID leaf 7 EDX ARCH_CAPS is offered).
+    fn arch_capabilities(&self) -> u64 {
+        0
+    }
     /// The domain's pagetable engine with the host's frame access and the flush set the
     /// host carries out before the guest runs again; None where the host has none.
     fn mm(&mut self) -> Option<MmCtx<'_>> {

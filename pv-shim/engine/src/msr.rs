@@ -312,6 +312,8 @@ pub struct Policy {
     /// (leaf, subleaf, registers) for every leaf a [`Feature`] names; zeros where the
     /// leaf is past the policy's maximum.
     leaves: [(u32, u32, [u32; 4]); POLICY_LEAVES.len()],
+    /// `MSR_ARCH_CAPABILITIES` as the policy gives it ([`Platform::arch_capabilities`]).
+    arch_caps: u64,
 }
 
 /// Leaves (and subleaves) the features above live in.
@@ -355,7 +357,11 @@ impl Policy {
             let regs = if present { p.cpuid(leaf, sub) } else { [0; 4] };
             *slot = (leaf, sub, regs);
         }
-        Self { vendor, leaves }
+        Self {
+            vendor,
+            leaves,
+            arch_caps: p.arch_capabilities(),
+        }
     }
 
     /// The vendor.
@@ -392,7 +398,11 @@ impl Policy {
             }
             *slot = (leaf, sub, regs);
         }
-        Self { vendor, leaves }
+        Self {
+            vendor,
+            leaves,
+            arch_caps: 0,
+        }
     }
 }
 
@@ -743,8 +753,8 @@ pub static MSRS: &[MsrRow] = &[
         last: MSR_ARCH_CAPABILITIES,
         name: "ARCH_CAPABILITIES",
         exists: |p| p.has(f::ARCH_CAPS),
-        // No mitigation-related capability is claimed.
-        read: read_zero,
+        // The policy's value: the host's capabilities Xen passes to a PV guest.
+        read: |_, p, _| Ok(p.arch_caps),
         write: read_only,
     },
     MsrRow {

@@ -561,3 +561,21 @@ fn a_recorded_cpu_can_be_played_on_another_host() {
     assert!(!t.featureset().has(feat::AMX_TILE));
     assert!(t.featureset().has(feat::AVX2));
 }
+
+#[test]
+fn arch_capabilities_are_the_hosts_filtered_like_any_word() {
+    let t = CpuidTable::build(
+        &recorded("intel-sapphire-rapids"),
+        &PolicyOptions::default(),
+    );
+    let caps = t.arch_capabilities();
+    for f in [feat::RDCL_NO, feat::EIBRS, feat::MDS_NO] {
+        assert_ne!(caps & (1 << (f.index() - 16 * 32)), 0, "{}", f.name);
+    }
+    // TSX_CTRL and the other bits Xen does not give a PV guest are not passed on.
+    assert_eq!(caps & (1 << (feat::TSX_CTRL.index() - 16 * 32)), 0);
+    assert_eq!(caps & !recorded("intel-sapphire-rapids").arch_caps, 0);
+    // AMD: no MSR_ARCH_CAPABILITIES at all.
+    let amd = CpuidTable::build(&recorded("amd-zen4-genoa"), &PolicyOptions::default());
+    assert_eq!(amd.arch_capabilities(), 0);
+}

@@ -152,6 +152,24 @@ impl Vm {
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
     }
 
+    /// A feature MSR as KVM reports it can give a guest (`KVM_GET_MSRS` on /dev/kvm,
+    /// e.g. `MSR_ARCH_CAPABILITIES`); None where KVM does not list it.
+    pub fn feature_msr(&self, index: u32) -> Option<u64> {
+        let list = self.kvm.get_msr_feature_index_list().ok()?;
+        if !list.as_slice().contains(&index) {
+            return None;
+        }
+        let mut msrs = Msrs::from_entries(&[MsrEntry {
+            index,
+            ..Default::default()
+        }])
+        .ok()?;
+        match self.kvm.get_msrs(&mut msrs) {
+            Ok(1) => Some(msrs.as_slice()[0].data),
+            _ => None,
+        }
+    }
+
     /// Creates vCPU `id`.
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
         let mut fd = self.fd.create_vcpu(id).map_err(ioctl("KVM_CREATE_VCPU"))?;
