@@ -502,10 +502,20 @@ impl CpuidTable {
 
     /// The policy of a recorded CPU (`recorded`: its vendor, family, model, caches,
     /// brand and features) limited to what this host can run (`host`), for booting a
-    /// guest that makes the recorded CPU's CPUID and MSR decisions (tests).
+    /// guest that makes the recorded CPU's CPUID and MSR decisions (tests). Features
+    /// that only enumerate MSRs the engine emulates (`pv_engine::msr::FEATURE_MSRS`:
+    /// speculation controls, ARCH_CAPS, machine checks) and the ARCH_CAPABILITIES words
+    /// are the recorded CPU's, so its MSR decisions are made; instructions and state are
+    /// limited to the host's. (A barrier or SPEC_CTRL value this host's KVM refuses is
+    /// then logged and dropped: testing only.)
     pub fn build_as(recorded: &RawCpuid, host: &RawCpuid, opts: &PolicyOptions) -> Self {
-        let fs = pvkvm_featureset(recorded, opts).and(&pvkvm_featureset(host, opts));
-        let mut fs = fs;
+        let theirs = pvkvm_featureset(recorded, opts);
+        let mut fs = theirs.and(&pvkvm_featureset(host, opts));
+        for fm in pv_engine::msr::FEATURE_MSRS {
+            fs.set(fm.feature, theirs.has(fm.feature));
+        }
+        fs.0[16] = theirs.0[16];
+        fs.0[17] = theirs.0[17];
         fs.set(feat::HYPERVISOR, true);
         fs.close_dependencies();
         Self::from_featureset(recorded, host, fs, opts)
