@@ -131,7 +131,10 @@ static void test_ymm(int have_avx)
     printf("xstate-test: ymm: %d rounds, %ld context switches, %ld upper halves lost, "
            "%ld lower halves lost\n",
            ROUNDS, after - before, bad_upper, bad_lower);
-    if (after - before < ROUNDS)
+    /* Each round yields to the spinning child, but how many of those yields switch
+     * depends on the host's load (387 of 400 were seen on a busy host): the check needs
+     * enough switches to mean something, not one per round. */
+    if (after - before < ROUNDS / 4)
         FAIL("ymm: only %ld context switches", after - before);
     if (bad_upper || bad_lower)
         FAIL("ymm: registers changed across context switches (first in round %ld)", first_bad);
