@@ -141,11 +141,10 @@ boots_with! {
     boots_with_mitigations_off: "mitigations=off";
 }
 
-/// Debian's generic 6.1 flavour as shipped (xz bzImage with the x86 BCJ filter, built
-/// with machine-check support) reaches its shell with no extra kernel option.
-#[test]
-fn generic_kernel_boots_to_a_shell() {
-    let Some(kernel) = common::debian_generic_kernel() else {
+/// `kernel` (when fetched) reaches its shell with no extra kernel option, with no
+/// kernel warning or MSR error, and its release starts with `release`.
+fn boots_plain(kernel: Option<std::path::PathBuf>, release: &str) {
+    let Some(kernel) = kernel else {
         return;
     };
     let run = common::debian_shell(&kernel, "console=hvc0", &[], &[CHECK, "uname -r"]);
@@ -155,23 +154,23 @@ fn generic_kernel_boots_to_a_shell() {
         "{}",
         run.console
     );
-    assert!(run.answers[1].ends_with("-amd64"), "{}", run.console);
+    assert!(
+        run.answers.get(1).is_some_and(|r| r.starts_with(release)),
+        "{}",
+        run.console
+    );
     assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
 }
 
-/// Trixie's newest 6.12 cloud kernel reaches its shell with no extra kernel option.
+/// Debian's generic 6.1 flavour as shipped (xz bzImage with the x86 BCJ filter, built
+/// with machine-check support).
+#[test]
+fn generic_kernel_boots_to_a_shell() {
+    boots_plain(common::debian_generic_kernel(), "6.1.0-");
+}
+
+/// Trixie's newest 6.12 cloud kernel.
 #[test]
 fn trixie_cloud_kernel_boots_to_a_shell() {
-    let Some(kernel) = common::debian_trixie_cloud_kernel() else {
-        return;
-    };
-    let run = common::debian_shell(&kernel, "console=hvc0", &[], &[CHECK, "uname -r"]);
-    assert_eq!(
-        run.answers.first().map(String::as_str),
-        Some("0"),
-        "{}",
-        run.console
-    );
-    assert!(run.answers[1].starts_with("6.12."), "{}", run.console);
-    assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
+    boots_plain(common::debian_trixie_cloud_kernel(), "6.12.");
 }

@@ -8,9 +8,9 @@
 
 mod common;
 
-#[test]
-fn inspect_shows_the_xen_notes() {
-    let Some(kernel) = common::debian_kernel() else {
+/// `pvkvm inspect` of `kernel` (when fetched) succeeds and says each of `needles`.
+fn inspect_says(kernel: Option<std::path::PathBuf>, needles: &[&str]) {
+    let Some(kernel) = kernel else {
         return;
     };
     let out = common::pvkvm(&["inspect", kernel.to_str().unwrap()]);
@@ -20,75 +20,59 @@ fn inspect_shows_the_xen_notes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for needle in [
-        "lz4 payload",
-        "ENTRY 0xffffffff83",
-        "INIT_P2M 0x8000000000",
-        "VIRT_BASE 0xffffffff80000000",
-        "FEATURES \"!writable_page_tables|pae_pgdir_above_4gb\"",
-        "MOD_START_PFN 0x1",
-        "Phys-Mach map: 0000008000000000",
-        "Loaded kernel: ffffffff81000000",
-    ] {
+    for needle in needles {
         assert!(
             text.contains(needle),
             "inspect output lacks {needle:?}:\n{text}"
         );
     }
+}
+
+#[test]
+fn inspect_shows_the_xen_notes() {
+    inspect_says(
+        common::debian_kernel(),
+        &[
+            "lz4 payload",
+            "ENTRY 0xffffffff83",
+            "INIT_P2M 0x8000000000",
+            "VIRT_BASE 0xffffffff80000000",
+            "FEATURES \"!writable_page_tables|pae_pgdir_above_4gb\"",
+            "MOD_START_PFN 0x1",
+            "Phys-Mach map: 0000008000000000",
+            "Loaded kernel: ffffffff81000000",
+        ],
+    );
 }
 
 /// Debian's generic 6.1 flavour: an xz payload with the x86 BCJ filter (lzma-rs refused
 /// it with "Unknown filter id 4").
 #[test]
 fn inspect_reads_the_generic_kernel() {
-    let Some(kernel) = common::debian_generic_kernel() else {
-        return;
-    };
-    let out = common::pvkvm(&["inspect", kernel.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    inspect_says(
+        common::debian_generic_kernel(),
+        &[
+            "xz payload",
+            "ENTRY 0xffffffff83",
+            "INIT_P2M 0x8000000000",
+            "Loaded kernel: ffffffff81000000",
+        ],
     );
-    for needle in [
-        "xz payload",
-        "ENTRY 0xffffffff83",
-        "INIT_P2M 0x8000000000",
-        "Loaded kernel: ffffffff81000000",
-    ] {
-        assert!(
-            text.contains(needle),
-            "inspect output lacks {needle:?}:\n{text}"
-        );
-    }
 }
 
 /// Debian trixie's 6.12 cloud kernel: a zstd payload (`zstd -22 --ultra`).
 #[test]
 fn inspect_reads_the_trixie_cloud_kernel() {
-    let Some(kernel) = common::debian_trixie_cloud_kernel() else {
-        return;
-    };
-    let out = common::pvkvm(&["inspect", kernel.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    inspect_says(
+        common::debian_trixie_cloud_kernel(),
+        &[
+            "zstd payload",
+            "INIT_P2M 0x8000000000",
+            "VIRT_BASE 0xffffffff80000000",
+            "MOD_START_PFN 0x1",
+            "Loaded kernel: ffffffff81000000",
+        ],
     );
-    for needle in [
-        "zstd payload",
-        "INIT_P2M 0x8000000000",
-        "VIRT_BASE 0xffffffff80000000",
-        "MOD_START_PFN 0x1",
-        "Loaded kernel: ffffffff81000000",
-    ] {
-        assert!(
-            text.contains(needle),
-            "inspect output lacks {needle:?}:\n{text}"
-        );
-    }
 }
 
 /// Issue 3's milestone and a guard against hangs: the kernel gets through its early
