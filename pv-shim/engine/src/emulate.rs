@@ -205,14 +205,7 @@ pub fn emulate_forced_cpuid(vcpu: &Vcpu, regs: &mut GuestRegs, p: &dyn Platform)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{setup, FakePlatform};
-
-    fn place(p: &mut FakePlatform, vcpu: &Vcpu, rip: u64, bytes: &[u8]) {
-        let gpa = guest::translate(vcpu.hw_state().cr3, p, rip, false).expect("mapped");
-        for (i, b) in bytes.iter().enumerate() {
-            p.mem[gpa as usize + i] = *b;
-        }
-    }
+    use crate::testutil::{place, setup};
 
     #[test]
     fn cli_and_sti_under_iopl_are_skipped_and_leave_the_event_mask_alone() {

@@ -112,6 +112,14 @@ impl Platform for FakePlatform {
     }
 }
 
+/// Writes instruction bytes at guest virtual `rip`, through the vCPU's page tables.
+pub fn place(p: &mut FakePlatform, vcpu: &Vcpu, rip: u64, bytes: &[u8]) {
+    let gpa = crate::guest::translate(vcpu.hw_state().cr3, p, rip, false).expect("mapped");
+    for (i, b) in bytes.iter().enumerate() {
+        p.mem[gpa as usize + i] = *b;
+    }
+}
+
 impl FakePlatform {
     pub fn new() -> Self {
         Self {

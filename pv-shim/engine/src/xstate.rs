@@ -176,15 +176,7 @@ pub fn adjust_forced_cpuid(
 mod tests {
     use super::*;
     use crate::emulate::{emulate_forced_cpuid, emulate_privileged_op, FORCED_CPUID};
-    use crate::guest;
-    use crate::testutil::{setup, FakePlatform, DATA_VA};
-
-    fn place(p: &mut FakePlatform, vcpu: &Vcpu, rip: u64, bytes: &[u8]) {
-        let gpa = guest::translate(vcpu.hw_state().cr3, p, rip, false).expect("mapped");
-        for (i, b) in bytes.iter().enumerate() {
-            p.mem[gpa as usize + i] = *b;
-        }
-    }
+    use crate::testutil::{place, setup, FakePlatform, DATA_VA};
 
     /// A policy with XSAVE, XSAVEC and x87|SSE|AVX|AVX-512 (the AVX-512 trio at the
     /// offsets a Skylake server reports) and the OSXSAVE bit leaked in leaf 1.
