@@ -253,9 +253,13 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         None => None,
     };
 
+    let measuring = Instant::now();
     let facts = crate::host::HostFacts::probe().map_err(Error::HostProbe)?;
     let paths = facts.paths()?;
-    log::info!("host facts: {facts:?}; paths: {paths:?}");
+    log::info!(
+        "host facts (measured in {:?}): {facts:?}; paths: {paths:?}",
+        measuring.elapsed()
+    );
 
     let ram = cfg.memory & !0xfff;
     let shim_gpa = shim::region_gpa(ram >> 12);
