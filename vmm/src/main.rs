@@ -33,12 +33,12 @@ enum Command {
         /// Guest memory, e.g. 512M or 2G.
         #[arg(long, default_value = "512M", value_parser = parse_size)]
         memory: u64,
-        /// Stop the guest (exit status 124) after this many seconds.
-        #[arg(long)]
+        /// Stop the guest (exit status 124) after this many seconds (1 to 10 years' worth).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
         timeout: Option<u64>,
         /// Stop the guest (exit status 124) when it has not trapped for this many seconds;
         /// 0 disables the check.
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=MAX_SECONDS))]
         stall_timeout: u64,
         /// Print exit and hypercall counters at the end.
         #[arg(long)]
@@ -75,6 +75,9 @@ enum Command {
         json: bool,
     },
 }
+
+/// The longest duration a seconds argument takes: ten years.
+const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();

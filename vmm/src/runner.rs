@@ -62,6 +62,24 @@ pub enum Error {
     /// The vCPU thread died.
     #[error("the vCPU thread failed: {0}")]
     Thread(String),
+    /// A kernel, initrd or policy file is not something pvkvm can read whole.
+    #[error("{path}: {what}")]
+    Input {
+        /// File.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The initrd does not fit the guest.
+    #[error("initrd {path} is {size_mib} MiB, more than the guest's {memory_mib} MiB of memory")]
+    InitrdTooLarge {
+        /// File.
+        path: PathBuf,
+        /// Its size.
+        size_mib: u64,
+        /// Guest memory.
+        memory_mib: u64,
+    },
     /// Measuring the host's facts failed.
     #[error("cannot measure this host's KVM: {0}")]
     HostProbe(#[source] crate::probe::Error),
@@ -114,6 +132,8 @@ const STOP_DESTROY: u8 = 3;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 static SIGTERMS: AtomicU8 = AtomicU8::new(0);
+
+extern "C" fn on_ignored_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 extern "C" fn on_sigterm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // Async-signal-safe: an atomic increment; the watchdog loop acts on it.
@@ -221,27 +241,108 @@ fn host_has_xsave(vm: &Vm) -> bool {
         .unwrap_or(false)
 }
 
+/// The largest kernel file pvkvm reads (Xen's builder caps a decompressed kernel at
+/// 1 GiB too; a compressed one is far smaller).
+const MAX_INPUT_FILE: u64 = 1 << 30;
+
+/// The length of a regular file or block device at `path`, if it is one.
+fn input_len(path: &PathBuf) -> Option<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.file_type().is_file() {
+        Some(meta.len())
+    } else if meta.file_type().is_block_device() {
+        use std::io::{Seek, SeekFrom};
+        std::fs::File::open(path).ok()?.seek(SeekFrom::End(0)).ok()
+    } else {
+        None
+    }
+}
+
+/// Reads a host input file whole, after checking that it is a regular file or block
+/// device of at most `max` bytes: a FIFO would block before any timeout is armed and
+/// `/dev/zero` would be read until memory runs out.
+fn read_input(path: &PathBuf, max: u64) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let input = |what: String| Error::Input {
+        path: path.clone(),
+        what,
+    };
+    let meta = std::fs::metadata(path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let Some(len) = input_len(path) else {
+        return Err(input(format!(
+            "not a regular file or block device (a {})",
+            file_kind(&meta.file_type())
+        )));
+    };
+    if len > max {
+        return Err(input(format!(
+            "{} MiB, more than the {} MiB pvkvm reads",
+            len >> 20,
+            max >> 20
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+    if bytes.len() as u64 > max {
+        return Err(input(format!("grew past {} MiB while read", max >> 20)));
+    }
+    Ok(bytes)
+}
+
+/// What kind of file `t` is, in words.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
 /// Builds and runs a domain until it ends. Console output goes to `console`.
 pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport, Error> {
     let started = Instant::now();
     if !(16 << 20..=64 << 30).contains(&cfg.memory) {
         return Err(Error::MemorySize(cfg.memory >> 20));
     }
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })
-    };
-    let kernel_bytes = read(&cfg.kernel)?;
+    let kernel_bytes = read_input(&cfg.kernel, MAX_INPUT_FILE)?;
     let image = KernelImage::parse(&kernel_bytes).map_err(|source| Error::Kernel {
         path: cfg.kernel.clone(),
         source,
     })?;
-    let initrd = cfg.initrd.as_ref().map(read).transpose()?;
+    // The initrd lives in guest memory: one larger than the guest is refused before it
+    // is read, naming the initrd (the domain builder would refuse it later anyway).
+    let initrd = match &cfg.initrd {
+        Some(path) => {
+            if let Some(len) = input_len(path).filter(|&len| len > cfg.memory) {
+                return Err(Error::InitrdTooLarge {
+                    path: path.clone(),
+                    size_mib: len >> 20,
+                    memory_mib: cfg.memory >> 20,
+                });
+            }
+            Some(read_input(path, cfg.memory)?)
+        }
+        None => None,
+    };
     let recorded_cpu = match &cfg.cpu_policy {
         Some(path) => {
-            let text = read(path)?;
+            let text = read_input(path, 1 << 20)?;
             let text = String::from_utf8_lossy(&text);
             Some(
                 crate::cpuid::RawCpuid::parse_dump(&text).map_err(|source| Error::CpuPolicy {
@@ -474,12 +575,20 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             .map_err(|e| Error::Thread(e.to_string()))?;
     }
 
-    let deadline = cfg.timeout.map(|t| started + t);
+    // A timeout too large for the clock is no timeout.
+    let deadline = cfg.timeout.and_then(|t| started.checked_add(t));
     let mut last_progress = (0, Instant::now());
-    // SIGTERM: the first asks the guest to power off; a second one, or the guest not
-    // going within SHUTDOWN_GRACE, destroys it.
+    // SIGTERM (and SIGINT, SIGHUP, SIGQUIT, which would otherwise kill pvkvm with the
+    // terminal left raw): the first asks the guest to power off; a second one, or the
+    // guest not going within SHUTDOWN_GRACE, destroys it. SIGUSR1 and SIGUSR2 mean
+    // nothing to pvkvm and are ignored rather than fatal.
     SIGTERMS.store(0, Ordering::SeqCst);
-    let _ = register_signal_handler(libc::SIGTERM, on_sigterm);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        let _ = register_signal_handler(sig, on_sigterm);
+    }
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        let _ = register_signal_handler(sig, on_ignored_signal);
+    }
     let mut poweroff_asked: Option<Instant> = None;
     // The timer deadline the vCPU was last kicked for: one kick per deadline (the vCPU
     // fires timers on its next exit; kicking again would only keep it from running).

@@ -175,3 +175,120 @@ fn stall_watchdog_stops_a_guest_that_never_traps() {
     assert_eq!(out.status.code(), Some(124), "{stderr}");
     assert!(stderr.contains("stopped making progress"), "{stderr}");
 }
+
+/// Signals another process may send: SIGUSR1/SIGUSR2 are ignored (pvkvm keeps running),
+/// SIGINT, SIGHUP and SIGQUIT are stop requests like SIGTERM (the first asks the guest to
+/// power off, a second destroys it), so pvkvm always ends by itself with a status, the
+/// terminal restored, never killed by the signal.
+#[test]
+fn stop_signals_end_pvkvm_by_itself_and_others_are_ignored() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    common::require_kvm();
+    let kill = |pid: u32, sig: &str| {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {pid}");
+    };
+    for (stop, destroys) in [("INT", "INT"), ("HUP", "HUP"), ("QUIT", "TERM")] {
+        let kernel = common::kernel("spin");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
+            .args([
+                "run",
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--timeout",
+                "60",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pvkvm starts");
+        std::thread::sleep(Duration::from_secs(2));
+        for sig in ["USR1", "USR2"] {
+            kill(child.id(), sig);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "SIGUSR1/SIGUSR2 ended pvkvm"
+        );
+        // The spinning guest cannot power off: the second request destroys it.
+        kill(child.id(), stop);
+        std::thread::sleep(Duration::from_millis(500));
+        kill(child.id(), destroys);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "pvkvm did not end after SIG{stop} + SIG{destroys}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            status.code().is_some(),
+            "SIG{stop} killed pvkvm instead of ending it: {status:?}\n{stderr}"
+        );
+        assert!(stderr.contains("destroyed"), "SIG{stop}: {stderr}");
+    }
+}
+
+/// Host inputs are checked for kind and size before they are read: a FIFO, a
+/// character device and an initrd larger than the guest get one line and status 2,
+/// without blocking or reading without end.
+#[test]
+fn unreadable_inputs_are_refused_before_reading() {
+    let hello = common::kernel("hello");
+    let hello = hello.to_str().unwrap();
+    expect_refused(&["run", "--kernel", "/dev/zero"], "character device");
+    let dir = std::env::temp_dir().join(format!("pvkvm-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(made, "mkfifo");
+    expect_refused(
+        &["run", "--kernel", hello, "--initrd", fifo.to_str().unwrap()],
+        "FIFO",
+    );
+    let big = dir.join("big-initrd");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(96 << 20).unwrap();
+    expect_refused(
+        &[
+            "run",
+            "--kernel",
+            hello,
+            "--initrd",
+            big.to_str().unwrap(),
+            "--memory",
+            "64M",
+        ],
+        "initrd",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    // A usage error (clap's message) and status 2, not a panic on the clock's overflow.
+    let out = pvkvm(&[
+        "run",
+        "--kernel",
+        hello,
+        "--timeout",
+        "18446744073709551615",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not in 1..="),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
