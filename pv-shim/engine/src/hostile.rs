@@ -8,11 +8,15 @@ use proptest::prelude::*;
 use crate::testutil::*;
 use crate::{guest, Outcome, Stats};
 
-/// Addresses a hostile guest would pass: its own data, unmapped and read-only pages,
-/// the hypervisor hole, non-canonical and null pointers, and anything at all.
+/// Addresses a hostile guest would pass: its own data, the last page of the address
+/// space (mapped: pointer arithmetic there must not wrap), unmapped and read-only
+/// pages, the hypervisor hole, non-canonical and null pointers, and anything at all.
 fn pointer() -> impl Strategy<Value = u64> {
     prop_oneof![
         (0u64..0x1000).prop_map(|o| DATA_VA + o),
+        (0u64..0x1000).prop_map(|o| TOP_VA + o),
+        // The last words of the address space: a field after them would wrap.
+        (0u64..16).prop_map(|o| u64::MAX - o),
         Just(RO_VA),
         Just(UNMAPPED_VA),
         Just(0u64),
@@ -37,7 +41,10 @@ fn hypercall() -> impl Strategy<Value = (u64, [u64; 5], std::vec::Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // PROPTEST_CASES makes a long run one variable away.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000)
+    ))]
 
     #[test]
     fn hostile_hypercalls_are_answered_without_panics(
@@ -48,6 +55,7 @@ proptest! {
         for (nr, args, memory) in calls {
             // What the pointers point at: the guest's own bytes.
             let _ = guest::copy_to_guest(&v, &mut p, DATA_VA, &memory);
+            let _ = guest::copy_to_guest(&v, &mut p, TOP_VA, &memory);
             let mut r = distinct_regs();
             r.rax = nr;
             (r.rdi, r.rsi, r.rdx, r.r10, r.r8) = (args[0], args[1], args[2], args[3], args[4]);

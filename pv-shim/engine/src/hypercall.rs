@@ -173,15 +173,20 @@ fn dispatch(
         hc::EVENT_CHANNEL_OP => {
             Action::Ret(crate::evtchn::do_event_channel_op(vcpu, p, a[0], a[1]))
         }
-        hc::EVENT_CHANNEL_OP_COMPAT => match guest::read_obj::<u32>(vcpu, p, a[0]) {
-            Ok(cmd) => Action::Ret(crate::evtchn::do_event_channel_op(
-                vcpu,
-                p,
-                u64::from(cmd),
-                a[0] + 8,
-            )),
-            Err(e) => Action::Ret(efault(e)),
-        },
+        // The op's body follows its command word; a struct that runs off the end of the
+        // address space cannot be copied (-EFAULT), as on Xen.
+        hc::EVENT_CHANNEL_OP_COMPAT => {
+            match (guest::read_obj::<u32>(vcpu, p, a[0]), a[0].checked_add(8)) {
+                (Ok(cmd), Some(body)) => Action::Ret(crate::evtchn::do_event_channel_op(
+                    vcpu,
+                    p,
+                    u64::from(cmd),
+                    body,
+                )),
+                (Ok(_), None) => Action::Ret(-EFAULT),
+                (Err(e), _) => Action::Ret(efault(e)),
+            }
+        }
         hc::GRANT_TABLE_OP => Action::Ret(crate::gnttab::do_grant_table_op(
             vcpu,
             p,
@@ -288,7 +293,10 @@ fn do_multicall(
             result: result as u64,
         });
         entry.result = result as u64;
-        if guest::write_obj(vcpu, p, va + 8, &entry.result).is_err() {
+        let written = va
+            .checked_add(8)
+            .is_some_and(|at| guest::write_obj(vcpu, p, at, &entry.result).is_ok());
+        if !written {
             return Action::Ret(-EFAULT);
         }
         if outcome != Outcome::Resume {
@@ -326,16 +334,15 @@ fn do_set_trap_table(
         ti.cs = fixup_guest_selector(u64::from(ti.cs)) as u16;
         vcpu.trap_table[usize::from(ti.vector)] = ti;
     }
+    // The batch above read up to here, so the next address exists unless the table
+    // ends exactly at the top of the address space: then the next read faults.
+    let Some(next) = traps.checked_add(TRAP_TABLE_BATCH * 16) else {
+        return Action::Ret(-EFAULT);
+    };
     create_continuation(
         regs,
         hc::SET_TRAP_TABLE,
-        [
-            traps + TRAP_TABLE_BATCH * 16,
-            regs.rsi,
-            regs.rdx,
-            regs.r10,
-            regs.r8,
-        ],
+        [next, regs.rsi, regs.rdx, regs.r10, regs.r8],
     )
 }
 

@@ -29,6 +29,10 @@ pub const SUPER1G_VA: u64 = 0xffff_ffff_4000_0000;
 pub const KSTACK_VA: u64 = 0xffff_ffff_8060_0000;
 pub const KSTACK_GPA: u64 = 0x70_0000;
 pub const KSTACK_TOP: u64 = KSTACK_VA + 0x4000;
+/// The last page of the address space, mapped so that arithmetic on pointers into it
+/// is exercised up to the wrap.
+pub const TOP_VA: u64 = 0xffff_ffff_ffff_f000;
+pub const TOP_GPA: u64 = 0x90_0000;
 pub const USER_VA: u64 = 0x40_0000;
 pub const USER_GPA: u64 = 0x60_0000;
 
@@ -229,6 +233,7 @@ pub fn setup() -> (Vcpu, FakePlatform) {
         );
     }
     p.map(USER_L4, USER_VA, USER_GPA, UPPER);
+    p.map(KERNEL_L4, TOP_VA, TOP_GPA, UPPER);
     let v = Vcpu::new(0, KERNEL_L4, SHARED_INFO);
     (v, p)
 }
