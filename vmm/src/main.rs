@@ -1,5 +1,6 @@
 //! `pvkvm`: run Xen PV kernels on KVM. Subcommands: `run`, `inspect`, `probe`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,9 +38,10 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
         timeout: Option<u64>,
         /// Stop the guest (exit status 124) when it has not trapped for this many seconds;
-        /// 0 disables the check.
-        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=MAX_SECONDS))]
-        stall_timeout: u64,
+        /// 0 disables the check. Default: off when the console is this terminal (a quiet
+        /// guest at a prompt is not a hung one), 60 otherwise.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=MAX_SECONDS))]
+        stall_timeout: Option<u64>,
         /// Print exit and hypercall counters at the end.
         #[arg(long)]
         stats: bool,
@@ -111,6 +113,9 @@ fn main() -> ExitCode {
             console_pty,
             cpu_policy,
         } => {
+            // The guest's console is this terminal: someone may be reading a quiet prompt.
+            let interactive =
+                console_log.is_none() && !console_pty && std::io::stdin().is_terminal();
             let cfg = pvkvm::runner::RunConfig {
                 kernel,
                 initrd,
@@ -122,7 +127,10 @@ fn main() -> ExitCode {
                     (None, true) => pvkvm::runner::ConsoleTarget::Pty,
                     (None, false) => pvkvm::runner::ConsoleTarget::Stdio,
                 },
-                stall_timeout: (stall_timeout > 0).then(|| Duration::from_secs(stall_timeout)),
+                stall_timeout: {
+                    let secs = stall_timeout.unwrap_or(if interactive { 0 } else { 60 });
+                    (secs > 0).then(|| Duration::from_secs(secs))
+                },
                 profile: stats,
                 cpu_policy,
             };
@@ -142,7 +150,8 @@ fn main() -> ExitCode {
                             }
                         }
                         pvkvm::runner::DomainEnd::Fatal(d)
-                        | pvkvm::runner::DomainEnd::Timeout(d) => eprint!("{d}"),
+                        | pvkvm::runner::DomainEnd::Timeout(d)
+                        | pvkvm::runner::DomainEnd::Destroyed(d) => eprint!("{d}"),
                     }
                     if stats {
                         eprint!("{}", pvkvm::metrics::format_report(&report));

@@ -177,6 +177,9 @@ pub enum DomainEnd {
     Fatal(String),
     /// The watchdog stopped it (diagnostic attached).
     Timeout(String),
+    /// A stop request (SIGTERM and the like) was not followed by a power-off: destroyed
+    /// (diagnostic attached).
+    Destroyed(String),
 }
 
 /// What a run reports.
@@ -214,6 +217,8 @@ impl RunReport {
             DomainEnd::Shutdown(_) => 3,
             DomainEnd::Fatal(_) => 1,
             DomainEnd::Timeout(_) => 124,
+            // As a process ended by SIGTERM reports it (128 + 15).
+            DomainEnd::Destroyed(_) => 143,
         }
     }
 }
@@ -980,11 +985,16 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 let what = match shared.stop.load(Ordering::SeqCst) {
                     STOP_TIMEOUT => "the guest did not finish in time (watchdog: --timeout)",
                     STOP_STALL => "the guest stopped making progress: no trap for --stall-timeout seconds (watchdog)",
-                    STOP_DESTROY => "the guest was destroyed: SIGTERM twice, or it did not power off within 30 s of the first",
+                    STOP_DESTROY => "the guest was destroyed: a second stop request (SIGTERM, SIGINT, SIGHUP, SIGQUIT), or it did not power off within 30 s of the first",
                     _ => continue,
                 };
                 let diag = exit::diagnostic(what, &dom, None, Some(&mut vcpu as &mut dyn CpuState));
-                return Ok(thread_end(DomainEnd::Timeout(diag), exits, stats, &mm));
+                let end = if shared.stop.load(Ordering::SeqCst) == STOP_DESTROY {
+                    DomainEnd::Destroyed(diag)
+                } else {
+                    DomainEnd::Timeout(diag)
+                };
+                return Ok(thread_end(end, exits, stats, &mm));
             }
             Action::Shutdown(reason) => {
                 return Ok(thread_end(DomainEnd::Shutdown(reason), exits, stats, &mm))

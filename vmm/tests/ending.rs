@@ -233,9 +233,11 @@ fn stop_signals_end_pvkvm_by_itself_and_others_are_ignored() {
         };
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            status.code().is_some(),
-            "SIG{stop} killed pvkvm instead of ending it: {status:?}\n{stderr}"
+        assert_eq!(
+            status.code(),
+            Some(143),
+            "SIG{stop}: pvkvm must end by itself with the destroyed status, not be killed: \
+             {status:?}\n{stderr}"
         );
         assert!(stderr.contains("destroyed"), "SIG{stop}: {stderr}");
     }
