@@ -995,39 +995,9 @@ mod tests {
         }
     }
 
-    /// The VMM's platform over a test world (for tests that use no `Domain`).
-    fn platform(w: &mut World) -> GuestPlatform<'_> {
-        GuestPlatform {
-            mem: &w.mem,
-            ram_bytes: RAM,
-            shared_info_gpa: w.region.shared_info_gpa,
-            cpuid: &w.cpuid,
-            console: &mut w.console,
-            mm: None,
-            frames: crate::posted::VmmFrames {
-                mem: &w.mem,
-                posted: &mut w.posted,
-                m2p_gpa: w.region.m2p_gpa,
-                m2p_frames: RAM >> 12,
-            },
-            flush: &mut w.flush,
-            clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
-            tsc_offset: 0,
-            notified: &mut w.notified,
-            msr_writes: &mut w.msr_writes,
-            xstate: crate::xstate::XstatePlan {
-                control: crate::xstate::Xcr0Control::Vcpu,
-                xcr0_mask: 0x7,
-                reset_pkru: false,
-            },
-            xcr0_pending: None,
-            m2p_gpa: w.region.m2p_gpa,
-            m2p_bytes: w.region.m2p_bytes,
-        }
-    }
-
-    fn handle(w: &mut World, exit: Exit, cpu: &mut FakeCpu) -> Action {
-        let mut dom = Domain {
+    /// The exit handler's view of a test world.
+    fn domain(w: &mut World) -> Domain<'_> {
+        Domain {
             vcpu: &mut w.vcpu,
             stats: &mut w.stats,
             exits: &mut w.exits,
@@ -1061,8 +1031,16 @@ mod tests {
             },
             mapped_gdt: &mut w.mapped_gdt,
             paths: w.paths,
-        };
-        handle_exit(&exit, cpu, &mut dom)
+        }
+    }
+
+    /// The VMM's platform over a test world (for tests that need no `Domain`).
+    fn platform(w: &mut World) -> GuestPlatform<'_> {
+        domain(w).platform
+    }
+
+    fn handle(w: &mut World, exit: Exit, cpu: &mut FakeCpu) -> Action {
+        handle_exit(&exit, cpu, &mut domain(w))
     }
 
     /// The PV policy over a host offering every feature that implies an MSR the engine
