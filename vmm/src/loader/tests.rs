@@ -966,71 +966,62 @@ fn check_debian_kernel(img: &KernelImage) {
     assert_eq!(v, 0x1000);
 }
 
-/// bookworm's generic flavour: an xz payload with the x86 BCJ filter.
-#[test]
-fn debian_generic_kernel() {
-    let Some(path) = debian_kernel(is_bookworm_generic, "--flavour generic") else {
+/// Parses the cached Debian kernel whose ABI `matches` (see [`debian_kernel`]), checks
+/// its payload compression, the notes every Debian kernel has, then `more`.
+fn check_cached_kernel(
+    matches: fn(&str) -> bool,
+    fetch_args: &str,
+    compression: Compression,
+    more: impl FnOnce(&KernelImage),
+) {
+    let Some(path) = debian_kernel(matches, fetch_args) else {
         return;
     };
     let bytes = std::fs::read(&path).unwrap();
     let img = KernelImage::parse(&bytes).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    assert!(matches!(
-        img.format,
-        ImageFormat::BzImage {
-            compression: Compression::Xz,
-            ..
-        }
-    ));
-    assert_eq!(
-        img.notes.features.as_deref(),
-        Some("!writable_page_tables|pae_pgdir_above_4gb")
+    assert!(
+        matches!(&img.format, ImageFormat::BzImage { compression: c, .. } if *c == compression),
+        "{path:?}: {:?}",
+        img.format
     );
+    more(&img);
     check_debian_kernel(&img);
     println!("{path:?}:\n{}", inspect(&img, None));
+}
+
+/// bookworm's generic flavour: an xz payload with the x86 BCJ filter.
+#[test]
+fn debian_generic_kernel() {
+    check_cached_kernel(
+        is_bookworm_generic,
+        "--flavour generic",
+        Compression::Xz,
+        |img| {
+            assert_eq!(
+                img.notes.features.as_deref(),
+                Some("!writable_page_tables|pae_pgdir_above_4gb")
+            );
+        },
+    );
 }
 
 /// trixie's cloud flavour: Linux 6.12 with a zstd payload.
 #[test]
 fn debian_trixie_cloud_kernel() {
-    let Some(path) = debian_kernel(is_trixie_cloud, "--suite trixie") else {
-        return;
-    };
-    let bytes = std::fs::read(&path).unwrap();
-    let img = KernelImage::parse(&bytes).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    assert!(matches!(
-        img.format,
-        ImageFormat::BzImage {
-            compression: Compression::Zstd,
-            ..
-        }
-    ));
-    check_debian_kernel(&img);
-    println!("{path:?}:\n{}", inspect(&img, None));
+    check_cached_kernel(is_trixie_cloud, "--suite trixie", Compression::Zstd, |_| {});
 }
 
 /// bookworm's cloud flavour (the default guest): an lz4 payload.
 #[test]
 fn debian_cloud_kernel() {
-    let Some(path) = debian_kernel(is_bookworm_cloud, "") else {
-        return;
-    };
-    let bytes = std::fs::read(&path).unwrap();
-    let img = KernelImage::parse(&bytes).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    assert!(matches!(
-        img.format,
-        ImageFormat::BzImage {
-            compression: Compression::Lz4Legacy,
-            ..
-        }
-    ));
-    assert_eq!(
-        img.notes.features.as_deref(),
-        Some("!writable_page_tables|pae_pgdir_above_4gb")
-    );
-    assert_eq!(
-        img.notes.entry.unwrap() & 0xffff_ffff_ff00_0000,
-        0xffff_ffff_8300_0000
-    );
-    check_debian_kernel(&img);
-    println!("{path:?}:\n{}", inspect(&img, None));
+    check_cached_kernel(is_bookworm_cloud, "", Compression::Lz4Legacy, |img| {
+        assert_eq!(
+            img.notes.features.as_deref(),
+            Some("!writable_page_tables|pae_pgdir_above_4gb")
+        );
+        assert_eq!(
+            img.notes.entry.unwrap() & 0xffff_ffff_ff00_0000,
+            0xffff_ffff_8300_0000
+        );
+    });
 }
