@@ -1156,6 +1156,17 @@ mod tests {
         }
     }
 
+    /// Puts `frame` on the shim stack as an IDT stub leaves it; returns the stub's rsp
+    /// and the frame's guest-physical address.
+    fn push_trap_frame(w: &World, frame: &TrapFrame) -> (u64, u64) {
+        let rsp0 = w.region.stack_top - core::mem::size_of::<TrapFrame>() as u64;
+        let frame_gpa = w.region.va_to_gpa(rsp0).unwrap();
+        w.mem
+            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
+            .unwrap();
+        (rsp0, frame_gpa)
+    }
+
     fn doorbell() -> Exit {
         Exit::IoOut {
             port: port::HYPERCALL,
@@ -1335,11 +1346,7 @@ mod tests {
             rsp: 0x8_0000,
             ss: 0xe02b,
         };
-        let rsp0 = w.region.stack_top - core::mem::size_of::<TrapFrame>() as u64;
-        let frame_gpa = w.region.va_to_gpa(rsp0).unwrap();
-        w.mem
-            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
-            .unwrap();
+        let (rsp0, frame_gpa) = push_trap_frame(&w, &frame);
         let mut cpu = cpu_at(0xffff_8100_0000_0500);
         cpu.regs.rsp = rsp0;
         cpu.regs.rbx = 0xb0b;
@@ -1389,11 +1396,7 @@ mod tests {
             rsp: 0x8_0000,
             ss: 0xe02b,
         };
-        let rsp0 = w.region.stack_top - core::mem::size_of::<TrapFrame>() as u64;
-        let frame_gpa = w.region.va_to_gpa(rsp0).unwrap();
-        w.mem
-            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
-            .unwrap();
+        let (rsp0, frame_gpa) = push_trap_frame(&w, &frame);
         let mut cpu = cpu_at(0xffff_8100_0000_0500);
         cpu.regs.rsp = rsp0;
         cpu.regs.rbx = xen_abi::xen::MACH2PHYS_VIRT_START;
