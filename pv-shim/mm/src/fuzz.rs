@@ -412,8 +412,37 @@ pub enum FuzzOp {
     TlbFlushed,
 }
 
-/// Slots the decoder picks from: the model's live slots, the hole edges and beyond.
-const SLOTS: [usize; 12] = [0, 1, 2, 3, 4, 5, 8, 100, 255, 256, 271, 272];
+/// Slots the decoder picks from: the model's live slots, the hole edges, the last slot
+/// and past the frame.
+const SLOTS: [usize; 15] = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    8,
+    100,
+    255,
+    256,
+    271,
+    272,
+    511,
+    512,
+    usize::MAX,
+];
+
+/// Raw entry values at the extremes (every bit, every address bit, NX alone...).
+const EXTREME_ENTRIES: [u64; 8] = [
+    u64::MAX,
+    u64::MAX & !PAGE_RW,
+    PAGE_ADDR_MASK | PAGE_PRESENT,
+    PAGE_ADDR_MASK | LINK,
+    PAGE_NX | PAGE_PRESENT,
+    PAGE_FLAGS_MASK,
+    1 << 51 | RO,
+    0x8000_0000_0000_0000,
+];
 
 /// Flag combinations the decoder picks from: mostly valid ones, some Xen refuses.
 const FLAGS: [u64; 16] = [
@@ -442,8 +471,13 @@ fn pick<T: Copy>(xs: &[T], b: u8) -> Option<T> {
 /// Decodes one operation from 6 bytes.
 pub fn decode(b: [u8; 6]) -> FuzzOp {
     let [op, a, c, d, e, f] = b;
-    // Frames 0..42 cover RAM (0..32), foreign frames and the shared frame (40).
-    let frame = |x: u8| u64::from(x) % 42;
+    // Frames 0..42 cover RAM (0..32), foreign frames and the shared frame (40); the two
+    // top byte values name the largest frames there are.
+    let frame = |x: u8| match x {
+        0xff => u64::MAX,
+        0xfe => PAGE_ADDR_MASK >> 12,
+        _ => u64::from(x) % 42,
+    };
     let level = |x: u8| match x % 4 {
         0 => Level::L1,
         1 => Level::L2,
@@ -455,7 +489,11 @@ pub fn decode(b: [u8; 6]) -> FuzzOp {
         0..=6 => FuzzOp::ModEntry {
             table: u64::from(a) % 34,
             slot: pick(&SLOTS, c).unwrap_or(0),
-            value: pte(frame(d), pick(&FLAGS, e).unwrap_or(0)),
+            value: if f & 0xe0 == 0xe0 {
+                pick(&EXTREME_ENTRIES, d).unwrap_or(0)
+            } else {
+                pte(frame(d), pick(&FLAGS, e).unwrap_or(0))
+            },
             preserve_ad: f & 1 != 0,
         },
         7 => FuzzOp::FlipBits {

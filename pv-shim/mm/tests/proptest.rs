@@ -19,9 +19,17 @@ fn level() -> impl Strategy<Value = Level> {
     ]
 }
 
-/// Frames: RAM, a foreign frame and the shared frame.
+/// Frames: RAM (its last frame and the first past it included), a foreign frame, the
+/// shared frame, and the largest frame an entry can name.
 fn frame() -> impl Strategy<Value = u64> {
-    prop_oneof![8 => 0u64..NR_FRAMES, 1 => Just(35u64), 1 => Just(SHARED)]
+    prop_oneof![
+        20 => 0u64..NR_FRAMES,
+        1 => Just(NR_FRAMES - 1),
+        1 => Just(NR_FRAMES),
+        2 => Just(35u64),
+        2 => Just(SHARED),
+        1 => Just(PAGE_ADDR_MASK >> 12)
+    ]
 }
 
 /// Mostly sane entries (like a kernel writes), some Xen refuses.
@@ -39,7 +47,13 @@ fn flags() -> impl Strategy<Value = u64> {
 }
 
 fn slot() -> impl Strategy<Value = usize> {
-    prop_oneof![6 => 0usize..12, 1 => Just(256usize), 1 => Just(271usize), 1 => 0usize..512]
+    prop_oneof![
+        6 => 0usize..12,
+        1 => Just(256usize),
+        1 => Just(271usize),
+        1 => Just(511usize),
+        1 => 0usize..512
+    ]
 }
 
 fn op() -> impl Strategy<Value = FuzzOp> {
@@ -86,7 +100,10 @@ fn op() -> impl Strategy<Value = FuzzOp> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    // PROPTEST_CASES makes a long run one variable away.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(400)
+    ))]
 
     #[test]
     fn invariants_hold_after_every_step(ops in proptest::collection::vec(op(), 1..80)) {
