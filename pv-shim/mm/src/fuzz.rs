@@ -435,7 +435,7 @@ const SLOTS: [usize; 15] = [
 /// Raw entry values at the extremes (every bit, every address bit, NX alone...).
 const EXTREME_ENTRIES: [u64; 8] = [
     u64::MAX,
-    u64::MAX & !PAGE_RW,
+    !PAGE_RW,
     PAGE_ADDR_MASK | PAGE_PRESENT,
     PAGE_ADDR_MASK | LINK,
     PAGE_NX | PAGE_PRESENT,

@@ -61,7 +61,7 @@ fn entry() -> impl Strategy<Value = u64> {
     prop_oneof![
         6 => (frame(), flags).prop_map(|(m, f)| pte(m, f)),
         1 => Just(u64::MAX),
-        1 => Just(u64::MAX & !PAGE_RW),
+        1 => Just(!PAGE_RW),
         1 => Just(PAGE_ADDR_MASK | PAGE_PRESENT),
         1 => Just(PAGE_ADDR_MASK | LINK),
         1 => Just(1u64 << 63 | PAGE_PRESENT),
