@@ -144,6 +144,13 @@ pub struct Harness {
     pub gdt: Vec<Mfn>,
     /// Flushes reported so far (merged).
     pub flushes: FlushSet,
+    /// The last operation was preempted (`MmError::Restart`).
+    pub restarted: bool,
+    /// Leave preempted operations partial instead of issuing them again until they
+    /// finish (as a guest's continuation does).
+    pub abandon_restarts: bool,
+    /// Restarts seen by [`Harness::step`].
+    pub restarts: u64,
 }
 
 impl Harness {
@@ -162,6 +169,9 @@ impl Harness {
             user_root: None,
             gdt: Vec::new(),
             flushes: FlushSet::default(),
+            restarted: false,
+            abandon_restarts: false,
+            restarts: 0,
         }
     }
 
@@ -279,7 +289,13 @@ impl Harness {
                 self.mm.tlb_flushed();
                 Ok(FlushSet::default())
             }
+            FuzzOp::Budget { entries, abandon } => {
+                self.mm.set_preempt_budget(entries);
+                self.abandon_restarts = abandon;
+                Ok(FlushSet::default())
+            }
         };
+        self.restarted = r == Err(crate::MmError::Restart);
         match r {
             Ok(fl) => {
                 self.merge(fl);
@@ -291,18 +307,38 @@ impl Harness {
 
     /// Applies `op` and checks: the invariants hold, and a refused operation changed
     /// nothing but the refusal log (memory may only gain `adjust_guest_*` bits in
-    /// entries a failed validation already processed, as on Xen).
+    /// entries a failed validation already processed, as on Xen). A preempted operation
+    /// is issued again until it ends (the invariants checked at every restart), unless
+    /// [`Harness::abandon_restarts`] leaves it partial.
     pub fn step(&mut self, op: &FuzzOp) -> Result<bool, alloc::string::String> {
         let infos: Vec<Option<PageInfo>> = (0..self.mem.frames.len() as u64)
             .map(|m| self.mm.page_info(m).map(PageInfo::normalized))
             .collect();
+        let partial_before = infos
+            .iter()
+            .flatten()
+            .any(|p| matches!(p.validation, crate::frame::Validation::Partial { .. }));
         let mem_before = self.mem.frames.clone();
         let m2p_before = self.mem.m2p.clone();
-        let ok = self.apply(op);
-        self.mm
-            .check_invariants(&self.mem)
-            .map_err(|e| alloc::format!("after {op:?}: {e}"))?;
-        if !ok {
+        let mut ok = self.apply(op);
+        let mut rounds = 0u32;
+        loop {
+            self.mm
+                .check_invariants(&self.mem)
+                .map_err(|e| alloc::format!("after {op:?} (restart {rounds}): {e}"))?;
+            if !self.restarted || self.abandon_restarts {
+                break;
+            }
+            self.restarts += 1;
+            rounds += 1;
+            if rounds > 1_000_000 {
+                return Err(alloc::format!("{op:?} restarts without end"));
+            }
+            ok = self.apply(op);
+        }
+        // Resuming someone else's partial validation and failing undoes it too: only
+        // a refusal that started from no partial state must have changed nothing.
+        if !ok && !self.restarted && !partial_before {
             for (m, before) in infos.iter().enumerate() {
                 let now = self.mm.page_info(m as u64).map(PageInfo::normalized);
                 if now != *before {
@@ -410,6 +446,14 @@ pub enum FuzzOp {
     },
     /// The engine reports a full flush.
     TlbFlushed,
+    /// Sets the preemption budget (`Mm::set_preempt_budget`) and whether preempted
+    /// operations are left partial or issued again until they finish.
+    Budget {
+        /// Entries per operation (None: never preempt).
+        entries: Option<u32>,
+        /// Leave preempted operations partial.
+        abandon: bool,
+    },
 }
 
 /// Slots the decoder picks from: the model's live slots, the hole edges, the last slot
@@ -538,9 +582,17 @@ pub fn decode(b: [u8; 6]) -> FuzzOp {
             offset: usize::from(c) * 8 + usize::from(d & 1) * 4,
             desc: u64::from_le_bytes([e, f, d, c, a, 0x9a | (f & 0x20), e, 0]),
         },
-        _ => FuzzOp::TlbFlushed,
+        _ if a & 1 == 0 => FuzzOp::TlbFlushed,
+        _ => FuzzOp::Budget {
+            entries: pick(&BUDGETS, c).unwrap_or(None),
+            abandon: d & 1 != 0,
+        },
     }
 }
+
+/// Budgets the decoder picks from: none, zero (one step per level and call), a few
+/// entries, and about one or three L1s' worth.
+const BUDGETS: [Option<u32>; 6] = [None, Some(0), Some(1), Some(64), Some(600), Some(1500)];
 
 /// Runs the bytes as a program against the model guest (6 bytes an operation) and
 /// panics with a description on the first invariant violation. The entry point for
