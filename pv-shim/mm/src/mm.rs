@@ -189,6 +189,12 @@ impl Mm {
         self.preempt_budget
     }
 
+    /// Entries the last operation checked (an L1 counts 512), whether it finished or
+    /// was preempted: what the budget measures.
+    pub fn entries_checked(&self) -> u32 {
+        self.work
+    }
+
     /// Starts a public operation: no failure context, no work done yet.
     fn begin(&mut self) {
         self.fail = None;

@@ -93,6 +93,18 @@ fn offset() -> impl Strategy<Value = usize> {
     ]
 }
 
+/// Preemption budgets: none, zero (one entry per level and call), a few entries, and
+/// about one or three L1s' worth.
+fn budget() -> impl Strategy<Value = Option<u32>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(0u32)),
+        Just(Some(1)),
+        (2u32..700).prop_map(Some),
+        Just(Some(1500)),
+    ]
+}
+
 fn op() -> impl Strategy<Value = FuzzOp> {
     prop_oneof![
         6 => (frame(), slot(), entry(), any::<bool>()).prop_map(|(table, slot, value, ad)| {
@@ -113,6 +125,10 @@ fn op() -> impl Strategy<Value = FuzzOp> {
         1 => (frame(), offset(), any::<u64>())
             .prop_map(|(mfn, offset, desc)| FuzzOp::UpdateDescriptor { mfn, offset, desc }),
         1 => Just(FuzzOp::TlbFlushed),
+        // Small budgets preempt pins and base-pointer loads part-way (MmError::Restart):
+        // mostly issued again until done, sometimes left partial.
+        1 => (budget(), proptest::bool::weighted(0.3))
+            .prop_map(|(entries, abandon)| FuzzOp::Budget { entries, abandon }),
     ]
 }
 

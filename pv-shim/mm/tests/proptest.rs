@@ -56,6 +56,18 @@ fn slot() -> impl Strategy<Value = usize> {
     ]
 }
 
+/// Preemption budgets: none, zero (one entry per level and call), a few entries, and
+/// about one or three L1s' worth.
+fn budget() -> impl Strategy<Value = Option<u32>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(0u32)),
+        Just(Some(1)),
+        (2u32..700).prop_map(Some),
+        Just(Some(1500)),
+    ]
+}
+
 fn op() -> impl Strategy<Value = FuzzOp> {
     prop_oneof![
         // Updates of any entry of any frame (tables or not).
@@ -95,6 +107,10 @@ fn op() -> impl Strategy<Value = FuzzOp> {
         )
             .prop_map(|(new, user)| FuzzOp::SetRoot { new, user }),
         1 => Just(FuzzOp::TlbFlushed),
+        // Small budgets preempt pins and base-pointer loads part-way (MmError::Restart):
+        // mostly issued again until done, sometimes left partial.
+        1 => (budget(), proptest::bool::weighted(0.3))
+            .prop_map(|(entries, abandon)| FuzzOp::Budget { entries, abandon }),
         1 => (0u64..NR_FRAMES, 0u64..NR_FRAMES).prop_map(|(dst, src)| FuzzOp::CopyPage { dst, src }),
     ]
 }
@@ -131,11 +147,15 @@ fn generator_exercises_accepts_and_refusals() {
             err += 1;
         }
     }
-    println!("ok {ok} err {err} stats {:?}", h.mm.stats());
+    println!(
+        "ok {ok} err {err} restarts {} stats {:?}",
+        h.restarts,
+        h.mm.stats()
+    );
     assert!(ok > 400 && err > 200, "ok {ok} err {err}");
     let st = h.mm.stats();
     assert!(
-        st.promotions > 5 && st.fast_path > 20 && st.slow_path > 100,
+        st.promotions > 5 && st.fast_path > 20 && st.slow_path > 100 && st.restarts > 5,
         "{st:?}"
     );
 }
