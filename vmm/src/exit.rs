@@ -171,7 +171,23 @@ pub struct GuestPlatform<'a> {
     pub m2p_gpa: u64,
     /// Its size in bytes ([`crate::shim::ShimRegion::m2p_bytes`]).
     pub m2p_bytes: u64,
+    /// When this exit's work budget ends ([`EXIT_BUDGET`] after its handling started; set
+    /// by the run loop): past it, long hypercalls continue on the next entry. None: no
+    /// time limit (tests).
+    pub preempt_deadline: Option<std::time::Instant>,
 }
+
+/// VMM work one exit may do before a long hypercall is preempted (Xen's
+/// `hypercall_preempt_check`): short enough that a stop request, a timer or a backend
+/// event waits at most about this long, long enough that a continuation (one guest entry,
+/// ~0.1 ms on a software-KVM host) costs a few percent of a long batch.
+pub const EXIT_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Pagetable stores one exit may queue for the shim before a long hypercall is
+/// preempted: 64 Ki stores of 16 bytes, 1 MiB. The queue never holds more than this plus
+/// the stores of the one operation that crossed it (docs/architecture.md, "Bounded work
+/// per exit").
+pub const MAX_QUEUED_STORES: usize = 64 * 1024;
 
 /// Reads the host TSC.
 pub fn rdtsc() -> u64 {
@@ -230,6 +246,12 @@ impl Platform for GuestPlatform<'_> {
     }
     fn console_read(&mut self, _buf: &mut [u8]) -> usize {
         0
+    }
+    fn hypercall_preempt_check(&mut self) -> bool {
+        self.frames.posted.queued() > MAX_QUEUED_STORES
+            || self
+                .preempt_deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
     }
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         self.cpuid.lookup(leaf, subleaf)
@@ -1028,6 +1050,7 @@ mod tests {
                 xcr0_pending: None,
                 m2p_gpa: w.region.m2p_gpa,
                 m2p_bytes: w.region.m2p_bytes,
+                preempt_deadline: None,
             },
             mapped_gdt: &mut w.mapped_gdt,
             paths: w.paths,

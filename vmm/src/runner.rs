@@ -770,6 +770,9 @@ impl pv_engine::Platform for BootPlatform<'_> {
     fn console_read(&mut self, _buf: &mut [u8]) -> usize {
         0
     }
+    fn hypercall_preempt_check(&mut self) -> bool {
+        false
+    }
     fn cpuid(&self, _leaf: u32, _subleaf: u32) -> [u32; 4] {
         [0; 4]
     }
@@ -904,6 +907,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 xcr0_pending: None,
                 m2p_gpa: region.m2p_gpa,
                 m2p_bytes: region.m2p_bytes,
+                preempt_deadline: None,
             },
             mapped_gdt: &mut mapped_gdt,
             paths,
@@ -922,6 +926,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             }
         } else {
             let handling = Instant::now();
+            dom.platform.preempt_deadline = Some(handling + exit::EXIT_BUDGET);
             let mut action = exit::handle_exit(&exit, &mut vcpu, &mut dom);
             let spent = handling.elapsed().as_nanos() as u64;
             match exit {

@@ -80,6 +80,9 @@ pub struct Stats {
     pub recent_next: usize,
     /// Total hypercalls recorded (so a reader knows how many ring slots are valid).
     pub recent_total: u64,
+    /// Hypercalls that stopped part-way and made the guest re-execute them with the rest
+    /// of their work (continuations; each re-entry also counts in `hypercalls`).
+    pub continuations: u64,
 }
 
 impl Default for Stats {
@@ -110,6 +113,7 @@ impl Stats {
             }; RECENT],
             recent_next: 0,
             recent_total: 0,
+            continuations: 0,
         }
     }
 
