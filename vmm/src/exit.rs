@@ -79,6 +79,11 @@ pub struct ExitStats {
     pub applies: u64,
     /// Pagetable stores the shim repeated inside the VM.
     pub posted_stores: u64,
+    /// The most stores one apply carried (the posted queue's high-water mark).
+    pub posted_peak: u64,
+    /// The longest hypercall doorbell, in nanoseconds of VMM time (a preempted
+    /// hypercall ends its exit after about [`EXIT_BUDGET`]).
+    pub hypercall_max_ns: u64,
     /// Nanoseconds the VMM spent handling hypercall doorbells (decode, engine, posting).
     pub hypercall_ns: u64,
     /// Nanoseconds the VMM spent handling trap doorbells.
@@ -648,7 +653,9 @@ fn pending(dom: &mut Domain<'_>) -> bool {
 /// Writes the first chunk of the queue into the posting area.
 fn start_apply(dom: &mut Domain<'_>) -> Result<(), String> {
     dom.exits.applies += 1;
-    dom.exits.posted_stores += dom.platform.frames.posted.queued() as u64;
+    let queued = dom.platform.frames.posted.queued() as u64;
+    dom.exits.posted_stores += queued;
+    dom.exits.posted_peak = dom.exits.posted_peak.max(queued);
     let area = crate::posted::area_gpa(dom.shim.gpa);
     let p = &mut dom.platform;
     p.frames.posted.fill(p.flush, p.mem, area)
@@ -1462,5 +1469,27 @@ mod tests {
         assert_eq!(w.stats.bounces[14], 1);
         let ec: u64 = w.mem.read_obj(GuestAddress(after.rsp + 16)).unwrap();
         assert_eq!(ec, 0, "not present, read, kernel mode");
+    }
+
+    /// Xen's `hypercall_preempt_check` in the VMM: past the exit's budget, or with more
+    /// stores queued than [`MAX_QUEUED_STORES`]; never otherwise.
+    #[test]
+    fn long_hypercalls_are_preempted_by_the_exit_budget_and_queued_stores() {
+        use pv_mm::FrameAccess;
+        use std::time::{Duration, Instant};
+        let mut w = world();
+        let mut p = platform(&mut w);
+        assert!(!p.hypercall_preempt_check(), "no deadline, nothing queued");
+        p.preempt_deadline = Some(Instant::now() + Duration::from_secs(3600));
+        assert!(!p.hypercall_preempt_check());
+        p.preempt_deadline = Some(Instant::now() - Duration::from_millis(1));
+        assert!(p.hypercall_preempt_check(), "the budget is spent");
+        p.preempt_deadline = None;
+        for i in 0..MAX_QUEUED_STORES {
+            p.frames.write_entry(0x10, i % 512, i as u64);
+        }
+        assert!(!p.hypercall_preempt_check(), "at the cap");
+        p.frames.write_entry(0x10, 0, 0);
+        assert!(p.hypercall_preempt_check(), "past the cap");
     }
 }

@@ -135,10 +135,16 @@ pub fn format_report(report: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  posted pagetable stores: {} in {} applies inside the VM",
-        e.posted_stores, e.applies
+        "  posted pagetable stores: {} in {} applies inside the VM, at most {} in one",
+        e.posted_stores, e.applies, e.posted_peak
     );
     let st = &report.stats;
+    let _ = writeln!(
+        s,
+        "  continuations: {} (hypercalls preempted and re-entered by the guest); longest hypercall doorbell {:.1} us",
+        st.continuations,
+        e.hypercall_max_ns as f64 / 1000.0
+    );
     let calls: u64 = st.hypercalls.iter().sum::<u64>() + st.hypercalls_out_of_range;
     let _ = writeln!(
         s,

@@ -133,6 +133,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 static SIGTERMS: AtomicU8 = AtomicU8::new(0);
 
+/// How often the watchdog loop looks at stop requests (the signal handler only counts
+/// them): with exits bounded by `exit::EXIT_BUDGET`, a second stop request ends pvkvm
+/// within about this long.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
 extern "C" fn on_ignored_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 extern "C" fn on_sigterm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -599,18 +604,18 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     // fires timers on its next exit; kicking again would only keep it from running).
     let mut kicked_for = u64::MAX;
     loop {
-        // Wake at least once a second to look at the vCPU's progress, and when the
-        // guest's timer is due, to kick the vCPU out of the guest so it fires.
+        // Wake every WATCH_INTERVAL to look at stop requests and the vCPU's progress, and
+        // when the guest's timer is due, to kick the vCPU out of the guest so it fires.
         let timer_wait = match next_timer.load(Ordering::SeqCst) {
-            due if due == u64::MAX || due == kicked_for => Duration::from_secs(1),
+            due if due == u64::MAX || due == kicked_for => WATCH_INTERVAL,
             due => Duration::from_nanos(
                 due.saturating_sub(clock.ns(exit::guest_tsc(paths.tsc_offset))),
             ),
         };
         let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1))
+            .unwrap_or(WATCH_INTERVAL)
+            .min(WATCH_INTERVAL)
             .min(timer_wait);
         match done_rx.recv_timeout(wait) {
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -933,7 +938,10 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 vstate::Exit::IoOut {
                     port: xen_abi::contract::port::HYPERCALL,
                     ..
-                } => dom.exits.hypercall_ns += spent,
+                } => {
+                    dom.exits.hypercall_ns += spent;
+                    dom.exits.hypercall_max_ns = dom.exits.hypercall_max_ns.max(spent);
+                }
                 vstate::Exit::IoOut {
                     port: xen_abi::contract::port::TRAP,
                     ..
