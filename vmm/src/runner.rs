@@ -921,6 +921,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             let action = wait_for_event(&mut dom, &wake, &shared, &clock);
             if action == Action::Resume {
                 blocked = false;
+                dom.platform.preempt_deadline = Some(Instant::now() + exit::EXIT_BUDGET);
                 match exit::interrupted(&mut vcpu, &mut dom) {
                     Ok(Action::Interrupted) => Action::Resume,
                     Ok(other) => other,

@@ -697,7 +697,12 @@ fn do_console_io(vcpu: &Vcpu, p: &mut dyn Platform, a: [u64; 5]) -> Action {
                     .map_or(n, |k| k + 1);
                 p.console_write(&kbuf[..used]);
                 left -= used as u32;
-                va = va.wrapping_add(used as u64);
+                // A buffer that runs off the end of the address space faults there.
+                va = match va.checked_add(used as u64) {
+                    Some(next) => next,
+                    None if left > 0 => return Action::Ret(-EFAULT),
+                    None => va,
+                };
             }
             Action::Ret(0)
         }
@@ -1719,6 +1724,28 @@ mod tests {
                 [CONSOLEIO_WRITE, 1 << 32, UNMAPPED_VA, 0, 0]
             ),
             0
+        );
+        // Up to the last byte of the address space, and past it.
+        put(&mut p, &v, TOP_VA + 0xff0, b"0123456789abcdef");
+        p.console_out.clear();
+        assert_eq!(
+            ret(
+                &mut v,
+                &mut p,
+                hc::CONSOLE_IO,
+                [CONSOLEIO_WRITE, 16, TOP_VA + 0xff0, 0, 0]
+            ),
+            0
+        );
+        assert_eq!(p.console_out, b"0123456789abcdef");
+        assert_eq!(
+            ret(
+                &mut v,
+                &mut p,
+                hc::CONSOLE_IO,
+                [CONSOLEIO_WRITE, 17, TOP_VA + 0xff0, 0, 0]
+            ),
+            -EFAULT
         );
     }
 

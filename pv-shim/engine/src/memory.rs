@@ -42,9 +42,9 @@ fn reservation(vcpu: &Vcpu, p: &mut dyn Platform, op: u64, start: u64, a: [u64; 
     // increase_reservation may pass no list (the frames are not named back).
     let list = r.extent_start;
     let named = !(op == XENMEM_INCREASE_RESERVATION && list == 0);
-    // Xen's guest_handle_subrange_okay from the first extent still to do; start is below
-    // 2^26, so the offset cannot overflow.
-    if named && !addr_ok(list.wrapping_add(start * 8)) {
+    // Xen's guest_handle_subrange_okay from the first extent still to do (start is
+    // below 2^26, so the offset cannot overflow; the sum can, and then faults).
+    if named && !list.checked_add(start * 8).is_some_and(addr_ok) {
         return Action::Ret(start as i64);
     }
     if r.extent_order != 0 {
@@ -58,7 +58,11 @@ fn reservation(vcpu: &Vcpu, p: &mut dyn Platform, op: u64, start: u64, a: [u64; 
             let cmd = op | (done << MEMOP_EXTENT_SHIFT);
             return Action::cont(hc::MEMORY_OP, [cmd, arg, a[2], a[3], a[4]]);
         }
-        let slot = list.wrapping_add(done * 8);
+        // A list that runs off the end of the address space stops there, as a copy
+        // that faults.
+        let Some(slot) = list.checked_add(done * 8) else {
+            break;
+        };
         if !extent(vcpu, p, op, slot, named) {
             break;
         }
