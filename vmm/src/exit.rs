@@ -691,7 +691,13 @@ fn sync_gdt(dom: &mut Domain<'_>) {
         }
         let (l1, slot, value) = dom.shim.gdt_page_entry(page, frame);
         pv_mm::FrameAccess::write_entry(&mut dom.platform.frames, l1, slot, value);
-        dom.platform.flush.invlpg.push(dom.shim.gdt_page_va(page));
+        pv_engine::mmu::merge_flush(
+            dom.platform.flush,
+            pv_mm::FlushSet {
+                invlpg: vec![dom.shim.gdt_page_va(page)],
+                ..Default::default()
+            },
+        );
         dom.mapped_gdt[page] = frame.unwrap_or(0);
     }
 }

@@ -154,7 +154,11 @@ pub fn format_report(report: &RunReport) -> String {
     for (nr, &count) in st.hypercalls.iter().enumerate() {
         if count > 0 {
             let name = format!("{} ({nr})", xen_abi::xen::hypercall::name(nr as u64));
-            let _ = writeln!(s, "    {name:<28} {count:>10}  enosys {}", st.enosys[nr]);
+            let _ = writeln!(
+                s,
+                "    {name:<28} {count:>10}  enosys {}  continued {}",
+                st.enosys[nr], st.continued[nr]
+            );
         }
     }
     if st.hypercalls_out_of_range > 0 {

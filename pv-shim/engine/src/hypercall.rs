@@ -145,7 +145,7 @@ pub fn do_hypercall(
         Action::Done(o) => (None, o),
         Action::Continue { nr, args, then } => {
             create_continuation(regs, nr, args);
-            stats.continuations += 1;
+            stats.count_continuation(nr);
             (None, then)
         }
     };

@@ -127,6 +127,7 @@ fn a_preempted_multicall_completes_every_entry_with_its_own_result() {
     }
     assert_eq!(v.kernel_sp, 0x1000 + 38, "the last stack_switch ran last");
     assert_eq!(s.continuations, 13);
+    assert_eq!(s.continued[hc::MULTICALL as usize], 13);
     // 14 entries of the multicall, 10 nested ones refused.
     assert_eq!(s.hypercalls[hc::MULTICALL as usize], 14 + 10);
     assert_eq!(s.hypercalls[hc::XEN_VERSION as usize], 20);
@@ -300,6 +301,7 @@ fn mmu_update_preempted_reports_pdone_and_continues_where_it_stopped() {
     assert_eq!(done, 98);
     check_l1(&p, l1, frame, N);
     assert_eq!(s.continuations, 14);
+    assert_eq!(s.continued[hc::MMU_UPDATE as usize], 14);
     // One batch in the histogram, not fifteen.
     assert_eq!(s.mmu_update_batches.iter().sum::<u64>(), 1);
 }
