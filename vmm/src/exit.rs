@@ -88,6 +88,11 @@ pub struct ExitStats {
     pub applies: u64,
     /// Pagetable stores the shim repeated inside the VM.
     pub posted_stores: u64,
+    /// The most stores one apply carried (the posted queue's high-water mark).
+    pub posted_peak: u64,
+    /// The longest hypercall doorbell, in nanoseconds of VMM time (a preempted
+    /// hypercall ends its exit after about [`EXIT_BUDGET`]).
+    pub hypercall_max_ns: u64,
     /// Nanoseconds the VMM spent handling hypercall doorbells (decode, engine, posting).
     pub hypercall_ns: u64,
     /// Nanoseconds the VMM spent handling trap doorbells.
@@ -180,7 +185,23 @@ pub struct GuestPlatform<'a> {
     pub m2p_gpa: u64,
     /// Its size in bytes ([`crate::shim::ShimRegion::m2p_bytes`]).
     pub m2p_bytes: u64,
+    /// When this exit's work budget ends ([`EXIT_BUDGET`] after its handling started; set
+    /// by the run loop): past it, long hypercalls continue on the next entry. None: no
+    /// time limit (tests).
+    pub preempt_deadline: Option<std::time::Instant>,
 }
+
+/// VMM work one exit may do before a long hypercall is preempted (Xen's
+/// `hypercall_preempt_check`): short enough that a stop request, a timer or a backend
+/// event waits at most about this long, long enough that a continuation (one guest entry,
+/// ~0.1 ms on a software-KVM host) costs a few percent of a long batch.
+pub const EXIT_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Pagetable stores one exit may queue for the shim before a long hypercall is
+/// preempted: 64 Ki stores of 16 bytes, 1 MiB. The queue never holds more than this plus
+/// the stores of the one operation that crossed it (docs/architecture.md, "Bounded work
+/// per exit").
+pub const MAX_QUEUED_STORES: usize = 64 * 1024;
 
 /// Reads the host TSC.
 pub fn rdtsc() -> u64 {
@@ -239,6 +260,12 @@ impl Platform for GuestPlatform<'_> {
     }
     fn console_read(&mut self, _buf: &mut [u8]) -> usize {
         0
+    }
+    fn hypercall_preempt_check(&mut self) -> bool {
+        self.frames.posted.queued() > MAX_QUEUED_STORES
+            || self
+                .preempt_deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
     }
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         self.cpuid.lookup(leaf, subleaf)
@@ -643,7 +670,9 @@ fn pending(dom: &mut Domain<'_>) -> bool {
 /// Writes the first chunk of the queue into the posting area.
 fn start_apply(dom: &mut Domain<'_>) -> Result<(), String> {
     dom.exits.applies += 1;
-    dom.exits.posted_stores += dom.platform.frames.posted.queued() as u64;
+    let queued = dom.platform.frames.posted.queued() as u64;
+    dom.exits.posted_stores += queued;
+    dom.exits.posted_peak = dom.exits.posted_peak.max(queued);
     let area = crate::posted::area_gpa(dom.shim.gpa);
     let p = &mut dom.platform;
     p.frames.posted.fill(p.flush, p.mem, area)
@@ -679,7 +708,13 @@ fn sync_gdt(dom: &mut Domain<'_>) {
         }
         let (l1, slot, value) = dom.shim.gdt_page_entry(page, frame);
         pv_mm::FrameAccess::write_entry(&mut dom.platform.frames, l1, slot, value);
-        dom.platform.flush.invlpg.push(dom.shim.gdt_page_va(page));
+        pv_engine::mmu::merge_flush(
+            dom.platform.flush,
+            pv_mm::FlushSet {
+                invlpg: vec![dom.shim.gdt_page_va(page)],
+                ..Default::default()
+            },
+        );
         dom.mapped_gdt[page] = frame.unwrap_or(0);
     }
 }
@@ -1050,6 +1085,7 @@ mod tests {
                 xcr0_pending: None,
                 m2p_gpa: w.region.m2p_gpa,
                 m2p_bytes: w.region.m2p_bytes,
+                preempt_deadline: None,
             },
             mapped_gdt: &mut w.mapped_gdt,
             paths: w.paths,
@@ -1492,5 +1528,27 @@ mod tests {
         assert_eq!(w.stats.bounces[14], 1);
         let ec: u64 = w.mem.read_obj(GuestAddress(after.rsp + 16)).unwrap();
         assert_eq!(ec, 0, "not present, read, kernel mode");
+    }
+
+    /// Xen's `hypercall_preempt_check` in the VMM: past the exit's budget, or with more
+    /// stores queued than [`MAX_QUEUED_STORES`]; never otherwise.
+    #[test]
+    fn long_hypercalls_are_preempted_by_the_exit_budget_and_queued_stores() {
+        use pv_mm::FrameAccess;
+        use std::time::{Duration, Instant};
+        let mut w = world();
+        let mut p = platform(&mut w);
+        assert!(!p.hypercall_preempt_check(), "no deadline, nothing queued");
+        p.preempt_deadline = Some(Instant::now() + Duration::from_secs(3600));
+        assert!(!p.hypercall_preempt_check());
+        p.preempt_deadline = Some(Instant::now() - Duration::from_millis(1));
+        assert!(p.hypercall_preempt_check(), "the budget is spent");
+        p.preempt_deadline = None;
+        for i in 0..MAX_QUEUED_STORES {
+            p.frames.write_entry(0x10, i % 512, i as u64);
+        }
+        assert!(!p.hypercall_preempt_check(), "at the cap");
+        p.frames.write_entry(0x10, 0, 0);
+        assert!(p.hypercall_preempt_check(), "past the cap");
     }
 }

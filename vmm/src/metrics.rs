@@ -140,10 +140,16 @@ pub fn format_report(report: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  posted pagetable stores: {} in {} applies inside the VM",
-        e.posted_stores, e.applies
+        "  posted pagetable stores: {} in {} applies inside the VM, at most {} in one",
+        e.posted_stores, e.applies, e.posted_peak
     );
     let st = &report.stats;
+    let _ = writeln!(
+        s,
+        "  continuations: {} (hypercalls preempted and re-entered by the guest); longest hypercall doorbell {:.1} us",
+        st.continuations,
+        e.hypercall_max_ns as f64 / 1000.0
+    );
     let calls: u64 = st.hypercalls.iter().sum::<u64>() + st.hypercalls_out_of_range;
     let _ = writeln!(
         s,
@@ -153,7 +159,11 @@ pub fn format_report(report: &RunReport) -> String {
     for (nr, &count) in st.hypercalls.iter().enumerate() {
         if count > 0 {
             let name = format!("{} ({nr})", xen_abi::xen::hypercall::name(nr as u64));
-            let _ = writeln!(s, "    {name:<28} {count:>10}  enosys {}", st.enosys[nr]);
+            let _ = writeln!(
+                s,
+                "    {name:<28} {count:>10}  enosys {}  continued {}",
+                st.enosys[nr], st.continued[nr]
+            );
         }
     }
     if st.hypercalls_out_of_range > 0 {

@@ -140,6 +140,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 static SIGTERMS: AtomicU8 = AtomicU8::new(0);
 
+/// How often the watchdog loop looks at stop requests (the signal handler only counts
+/// them): with exits bounded by `exit::EXIT_BUDGET`, a second stop request ends pvkvm
+/// within about this long.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
 extern "C" fn on_ignored_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 extern "C" fn on_sigterm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -638,18 +643,18 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     // fires timers on its next exit; kicking again would only keep it from running).
     let mut kicked_for = u64::MAX;
     loop {
-        // Wake at least once a second to look at the vCPU's progress, and when the
-        // guest's timer is due, to kick the vCPU out of the guest so it fires.
+        // Wake every WATCH_INTERVAL to look at stop requests and the vCPU's progress, and
+        // when the guest's timer is due, to kick the vCPU out of the guest so it fires.
         let timer_wait = match next_timer.load(Ordering::SeqCst) {
-            due if due == u64::MAX || due == kicked_for => Duration::from_secs(1),
+            due if due == u64::MAX || due == kicked_for => WATCH_INTERVAL,
             due => Duration::from_nanos(
                 due.saturating_sub(clock.ns(exit::guest_tsc(paths.tsc_offset))),
             ),
         };
         let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1))
+            .unwrap_or(WATCH_INTERVAL)
+            .min(WATCH_INTERVAL)
             .min(timer_wait);
         match done_rx.recv_timeout(wait) {
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -815,6 +820,9 @@ impl pv_engine::Platform for BootPlatform<'_> {
     fn console_read(&mut self, _buf: &mut [u8]) -> usize {
         0
     }
+    fn hypercall_preempt_check(&mut self) -> bool {
+        false
+    }
     fn cpuid(&self, _leaf: u32, _subleaf: u32) -> [u32; 4] {
         [0; 4]
     }
@@ -953,6 +961,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 xcr0_pending: None,
                 m2p_gpa: region.m2p_gpa,
                 m2p_bytes: region.m2p_bytes,
+                preempt_deadline: None,
             },
             mapped_gdt: &mut mapped_gdt,
             paths,
@@ -961,6 +970,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             let action = wait_for_event(&mut dom, &wake, &shared, &clock);
             if action == Action::Resume {
                 blocked = false;
+                dom.platform.preempt_deadline = Some(Instant::now() + exit::EXIT_BUDGET);
                 match exit::interrupted(&mut vcpu, &mut dom) {
                     Ok(Action::Interrupted) => Action::Resume,
                     Ok(other) => other,
@@ -970,17 +980,21 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 action
             }
         } else {
+            let handling = Instant::now();
+            dom.platform.preempt_deadline = Some(handling + exit::EXIT_BUDGET);
             if let Some(i) = injector.as_mut() {
                 inject_at_exit(&mut dom, i.at_exit(xen_abi::contract::MAX_POSTED_STORES));
             }
-            let handling = Instant::now();
             let mut action = exit::handle_exit(&exit, &mut vcpu, &mut dom);
             let spent = handling.elapsed().as_nanos() as u64;
             match exit {
                 vstate::Exit::IoOut {
                     port: xen_abi::contract::port::HYPERCALL,
                     ..
-                } => dom.exits.hypercall_ns += spent,
+                } => {
+                    dom.exits.hypercall_ns += spent;
+                    dom.exits.hypercall_max_ns = dom.exits.hypercall_max_ns.max(spent);
+                }
                 vstate::Exit::IoOut {
                     port: xen_abi::contract::port::TRAP,
                     ..
@@ -1090,13 +1104,18 @@ fn mmu_invariants(dom: &mut Domain<'_>) -> Result<(), String> {
 }
 
 /// Fault injection at one exit (see [`crate::inject`]): a spurious upcall once the guest
-/// has an event callback to take it, and the chunk size of this exit's posted stores.
+/// has an event callback to take it, the chunk size of this exit's posted stores, and a
+/// spent work budget (hypercalls preempted after their first item).
 fn inject_at_exit(dom: &mut Domain<'_>, plan: crate::inject::AtExit) {
     if plan.upcall && dom.vcpu.event_callback.address != 0 {
         let at = dom.vcpu.vcpu_info_gpa + xen_abi::xen::vcpu_info::UPCALL_PENDING;
         let _ = dom.platform.mem.write_obj(1u8, GuestAddress(at));
     }
     dom.platform.frames.posted.set_chunk_limit(plan.apply_chunk);
+    if plan.preempt {
+        // The budget is spent: a long hypercall continues after its first item.
+        dom.platform.preempt_deadline = Some(Instant::now());
+    }
 }
 
 fn apply_msr_writes(vcpu: &mut vstate::Vcpu, writes: &mut Vec<(u32, u64)>, refused: &mut Vec<u32>) {

@@ -35,6 +35,15 @@ fn unhandled_trap_crashes_with_the_vector_named() {
     );
 }
 
+/// Sends signal `sig` (a name: TERM, INT, ...) to process `pid`.
+fn kill(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
 fn expect_refused(args: &[&str], needle: &str) {
     let out = pvkvm(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -185,13 +194,6 @@ fn stop_signals_end_pvkvm_by_itself_and_others_are_ignored() {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     common::require_kvm();
-    let kill = |pid: u32, sig: &str| {
-        let ok = Command::new("kill")
-            .args([format!("-{sig}"), pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{sig} {pid}");
-    };
     for (stop, destroys) in [("INT", "INT"), ("HUP", "HUP"), ("QUIT", "TERM")] {
         let kernel = common::kernel("spin");
         let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
@@ -292,5 +294,165 @@ fn unreadable_inputs_are_refused_before_reading() {
         String::from_utf8_lossy(&out.stderr).contains("not in 1..="),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `preempt_long_calls` in its `mode=huge` (a multicall of the maximal count,
+/// 2^32 - 1 entries over an aliased page: hours of work in one hypercall) with `extra`
+/// arguments, and returns once the guest is inside that multicall.
+fn start_huge_multicall(extra: &[&str]) -> (std::process::Child, std::time::Instant) {
+    start_long_calls(
+        "mode=huge",
+        extra,
+        "huge multicall: 4294967295 entries, entering",
+    )
+}
+
+/// Starts `preempt_long_calls` with `cmdline` and `extra` arguments, and returns once
+/// its console has printed a line containing `marker`.
+fn start_long_calls(
+    cmdline: &str,
+    extra: &[&str],
+    marker: &str,
+) -> (std::process::Child, std::time::Instant) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    common::require_kvm();
+    let kernel = common::kernel("preempt_long_calls");
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
+        .args(["run", "--kernel", kernel.to_str().unwrap()])
+        .args(["--cmdline", cmdline])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pvkvm starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let entered = lines.any(|l| l.is_ok_and(|l| l.contains(marker)));
+    if !entered {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the guest never printed {marker:?}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The rest of the console goes nowhere (the reader ends with the process).
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, started)
+}
+
+/// Waits for `child` to end, at most `limit`; returns its status and stderr.
+fn wait_at_most(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, std::time::Instant, String) {
+    let begun = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if begun.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "pvkvm did not end within {limit:?}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let ended = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    (
+        status,
+        ended,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A stop request in the middle of a hypercall of the maximal count is served within a
+/// second: the multicall is preempted every millisecond or so, and between two slices
+/// the vCPU thread sees the request (before preemption, one such multicall ignored
+/// SIGTERM for minutes). The guest cannot power off, so the second request destroys it.
+#[test]
+fn a_stop_request_ends_a_maximal_multicall_within_a_second() {
+    use std::time::Duration;
+    let (child, _) = start_huge_multicall(&["--timeout", "120"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id();
+    let asked = std::time::Instant::now();
+    kill(pid, "TERM");
+    std::thread::sleep(Duration::from_millis(50));
+    kill(pid, "TERM");
+    let (status, ended, stderr) = wait_at_most(child, Duration::from_secs(20));
+    let latency = ended.duration_since(asked);
+    eprintln!("SIGTERM to exit during a maximal multicall: {latency:?}");
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("destroyed"), "{stderr}");
+    assert!(
+        latency < Duration::from_secs(1),
+        "pvkvm took {latency:?} to stop after SIGTERM:\n{stderr}"
+    );
+}
+
+/// `--timeout` ends a maximal multicall on time too.
+#[test]
+fn timeout_ends_a_maximal_multicall_on_time() {
+    use std::time::Duration;
+    let (child, started) = start_huge_multicall(&["--timeout", "2"]);
+    let (status, ended, stderr) = wait_at_most(child, Duration::from_secs(20));
+    let took = ended.duration_since(started);
+    eprintln!("--timeout 2 during a maximal multicall: pvkvm ended after {took:?}");
+    assert_eq!(status.code(), Some(124), "{stderr}");
+    assert!(
+        took < Duration::from_secs(3),
+        "--timeout 2 took {took:?}:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("multicall("),
+        "the diagnostic shows the multicall continuing:\n{stderr}"
+    );
+}
+
+/// A hostile `mmu_update` of 2^26 requests over one aliased page of requests (each one a
+/// pagetable store the shim must repeat inside the VM) keeps pvkvm's memory small: the
+/// posted-store queue is emptied every exit, and an exit ends after its budget or 64 Ki
+/// queued stores (docs/architecture.md, "Bounded work per exit"). Before, the whole batch
+/// was one exit and its queue grew by 16 bytes a request (1 GiB here), and `--timeout`
+/// could not end it.
+#[test]
+fn a_hostile_mmu_update_keeps_vmm_memory_bounded() {
+    use std::time::Duration;
+    let (mut child, started) = start_long_calls(
+        "mc=0 me=0 mu=67108864",
+        &["--timeout", "3"],
+        "multicall of 0 entries",
+    );
+    let status_file = format!("/proc/{}/status", child.id());
+    let kib = |field: &str| -> Option<u64> {
+        let status = std::fs::read_to_string(&status_file).ok()?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(kib("VmHWM:").unwrap_or(0));
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("--timeout 3 did not end the batch; resident memory peaked at {peak} KiB");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _, stderr) = wait_at_most(child, Duration::from_secs(1));
+    eprintln!("peak RSS during a 2^26-request mmu_update: {peak} KiB");
+    assert_eq!(status.code(), Some(124), "{stderr}");
+    assert!(peak > 0, "no /proc status read");
+    assert!(
+        peak < 64 * 1024,
+        "pvkvm's resident memory reached {peak} KiB:\n{stderr}"
     );
 }

@@ -21,7 +21,7 @@ pub const ERANGE: i64 = 34;
 pub const ENOSYS: i64 = 38;
 pub const ENODATA: i64 = 61;
 pub const ETIME: i64 = 62;
-/// Xen-internal: the operation was preempted and continues in a continuation; a guest
-/// never sees it (the hypercall is re-executed).
+/// Never seen by a guest: an operation that stopped part-way and is to be re-run
+/// through a continuation (Xen's `-ERESTART`).
 pub const ERESTART: i64 = 85;
 pub const EOPNOTSUPP: i64 = 95;

@@ -3,9 +3,20 @@
 //! A 64-bit PV hypercall is a `syscall` from guest kernel mode: number in rax, arguments
 //! in rdi, rsi, rdx, r10, r8, result in rax. Only rax changes, except for `iret`, which
 //! loads a whole context, and for a continuation, which rewinds rip onto the `syscall`
-//! and rewrites the argument registers so the rest of a long batch runs on the next entry
-//! (Xen's `hypercall_create_continuation`): the engine never loops over an unbounded
-//! guest-controlled count in one go.
+//! and rewrites the argument registers so the rest of a long operation runs on the next
+//! entry (Xen's `hypercall_create_continuation`).
+//!
+//! Every loop over a guest-chosen count asks [`Platform::hypercall_preempt_check`]
+//! between items (never before the first, so each entry makes progress) and, when the
+//! host says so, stops and returns [`Action::Continue`] with the arguments of the rest,
+//! encoded exactly as Xen encodes them: `multicall` (list advanced, count reduced),
+//! `mmu_update`/`mmuext_op` (`MMU_UPDATE_PREEMPTED` and `*pdone`), `memory_op`'s
+//! reservation calls (progress in the command's upper bits), `console_io` writes (count
+//! reduced, buffer advanced) and `set_trap_table`. A handler that answers `-ERESTART`
+//! (an operation stopped part-way, such as a pagetable validation) is continued with its
+//! own arguments; `-ERESTART` never reaches the guest. [`do_hypercall`] turns a
+//! continuation into registers; a `multicall` turns a sub-call's continuation into its
+//! entry, as Xen's `multicall.c` does.
 //!
 //! Xen's handlers take C `int`/`unsigned int` parameters for many arguments, so the upper
 //! half of those registers is ignored; the handlers here truncate the same arguments.
@@ -18,7 +29,9 @@ use xen_abi::callback::{
     CALLBACKTYPE_SYSCALL32, CALLBACKTYPE_SYSENTER,
 };
 use xen_abi::console::{CONSOLEIO_READ, CONSOLEIO_WRITE};
-use xen_abi::errno::{E2BIG, EBUSY, EFAULT, EINVAL, ENODEV, ENOSYS, EOPNOTSUPP, EPERM, ESRCH};
+use xen_abi::errno::{
+    E2BIG, EBUSY, EFAULT, EINVAL, ENODEV, ENOSYS, EOPNOTSUPP, EPERM, ERESTART, ESRCH,
+};
 use xen_abi::sched::*;
 use xen_abi::sched::{SchedPoll, SchedRemoteShutdown};
 use xen_abi::version::FeatureInfo;
@@ -55,19 +68,41 @@ const CAPABILITIES: &str = "xen-3.0-x86_64 ";
 const CHANGESET: &str = concat!("pvkvm ", env!("CARGO_PKG_VERSION"));
 /// What Xen writes for sub-ops XSM denies an unprivileged domain.
 const XEN_DENY: &str = "<denied>";
-/// Trap table entries taken per entry before a continuation.
-const TRAP_TABLE_BATCH: u64 = 256;
 /// Bytes of console output per chunk, as Xen's `guest_console_write` buffer.
 const CONSOLE_CHUNK: usize = 127;
 
 /// What a handler did, before the dispatcher turns it into registers and an outcome.
-enum Action {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
     /// Return this value in rax and resume.
     Ret(i64),
     /// Return this value in rax, then this outcome.
     RetThen(i64, Outcome),
-    /// The handler set the registers itself (iret, continuation) or crashed the domain.
+    /// The handler set the registers itself (iret) or crashed the domain.
     Done(Outcome),
+    /// Xen's `hypercall_create_continuation`: the hypercall stopped part-way; the guest
+    /// re-executes hypercall `nr` with `args` (rdi, rsi, rdx, r10, r8; a handler passes
+    /// the arguments it does not rewrite through unchanged), after `then`.
+    Continue {
+        /// The hypercall to re-execute (always the one that stopped).
+        nr: u64,
+        /// Its arguments for the rest of the work.
+        args: [u64; 5],
+        /// What the host does first (`Resume`, or a yield or block that came up while
+        /// a multicall ran).
+        then: Outcome,
+    },
+}
+
+impl Action {
+    /// A continuation with nothing to do first.
+    pub(crate) fn cont(nr: u64, args: [u64; 5]) -> Self {
+        Action::Continue {
+            nr,
+            args,
+            then: Outcome::Resume,
+        }
+    }
 }
 
 /// The one place where a guest-memory fault becomes an errno.
@@ -75,13 +110,15 @@ fn efault(_: GuestFault) -> i64 {
     -EFAULT
 }
 
-/// Xen's `__addr_ok`: the lower half, or above the hypervisor hole.
-fn addr_ok(va: u64) -> bool {
+/// Xen's `__addr_ok` (what `guest_handle_okay` checks of a 64-bit PV guest's array):
+/// the lower half, or above the hypervisor hole.
+pub(crate) fn addr_ok(va: u64) -> bool {
     !((1 << 47)..HYPERVISOR_VIRT_END).contains(&va)
 }
 
-/// Makes the guest re-execute this hypercall with `args` (Xen's continuation).
-fn create_continuation(regs: &mut GuestRegs, nr: u64, args: [u64; 5]) -> Action {
+/// Makes the guest re-execute hypercall `nr` with `args` (Xen's continuation): rip back
+/// onto the 2-byte `syscall`, the number in rax, the arguments in their registers.
+fn create_continuation(regs: &mut GuestRegs, nr: u64, args: [u64; 5]) {
     regs.rip = regs.rip.wrapping_sub(SYSCALL_LEN);
     regs.rax = nr;
     regs.rdi = args[0];
@@ -89,7 +126,6 @@ fn create_continuation(regs: &mut GuestRegs, nr: u64, args: [u64; 5]) -> Action 
     regs.rdx = args[2];
     regs.r10 = args[3];
     regs.r8 = args[4];
-    Action::Done(Outcome::Resume)
 }
 
 /// Handles a hypercall from guest kernel mode (see [`crate::syscall_entry`]).
@@ -107,6 +143,11 @@ pub fn do_hypercall(
         Action::Ret(v) => (Some(v), Outcome::Resume),
         Action::RetThen(v, o) => (Some(v), o),
         Action::Done(o) => (None, o),
+        Action::Continue { nr, args, then } => {
+            create_continuation(regs, nr, args);
+            stats.count_continuation(nr);
+            (None, then)
+        }
     };
     if let Some(v) = ret {
         if v == -ENOSYS {
@@ -123,7 +164,7 @@ pub fn do_hypercall(
 }
 
 /// Runs hypercall `nr` with arguments `a` (what `do_hypercall` and each multicall entry
-/// share).
+/// share). A handler's `-ERESTART` becomes a continuation with the same arguments.
 fn dispatch(
     vcpu: &mut Vcpu,
     regs: &mut GuestRegs,
@@ -132,8 +173,22 @@ fn dispatch(
     nr: u64,
     a: [u64; 5],
 ) -> Action {
+    match dispatch_one(vcpu, regs, p, stats, nr, a) {
+        Action::Ret(v) if v == -ERESTART => Action::cont(nr, a),
+        action => action,
+    }
+}
+
+fn dispatch_one(
+    vcpu: &mut Vcpu,
+    regs: &mut GuestRegs,
+    p: &mut dyn Platform,
+    stats: &mut Stats,
+    nr: u64,
+    a: [u64; 5],
+) -> Action {
     match nr {
-        hc::SET_TRAP_TABLE => do_set_trap_table(vcpu, regs, p, a[0]),
+        hc::SET_TRAP_TABLE => do_set_trap_table(vcpu, p, a),
         hc::STACK_SWITCH => Action::Ret(do_stack_switch(vcpu, a[0], a[1])),
         hc::SET_CALLBACKS => Action::Ret(do_set_callbacks(vcpu, a[0], a[1], a[2])),
         hc::FPU_TASKSWITCH => Action::Ret(do_fpu_taskswitch(vcpu, a[0] as i32)),
@@ -141,25 +196,18 @@ fn dispatch(
         hc::SET_DEBUGREG => Action::Ret(do_set_debugreg(vcpu, a[0] as i32, a[1])),
         hc::GET_DEBUGREG => Action::Ret(do_get_debugreg(vcpu, a[0] as i32)),
         hc::XEN_VERSION => Action::Ret(do_xen_version(vcpu, p, a[0] as i32, a[1])),
-        hc::CONSOLE_IO => Action::Ret(do_console_io(vcpu, p, a[0] as u32, a[1] as u32, a[2])),
+        hc::CONSOLE_IO => do_console_io(vcpu, p, a),
         hc::VM_ASSIST => Action::Ret(do_vm_assist(vcpu, a[0] as u32, a[1] as u32)),
         hc::IRET => do_iret(vcpu, regs, p),
         hc::SET_SEGMENT_BASE => Action::Ret(do_set_segment_base(vcpu, a[0] as u32, a[1])),
-        hc::MMUEXT_OP => Action::Ret(crate::mmu::do_mmuext_op(
-            vcpu,
-            p,
-            a[0],
-            a[1] as u32,
-            a[2],
-            a[3] as u32,
-            stats,
-        )),
-        hc::MMU_UPDATE => Action::Ret({
-            stats.count_mmu_batch(u64::from(
-                a[1] as u32 & !xen_abi::xen::mmuext::MMU_UPDATE_PREEMPTED,
-            ));
-            crate::mmu::do_mmu_update(vcpu, p, a[0], a[1] as u32, a[2], a[3] as u32)
-        }),
+        hc::MMUEXT_OP => crate::mmu::do_mmuext_op(vcpu, p, a, stats),
+        hc::MMU_UPDATE => {
+            // Counted once per call, not again for each continuation (Xen's perfc).
+            if a[1] as u32 & xen_abi::xen::mmuext::MMU_UPDATE_PREEMPTED == 0 {
+                stats.count_mmu_batch(u64::from(a[1] as u32));
+            }
+            crate::mmu::do_mmu_update(vcpu, p, a)
+        }
         hc::UPDATE_VA_MAPPING => {
             Action::Ret(crate::mmu::do_update_va_mapping(vcpu, p, a[0], a[1], a[2]))
         }
@@ -195,10 +243,10 @@ fn dispatch(
             a[2] as u32,
         )),
         hc::SET_TIMER_OP => Action::Ret(crate::time::do_set_timer_op(vcpu, a[0])),
-        hc::MULTICALL => do_multicall(vcpu, regs, p, stats, a[0], a[1] as u32),
+        hc::MULTICALL => do_multicall(vcpu, regs, p, stats, a),
         hc::SCHED_OP => do_sched_op(vcpu, p, a[0] as i32, a[1]),
         hc::CALLBACK_OP => Action::Ret(do_callback_op(vcpu, p, a[0] as i32, a[1])),
-        hc::MEMORY_OP => Action::Ret(crate::memory::do_memory_op(vcpu, p, a[0], a[1])),
+        hc::MEMORY_OP => crate::memory::do_memory_op(vcpu, p, a),
         // Xen's default: no virtual PMU (`vpmu=0`), for every sub-op.
         hc::XENPMU_OP => Action::Ret(-EOPNOTSUPP),
         _ => Action::Ret(-ENOSYS),
@@ -250,24 +298,40 @@ fn do_physdev_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i
     }
 }
 
-/// `multicall(list, count)`: each entry runs as its own hypercall in one trap; its
-/// result goes back into the entry. A nested multicall or an `iret` inside one gets
-/// -EINVAL; a shutdown or crash inside one ends the batch with that outcome.
+/// `multicall(list, count)`, as Xen's `common/multicall.c`: each entry runs as its own
+/// hypercall and its result goes back into the entry. A nested multicall or an `iret`
+/// inside one gets -EINVAL; a shutdown or crash inside one ends the list with that
+/// outcome; a yield or block inside one comes into force with the rest of the list as a
+/// continuation (Xen finds its softirq pending at the next entry).
+///
+/// Preempted before an entry (never the first), the multicall continues with the list
+/// advanced to that entry and the count reduced. A sub-call that continues itself has
+/// its continuation written over its entry (its number as the result, its arguments for
+/// the rest) and the multicall continues at that entry, so the guest re-enters it with
+/// the sub-call's own progress.
 fn do_multicall(
     vcpu: &mut Vcpu,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
     stats: &mut Stats,
-    list: u64,
-    count: u32,
+    a: [u64; 5],
 ) -> Action {
-    for i in 0..u64::from(count) {
-        let va = list.wrapping_add(i * 64);
+    let (list, count) = (a[0], a[1] as u32);
+    // Xen's guest_handle_okay: the list must start outside the hypervisor hole.
+    if !addr_ok(list) {
+        return Action::Ret(-EFAULT);
+    }
+    let rest = |va: u64, left: u32| [va, u64::from(left), a[2], a[3], a[4]];
+    let mut va = list;
+    for i in 0..count {
+        if i > 0 && p.hypercall_preempt_check() {
+            return Action::cont(hc::MULTICALL, rest(va, count - i));
+        }
         let mut entry: MulticallEntry = match guest::read_obj(vcpu, p, va) {
             Ok(e) => e,
             Err(e) => return Action::Ret(efault(e)),
         };
-        let a = [
+        let sub = [
             entry.args[0],
             entry.args[1],
             entry.args[2],
@@ -276,51 +340,85 @@ fn do_multicall(
         ];
         stats.count_hypercall(entry.op);
         let mut scratch = *regs;
-        let (result, outcome) = match entry.op {
-            hc::MULTICALL | hc::IRET => (-EINVAL, Outcome::Resume),
-            nr => match dispatch(vcpu, &mut scratch, p, stats, nr, a) {
-                Action::Ret(v) => (v, Outcome::Resume),
-                Action::RetThen(v, o) => (v, o),
-                Action::Done(o) => (-EINVAL, o),
-            },
+        let action = match entry.op {
+            hc::MULTICALL | hc::IRET => Action::Ret(-EINVAL),
+            nr => dispatch(vcpu, &mut scratch, p, stats, nr, sub),
+        };
+        let (result, outcome) = match action {
+            Action::Ret(v) => (v, Outcome::Resume),
+            Action::RetThen(v, o) => (v, o),
+            Action::Done(o) => (-EINVAL, o),
+            Action::Continue { nr, args, then } => {
+                // The whole entry goes back: op, the continuation's return value (its
+                // number) as the result, and the arguments for the rest.
+                entry.result = nr;
+                entry.args[..5].copy_from_slice(&args);
+                stats.record(HypercallRecord {
+                    nr: entry.op,
+                    args: sub,
+                    result: nr,
+                });
+                if guest::write_obj(vcpu, p, va, &entry).is_err() {
+                    return Action::Ret(-EFAULT);
+                }
+                return Action::Continue {
+                    nr: hc::MULTICALL,
+                    args: rest(va, count - i),
+                    then,
+                };
+            }
         };
         if result == -ENOSYS {
             stats.count_enosys(entry.op);
         }
         stats.record(HypercallRecord {
             nr: entry.op,
-            args: a,
+            args: sub,
             result: result as u64,
         });
-        entry.result = result as u64;
         let written = va
             .checked_add(8)
-            .is_some_and(|at| guest::write_obj(vcpu, p, at, &entry.result).is_ok());
+            .is_some_and(|at| guest::write_obj(vcpu, p, at, &(result as u64)).is_ok());
         if !written {
             return Action::Ret(-EFAULT);
         }
-        if outcome != Outcome::Resume {
-            return Action::RetThen(0, outcome);
+        let left = count - i - 1;
+        // The next entry's address; a list that runs off the end of the address space
+        // faults there.
+        let next = va.checked_add(64);
+        match outcome {
+            Outcome::Resume => {}
+            Outcome::Yield | Outcome::Block if left > 0 => {
+                return match next {
+                    Some(next) => Action::Continue {
+                        nr: hc::MULTICALL,
+                        args: rest(next, left),
+                        then: outcome,
+                    },
+                    None => Action::RetThen(-EFAULT, outcome),
+                };
+            }
+            _ => return Action::RetThen(0, outcome),
+        }
+        match next {
+            Some(next) => va = next,
+            None if left > 0 => return Action::Ret(-EFAULT),
+            None => {}
         }
     }
     Action::Ret(0)
 }
 
-/// `set_trap_table`: entries until one with address 0; NULL clears the table.
-fn do_set_trap_table(
-    vcpu: &mut Vcpu,
-    regs: &mut GuestRegs,
-    p: &dyn Platform,
-    traps: u64,
-) -> Action {
+/// `set_trap_table`: entries until one with address 0; NULL clears the table. Preempted
+/// after an entry, it continues with the pointer advanced (Xen's `"h"` continuation).
+fn do_set_trap_table(vcpu: &mut Vcpu, p: &mut dyn Platform, a: [u64; 5]) -> Action {
+    let traps = a[0];
     if traps == 0 {
         vcpu.trap_table = [TrapInfo::default(); 256];
         return Action::Ret(0);
     }
-    for i in 0..TRAP_TABLE_BATCH {
-        let Some(va) = traps.checked_add(i * 16) else {
-            return Action::Ret(-EFAULT);
-        };
+    let mut va = traps;
+    loop {
         let mut ti: TrapInfo = match guest::read_obj(vcpu, p, va) {
             Ok(t) => t,
             Err(e) => return Action::Ret(efault(e)),
@@ -333,17 +431,16 @@ fn do_set_trap_table(
         }
         ti.cs = fixup_guest_selector(u64::from(ti.cs)) as u16;
         vcpu.trap_table[usize::from(ti.vector)] = ti;
+        // A table that ends exactly at the top of the address space: the next read
+        // would fault.
+        let Some(next) = va.checked_add(16) else {
+            return Action::Ret(-EFAULT);
+        };
+        va = next;
+        if p.hypercall_preempt_check() {
+            return Action::cont(hc::SET_TRAP_TABLE, [va, a[1], a[2], a[3], a[4]]);
+        }
     }
-    // The batch above read up to here, so the next address exists unless the table
-    // ends exactly at the top of the address space: then the next read faults.
-    let Some(next) = traps.checked_add(TRAP_TABLE_BATCH * 16) else {
-        return Action::Ret(-EFAULT);
-    };
-    create_continuation(
-        regs,
-        hc::SET_TRAP_TABLE,
-        [next, regs.rsi, regs.rdx, regs.r10, regs.r8],
-    )
 }
 
 /// Xen's `__fixup_guest_selector` for a 64-bit guest: kernel RPL is 3.
@@ -569,49 +666,76 @@ fn do_iret(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &mut dyn Platform) -> Actio
 /// `console_io`. Xen lets an unprivileged domain use it only in debug builds
 /// (`-EPERM` otherwise); pvkvm allows it, because its console is the user's terminal and
 /// `earlyprintk=xen` is the first sign of life of a guest.
-fn do_console_io(vcpu: &Vcpu, p: &mut dyn Platform, cmd: u32, count: u32, buffer: u64) -> i64 {
+///
+/// A write goes out in chunks as Xen's `guest_console_write` takes them from an
+/// unprivileged domain (up to 127 bytes, ending early after a newline), and is
+/// preemptible between chunks: the continuation carries the count left and the buffer
+/// advanced (`"iih"`).
+fn do_console_io(vcpu: &Vcpu, p: &mut dyn Platform, a: [u64; 5]) -> Action {
+    let (cmd, count, buffer) = (a[0] as u32, a[1] as u32, a[2]);
     match u64::from(cmd) {
         CONSOLEIO_WRITE => {
-            let mut left = count as usize;
+            let mut left = count;
             let mut va = buffer;
             let mut kbuf = [0u8; CONSOLE_CHUNK];
+            let mut first = true;
             while left > 0 {
-                let n = left.min(CONSOLE_CHUNK);
+                if !first && p.hypercall_preempt_check() {
+                    return Action::cont(
+                        hc::CONSOLE_IO,
+                        [CONSOLEIO_WRITE, u64::from(left), va, a[3], a[4]],
+                    );
+                }
+                first = false;
+                let n = (left as usize).min(CONSOLE_CHUNK);
                 if let Err(e) = guest::copy_from_guest(vcpu, p, va, &mut kbuf[..n]) {
-                    return efault(e);
+                    return Action::Ret(efault(e));
                 }
-                p.console_write(&kbuf[..n]);
-                left -= n;
-                va = va.wrapping_add(n as u64);
+                let used = kbuf[..n]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(n, |k| k + 1);
+                p.console_write(&kbuf[..used]);
+                left -= used as u32;
+                // A buffer that runs off the end of the address space faults there.
+                va = match va.checked_add(used as u64) {
+                    Some(next) => next,
+                    None if left > 0 => return Action::Ret(-EFAULT),
+                    None => va,
+                };
             }
-            0
+            Action::Ret(0)
         }
-        CONSOLEIO_READ => {
-            if count > i32::MAX as u32 {
-                return -E2BIG;
-            }
-            let mut done = 0u32;
-            let mut kbuf = [0u8; 128];
-            while done < count {
-                let want = ((count - done) as usize).min(kbuf.len());
-                let va = buffer.wrapping_add(u64::from(done));
-                // Check first, so input is never consumed into a buffer that faults.
-                if let Err(e) = guest::check_writable(vcpu, p, va, want) {
-                    return efault(e);
-                }
-                let n = p.console_read(&mut kbuf[..want]).min(want);
-                if n == 0 {
-                    break;
-                }
-                if let Err(e) = guest::copy_to_guest(vcpu, p, va, &kbuf[..n]) {
-                    return efault(e);
-                }
-                done += n as u32;
-            }
-            i64::from(done)
-        }
-        _ => -ENOSYS,
+        CONSOLEIO_READ => Action::Ret(console_read(vcpu, p, count, buffer)),
+        _ => Action::Ret(-ENOSYS),
     }
+}
+
+/// `CONSOLEIO_read`: what input there is, up to `count` bytes (never more than the
+/// host's small input queue, so no continuation).
+fn console_read(vcpu: &Vcpu, p: &mut dyn Platform, count: u32, buffer: u64) -> i64 {
+    if count > i32::MAX as u32 {
+        return -E2BIG;
+    }
+    let mut done = 0u32;
+    let mut kbuf = [0u8; 128];
+    while done < count {
+        let want = ((count - done) as usize).min(kbuf.len());
+        let va = buffer.wrapping_add(u64::from(done));
+        // Check first, so input is never consumed into a buffer that faults.
+        if let Err(e) = guest::check_writable(vcpu, p, va, want) {
+            return efault(e);
+        }
+        let n = p.console_read(&mut kbuf[..want]).min(want);
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = guest::copy_to_guest(vcpu, p, va, &kbuf[..n]) {
+            return efault(e);
+        }
+        done += n as u32;
+    }
+    i64::from(done)
 }
 
 /// Copies `s` NUL-padded into a `len`-byte ABI string at `va`.
@@ -969,6 +1093,8 @@ mod tests {
     #[test]
     fn set_trap_table_continuation() {
         let (mut v, mut p) = setup();
+        // Preempted after 256 entries (the check follows each entry, as Xen's).
+        p.preempt_after = Some(256);
         // 300 entries (vector = i % 256) and a terminator, across two pages.
         for i in 0..300u64 {
             put(
@@ -991,6 +1117,12 @@ mod tests {
         assert_eq!(after.rip, before.rip - 2, "rewound onto the syscall");
         assert_eq!(after.rax, hc::SET_TRAP_TABLE);
         assert_eq!(after.rdi, DATA_VA + 256 * 16);
+        assert_eq!(
+            (after.rsi, after.rdx, after.r10, after.r8),
+            (before.rsi, before.rdx, before.r10, before.r8),
+            "only the pointer is rewritten"
+        );
+        assert_eq!(s.continuations, 1);
         let mut r = after;
         r.rip += 2; // the guest re-executes the syscall
         assert_eq!(
@@ -1592,6 +1724,28 @@ mod tests {
                 [CONSOLEIO_WRITE, 1 << 32, UNMAPPED_VA, 0, 0]
             ),
             0
+        );
+        // Up to the last byte of the address space, and past it.
+        put(&mut p, &v, TOP_VA + 0xff0, b"0123456789abcdef");
+        p.console_out.clear();
+        assert_eq!(
+            ret(
+                &mut v,
+                &mut p,
+                hc::CONSOLE_IO,
+                [CONSOLEIO_WRITE, 16, TOP_VA + 0xff0, 0, 0]
+            ),
+            0
+        );
+        assert_eq!(p.console_out, b"0123456789abcdef");
+        assert_eq!(
+            ret(
+                &mut v,
+                &mut p,
+                hc::CONSOLE_IO,
+                [CONSOLEIO_WRITE, 17, TOP_VA + 0xff0, 0, 0]
+            ),
+            -EFAULT
         );
     }
 

@@ -32,6 +32,8 @@ pub mod m2p;
 pub mod memory;
 pub mod mmu;
 pub mod msr;
+#[cfg(test)]
+mod preemption;
 pub mod ptwr;
 pub mod stats;
 pub mod time;
@@ -64,6 +66,14 @@ pub trait Platform {
     fn console_write(&mut self, bytes: &[u8]);
     /// Reads pending console input for `CONSOLEIO_read`; returns how many bytes it gave.
     fn console_read(&mut self, buf: &mut [u8]) -> usize;
+    /// Xen's `hypercall_preempt_check`: whether a hypercall that loops over a
+    /// guest-chosen count should stop at the next item boundary and continue through a
+    /// continuation (the guest re-executes the `syscall` with the remaining work, after
+    /// any event delivery). Asked between items, never before the first, so every entry
+    /// makes progress. The host answers from its own budget (time spent in this exit,
+    /// memory queued for the guest); true costs one more guest entry, false lets the
+    /// loop run on, so a host that must stay responsive cannot leave this out.
+    fn hypercall_preempt_check(&mut self) -> bool;
     /// The guest's CPUID leaf `leaf`/`subleaf` as eax, ebx, ecx, edx: the same policy the
     /// host gives raw CPUID, so the forced-emulation view and the raw view agree.
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];

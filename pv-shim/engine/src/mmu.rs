@@ -5,21 +5,36 @@
 //! validation and reference counting live in `pv-mm`. TLB work is accumulated in the
 //! platform's flush set and carried out by the host before the guest runs again.
 //!
-//! Every batch is served in one go, whatever its length: on hosts where a trap costs
-//! tens of microseconds a continuation would cost a trap per slice (Xen preempts long
-//! batches; pvkvm does not need to). A continuation flag passed in by a guest is still
-//! honoured. Validation inside pv-mm is preemptible: each operation gets a budget of
-//! [`MM_PREEMPT_ENTRIES`] entries and answers `-ERESTART` past it, and the batch loop
-//! issues the same item again, which resumes the validation where it stopped.
+//! A batch is served in one trap as long as the host's budget lasts (its
+//! [`Platform::hypercall_preempt_check`]: about a millisecond of work or a cap on the
+//! pagetable stores queued for the guest, in the VMM placement), which covers every batch
+//! Linux makes. A longer one is preempted between records as Xen preempts it: `*pdone`
+//! gets the records done so far and the guest re-executes the call with the list
+//! advanced and `count - done | MMU_UPDATE_PREEMPTED`. A record whose operation stopped
+//! part-way (`-ERESTART`, a large pagetable validation) is not counted done and is
+//! continued the same way: pv-mm gives each operation a budget of
+//! [`MM_PREEMPT_ENTRIES`] entries and answers `-ERESTART` past it, and the same record
+//! issued again resumes the validation where it stopped.
+//!
+//! TLB work accumulates in the flush set as single-address invalidations until there are
+//! more than one apply can carry ([`MAX_INVLPG`]); then it becomes a full flush, so the
+//! set stays small whatever the batch.
 
 use pv_mm::{FlushSet, Level, Mfn, MmError};
 use xen_abi::errno::{EACCES, EFAULT, EINVAL, ENOSYS, EOPNOTSUPP, ERESTART, ESRCH};
+use xen_abi::xen::hypercall as hc;
 use xen_abi::xen::mmuext::{self, MmuextOp, MMU_UPDATE_PREEMPTED};
 use xen_abi::xen::{selector, MmuUpdate, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::guest::{self, is_canonical};
+use crate::hypercall::{addr_ok, Action};
 use crate::{MmCtx, Platform, Vcpu};
+
+/// Single-address invalidations a flush set holds at most; one more turns it into a full
+/// flush. The posting area carries this many to the shim
+/// (`xen_abi::contract::MAX_POSTED_INVLPG`).
+pub const MAX_INVLPG: usize = xen_abi::contract::MAX_POSTED_INVLPG;
 
 /// `mmu_update` commands (low two bits of `ptr`).
 pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
@@ -60,12 +75,21 @@ pub(crate) fn get_writable_page(ctx: MmCtx<'_>, mfn: u64) -> bool {
     }
 }
 
-/// Merges `more` into `into`.
+/// Merges `more` into `into`. A full flush makes single-address invalidations moot; more
+/// than [`MAX_INVLPG`] of them become a full flush, so a flush set never grows beyond
+/// that bound.
 pub fn merge_flush(into: &mut FlushSet, more: FlushSet) {
     into.local_all |= more.local_all;
     into.all_vcpus |= more.all_vcpus;
     if !into.local_all && !into.all_vcpus {
-        into.invlpg.extend(more.invlpg);
+        if into.invlpg.len().saturating_add(more.invlpg.len()) > MAX_INVLPG {
+            into.local_all = true;
+        } else {
+            into.invlpg.extend(more.invlpg);
+        }
+    }
+    if into.local_all || into.all_vcpus {
+        into.invlpg = alloc::vec::Vec::new();
     }
 }
 
@@ -97,20 +121,26 @@ fn guest_va_ok(va: u64) -> bool {
     is_canonical(va) && !(HYPERVISOR_VIRT_START..HYPERVISOR_VIRT_END).contains(&va)
 }
 
-/// The batch loop `mmu_update` and `mmuext_op` share: reads `count` records of `T` from
-/// `list`, runs `one` on each until one fails, and adds the number done to `*pdone`
-/// (continuing a count a continuation carried over, as Xen's `MMU_UPDATE_PREEMPTED`).
-/// The whole batch runs in this one trap.
+/// The batch loop `mmu_update` (`nr`) and `mmuext_op` share, as Xen's `do_mmu_update`
+/// and `do_mmuext_op`: reads the `count` records of `T` at `list` (`a`: list, count,
+/// pdone, foreigndom), runs `one` on each until one fails, and adds the records done to
+/// `*pdone` (continuing the count a continuation carried over with
+/// `MMU_UPDATE_PREEMPTED`). Preempted before a record (never the first), or when a
+/// record answers `-ERESTART` (that record is not done), it writes `*pdone` and
+/// continues with the list advanced to that record and `(count - i) |
+/// MMU_UPDATE_PREEMPTED`.
 fn batch<T: FromBytes + IntoBytes>(
     vcpu: &mut Vcpu,
     p: &mut dyn Platform,
-    list: u64,
-    count: u32,
-    pdone: u64,
-    foreigndom: u32,
+    nr: u64,
+    a: [u64; 5],
     mut one: impl FnMut(&mut Vcpu, &mut dyn Platform, &T) -> i64,
-) -> i64 {
-    let mut count = count;
+) -> Action {
+    let (list, mut count, pdone, foreigndom) = (a[0], a[1] as u32, a[2], a[3] as u32);
+    if count == MMU_UPDATE_PREEMPTED && list == 0 {
+        // A continuation carrying a final result in `foreigndom` (Xen's form).
+        return Action::Ret(i64::from(foreigndom as i32));
+    }
     let mut done: u32 = 0;
     if count & MMU_UPDATE_PREEMPTED != 0 {
         count &= !MMU_UPDATE_PREEMPTED;
@@ -118,14 +148,23 @@ fn batch<T: FromBytes + IntoBytes>(
             done = guest::read_obj(vcpu, p, pdone).unwrap_or(0);
         }
     }
+    // Xen's guest_handle_okay: the list must start outside the hypervisor hole.
+    if !addr_ok(list) {
+        return Action::Ret(-EFAULT);
+    }
     if !crate::is_own_domain(foreigndom as u16) {
-        return -ESRCH;
+        return Action::Ret(-ESRCH);
     }
     let size = core::mem::size_of::<T>() as u64;
     let mut rc = 0;
     let mut i: u32 = 0;
+    let mut va = list;
     while i < count {
-        let item: T = match guest::read_obj(vcpu, p, list.wrapping_add(u64::from(i) * size)) {
+        if i > 0 && p.hypercall_preempt_check() {
+            rc = -ERESTART;
+            break;
+        }
+        let item: T = match guest::read_obj(vcpu, p, va) {
             Ok(r) => r,
             Err(_) => {
                 rc = -EFAULT;
@@ -133,33 +172,36 @@ fn batch<T: FromBytes + IntoBytes>(
             }
         };
         rc = one(vcpu, p, &item);
-        if rc == -ERESTART {
-            // Preempted inside pv-mm: the same item again resumes where it stopped.
-            // (Until this loop makes a continuation here, it re-issues it in the same
-            // trap; every call makes progress, so this ends.)
-            continue;
-        }
         if rc != 0 {
             break;
         }
         i += 1;
+        // A list that runs off the end of the address space faults at the next record.
+        match va.checked_add(size) {
+            Some(next) => va = next,
+            None if i < count => {
+                rc = -EFAULT;
+                break;
+            }
+            None => {}
+        }
     }
     if pdone != 0 {
         let _ = guest::write_obj(vcpu, p, pdone, &done.wrapping_add(i));
     }
-    rc
+    if rc == -ERESTART {
+        let left = (count - i) | MMU_UPDATE_PREEMPTED;
+        return Action::cont(
+            nr,
+            [va, u64::from(left), pdone, u64::from(foreigndom), a[4]],
+        );
+    }
+    Action::Ret(rc)
 }
 
 /// `mmu_update(reqs, count, pdone, foreigndom)`.
-pub fn do_mmu_update(
-    vcpu: &mut Vcpu,
-    p: &mut dyn Platform,
-    reqs: u64,
-    count: u32,
-    pdone: u64,
-    foreigndom: u32,
-) -> i64 {
-    batch::<MmuUpdate>(vcpu, p, reqs, count, pdone, foreigndom, mmu_update_one)
+pub(crate) fn do_mmu_update(vcpu: &mut Vcpu, p: &mut dyn Platform, a: [u64; 5]) -> Action {
+    batch::<MmuUpdate>(vcpu, p, hc::MMU_UPDATE, a, mmu_update_one)
 }
 
 fn mmu_update_one(vcpu: &mut Vcpu, p: &mut dyn Platform, req: &MmuUpdate) -> i64 {
@@ -198,20 +240,13 @@ fn mmu_update_one(vcpu: &mut Vcpu, p: &mut dyn Platform, req: &MmuUpdate) -> i64
 }
 
 /// `mmuext_op(ops, count, pdone, foreigndom)`.
-pub fn do_mmuext_op(
+pub(crate) fn do_mmuext_op(
     vcpu: &mut Vcpu,
     p: &mut dyn Platform,
-    uops: u64,
-    count: u32,
-    pdone: u64,
-    foreigndom: u32,
+    a: [u64; 5],
     stats: &mut crate::Stats,
-) -> i64 {
-    if count == MMU_UPDATE_PREEMPTED && uops == 0 {
-        // A continuation carrying a final result in `foreigndom` (Xen's form).
-        return i64::from(foreigndom as i32);
-    }
-    batch::<MmuextOp>(vcpu, p, uops, count, pdone, foreigndom, |v, p, op| {
+) -> Action {
+    batch::<MmuextOp>(vcpu, p, hc::MMUEXT_OP, a, |v, p, op| {
         stats.count_mmuext(op.cmd);
         mmuext_one(v, p, op)
     })
@@ -528,5 +563,123 @@ pub fn ptwr_emulate(
             true
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{setup, DATA_VA};
+    use xen_abi::xen::DOMID_SELF;
+
+    #[test]
+    fn a_record_that_answers_erestart_is_continued_not_counted() {
+        let (mut v, mut p) = setup();
+        let pdone = DATA_VA + 0xf00;
+        let list = DATA_VA;
+        let mut seen = std::vec::Vec::new();
+        let mut restarted = false;
+        // Record 3 stops part-way once (a large validation), then completes.
+        let mut one = |_: &mut Vcpu, _: &mut dyn Platform, r: &MmuUpdate| {
+            seen.push(r.ptr);
+            if r.ptr == 3 && !restarted {
+                restarted = true;
+                return -ERESTART;
+            }
+            0
+        };
+        for k in 0..8u64 {
+            let r = MmuUpdate { ptr: k, val: 0 };
+            guest::write_obj(&v, &mut p, list + k * 16, &r).unwrap();
+        }
+        let a = [list, 8, pdone, u64::from(DOMID_SELF), 0];
+        let action = batch::<MmuUpdate>(&mut v, &mut p, hc::MMU_UPDATE, a, &mut one);
+        let rest = [
+            list + 3 * 16,
+            u64::from(5 | MMU_UPDATE_PREEMPTED),
+            pdone,
+            u64::from(DOMID_SELF),
+            0,
+        ];
+        assert_eq!(action, Action::cont(hc::MMU_UPDATE, rest));
+        assert_eq!(guest::read_obj::<u32>(&v, &p, pdone), Ok(3));
+        let action = batch::<MmuUpdate>(&mut v, &mut p, hc::MMU_UPDATE, rest, &mut one);
+        assert_eq!(action, Action::Ret(0));
+        assert_eq!(guest::read_obj::<u32>(&v, &p, pdone), Ok(8));
+        assert_eq!(seen, [0, 1, 2, 3, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn xens_final_result_continuation_and_bad_lists() {
+        let (mut v, mut p) = setup();
+        let never = |_: &mut Vcpu, _: &mut dyn Platform, _: &MmuUpdate| 0;
+        // Xen's form for a continuation carrying a final result in foreigndom.
+        let a = [
+            0,
+            u64::from(MMU_UPDATE_PREEMPTED),
+            0,
+            (-EINVAL) as u32 as u64,
+            0,
+        ];
+        assert_eq!(
+            batch::<MmuUpdate>(&mut v, &mut p, hc::MMU_UPDATE, a, never),
+            Action::Ret(-EINVAL)
+        );
+        // guest_handle_okay: a list in the hypervisor hole faults even when empty.
+        let a = [HYPERVISOR_VIRT_START, 0, 0, u64::from(DOMID_SELF), 0];
+        assert_eq!(
+            batch::<MmuUpdate>(&mut v, &mut p, hc::MMU_UPDATE, a, never),
+            Action::Ret(-EFAULT)
+        );
+        // A list that would run off the end of the address space.
+        let a = [u64::MAX - 15, 2, 0, u64::from(DOMID_SELF), 0];
+        assert_eq!(
+            batch::<MmuUpdate>(&mut v, &mut p, hc::MMU_UPDATE, a, never),
+            Action::Ret(-EFAULT)
+        );
+    }
+
+    #[test]
+    fn a_flush_set_holds_at_most_max_invlpg_addresses() {
+        let mut f = FlushSet::default();
+        for k in 0..MAX_INVLPG as u64 {
+            merge_flush(
+                &mut f,
+                FlushSet {
+                    invlpg: alloc::vec![k << 12],
+                    ..Default::default()
+                },
+            );
+        }
+        assert_eq!((f.invlpg.len(), f.local_all), (MAX_INVLPG, false));
+        merge_flush(
+            &mut f,
+            FlushSet {
+                invlpg: alloc::vec![0x1234_5000],
+                ..Default::default()
+            },
+        );
+        assert!(f.local_all && f.invlpg.is_empty(), "one more: a full flush");
+        merge_flush(
+            &mut f,
+            FlushSet {
+                invlpg: alloc::vec![0x1000],
+                ..Default::default()
+            },
+        );
+        assert!(f.invlpg.is_empty(), "nothing to add to a full flush");
+        // A full flush arriving later drops the addresses gathered so far.
+        let mut f = FlushSet {
+            invlpg: alloc::vec![0x1000, 0x2000],
+            ..Default::default()
+        };
+        merge_flush(
+            &mut f,
+            FlushSet {
+                all_vcpus: true,
+                ..Default::default()
+            },
+        );
+        assert!(f.all_vcpus && f.invlpg.is_empty());
     }
 }

@@ -80,6 +80,12 @@ pub struct Stats {
     pub recent_next: usize,
     /// Total hypercalls recorded (so a reader knows how many ring slots are valid).
     pub recent_total: u64,
+    /// Hypercalls that stopped part-way and made the guest re-execute them with the rest
+    /// of their work (continuations; each re-entry also counts in `hypercalls`).
+    pub continuations: u64,
+    /// Continuations by hypercall number (out-of-range numbers never continue), so
+    /// `hypercalls[nr] - continued[nr]` counts the calls the guest made.
+    pub continued: [u64; COUNT],
 }
 
 impl Default for Stats {
@@ -110,6 +116,8 @@ impl Stats {
             }; RECENT],
             recent_next: 0,
             recent_total: 0,
+            continuations: 0,
+            continued: [0; COUNT],
         }
     }
 
@@ -120,6 +128,16 @@ impl Stats {
         {
             Some(c) => *c += 1,
             None => self.hypercalls_out_of_range += 1,
+        }
+    }
+
+    pub(crate) fn count_continuation(&mut self, nr: u64) {
+        self.continuations += 1;
+        if let Some(c) = usize::try_from(nr)
+            .ok()
+            .and_then(|i| self.continued.get_mut(i))
+        {
+            *c += 1;
         }
     }
 

@@ -37,7 +37,7 @@ pub const USER_VA: u64 = 0x40_0000;
 pub const USER_GPA: u64 = 0x60_0000;
 
 pub struct FakePlatform {
-    pub mem: Vec<u8>,
+    pub mem: FakeMem,
     pub console_out: Vec<u8>,
     pub console_in: Vec<u8>,
     /// The CPUID policy: None answers `[leaf, subleaf, 0x1234, 0x5678]` (a policy with
@@ -56,6 +56,66 @@ pub struct FakePlatform {
     pub xcr0: Option<u64>,
     /// Makes the host refuse every XCR0.
     pub xcr0_refused: bool,
+    /// [`Platform::hypercall_preempt_check`] says true on every `n`th check since it
+    /// last said true (None: never), so a test preempts a loop after a chosen number
+    /// of items.
+    pub preempt_after: Option<u64>,
+    /// Checks since the last true answer.
+    preempt_run: u64,
+    /// All preemption checks asked so far.
+    pub preempt_checks: u64,
+    /// The pagetable engine over `mem`, when a test enabled it ([`FakePlatform::enable_mm`]).
+    pub mmstate: Option<(pv_mm::Mm, pv_mm::FlushSet)>,
+}
+
+/// Guest memory as the pagetable engine reads and writes it (plain stores: the fake
+/// host has no shadow MMU to keep coherent).
+pub struct FakeMem(pub Vec<u8>);
+
+impl core::ops::Deref for FakeMem {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for FakeMem {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl FakeMem {
+    fn entry_at(mfn: u64, slot: usize) -> usize {
+        (mfn as usize) * 4096 + (slot & 511) * 8
+    }
+}
+
+impl pv_mm::FrameAccess for FakeMem {
+    fn read_entry(&self, mfn: u64, slot: usize) -> u64 {
+        let at = Self::entry_at(mfn, slot);
+        self.0
+            .get(at..at + 8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn write_entry(&mut self, mfn: u64, slot: usize, value: u64) {
+        let at = Self::entry_at(mfn, slot);
+        if let Some(b) = self.0.get_mut(at..at + 8) {
+            b.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+    fn copy_frame(&mut self, dst: u64, src: u64) {
+        for slot in 0..512 {
+            let v = self.read_entry(src, slot);
+            self.write_entry(dst, slot, v);
+        }
+    }
+    fn clear_frame(&mut self, mfn: u64) {
+        for slot in 0..512 {
+            self.write_entry(mfn, slot, 0);
+        }
+    }
+    fn write_m2p(&mut self, _mfn: u64, _pfn: u64) {}
 }
 
 impl Platform for FakePlatform {
@@ -108,6 +168,26 @@ impl Platform for FakePlatform {
         buf.copy_from_slice(self.m2p.get(start..end).ok_or(PhysError::OutOfRange)?);
         Ok(())
     }
+    fn hypercall_preempt_check(&mut self) -> bool {
+        self.preempt_checks += 1;
+        let Some(n) = self.preempt_after else {
+            return false;
+        };
+        self.preempt_run += 1;
+        if self.preempt_run >= n {
+            self.preempt_run = 0;
+            return true;
+        }
+        false
+    }
+    fn mm(&mut self) -> Option<crate::MmCtx<'_>> {
+        let (mm, flush) = self.mmstate.as_mut()?;
+        Some(crate::MmCtx {
+            mm,
+            mem: &mut self.mem,
+            flush,
+        })
+    }
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.console_in.len());
         buf[..n].copy_from_slice(&self.console_in[..n]);
@@ -127,7 +207,7 @@ pub fn place(p: &mut FakePlatform, vcpu: &Vcpu, rip: u64, bytes: &[u8]) {
 impl FakePlatform {
     pub fn new() -> Self {
         Self {
-            mem: vec![0; MEM_SIZE],
+            mem: FakeMem(vec![0; MEM_SIZE]),
             console_out: Vec::new(),
             console_in: Vec::new(),
             cpuid: None,
@@ -137,7 +217,22 @@ impl FakePlatform {
             cpuid_leaves: Vec::new(),
             xcr0: None,
             xcr0_refused: false,
+            preempt_after: None,
+            preempt_run: 0,
+            preempt_checks: 0,
+            mmstate: None,
         }
+    }
+    /// Gives the platform a pagetable engine over its memory: the domain owns every
+    /// frame of `mem`, nothing is typed yet.
+    pub fn enable_mm(&mut self) {
+        let mm = pv_mm::Mm::new(pv_mm::MmConfig {
+            nr_frames: (MEM_SIZE / 4096) as u64,
+            hole_l4: [0; 16],
+            shared_frames: Vec::new(),
+            max_machine_frame: (MEM_SIZE / 4096) as u64,
+        });
+        self.mmstate = Some((mm, pv_mm::FlushSet::default()));
     }
     /// Sets the CPUID policy to `vendor` (a 12-byte leaf-0 string) with `features`, and
     /// maximum leaves covering every leaf the MSR table reads.
