@@ -111,3 +111,14 @@ fn workload_under_injection_seed_2() {
 fn workload_under_injection_seed_3() {
     workload_under_injection(0x5eed);
 }
+
+/// More seeds, for a long hunt: `PVKVM_INJECT_SEEDS=4,5,6 cargo test --release --test
+/// inject more_seeds` (none by default; CI runs the three above).
+#[test]
+fn more_seeds() {
+    let seeds = std::env::var("PVKVM_INJECT_SEEDS").unwrap_or_default();
+    for seed in seeds.split(',').filter(|s| !s.trim().is_empty()) {
+        let seed = pvkvm::inject::parse_seed(seed).unwrap_or_else(|e| panic!("{e}"));
+        workload_under_injection(seed);
+    }
+}
