@@ -31,10 +31,29 @@
 //! writable mapping), and a failure found while resuming undoes the whole partial
 //! validation.
 //!
+//! Teardown (`put_page_type` on 1 -> 0, `demote_lN_table`) is preemptible too, as Xen's
+//! `put_page_and_type_preemptible`: a table is released from its highest held slot
+//! down; an L2/L3 checks the budget between entries (an L4 only passes on a child's
+//! stop) and stops with the frame `Partial { next_slot }` — the same state as a
+//! preempted validation (Xen's `PGT_partial` does not record a direction either): type
+//! count still 1, the dropped general reference now the partial state's, slots below
+//! `next_slot` still held. A child that stops inside its parent's teardown takes the
+//! parent's slot references into its own partial state (no `PTF_partial_set`). Every
+//! frame so stopped is queued in the deferred-put list (Xen's `curr->arch.
+//! old_guest_table`; per vCPU in Xen, one here as pv-mm serves one vCPU), and the
+//! operation that started the put still succeeds: the unpin (the pin is cleared first,
+//! so it is never redone), the base-pointer switch, the entry update (Xen's
+//! `PTF_defer`). [`Mm::put_old_guest_table`] finishes the queue under the budget
+//! (`Restart` while work is left); the engine calls it on entry to every MMU hypercall
+//! and ends a batch before the record after one that queued work. Meanwhile a frame in
+//! teardown answers as any partial frame: a same-type get resumes its validation (the
+//! queued put then finds nothing to do), anything else is refused.
+//!
 //! Deviations from Xen (also listed in the crate docs):
-//! - Teardown (`free_lN_table`) is not preemptible: an unpin or the last put of a large
-//!   tree releases it in one call (Xen preempts it and finishes it through
-//!   `old_guest_table`). Deferred puts (`PTF_defer`) are done at once too.
+//! - Xen defers the old target of every L2..L4 entry update to `old_guest_table`; here
+//!   the put is tried at once and only a teardown that runs out of budget is deferred.
+//!   Puts that are never continued stay synchronous: the undo of a failed validation and
+//!   the engine's own `put_page_type`/`put_page_and_type`.
 //! - A failed validation is undone at once: slots below the failing one are released and
 //!   the frame returns to its previous state; Xen defers the L2..L4 undo to
 //!   `old_guest_table`. A preempted parent does not keep a general reference on the
