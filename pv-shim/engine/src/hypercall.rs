@@ -209,7 +209,12 @@ fn dispatch_one(
             crate::mmu::do_mmu_update(vcpu, p, a)
         }
         hc::UPDATE_VA_MAPPING => {
-            Action::Ret(crate::mmu::do_update_va_mapping(vcpu, p, a[0], a[1], a[2]))
+            // Xen's do_update_va_mapping finishes a deferred teardown first.
+            if crate::mmu::put_old_guest_table(p) {
+                Action::cont(hc::UPDATE_VA_MAPPING, a)
+            } else {
+                Action::Ret(crate::mmu::do_update_va_mapping(vcpu, p, a[0], a[1], a[2]))
+            }
         }
         hc::SET_GDT => Action::Ret(crate::mmu::do_set_gdt(vcpu, p, a[0], a[1] as u32 as u64)),
         hc::UPDATE_DESCRIPTOR => Action::Ret(crate::mmu::do_update_descriptor(p, a[0], a[1])),

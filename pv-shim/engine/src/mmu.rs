@@ -111,6 +111,24 @@ fn budgeted<'a>(ctx: MmCtx<'a>) -> MmCtx<'a> {
     ctx
 }
 
+/// Xen's `put_old_guest_table(curr)` at the entry of every MMU hypercall: finishes
+/// (under the budget) the teardown an unpin, base-pointer switch or entry update left
+/// part-way. True when work is left: the caller continues the hypercall unchanged.
+pub(crate) fn put_old_guest_table(p: &mut dyn Platform) -> bool {
+    let Some(ctx) = p.mm().map(budgeted) else {
+        return false;
+    };
+    if !ctx.mm.has_deferred_put() {
+        return false;
+    }
+    ctx.mm.put_old_guest_table(ctx.mem) == Err(MmError::Restart)
+}
+
+/// Whether a teardown is left for [`put_old_guest_table`].
+fn deferred_put_pending(p: &mut dyn Platform) -> bool {
+    p.mm().is_some_and(|ctx| ctx.mm.has_deferred_put())
+}
+
 /// The top-level tables this vCPU has loaded, as frames.
 fn roots(vcpu: &Vcpu) -> [Mfn; 2] {
     [vcpu.kernel_cr3 >> 12, vcpu.user_cr3 >> 12]
@@ -136,6 +154,11 @@ fn batch<T: FromBytes + IntoBytes>(
     a: [u64; 5],
     mut one: impl FnMut(&mut Vcpu, &mut dyn Platform, &T) -> i64,
 ) -> Action {
+    // Xen's put_old_guest_table() on entry: a teardown an earlier call left part-way is
+    // finished before anything else; out of budget again, the call is continued as is.
+    if put_old_guest_table(p) {
+        return Action::cont(nr, a);
+    }
     let (list, mut count, pdone, foreigndom) = (a[0], a[1] as u32, a[2], a[3] as u32);
     if count == MMU_UPDATE_PREEMPTED && list == 0 {
         // A continuation carrying a final result in `foreigndom` (Xen's form).
@@ -160,7 +183,9 @@ fn batch<T: FromBytes + IntoBytes>(
     let mut i: u32 = 0;
     let mut va = list;
     while i < count {
-        if i > 0 && p.hypercall_preempt_check() {
+        // A record that left a teardown part-way (Xen: old_guest_table set) ends the
+        // batch here; the continuation finishes the teardown first.
+        if i > 0 && (p.hypercall_preempt_check() || deferred_put_pending(p)) {
             rc = -ERESTART;
             break;
         }

@@ -515,3 +515,96 @@ fn set_trap_table_preempted_after_every_entry_still_loads_the_whole_table() {
     assert_eq!(conts.len(), 20, "one entry per trap, then the terminator");
     assert!((0..20).all(|i| v.trap_table[i].address == 0x1000 + i as u64));
 }
+
+/// A pinned L4 over 128 full L1s (65,536 L1 entries, four times the engine's budget) at
+/// frames 0xa00.. of the fake memory; returns the L4 and an L2 of the tree.
+fn big_tree(p: &mut FakePlatform) -> (u64, u64) {
+    use pv_mm::FrameAccess;
+    const L4: u64 = 0xa00;
+    const L3: u64 = 0xa01;
+    const L2: [u64; 2] = [0xa02, 0xa03];
+    const DATA: u64 = 0xb00;
+    p.enable_mm();
+    p.mem.write_entry(L4, 0, (L3 << 12) | UPPER);
+    for (i, &l2) in L2.iter().enumerate() {
+        p.mem.write_entry(L3, i, (l2 << 12) | UPPER);
+        for j in 0..64u64 {
+            let l1 = 0xa04 + i as u64 * 64 + j;
+            p.mem.write_entry(l2, j as usize, (l1 << 12) | UPPER);
+            for s in 0..512 {
+                p.mem.write_entry(l1, s, (DATA << 12) | P | US);
+            }
+        }
+    }
+    let (mm, _) = p.mmstate.as_mut().unwrap();
+    let _ = mm.pin_table(&mut p.mem, L4, pv_mm::Level::L4).unwrap();
+    (L4, L2[0])
+}
+
+#[test]
+fn a_deferred_teardown_is_finished_first_by_the_next_mmu_call() {
+    use xen_abi::xen::mmuext::{self, MmuextOp};
+    let (mut v, mut p) = setup();
+    let (l4, l2) = big_tree(&mut p);
+    let pdone = DATA_VA + 0xf00;
+    let ops = [
+        MmuextOp {
+            cmd: mmuext::UNPIN_TABLE,
+            arg1: l4,
+            ..Default::default()
+        },
+        // Meets the tree's L2 only once its teardown is over: an L1 pin of it then
+        // validates its (by then untyped) L1 frames as data.
+        MmuextOp {
+            cmd: mmuext::PIN_L1_TABLE,
+            arg1: l2,
+            ..Default::default()
+        },
+    ];
+    put(&mut p, &v, DATA_VA, ops.as_bytes());
+    put(&mut p, &v, pdone, &0u32.to_le_bytes());
+    let mut s = Stats::new();
+    let a = [DATA_VA, 2, pdone, u64::from(DOMID_SELF), 0];
+    let (out, r, conts) = until_done(&mut v, &mut p, &mut s, hc::MMUEXT_OP, a);
+    assert_eq!(out, Outcome::Resume);
+    assert_eq!(r.rax, 0, "both records succeed");
+    assert_eq!(guest::read_obj::<u32>(&v, &p, pdone), Ok(2));
+    // The unpin is record 0, done at once; the batch stops before record 1 (pdone 1)
+    // and the continuations finish the teardown (65K entries, 16K a call) before it.
+    assert!(conts.len() >= 3, "{} continuations", conts.len());
+    assert_eq!(conts[0].rdi, DATA_VA + 24, "continued at the pin");
+    assert_eq!(conts[0].rsi, 1 | u64::from(MMU_UPDATE_PREEMPTED));
+    let (mm, _) = p.mmstate.as_ref().unwrap();
+    assert!(!mm.has_deferred_put());
+    assert_eq!(mm.page_info(l4).unwrap().type_count, 0);
+    let p2 = mm.page_info(l2).unwrap();
+    assert_eq!(
+        (p2.ty, p2.type_count, p2.pinned),
+        (pv_mm::PageType::L1, 1, true)
+    );
+    mm.check_invariants(&p.mem).unwrap();
+}
+
+#[test]
+fn update_va_mapping_finishes_a_deferred_teardown_first() {
+    let (mut v, mut p) = setup();
+    let (l4, _) = big_tree(&mut p);
+    let (mm, _) = p.mmstate.as_mut().unwrap();
+    mm.set_preempt_budget(Some(crate::mmu::MM_PREEMPT_ENTRIES));
+    let _ = mm.unpin_table(&mut p.mem, l4).unwrap();
+    assert!(mm.has_deferred_put(), "the unpin left its teardown");
+    let root = v.hw_state().cr3 >> 12;
+    let (l1, slot) = crate::mmu::l1_slot_of(&p.mem, root, DATA_VA).unwrap();
+    let val = p.r64(l1 * 4096 + slot as u64 * 8);
+    let mut s = Stats::new();
+    let a = [DATA_VA, val, 0, 0, 0];
+    let (out, r, conts) = until_done(&mut v, &mut p, &mut s, hc::UPDATE_VA_MAPPING, a);
+    assert_eq!(out, Outcome::Resume);
+    assert_eq!(r.rax, 0);
+    assert!(conts.len() >= 3, "{} continuations", conts.len());
+    assert!(conts.iter().all(|c| c.rdi == DATA_VA && c.rsi == val));
+    let (mm, _) = p.mmstate.as_ref().unwrap();
+    assert!(!mm.has_deferred_put());
+    assert_eq!(mm.page_info(l4).unwrap().type_count, 0);
+    mm.check_invariants(&p.mem).unwrap();
+}

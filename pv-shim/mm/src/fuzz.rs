@@ -219,6 +219,18 @@ impl Harness {
 
     /// Applies one operation; returns whether the engine accepted it.
     pub fn apply(&mut self, op: &FuzzOp) -> bool {
+        // As the engine does on entry to every MMU hypercall: a teardown left part-way
+        // is finished first (under the budget; out of budget again, this step is that
+        // continuation and the operation waits). With `abandon_restarts` the operation
+        // runs regardless and meets the tables in teardown.
+        if self.mm.has_deferred_put()
+            && !self.abandon_restarts
+            && !matches!(op, FuzzOp::Budget { .. } | FuzzOp::TlbFlushed)
+            && self.mm.put_old_guest_table(&mut self.mem) == Err(crate::MmError::Restart)
+        {
+            self.restarted = true;
+            return true;
+        }
         let roots = self.roots();
         let r: Result<FlushSet, crate::MmError> = match *op {
             FuzzOp::ModEntry {

@@ -18,7 +18,7 @@
 //! pin, base-pointer load or L3/L4 entry update stops part-way with
 //! [`MmError::Restart`] (`-ERESTART`), leaving tables [`Validation::Partial`], and
 //! resumes when issued again. Deviations from Xen are listed in the `mm` module docs
-//! (teardown not preemptible, synchronous undo of failed validations, no L1TF check,
+//! (entry updates put the old target at once, synchronous undo of failed validations, no L1TF check,
 //! one error for non-RAM L1 targets, `u32` counts, a global TLB-flush epoch). `copy_page`, `clear_page`, `update_descriptor` and
 //! `get_segdesc_page` keep their `Result<(), _>` signatures; the flush a type change there
 //! may need (Xen's `_get_page_type`) is collected with `Mm::take_pending_flush`.

@@ -31,10 +31,29 @@
 //! writable mapping), and a failure found while resuming undoes the whole partial
 //! validation.
 //!
+//! Teardown (`put_page_type` on 1 -> 0, `demote_lN_table`) is preemptible too, as Xen's
+//! `put_page_and_type_preemptible`: a table is released from its highest held slot
+//! down; an L2/L3 checks the budget between entries (an L4 only passes on a child's
+//! stop) and stops with the frame `Partial { next_slot }` — the same state as a
+//! preempted validation (Xen's `PGT_partial` does not record a direction either): type
+//! count still 1, the dropped general reference now the partial state's, slots below
+//! `next_slot` still held. A child that stops inside its parent's teardown takes the
+//! parent's slot references into its own partial state (no `PTF_partial_set`). Every
+//! frame so stopped is queued in the deferred-put list (Xen's `curr->arch.
+//! old_guest_table`; per vCPU in Xen, one here as pv-mm serves one vCPU), and the
+//! operation that started the put still succeeds: the unpin (the pin is cleared first,
+//! so it is never redone), the base-pointer switch, the entry update (Xen's
+//! `PTF_defer`). [`Mm::put_old_guest_table`] finishes the queue under the budget
+//! (`Restart` while work is left); the engine calls it on entry to every MMU hypercall
+//! and ends a batch before the record after one that queued work. Meanwhile a frame in
+//! teardown answers as any partial frame: a same-type get resumes its validation (the
+//! queued put then finds nothing to do), anything else is refused.
+//!
 //! Deviations from Xen (also listed in the crate docs):
-//! - Teardown (`free_lN_table`) is not preemptible: an unpin or the last put of a large
-//!   tree releases it in one call (Xen preempts it and finishes it through
-//!   `old_guest_table`). Deferred puts (`PTF_defer`) are done at once too.
+//! - Xen defers the old target of every L2..L4 entry update to `old_guest_table`; here
+//!   the put is tried at once and only a teardown that runs out of budget is deferred.
+//!   Puts that are never continued stay synchronous: the undo of a failed validation and
+//!   the engine's own `put_page_type`/`put_page_and_type`.
 //! - A failed validation is undone at once: slots below the failing one are released and
 //!   the frame returns to its previous state; Xen defers the L2..L4 undo to
 //!   `old_guest_table`. A preempted parent does not keep a general reference on the
@@ -143,6 +162,13 @@ pub struct Mm {
     /// Tables whose validation runs in the current operation, outermost first (Xen's
     /// "validate locked" state; at most one per level).
     busy: Vec<Mfn>,
+    /// Deferred puts (Xen's `curr->arch.old_guest_table`): tables whose teardown stopped
+    /// with `Restart` and is to be finished by [`Mm::put_old_guest_table`] before the
+    /// next MMU operation, innermost first. Each is `Partial` with its type reference and
+    /// one general reference held by the partial state; the list holds no reference of
+    /// its own, so an entry whose frame is no longer partial (its validation was resumed
+    /// by a getter meanwhile) is simply dropped. Per vCPU in Xen; pv-mm serves one vCPU.
+    old_guest_table: VecDeque<Mfn>,
 }
 
 /// Reads a guest entry; `slot` is always < 512 here.
@@ -173,6 +199,7 @@ impl Mm {
             preempt_budget: None,
             work: 0,
             busy: Vec::with_capacity(4),
+            old_guest_table: VecDeque::new(),
         }
     }
 
@@ -534,34 +561,83 @@ impl Mm {
         }
     }
 
-    /// `_put_page_type`: on 1 -> 0 a pagetable is torn down (`free_lN_table`) and loses
-    /// its validation.
+    /// `_put_page_type` without preemption: on 1 -> 0 a pagetable is torn down at once
+    /// (`free_lN_table`) and loses its validation. For the puts that cannot be
+    /// continued: the undo of a failed validation, transient writable references, and
+    /// references that are never a table's last (L1 entries' writable references).
     fn put_type_raw(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) {
-        let Some(pi) = self.info(mfn) else { return };
+        let _ = self.put_type(mem, mfn, false);
+    }
+
+    /// `_put_page_type` (with `PTF_preemptible` when `preemptible`). On 1 -> 0 a
+    /// pagetable is torn down from its last held slot down to slot 0; a preemptible
+    /// teardown that runs out of budget (or whose child's teardown did) stops with
+    /// `Restart`, leaving the frame `Partial { next_slot }` (slots below `next_slot` still
+    /// hold their references) with its type count still 1, and queues the frame in the
+    /// deferred-put list (Xen's `old_guest_table`). The caller's general reference then
+    /// becomes the partial state's own (Xen's `get_page_light`): on `Restart` the caller
+    /// must not drop it. A frame already `Partial` is continued from its `next_slot`; the
+    /// caller's general reference is then the partial state's.
+    fn put_type(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        preemptible: bool,
+    ) -> Result<(), MmError> {
+        let Some(pi) = self.info(mfn) else {
+            return Ok(());
+        };
         if pi.type_count == 0 {
-            return; // Engine bug; never underflow.
+            return Ok(()); // Engine bug; never underflow.
         }
-        if pi.type_count == 1 {
-            if let Some(level) = pi.ty.level() {
-                let upto = match pi.validation {
-                    Validation::Valid => ENTRIES,
-                    Validation::Partial { next_slot } => usize::from(next_slot),
-                    Validation::Unvalidated => 0,
-                };
-                // The type count stays 1 during teardown (as Xen's "validate locked"
-                // state), so nothing can re-reference the frame meanwhile.
-                if let Some(p) = self.info_mut(mfn) {
-                    p.validation = Validation::Unvalidated;
-                }
-                self.free_table(mem, mfn, level, upto);
-            }
+        if pi.type_count > 1 {
             if let Some(p) = self.info_mut(mfn) {
-                p.type_count = 0;
+                p.type_count -= 1;
             }
-            self.stamp(mfn);
-        } else if let Some(p) = self.info_mut(mfn) {
-            p.type_count -= 1;
+            return Ok(());
         }
+        if let Some(level) = pi.ty.level() {
+            let upto = match pi.validation {
+                Validation::Valid => ENTRIES,
+                Validation::Partial { next_slot } => usize::from(next_slot),
+                Validation::Unvalidated => 0,
+            };
+            // The type count stays 1 during teardown (Xen's "validate locked" state),
+            // so nothing can re-reference the frame meanwhile.
+            if let Some(p) = self.info_mut(mfn) {
+                p.validation = Validation::Unvalidated;
+            }
+            if let Err(next_slot) = self.demote_table(mem, mfn, level, upto, preemptible) {
+                if let Some(p) = self.info_mut(mfn) {
+                    p.validation = Validation::Partial { next_slot };
+                }
+                if !self.old_guest_table.contains(&mfn) {
+                    self.old_guest_table.push_back(mfn);
+                }
+                return Err(MmError::Restart);
+            }
+        }
+        if let Some(p) = self.info_mut(mfn) {
+            p.type_count = 0;
+        }
+        self.stamp(mfn);
+        Ok(())
+    }
+
+    /// `put_page_and_type_preemptible`: as [`Mm::put_page_and_type_raw`], but a
+    /// teardown may stop with `Restart` (the frame is then left partial and queued for
+    /// [`Mm::put_old_guest_table`], and the general reference stays with it).
+    fn put_page_and_type_preemptible(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+    ) -> Result<(), MmError> {
+        if self.is_shared(mfn) {
+            return Ok(());
+        }
+        self.put_type(mem, mfn, true)?;
+        self.put_page_raw(mfn);
+        Ok(())
     }
 
     /// `get_page_and_type`.
@@ -683,6 +759,21 @@ impl Mm {
         self.put_page_and_type_raw(mem, entry_mfn(e));
     }
 
+    /// `put_page_from_lNe` with `PTF_preemptible`: `Restart` when the target's teardown
+    /// stopped part-way (it is then partial and queued; the entry's general reference
+    /// went to its partial state).
+    fn put_page_from_upper_preemptible(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        table: Mfn,
+        e: u64,
+    ) -> Result<(), MmError> {
+        if !present(e) || entry_mfn(e) == table {
+            return Ok(());
+        }
+        self.put_page_and_type_preemptible(mem, entry_mfn(e))
+    }
+
     fn get_page_from_entry(
         &mut self,
         mem: &mut dyn FrameAccess,
@@ -693,13 +784,6 @@ impl Mm {
         match level {
             Level::L1 => self.get_page_from_l1e(mem, e, fl),
             _ => self.get_page_from_upper(mem, level, e, fl),
-        }
-    }
-
-    fn put_page_from_entry(&mut self, mem: &mut dyn FrameAccess, level: Level, table: Mfn, e: u64) {
-        match level {
-            Level::L1 => self.put_page_from_l1e(mem, e),
-            _ => self.put_page_from_upper(mem, table, e),
         }
     }
 
@@ -769,17 +853,58 @@ impl Mm {
         Ok(())
     }
 
-    /// `free_l1_table` .. `free_l4_table` (Xen's `demote_lN_table`): releases what slots
-    /// `< upto` hold.
+    /// `free_l1_table` .. `free_l4_table` (Xen's `demote_lN_table`) without preemption:
+    /// releases what slots `< upto` hold (the undo of a failed validation).
     fn free_table(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn, level: Level, upto: usize) {
-        for slot in 0..upto.min(ENTRIES) {
+        let _ = self.demote_table(mem, mfn, level, upto, false);
+    }
+
+    /// `demote_l1_table` .. `demote_l4_table`: releases what slots `< upto` hold, from
+    /// the highest slot down (Xen's `nr_validated_ptes` counting down). With
+    /// `preemptible`, an L2 or L3 checks the budget between entries (never before its
+    /// first one in this call, so every call makes progress) and a child table whose own
+    /// teardown stopped stops this one too (so does an L4, which, as Xen's, does not check
+    /// the budget itself). `Err(n)`: stopped, slots `< n` still hold their references (a
+    /// child that stopped in slot `n` took that slot's references into its partial
+    /// state). An L1 counts its 512 entries whole and never stops.
+    fn demote_table(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        level: Level,
+        upto: usize,
+        preemptible: bool,
+    ) -> Result<(), u16> {
+        let can_stop = preemptible && matches!(level, Level::L2 | Level::L3);
+        if level == Level::L1 {
+            self.tick(ENTRIES as u32);
+        }
+        let mut slot = upto.min(ENTRIES);
+        let mut first = true;
+        while slot > 0 {
+            if can_stop && !first && self.preempt_due() {
+                return Err(slot as u16);
+            }
+            first = false;
+            slot -= 1;
             if level == Level::L4 && is_hole_slot(slot) {
                 continue;
             }
             let e = rd(mem, mfn, slot);
-            self.put_page_from_entry(mem, level, mfn, e);
+            match level {
+                Level::L1 => self.put_page_from_l1e(mem, e),
+                _ => {
+                    self.tick(1);
+                    if !preemptible {
+                        self.put_page_from_upper(mem, mfn, e);
+                    } else if self.put_page_from_upper_preemptible(mem, mfn, e).is_err() {
+                        return Err(slot as u16);
+                    }
+                }
+            }
         }
         self.stats.teardowns += 1;
+        Ok(())
     }
 
     /// `validate_segdesc_page`: every descriptor must pass `check_descriptor`; fixups
@@ -1116,6 +1241,54 @@ impl Mm {
     // Hypercall operations.
     // ------------------------------------------------------------------------------
 
+    /// Whether a teardown was left part-way and must be finished with
+    /// [`Mm::put_old_guest_table`] (Xen: `curr->arch.old_guest_table != NULL`). An MMU
+    /// hypercall batch stops (continuation) before its next record while this holds.
+    pub fn has_deferred_put(&self) -> bool {
+        !self.old_guest_table.is_empty()
+    }
+
+    /// The frames whose teardown is deferred, in the order they will be continued.
+    pub fn deferred_puts(&self) -> impl Iterator<Item = Mfn> + '_ {
+        self.old_guest_table.iter().copied()
+    }
+
+    /// `put_old_guest_table`: finishes the teardowns an unpin, base-pointer switch or
+    /// entry update left part-way (under the budget, like every operation). The engine
+    /// calls it first on entry to every MMU hypercall; `Restart` means work is left and
+    /// the hypercall is to be continued (re-entered) before it does anything else.
+    /// Never refused. Each call makes progress: a resumed teardown always releases at
+    /// least one entry.
+    pub fn put_old_guest_table(&mut self, mem: &mut dyn FrameAccess) -> Result<(), MmError> {
+        self.begin();
+        let mut did = false;
+        while let Some(&m) = self.old_guest_table.front() {
+            if did && self.preempt_due() {
+                self.stats.restarts += 1;
+                return Err(MmError::Restart);
+            }
+            self.old_guest_table.pop_front();
+            let partial = self.info(m).is_some_and(|p| {
+                matches!(p.validation, Validation::Partial { .. })
+                    && p.type_count == 1
+                    && p.ty.is_pagetable()
+                    && !p.pinned
+            });
+            if !partial {
+                // Its validation was resumed and completed meanwhile (the getter took
+                // the partial state's references over), or it was finished already.
+                continue;
+            }
+            did = true;
+            // The partial state's type and general references are the ones put here.
+            if self.put_page_and_type_preemptible(mem, m).is_err() {
+                self.stats.restarts += 1;
+                return Err(MmError::Restart);
+            }
+        }
+        Ok(())
+    }
+
     /// `MMUEXT_PIN_L{1,2,3,4}_TABLE` (`do_mmuext_op` `pin_page`): takes a general and a
     /// type reference (validating the tree below on first use) and sets `pinned`.
     /// Pinning a pinned frame: -EINVAL, counts unchanged.
@@ -1164,8 +1337,12 @@ impl Mm {
             None => Err(MmError::NotOwned),
             Some(p) if !p.pinned => Err(MmError::NotPinned),
             Some(p) => {
+                // The pin is gone first (Xen's test_and_clear_bit(_PGT_pinned)): a
+                // teardown that stops part-way is finished by `put_old_guest_table`,
+                // never by unpinning again.
                 p.pinned = false;
-                self.put_page_and_type_raw(mem, mfn);
+                // Restart: deferred (queued in `old_guest_table`); the unpin is done.
+                let _ = self.put_page_and_type_preemptible(mem, mfn);
                 Ok(FlushSet::default())
             }
         };
@@ -1214,7 +1391,9 @@ impl Mm {
         }
         if let Some(o) = old {
             self.held_drop(o, true, true);
-            self.put_page_and_type_raw(mem, o);
+            // Restart: the old tree's teardown is deferred (`old_guest_table`); the new
+            // base is loaded either way.
+            let _ = self.put_page_and_type_preemptible(mem, o);
         }
         Ok(())
     }
@@ -1389,7 +1568,9 @@ impl Mm {
             written = Self::write_ad(mem, table, slot, old, new, preserve_ad);
         }
         self.stats.slow_path += 1;
-        self.put_page_from_upper(mem, table, old);
+        // Xen's PTF_defer: the old target's teardown may be left to `old_guest_table`;
+        // the update itself is done.
+        let _ = self.put_page_from_upper_preemptible(mem, table, old);
         self.root_flush(table, level, old, written, vcpu_roots, fl);
         Ok(())
     }

@@ -91,6 +91,26 @@ fn pin_to_completion(h: &mut Harness, l4: Mfn, budget: Option<u32>) -> (u32, u32
     }
 }
 
+/// Finishes deferred teardowns (`put_old_guest_table`) under the harness's budget,
+/// checking the invariants at every stop; returns the number of restarts.
+fn finish_deferred(h: &mut Harness) -> u32 {
+    let mut restarts = 0;
+    loop {
+        let r = h.mm.put_old_guest_table(&mut h.mem);
+        h.mm.check_invariants(&h.mem)
+            .unwrap_or_else(|e| panic!("after deferred restart {restarts}: {e}"));
+        match r {
+            Ok(()) => {
+                assert!(!h.mm.has_deferred_put());
+                return restarts;
+            }
+            Err(MmError::Restart) => restarts += 1,
+            Err(e) => panic!("deferred put refused: {e}"),
+        }
+        assert!(restarts < 1_000_000, "no progress");
+    }
+}
+
 #[test]
 fn a_large_pin_restarts_until_done_and_ends_as_an_unpreempted_one() {
     // 2 L3s x 4 L2s x 16 L1s: 128 L1s, 65,536 L1 entries.
@@ -120,6 +140,7 @@ fn a_large_pin_restarts_until_done_and_ends_as_an_unpreempted_one() {
     for x in [&mut h, &mut whole] {
         x.mm.unpin_table(&mut x.mem, t.l4).unwrap();
         x.mm.check_invariants(&x.mem).unwrap();
+        finish_deferred(x);
     }
     assert_eq!(snapshot(&h), snapshot(&whole));
     for m in 0..h.mem.frames.len() as u64 {
@@ -373,4 +394,183 @@ fn large_pin_timing() {
         &by_time[..3]
     );
     assert_eq!(snapshot(&p), snapshot(&h));
+}
+
+/// Pins `t`'s L4 without a budget; returns the harness and the unpreempted end state of
+/// `op` (run without a budget) for comparison.
+fn pinned(t: &Tree) -> Harness {
+    let mut h = t.h.clone();
+    h.mm.set_preempt_budget(None);
+    h.mm.pin_table(&mut h.mem, t.l4, Level::L4).unwrap();
+    h
+}
+
+#[test]
+fn a_large_unpin_finishes_across_restarts_as_an_unpreempted_one() {
+    // 2 L3s x 4 L2s x 16 L1s: 128 L1s, 65,536 L1 entries.
+    let t = tree(2, 4, 16);
+    let mut whole = pinned(&t);
+    let t0 = Instant::now();
+    whole.mm.unpin_table(&mut whole.mem, t.l4).unwrap();
+    let unpreempted = t0.elapsed();
+    assert!(!whole.mm.has_deferred_put());
+
+    let mut h = pinned(&t);
+    const BUDGET: u32 = 2000;
+    h.mm.set_preempt_budget(Some(BUDGET));
+    // The unpin itself succeeds (the pin is gone) and leaves the rest deferred.
+    h.mm.unpin_table(&mut h.mem, t.l4).unwrap();
+    h.mm.check_invariants(&h.mem).unwrap();
+    assert!(h.mm.has_deferred_put());
+    assert!(!h.mm.page_info(t.l4).unwrap().pinned);
+    // Unpinning again is refused: the continuation finishes the put, not the guest.
+    assert_eq!(h.mm.unpin_table(&mut h.mem, t.l4), Err(MmError::NotPinned));
+    let restarts = finish_deferred(&mut h);
+    std::println!("unpin of 65K entries: {restarts} deferred restarts at budget {BUDGET}");
+    assert!(
+        restarts as u64 >= 128 * 512 / u64::from(BUDGET + 512),
+        "{restarts}"
+    );
+    assert_eq!(snapshot(&h).0, snapshot(&whole).0);
+    for m in 0..h.mem.frames.len() as u64 {
+        let p = h.mm.page_info(m).unwrap();
+        assert_eq!((p.type_count, p.refcount), (0, 0), "mfn {m}: {p:?}");
+    }
+    std::println!("unpreempted unpin of 65K entries: {unpreempted:?}");
+}
+
+#[test]
+fn large_unpin_timing() {
+    // 2048 L1s (about 1.06M entries) as in large_pin_timing: whole vs 16K-entry calls.
+    let t = tree(4, 8, 64);
+    let mut whole = pinned(&t);
+    let t0 = Instant::now();
+    whole.mm.unpin_table(&mut whole.mem, t.l4).unwrap();
+    let unpreempted = t0.elapsed();
+    let mut h = pinned(&t);
+    h.mm.set_preempt_budget(Some(16 << 10));
+    let t0 = Instant::now();
+    h.mm.unpin_table(&mut h.mem, t.l4).unwrap();
+    let mut most = t0.elapsed();
+    let mut calls = 1;
+    loop {
+        let t0 = Instant::now();
+        let r = h.mm.put_old_guest_table(&mut h.mem);
+        most = most.max(t0.elapsed());
+        calls += 1;
+        if r.is_ok() {
+            break;
+        }
+    }
+    std::println!(
+        "unpin of 1.06M entries: {unpreempted:?} unpreempted; {calls} calls of at most \
+         {most:?} under the 16K budget"
+    );
+    assert_eq!(snapshot(&h).0, snapshot(&whole).0);
+}
+
+#[test]
+fn an_entry_update_dropping_a_subtree_defers_its_teardown() {
+    let t = tree(2, 4, 16);
+    let mut whole = pinned(&t);
+    let mut h = pinned(&t);
+    let roots: Vec<Mfn> = Vec::new();
+    whole
+        .mm
+        .mod_entry(&mut whole.mem, t.l4, 1, 0, false, &roots)
+        .unwrap();
+    h.mm.set_preempt_budget(Some(1000));
+    // Clearing L4 slot 1 drops the last reference to the second L3's subtree.
+    h.mm.mod_entry(&mut h.mem, t.l4, 1, 0, false, &roots)
+        .unwrap();
+    h.mm.check_invariants(&h.mem).unwrap();
+    assert!(h.mm.has_deferred_put());
+    assert_eq!(
+        h.mem.frames[t.l4 as usize][1], 0,
+        "the update itself is done"
+    );
+    finish_deferred(&mut h);
+    assert_eq!(snapshot(&h), snapshot(&whole));
+    assert_eq!(h.mm.page_info(t.l3[1]).unwrap().type_count, 0);
+}
+
+#[test]
+fn a_new_base_pointer_dropping_the_old_tree_defers_its_teardown() {
+    let t2 = tree(2, 4, 16);
+    let mut h = t2.h.clone();
+    // A second, empty root: the last L1, cleared and unlinked from its L2.
+    let spare = *t2.l1.last().unwrap();
+    h.mem.frames[spare as usize].fill(0);
+    let l2_last = *t2.l2.last().unwrap();
+    let idx = h.mem.frames[l2_last as usize]
+        .iter()
+        .position(|&e| entry_mfn(e) == spare)
+        .unwrap();
+    h.mem.frames[l2_last as usize][idx] = 0;
+    h.mm.set_root(&mut h.mem, None, Some(t2.l4)).unwrap();
+    let mut whole = h.clone();
+    whole
+        .mm
+        .set_root(&mut whole.mem, Some(t2.l4), Some(spare))
+        .unwrap();
+    h.mm.set_preempt_budget(Some(1500));
+    h.mm.set_root(&mut h.mem, Some(t2.l4), Some(spare)).unwrap();
+    h.mm.check_invariants(&h.mem).unwrap();
+    assert!(h.mm.has_deferred_put());
+    let restarts = finish_deferred(&mut h);
+    assert!(restarts > 10, "{restarts}");
+    assert_eq!(snapshot(&h), snapshot(&whole));
+}
+
+/// A frame in partial teardown meets other operations: Xen's `PGT_partial` answers (a
+/// partial teardown is the same state as a partial validation).
+#[test]
+fn operations_on_a_table_in_teardown_get_xens_answers() {
+    let t = tree(1, 2, 16);
+    let mut h = pinned(&t);
+    let roots: Vec<Mfn> = Vec::new();
+    // Past the L4's and L3's empty slots (about 1000) into the second L2's L1s.
+    h.mm.set_preempt_budget(Some(2100));
+    h.mm.unpin_table(&mut h.mem, t.l4).unwrap();
+    h.mm.check_invariants(&h.mem).unwrap();
+    let l2 = t.l2[1];
+    assert!(matches!(
+        h.mm.page_info(l2).unwrap().validation,
+        Validation::Partial { .. }
+    ));
+    assert_eq!(h.mm.page_info(l2).unwrap().type_count, 1);
+    // Another type: -EINVAL; a writable mapping of it: refused; unpin: not pinned.
+    let e = h.mm.pin_table(&mut h.mem, l2, Level::L1).unwrap_err();
+    assert_eq!(e.errno(), -22);
+    let e =
+        h.mm.mod_entry(&mut h.mem, t.l1[0], 1, pte(l2, RW), false, &roots)
+            .unwrap_err();
+    assert_eq!(e, MmError::NotWritable { have: PageType::L2 });
+    assert_eq!(h.mm.unpin_table(&mut h.mem, t.l4), Err(MmError::NotPinned));
+    h.mm.check_invariants(&h.mem).unwrap();
+    // Once the teardown is finished, the same requests succeed.
+    finish_deferred(&mut h);
+    h.mm.set_preempt_budget(None);
+    assert_eq!(h.mm.page_info(l2).unwrap().type_count, 0);
+    h.mm.pin_table(&mut h.mem, l2, Level::L1).unwrap();
+    h.mm.unpin_table(&mut h.mem, l2).unwrap();
+    h.mm.check_invariants(&h.mem).unwrap();
+}
+
+/// The same type meets a table in teardown: as on Xen, it takes the partial state over
+/// and validates it again from where the teardown got to; the deferred put then finds
+/// nothing left to do.
+#[test]
+fn a_same_type_get_resumes_validation_of_a_table_in_teardown() {
+    let t = tree(1, 2, 16);
+    let mut h = pinned(&t);
+    let whole = pinned(&t);
+    h.mm.set_preempt_budget(Some(600));
+    h.mm.unpin_table(&mut h.mem, t.l4).unwrap();
+    assert!(h.mm.has_deferred_put());
+    h.mm.set_preempt_budget(None);
+    h.mm.pin_table(&mut h.mem, t.l4, Level::L4).unwrap();
+    h.mm.check_invariants(&h.mem).unwrap();
+    finish_deferred(&mut h);
+    assert_eq!(snapshot(&h), snapshot(&whole));
 }
