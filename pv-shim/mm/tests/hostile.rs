@@ -4,11 +4,14 @@
 //! the end of the frame and of the address space), keeps every invariant, and a refused
 //! operation changes nothing ((`Harness::step`)). Case counts honour `PROPTEST_CASES`.
 
+mod common;
+
+use common::{budget, level};
 use proptest::prelude::*;
 use pv_mm::fuzz::model::NR_FRAMES;
 use pv_mm::fuzz::{pte, FuzzOp, Harness, LINK, RO, RW};
 use pv_mm::pte::*;
-use pv_mm::{Level, Mfn};
+use pv_mm::Mfn;
 
 /// Frames a hostile guest names: the model's own, the last one, the first past the end,
 /// the shared frame, a foreign frame, frames whose `<< 12` leaves the address field, and
@@ -69,15 +72,6 @@ fn entry() -> impl Strategy<Value = u64> {
     ]
 }
 
-fn level() -> impl Strategy<Value = Level> {
-    prop_oneof![
-        Just(Level::L1),
-        Just(Level::L2),
-        Just(Level::L3),
-        Just(Level::L4)
-    ]
-}
-
 /// Byte offsets for `update_descriptor`: aligned, misaligned, the last descriptor, the
 /// end of the frame, and the top of the address space.
 fn offset() -> impl Strategy<Value = usize> {
@@ -90,18 +84,6 @@ fn offset() -> impl Strategy<Value = usize> {
         Just(usize::MAX - 7),
         Just(usize::MAX),
         any::<usize>(),
-    ]
-}
-
-/// Preemption budgets: none, zero (one entry per level and call), a few entries, and
-/// about one or three L1s' worth.
-fn budget() -> impl Strategy<Value = Option<u32>> {
-    prop_oneof![
-        Just(None),
-        Just(Some(0u32)),
-        Just(Some(1)),
-        (2u32..700).prop_map(Some),
-        Just(Some(1500)),
     ]
 }
 

@@ -4,20 +4,14 @@
 //! equals the recomputed value; every live L4's hole slots equal `hole_l4`; nothing maps
 //! outside RAM but the shared frame) and a refused step changed nothing.
 
+mod common;
+
+use common::{budget, level};
 use proptest::prelude::*;
 use pv_mm::fuzz::model::*;
 use pv_mm::fuzz::{pte, FuzzOp, Harness};
 use pv_mm::pte::*;
 use pv_mm::Level;
-
-fn level() -> impl Strategy<Value = Level> {
-    prop_oneof![
-        Just(Level::L1),
-        Just(Level::L2),
-        Just(Level::L3),
-        Just(Level::L4)
-    ]
-}
 
 /// Frames: RAM (its last frame and the first past it included), a foreign frame, the
 /// shared frame, and the largest frame an entry can name.
@@ -53,18 +47,6 @@ fn slot() -> impl Strategy<Value = usize> {
         1 => Just(271usize),
         1 => Just(511usize),
         1 => 0usize..512
-    ]
-}
-
-/// Preemption budgets: none, zero (one entry per level and call), a few entries, and
-/// about one or three L1s' worth.
-fn budget() -> impl Strategy<Value = Option<u32>> {
-    prop_oneof![
-        Just(None),
-        Just(Some(0u32)),
-        Just(Some(1)),
-        (2u32..700).prop_map(Some),
-        Just(Some(1500)),
     ]
 }
 
