@@ -158,3 +158,13 @@ pub struct FrameState {
     /// True for a configured shared frame (outside RAM, mappable).
     pub shared: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    /// The frame table costs 16 bytes per guest frame (docs/architecture.md, "Bounded work
+    /// per exit"): 4 MiB per GiB of guest RAM.
+    #[test]
+    fn page_info_is_16_bytes() {
+        assert!(core::mem::size_of::<super::PageInfo>() <= 16);
+    }
+}
