@@ -40,7 +40,7 @@ interp=/lib64/ld-linux-x86-64.so.2
 say() { echo "build-soak-initramfs: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-for tool in readelf dpkg-deb apt-get apt-cache python3 sha256sum; do
+for tool in readelf dpkg-deb apt-get apt-cache sha256sum; do
     command -v "$tool" >/dev/null || die "$tool is missing (guest-images/scripts/install-deps.sh installs it)"
 done
 
@@ -49,6 +49,8 @@ paths=$("$script_dir/build-default-guest.sh")
 kernel=$(tail -n 2 <<<"$paths" | head -n 1)
 default_initrd=$(tail -n 1 <<<"$paths")
 [[ -s $kernel && -s $default_initrd ]] || die "build-default-guest.sh gave no kernel and initramfs"
+# (build-default-guest.sh installs python3, which newc.py needs, when root and missing.)
+command -v python3 >/dev/null || die "python3 is missing"
 
 if command -v flock >/dev/null; then
     exec 9>"$cache_dir/.build-soak-initramfs.lock"
