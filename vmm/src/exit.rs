@@ -28,6 +28,9 @@ pub trait CpuState {
     fn sregs(&mut self) -> Result<Sregs, String>;
     /// Replaces the system registers at the next entry.
     fn set_sregs(&mut self, sregs: &Sregs);
+    /// Whether the CPU will deliver an exception (or interrupt) at the next entry, taken
+    /// at the registers' current rip (see [`crate::vstate::Vcpu::event_in_flight`]).
+    fn event_in_flight(&mut self) -> Result<bool, String>;
 }
 
 impl CpuState for crate::vstate::Vcpu {
@@ -42,6 +45,9 @@ impl CpuState for crate::vstate::Vcpu {
     }
     fn set_sregs(&mut self, sregs: &Sregs) {
         crate::vstate::Vcpu::set_sregs(self, sregs)
+    }
+    fn event_in_flight(&mut self) -> Result<bool, String> {
+        crate::vstate::Vcpu::event_in_flight(self).map_err(|e| e.to_string())
     }
 }
 
@@ -73,6 +79,9 @@ pub struct ExitStats {
     pub trap_doorbells: u64,
     /// Interrupted runs.
     pub interrupted: u64,
+    /// Interrupted runs that found a guest fault in flight and left event delivery to
+    /// the fault's trap exit.
+    pub kicks_with_fault_in_flight: u64,
     /// Refills of the posting area during one apply.
     pub apply_more: u64,
     /// Applies of posted stores and flushes (entries into the shim's apply routine).
@@ -573,6 +582,14 @@ fn events_before_resume(dom: &mut Domain<'_>, g: &mut GuestRegs) -> Option<Outco
 /// running guest code, fire timers and deliver a due upcall now; if it was inside the
 /// shim, let it finish (its next exit delivers).
 pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
+    // The kick cut `KVM_RUN` short after the CPU took a guest fault but before it
+    // delivered it to the shim: the fault belongs to the instruction at the current rip.
+    // Moving rip now (to an event callback) would deliver that fault at the callback's
+    // first instruction. Let the fault reach the shim; its trap exit delivers events.
+    if cpu.event_in_flight()? {
+        dom.exits.kicks_with_fault_in_flight += 1;
+        return Ok(Action::Interrupted);
+    }
     let regs = cpu.regs()?;
     let sregs = cpu.sregs()?;
     // Kicked between a `syscall` and its doorbell: this host does not always resume
@@ -900,6 +917,7 @@ mod tests {
         regs: Regs,
         sregs: Sregs,
         sregs_written: bool,
+        fault_in_flight: bool,
     }
 
     impl CpuState for FakeCpu {
@@ -915,6 +933,9 @@ mod tests {
         fn set_sregs(&mut self, sregs: &Sregs) {
             self.sregs = *sregs;
             self.sregs_written = true;
+        }
+        fn event_in_flight(&mut self) -> Result<bool, String> {
+            Ok(self.fault_in_flight)
         }
     }
 
@@ -992,6 +1013,7 @@ mod tests {
             },
             sregs,
             sregs_written: false,
+            fault_in_flight: false,
         }
     }
 
@@ -1323,6 +1345,37 @@ mod tests {
             handle(&mut w, Exit::Interrupted, &mut cpu),
             Action::Interrupted
         );
+    }
+
+    /// A kick that lands while the CPU holds a guest fault it has not delivered yet must
+    /// not move rip to the event callback: the fault would then be delivered at the
+    /// callback's first instruction (issue 10's oops at
+    /// `xen_asm_exc_xen_hypervisor_callback+0x0`). The upcall waits for the trap exit.
+    #[test]
+    fn a_kick_with_a_fault_in_flight_leaves_the_upcall_for_the_trap_exit() {
+        for in_flight in [true, false] {
+            let mut w = world();
+            w.vcpu.event_callback.address = CODE + 0x200;
+            w.mem
+                .write_obj(1u8, GuestAddress(w.vcpu.vcpu_info_gpa))
+                .unwrap();
+            let mut cpu = cpu_at(CODE + 7);
+            cpu.fault_in_flight = in_flight;
+            let action = {
+                let mut dom = domain(&mut w);
+                interrupted(&mut cpu, &mut dom).unwrap()
+            };
+            assert_eq!(action, Action::Interrupted);
+            let pending: u8 = w.mem.read_obj(GuestAddress(w.vcpu.vcpu_info_gpa)).unwrap();
+            if in_flight {
+                assert_eq!(cpu.regs.rip, CODE + 7, "the faulting rip is kept");
+                assert_eq!(w.stats.upcalls, 0);
+                assert_eq!(pending, 1, "the upcall is still due");
+            } else {
+                assert_eq!(cpu.regs.rip, CODE + 0x200, "delivered at once");
+                assert_eq!(w.stats.upcalls, 1);
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod backends;
 pub mod cpuid;
 pub mod exit;
 pub mod host;
+pub mod inject;
 pub mod loader;
 pub mod metrics;
 pub mod posted;

@@ -61,6 +61,10 @@ enum Command {
         /// takes that CPU's CPUID and MSR decisions.
         #[arg(long, hide = true)]
         cpu_policy: Option<PathBuf>,
+        /// Testing: inject events at exits, kicks at random times, short applies,
+        /// preempted hypercalls and late backend events, decided by this seed.
+        #[arg(long, hide = true, value_parser = pvkvm::inject::parse_seed)]
+        inject: Option<u64>,
     },
     /// Show a kernel's Xen notes and the layout the domain builder would make.
     Inspect {
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
             console_log,
             console_pty,
             cpu_policy,
+            inject,
         } => {
             // The guest's console is this terminal: someone may be reading a quiet prompt.
             let interactive =
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
                 },
                 profile: stats,
                 cpu_policy,
+                inject,
             };
             match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
                 Ok(report) => {

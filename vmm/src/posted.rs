@@ -22,12 +22,20 @@ use zerocopy::{FromZeros, IntoBytes};
 pub struct Posted {
     stores: Vec<PostedStore>,
     sent: usize,
+    /// Fault injection: chunks shorter than the posting area (None: as long as it takes).
+    chunk_limit: Option<usize>,
 }
 
 impl Posted {
     /// Whether nothing waits: no store and no flush.
     pub fn nothing_waits(&self, flush: &FlushSet) -> bool {
         self.stores.is_empty() && *flush == FlushSet::default()
+    }
+
+    /// Sends the next applies in chunks of at most `limit` stores (fault injection: the
+    /// refill path runs), or as few chunks as the posting area allows (None).
+    pub fn set_chunk_limit(&mut self, limit: Option<usize>) {
+        self.chunk_limit = limit.map(|n| n.clamp(1, MAX_POSTED_STORES));
     }
 
     /// Stores queued so far.
@@ -51,7 +59,8 @@ impl Posted {
         mem: &GuestMemoryMmap,
         area_gpa: u64,
     ) -> Result<(), String> {
-        let end = (self.sent + MAX_POSTED_STORES).min(self.stores.len());
+        let chunk = self.chunk_limit.unwrap_or(MAX_POSTED_STORES);
+        let end = (self.sent + chunk).min(self.stores.len());
         let chunk = &self.stores[self.sent..end];
         let more = end < self.stores.len();
         let mut header = PostedHeader::new_zeroed();

@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use crate::backends::service::{
 };
 use crate::cpuid::CpuidTable;
 use crate::exit::{self, Action, CpuState, Domain, ExitStats, GuestPlatform};
+use crate::inject::Injector;
 use crate::loader::{self, DomainConfig, KernelImage};
 use crate::posted::{Posted, VmmFrames};
 use crate::shim::{self, ShimImage, ShimRegion};
@@ -120,6 +121,9 @@ pub struct RunConfig {
     /// Testing: a recorded CPU's CPUID dump to present instead of this host's (limited
     /// to what this host runs).
     pub cpu_policy: Option<PathBuf>,
+    /// Testing: inject events, kicks, short applies, preemptions and late backend events
+    /// with decisions drawn from this seed (see [`crate::inject`]).
+    pub inject: Option<u64>,
 }
 
 /// Why the watchdog stopped a guest.
@@ -505,6 +509,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let backend_mem = vm.memory().clone();
     let vcpu_requests = request_tx.clone();
     let profile = cfg.profile;
+    let inject = cfg.inject;
     let mm = initial_mm(&vm, &region, ram, layout.l4_gpa >> 12).map_err(|e| {
         Error::Thread(format!(
             "the domain builder's pagetables do not validate ({e}); this is a pvkvm bug"
@@ -531,6 +536,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 wake: wake_rx,
                 backend_requests: vcpu_requests,
                 profile,
+                inject,
             };
             let shared = Shared {
                 stop: &thread_stop,
@@ -547,7 +553,11 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     // that takes the vCPU out of KVM_RUN (or a blocked vCPU's wait ends on the message).
     let tid = handle.as_pthread_t();
     let raise_tx = wake_tx.clone();
+    let mut late_backends = cfg.inject.map(|seed| Injector::new(seed, 2));
     let raise: service::Raise = Box::new(move |port| {
+        if let Some(delay) = late_backends.as_mut().and_then(Injector::backend_delay) {
+            std::thread::sleep(delay);
+        }
         if raise_tx.send(Wake::BackendEvent(port)).is_ok() {
             // SAFETY: pthread_kill with the vCPU thread's id, which stays valid until
             // the thread is joined; it is joined only after this thread ended (below).
@@ -579,6 +589,30 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             })
             .map_err(|e| Error::Thread(e.to_string()))?;
     }
+
+    // Injection's kicks come from their own thread, until the domain ends.
+    let kicker_stop = Arc::new(AtomicBool::new(false));
+    let kicker = match cfg.inject {
+        Some(seed) => {
+            let stop = kicker_stop.clone();
+            let mut injector = Injector::new(seed, 1);
+            Some(
+                std::thread::Builder::new()
+                    .name("inject-kicks".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::SeqCst) {
+                            std::thread::sleep(injector.next_kick());
+                            // SAFETY: pthread_kill with the vCPU thread's id, which stays
+                            // valid until that thread is joined; this thread is joined
+                            // first (below). The kick's handler only sets a flag.
+                            unsafe { libc::pthread_kill(tid, kick_signal()) };
+                        }
+                    })
+                    .map_err(|e| Error::Thread(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
 
     // A timeout too large for the clock is no timeout.
     let deadline = cfg.timeout.and_then(|t| started.checked_add(t));
@@ -663,6 +697,10 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             }
         }
     }
+    kicker_stop.store(true, Ordering::SeqCst);
+    if let Some(k) = kicker {
+        let _ = k.join();
+    }
     // The backends serve what is queued and flush the console, then end; only then is
     // the vCPU thread joined (their kicks name it).
     let _ = request_tx.send(Request::DomainEnded);
@@ -733,6 +771,7 @@ struct VcpuThread {
     wake: std::sync::mpsc::Receiver<Wake>,
     backend_requests: service::RequestSender,
     profile: bool,
+    inject: Option<u64>,
 }
 
 /// What the other threads tell the vCPU thread (each message comes with a kick).
@@ -840,7 +879,9 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         wake,
         backend_requests,
         profile,
+        inject,
     } = t;
+    let mut injector = inject.map(|seed| Injector::new(seed, 0));
     vcpu.install_kick_target();
     let mut stats = pv_engine::Stats::new();
     let mut posted = Posted::default();
@@ -921,6 +962,9 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 action
             }
         } else {
+            if let Some(i) = injector.as_mut() {
+                inject_at_exit(&mut dom, i.at_exit(xen_abi::contract::MAX_POSTED_STORES));
+            }
             let handling = Instant::now();
             let mut action = exit::handle_exit(&exit, &mut vcpu, &mut dom);
             let spent = handling.elapsed().as_nanos() as u64;
@@ -1010,6 +1054,16 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
 /// on the vCPU. A write this host's KVM refuses is logged once per MSR and the guest
 /// goes on without it, as it would on a host without the feature. A refused SBPB is
 /// retried as IBPB, a stronger barrier that KVMs older than SBPB support.
+/// Fault injection at one exit (see [`crate::inject`]): a spurious upcall once the guest
+/// has an event callback to take it, and the chunk size of this exit's posted stores.
+fn inject_at_exit(dom: &mut Domain<'_>, plan: crate::inject::AtExit) {
+    if plan.upcall && dom.vcpu.event_callback.address != 0 {
+        let at = dom.vcpu.vcpu_info_gpa + xen_abi::xen::vcpu_info::UPCALL_PENDING;
+        let _ = dom.platform.mem.write_obj(1u8, GuestAddress(at));
+    }
+    dom.platform.frames.posted.set_chunk_limit(plan.apply_chunk);
+}
+
 fn apply_msr_writes(vcpu: &mut vstate::Vcpu, writes: &mut Vec<(u32, u64)>, refused: &mut Vec<u32>) {
     use pv_engine::msr::{MSR_PRED_CMD, PRED_CMD_IBPB, PRED_CMD_SBPB};
     for (index, data) in writes.drain(..) {

@@ -21,4 +21,7 @@ pub const ERANGE: i64 = 34;
 pub const ENOSYS: i64 = 38;
 pub const ENODATA: i64 = 61;
 pub const ETIME: i64 = 62;
+/// Xen-internal: the operation was preempted and continues in a continuation; a guest
+/// never sees it (the hypercall is re-executed).
+pub const ERESTART: i64 = 85;
 pub const EOPNOTSUPP: i64 = 95;

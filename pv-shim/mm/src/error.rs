@@ -80,6 +80,12 @@ pub enum MmError {
     /// The caller releases a reference it does not hold (an engine bug, not the guest's:
     /// refused so counts stay exact).
     NotHeld,
+    /// The operation ran out of its preemption budget (Xen's `hypercall_preempt_check()`
+    /// firing inside `promote_lN_table`): the tables it was validating are left
+    /// [`Validation::Partial`](crate::Validation::Partial) with their references
+    /// consistent, and the same operation, issued again, resumes where it stopped
+    /// (Xen's `-ERESTART` and hypercall continuation). Not a refusal: nothing is logged.
+    Restart,
 }
 
 impl MmError {
@@ -105,6 +111,7 @@ impl MmError {
             | MmError::BadOffset
             | MmError::InvalidType
             | MmError::NotHeld => -errno::EINVAL,
+            MmError::Restart => -errno::ERESTART,
         }
     }
 }
@@ -146,6 +153,11 @@ impl fmt::Display for MmError {
             MmError::BadOffset => write!(f, "slot or offset outside the frame or misaligned"),
             MmError::InvalidType => write!(f, "invalid page type requested"),
             MmError::NotHeld => write!(f, "releasing a reference that is not held"),
+            MmError::Restart => write!(
+                f,
+                "preempted: the validation stopped part-way and resumes when the operation \
+                 is issued again"
+            ),
         }
     }
 }

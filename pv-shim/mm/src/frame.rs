@@ -90,8 +90,12 @@ pub fn parent_level(level: Level) -> Option<Level> {
 pub enum Validation {
     /// Contents not (or no longer) audited for the current type.
     Unvalidated,
-    /// Validation in progress: slots `< next_slot` hold their references. Only seen while
-    /// an operation runs (or in a refusal record): a failed validation is undone at once.
+    /// Validation in progress or preempted (Xen's `PGT_partial` with `nr_validated_ptes`):
+    /// slots `< next_slot` hold their references. Between operations only after an
+    /// [`MmError::Restart`](crate::MmError::Restart): the partial state then holds the
+    /// frame's one type reference and one general reference of its own, and the next
+    /// `get_page_type` of the same type takes that type reference over and resumes at
+    /// `next_slot`. A failed validation is undone at once.
     Partial {
         /// The next slot to validate.
         next_slot: u16,

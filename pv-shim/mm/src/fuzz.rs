@@ -144,6 +144,13 @@ pub struct Harness {
     pub gdt: Vec<Mfn>,
     /// Flushes reported so far (merged).
     pub flushes: FlushSet,
+    /// The last operation was preempted (`MmError::Restart`).
+    pub restarted: bool,
+    /// Leave preempted operations partial instead of issuing them again until they
+    /// finish (as a guest's continuation does).
+    pub abandon_restarts: bool,
+    /// Restarts seen by [`Harness::step`].
+    pub restarts: u64,
 }
 
 impl Harness {
@@ -162,6 +169,9 @@ impl Harness {
             user_root: None,
             gdt: Vec::new(),
             flushes: FlushSet::default(),
+            restarted: false,
+            abandon_restarts: false,
+            restarts: 0,
         }
     }
 
@@ -279,7 +289,13 @@ impl Harness {
                 self.mm.tlb_flushed();
                 Ok(FlushSet::default())
             }
+            FuzzOp::Budget { entries, abandon } => {
+                self.mm.set_preempt_budget(entries);
+                self.abandon_restarts = abandon;
+                Ok(FlushSet::default())
+            }
         };
+        self.restarted = r == Err(crate::MmError::Restart);
         match r {
             Ok(fl) => {
                 self.merge(fl);
@@ -291,18 +307,38 @@ impl Harness {
 
     /// Applies `op` and checks: the invariants hold, and a refused operation changed
     /// nothing but the refusal log (memory may only gain `adjust_guest_*` bits in
-    /// entries a failed validation already processed, as on Xen).
+    /// entries a failed validation already processed, as on Xen). A preempted operation
+    /// is issued again until it ends (the invariants checked at every restart), unless
+    /// [`Harness::abandon_restarts`] leaves it partial.
     pub fn step(&mut self, op: &FuzzOp) -> Result<bool, alloc::string::String> {
         let infos: Vec<Option<PageInfo>> = (0..self.mem.frames.len() as u64)
             .map(|m| self.mm.page_info(m).map(PageInfo::normalized))
             .collect();
+        let partial_before = infos
+            .iter()
+            .flatten()
+            .any(|p| matches!(p.validation, crate::frame::Validation::Partial { .. }));
         let mem_before = self.mem.frames.clone();
         let m2p_before = self.mem.m2p.clone();
-        let ok = self.apply(op);
-        self.mm
-            .check_invariants(&self.mem)
-            .map_err(|e| alloc::format!("after {op:?}: {e}"))?;
-        if !ok {
+        let mut ok = self.apply(op);
+        let mut rounds = 0u32;
+        loop {
+            self.mm
+                .check_invariants(&self.mem)
+                .map_err(|e| alloc::format!("after {op:?} (restart {rounds}): {e}"))?;
+            if !self.restarted || self.abandon_restarts {
+                break;
+            }
+            self.restarts += 1;
+            rounds += 1;
+            if rounds > 1_000_000 {
+                return Err(alloc::format!("{op:?} restarts without end"));
+            }
+            ok = self.apply(op);
+        }
+        // Resuming someone else's partial validation and failing undoes it too: only
+        // a refusal that started from no partial state must have changed nothing.
+        if !ok && !self.restarted && !partial_before {
             for (m, before) in infos.iter().enumerate() {
                 let now = self.mm.page_info(m as u64).map(PageInfo::normalized);
                 if now != *before {
@@ -410,10 +446,47 @@ pub enum FuzzOp {
     },
     /// The engine reports a full flush.
     TlbFlushed,
+    /// Sets the preemption budget (`Mm::set_preempt_budget`) and whether preempted
+    /// operations are left partial or issued again until they finish.
+    Budget {
+        /// Entries per operation (None: never preempt).
+        entries: Option<u32>,
+        /// Leave preempted operations partial.
+        abandon: bool,
+    },
 }
 
-/// Slots the decoder picks from: the model's live slots, the hole edges and beyond.
-const SLOTS: [usize; 12] = [0, 1, 2, 3, 4, 5, 8, 100, 255, 256, 271, 272];
+/// Slots the decoder picks from: the model's live slots, the hole edges, the last slot
+/// and past the frame.
+const SLOTS: [usize; 15] = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    8,
+    100,
+    255,
+    256,
+    271,
+    272,
+    511,
+    512,
+    usize::MAX,
+];
+
+/// Raw entry values at the extremes (every bit, every address bit, NX alone...).
+const EXTREME_ENTRIES: [u64; 8] = [
+    u64::MAX,
+    !PAGE_RW,
+    PAGE_ADDR_MASK | PAGE_PRESENT,
+    PAGE_ADDR_MASK | LINK,
+    PAGE_NX | PAGE_PRESENT,
+    PAGE_FLAGS_MASK,
+    1 << 51 | RO,
+    0x8000_0000_0000_0000,
+];
 
 /// Flag combinations the decoder picks from: mostly valid ones, some Xen refuses.
 const FLAGS: [u64; 16] = [
@@ -442,8 +515,13 @@ fn pick<T: Copy>(xs: &[T], b: u8) -> Option<T> {
 /// Decodes one operation from 6 bytes.
 pub fn decode(b: [u8; 6]) -> FuzzOp {
     let [op, a, c, d, e, f] = b;
-    // Frames 0..42 cover RAM (0..32), foreign frames and the shared frame (40).
-    let frame = |x: u8| u64::from(x) % 42;
+    // Frames 0..42 cover RAM (0..32), foreign frames and the shared frame (40); the two
+    // top byte values name the largest frames there are.
+    let frame = |x: u8| match x {
+        0xff => u64::MAX,
+        0xfe => PAGE_ADDR_MASK >> 12,
+        _ => u64::from(x) % 42,
+    };
     let level = |x: u8| match x % 4 {
         0 => Level::L1,
         1 => Level::L2,
@@ -455,7 +533,11 @@ pub fn decode(b: [u8; 6]) -> FuzzOp {
         0..=6 => FuzzOp::ModEntry {
             table: u64::from(a) % 34,
             slot: pick(&SLOTS, c).unwrap_or(0),
-            value: pte(frame(d), pick(&FLAGS, e).unwrap_or(0)),
+            value: if f & 0xe0 == 0xe0 {
+                pick(&EXTREME_ENTRIES, d).unwrap_or(0)
+            } else {
+                pte(frame(d), pick(&FLAGS, e).unwrap_or(0))
+            },
             preserve_ad: f & 1 != 0,
         },
         7 => FuzzOp::FlipBits {
@@ -500,9 +582,17 @@ pub fn decode(b: [u8; 6]) -> FuzzOp {
             offset: usize::from(c) * 8 + usize::from(d & 1) * 4,
             desc: u64::from_le_bytes([e, f, d, c, a, 0x9a | (f & 0x20), e, 0]),
         },
-        _ => FuzzOp::TlbFlushed,
+        _ if a & 1 == 0 => FuzzOp::TlbFlushed,
+        _ => FuzzOp::Budget {
+            entries: pick(&BUDGETS, c).unwrap_or(None),
+            abandon: d & 1 != 0,
+        },
     }
 }
+
+/// Budgets the decoder picks from: none, zero (one step per level and call), a few
+/// entries, and about one or three L1s' worth.
+const BUDGETS: [Option<u32>; 6] = [None, Some(0), Some(1), Some(64), Some(600), Some(1500)];
 
 /// Runs the bytes as a program against the model guest (6 bytes an operation) and
 /// panics with a description on the first invariant violation. The entry point for

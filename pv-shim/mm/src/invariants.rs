@@ -2,8 +2,11 @@
 //! debug option in the engine).
 //!
 //! Between operations:
-//! 1. No frame is partially validated; a frame with type references is validated; a
-//!    pagetable without type references is unvalidated.
+//! 1. A frame with type references is validated, or it is a preempted pagetable
+//!    (`Partial`, after `MmError::Restart`) with exactly one type reference, unpinned;
+//!    a pagetable without type references is unvalidated. A partial frame's state
+//!    holds its type reference and one general reference, and its slots below
+//!    `next_slot` hold theirs (checked as a live table's); the rest is not looked at.
 //! 2. Every type count and refcount equals the value recomputed by scanning every live
 //!    (typed, validated) table, the pins and the engine's held references.
 //! 3. No pagetable or descriptor frame has a writable mapping: every present RW entry of a
@@ -39,10 +42,22 @@ impl Mm {
 
         for (i, p) in frames.iter().enumerate() {
             let mfn = i as Mfn;
-            if matches!(p.validation, Validation::Partial { .. }) {
-                return Err(format!("mfn {mfn:#x} left partially validated: {p:?}"));
-            }
-            if p.type_count > 0 && p.validation != Validation::Valid {
+            let mut held_slots = ENTRIES;
+            if let Validation::Partial { next_slot } = p.validation {
+                if !p.ty.is_pagetable() || p.type_count != 1 || p.pinned {
+                    return Err(format!(
+                        "mfn {mfn:#x} partially validated but not a preempted table with \
+                         one type reference: {p:?}"
+                    ));
+                }
+                if usize::from(next_slot) >= ENTRIES {
+                    return Err(format!("mfn {mfn:#x} partial past its last slot: {p:?}"));
+                }
+                // The partial state's own references (PGT_partial, get_page_light).
+                bump(&mut refs, mfn);
+                bump(&mut types, mfn);
+                held_slots = usize::from(next_slot);
+            } else if p.type_count > 0 && p.validation != Validation::Valid {
                 return Err(format!(
                     "mfn {mfn:#x} has type refs but is not validated: {p:?}"
                 ));
@@ -63,9 +78,13 @@ impl Mm {
             if p.type_count == 0 {
                 continue;
             }
-            for slot in 0..ENTRIES {
+            let partial = held_slots < ENTRIES;
+            for slot in 0..held_slots {
                 let e = mem.read_entry(mfn, slot);
                 if level == Level::L4 && is_hole_slot(slot) {
+                    if partial {
+                        continue; // Written when the validation completes.
+                    }
                     let want = self
                         .config()
                         .hole_l4

@@ -14,9 +14,12 @@
 //! (refusal reasons and their errno), `refusal` (records), `invariants`
 //! (`Mm::check_invariants`), [`fuzz`] (fake memory, model guest, fuzz entry point).
 //!
-//! Deviations from Xen are listed in the `mm` module docs (no preemption, synchronous
-//! undo of failed validations, no L1TF check, one error for non-RAM L1 targets, `u32`
-//! counts, a global TLB-flush epoch). `copy_page`, `clear_page`, `update_descriptor` and
+//! Validation is preemptible as in Xen: with a budget set ([`Mm::set_preempt_budget`]) a
+//! pin, base-pointer load or L3/L4 entry update stops part-way with
+//! [`MmError::Restart`] (`-ERESTART`), leaving tables [`Validation::Partial`], and
+//! resumes when issued again. Deviations from Xen are listed in the `mm` module docs
+//! (teardown not preemptible, synchronous undo of failed validations, no L1TF check,
+//! one error for non-RAM L1 targets, `u32` counts, a global TLB-flush epoch). `copy_page`, `clear_page`, `update_descriptor` and
 //! `get_segdesc_page` keep their `Result<(), _>` signatures; the flush a type change there
 //! may need (Xen's `_get_page_type`) is collected with `Mm::take_pending_flush`.
 #![no_std]
@@ -40,5 +43,7 @@ pub use frame::{FrameState, PageInfo, PageType, Validation};
 pub use mm::{Mm, MmConfig, MmStats};
 pub use refusal::{EntryCause, MmOp, Refusal, WritableMapping, REFUSAL_LOG_LEN};
 
+#[cfg(test)]
+mod restart_tests;
 #[cfg(test)]
 mod tests;

@@ -14,11 +14,34 @@
 //! (base pointers, GDT frames, `get_page*`); those are kept in a ledger so releases are
 //! checked and `check_invariants` can recompute every count.
 //!
+//! Preemption (Xen's `hypercall_preempt_check()` inside `promote_l2/l3_table`): with a
+//! budget set ([`Mm::set_preempt_budget`]), an operation counts the entries it checks
+//! (an L1 counts its 512 whole: it is never split) and, once past the budget, stops
+//! between two entries of an L2 or L3 table with [`MmError::Restart`] (`-ERESTART`).
+//! Every table on the way down is left `Partial { next_slot }`: slots below `next_slot`
+//! hold their references, and the partial state holds the frame's type reference and a
+//! general reference (Xen's `PGT_partial` and `get_page_light`). Issuing the operation
+//! again resumes: a `get_page_type` of the same type takes the partial type reference
+//! over and validates on from `next_slot` (`_get_page_type`'s `PGT_partial` case), so a
+//! pin, base-pointer load or L3/L4 entry update that restarts completes on re-entry with
+//! exactly the state an unpreempted run gives. As in Xen, the first slot of a resumed
+//! table is never preempted, so every restart makes progress. Meanwhile another
+//! operation on a partial frame gets Xen's answer: the same type continues its
+//! validation, any other type or an unpin is refused (-EINVAL, or -EBUSY for a
+//! writable mapping), and a failure found while resuming undoes the whole partial
+//! validation.
+//!
 //! Deviations from Xen (also listed in the crate docs):
-//! - No preemption: validation and teardown run to completion (`-ERESTART` is never
-//!   returned). A failed validation is undone at once: slots below the failing one are
-//!   released and the frame returns to its previous state; Xen defers the L2..L4 undo
-//!   to `old_guest_table`. Deferred puts (`PTF_defer`) are done at once too.
+//! - Teardown (`free_lN_table`) is not preemptible: an unpin or the last put of a large
+//!   tree releases it in one call (Xen preempts it and finishes it through
+//!   `old_guest_table`). Deferred puts (`PTF_defer`) are done at once too.
+//! - A failed validation is undone at once: slots below the failing one are released and
+//!   the frame returns to its previous state; Xen defers the L2..L4 undo to
+//!   `old_guest_table`. A preempted parent does not keep a general reference on the
+//!   partial child it stopped in (Xen's `PTF_partial_set`): the child's own partial
+//!   state holds one, and the parent takes a fresh one on resuming.
+//! - The budget is a count of entries, not time; L4 tables, like Xen's
+//!   `promote_l4_table`, do not check it themselves.
 //! - The L1TF check on non-present entries (`pv_l1tf_check_*`) is not done: there is no
 //!   shadow-paging fallback to switch to, and non-present entries are never walked.
 //! - Frames outside RAM: one error (`ForeignMapping`, -EBUSY) for an L1 mapping of any
@@ -72,6 +95,8 @@ pub struct MmStats {
     pub teardowns: u64,
     /// Type changes that required a TLB flush.
     pub type_change_flushes: u64,
+    /// Operations preempted with [`MmError::Restart`].
+    pub restarts: u64,
 }
 
 /// References the engine holds through the public API (base pointers, GDT frames, direct
@@ -111,6 +136,13 @@ pub struct Mm {
     /// Frames the guest gave back (`XENMEM_decrease_reservation`): not its own until
     /// `reclaim_frame` hands them out again.
     released: Vec<bool>,
+    /// Entries one operation may check before it is preempted (None: never).
+    preempt_budget: Option<u32>,
+    /// Entries the current operation has checked.
+    work: u32,
+    /// Tables whose validation runs in the current operation, outermost first (Xen's
+    /// "validate locked" state; at most one per level).
+    busy: Vec<Mfn>,
 }
 
 /// Reads a guest entry; `slot` is always < 512 here.
@@ -138,7 +170,45 @@ impl Mm {
             stats: MmStats::default(),
             pending: FlushSet::default(),
             released: vec![false; n],
+            preempt_budget: None,
+            work: 0,
+            busy: Vec::with_capacity(4),
         }
+    }
+
+    /// Sets how many entries one operation (`pin_table`, `set_root`, `mod_entry`,
+    /// `get_page_type`...) may check before it stops with [`MmError::Restart`]; None
+    /// (the default) never preempts. The engine's stand-in for Xen's
+    /// `hypercall_preempt_check()`: a budget needs no access to the platform.
+    pub fn set_preempt_budget(&mut self, entries: Option<u32>) {
+        self.preempt_budget = entries;
+    }
+
+    /// The budget set with [`Mm::set_preempt_budget`].
+    pub fn preempt_budget(&self) -> Option<u32> {
+        self.preempt_budget
+    }
+
+    /// Entries the last operation checked (an L1 counts 512), whether it finished or
+    /// was preempted: what the budget measures.
+    pub fn entries_checked(&self) -> u32 {
+        self.work
+    }
+
+    /// Starts a public operation: no failure context, no work done yet.
+    fn begin(&mut self) {
+        self.fail = None;
+        self.work = 0;
+    }
+
+    /// Counts `n` entries checked.
+    fn tick(&mut self, n: u32) {
+        self.work = self.work.saturating_add(n);
+    }
+
+    /// `hypercall_preempt_check()`: the operation has used its budget.
+    fn preempt_due(&self) -> bool {
+        self.preempt_budget.is_some_and(|b| self.work >= b)
     }
 
     /// `XENMEM_decrease_reservation` of one frame (Xen's `guest_remove_page`): the frame
@@ -320,14 +390,22 @@ impl Mm {
                     have: pi.ty,
                 });
             }
-            if pi.validation != Validation::Valid {
-                return Err(MmError::NotValidated);
-            }
-            let c = pi.type_count.checked_add(1).ok_or(MmError::CountOverflow)?;
-            if let Some(p) = self.frames.get_mut(i) {
-                p.type_count = c;
-            }
-            return Ok(());
+            return match pi.validation {
+                Validation::Valid => {
+                    let c = pi.type_count.checked_add(1).ok_or(MmError::CountOverflow)?;
+                    if let Some(p) = self.frames.get_mut(i) {
+                        p.type_count = c;
+                    }
+                    Ok(())
+                }
+                // A preempted validation (PGT_partial): take its type reference over and
+                // validate on from where it stopped. A table whose validation runs in
+                // this very operation is "validate locked" instead.
+                Validation::Partial { next_slot } if !self.busy.contains(&mfn) => {
+                    self.validate(mem, mfn, ty, usize::from(next_slot), true, fl)
+                }
+                _ => Err(MmError::NotValidated),
+            };
         }
 
         // Type count 0 -> 1: a type change is allowed. A different type may leave stale
@@ -346,30 +424,31 @@ impl Mm {
         let needs = ty.needs_validation()
             && self.frames.get(i).map(|p| p.validation) != Some(Validation::Valid);
         if needs {
-            if let Some(p) = self.frames.get_mut(i) {
-                p.validation = Validation::Partial { next_slot: 0 };
-            }
-            let r = match ty {
-                PageType::SegDesc => self.validate_segdesc_page(mem, mfn),
-                _ => match ty.level() {
-                    Some(level) => self.promote_table(mem, mfn, level, fl),
-                    None => Err(MmError::InvalidType),
-                },
-            };
-            if let Err(e) = r {
-                // validate_page() failure: the frame returns to its previous state (Xen
-                // resets type_info to 0; restoring is the same up to sticky types).
-                if let Some(p) = self.frames.get_mut(i) {
-                    *p = PageInfo {
-                        refcount: p.refcount,
-                        pinned: p.pinned,
-                        ..before
-                    };
+            match self.validate(mem, mfn, ty, 0, false, fl) {
+                Ok(()) => {}
+                Err(MmError::Restart) => {
+                    // The frame stays typed (partially): the flush its type change needs
+                    // cannot wait for the validation to finish.
+                    if changed && stale {
+                        self.stats.type_change_flushes += 1;
+                        self.pending.all_vcpus = true;
+                        self.pending.local_all = true;
+                    }
+                    return Err(MmError::Restart);
                 }
-                return Err(e);
-            }
-            if ty.is_pagetable() {
-                self.stats.promotions += 1;
+                Err(e) => {
+                    // validate_page() failure: the frame returns to its previous state
+                    // (Xen resets type_info to 0; restoring is the same up to sticky
+                    // types).
+                    if let Some(p) = self.frames.get_mut(i) {
+                        *p = PageInfo {
+                            refcount: p.refcount,
+                            pinned: p.pinned,
+                            ..before
+                        };
+                    }
+                    return Err(e);
+                }
             }
         }
         if let Some(p) = self.frames.get_mut(i) {
@@ -381,6 +460,78 @@ impl Mm {
             fl.local_all = true;
         }
         Ok(())
+    }
+
+    /// `validate_page`: audits `mfn` as `ty` from slot `start`, with its type count at 1.
+    /// `resumed`: the type reference was taken over from a partial state, whose general
+    /// reference is dropped once the validation ends either way. On `Restart` the frame
+    /// is left `Partial` holding its type reference and a general reference
+    /// (`get_page_light`); on failure it is unvalidated with nothing held (the caller
+    /// restores a first-time frame's previous state).
+    fn validate(
+        &mut self,
+        mem: &mut dyn FrameAccess,
+        mfn: Mfn,
+        ty: PageType,
+        start: usize,
+        resumed: bool,
+        fl: &mut FlushSet,
+    ) -> Result<(), MmError> {
+        self.busy.push(mfn);
+        let r = match ty {
+            PageType::SegDesc => self.validate_segdesc_page(mem, mfn),
+            _ => match ty.level() {
+                Some(level) => self.promote_table(mem, mfn, level, start, fl),
+                None => Err(MmError::InvalidType),
+            },
+        };
+        self.busy.pop();
+        match r {
+            Ok(()) => {
+                if resumed {
+                    self.put_page_raw(mfn);
+                }
+                if let Some(p) = self.info_mut(mfn) {
+                    p.validation = Validation::Valid;
+                }
+                if ty.is_pagetable() {
+                    self.stats.promotions += 1;
+                }
+                Ok(())
+            }
+            Err(MmError::Restart) => {
+                if resumed {
+                    return Err(MmError::Restart); // The partial state keeps its ref.
+                }
+                if let Err(e) = self.get_page_raw(mfn) {
+                    // No general reference left for the partial state: undo it all.
+                    let upto = match self.info(mfn).map(|p| p.validation) {
+                        Some(Validation::Partial { next_slot }) => usize::from(next_slot),
+                        _ => 0,
+                    };
+                    if let Some(level) = ty.level() {
+                        self.free_table(mem, mfn, level, upto);
+                    }
+                    if let Some(p) = self.info_mut(mfn) {
+                        p.validation = Validation::Unvalidated;
+                    }
+                    return Err(e);
+                }
+                Err(MmError::Restart)
+            }
+            Err(e) => {
+                if resumed {
+                    // The partial state ends: its type and general references go.
+                    self.put_page_raw(mfn);
+                    if let Some(p) = self.info_mut(mfn) {
+                        p.type_count = 0;
+                        p.validation = Validation::Unvalidated;
+                    }
+                    self.stamp(mfn);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// `_put_page_type`: on 1 -> 0 a pagetable is torn down (`free_lN_table`) and loses
@@ -556,37 +707,51 @@ impl Mm {
     // Validation and teardown.
     // ------------------------------------------------------------------------------
 
-    /// `promote_l1_table` .. `promote_l4_table`: takes every present entry's references
-    /// and writes back the `adjust_guest_lNe` form. On failure at slot k, slots < k are
-    /// released (explicit `Partial` state) and the error returned. An L4 skips the hole
-    /// slots and gets `hole_l4` written into them once valid (`init_xen_l4_slots`).
+    /// `promote_l1_table` .. `promote_l4_table` from slot `start`: takes every present
+    /// entry's references and writes back the `adjust_guest_lNe` form. On failure at slot
+    /// k, slots < k are released and the error returned. L2 and L3 tables check the
+    /// preemption budget between entries (never before their first one in this call, so
+    /// every call makes progress) and stop with `Restart`, as they do when a child table
+    /// stops: the frame is then left `Partial { next_slot }` with slots below it held.
+    /// An L4 skips the hole slots and gets `hole_l4` written into them once valid
+    /// (`init_xen_l4_slots`).
     fn promote_table(
         &mut self,
         mem: &mut dyn FrameAccess,
         mfn: Mfn,
         level: Level,
+        start: usize,
         fl: &mut FlushSet,
     ) -> Result<(), MmError> {
-        for slot in 0..ENTRIES {
+        let preemptible = matches!(level, Level::L2 | Level::L3);
+        for slot in start..ENTRIES {
             if let Some(p) = self.info_mut(mfn) {
                 p.validation = Validation::Partial {
                     next_slot: slot as u16,
                 };
             }
+            if preemptible && slot > start && self.preempt_due() {
+                return Err(MmError::Restart);
+            }
             if level == Level::L4 && is_hole_slot(slot) {
                 continue;
             }
+            self.tick(1);
             let e = rd(mem, mfn, slot);
             if !present(e) {
                 continue;
             }
-            if let Err(err) = self.get_page_from_entry(mem, level, e, fl) {
-                self.note_fail(mem, mfn, level, slot, None, e, err);
-                self.free_table(mem, mfn, level, slot);
-                if let Some(p) = self.info_mut(mfn) {
-                    p.validation = Validation::Unvalidated;
+            match self.get_page_from_entry(mem, level, e, fl) {
+                Ok(()) => {}
+                Err(MmError::Restart) => return Err(MmError::Restart),
+                Err(err) => {
+                    self.note_fail(mem, mfn, level, slot, None, e, err);
+                    self.free_table(mem, mfn, level, slot);
+                    if let Some(p) = self.info_mut(mfn) {
+                        p.validation = Validation::Unvalidated;
+                    }
+                    return Err(err);
                 }
-                return Err(err);
             }
             let adj = adjust_guest_entry(level, e);
             if adj != e {
@@ -808,6 +973,12 @@ impl Mm {
                 self.fail = None;
                 Ok(v)
             }
+            Err(MmError::Restart) => {
+                // Preempted, not refused: resumed when the operation comes again.
+                self.fail = None;
+                self.stats.restarts += 1;
+                Err(MmError::Restart)
+            }
             Err(e) => {
                 self.refuse(mem, op, frame, slot, value, e);
                 Err(e)
@@ -844,7 +1015,7 @@ impl Mm {
     /// `get_page`: a general reference held by the engine. Shared frames succeed
     /// without counting.
     pub fn get_page(&mut self, mfn: Mfn) -> Result<(), MmError> {
-        self.fail = None;
+        self.begin();
         let r = self.get_page_raw(mfn);
         if r.is_ok() && !self.is_shared(mfn) {
             self.held_mut(mfn).general += 1;
@@ -857,7 +1028,7 @@ impl Mm {
 
     /// `put_page`: releases a general reference taken with [`Mm::get_page`].
     pub fn put_page(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) -> FlushSet {
-        self.fail = None;
+        self.begin();
         if self.is_shared(mfn) {
             return FlushSet::default();
         }
@@ -880,7 +1051,7 @@ impl Mm {
         mfn: Mfn,
         ty: PageType,
     ) -> Result<FlushSet, MmError> {
-        self.fail = None;
+        self.begin();
         let mut fl = FlushSet::default();
         let r = self.get_type_raw(mem, mfn, ty, &mut fl);
         if r.is_ok() && !self.is_shared(mfn) {
@@ -893,7 +1064,7 @@ impl Mm {
     /// `put_page_type`: releases a type reference taken with [`Mm::get_page_type`]; tears
     /// a pagetable down on 1 -> 0.
     pub fn put_page_type(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) -> FlushSet {
-        self.fail = None;
+        self.begin();
         if self.is_shared(mfn) {
             return FlushSet::default();
         }
@@ -913,7 +1084,7 @@ impl Mm {
         mfn: Mfn,
         ty: PageType,
     ) -> Result<FlushSet, MmError> {
-        self.fail = None;
+        self.begin();
         let mut fl = FlushSet::default();
         let r = self.get_page_and_type_raw(mem, mfn, ty, &mut fl);
         if r.is_ok() && !self.is_shared(mfn) {
@@ -927,7 +1098,7 @@ impl Mm {
 
     /// `put_page_and_type`.
     pub fn put_page_and_type(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) -> FlushSet {
-        self.fail = None;
+        self.begin();
         if self.is_shared(mfn) {
             return FlushSet::default();
         }
@@ -954,7 +1125,7 @@ impl Mm {
         mfn: Mfn,
         level: Level,
     ) -> Result<FlushSet, MmError> {
-        self.fail = None;
+        self.begin();
         let mut fl = FlushSet::default();
         let r = self.pin_inner(mem, mfn, level, &mut fl).map(|()| fl);
         self.finish(mem, MmOp::PinTable(level), mfn, None, None, r)
@@ -988,7 +1159,7 @@ impl Mm {
         mem: &mut dyn FrameAccess,
         mfn: Mfn,
     ) -> Result<FlushSet, MmError> {
-        self.fail = None;
+        self.begin();
         let r = match self.info_mut(mfn) {
             None => Err(MmError::NotOwned),
             Some(p) if !p.pinned => Err(MmError::NotPinned),
@@ -1011,7 +1182,7 @@ impl Mm {
         old: Option<Mfn>,
         new: Option<Mfn>,
     ) -> Result<FlushSet, MmError> {
-        self.fail = None;
+        self.begin();
         let mut fl = FlushSet::default();
         let frame = new.or(old).unwrap_or(0);
         let r = self.set_root_inner(mem, old, new, &mut fl).map(|()| fl);
@@ -1063,7 +1234,7 @@ impl Mm {
         preserve_ad: bool,
         vcpu_roots: &[Mfn],
     ) -> Result<FlushSet, MmError> {
-        self.fail = None;
+        self.begin();
         let mut fl = FlushSet::default();
         let r = self
             .mod_entry_inner(mem, table, slot, new, preserve_ad, vcpu_roots, &mut fl)
@@ -1208,7 +1379,9 @@ impl Mm {
                 return Ok(());
             }
             if let Err(e) = self.get_page_from_upper(mem, level, new, fl) {
-                self.note_fail(mem, table, level, slot, Some(old), new, e);
+                if e != MmError::Restart {
+                    self.note_fail(mem, table, level, slot, Some(old), new, e);
+                }
                 return Err(e);
             }
             written = Self::write_ad(mem, table, slot, old, new, preserve_ad);
@@ -1255,7 +1428,7 @@ impl Mm {
         mfn: Mfn,
         pfn: u64,
     ) -> Result<(), MmError> {
-        self.fail = None;
+        self.begin();
         let r = match self.idx(mfn) {
             None => Err(MmError::NotOwned),
             Some(_) => {
@@ -1270,7 +1443,7 @@ impl Mm {
     /// descriptor checked (and fixed up) on first use. Held until
     /// [`Mm::put_segdesc_page`]. A needed TLB flush goes to [`Mm::take_pending_flush`].
     pub fn get_segdesc_page(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) -> Result<(), MmError> {
-        self.fail = None;
+        self.begin();
         let mut fl = FlushSet::default();
         let r = self.get_page_and_type_raw(mem, mfn, PageType::SegDesc, &mut fl);
         if r.is_ok() {
@@ -1284,7 +1457,7 @@ impl Mm {
 
     /// Releases a frame taken with [`Mm::get_segdesc_page`] (`pv_destroy_gdt`).
     pub fn put_segdesc_page(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) {
-        self.fail = None;
+        self.begin();
         let h = self.held_get(mfn);
         let is_seg = self.info(mfn).is_some_and(|p| p.ty == PageType::SegDesc);
         if h.general == 0 || h.typed == 0 || !is_seg {
@@ -1307,7 +1480,7 @@ impl Mm {
         offset: usize,
         desc: u64,
     ) -> Result<(), MmError> {
-        self.fail = None;
+        self.begin();
         let mut fl = FlushSet::default();
         let slot = offset / 8;
         let r = self.update_descriptor_inner(mem, mfn, offset, desc, &mut fl);
@@ -1356,7 +1529,7 @@ impl Mm {
         dst: Mfn,
         src: Mfn,
     ) -> Result<(), MmError> {
-        self.fail = None;
+        self.begin();
         let mut fl = FlushSet::default();
         let r = (|| {
             if self.idx(src).is_none() || self.idx(dst).is_none() {
@@ -1374,7 +1547,7 @@ impl Mm {
     /// `MMUEXT_CLEAR_PAGE`: the frame must take a `Writable` type reference. A needed TLB
     /// flush goes to [`Mm::take_pending_flush`].
     pub fn clear_page(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) -> Result<(), MmError> {
-        self.fail = None;
+        self.begin();
         let mut fl = FlushSet::default();
         let r = (|| {
             if self.idx(mfn).is_none() {

@@ -832,7 +832,12 @@ fn fuzz_one_seeded_random_inputs() {
         x ^= x << 17;
         x
     };
-    for _ in 0..3000 {
+    // PROPTEST_CASES scales this run like the property tests (3000 by default).
+    let runs: u64 = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(3000);
+    for _ in 0..runs {
         let len = (next() % 240) as usize;
         let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         fuzz_one(&data);

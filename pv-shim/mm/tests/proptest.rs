@@ -19,9 +19,17 @@ fn level() -> impl Strategy<Value = Level> {
     ]
 }
 
-/// Frames: RAM, a foreign frame and the shared frame.
+/// Frames: RAM (its last frame and the first past it included), a foreign frame, the
+/// shared frame, and the largest frame an entry can name.
 fn frame() -> impl Strategy<Value = u64> {
-    prop_oneof![8 => 0u64..NR_FRAMES, 1 => Just(35u64), 1 => Just(SHARED)]
+    prop_oneof![
+        20 => 0u64..NR_FRAMES,
+        1 => Just(NR_FRAMES - 1),
+        1 => Just(NR_FRAMES),
+        2 => Just(35u64),
+        2 => Just(SHARED),
+        1 => Just(PAGE_ADDR_MASK >> 12)
+    ]
 }
 
 /// Mostly sane entries (like a kernel writes), some Xen refuses.
@@ -39,7 +47,25 @@ fn flags() -> impl Strategy<Value = u64> {
 }
 
 fn slot() -> impl Strategy<Value = usize> {
-    prop_oneof![6 => 0usize..12, 1 => Just(256usize), 1 => Just(271usize), 1 => 0usize..512]
+    prop_oneof![
+        6 => 0usize..12,
+        1 => Just(256usize),
+        1 => Just(271usize),
+        1 => Just(511usize),
+        1 => 0usize..512
+    ]
+}
+
+/// Preemption budgets: none, zero (one entry per level and call), a few entries, and
+/// about one or three L1s' worth.
+fn budget() -> impl Strategy<Value = Option<u32>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(0u32)),
+        Just(Some(1)),
+        (2u32..700).prop_map(Some),
+        Just(Some(1500)),
+    ]
 }
 
 fn op() -> impl Strategy<Value = FuzzOp> {
@@ -81,12 +107,19 @@ fn op() -> impl Strategy<Value = FuzzOp> {
         )
             .prop_map(|(new, user)| FuzzOp::SetRoot { new, user }),
         1 => Just(FuzzOp::TlbFlushed),
+        // Small budgets preempt pins and base-pointer loads part-way (MmError::Restart):
+        // mostly issued again until done, sometimes left partial.
+        1 => (budget(), proptest::bool::weighted(0.3))
+            .prop_map(|(entries, abandon)| FuzzOp::Budget { entries, abandon }),
         1 => (0u64..NR_FRAMES, 0u64..NR_FRAMES).prop_map(|(dst, src)| FuzzOp::CopyPage { dst, src }),
     ]
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    // PROPTEST_CASES makes a long run one variable away.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(400)
+    ))]
 
     #[test]
     fn invariants_hold_after_every_step(ops in proptest::collection::vec(op(), 1..80)) {
@@ -114,11 +147,15 @@ fn generator_exercises_accepts_and_refusals() {
             err += 1;
         }
     }
-    println!("ok {ok} err {err} stats {:?}", h.mm.stats());
+    println!(
+        "ok {ok} err {err} restarts {} stats {:?}",
+        h.restarts,
+        h.mm.stats()
+    );
     assert!(ok > 400 && err > 200, "ok {ok} err {err}");
     let st = h.mm.stats();
     assert!(
-        st.promotions > 5 && st.fast_path > 20 && st.slow_path > 100,
+        st.promotions > 5 && st.fast_path > 20 && st.slow_path > 100 && st.restarts > 5,
         "{st:?}"
     );
 }

@@ -22,6 +22,8 @@ mod layout;
 mod notes;
 
 #[cfg(test)]
+mod bomb_tests;
+#[cfg(test)]
 mod tests;
 
 pub use build::{build, hypercall_page_bytes};
@@ -113,11 +115,31 @@ pub enum LoaderError {
         /// What the decompressor said.
         reason: String,
     },
-    /// The decompressed payload exceeds the sanity limit.
-    #[error("the {format} payload of the bzImage decompresses to more than {limit} bytes")]
+    /// The decompressed payload exceeds the sanity limit (decoding stopped there).
+    #[error(
+        "the kernel's {format}-compressed payload expands beyond {}, more than pvkvm loads",
+        size_text(*limit)
+    )]
     DecompressedTooLarge {
         /// Compression format.
         format: &'static str,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The payload's header asks for more decoder memory (dictionary, window) than allowed.
+    #[error(
+        "the kernel's {format}-compressed payload asks for a {what}{}, more than the {} of \
+         decoder memory pvkvm allows",
+        need.map(|n| format!(" of {}", size_text(n))).unwrap_or_default(),
+        size_text(*limit)
+    )]
+    DecoderMemory {
+        /// Compression format.
+        format: &'static str,
+        /// What the decoder would have allocated ("dictionary", "window").
+        what: &'static str,
+        /// The size the header asks for, when known.
+        need: Option<u64>,
         /// The limit in bytes.
         limit: u64,
     },
@@ -239,4 +261,13 @@ pub fn inspect(image: &KernelImage, mem_bytes: Option<u64>) -> String {
         Err(e) => out.push_str(&format!("layout for {} bytes: {e}\n", cfg.mem_bytes)),
     }
     out
+}
+
+/// A byte count for messages: whole MiB when it is one, bytes otherwise.
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes & ((1 << 20) - 1) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }

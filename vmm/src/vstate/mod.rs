@@ -397,6 +397,21 @@ impl Vcpu {
         self.sregs_dirty = true;
     }
 
+    /// Whether KVM holds an exception, NMI or interrupt that it will deliver at the next
+    /// entry (`KVM_GET_VCPU_EVENTS`). A `KVM_RUN` that a signal cut short can return
+    /// between injecting a guest fault and delivering it: the fault is then delivered with
+    /// whatever rip the registers hold at the next entry.
+    pub fn event_in_flight(&mut self) -> Result<bool> {
+        let ev = self
+            .fd
+            .get_vcpu_events()
+            .map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
+        Ok(ev.exception.injected != 0
+            || ev.exception.pending != 0
+            || ev.nmi.injected != 0
+            || ev.interrupt.injected != 0)
+    }
+
     /// Writes model-specific registers now.
     pub fn set_msrs(&mut self, entries: &[MsrEntry]) -> Result<()> {
         let msrs =
