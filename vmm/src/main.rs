@@ -65,6 +65,10 @@ enum Command {
         /// preempted hypercalls and late backend events, decided by this seed.
         #[arg(long, hide = true, value_parser = pvkvm::inject::parse_seed)]
         inject: Option<u64>,
+        /// Testing: recompute the MMU engine's reference and type counts once a second
+        /// and at the end; a violation ends the domain (exit status 1).
+        #[arg(long, hide = true)]
+        check_mmu: bool,
     },
     /// Show a kernel's Xen notes and the layout the domain builder would make.
     Inspect {
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             console_pty,
             cpu_policy,
             inject,
+            check_mmu,
         } => {
             // The guest's console is this terminal: someone may be reading a quiet prompt.
             let interactive =
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
                 profile: stats,
                 cpu_policy,
                 inject,
+                check_mmu,
             };
             match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
                 Ok(report) => {

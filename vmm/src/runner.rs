@@ -124,6 +124,9 @@ pub struct RunConfig {
     /// Testing: inject events, kicks, short applies, preemptions and late backend events
     /// with decisions drawn from this seed (see [`crate::inject`]).
     pub inject: Option<u64>,
+    /// Testing: recompute the MMU engine's reference and type counts once a second and
+    /// when the domain ends; a violation ends the domain with a diagnostic.
+    pub check_mmu: bool,
 }
 
 /// Why the watchdog stopped a guest.
@@ -510,6 +513,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let vcpu_requests = request_tx.clone();
     let profile = cfg.profile;
     let inject = cfg.inject;
+    let check_mmu = cfg.check_mmu;
     let mm = initial_mm(&vm, &region, ram, layout.l4_gpa >> 12).map_err(|e| {
         Error::Thread(format!(
             "the domain builder's pagetables do not validate ({e}); this is a pvkvm bug"
@@ -537,6 +541,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 backend_requests: vcpu_requests,
                 profile,
                 inject,
+                check_mmu,
             };
             let shared = Shared {
                 stop: &thread_stop,
@@ -772,6 +777,7 @@ struct VcpuThread {
     backend_requests: service::RequestSender,
     profile: bool,
     inject: Option<u64>,
+    check_mmu: bool,
 }
 
 /// What the other threads tell the vCPU thread (each message comes with a kick).
@@ -880,7 +886,9 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         backend_requests,
         profile,
         inject,
+        check_mmu,
     } = t;
+    let mut mmu_checked = Instant::now();
     let mut injector = inject.map(|seed| Injector::new(seed, 0));
     vcpu.install_kick_target();
     let mut stats = pv_engine::Stats::new();
@@ -998,6 +1006,21 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         if !dom.platform.msr_writes.is_empty() {
             apply_msr_writes(&mut vcpu, dom.platform.msr_writes, &mut msr_refused);
         }
+        let ending = !matches!(action, Action::Resume | Action::Block | Action::Interrupted);
+        let action = if check_mmu && (ending || mmu_checked.elapsed() >= MMU_CHECK_EVERY) {
+            mmu_checked = Instant::now();
+            match mmu_invariants(&mut dom) {
+                Ok(()) => action,
+                Err(e) => Action::Fatal(exit::diagnostic(
+                    &format!("MMU invariant violated: {e}"),
+                    &dom,
+                    None,
+                    Some(&mut vcpu as &mut dyn CpuState),
+                )),
+            }
+        } else {
+            action
+        };
         let action = match load_xstate(&mut vcpu, &mut dom, from_user) {
             Ok(()) => action,
             Err(e) => Action::Fatal(format!(
@@ -1054,6 +1077,18 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
 /// on the vCPU. A write this host's KVM refuses is logged once per MSR and the guest
 /// goes on without it, as it would on a host without the feature. A refused SBPB is
 /// retried as IBPB, a stronger barrier that KVMs older than SBPB support.
+/// How often `--check-mmu` recomputes the MMU engine's counts.
+const MMU_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The MMU engine's invariants over guest memory as it is now (`--check-mmu`).
+fn mmu_invariants(dom: &mut Domain<'_>) -> Result<(), String> {
+    let p = &mut dom.platform;
+    match p.mm.as_deref() {
+        Some(mm) => mm.check_invariants(&p.frames),
+        None => Ok(()),
+    }
+}
+
 /// Fault injection at one exit (see [`crate::inject`]): a spurious upcall once the guest
 /// has an event callback to take it, and the chunk size of this exit's posted stores.
 fn inject_at_exit(dom: &mut Domain<'_>, plan: crate::inject::AtExit) {

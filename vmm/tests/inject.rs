@@ -1,5 +1,5 @@
 //! Issue 10's fault-injection runs: Debian's cloud kernel boots under `pvkvm run
-//! --inject SEED` (spurious upcalls at exits, kicks at random times, short applies,
+//! --inject SEED --check-mmu` (spurious upcalls at exits, kicks at random times, short applies,
 //! preempted hypercalls, late backend events) and runs a fork/exec, pipe, signal and
 //! memory workload whose answers are checked, for several seeds; the kernel logs no oops,
 //! BUG or warning and powers off with status 0. Needs the Debian kernel like
@@ -43,7 +43,14 @@ fn workload_under_injection(seed: u64) {
     let run = common::debian_shell(
         &kernel,
         "console=hvc0 quiet",
-        &["--memory", "1G", "--stats", "--inject", &seed],
+        &[
+            "--memory",
+            "1G",
+            "--stats",
+            "--check-mmu",
+            "--inject",
+            &seed,
+        ],
         &COMMANDS,
     );
     let context = format!(
