@@ -229,6 +229,11 @@ summary+=" pvkvm exit status $status; logs in $out."
 echo "$summary" | tee -a "$result"
 
 if [[ ${#failed[@]} -gt 0 ]]; then
+    first_bad=$(grep -n -m 1 -E "$bad_re" <<<"$text" | cut -d: -f1 || true)
+    if [[ -n $first_bad ]]; then
+        echo "--- console from the first bad kernel line (line $first_bad) ---"
+        sed -n "$((first_bad > 5 ? first_bad - 5 : 1)),$((first_bad + 60))p" <<<"$text"
+    fi
     echo "--- console tail ($console) ---"
     tail -n 60 "$console" | tr -d '\r'
     echo "--- pvkvm ($pvlog) ---"
