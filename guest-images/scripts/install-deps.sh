@@ -5,7 +5,8 @@
 # pvkvm uses no other toolchain or target.
 set -euo pipefail
 
-need_apt=(gcc libc6-dev make dpkg ca-certificates)
+# binutils: readelf, which build-soak-initramfs.sh resolves stress-ng's libraries with.
+need_apt=(gcc libc6-dev make dpkg ca-certificates binutils)
 
 if [[ $(id -u) -eq 0 ]]; then
     echo "install-deps: apt-get update" >&2
@@ -13,7 +14,7 @@ if [[ $(id -u) -eq 0 ]]; then
     echo "install-deps: apt-get install ${need_apt[*]}" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
 else
-    for tool in gcc dpkg-deb apt-get; do
+    for tool in gcc dpkg-deb apt-get readelf; do
         command -v "$tool" >/dev/null || { echo "install-deps: $tool is missing and this is not root; install: ${need_apt[*]}" >&2; exit 1; }
     done
 fi
@@ -26,3 +27,6 @@ script_dir=$(dirname "${BASH_SOURCE[0]}")
 # cloud kernel (zstd, from a private apt configuration): the loader tests read both.
 "$script_dir/fetch-debian-kernel.sh" --flavour generic
 "$script_dir/fetch-debian-kernel.sh" --suite trixie
+# The soak guest (vmm/tests/soak.rs): the default initramfs plus Debian's stress-ng and
+# the libraries it loads, downloaded as .debs (nothing is installed on this machine).
+"$script_dir/build-soak-initramfs.sh"
