@@ -527,7 +527,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let thread_stop = stop.clone();
     let thread_progress = progress.clone();
     let thread_timer = next_timer.clone();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<WatchNote>();
     let handle = std::thread::Builder::new()
         .name("vcpu0".into())
         .spawn(move || {
@@ -552,9 +552,10 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 stop: &thread_stop,
                 progress: &thread_progress,
                 next_timer: &thread_timer,
+                watchdog: &done_tx,
             };
             let report = vcpu_loop(thread, shared);
-            let _ = done_tx.send(());
+            let _ = done_tx.send(WatchNote::VcpuEnded);
             report
         })
         .map_err(|e| Error::Thread(e.to_string()))?;
@@ -657,8 +658,12 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             .min(WATCH_INTERVAL)
             .min(timer_wait);
         match done_rx.recv_timeout(wait) {
-            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            Ok(WatchNote::VcpuEnded) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                break
+            }
+            // A new timer deadline: look at it now (and at everything else: notes can
+            // come more often than the interval).
+            Ok(WatchNote::TimerMoved) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let terms = SIGTERMS.load(Ordering::SeqCst);
                 if terms >= 1 && poweroff_asked.is_none() {
                     poweroff_asked = Some(Instant::now());
@@ -668,9 +673,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                     terms >= 2 || poweroff_asked.is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);
                 if destroy {
                     stop.store(STOP_DESTROY, Ordering::SeqCst);
-                    while done_rx.recv_timeout(Duration::from_millis(50)).is_err() {
-                        let _ = handle.kill(kick_signal());
-                    }
+                    kick_until_ended(&done_rx, &handle);
                     break;
                 }
                 let due = next_timer.load(Ordering::SeqCst);
@@ -700,9 +703,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 stop.store(reason, Ordering::SeqCst);
                 // Kick until the thread notices (a kick that lands just before KVM_RUN
                 // is lost; the next one is not).
-                while done_rx.recv_timeout(Duration::from_millis(50)).is_err() {
-                    let _ = handle.kill(kick_signal());
-                }
+                kick_until_ended(&done_rx, &handle);
                 break;
             }
         }
@@ -794,12 +795,41 @@ pub enum Wake {
     BackendEvent(u32),
 }
 
+/// What the vCPU thread tells the watchdog loop.
+enum WatchNote {
+    /// The guest's next timer deadline changed: the watchdog sleeps until the earliest
+    /// one to kick the vCPU out of the guest for it, so it must not sleep past a new one.
+    TimerMoved,
+    /// The vCPU thread is ending.
+    VcpuEnded,
+}
+
+/// Kicks the vCPU thread until it ends (a kick that lands just before `KVM_RUN` is lost;
+/// the next one is not).
+fn kick_until_ended<T>(
+    notes: &std::sync::mpsc::Receiver<WatchNote>,
+    vcpu: &std::thread::JoinHandle<T>,
+) {
+    loop {
+        match notes.recv_timeout(Duration::from_millis(50)) {
+            Ok(WatchNote::VcpuEnded) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return
+            }
+            Ok(WatchNote::TimerMoved) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = vcpu.kill(kick_signal());
+            }
+        }
+    }
+}
+
 /// State the vCPU thread shares with the watchdog.
 struct Shared<'a> {
     stop: &'a AtomicU8,
     progress: &'a AtomicU64,
     /// System time of the guest's next timer (u64::MAX: none).
     next_timer: &'a AtomicU64,
+    /// Where a changed deadline is announced.
+    watchdog: &'a std::sync::mpsc::Sender<WatchNote>,
 }
 
 /// Guest memory as the engine's platform before the vCPU runs (boot-time writes).
@@ -1046,10 +1076,10 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         if !dom.platform.notified.is_empty() {
             notify_backends(&mut dom, &backend_requests);
         }
-        shared.next_timer.store(
-            pv_engine::time::next_deadline(dom.vcpu).unwrap_or(u64::MAX),
-            Ordering::SeqCst,
-        );
+        let due = pv_engine::time::next_deadline(dom.vcpu).unwrap_or(u64::MAX);
+        if shared.next_timer.swap(due, Ordering::SeqCst) != due {
+            let _ = shared.watchdog.send(WatchNote::TimerMoved);
+        }
         match action {
             Action::Resume => {}
             Action::Block => {
