@@ -6,6 +6,7 @@
 //! cross-read. `no_std` so the shim, the engine, the VMM and the test kernels share it.
 #![no_std]
 
+pub mod blkif;
 pub mod callback;
 pub mod console;
 pub mod contract;
@@ -15,6 +16,7 @@ pub mod errno;
 pub mod features;
 pub mod grant_table;
 pub mod memory;
+pub mod netif;
 pub mod sched;
 pub mod version;
 pub mod xen;

@@ -5,6 +5,10 @@
 //! pseudo-terminal. [`ring_page`] is the shared-page access it and the xenstore
 //! daemon (`crate::xenstore`) use. [`service`] runs both on the backends' own thread.
 
+pub mod blk;
 pub mod console;
+pub mod grant;
+pub mod net;
+pub mod ring;
 pub mod ring_page;
 pub mod service;

@@ -1,0 +1,1 @@
+//! `public/io/blkif.h`: the block device protocol.

@@ -1,0 +1,1 @@
+//! `public/io/netif.h`: the network device protocol.

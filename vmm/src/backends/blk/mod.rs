@@ -1,0 +1,1 @@
+//! blkback: the block device backend (`public/io/blkif.h`).

@@ -1,0 +1,1 @@
+//! netback: the network device backend (`public/io/netif.h`).
