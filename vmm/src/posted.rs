@@ -27,6 +27,11 @@ pub struct Posted {
 }
 
 impl Posted {
+    /// Whether no store is queued.
+    pub fn is_empty(&self) -> bool {
+        self.stores.is_empty()
+    }
+
     /// Whether nothing waits: no store and no flush.
     pub fn nothing_waits(&self, flush: &FlushSet) -> bool {
         self.stores.is_empty() && *flush == FlushSet::default()

@@ -63,6 +63,9 @@ pub enum Error {
     /// The vCPU thread died.
     #[error("the vCPU thread failed: {0}")]
     Thread(String),
+    /// A disk or network device cannot be set up.
+    #[error("cannot set up the guest's devices: {0}")]
+    Devices(String),
     /// A kernel, initrd or policy file is not something pvkvm can read whole.
     #[error("{path}: {what}")]
     Input {
@@ -371,6 +374,10 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         None => None,
     };
 
+    // Disks and NICs are opened before anything is built: an image that cannot be
+    // used stops the start with its own message.
+    let device_models: Vec<Box<dyn crate::backends::xenbus::DeviceModel>> = Vec::new();
+
     let measuring = Instant::now();
     let facts = crate::host::HostFacts::probe().map_err(Error::HostProbe)?;
     let paths = facts.paths()?;
@@ -506,12 +513,9 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     store_cfg.store_ring_ref = layout.store_gfn;
     store_cfg.console_port = CONSOLE_EVTCHN;
     store_cfg.console_ring_ref = layout.console_gfn;
-    let backends = Backends {
-        console: console_backend,
-        console_gpa,
-        xenstore: Xenstore::with_config(&store_cfg),
-        store_gpa: layout.store_gfn << 12,
-    };
+    let mut xenstore = Xenstore::with_config(&store_cfg);
+    let router = crate::backends::xenbus::PortRouter::default();
+    let grant_table_gpa = region.grant_table_gpa;
     let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
     let (request_tx, request_rx) = std::sync::mpsc::channel::<Request>();
     let backend_mem = vm.memory().clone();
@@ -519,11 +523,15 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let profile = cfg.profile;
     let inject = cfg.inject;
     let check_mmu = cfg.check_mmu;
-    let mm = initial_mm(&vm, &region, ram, layout.l4_gpa >> 12).map_err(|e| {
-        Error::Thread(format!(
-            "the domain builder's pagetables do not validate ({e}); this is a pvkvm bug"
-        ))
-    })?;
+    let mm: SharedMm = Arc::new(std::sync::Mutex::new(
+        initial_mm(&vm, &region, ram, layout.l4_gpa >> 12).map_err(|e| {
+            Error::Thread(format!(
+                "the domain builder's pagetables do not validate ({e}); this is a pvkvm bug"
+            ))
+        })?,
+    ));
+    let grant_mm = mm.clone();
+    let vcpu_router = router.clone();
     let thread_stop = stop.clone();
     let thread_progress = progress.clone();
     let thread_timer = next_timer.clone();
@@ -544,6 +552,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 paths,
                 wake: wake_rx,
                 backend_requests: vcpu_requests,
+                router: vcpu_router,
                 profile,
                 inject,
                 check_mmu,
@@ -576,6 +585,34 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             unsafe { libc::pthread_kill(tid, kick_signal()) };
         }
     });
+    // The split-driver devices: directories in xenstore before the guest's first
+    // xenstore request is served (the backends' thread is not running yet).
+    let grants = Arc::new(crate::backends::gnttab::GuestGrantTable::new(
+        backend_mem.clone(),
+        grant_mm,
+        grant_table_gpa,
+        GRANT_FRAMES as u32,
+        ram >> 12,
+    ));
+    let channels = Arc::new(VcpuChannels {
+        wake: std::sync::Mutex::new(wake_tx.clone()),
+        tid,
+    });
+    let mut xenbus = crate::backends::xenbus::Xenbus::new(
+        u32::from(pv_engine::GUEST_DOMID),
+        device_models,
+        grants,
+        channels,
+        router,
+    );
+    xenbus.publish(&mut xenstore).map_err(Error::Devices)?;
+    let backends = Backends {
+        console: console_backend,
+        console_gpa,
+        xenstore,
+        store_gpa: layout.store_gfn << 12,
+        xenbus,
+    };
     let backend_thread = service::spawn(backends, backend_mem, request_rx, raise)
         .map_err(|e| Error::Thread(e.to_string()))?;
 
@@ -758,6 +795,16 @@ fn thread_end(
     }
 }
 
+/// The domain's frame table (pagetable engine), shared by the vCPU thread and the
+/// backends' grant mappings.
+pub type SharedMm = Arc<std::sync::Mutex<pv_mm::Mm>>;
+
+/// Locks the frame table. A thread that panicked holding it ended the domain anyway;
+/// what it left is still the best account of the frames for the teardown.
+pub fn lock_mm(mm: &std::sync::Mutex<pv_mm::Mm>) -> std::sync::MutexGuard<'_, pv_mm::Mm> {
+    mm.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What the vCPU thread hands back.
 struct ThreadEnd {
     end: DomainEnd,
@@ -773,7 +820,7 @@ struct VcpuThread {
     vcpu: vstate::Vcpu,
     region: ShimRegion,
     pv_vcpu: pv_engine::Vcpu,
-    mm: pv_mm::Mm,
+    mm: SharedMm,
     ram: u64,
     cpuid: CpuidTable,
     console: Box<dyn Write + Send>,
@@ -781,6 +828,7 @@ struct VcpuThread {
     paths: crate::host::Paths,
     wake: std::sync::mpsc::Receiver<Wake>,
     backend_requests: service::RequestSender,
+    router: crate::backends::xenbus::PortRouter,
     profile: bool,
     inject: Option<u64>,
     check_mmu: bool,
@@ -793,6 +841,17 @@ pub enum Wake {
     Timer,
     /// A backend owes the guest an event on its end of this backend port.
     BackendEvent(u32),
+    /// A device backend binds to the guest's unbound port (a frontend connected).
+    BindBackend {
+        /// The guest's port, as the frontend wrote it in xenstore.
+        guest_port: u32,
+        /// The device's backend port.
+        backend_port: u32,
+        /// Where the result goes (Xen's errno on failure).
+        reply: std::sync::mpsc::SyncSender<Result<(), i64>>,
+    },
+    /// A device backend closed its port (the frontend disconnected).
+    UnbindBackend(u32),
 }
 
 /// What the vCPU thread tells the watchdog loop.
@@ -914,7 +973,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         mut vcpu,
         region,
         mut pv_vcpu,
-        mut mm,
+        mm,
         ram,
         cpuid,
         mut console,
@@ -922,6 +981,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         paths,
         wake,
         backend_requests,
+        router,
         profile,
         inject,
         check_mmu,
@@ -964,6 +1024,11 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         }
         log::trace!("exit {exit:?} blocked {blocked}");
         let from_user = pv_vcpu.mode == pv_engine::Mode::User;
+        // The domain's frame table is shared with the backends (their grant mappings
+        // take page references): held while an exit is handled, never while the vCPU
+        // runs or waits blocked.
+        let mut mm_guard = (!blocked).then(|| lock_mm(&mm));
+        let mut mm_after_wait;
         let mut dom = Domain {
             vcpu: &mut pv_vcpu,
             stats: &mut stats,
@@ -975,7 +1040,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 shared_info_gpa: region.shared_info_gpa,
                 cpuid: &cpuid,
                 console: &mut *console,
-                mm: Some(&mut mm),
+                mm: mm_guard.as_deref_mut(),
                 frames: VmmFrames {
                     mem: vm.memory(),
                     posted: &mut posted,
@@ -998,6 +1063,8 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         };
         let action = if blocked {
             let action = wait_for_event(&mut dom, &wake, &shared, &clock);
+            mm_after_wait = Some(lock_mm(&mm));
+            dom.platform.mm = mm_after_wait.as_deref_mut();
             if action == Action::Resume {
                 blocked = false;
                 dom.platform.preempt_deadline = Some(Instant::now() + exit::EXIT_BUDGET);
@@ -1074,7 +1141,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         // Backends the guest notified work on their own thread; their answers come back
         // as Wake::BackendEvent.
         if !dom.platform.notified.is_empty() {
-            notify_backends(&mut dom, &backend_requests);
+            notify_backends(&mut dom, &backend_requests, &router);
         }
         let due = pv_engine::time::next_deadline(dom.vcpu).unwrap_or(u64::MAX);
         if shared.next_timer.swap(due, Ordering::SeqCst) != due {
@@ -1105,13 +1172,23 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 } else {
                     DomainEnd::Timeout(diag)
                 };
-                return Ok(thread_end(end, exits, stats, &mm));
+                return Ok(thread_end(end, exits, stats, &lock_mm(&mm)));
             }
             Action::Shutdown(reason) => {
-                return Ok(thread_end(DomainEnd::Shutdown(reason), exits, stats, &mm))
+                return Ok(thread_end(
+                    DomainEnd::Shutdown(reason),
+                    exits,
+                    stats,
+                    &lock_mm(&mm),
+                ))
             }
             Action::Fatal(diag) => {
-                return Ok(thread_end(DomainEnd::Fatal(diag), exits, stats, &mm))
+                return Ok(thread_end(
+                    DomainEnd::Fatal(diag),
+                    exits,
+                    stats,
+                    &lock_mm(&mm),
+                ))
             }
         }
     }
@@ -1174,6 +1251,18 @@ fn handle_wake(dom: &mut Domain<'_>, w: Wake) {
         Wake::BackendEvent(port) => {
             pv_engine::evtchn::backend_notify(dom.vcpu, &mut dom.platform, port);
         }
+        Wake::BindBackend {
+            guest_port,
+            backend_port,
+            reply,
+        } => {
+            let r = dom
+                .vcpu
+                .evtchn
+                .bind_backend_to_unbound(guest_port, backend_port);
+            let _ = reply.send(r);
+        }
+        Wake::UnbindBackend(port) => dom.vcpu.evtchn.unbind_backend(port),
     }
 }
 
@@ -1215,9 +1304,67 @@ fn wait_for_event(
 }
 
 /// Hands the guest's notifies to the backends' thread; the guest runs on at once.
-fn notify_backends(dom: &mut Domain<'_>, backends: &service::RequestSender) {
+fn notify_backends(
+    dom: &mut Domain<'_>,
+    backends: &service::RequestSender,
+    router: &crate::backends::xenbus::PortRouter,
+) {
     for port in std::mem::take(dom.platform.notified) {
-        // The thread is gone only once the domain has ended.
-        let _ = backends.send(Request::Notify(port));
+        // A device's own thread takes its kicks; the hub the rest. The hub is gone
+        // only once the domain has ended.
+        if !router.kick(port) {
+            let _ = backends.send(Request::Notify(port));
+        }
+    }
+}
+
+/// The guest's event channels as the device backends reach them: through the vCPU
+/// thread, which owns them (a message and a kick).
+struct VcpuChannels {
+    wake: std::sync::Mutex<std::sync::mpsc::Sender<Wake>>,
+    tid: libc::pthread_t,
+}
+
+impl VcpuChannels {
+    fn send(&self, w: Wake) -> bool {
+        let sent = self
+            .wake
+            .lock()
+            .map(|tx| tx.send(w).is_ok())
+            .unwrap_or(false);
+        if sent {
+            // SAFETY: pthread_kill with the vCPU thread's id, which stays valid until
+            // that thread is joined; it is joined only after the backends' thread, which
+            // stops every device thread first, has ended. The kick's handler only sets
+            // a flag.
+            unsafe { libc::pthread_kill(self.tid, kick_signal()) };
+        }
+        sent
+    }
+}
+
+impl crate::backends::xenbus::EventChannels for VcpuChannels {
+    fn bind(&self, guest_port: u32, backend_port: u32) -> Result<(), i64> {
+        let (reply, result) = std::sync::mpsc::sync_channel(1);
+        if !self.send(Wake::BindBackend {
+            guest_port,
+            backend_port,
+            reply,
+        }) {
+            return Err(-xen_abi::errno::ESRCH);
+        }
+        // The vCPU thread answers at its next exit (the kick forces one) or from its
+        // blocked wait.
+        result
+            .recv_timeout(crate::backends::xenbus::BIND_TIMEOUT)
+            .unwrap_or(Err(-xen_abi::errno::ESRCH))
+    }
+
+    fn unbind(&self, backend_port: u32) {
+        self.send(Wake::UnbindBackend(backend_port));
+    }
+
+    fn raise(&self, backend_port: u32) {
+        self.send(Wake::BackendEvent(backend_port));
     }
 }

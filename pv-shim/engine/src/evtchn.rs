@@ -110,6 +110,28 @@ impl EvtchnTable {
         }
     }
 
+    /// A backend binds to the port the guest allocated for domain 0 and named in
+    /// xenstore (the backend's `EVTCHNOP_bind_interdomain`). As in Xen, the port must
+    /// be unbound and reserved for domain 0, else `-EINVAL`.
+    pub fn bind_backend_to_unbound(&mut self, port: u32, remote_port: u32) -> Result<(), i64> {
+        match self.ports.get_mut(port as usize) {
+            Some(s @ PortState::Unbound { remote_dom: 0 }) => {
+                *s = PortState::Backend { remote_port };
+                Ok(())
+            }
+            _ => Err(-EINVAL),
+        }
+    }
+
+    /// The backend closed its end of `remote_port`: the guest's end becomes unbound
+    /// for domain 0 again (Xen leaves the surviving end of a closed interdomain channel
+    /// `ECS_UNBOUND`), so a reconnecting frontend may reuse it.
+    pub fn unbind_backend(&mut self, remote_port: u32) {
+        if let Some(p) = self.port_of_backend(remote_port) {
+            self.ports[p as usize] = PortState::Unbound { remote_dom: 0 };
+        }
+    }
+
     /// The local port connected to backend port `remote_port`, if any.
     pub fn port_of_backend(&self, remote_port: u32) -> Option<u32> {
         self.ports
@@ -553,6 +575,26 @@ mod tests {
 
     fn pending(p: &FakePlatform, port: u32) -> bool {
         test_bit(p, SHARED_INFO + shared_info::EVTCHN_PENDING, port)
+    }
+
+    #[test]
+    fn a_backend_binds_only_to_a_port_left_unbound_for_domain_0() {
+        let mut t = EvtchnTable::default();
+        t.ports[5] = PortState::Unbound { remote_dom: 0 };
+        t.ports[6] = PortState::Unbound {
+            remote_dom: DOMID_SELF,
+        };
+        assert_eq!(t.bind_backend_to_unbound(6, 16), Err(-EINVAL));
+        assert_eq!(t.bind_backend_to_unbound(7, 16), Err(-EINVAL));
+        assert_eq!(t.bind_backend_to_unbound(NR_PORTS as u32, 16), Err(-EINVAL));
+        assert_eq!(t.bind_backend_to_unbound(5, 16), Ok(()));
+        assert_eq!(t.port_of_backend(16), Some(5));
+        // Bound already: a second bind is refused.
+        assert_eq!(t.bind_backend_to_unbound(5, 17), Err(-EINVAL));
+        // The backend closes: the guest's end is unbound for domain 0 again.
+        t.unbind_backend(16);
+        assert_eq!(t.state(5), PortState::Unbound { remote_dom: 0 });
+        assert_eq!(t.port_of_backend(16), None);
     }
 
     #[test]

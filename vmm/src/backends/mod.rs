@@ -7,8 +7,10 @@
 
 pub mod blk;
 pub mod console;
+pub mod gnttab;
 pub mod grant;
 pub mod net;
 pub mod ring;
 pub mod ring_page;
 pub mod service;
+pub mod xenbus;

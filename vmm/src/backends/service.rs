@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::console::{ConsoleBackend, GuestRingPage};
+use super::xenbus::Xenbus;
 use crate::xenstore::Xenstore;
 
 /// The backend port of xenstored (its end of the guest's store channel).
@@ -55,6 +56,8 @@ pub struct Backends {
     pub xenstore: Xenstore,
     /// Guest-physical address of the xenstore ring page.
     pub store_gpa: u64,
+    /// The split-driver devices (disks, NICs) and their xenbus handshakes.
+    pub xenbus: Xenbus,
 }
 
 impl Backends {
@@ -92,7 +95,16 @@ impl Backends {
         let mut page = GuestRingPage::new(mem, GuestAddress(self.store_gpa));
         let mut notify = self.xenstore.process(&mut page);
         let mut slices = 0;
-        while self.xenstore.needs_poll() && slices < XENSTORE_SLICES {
+        loop {
+            while self.xenstore.needs_poll() && slices < XENSTORE_SLICES {
+                notify |= self.xenstore.process(&mut page);
+                slices += 1;
+            }
+            // The frontends' state changes move the backends; what the backends write
+            // fires the guest's watches, served in the same round.
+            if !self.xenbus.reconcile(&mut self.xenstore) || slices >= XENSTORE_SLICES {
+                break;
+            }
             notify |= self.xenstore.process(&mut page);
             slices += 1;
         }
@@ -128,6 +140,8 @@ pub fn spawn(
                     raise(port);
                 }
             }
+            // The devices finish what they took and give their grants back.
+            backends.xenbus.shutdown();
             backends.flush_console(&mem);
             // What the guest said last, for a crash report.
             backends.console.crash_line()
