@@ -66,7 +66,9 @@ pub enum ImageError {
         source: io::Error,
     },
     /// A format this build cannot serve.
-    #[error("{format} images are not supported yet ({path}); convert it with `qemu-img convert -O raw`")]
+    #[error(
+        "{format} images are not supported yet ({path}); convert it with `qemu-img convert -O raw`"
+    )]
     UnsupportedFormat {
         /// The image.
         path: PathBuf,
@@ -161,10 +163,11 @@ impl DiskImage {
             if !read_only {
                 image.discard = image.probe_punch_hole();
                 // Punching frees whole filesystem blocks; a partial one is only zeroed.
-                image.discard_granularity = u32::try_from(std::os::unix::fs::MetadataExt::blksize(&meta))
-                    .ok()
-                    .filter(|b| b.is_power_of_two() && *b >= 512)
-                    .unwrap_or(4096);
+                image.discard_granularity =
+                    u32::try_from(std::os::unix::fs::MetadataExt::blksize(&meta))
+                        .ok()
+                        .filter(|b| b.is_power_of_two() && *b >= 512)
+                        .unwrap_or(4096);
             }
         }
         Ok(image)
@@ -273,7 +276,11 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
 }
 
 fn lock(file: &File, path: &Path, read_only: bool) -> Result<(), ImageError> {
-    let op = if read_only { libc::LOCK_SH } else { libc::LOCK_EX };
+    let op = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
     // SAFETY: flock takes a descriptor and flags; the descriptor is the open file
     // borrowed for the call. The lock goes with the descriptor when the file closes.
     let r = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };

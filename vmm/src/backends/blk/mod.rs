@@ -23,12 +23,12 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use xen_abi::blkif::{
-    BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
-    BlkifResponse, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST,
-    BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
-    BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
-    BLKIF_RSP_OKAY, BLKIF_SEGS_PER_INDIRECT_FRAME, SECTORS_PER_PAGE, SECTOR_SIZE,
-    VDISK_READONLY, XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64,
+    BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment, BlkifResponse,
+    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
+    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
+    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    BLKIF_SEGS_PER_INDIRECT_FRAME, SECTORS_PER_PAGE, SECTOR_SIZE, VDISK_READONLY,
+    XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -119,10 +119,14 @@ impl FrontendParams {
         let number = |key: &str| -> Result<Option<u32>, BlkError> {
             match read(key) {
                 None => Ok(None),
-                Some(v) => v.trim().parse().map(Some).map_err(|_| BlkError::FrontendKey {
-                    key: key.to_string(),
-                    value: Some(v),
-                }),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| BlkError::FrontendKey {
+                        key: key.to_string(),
+                        value: Some(v),
+                    }),
             }
         };
         let required = |key: &str| -> Result<u32, BlkError> {
@@ -176,7 +180,10 @@ pub fn backend_keys(disk: &DiskImage) -> Vec<(String, String)> {
     ];
     if disk.supports_discard() {
         keys.push(("feature-discard", "1".into()));
-        keys.push(("discard-granularity", disk.discard_granularity().to_string()));
+        keys.push((
+            "discard-granularity",
+            disk.discard_granularity().to_string(),
+        ));
         keys.push(("discard-alignment", "0".into()));
         keys.push(("discard-secure", "0".into()));
     } else {
@@ -280,8 +287,8 @@ impl BlkBackend {
             pages.into_iter().for_each(|m| grants.unmap(m));
             return Err(BlkError::RingMap { gref, source });
         }
-        let ring = BackRing::new(&*grants, pages, REQUEST_SIZE, RESPONSE_SIZE)
-            .map_err(BlkError::Ring)?;
+        let ring =
+            BackRing::new(&*grants, pages, REQUEST_SIZE, RESPONSE_SIZE).map_err(BlkError::Ring)?;
         Ok(BlkBackend {
             grants,
             disk,
@@ -386,7 +393,12 @@ impl BlkBackend {
         }
     }
 
-    fn dispatch(&mut self, g: &dyn GrantAccess, operation: u8, req: &[u8; REQUEST_SIZE]) -> Outcome {
+    fn dispatch(
+        &mut self,
+        g: &dyn GrantAccess,
+        operation: u8,
+        req: &[u8; REQUEST_SIZE],
+    ) -> Outcome {
         match operation {
             BLKIF_OP_READ | BLKIF_OP_WRITE | BLKIF_OP_WRITE_BARRIER | BLKIF_OP_FLUSH_DISKCACHE => {
                 let Ok((r, _)) = BlkifRequest::read_from_prefix(req) else {
@@ -431,7 +443,9 @@ impl BlkBackend {
         }
         let n = usize::from(r.nr_segments);
         if n == 0 || n > MAX_INDIRECT_SEGMENTS {
-            return Err(format!("{n} indirect segments (at most {MAX_INDIRECT_SEGMENTS})"));
+            return Err(format!(
+                "{n} indirect segments (at most {MAX_INDIRECT_SEGMENTS})"
+            ));
         }
         let pages = n.div_ceil(BLKIF_SEGS_PER_INDIRECT_FRAME);
         debug_assert!(pages <= BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST);
@@ -481,7 +495,10 @@ impl BlkBackend {
             checked.push(seg);
         }
         let nsect = (total / SECTOR) as u64;
-        if sector.checked_add(nsect).is_none_or(|end| end > self.disk.sectors()) {
+        if sector
+            .checked_add(nsect)
+            .is_none_or(|end| end > self.disk.sectors())
+        {
             return Outcome::Error(format!(
                 "sectors {sector}+{nsect} beyond the disk's {}",
                 self.disk.sectors()
@@ -525,7 +542,10 @@ impl BlkBackend {
     fn flush(&mut self) -> Result<(), Outcome> {
         self.stats.flushes += 1;
         self.disk.flush().map_err(|e| {
-            log::warn!("blkback: flushing {} failed: {e}", self.disk.path().display());
+            log::warn!(
+                "blkback: flushing {} failed: {e}",
+                self.disk.path().display()
+            );
             Outcome::Error(format!("flush: {e}"))
         })
     }
@@ -539,14 +559,19 @@ impl BlkBackend {
         offset: u64,
     ) -> Result<(), Outcome> {
         self.disk.read_at(bounce, offset).map_err(|e| {
-            log::warn!("blkback: reading {} failed: {e}", self.disk.path().display());
+            log::warn!(
+                "blkback: reading {} failed: {e}",
+                self.disk.path().display()
+            );
             Outcome::Error(format!("read: {e}"))
         })?;
         let mut at = 0;
         for s in segs {
             let data = &bounce[at..at + s.len];
-            self.with_segment(g, s.gref, Access::ReadWrite, |g, m| g.write(m, s.offset, data))
-                .map_err(|e| Outcome::Error(format!("segment: {e}")))?;
+            self.with_segment(g, s.gref, Access::ReadWrite, |g, m| {
+                g.write(m, s.offset, data)
+            })
+            .map_err(|e| Outcome::Error(format!("segment: {e}")))?;
             at += s.len;
         }
         Ok(())
@@ -563,15 +588,20 @@ impl BlkBackend {
         let mut at = 0;
         for s in segs {
             let data = &mut bounce[at..at + s.len];
-            self.with_segment(g, s.gref, Access::ReadOnly, |g, m| g.read(m, s.offset, data))
-                .map_err(|e| Outcome::Error(format!("segment: {e}")))?;
+            self.with_segment(g, s.gref, Access::ReadOnly, |g, m| {
+                g.read(m, s.offset, data)
+            })
+            .map_err(|e| Outcome::Error(format!("segment: {e}")))?;
             at += s.len;
         }
         if bounce.is_empty() {
             return Ok(());
         }
         self.disk.write_at(bounce, offset).map_err(|e| {
-            log::warn!("blkback: writing {} failed: {e}", self.disk.path().display());
+            log::warn!(
+                "blkback: writing {} failed: {e}",
+                self.disk.path().display()
+            );
             Outcome::Error(format!("write: {e}"))
         })
     }
@@ -615,7 +645,10 @@ impl BlkBackend {
             return Outcome::NotSupported;
         }
         let (sector, n) = (r.sector_number, r.nr_sectors);
-        if sector.checked_add(n).is_none_or(|end| end > self.disk.sectors()) {
+        if sector
+            .checked_add(n)
+            .is_none_or(|end| end > self.disk.sectors())
+        {
             return Outcome::Error(format!(
                 "discard of sectors {sector}+{n} beyond the disk's {}",
                 self.disk.sectors()
@@ -632,7 +665,10 @@ impl BlkBackend {
             }
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Outcome::NotSupported,
             Err(e) => {
-                log::warn!("blkback: discarding in {} failed: {e}", self.disk.path().display());
+                log::warn!(
+                    "blkback: discarding in {} failed: {e}",
+                    self.disk.path().display()
+                );
                 Outcome::Error(format!("discard: {e}"))
             }
         }

@@ -16,7 +16,9 @@ pub enum SpecError {
     #[error("the disk specification {0:?} does not start with an image path")]
     NoPath(String),
     /// An option this syntax does not have.
-    #[error("the disk option {0:?} is not known (expected format=raw|qcow2, vdev=NAME, ro or readonly)")]
+    #[error(
+        "the disk option {0:?} is not known (expected format=raw|qcow2, vdev=NAME, ro or readonly)"
+    )]
     UnknownOption(String),
     /// An option given twice.
     #[error("the disk option {0:?} is given more than once")]

@@ -196,7 +196,10 @@ fn write_then_read_round_trips_through_the_image() {
     okay(&rsp, 0xdef, BLKIF_OP_READ);
     assert_eq!(f.g.page(101), data);
     let s = be.stats();
-    assert_eq!((s.requests, s.sectors_written, s.sectors_read, s.errors), (2, 8, 8, 0));
+    assert_eq!(
+        (s.requests, s.sectors_written, s.sectors_read, s.errors),
+        (2, 8, 8, 0)
+    );
     finish(&f, be);
 }
 
@@ -212,7 +215,11 @@ fn multi_segment_requests_use_partial_pages_in_order() {
     }
     // 3 + 8 + 1 sectors from sector 20.
     let segs = [seg(10, 1, 3), seg(11, 0, 7), seg(12, 2, 2)];
-    okay(&f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 1, 20, &segs)), 1, BLKIF_OP_WRITE);
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 1, 20, &segs)),
+        1,
+        BLKIF_OP_WRITE,
+    );
     let after = img.bytes();
     let at = |s: usize| s * 512;
     assert_eq!(&after[at(20)..at(23)], &[10u8; 1536][..]);
@@ -226,7 +233,11 @@ fn multi_segment_requests_use_partial_pages_in_order() {
         f.g.grant(g, false);
     }
     let segs = [seg(20, 1, 3), seg(21, 0, 7), seg(22, 2, 2)];
-    okay(&f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 2, 20, &segs)), 2, BLKIF_OP_READ);
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 2, 20, &segs)),
+        2,
+        BLKIF_OP_READ,
+    );
     assert_eq!(&f.g.page(20)[512..2048], &[10u8; 1536][..]);
     assert_eq!(f.g.page(20)[..512], [0u8; 512]);
     assert_eq!(f.g.page(21), vec![11u8; 4096]);
@@ -241,22 +252,45 @@ fn bad_revoked_and_read_only_grants_get_error_responses() {
     let mut f = Front::new(1);
     let mut be = f.connect(img.open(false), false);
     // Outside the table, and never granted.
-    failed(&f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 1, 0, &[seg(TABLE + 5, 0, 7)])), 1, 0);
-    failed(&f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 2, 0, &[seg(300, 0, 7)])), 2, 1);
+    failed(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 1, 0, &[seg(TABLE + 5, 0, 7)])),
+        1,
+        0,
+    );
+    failed(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 2, 0, &[seg(300, 0, 7)])),
+        2,
+        1,
+    );
     // Revoked.
     f.g.grant(301, false);
     f.g.revoke(301);
-    failed(&f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 3, 0, &[seg(301, 0, 7)])), 3, 1);
+    failed(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 3, 0, &[seg(301, 0, 7)])),
+        3,
+        1,
+    );
     // A read-only grant may feed a disk write but not receive a disk read.
     f.g.grant(302, true);
-    failed(&f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 4, 0, &[seg(302, 0, 7)])), 4, 0);
+    failed(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 4, 0, &[seg(302, 0, 7)])),
+        4,
+        0,
+    );
     assert_eq!(f.g.page(302), vec![0u8; 4096]);
-    okay(&f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 5, 0, &[seg(302, 0, 0)])), 5, 1);
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 5, 0, &[seg(302, 0, 0)])),
+        5,
+        1,
+    );
     // A write with one bad segment writes nothing at all.
     f.g.grant(303, false);
     f.g.fill(303, 0, &[0xee; 4096]);
     failed(
-        &f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 6, 8, &[seg(303, 0, 7), seg(300, 0, 7)])),
+        &f.roundtrip(
+            &mut be,
+            &rw(BLKIF_OP_WRITE, 6, 8, &[seg(303, 0, 7), seg(300, 0, 7)]),
+        ),
         6,
         1,
     );
@@ -273,10 +307,26 @@ fn malformed_requests_get_error_responses() {
     f.g.grant(100, false);
     let read = |id, sector, segs: &[_]| rw(BLKIF_OP_READ, id, sector, segs);
     // Past the end, straddling it, and wrapping around u64.
-    failed(&f.roundtrip(&mut be, &read(1, 128, &[seg(100, 0, 0)])), 1, 0);
-    failed(&f.roundtrip(&mut be, &read(2, 121, &[seg(100, 0, 7)])), 2, 0);
-    failed(&f.roundtrip(&mut be, &read(3, u64::MAX, &[seg(100, 0, 1)])), 3, 0);
-    okay(&f.roundtrip(&mut be, &read(4, 120, &[seg(100, 0, 7)])), 4, 0);
+    failed(
+        &f.roundtrip(&mut be, &read(1, 128, &[seg(100, 0, 0)])),
+        1,
+        0,
+    );
+    failed(
+        &f.roundtrip(&mut be, &read(2, 121, &[seg(100, 0, 7)])),
+        2,
+        0,
+    );
+    failed(
+        &f.roundtrip(&mut be, &read(3, u64::MAX, &[seg(100, 0, 1)])),
+        3,
+        0,
+    );
+    okay(
+        &f.roundtrip(&mut be, &read(4, 120, &[seg(100, 0, 7)])),
+        4,
+        0,
+    );
     // Sectors outside the page, or backwards.
     failed(&f.roundtrip(&mut be, &read(5, 0, &[seg(100, 0, 8)])), 5, 0);
     failed(&f.roundtrip(&mut be, &read(6, 0, &[seg(100, 5, 4)])), 6, 0);
@@ -289,7 +339,10 @@ fn malformed_requests_get_error_responses() {
     let mut r = read(9, 0, &[seg(100, 0, 0)]);
     r[0] = 4;
     let rsp = f.roundtrip(&mut be, &r);
-    assert_eq!((rsp.id, rsp.operation, rsp.status), (9, 4, BLKIF_RSP_EOPNOTSUPP));
+    assert_eq!(
+        (rsp.id, rsp.operation, rsp.status),
+        (9, 4, BLKIF_RSP_EOPNOTSUPP)
+    );
     r[0] = 0xff;
     assert_eq!(f.roundtrip(&mut be, &r).status, BLKIF_RSP_EOPNOTSUPP);
     finish(&f, be);
@@ -308,14 +361,25 @@ fn a_read_only_disk_refuses_writes_and_says_so() {
     let mut be = f.connect(disk, false);
     f.g.grant(100, false);
     f.g.fill(100, 0, &[1; 4096]);
-    failed(&f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 1, 0, &[seg(100, 0, 7)])), 1, 1);
     failed(
-        &f.roundtrip(&mut be, &rw(BLKIF_OP_FLUSH_DISKCACHE, 2, 0, &[seg(100, 0, 7)])),
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 1, 0, &[seg(100, 0, 7)])),
+        1,
+        1,
+    );
+    failed(
+        &f.roundtrip(
+            &mut be,
+            &rw(BLKIF_OP_FLUSH_DISKCACHE, 2, 0, &[seg(100, 0, 7)]),
+        ),
         2,
         BLKIF_OP_FLUSH_DISKCACHE,
     );
     // Reads and data-less flushes still work.
-    okay(&f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 3, 0, &[seg(100, 0, 7)])), 3, 0);
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 3, 0, &[seg(100, 0, 7)])),
+        3,
+        0,
+    );
     okay(
         &f.roundtrip(&mut be, &rw(BLKIF_OP_FLUSH_DISKCACHE, 4, 0, &[])),
         4,
@@ -347,7 +411,10 @@ fn flush_and_barrier_complete_after_fdatasync() {
     // A barrier with data: flushed before and after its write.
     f.g.grant(100, false);
     f.g.fill(100, 0, &[0x5a; 4096]);
-    let rsp = f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE_BARRIER, 8, 4, &[seg(100, 0, 7)]));
+    let rsp = f.roundtrip(
+        &mut be,
+        &rw(BLKIF_OP_WRITE_BARRIER, 8, 4, &[seg(100, 0, 7)]),
+    );
     okay(&rsp, 8, BLKIF_OP_WRITE_BARRIER);
     assert_eq!(be.stats().flushes, 3);
     assert_eq!(be.stats().sectors_written, 8);
@@ -390,9 +457,21 @@ fn discard_punches_a_hole_or_is_not_supported() {
     assert_eq!(bytes.len(), 1 << 20);
     assert_eq!(be.stats().sectors_discarded, 1024);
     // Out of range and overflowing ranges are errors.
-    failed(&f.roundtrip(&mut be, &discard(2, 2000, 100)), 2, BLKIF_OP_DISCARD);
-    failed(&f.roundtrip(&mut be, &discard(3, 1, u64::MAX)), 3, BLKIF_OP_DISCARD);
-    okay(&f.roundtrip(&mut be, &discard(4, 2047, 1)), 4, BLKIF_OP_DISCARD);
+    failed(
+        &f.roundtrip(&mut be, &discard(2, 2000, 100)),
+        2,
+        BLKIF_OP_DISCARD,
+    );
+    failed(
+        &f.roundtrip(&mut be, &discard(3, 1, u64::MAX)),
+        3,
+        BLKIF_OP_DISCARD,
+    );
+    okay(
+        &f.roundtrip(&mut be, &discard(4, 2047, 1)),
+        4,
+        BLKIF_OP_DISCARD,
+    );
     finish(&f, be);
 }
 
@@ -443,9 +522,17 @@ fn indirect_requests_carry_32_segments() {
     }
     assert_eq!(be.stats().sectors_read, 256);
     // Too many segments, none, a bad descriptor page, a bad inner operation.
-    failed(&f.roundtrip(&mut be, &indirect(0, 13, 0, 257, &[51])), 13, 6);
+    failed(
+        &f.roundtrip(&mut be, &indirect(0, 13, 0, 257, &[51])),
+        13,
+        6,
+    );
     failed(&f.roundtrip(&mut be, &indirect(0, 14, 0, 0, &[51])), 14, 6);
-    failed(&f.roundtrip(&mut be, &indirect(0, 15, 0, 32, &[999])), 15, 6);
+    failed(
+        &f.roundtrip(&mut be, &indirect(0, 15, 0, 32, &[999])),
+        15,
+        6,
+    );
     failed(&f.roundtrip(&mut be, &indirect(3, 16, 0, 32, &[51])), 16, 6);
     finish(&f, be);
 }
@@ -458,21 +545,37 @@ fn persistent_grants_are_mapped_once_and_reused() {
     f.g.grant(100, false);
     f.g.grant(101, false);
     let segs = [seg(100, 0, 7), seg(101, 0, 7)];
-    okay(&f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 1, 0, &segs)), 1, 1);
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 1, 0, &segs)),
+        1,
+        1,
+    );
     assert_eq!(be.persistent_grants(), 2);
     // The ring page and the two grants.
     assert_eq!(f.g.live_mappings(), 3);
     for id in 2..10 {
-        let op = if id % 2 == 0 { BLKIF_OP_READ } else { BLKIF_OP_WRITE };
+        let op = if id % 2 == 0 {
+            BLKIF_OP_READ
+        } else {
+            BLKIF_OP_WRITE
+        };
         okay(&f.roundtrip(&mut be, &rw(op, id, 0, &segs)), id, op);
         assert_eq!(f.g.live_mappings(), 3);
     }
     // A revoked grant stays usable while mapped, as on Xen.
     f.g.revoke(100);
-    okay(&f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 10, 0, &segs)), 10, 0);
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 10, 0, &segs)),
+        10,
+        0,
+    );
     // A read-only grant still takes a write through a one-off mapping.
     f.g.grant(102, true);
-    okay(&f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 11, 0, &[seg(102, 0, 0)])), 11, 1);
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 11, 0, &[seg(102, 0, 0)])),
+        11,
+        1,
+    );
     assert_eq!(be.persistent_grants(), 2);
     assert_eq!(f.g.live_mappings(), 3);
     finish(&f, be);
@@ -510,7 +613,10 @@ fn a_multi_page_ring_serves_many_requests_and_notifies() {
         okay(r, i as u64, 0);
     }
     // The backend asked to hear of the next request.
-    assert_eq!(u32::from_le_bytes(f.g.page(0)[4..8].try_into().unwrap()), 101);
+    assert_eq!(
+        u32::from_le_bytes(f.g.page(0)[4..8].try_into().unwrap()),
+        101
+    );
     // Nothing new: nothing to notify.
     assert!(!be.serve().unwrap());
     finish(&f, be);
@@ -533,7 +639,10 @@ fn connect_refuses_what_it_cannot_serve_without_leaking() {
     // The second page is not granted: the first is given back.
     let mut p = f.params(false);
     p.ring_refs = vec![0, 77];
-    assert!(matches!(try_connect(p), Err(BlkError::RingMap { gref: 77, .. })));
+    assert!(matches!(
+        try_connect(p),
+        Err(BlkError::RingMap { gref: 77, .. })
+    ));
     assert_eq!(f.g.live_mappings(), 0);
     let p = FrontendParams {
         protocol: None,
@@ -588,7 +697,8 @@ fn a_second_writer_is_refused_by_the_lock() {
     let e = DiskImage::open_raw(&img.path, false).unwrap_err();
     assert!(matches!(e, ImageError::Locked { .. }));
     assert!(
-        e.to_string().contains("is in use by another process (locked)"),
+        e.to_string()
+            .contains("is in use by another process (locked)"),
         "{e}"
     );
     assert!(DiskImage::open_raw(&img.path, true).is_err());
@@ -603,8 +713,7 @@ fn a_second_writer_is_refused_by_the_lock() {
 
 #[test]
 fn images_that_cannot_be_served_are_refused_clearly() {
-    let e = DiskImage::open_raw(std::path::Path::new("/nonexistent/pvkvm.img"), false)
-        .unwrap_err();
+    let e = DiskImage::open_raw(std::path::Path::new("/nonexistent/pvkvm.img"), false).unwrap_err();
     assert!(matches!(e, ImageError::Open { .. }), "{e}");
     let e = DiskImage::open_raw(&std::env::temp_dir(), true).unwrap_err();
     assert!(
@@ -667,7 +776,9 @@ fn vdev_names_and_numbers_follow_xen() {
     assert_eq!(v("xvdtq37"), Vdev::new(536, 37).unwrap());
     assert_eq!(v("d536p37").name(), "xvdtq37");
     assert_eq!(v("d0").name(), "xvda");
-    for name in ["xvda", "xvdz", "xvdaa", "xvdzz", "xvdaaa", "xvdb255", "xvdq"] {
+    for name in [
+        "xvda", "xvdz", "xvdaa", "xvdzz", "xvdaaa", "xvdb255", "xvdq",
+    ] {
         assert_eq!(v(name).name(), name);
         assert_eq!(v(name).to_string(), name);
     }
