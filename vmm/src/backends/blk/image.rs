@@ -1,4 +1,5 @@
-//! Disk images behind a virtual block device: raw files and host block devices.
+//! Disk images behind a virtual block device: raw files, host block devices, and
+//! qcow2 images (with their backing chains) through the `imago` crate.
 //!
 //! The image is locked with `flock` for as long as it is open (exclusive for a
 //! writable disk, shared for a read-only one), so a second pvkvm, or a second disk of
@@ -10,6 +11,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
+use imago::qcow2::Qcow2;
+use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};
 use thiserror::Error;
 
 use super::spec::{DiskFormat, DiskSpec};
@@ -65,15 +68,14 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
-    /// A format this build cannot serve.
-    #[error(
-        "{format} images are not supported yet ({path}); convert it with `qemu-img convert -O raw`"
-    )]
-    UnsupportedFormat {
+    /// The qcow2 image (or one of its backing files) could not be opened.
+    #[error("cannot open the qcow2 image {path} (or its backing chain)")]
+    Qcow2 {
         /// The image.
         path: PathBuf,
-        /// Its format.
-        format: DiskFormat,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
 }
 
@@ -86,10 +88,32 @@ pub enum ImageKind {
     BlockDevice,
 }
 
+/// Where the guest's bytes live.
+enum Store {
+    /// The file's bytes are the disk's.
+    Raw(File),
+    /// A qcow2 image; `_lock` is a descriptor of the same file that holds the flock
+    /// (imago does not lock).
+    Qcow2 {
+        access: FormatAccess<imago::file::File>,
+        _lock: File,
+    },
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Store::Raw(_) => "Raw",
+            Store::Qcow2 { .. } => "Qcow2",
+        })
+    }
+}
+
 /// An open disk image.
 #[derive(Debug)]
 pub struct DiskImage {
-    file: File,
+    store: Store,
+    format: DiskFormat,
     path: PathBuf,
     size: u64,
     read_only: bool,
@@ -106,30 +130,42 @@ impl DiskImage {
     pub fn open(spec: &DiskSpec) -> Result<DiskImage, ImageError> {
         match spec.format {
             DiskFormat::Raw => DiskImage::open_raw(&spec.path, spec.read_only),
-            // No maintained pure-Rust qcow2 crate with writes and backing files was
-            // adopted yet; a hand-written qcow2 is out of scope.
-            DiskFormat::Qcow2 => Err(ImageError::UnsupportedFormat {
-                path: spec.path.clone(),
-                format: DiskFormat::Qcow2,
-            }),
+            DiskFormat::Qcow2 => DiskImage::open_qcow2(&spec.path, spec.read_only),
         }
+    }
+
+    /// Opens a qcow2 image and, read-only, its backing chain as its header names it;
+    /// locked, writable unless `read_only`. Discard is not offered for qcow2.
+    pub fn open_qcow2(path: &Path, read_only: bool) -> Result<DiskImage, ImageError> {
+        let path = path.to_path_buf();
+        let lock_file = open_locked(&path, read_only)?;
+        let qcow2 = Qcow2::<imago::file::File>::builder_path(&path)
+            .write(!read_only)
+            .open(PermissiveImplicitOpenGate::default())
+            .map_err(|source| ImageError::Qcow2 {
+                path: path.clone(),
+                source,
+            })?;
+        let access = FormatAccess::new(qcow2);
+        Ok(DiskImage {
+            size: access.size(),
+            store: Store::Qcow2 {
+                access,
+                _lock: lock_file,
+            },
+            format: DiskFormat::Qcow2,
+            path,
+            read_only,
+            kind: ImageKind::File,
+            discard: false,
+            discard_granularity: 512,
+        })
     }
 
     /// Opens a raw image file or block device, locked, writable unless `read_only`.
     pub fn open_raw(path: &Path, read_only: bool) -> Result<DiskImage, ImageError> {
         let path = path.to_path_buf();
-        let file = match OpenOptions::new().read(true).write(!read_only).open(&path) {
-            Ok(f) => f,
-            Err(source)
-                if !read_only
-                    && (source.kind() == io::ErrorKind::PermissionDenied
-                        || source.raw_os_error() == Some(libc::EROFS)) =>
-            {
-                return Err(ImageError::NotWritable { path, source })
-            }
-            Err(source) => return Err(ImageError::Open { path, source }),
-        };
-        lock(&file, &path, read_only)?;
+        let file = open_locked(&path, read_only)?;
         let meta = file.metadata().map_err(|source| ImageError::Open {
             path: path.clone(),
             source,
@@ -150,7 +186,8 @@ impl DiskImage {
             return Err(ImageError::NotADisk { path });
         };
         let mut image = DiskImage {
-            file,
+            store: Store::Raw(file),
+            format: DiskFormat::Raw,
             path,
             size,
             read_only,
@@ -176,6 +213,11 @@ impl DiskImage {
     /// The image's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The image's format.
+    pub fn format(&self) -> DiskFormat {
+        self.format
     }
 
     /// Size in bytes.
@@ -211,7 +253,10 @@ impl DiskImage {
 
     /// Reads exactly `buf.len()` bytes at byte `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        match &self.store {
+            Store::Raw(file) => file.read_exact_at(buf, offset),
+            Store::Qcow2 { access, .. } => access.read(buf, offset),
+        }
     }
 
     /// Writes all of `buf` at byte `offset`.
@@ -219,12 +264,22 @@ impl DiskImage {
         if self.read_only {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
-        self.file.write_all_at(buf, offset)
+        match &self.store {
+            Store::Raw(file) => file.write_all_at(buf, offset),
+            Store::Qcow2 { access, .. } => access.write(buf, offset),
+        }
     }
 
-    /// Makes completed writes durable (`fdatasync`).
+    /// Makes completed writes durable (`fdatasync`; for qcow2, its cached metadata is
+    /// written out first).
     pub fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+        match &self.store {
+            Store::Raw(file) => file.sync_data(),
+            Store::Qcow2 { access, .. } => {
+                access.flush()?;
+                access.sync()
+            }
+        }
     }
 
     /// Frees `len` bytes at `offset`; they read back as zeroes.
@@ -232,26 +287,65 @@ impl DiskImage {
         if !self.discard {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        punch_hole(&self.file, offset, len)
+        match &self.store {
+            Store::Raw(file) => punch_hole(file, offset, len),
+            Store::Qcow2 { .. } => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+        }
+    }
+
+    fn raw_file(&self) -> Option<&File> {
+        match &self.store {
+            Store::Raw(file) => Some(file),
+            Store::Qcow2 { .. } => None,
+        }
     }
 
     /// Whether punching a hole works here: one past the end of the file changes
     /// nothing the guest can see (KEEP_SIZE), and fails where holes are unsupported.
     fn probe_punch_hole(&self) -> bool {
-        punch_hole(&self.file, self.size, 4096).is_ok()
+        self.raw_file()
+            .is_some_and(|f| punch_hole(f, self.size, 4096).is_ok())
     }
 
     /// A raw disk whose first bytes are a qcow2 header is almost always a mistake
     /// (the guest would see the qcow2 metadata); say so, but serve what was asked.
     fn warn_if_qcow2(&self) {
         let mut magic = [0u8; 4];
-        if (&self.file).read_exact(&mut magic).is_ok() && magic == QCOW2_MAGIC {
+        let Some(mut file) = self.raw_file() else {
+            return;
+        };
+        if file.read_exact(&mut magic).is_ok() && magic == QCOW2_MAGIC {
             log::warn!(
                 "the disk image {} looks like qcow2 but is served raw; add ,format=qcow2 if that is not meant",
                 self.path.display()
             );
         }
     }
+}
+
+/// Opens `path` (for writing unless `read_only`) and takes its lock.
+fn open_locked(path: &Path, read_only: bool) -> Result<File, ImageError> {
+    let file = match OpenOptions::new().read(true).write(!read_only).open(path) {
+        Ok(f) => f,
+        Err(source)
+            if !read_only
+                && (source.kind() == io::ErrorKind::PermissionDenied
+                    || source.raw_os_error() == Some(libc::EROFS)) =>
+        {
+            return Err(ImageError::NotWritable {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(source) => {
+            return Err(ImageError::Open {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    lock(&file, path, read_only)?;
+    Ok(file)
 }
 
 fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {

@@ -52,6 +52,14 @@ const REQUEST_SIZE: usize = std::mem::size_of::<BlkifRequest>();
 const RESPONSE_SIZE: usize = std::mem::size_of::<BlkifResponse>();
 const SECTOR: usize = SECTOR_SIZE as usize;
 
+// The integrator runs a backend on its own thread and may share the image.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<BlkBackend>();
+    send_sync::<DiskImage>();
+};
+
 /// Why the backend cannot connect or go on serving.
 #[derive(Debug, Error)]
 pub enum BlkError {

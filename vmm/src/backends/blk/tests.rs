@@ -722,11 +722,10 @@ fn images_that_cannot_be_served_are_refused_clearly() {
     );
     let img = TempImage::new(4096);
     let spec = DiskSpec::parse(&format!("{},format=qcow2", img.path.display())).unwrap();
+    // A raw file is not a qcow2 image.
     let e = DiskImage::open(&spec).unwrap_err();
-    assert!(
-        e.to_string().contains("qcow2 images are not supported yet"),
-        "{e}"
-    );
+    assert!(matches!(e, ImageError::Qcow2 { .. }), "{e}");
+    assert!(e.to_string().contains("qcow2 image"), "{e}");
     let spec = DiskSpec::parse(&format!("{}", img.path.display())).unwrap();
     let d = DiskImage::open(&spec).unwrap();
     assert_eq!((d.size(), d.sectors(), d.read_only()), (4096, 8, false));
@@ -797,4 +796,100 @@ fn vdev_names_and_numbers_follow_xen() {
         );
     }
     assert_eq!(Vdev::new(1 << 20, 0), None);
+}
+
+/// Formats `path` as an empty qcow2 image of `size` bytes, over `backing` (a raw
+/// file's name, relative to the image) when given.
+fn make_qcow2(path: &std::path::Path, size: u64, backing: Option<&str>) {
+    use imago::{FormatCreateBuilder, Storage, StorageCreateOptions};
+    let storage =
+        imago::file::File::create_open(StorageCreateOptions::new().filename(path)).unwrap();
+    let mut b = imago::qcow2::Qcow2::<imago::file::File>::create_builder(storage).size(size);
+    if let Some(name) = backing {
+        b = b.backing(name.to_string(), "raw".to_string());
+    }
+    b.create().unwrap();
+}
+
+#[test]
+fn qcow2_images_serve_writes_over_their_backing_file() {
+    let base = TempImage::new(256 * 1024);
+    let base_bytes = base.bytes();
+    let overlay = TempImage {
+        path: base.path.with_extension("qcow2"),
+    };
+    let _ = std::fs::remove_file(&overlay.path);
+    let base_name = base.path.file_name().unwrap().to_str().unwrap();
+    make_qcow2(&overlay.path, 256 * 1024, Some(base_name));
+    let spec = DiskSpec::parse(&format!("{},format=qcow2", overlay.path.display())).unwrap();
+    let disk = Arc::new(DiskImage::open(&spec).unwrap());
+    assert_eq!((disk.format(), disk.sectors()), (DiskFormat::Qcow2, 512));
+    assert!(!disk.supports_discard());
+    // The image is locked like a raw one.
+    assert!(matches!(
+        DiskImage::open(&spec),
+        Err(ImageError::Locked { .. })
+    ));
+
+    let mut f = Front::new(1);
+    let mut be = f.connect(disk, false);
+    // Unwritten sectors come from the backing file.
+    f.g.grant(100, false);
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 1, 16, &[seg(100, 0, 7)])),
+        1,
+        0,
+    );
+    assert_eq!(f.g.page(100), &base_bytes[16 * 512..24 * 512]);
+    // Writes land in the overlay, not the backing file.
+    f.g.grant(101, false);
+    f.g.fill(101, 0, &[0x77; 4096]);
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_WRITE, 2, 20, &[seg(101, 0, 7)])),
+        2,
+        1,
+    );
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_FLUSH_DISKCACHE, 3, 0, &[])),
+        3,
+        3,
+    );
+    f.g.grant(102, false);
+    okay(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 4, 16, &[seg(102, 0, 7)])),
+        4,
+        0,
+    );
+    assert_eq!(&f.g.page(102)[..2048], &base_bytes[16 * 512..20 * 512]);
+    assert_eq!(&f.g.page(102)[2048..], &[0x77; 2048][..]);
+    assert_eq!(base.bytes(), base_bytes);
+    // Discard is refused as unsupported; reads past the end are errors.
+    let d = BlkifRequestDiscard {
+        operation: BLKIF_OP_DISCARD,
+        id: 5,
+        nr_sectors: 8,
+        ..Default::default()
+    };
+    assert_eq!(
+        f.roundtrip(&mut be, d.as_bytes()).status,
+        BLKIF_RSP_EOPNOTSUPP
+    );
+    failed(
+        &f.roundtrip(&mut be, &rw(BLKIF_OP_READ, 6, 510, &[seg(102, 0, 7)])),
+        6,
+        0,
+    );
+    let d = Arc::clone(be.disk());
+    finish(&f, be);
+    drop(d);
+
+    // The data survives closing and reopening the overlay.
+    let disk = DiskImage::open(&spec).unwrap();
+    let mut buf = vec![0u8; 4096];
+    disk.read_at(&mut buf, 20 * 512).unwrap();
+    assert_eq!(buf, vec![0x77; 4096]);
+    drop(disk);
+    // Read-only, it refuses writes.
+    let ro = DiskImage::open_qcow2(&overlay.path, true).unwrap();
+    assert!(ro.write_at(&[1; 512], 0).is_err());
 }
