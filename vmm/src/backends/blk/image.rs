@@ -139,6 +139,10 @@ impl DiskImage {
     pub fn open_qcow2(path: &Path, read_only: bool) -> Result<DiskImage, ImageError> {
         let path = path.to_path_buf();
         let lock_file = open_locked(&path, read_only)?;
+        let kind = match lock_file.metadata() {
+            Ok(m) if m.file_type().is_block_device() => ImageKind::BlockDevice,
+            _ => ImageKind::File,
+        };
         let qcow2 = Qcow2::<imago::file::File>::builder_path(&path)
             .write(!read_only)
             .open(PermissiveImplicitOpenGate::default())
@@ -156,7 +160,7 @@ impl DiskImage {
             format: DiskFormat::Qcow2,
             path,
             read_only,
-            kind: ImageKind::File,
+            kind,
             discard: false,
             discard_granularity: 512,
         })
