@@ -56,7 +56,9 @@ pub const NETIF_RSP_NULL: i16 = 1;
 
 /// `struct netif_tx_request`, 12 bytes (a whole tx ring slot).
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifTxRequest {
     pub gref: u32,
     pub offset: u16,
@@ -70,7 +72,9 @@ pub struct NetifTxRequest {
 
 /// `struct netif_tx_response`, 4 bytes (the rest of its 12-byte slot is unused).
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifTxResponse {
     pub id: u16,
     /// `NETIF_RSP_*`.
@@ -80,7 +84,9 @@ pub struct NetifTxResponse {
 /// `struct netif_extra_info`, 8 bytes: `type`, `flags` and a 6-byte union (in a tx slot
 /// the last 4 bytes of the 12 are padding).
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifExtraInfo {
     /// `XEN_NETIF_EXTRA_TYPE_*`.
     pub ty: u8,
@@ -117,7 +123,9 @@ impl NetifExtraInfo {
 
 /// `struct netif_rx_request`, 8 bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifRxRequest {
     /// Echoed in the response.
     pub id: u16,
@@ -128,7 +136,9 @@ pub struct NetifRxRequest {
 
 /// `struct netif_rx_response`, 8 bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifRxResponse {
     pub id: u16,
     /// Where in the page the data starts.

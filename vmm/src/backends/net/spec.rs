@@ -33,7 +33,9 @@ pub enum SpecError {
     #[error("`mac=` is given more than once")]
     DuplicateMac,
     /// A malformed `hostfwd=` rule.
-    #[error("`{rule}` is not a port forward ({why}); expected tcp|udp:[HOSTADDR]:HOSTPORT-:GUESTPORT")]
+    #[error(
+        "`{rule}` is not a port forward ({why}); expected tcp|udp:[HOSTADDR]:HOSTPORT-:GUESTPORT"
+    )]
     HostFwd {
         /// The rule as given.
         rule: String,
@@ -131,9 +133,7 @@ impl FromStr for HostFwd {
             rule: rule.to_string(),
             why,
         };
-        let (proto, rest) = rule
-            .split_once(':')
-            .ok_or_else(|| err("no protocol"))?;
+        let (proto, rest) = rule.split_once(':').ok_or_else(|| err("no protocol"))?;
         let proto = match proto {
             "tcp" | "" => Proto::Tcp,
             "udp" => Proto::Udp,
@@ -167,7 +167,9 @@ impl FromStr for HostFwd {
         if !gaddr.is_empty() {
             // passt hands the guest one address (the host's); there is no other guest
             // address to forward to.
-            return Err(err("a guest address cannot be chosen with the user network"));
+            return Err(err(
+                "a guest address cannot be chosen with the user network",
+            ));
         }
         let guest_port = gport
             .parse()

@@ -95,9 +95,7 @@ fn read_packet(ring: &BackRing, g: &dyn GrantAccess, avail: u32) -> Result<TxPac
                     )))
                 }
                 XEN_NETIF_EXTRA_TYPE_GSO => pkt.gso = Some(extra),
-                XEN_NETIF_EXTRA_TYPE_MCAST_ADD | XEN_NETIF_EXTRA_TYPE_MCAST_DEL => {
-                    pkt.mcast = true
-                }
+                XEN_NETIF_EXTRA_TYPE_MCAST_ADD | XEN_NETIF_EXTRA_TYPE_MCAST_DEL => pkt.mcast = true,
                 // A hash the frontend computed: of no use here.
                 _ => {}
             }
@@ -136,7 +134,9 @@ fn check_packet(pkt: &TxPacket) -> Result<(), String> {
     }
     let total = usize::from(pkt.first.size);
     if total < ETH_HLEN {
-        return Err(format!("a packet of {total} bytes is shorter than an Ethernet header"));
+        return Err(format!(
+            "a packet of {total} bytes is shorter than an Ethernet header"
+        ));
     }
     let rest: usize = pkt.frags.iter().map(|f| usize::from(f.size)).sum();
     if rest > total {

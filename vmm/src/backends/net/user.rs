@@ -182,8 +182,8 @@ impl HostNet for UserNet {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
         }
-        let len = u32::try_from(frame.len())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let len =
+            u32::try_from(frame.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         self.tx.extend_from_slice(&len.to_be_bytes());
         self.tx.extend_from_slice(frame);
         self.flush()
