@@ -18,6 +18,17 @@ use crate::backends::ring::RingError;
 /// Frames one [`NetBackend::serve_rx`] call takes from the host side.
 pub const RX_BUDGET: usize = 256;
 
+/// What became of a frame offered to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Copied into posted buffers (or answered with an error status).
+    Done,
+    /// Not receivable by this frontend; counted.
+    Dropped,
+    /// Not enough buffers posted: keep it.
+    NoRoom,
+}
+
 fn ring_err(source: RingError) -> NetError {
     NetError::Ring {
         dir: Dir::Rx,
@@ -45,12 +56,19 @@ impl NetBackend {
             if n == 0 {
                 continue;
             }
-            if self.backlog.len() >= RX_BACKLOG {
+            if self.backlog.is_empty() {
+                // The common case: straight from the receive buffer into the guest's.
+                let buf = std::mem::take(&mut self.recv_buf);
+                let r = self.rx_try_deliver(g, &buf[..n]);
+                self.recv_buf = buf;
+                if r? != Delivery::NoRoom {
+                    continue;
+                }
+            } else if self.backlog.len() >= RX_BACKLOG {
                 self.backlog.pop_front();
                 self.stats.rx_dropped += 1;
             }
             self.backlog.push_back(self.recv_buf[..n].to_vec());
-            self.rx_deliver_backlog(g)?;
         }
         let notify = self.rx.push_responses(g).map_err(ring_err)?;
         if !self.backlog.is_empty() {
@@ -71,24 +89,29 @@ impl NetBackend {
 
     /// Moves frames from the backlog into posted buffers while there are enough.
     fn rx_deliver_backlog(&mut self, g: &dyn GrantAccess) -> Result<(), NetError> {
-        while let Some(frame) = self.backlog.front() {
-            let slots = Self::rx_slots(frame.len());
-            if slots > XEN_NETIF_NR_SLOTS_MIN || (slots > 1 && !self.params.feature_sg) {
-                // netfront takes no more than this (and one page without SG): a frame
-                // the guest cannot receive is dropped, as an oversized frame on a NIC.
-                self.backlog.pop_front();
-                self.stats.rx_dropped += 1;
-                continue;
-            }
-            if (self.rx.unconsumed_requests(g).map_err(ring_err)? as usize) < slots {
+        while let Some(frame) = self.backlog.pop_front() {
+            if self.rx_try_deliver(g, &frame)? == Delivery::NoRoom {
+                self.backlog.push_front(frame);
                 break;
             }
-            let Some(frame) = self.backlog.pop_front() else {
-                break;
-            };
-            self.rx_copy_frame(g, &frame)?;
         }
         Ok(())
+    }
+
+    /// Delivers `frame` if the frontend has posted enough buffers for it.
+    fn rx_try_deliver(&mut self, g: &dyn GrantAccess, frame: &[u8]) -> Result<Delivery, NetError> {
+        let slots = Self::rx_slots(frame.len());
+        if slots > XEN_NETIF_NR_SLOTS_MIN || (slots > 1 && !self.params.feature_sg) {
+            // netfront takes no more slots than this (and one page without SG): a
+            // frame the guest cannot receive is dropped, as an oversized frame on a NIC.
+            self.stats.rx_dropped += 1;
+            return Ok(Delivery::Dropped);
+        }
+        if (self.rx.unconsumed_requests(g).map_err(ring_err)? as usize) < slots {
+            return Ok(Delivery::NoRoom);
+        }
+        self.rx_copy_frame(g, frame)?;
+        Ok(Delivery::Done)
     }
 
     /// Copies `frame` into the next requests' pages and answers them; the caller
