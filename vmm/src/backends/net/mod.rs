@@ -276,6 +276,29 @@ impl std::fmt::Debug for NetBackend {
     }
 }
 
+impl Drop for NetBackend {
+    fn drop(&mut self) {
+        // A backend dropped on an error path still gives the frontend its ring pages
+        // back (their grants stay busy while mapped).
+        self.unmap_rings();
+    }
+}
+
+/// The host side left in a disconnected backend.
+struct NoHost;
+
+impl HostNet for NoHost {
+    fn send(&mut self, _frame: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn recv(&mut self, _buf: &mut [u8]) -> io::Result<Option<usize>> {
+        Ok(None)
+    }
+    fn fd(&self) -> RawFd {
+        -1
+    }
+}
+
 impl NetBackend {
     /// Maps both ring pages and starts serving them with `host` behind.
     pub fn connect(
@@ -346,12 +369,17 @@ impl NetBackend {
         })
     }
 
-    /// Unmaps both rings and gives the host side back (dropping it stops passt).
-    pub fn disconnect(self) -> Box<dyn HostNet> {
-        for m in self.tx.into_pages().into_iter().chain(self.rx.into_pages()) {
+    /// Unmaps both rings and gives the host side back, for a frontend that reconnects
+    /// (dropping it instead stops passt / closes the tap).
+    pub fn disconnect(mut self) -> Box<dyn HostNet> {
+        self.unmap_rings();
+        std::mem::replace(&mut self.host, Box::new(NoHost))
+    }
+
+    fn unmap_rings(&mut self) {
+        for m in self.tx.take_pages().into_iter().chain(self.rx.take_pages()) {
             self.grants.unmap(m);
         }
-        self.host
     }
 
     /// The counters.
