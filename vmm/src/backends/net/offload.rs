@@ -33,6 +33,9 @@ pub enum OffloadError {
     /// An IPv6 extension header this code does not walk (a fragment header).
     #[error("the IPv6 extension header {0} is not supported for offloads")]
     Ipv6Extension(u8),
+    /// An IP fragment: its checksum covers data in other fragments.
+    #[error("the packet is an IP fragment, whose checksum cannot be completed alone")]
+    Fragment,
     /// A GSO size of zero or below the TCP minimum.
     #[error("the GSO segment size {0} is below the minimum of {MIN_GSO_SIZE}")]
     GsoSize(u16),
@@ -82,6 +85,10 @@ fn parse(frame: &[u8]) -> Result<Layout, OffloadError> {
                 return Err(OffloadError::Truncated(
                     "the IPv4 total length exceeds the frame",
                 ));
+            }
+            if be16(frame, l3 + 6)? & 0x3fff != 0 {
+                // A fragment's transport header and checksum span all fragments.
+                return Err(OffloadError::Fragment);
             }
             let proto = frame[l3 + 9];
             Ok(Layout {

@@ -446,6 +446,13 @@ fn tcp6_segmentation_and_the_helpers_refusals() {
     bad[16..18].copy_from_slice(&9000u16.to_be_bytes());
     assert!(offload::complete_checksum(&mut bad).is_err());
     assert!(offload::complete_checksum(&mut arp_request([0; 4], [0; 4])).is_err());
+    // A fragment (more-fragments set) is not checksummed alone.
+    let mut frag = udp4_frame(&payload(10), 0);
+    frag[20] |= 0x20;
+    assert_eq!(
+        offload::complete_checksum(&mut frag),
+        Err(offload::OffloadError::Fragment)
+    );
 }
 
 #[test]
