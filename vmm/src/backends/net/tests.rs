@@ -863,3 +863,84 @@ fn a_tap_interface_opens_up_and_takes_frames_as_root() {
     // Not persistent: it is gone with its descriptor.
     assert!(!std::path::Path::new(&format!("/sys/class/net/{name}")).exists());
 }
+
+#[test]
+fn passt_framing_survives_partial_reads_and_a_full_socket() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut s = user::FrameStream::new(ours);
+    let mut buf = vec![0; MAX_HOST_FRAME];
+
+    // A frame arriving a byte at a time, then two at once.
+    let frame = payload(300);
+    let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&frame);
+    for b in &wire[..wire.len() - 1] {
+        peer.write_all(&[*b]).unwrap();
+        assert_eq!(s.recv(&mut buf).unwrap(), None);
+    }
+    peer.write_all(&wire[wire.len() - 1..]).unwrap();
+    assert_eq!(s.recv(&mut buf).unwrap(), Some(300));
+    assert_eq!(buf[..300], frame[..]);
+    let mut two = wire.clone();
+    two.extend_from_slice(&[0, 0, 0, 2, 0xaa, 0xbb]);
+    peer.write_all(&two).unwrap();
+    assert_eq!(s.recv(&mut buf).unwrap(), Some(300));
+    assert_eq!(s.recv(&mut buf).unwrap(), Some(2));
+    assert_eq!(buf[..2], [0xaa, 0xbb]);
+    assert_eq!(s.recv(&mut buf).unwrap(), None);
+
+    // Sending more than the socket holds queues the rest, then drops past the limit.
+    let big = payload(60_000);
+    let mut sent = 0;
+    loop {
+        match s.send(&big) {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                break;
+            }
+        }
+        assert!(sent < 1000, "the queue is unbounded");
+    }
+    assert!(s.wants_write());
+    // The peer drains; flushing delivers every accepted frame, whole and in order.
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = 0;
+    let mut hdr = [0u8; 4];
+    while got < sent {
+        s.flush().unwrap();
+        peer.read_exact(&mut hdr).unwrap();
+        assert_eq!(u32::from_be_bytes(hdr) as usize, big.len());
+        let mut f = vec![0; big.len()];
+        // Keep flushing while reading: the peer's reads make room.
+        let mut at = 0;
+        while at < f.len() {
+            s.flush().unwrap();
+            at += peer.read(&mut f[at..]).unwrap();
+        }
+        assert_eq!(f, big);
+        got += 1;
+    }
+    s.flush().unwrap();
+    assert!(!s.wants_write());
+
+    // A length no frame can have means the stream is out of step.
+    peer.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+    assert_eq!(
+        s.recv(&mut buf).unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
+    // The peer going away is an end of stream, not "no frame yet".
+    let (ours, peer) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut s = user::FrameStream::new(ours);
+    drop(peer);
+    assert_eq!(
+        s.recv(&mut buf).unwrap_err().kind(),
+        io::ErrorKind::UnexpectedEof
+    );
+}

@@ -47,13 +47,19 @@ pub enum UserNetError {
 /// A running passt and our end of its socket.
 #[derive(Debug)]
 pub struct UserNet {
-    sock: UnixStream,
+    stream: FrameStream,
     child: Child,
-    /// Bytes read from passt not yet returned as frames; the unread part starts at
-    /// `rx_start`.
+}
+
+/// Length-prefixed Ethernet frames over a non-blocking UNIX stream socket (passt's
+/// qemu protocol), with partial reads and writes carried over between calls.
+#[derive(Debug)]
+pub struct FrameStream {
+    sock: UnixStream,
+    /// Bytes read not yet returned as frames; the unread part starts at `rx_start`.
     rx: Vec<u8>,
     rx_start: usize,
-    /// Framed bytes not yet written to passt, from `tx_start`.
+    /// Framed bytes not yet written, from `tx_start`.
     tx: Vec<u8>,
     tx_start: usize,
 }
@@ -118,12 +124,8 @@ impl UserNet {
         // passt holds its own copy now.
         drop(theirs);
         Ok(UserNet {
-            sock: ours,
+            stream: FrameStream::new(ours),
             child,
-            rx: Vec::with_capacity(2 * MAX_HOST_FRAME),
-            rx_start: 0,
-            tx: Vec::new(),
-            tx_start: 0,
         })
     }
 
@@ -132,12 +134,32 @@ impl UserNet {
         self.child.id()
     }
 
-    fn closed_error(&mut self) -> io::Error {
-        let status = match self.child.try_wait() {
-            Ok(Some(s)) => format!("passt exited ({s})"),
-            _ => "passt closed its socket".to_string(),
-        };
-        io::Error::new(io::ErrorKind::UnexpectedEof, status)
+    /// Says why the stream ended, with passt's exit status if it has exited.
+    fn explain(&mut self, e: io::Error) -> io::Error {
+        if e.kind() != io::ErrorKind::UnexpectedEof {
+            return e;
+        }
+        match self.child.try_wait() {
+            Ok(Some(s)) => io::Error::new(e.kind(), format!("passt exited ({s})")),
+            _ => io::Error::new(e.kind(), "passt closed its socket"),
+        }
+    }
+}
+
+impl FrameStream {
+    /// Frames over `sock`, which must be non-blocking.
+    pub fn new(sock: UnixStream) -> FrameStream {
+        FrameStream {
+            sock,
+            rx: Vec::with_capacity(2 * MAX_HOST_FRAME),
+            rx_start: 0,
+            tx: Vec::new(),
+            tx_start: 0,
+        }
+    }
+
+    fn closed_error() -> io::Error {
+        io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the socket")
     }
 
     /// One whole frame from the bytes already read, if there is one.
@@ -173,8 +195,10 @@ impl UserNet {
     }
 }
 
-impl HostNet for UserNet {
-    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+impl FrameStream {
+    /// Queues one frame and writes out what the socket takes; `WouldBlock` when the
+    /// queue is full and the frame was dropped.
+    pub fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         if self.tx.len() - self.tx_start + frame.len() + 4 > TX_QUEUE_LIMIT {
             // passt is not reading: drop, like a full NIC queue.
             self.flush()?;
@@ -189,7 +213,8 @@ impl HostNet for UserNet {
         self.flush()
     }
 
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    /// One whole frame into `buf`, or `None` while none has fully arrived.
+    pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
             if let Some(n) = self.take_frame(buf)? {
                 return Ok(Some(n));
@@ -205,7 +230,7 @@ impl HostNet for UserNet {
             match r {
                 Ok(0) => {
                     self.rx.truncate(old);
-                    return Err(self.closed_error());
+                    return Err(Self::closed_error());
                 }
                 Ok(n) => self.rx.truncate(old + n),
                 Err(e) => {
@@ -220,14 +245,11 @@ impl HostNet for UserNet {
         }
     }
 
-    fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
+    /// Writes out queued bytes until the socket would block.
+    pub fn flush(&mut self) -> io::Result<()> {
         while self.tx_start < self.tx.len() {
             match self.sock.write(&self.tx[self.tx_start..]) {
-                Ok(0) => return Err(self.closed_error()),
+                Ok(0) => return Err(Self::closed_error()),
                 Ok(n) => self.tx_start += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // The rest waits for the socket to drain (the caller polls for
@@ -246,8 +268,34 @@ impl HostNet for UserNet {
         Ok(())
     }
 
-    fn wants_write(&self) -> bool {
+    /// Whether queued bytes wait for the socket to drain.
+    pub fn wants_write(&self) -> bool {
         self.tx_start < self.tx.len()
+    }
+}
+
+impl HostNet for UserNet {
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        let r = self.stream.send(frame);
+        r.map_err(|e| self.explain(e))
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let r = self.stream.recv(buf);
+        r.map_err(|e| self.explain(e))
+    }
+
+    fn fd(&self) -> RawFd {
+        self.stream.sock.as_raw_fd()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.stream.flush();
+        r.map_err(|e| self.explain(e))
+    }
+
+    fn wants_write(&self) -> bool {
+        self.stream.wants_write()
     }
 }
 
