@@ -102,8 +102,9 @@ impl UserNet {
             cmd.args(["--runas", "nobody"]);
         }
         cmd.args(passt_forward_args(hostfwds));
-        // Its stdout/stdin are ours to keep clean; errors (a port already taken) go to
-        // our stderr, where the user sees them.
+        // Its stdin/stdout stay off our terminal; its errors (an option it refuses) go
+        // to our stderr, where the user sees them. (A forwarded port that is already
+        // taken on the host is not an error to passt: it goes on without it.)
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
         // SAFETY: the closure runs in the child between fork and exec and calls only
         // fcntl(2), which is async-signal-safe; it clears close-on-exec on the one
