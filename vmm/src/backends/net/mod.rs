@@ -70,6 +70,27 @@ pub trait HostNet: Send {
     }
 }
 
+/// Why a host side could not be opened.
+#[derive(Debug, Error)]
+pub enum HostOpenError {
+    /// The tap interface.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// passt.
+    #[error(transparent)]
+    User(#[from] UserNetError),
+}
+
+impl HostSpec {
+    /// Opens the host side this spec names: attaches the tap or starts passt.
+    pub fn open(&self) -> Result<Box<dyn HostNet>, HostOpenError> {
+        Ok(match self {
+            HostSpec::Tap(name) => Box::new(Tap::open(name)?),
+            HostSpec::User(fwds) => Box::new(UserNet::start(fwds)?),
+        })
+    }
+}
+
 /// The keys a netback writes in its backend directory before `InitWait`, as values
 /// Linux's netfront reads them (`xennet_connect`, `talk_to_netback`,
 /// `xennet_fix_features`).

@@ -795,16 +795,45 @@ fn passt_installed() -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("passt").is_file()))
 }
 
+/// Serves rx until a delivered frame satisfies `want`, for up to 5 s.
+fn await_rx(r: &mut Rig, seen: &mut u32, want: impl Fn(&[u8]) -> bool) -> Option<NetifRxResponse> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        r.be().serve_rx().unwrap();
+        let n = r.u32_at(RX_RING, 8);
+        while *seen < n {
+            let rsp = r.rx_rsp(*seen);
+            *seen += 1;
+            let page = r.g.page(100 + u32::from(rsp.id));
+            if rsp.status > 0 && want(&page[..rsp.status as usize]) {
+                return Some(rsp);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 #[test]
-fn passt_answers_an_arp_request_through_the_rings() {
+fn passt_answers_arp_and_forwards_a_host_port_through_the_rings() {
     assert!(
         passt_installed(),
         "passt is not installed: run guest-images/scripts/install-deps.sh (Debian package `passt`)"
     );
-    let user = UserNet::start(&[]).expect("passt starts");
+    // A host port that is free now, forwarded to the guest's port 22.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = NetSpec::parse(&format!("user,hostfwd=tcp:127.0.0.1:{port}-:22")).unwrap();
+    let HostSpec::User(fwds) = &spec.host else {
+        panic!("not user")
+    };
+    let user = UserNet::start(fwds).expect("passt starts");
     let pid = user.pid();
     let mut r = rig_with(true, Box::new(user), FakeHost::default());
-    for i in 0..16 {
+    for i in 0..64 {
         r.post_rx(i, 100 + u32::from(i));
     }
     let gw = default_gateway();
@@ -815,23 +844,27 @@ fn passt_answers_an_arp_request_through_the_rings() {
     r.be().serve_tx().unwrap();
     assert_eq!(r.be().stats().tx_packets, 1);
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut reply = None;
-    while reply.is_none() && Instant::now() < deadline {
-        r.be().serve_rx().unwrap();
-        let n = r.u32_at(RX_RING, 8);
-        for i in 0..n {
-            let rsp = r.rx_rsp(i);
-            let page = r.g.page(100 + u32::from(rsp.id));
-            // An ARP reply (opcode 2) from the gateway's address to us.
-            if page[12..14] == [8, 6] && page[20..22] == [0, 2] && page[28..32] == gw {
-                reply = Some(rsp);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let reply = reply.expect("passt answered the ARP request within 5 s");
+    // An ARP reply (opcode 2) from the gateway's address.
+    let mut seen = 0;
+    let reply = await_rx(&mut r, &mut seen, |f| {
+        f[12..14] == [8, 6] && f[20..22] == [0, 2] && f[28..32] == gw
+    })
+    .expect("passt answered the ARP request within 5 s");
     assert_eq!(reply.status, 42);
+
+    // A connection to the forwarded host port becomes a SYN to the guest's port 22.
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let syn = await_rx(&mut r, &mut seen, |f| {
+        f.len() >= 54
+            && f[12..14] == [8, 0]
+            && f[23] == 6
+            && f[36..38] == [0, 22]
+            && f[47] & 0x02 != 0
+    });
+    assert!(
+        syn.is_some(),
+        "passt forwarded the host port as a SYN to guest port 22"
+    );
     assert_eq!(r.be().stats().rx_packets as u32, r.u32_at(RX_RING, 8));
     r.finish();
     // Dropping the backend's host side killed and reaped passt.
