@@ -13,7 +13,12 @@
 //! [`NetBackend::connect`], then on a kick from the frontend calls
 //! [`NetBackend::serve_tx`] and [`NetBackend::serve_rx`], and on the host side's fd
 //! becoming readable [`NetBackend::serve_rx`]; each returns whether to notify the
-//! frontend.
+//! frontend. It calls [`NetBackend::serve_tx`] again while [`NetBackend::tx_more`]
+//! (the per-call budget ran out), [`NetBackend::flush_host`] when the host fd becomes
+//! writable while [`NetBackend::host_wants_write`], and, for a frontend without
+//! `feature-rx-notify`, [`NetBackend::serve_rx`] on a timer while
+//! [`NetBackend::rx_backlog`] is non-zero. An `Err` from either serve call means the
+//! frontend broke the protocol or the host side died: disconnect the device.
 
 pub mod offload;
 mod rx;
