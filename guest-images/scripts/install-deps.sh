@@ -6,7 +6,8 @@
 set -euo pipefail
 
 # binutils: readelf, which build-soak-initramfs.sh resolves stress-ng's libraries with.
-need_apt=(gcc libc6-dev make dpkg ca-certificates binutils)
+# passt: the user-mode network (`--net user`) and its netback test.
+need_apt=(gcc libc6-dev make dpkg ca-certificates binutils passt)
 
 if [[ $(id -u) -eq 0 ]]; then
     echo "install-deps: apt-get update" >&2
@@ -14,7 +15,7 @@ if [[ $(id -u) -eq 0 ]]; then
     echo "install-deps: apt-get install ${need_apt[*]}" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
 else
-    for tool in gcc dpkg-deb apt-get readelf; do
+    for tool in gcc dpkg-deb apt-get readelf passt; do
         command -v "$tool" >/dev/null || { echo "install-deps: $tool is missing and this is not root; install: ${need_apt[*]}" >&2; exit 1; }
     done
 fi

@@ -103,6 +103,12 @@ impl BackRing {
         self.pages
     }
 
+    /// Takes the ring's page mappings out, for unmapping where the ring cannot be
+    /// moved (a `Drop`); the ring must not be used afterwards.
+    pub fn take_pages(&mut self) -> Vec<Mapping> {
+        std::mem::take(&mut self.pages)
+    }
+
     /// Requests the frontend has produced that the backend has not consumed and has
     /// room to answer (`RING_UNCONSUMED_REQUESTS`), after the overflow check.
     pub fn unconsumed_requests(&self, g: &dyn GrantAccess) -> Result<u32, RingError> {
