@@ -8,7 +8,8 @@
 //! `HOSTILE-BLK done`, then `SCHEDOP_shutdown(poweroff)` whatever the verdict (the host
 //! test judges the lines; there is no `Test result:` line). Every wait is bounded: without
 //! a backend the kernel prints `HOSTILE-BLK connect status=none FAIL: no backend ...` and
-//! powers off.
+//! powers off. With `stuck-backend` on the command line it names a node of its own that
+//! stays in state 1 as the backend, to show the wait for InitWait is bounded too.
 //!
 //! Connection (Xen `public/io/blkif.h`, Linux `drivers/block/xen-blkfront.c`): read
 //! `device/vbd/51712/backend`; wait until the backend's `state` is 2 (InitWait); grant
@@ -47,7 +48,7 @@ use pv_test_kernels::mm;
 use pv_test_kernels::traps::install_trap_table;
 use pv_test_kernels::xen_abi::sched::SHUTDOWN_POWEROFF;
 use pv_test_kernels::xenstore::{parse_u64, Xenstore};
-use pv_test_kernels::{println, test_kernel, xs_path, StartInfo};
+use pv_test_kernels::{cmdline_arg, println, test_kernel, xs_path, StartInfo};
 
 test_kernel!(main);
 
@@ -258,17 +259,40 @@ fn connect<'a>(si: &StartInfo, ev: &'a Events, gnt: &GrantTable) -> Option<Blk<'
         }
         Err(e) => println!("blkfront: device/vbd: {}", e),
     }
-    let backend_path = xs_path!("{}/backend", VBD);
+    // The client's own check: a write under the domain's `data/` and a read back.
+    match xs
+        .write("data/hostile-blkfront", "probe")
+        .and_then(|()| xs.read("data/hostile-blkfront", &mut buf))
+    {
+        Ok(n) if &buf[..n] == b"probe" => println!("blkfront: xenstore write/read-back ok"),
+        Ok(n) => println!(
+            "blkfront: xenstore read-back gave {:?}",
+            core::str::from_utf8(&buf[..n]).unwrap_or("?")
+        ),
+        Err(e) => println!("blkfront: xenstore write/read-back: {}", e),
+    }
     let mut backend = [0u8; 128];
-    let blen = match xs.read(backend_path.as_str(), &mut backend) {
-        Ok(n) => n,
-        Err(e) => {
-            report(
-                "connect",
-                Status::None,
-                Some(format_args!("no backend ({}: {})", backend_path.as_str(), e)),
-            );
-            return None;
+    let backend_path = xs_path!("{}/backend", VBD);
+    let blen = if cmdline_arg(si, "stuck-backend").is_some() {
+        // Pretend the backend is a node of our own that stays in state 1 (to show that
+        // the wait for InitWait is bounded).
+        if let Err(e) = xs.write("data/stuck-backend/state", "1") {
+            println!("blkfront: setting up the stuck backend: {}", e);
+        }
+        let name = b"data/stuck-backend";
+        backend[..name.len()].copy_from_slice(name);
+        name.len()
+    } else {
+        match xs.read(backend_path.as_str(), &mut backend) {
+            Ok(n) => n,
+            Err(e) => {
+                report(
+                    "connect",
+                    Status::None,
+                    Some(format_args!("no backend ({}: {})", backend_path.as_str(), e)),
+                );
+                return None;
+            }
         }
     };
     let be = core::str::from_utf8(&backend[..blen]).unwrap_or("");
