@@ -64,7 +64,13 @@ pub fn alloc_unbound(remote_dom: u16) -> Result<u32, i64> {
 pub fn send(port: u32) -> i64 {
     let mut p = port;
     // SAFETY: `p` is a live `struct evtchn_send`.
-    unsafe { hypercall2(hc::EVENT_CHANNEL_OP, EVTCHNOP_SEND, &mut p as *mut u32 as u64) }
+    unsafe {
+        hypercall2(
+            hc::EVENT_CHANNEL_OP,
+            EVTCHNOP_SEND,
+            &mut p as *mut u32 as u64,
+        )
+    }
 }
 
 /// The shared_info page mapped at a slack VA: pending bits and the pvclock.
@@ -109,17 +115,15 @@ impl Events {
 
     /// Whether `port` is pending.
     pub fn pending(&self, port: u32) -> bool {
-        let word = self.shinfo_va
-            + xen_abi::xen::shared_info::EVTCHN_PENDING
-            + u64::from(port / 64) * 8;
+        let word =
+            self.shinfo_va + xen_abi::xen::shared_info::EVTCHN_PENDING + u64::from(port / 64) * 8;
         mm::rd(word) & (1 << (port % 64)) != 0
     }
 
     /// Clears `port`'s pending bit (atomically: the hypervisor sets bits concurrently).
     pub fn clear(&self, port: u32) {
-        let word = self.shinfo_va
-            + xen_abi::xen::shared_info::EVTCHN_PENDING
-            + u64::from(port / 64) * 8;
+        let word =
+            self.shinfo_va + xen_abi::xen::shared_info::EVTCHN_PENDING + u64::from(port / 64) * 8;
         // SAFETY: `word` is inside the writable shared_info mapping; `lock btr` only
         // clears one bit.
         unsafe {
@@ -146,7 +150,13 @@ impl Events {
             timeout: until,
         };
         // SAFETY: `poll` and the port it names are live.
-        unsafe { hypercall2(hc::SCHED_OP, SCHEDOP_POLL, &mut poll as *mut SchedPoll as u64) };
+        unsafe {
+            hypercall2(
+                hc::SCHED_OP,
+                SCHEDOP_POLL,
+                &mut poll as *mut SchedPoll as u64,
+            )
+        };
         self.clear(port);
     }
 

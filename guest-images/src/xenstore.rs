@@ -251,8 +251,12 @@ impl<'a> Xenstore<'a> {
     /// `XS_WRITE path value`.
     pub fn write(&mut self, path: &str, value: &str) -> Result<(), XsErr> {
         let mut ok = [0u8; 16];
-        self.request(XS_WRITE, &[path.as_bytes(), b"\0", value.as_bytes()], &mut ok)
-            .map(|_| ())
+        self.request(
+            XS_WRITE,
+            &[path.as_bytes(), b"\0", value.as_bytes()],
+            &mut ok,
+        )
+        .map(|_| ())
     }
 
     /// `XS_DIRECTORY path`: the children, each NUL-terminated, in `out`.

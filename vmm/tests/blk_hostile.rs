@@ -56,10 +56,7 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pvkvm-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("pvkvm-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
     }
@@ -109,7 +106,8 @@ fn hostile_blkfront_gets_xen_answers_and_the_disk_changes_only_where_written() {
     let disk = format!("{},vdev=xvda", image.to_str().expect("utf-8 path"));
 
     let (status, console, stderr, _) = run(&["--disk", &disk]);
-    let report = format!("(status {status:?})\n--- console ---\n{console}\n--- pvkvm ---\n{stderr}");
+    let report =
+        format!("(status {status:?})\n--- console ---\n{console}\n--- pvkvm ---\n{stderr}");
 
     assert!(
         !(status == Some(2) && stderr.contains("--disk")),
@@ -158,10 +156,13 @@ fn hostile_blkfront_gets_xen_answers_and_the_disk_changes_only_where_written() {
 #[test]
 fn hostile_blkfront_without_a_backend_says_so_and_powers_off() {
     let (status, console, stderr, took) = run(&[]);
-    let report = format!("(status {status:?})\n--- console ---\n{console}\n--- pvkvm ---\n{stderr}");
+    let report =
+        format!("(status {status:?})\n--- console ---\n{console}\n--- pvkvm ---\n{stderr}");
     assert!(
-        console.lines().any(|l| l
-            == "HOSTILE-BLK connect status=none FAIL: no backend (device/vbd/51712/backend: ENOENT)"),
+        console.lines().any(|l| {
+            l
+            == "HOSTILE-BLK connect status=none FAIL: no backend (device/vbd/51712/backend: ENOENT)"
+        }),
         "no 'no backend' line {report}"
     );
     assert!(
@@ -177,9 +178,13 @@ fn hostile_blkfront_without_a_backend_says_so_and_powers_off() {
 #[test]
 fn hostile_blkfront_wait_for_a_stuck_backend_is_bounded() {
     let (status, console, stderr, took) = run(&["--cmdline", "stuck-backend"]);
-    let report = format!("(status {status:?})\n--- console ---\n{console}\n--- pvkvm ---\n{stderr}");
+    let report =
+        format!("(status {status:?})\n--- console ---\n{console}\n--- pvkvm ---\n{stderr}");
     assert!(
-        console.lines().any(|l| l.starts_with("HOSTILE-BLK connect status=none FAIL: backend state stayed Some(1)")),
+        console
+            .lines()
+            .any(|l| l
+                .starts_with("HOSTILE-BLK connect status=none FAIL: backend state stayed Some(1)")),
         "no bounded-wait FAIL line {report}"
     );
     assert!(

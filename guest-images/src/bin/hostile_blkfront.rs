@@ -289,7 +289,11 @@ fn connect<'a>(si: &StartInfo, ev: &'a Events, gnt: &GrantTable) -> Option<Blk<'
                 report(
                     "connect",
                     Status::None,
-                    Some(format_args!("no backend ({}: {})", backend_path.as_str(), e)),
+                    Some(format_args!(
+                        "no backend ({}: {})",
+                        backend_path.as_str(),
+                        e
+                    )),
                 );
                 return None;
             }
@@ -334,7 +338,13 @@ fn connect<'a>(si: &StartInfo, ev: &'a Events, gnt: &GrantTable) -> Option<Blk<'
     if !wait_state(&mut xs, XENBUS_INIT_WAIT, "connect") {
         return None;
     }
-    for key in ["sectors", "sector-size", "info", "feature-flush-cache", "feature-barrier"] {
+    for key in [
+        "sectors",
+        "sector-size",
+        "info",
+        "feature-flush-cache",
+        "feature-barrier",
+    ] {
         let p = xs_path!("{}/{}", be, key);
         match xs.read(p.as_str(), &mut buf) {
             Ok(n) => println!(
@@ -355,7 +365,10 @@ fn connect<'a>(si: &StartInfo, ev: &'a Events, gnt: &GrantTable) -> Option<Blk<'
             report(
                 "connect",
                 Status::None,
-                Some(format_args!("EVTCHNOP_alloc_unbound(remote 0) returned {}", rc)),
+                Some(format_args!(
+                    "EVTCHNOP_alloc_unbound(remote 0) returned {}",
+                    rc
+                )),
             );
             return None;
         }
@@ -389,7 +402,12 @@ fn connect<'a>(si: &StartInfo, ev: &'a Events, gnt: &GrantTable) -> Option<Blk<'
     }
     let mut features = [0u8; 64];
     let mut flen = 0;
-    for key in ["feature-flush-cache", "feature-barrier", "feature-discard", "feature-persistent"] {
+    for key in [
+        "feature-flush-cache",
+        "feature-barrier",
+        "feature-discard",
+        "feature-persistent",
+    ] {
         let p = xs_path!("{}/{}", be, key);
         if let Ok(n) = xs.read(p.as_str(), &mut buf) {
             let v = parse_u64(&buf[..n]).unwrap_or(0);
@@ -451,7 +469,10 @@ fn run_cases(si: &StartInfo, gnt: &GrantTable, blk: &mut Blk<'_>) {
                 report(
                     "good-read",
                     st,
-                    Some(format_args!("byte {} is {:#x}, expected {:#x}", i, got, want)),
+                    Some(format_args!(
+                        "byte {} is {:#x}, expected {:#x}",
+                        i, got, want
+                    )),
                 );
             } else if gnt.flags(DATA_REF) & (GTF_READING | GTF_WRITING) != 0 {
                 report(
@@ -493,7 +514,10 @@ fn run_cases(si: &StartInfo, gnt: &GrantTable, blk: &mut Blk<'_>) {
         (Status::Got(BLKIF_RSP_ERROR), Some((i, got, _))) => report(
             "readonly-grant",
             st,
-            Some(format_args!("the read-only page changed: byte {} is {:#x}", i, got)),
+            Some(format_args!(
+                "the read-only page changed: byte {} is {:#x}",
+                i, got
+            )),
         ),
         _ => expect_status("readonly-grant", st, BLKIF_RSP_ERROR),
     }
@@ -529,7 +553,11 @@ fn run_cases(si: &StartInfo, gnt: &GrantTable, blk: &mut Blk<'_>) {
     }
 
     // 7. Too many segments; no segment at all.
-    let mut r = rw(BLKIF_OP_READ, 0, &[seg(DATA_REF, 0, 7); BLKIF_MAX_SEGMENTS_PER_REQUEST]);
+    let mut r = rw(
+        BLKIF_OP_READ,
+        0,
+        &[seg(DATA_REF, 0, 7); BLKIF_MAX_SEGMENTS_PER_REQUEST],
+    );
     r.nr_segments = (BLKIF_MAX_SEGMENTS_PER_REQUEST + 1) as u8;
     let st = blk.submit(r);
     expect_status("too-many-segments", st, BLKIF_RSP_ERROR);
