@@ -2,14 +2,18 @@
 # Build pvkvm's default guest: the Debian cloud kernel (via fetch-debian-kernel.sh) and a
 # busybox initramfs whose /init (guest-images/initramfs/init) mounts proc/sys/dev, prints
 # "pvkvm default guest: Linux <release> on <hypervisor>" and runs an interactive shell
-# (prompt "~ # ") on /dev/hvc0, powering off when it exits.
+# (prompt "~ # ") on /dev/hvc0, powering off when it exits. The Xen PV frontends
+# xen-blkfront and xen-netfront (modules in Debian's cloud kernel, with whatever they
+# depend on) come from the kernel's own .deb into /lib/modules/<abi>/, and /init loads
+# them, so /dev/xvd* and eth0 appear when pvkvm gives the guest a disk or a NIC.
 #
 # Prints two lines: the kernel path, then (last line) the initramfs path,
 # guest-images/cache/initramfs-default.cpio.gz (newc cpio, gzip).
 #
 # Idempotent and cached in guest-images/cache/: the newest busybox-static .deb is
 # downloaded once; the archive is rebuilt only when its key changes (busybox version,
-# SHA-256 of the init script, of the archive writer newc.py and of this script).
+# SHA-256 of the init script, of the archive writer newc.py, of the module extractor
+# modules.py and of this script, the kernel .deb the modules come from and the module list).
 # `apt-get update` runs only when apt knows no busybox-static (a fresh container has
 # empty lists). A second run with unchanged inputs touches no network and writes nothing.
 #
@@ -26,12 +30,16 @@ mkdir -p "$cache_dir"
 
 init_src=$src_dir/init
 newc=$src_dir/newc.py
+modules_py=$src_dir/modules.py
 out=$cache_dir/initramfs-default.cpio.gz
 key_file=$cache_dir/initramfs-default.key
 
 # Applets /init and an interactive session rely on; the build fails if one is missing.
 required_applets=(sh mount mkdir mknod echo cat uname dmesg poweroff sync ls grep sleep
-                  setsid cttyhack stty)
+                  setsid cttyhack stty insmod)
+
+# Kernel modules /init loads (with their dependencies, resolved by modules.py).
+frontend_modules=(xen-blkfront xen-netfront)
 
 say() { echo "build-default-guest: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -88,14 +96,31 @@ arch=$(dpkg-deb -f "$deb" Architecture)
 # The guest kernel is amd64; so must busybox be (apt downloads the host's architecture).
 [[ $arch == amd64 ]] || die "$deb is for $arch, the guest needs amd64"
 
+# --- the kernel's .deb (for its modules) ----------------------------------------------
+# fetch-debian-kernel.sh keeps the .deb it extracted the vmlinuz from in the cache.
+abi=$(basename "$kernel")
+abi=${abi#vmlinuz-}
+kernel_deb=$(find "$cache_dir" -maxdepth 1 -name "linux-image-${abi}_*_amd64.deb" -print \
+    | sort -V | tail -n 1)
+if [[ -z $kernel_deb ]]; then
+    say "no linux-image-${abi}_*.deb in $cache_dir: the initramfs gets no kernel modules" \
+        "(delete guest-images/cache/boot/vmlinuz-$abi and rerun to fetch it)"
+    modules_key="modules none"
+else
+    modules_key="modules $abi $(basename "$kernel_deb") $(stat -c %s "$kernel_deb") ${frontend_modules[*]}"
+fi
+
 # --- cache key ---------------------------------------------------------------------------
 [[ -f $init_src ]] || die "$init_src is missing"
 [[ -f $newc ]] || die "$newc is missing"
+[[ -f $modules_py ]] || die "$modules_py is missing"
 key=$(printf '%s\n' \
     "format 1" \
     "$pkg $version $arch" \
     "init $(sha256sum <"$init_src" | cut -d' ' -f1)" \
     "newc.py $(sha256sum <"$newc" | cut -d' ' -f1)" \
+    "modules.py $(sha256sum <"$modules_py" | cut -d' ' -f1)" \
+    "$modules_key" \
     "builder $(sha256sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)")
 
 if [[ -s $out && -f $key_file && $(<"$key_file") == "$key" ]]; then
@@ -121,6 +146,17 @@ for a in "${required_applets[@]}"; do
     grep -qE "(^|/)$a\$" <<<"$applets" || die "busybox $version has no '$a' applet"
 done
 
+# The frontend modules, flat in /lib/modules/<abi>/ with modules.dep and the load order.
+modules=()
+if [[ -n $kernel_deb ]]; then
+    mkdir -p "$tmp/modules"
+    python3 "$modules_py" "$kernel_deb" "$abi" "$tmp/modules" "${frontend_modules[@]}" \
+        >"$tmp/modules.list" || die "cannot extract ${frontend_modules[*]} from $kernel_deb"
+    mapfile -t modules <"$tmp/modules.list"
+    [[ ${#modules[@]} -gt 0 ]] || die "modules.py found no modules in $kernel_deb"
+    say "modules for $abi: ${modules[*]}"
+fi
+
 {
     echo "dir /bin 0755"
     echo "dir /sbin 0755"
@@ -137,6 +173,14 @@ done
     # Sources relative to $tmp (newc.py runs there): manifest fields are split on blanks.
     echo "file /bin/busybox deb/bin/busybox 0755"
     echo "file /init init 0755"
+    if [[ ${#modules[@]} -gt 0 ]]; then
+        echo "dir /lib 0755"
+        echo "dir /lib/modules 0755"
+        echo "dir /lib/modules/$abi 0755"
+        for m in "${modules[@]}" modules.dep pvkvm-load.list; do
+            echo "file /lib/modules/$abi/$m modules/$m 0644"
+        done
+    fi
     while read -r a; do
         echo "slink /$a /bin/busybox 0777"
     done <<<"$applets"

@@ -7,7 +7,8 @@ set -euo pipefail
 
 # binutils: readelf, which build-soak-initramfs.sh resolves stress-ng's libraries with.
 # passt: the user-mode network (`--net user`) and its netback test.
-need_apt=(gcc libc6-dev make dpkg ca-certificates binutils passt)
+# e2fsprogs: mkfs.ext4 -d, which make-ext4-image.sh makes guest disk images with.
+need_apt=(gcc libc6-dev make dpkg ca-certificates binutils passt e2fsprogs)
 
 if [[ $(id -u) -eq 0 ]]; then
     echo "install-deps: apt-get update" >&2

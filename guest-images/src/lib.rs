@@ -16,13 +16,17 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod blkfront;
 pub mod console;
+pub mod evtchn;
+pub mod gnttab;
 pub mod hypercall;
 pub mod kernel_fault;
 pub mod mem;
 pub mod mm;
 pub mod start;
 pub mod traps;
+pub mod xenstore;
 
 pub use xen_abi;
 pub use xen_abi::xen::StartInfo;
