@@ -56,6 +56,16 @@ enum Command {
         /// the conflicting writable mapping is).
         #[arg(long)]
         mmu_log: bool,
+        /// A virtual disk: `path[,format=raw|qcow2][,vdev=xvda][,ro]` (repeatable). The
+        /// guest sees it as the vdev named (a whole disk `xvdb`, or one partition
+        /// `xvda1`), else as the next free `xvdX`.
+        #[arg(long = "disk", value_name = "DISK")]
+        disks: Vec<pvkvm::backends::blk::DiskSpec>,
+        /// A virtual NIC: `tap=NAME` (an existing or new tap device, for a bridge) or
+        /// `user[,hostfwd=tcp::2222-:22]...` (a user-mode network through passt, no root
+        /// needed), either with `,mac=MAC` (repeatable; the guest's eth0, eth1, ...).
+        #[arg(long = "net", value_name = "NET")]
+        nets: Vec<pvkvm::backends::net::NetSpec>,
         /// Testing: present the CPUID of a recorded CPU (a dump as in
         /// vmm/tests/data/cpuid/), limited to what this host runs, so the guest kernel
         /// takes that CPU's CPUID and MSR decisions.
@@ -122,6 +132,8 @@ fn main() -> ExitCode {
             cpu_policy,
             inject,
             check_mmu,
+            disks,
+            nets,
         } => {
             // The guest's console is this terminal: someone may be reading a quiet prompt.
             let interactive =
@@ -145,6 +157,8 @@ fn main() -> ExitCode {
                 cpu_policy,
                 inject,
                 check_mmu,
+                disks,
+                nets,
             };
             match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
                 Ok(report) => {

@@ -130,6 +130,10 @@ pub struct RunConfig {
     /// Testing: recompute the MMU engine's reference and type counts once a second and
     /// when the domain ends; a violation ends the domain with a diagnostic.
     pub check_mmu: bool,
+    /// Virtual disks (`--disk`), in order.
+    pub disks: Vec<crate::backends::blk::DiskSpec>,
+    /// Virtual NICs (`--net`), in order (`vif0`, `vif1`, ...).
+    pub nets: Vec<crate::backends::net::NetSpec>,
 }
 
 /// Why the watchdog stopped a guest.
@@ -376,7 +380,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
 
     // Disks and NICs are opened before anything is built: an image that cannot be
     // used stops the start with its own message.
-    let device_models: Vec<Box<dyn crate::backends::xenbus::DeviceModel>> = Vec::new();
+    let device_models = open_devices(cfg)?;
 
     let measuring = Instant::now();
     let facts = crate::host::HostFacts::probe().map_err(Error::HostProbe)?;
@@ -784,14 +788,26 @@ fn thread_end(
     end: DomainEnd,
     exits: ExitStats,
     stats: pv_engine::Stats,
-    mm: &pv_mm::Mm,
+    (mmu_refusals, mmu_refusal_count): (Vec<String>, u64),
 ) -> ThreadEnd {
     ThreadEnd {
         end,
         exits,
         stats,
-        mmu_refusals: mm.refusals().map(|r| r.to_string()).collect(),
-        mmu_refusal_count: mm.refusal_count(),
+        mmu_refusals,
+        mmu_refusal_count,
+    }
+}
+
+/// The MMU engine's logged refusals and their count, from the frame table the exit
+/// holds (the vCPU thread never locks it twice).
+fn mm_refusals(mm: Option<&pv_mm::Mm>) -> (Vec<String>, u64) {
+    match mm {
+        Some(mm) => (
+            mm.refusals().map(|r| r.to_string()).collect(),
+            mm.refusal_count(),
+        ),
+        None => (Vec::new(), 0),
     }
 }
 
@@ -803,6 +819,22 @@ pub type SharedMm = Arc<std::sync::Mutex<pv_mm::Mm>>;
 /// what it left is still the best account of the frames for the teardown.
 pub fn lock_mm(mm: &std::sync::Mutex<pv_mm::Mm>) -> std::sync::MutexGuard<'_, pv_mm::Mm> {
     mm.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens every disk and NIC of `cfg` (each image locked, each host side attached).
+fn open_devices(
+    cfg: &RunConfig,
+) -> Result<Vec<Box<dyn crate::backends::xenbus::DeviceModel>>, Error> {
+    use crate::backends::devices::{assign_vdevs, Vbd, Vif};
+    let mut models: Vec<Box<dyn crate::backends::xenbus::DeviceModel>> = Vec::new();
+    let vdevs = assign_vdevs(&cfg.disks).map_err(Error::Devices)?;
+    for (spec, vdev) in cfg.disks.iter().zip(vdevs) {
+        models.push(Box::new(Vbd::open(spec, vdev).map_err(Error::Devices)?));
+    }
+    for (i, spec) in cfg.nets.iter().enumerate() {
+        models.push(Box::new(Vif::open(spec, i as u32).map_err(Error::Devices)?));
+    }
+    Ok(models)
 }
 
 /// What the vCPU thread hands back.
@@ -1172,23 +1204,21 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 } else {
                     DomainEnd::Timeout(diag)
                 };
-                return Ok(thread_end(end, exits, stats, &lock_mm(&mm)));
+                let refusals = mm_refusals(dom.platform.mm.as_deref());
+                return Ok(thread_end(end, exits, stats, refusals));
             }
             Action::Shutdown(reason) => {
+                let refusals = mm_refusals(dom.platform.mm.as_deref());
                 return Ok(thread_end(
                     DomainEnd::Shutdown(reason),
                     exits,
                     stats,
-                    &lock_mm(&mm),
-                ))
+                    refusals,
+                ));
             }
             Action::Fatal(diag) => {
-                return Ok(thread_end(
-                    DomainEnd::Fatal(diag),
-                    exits,
-                    stats,
-                    &lock_mm(&mm),
-                ))
+                let refusals = mm_refusals(dom.platform.mm.as_deref());
+                return Ok(thread_end(DomainEnd::Fatal(diag), exits, stats, refusals));
             }
         }
     }

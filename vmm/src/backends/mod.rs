@@ -7,6 +7,7 @@
 
 pub mod blk;
 pub mod console;
+pub mod devices;
 pub mod gnttab;
 pub mod grant;
 pub mod net;

@@ -475,8 +475,13 @@ fn spawn_data_path(
                     log::error!("pvkvm: {name}: its event loop failed: {e:?}");
                     break;
                 }
-                let failed = subscriber.lock().map(|s| s.failed).unwrap_or(true);
-                if failed {
+                let mut s = subscriber.lock().unwrap_or_else(|e| e.into_inner());
+                // Work left by a bounded serve, or host output waiting for room, is
+                // picked up without a new event.
+                if !s.failed && s.path.as_ref().is_some_and(|p| p.more()) {
+                    s.serve();
+                }
+                if s.failed {
                     break;
                 }
             }

@@ -332,10 +332,40 @@ impl NetBackend {
         params: FrontendParams,
         host: Box<dyn HostNet>,
     ) -> Result<NetBackend, NetError> {
+        Self::connect_keeping_host(grants, params, host).map_err(|(e, _)| e)
+    }
+
+    /// [`Self::connect`], giving the host side back when the frontend's rings cannot
+    /// be used, so the device can take the next attempt with it.
+    pub fn connect_keeping_host(
+        grants: Arc<dyn GrantAccess>,
+        params: FrontendParams,
+        host: Box<dyn HostNet>,
+    ) -> Result<NetBackend, (NetError, Box<dyn HostNet>)> {
+        let (tx, rx) = match Self::map_rings(&*grants, &params) {
+            Ok(rings) => rings,
+            Err(e) => return Err((e, host)),
+        };
+        Ok(NetBackend {
+            grants,
+            params,
+            tx,
+            rx,
+            host,
+            backlog: VecDeque::new(),
+            recv_buf: vec![0; MAX_HOST_FRAME],
+            tx_more: false,
+            stats: NetStats::default(),
+        })
+    }
+
+    fn map_rings(
+        g: &dyn GrantAccess,
+        params: &FrontendParams,
+    ) -> Result<(BackRing, BackRing), NetError> {
         if !params.request_rx_copy {
             return Err(NetError::RxCopyRequired);
         }
-        let g = &*grants;
         let map = |dir, gref| {
             g.map(gref, Access::ReadWrite)
                 .map_err(|source| NetError::MapRing { dir, gref, source })
@@ -382,17 +412,7 @@ impl NetBackend {
                 });
             }
         };
-        Ok(NetBackend {
-            grants,
-            params,
-            tx,
-            rx,
-            host,
-            backlog: VecDeque::new(),
-            recv_buf: vec![0; MAX_HOST_FRAME],
-            tx_more: false,
-            stats: NetStats::default(),
-        })
+        Ok((tx, rx))
     }
 
     /// Unmaps both rings and gives the host side back, for a frontend that reconnects
