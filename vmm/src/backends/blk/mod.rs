@@ -503,9 +503,12 @@ impl BlkBackend {
             checked.push(seg);
         }
         let nsect = (total / SECTOR) as u64;
-        if sector
-            .checked_add(nsect)
-            .is_none_or(|end| end > self.disk.sectors())
+        // Only a request with data has a sector range (an empty flush's sector number
+        // is whatever the frontend's block layer left there; Linux's blkback ignores it).
+        if nsect > 0
+            && sector
+                .checked_add(nsect)
+                .is_none_or(|end| end > self.disk.sectors())
         {
             return Outcome::Error(format!(
                 "sectors {sector}+{nsect} beyond the disk's {}",
@@ -515,7 +518,8 @@ impl BlkBackend {
         if writes && total > 0 && self.disk.read_only() {
             return Outcome::Error("write to a read-only disk".into());
         }
-        let offset = sector * SECTOR_SIZE;
+        // In range when there is data (checked above); unused when there is none.
+        let offset = sector.saturating_mul(SECTOR_SIZE);
         if flush {
             // A barrier's earlier writes reach stable storage before its own data.
             if let Err(e) = self.flush() {

@@ -97,6 +97,12 @@ impl UserNet {
         let child_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(passt);
         cmd.args(["-f", "-q", "-1", "-F", &child_fd.to_string()]);
+        // Debugging a guest's network: PVKVM_PASST_PCAP=FILE has passt record the
+        // frames it exchanges with the guest there. (Its own debug log is not offered:
+        // Debian 12's passt crashes in it.)
+        if let Some(pcap) = std::env::var_os("PVKVM_PASST_PCAP") {
+            cmd.arg("-p").arg(pcap);
+        }
         // SAFETY: geteuid(2) has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             cmd.args(["--runas", "nobody"]);
