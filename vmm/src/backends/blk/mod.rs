@@ -393,9 +393,16 @@ impl BlkBackend {
                 BLKIF_RSP_EOPNOTSUPP
             }
         };
+        // An indirect request is answered with the operation it carries, as Linux's
+        // blkback answers it and its blkfront checks.
+        let answered = if operation == BLKIF_OP_INDIRECT {
+            req[1]
+        } else {
+            operation
+        };
         BlkifResponse {
             id,
-            operation,
+            operation: answered,
             status,
             ..Default::default()
         }
