@@ -714,7 +714,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                     terms >= 2 || poweroff_asked.is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);
                 if destroy {
                     stop.store(STOP_DESTROY, Ordering::SeqCst);
-                    kick_until_ended(&done_rx, &handle);
+                    kick_until_ended(&done_rx, &handle)?;
                     break;
                 }
                 let due = next_timer.load(Ordering::SeqCst);
@@ -744,7 +744,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 stop.store(reason, Ordering::SeqCst);
                 // Kick until the thread notices (a kick that lands just before KVM_RUN
                 // is lost; the next one is not).
-                kick_until_ended(&done_rx, &handle);
+                kick_until_ended(&done_rx, &handle)?;
                 break;
             }
         }
@@ -900,18 +900,31 @@ enum WatchNote {
 fn kick_until_ended<T>(
     notes: &std::sync::mpsc::Receiver<WatchNote>,
     vcpu: &std::thread::JoinHandle<T>,
-) {
+) -> Result<(), Error> {
+    let started = Instant::now();
     loop {
         match notes.recv_timeout(Duration::from_millis(50)) {
             Ok(WatchNote::VcpuEnded) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return
+                return Ok(())
             }
             Ok(WatchNote::TimerMoved) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Every exit path of the vCPU thread is bounded (long hypercalls are
+                // preempted); one that is not is a pvkvm bug, and the stop request must
+                // still end pvkvm rather than hang it.
+                if started.elapsed() >= VCPU_STOP_LIMIT {
+                    return Err(Error::Thread(format!(
+                        "the vCPU thread did not stop within {} s of the stop request (a pvkvm bug); giving up on the domain",
+                        VCPU_STOP_LIMIT.as_secs()
+                    )));
+                }
                 let _ = vcpu.kill(kick_signal());
             }
         }
     }
 }
+
+/// How long a stopped vCPU thread may take to notice.
+const VCPU_STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// State the vCPU thread shares with the watchdog.
 struct Shared<'a> {
