@@ -36,6 +36,13 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// What a guest client pipes into `nc`: its line, then 2 s before its EOF. busybox nc
+/// shuts down its sending side at EOF on stdin; when the host then answers and closes
+/// at once, Debian 12's passt (0.0~git20230309.7c7625d) delivers the answer but never
+/// sends the guest the FIN (a pcap shows the guest ACKing the data and nothing after),
+/// so nc would wait for ever. Keeping the guest's side open avoids that passt path.
+const NC_HOLD: &str = "(echo ping-from-guest; sleep 2)";
+
 /// Guest commands that write the udhcpc script /tmp/d (busybox has no default one),
 /// bring eth0 up and ask for a lease; the router goes to /tmp/gw. Prints `DHCP:status`.
 fn dhcp_commands() -> Vec<String> {
@@ -193,9 +200,10 @@ fn user_net_dhcp_and_tcp_guest_to_host() {
     let marker = free_port();
     let net = format!("user,hostfwd=tcp::{marker}-:9");
     let mut cmds = dhcp_commands();
-    cmds.push(format!(
-        "echo R:$(echo ping-from-guest | nc $(cat /tmp/gw) {port})"
-    ));
+    // The guest keeps its sending side open until the answer is in: this passt does
+    // not pass the host's FIN on to a guest that shut down its side first (see
+    // NC_HOLD).
+    cmds.push(format!("echo R:$( {NC_HOLD} | nc $(cat /tmp/gw) {port})"));
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
     let run = common::debian_shell(&kernel, "console=hvc0 quiet", &["--net", &net], &cmds);
     eprintln!("user network guest->host: {:.1?}", started.elapsed());
@@ -223,8 +231,8 @@ struct FwdOutcome {
 }
 
 /// A forwarded port (`hostfwd=tcp::PORT-:22`) to `nc -l -p 22 -e /tmp/s` in the guest.
-/// The guest starts its listener, then tells the host so over a guest->host connection
-/// (which stays open until the host client is done). The host client then connects to
+/// The guest starts its listener (for 40 s at most), having a background job tell the
+/// host a second later over a guest->host connection. The host client then connects to
 /// 127.0.0.1:PORT, sends `host-hello` first when `client_first`, and reads the guest's
 /// lines (10 s each at most).
 fn forwarded_port(client_first: bool) -> Option<(common::ShellRun, FwdOutcome)> {
@@ -245,6 +253,7 @@ fn forwarded_port(client_first: bool) -> Option<(common::ShellRun, FwdOutcome)> 
                 Err(e) => return Err(format!("the guest never said it listens: {e}")),
             }
         };
+        drop(signal);
         let t = Instant::now();
         let client = TcpStream::connect(("127.0.0.1", fwd_port))
             .map_err(|e| format!("connect to the forwarded port: {e}"))?;
@@ -258,10 +267,6 @@ fn forwarded_port(client_first: bool) -> Option<(common::ShellRun, FwdOutcome)> 
         }
         let (lines, error) = read_lines(&client, if client_first { 2 } else { 1 });
         let elapsed = t.elapsed();
-        drop(client);
-        // Lets the guest's signalling nc end.
-        let _ = signal.set_nonblocking(false);
-        let _ = (&signal).write_all(b"done\n");
         Ok(FwdOutcome {
             lines,
             error,
@@ -271,10 +276,10 @@ fn forwarded_port(client_first: bool) -> Option<(common::ShellRun, FwdOutcome)> 
     let net = format!("user,hostfwd=tcp::{fwd_port}-:22");
     let mut cmds = dhcp_commands();
     cmds.extend(server_script_commands());
-    cmds.push("sh -c 'timeout 60 nc -l -p 22 -e /tmp/s >/dev/null 2>&1 &'; echo BG".into());
     cmds.push(format!(
-        "sleep 1; echo R:$(echo ready | nc $(cat /tmp/gw) {ready_port})"
+        "sh -c '(sleep 1; echo ready | nc $(cat /tmp/gw) {ready_port}) >/dev/null 2>&1 &'; echo BG"
     ));
+    cmds.push("timeout 40 nc -l -p 22 -e /tmp/s; echo SERVED:$?".into());
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
     let run = common::debian_shell(&kernel, "console=hvc0 quiet", &["--net", &net], &cmds);
     eprintln!(
@@ -464,9 +469,7 @@ fn tap_net_tcp_both_ways() {
         "ip addr add {guest_ip}/24 dev eth0; ip link set eth0 up; echo UP"
     ));
     cmds.push(format!("ping -c 2 -w 10 {host_ip} >/dev/null; echo PING:$?"));
-    cmds.push(format!(
-        "echo R:$(echo ping-from-guest | nc {host_ip} {port})"
-    ));
+    cmds.push(format!("echo R:$( {NC_HOLD} | nc {host_ip} {port})"));
     cmds.push(format!(
         "timeout 60 nc -l -p {guest_port} -e /tmp/s; echo SERVED:$?"
     ));
