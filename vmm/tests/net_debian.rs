@@ -210,7 +210,8 @@ fn user_net_dhcp_and_tcp_guest_to_host() {
     let (addr, gw) = check_dhcp(&run);
     eprintln!("guest address {addr}, gateway {gw}");
     let got = host.join().expect("host thread");
-    let (line, peer) = got.unwrap_or_else(|e| panic!("host listener: {e}; console:\n{}", run.console));
+    let (line, peer) =
+        got.unwrap_or_else(|e| panic!("host listener: {e}; console:\n{}", run.console));
     assert_eq!(line, "ping-from-guest", "what the host received");
     assert_eq!(peer, "127.0.0.1", "passt connects from the host's loopback");
     assert_eq!(
@@ -220,7 +221,11 @@ fn user_net_dhcp_and_tcp_guest_to_host() {
         run.console
     );
     assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
-    assert_eq!(passt_left(&format!("-t {marker}:9")), None, "passt outlived pvkvm");
+    assert_eq!(
+        passt_left(&format!("-t {marker}:9")),
+        None,
+        "passt outlived pvkvm"
+    );
 }
 
 /// What the host client of a forwarded port saw.
@@ -428,14 +433,21 @@ fn tap_net_tcp_both_ways() {
     let guest_port = 7777;
 
     let (name, hip) = (tap.0.clone(), host_ip.clone());
+    // The host client starts once the tap has its address: before that, the host's
+    // route to 10.213.x.0/24 is its default one, where something else may answer.
+    let (configured, wait_configured) = std::sync::mpsc::channel::<()>();
     let listener_side = std::thread::spawn(move || -> Result<(String, String), String> {
         configure_tap(&name, &format!("{hip}/24"))?;
-        let listener =
-            TcpListener::bind((hip.as_str(), port)).map_err(|e| format!("bind {hip}:{port}: {e}"))?;
+        let _ = configured.send(());
+        let listener = TcpListener::bind((hip.as_str(), port))
+            .map_err(|e| format!("bind {hip}:{port}: {e}"))?;
         serve_once(listener, "pong-from-host")
     });
     let gip = guest_ip.clone();
-    let client_side = std::thread::spawn(move || -> Result<(Vec<String>, bool), String> {
+    let client_side = std::thread::spawn(move || -> Result<(Vec<String>, Option<bool>), String> {
+        wait_configured
+            .recv_timeout(HOST_WAIT)
+            .map_err(|_| "the tap was never configured".to_string())?;
         let start = Instant::now();
         let client = loop {
             match TcpStream::connect_timeout(
@@ -452,14 +464,24 @@ fn tap_net_tcp_both_ways() {
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
+        // The guest is up and its server waits for our line: ping it now (when the host
+        // has a ping; this one may not).
+        let ping = Command::new("sh")
+            .args([
+                "-c",
+                "command -v ping >/dev/null || exit 2; ping -c 1 -W 5 \"$0\"",
+            ])
+            .arg(&gip)
+            .output()
+            .ok()
+            .and_then(|o| match o.status.code() {
+                Some(2) => None,
+                c => Some(c == Some(0)),
+            });
         (&client)
             .write_all(b"host-hello\n")
             .map_err(|e| e.to_string())?;
         let (lines, _) = read_lines(&client, 2);
-        let ping = Command::new("ping")
-            .args(["-c", "1", "-W", "5", &gip])
-            .output()
-            .is_ok_and(|o| o.status.success());
         Ok((lines, ping))
     });
 
@@ -468,7 +490,9 @@ fn tap_net_tcp_both_ways() {
     cmds.push(format!(
         "ip addr add {guest_ip}/24 dev eth0; ip link set eth0 up; echo UP"
     ));
-    cmds.push(format!("ping -c 2 -w 10 {host_ip} >/dev/null; echo PING:$?"));
+    cmds.push(format!(
+        "ping -c 2 -w 10 {host_ip} >/dev/null; echo PING:$?"
+    ));
     cmds.push(format!("echo R:$( {NC_HOLD} | nc {host_ip} {port})"));
     cmds.push(format!(
         "timeout 60 nc -l -p {guest_port} -e /tmp/s; echo SERVED:$?"
@@ -501,11 +525,16 @@ fn tap_net_tcp_both_ways() {
         ["guest-hello", "guest-got-host-hello"],
         "host -> guest; console:\n{console}"
     );
-    assert!(host_ping, "host pings guest");
+    match host_ping {
+        Some(ok) => assert!(ok, "host pings guest"),
+        None => eprintln!("the host has no ping: host -> guest ping not tried"),
+    }
     assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
     drop(tap);
     assert!(
-        !Path::new("/sys/class/net").join(format!("pvkt{pid}")).exists(),
+        !Path::new("/sys/class/net")
+            .join(format!("pvkt{pid}"))
+            .exists(),
         "the tap device is left behind"
     );
 }
@@ -553,6 +582,10 @@ fn two_nics_with_given_macs() {
     );
     assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
     for m in [m0, m1] {
-        assert_eq!(passt_left(&format!("-t {m}:9")), None, "passt outlived pvkvm");
+        assert_eq!(
+            passt_left(&format!("-t {m}:9")),
+            None,
+            "passt outlived pvkvm"
+        );
     }
 }
