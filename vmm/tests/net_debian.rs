@@ -491,7 +491,7 @@ fn tap_net_tcp_both_ways() {
         "ip addr add {guest_ip}/24 dev eth0; ip link set eth0 up; echo UP"
     ));
     cmds.push(format!(
-        "ping -c 2 -w 10 {host_ip} >/dev/null; echo PING:$?"
+        "for i in 1 2 3 4 5; do ping -c1 -W2 {host_ip} >/dev/null && break; done; echo PING:$?"
     ));
     cmds.push(format!("echo R:$( {NC_HOLD} | nc {host_ip} {port})"));
     cmds.push(format!(
