@@ -159,7 +159,11 @@ fn passt_left(marker: &str) -> Option<String> {
             dir.filter_map(|e| e.ok())
                 .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
                 .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .find(|c| c.starts_with("passt ") && c.contains(marker))
+                .find(|c| {
+                    let prog = c.split(' ').next().unwrap_or_default();
+                    let name = prog.rsplit('/').next().unwrap_or_default();
+                    name.starts_with("passt") && c.contains(marker)
+                })
         });
         if found.is_none() || start.elapsed() > Duration::from_secs(5) {
             return found;
