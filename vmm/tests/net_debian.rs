@@ -350,7 +350,9 @@ fn user_net_forwarded_port_server_speaks_first() {
          passt 0.0~git20230309.7c7625d never ACKs the guest's SYN-ACK of a forwarded \
          connection (tcp_conn_from_sock_finish sends ACK_IF_NEEDED, and none is due), so \
          the guest's listener cannot accept until the host client sends data; newer \
-         passt ACKs it unconditionally. Clients that speak first (ssh) work, see \
+         passt ACKs it unconditionally. A pcap (PVKVM_PASST_PCAP=FILE) shows the guest \
+         retransmitting its SYN-ACK after 1, 3 and 7 s and nothing from passt until the \
+         client closes. Clients that speak first (ssh) work, see \
          user_net_forwarded_port_client_speaks_first. console:\n{}",
         got.error,
         run.console
