@@ -336,8 +336,12 @@ fn user_net_forwarded_port_client_speaks_first() {
 /// it sends has no ACK flag). The guest's socket stays in SYN_RECV, retransmitting its
 /// SYN-ACK, so `nc -l` never accepts until the host sends data (whose segment carries
 /// the ACK). Later passt releases send the ACK unconditionally (`tcp_send_flag(c, conn,
-/// ACK)`).
+/// ACK)`). Trixie's passt has the fix but needs glibc 2.38, which Debian 12 lacks.
+/// Run with `cargo test --release -p pvkvm --test net_debian -- --ignored` on a host
+/// whose passt is newer; the client-speaks-first test above covers ssh (whose client
+/// sends its banner at once) on every host.
 #[test]
+#[ignore = "Debian 12's passt never acknowledges the guest's SYN-ACK of a forwarded connection (docs/backends.md)"]
 fn user_net_forwarded_port_server_speaks_first() {
     let Some((run, got)) = forwarded_port(false) else {
         return;
