@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A scratch directory removed at the end.
@@ -168,61 +167,23 @@ fn data_the_guest_synced_survives_kill_9() {
     let img = ext4_image(&dir.0, "disk.img", 64, &[("greeting", "hi\n")]);
     let disk = format!("{},vdev=xvda", img.display());
     let initrd = common::repo_root().join("guest-images/cache/initramfs-default.cpio.gz");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
-        .args(["run", "--kernel", kernel.to_str().expect("utf-8")])
-        .args(["--initrd", initrd.to_str().expect("utf-8")])
-        .args(["--cmdline", "console=hvc0 quiet", "--timeout", "300"])
-        .args(["--disk", &disk])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pvkvm starts");
-    let console = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let mut stdout = child.stdout.take().expect("piped");
-    let sink = console.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
-        }
-    });
-    let text = || String::from_utf8_lossy(&console.lock().expect("lock")).into_owned();
-    let wait_for = |needle: &str, limit: Duration| -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if text().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
-    };
-    let mut stdin = child.stdin.take().expect("piped");
-    if !wait_for("~ # ", Duration::from_secs(240)) {
-        let _ = child.kill();
-        panic!("no shell prompt; console:\n{}", text());
+    let mut console =
+        common::DebianConsole::spawn(&kernel, &initrd, "console=hvc0 quiet", &["--disk", &disk]);
+    if !console.wait_for("~ # ", Duration::from_secs(240)) {
+        panic!("no shell prompt; console:\n{}", console.kill());
     }
     // 8 MiB of random data, synced; the guest prints its md5 only after sync returned.
-    writeln!(
-        stdin,
-        "mkdir -p /mnt && mount /dev/xvda /mnt && echo MOUNT\"\"ED"
-    )
-    .expect("stdin");
-    let mounted = wait_for("MOUNTED", Duration::from_secs(60));
-    writeln!(
-        stdin,
-        "dd if=/dev/urandom of=/mnt/kept bs=64k count=128 2>/dev/null && sync && echo SYNC\"\"ED"
-    )
-    .expect("stdin");
-    let synced = mounted && wait_for("SYNCED", Duration::from_secs(120));
-    writeln!(stdin, "echo MD5=$(md5sum /mnt/kept | cut -c1-32)").expect("stdin");
+    console.send("mkdir -p /mnt && mount /dev/xvda /mnt && echo MOUNT\"\"ED");
+    let mounted = console.wait_for("MOUNTED", Duration::from_secs(60));
+    console.send(
+        "dd if=/dev/urandom of=/mnt/kept bs=64k count=128 2>/dev/null && sync && echo SYNC\"\"ED",
+    );
+    let synced = mounted && console.wait_for("SYNCED", Duration::from_secs(120));
+    console.send("echo MD5=$(md5sum /mnt/kept | cut -c1-32)");
     // The echo of the command shows "MD5=$(", never 32 hex digits.
     let find_md5 = || {
-        text()
+        console
+            .text()
             .lines()
             .filter_map(|l| l.trim().strip_prefix("MD5="))
             .map(|l| l.chars().take(32).collect::<String>())
@@ -238,18 +199,13 @@ fn data_the_guest_synced_survives_kill_9() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Then more data that is never synced, and no clean shutdown at all.
-    let _ = writeln!(
-        stdin,
-        "dd if=/dev/urandom of=/mnt/lost bs=64k count=64 2>/dev/null"
-    );
+    let _ = console.try_send("dd if=/dev/urandom of=/mnt/lost bs=64k count=64 2>/dev/null");
     std::thread::sleep(Duration::from_millis(300));
-    child.kill().expect("kill -9");
-    let _ = child.wait();
-    let _ = reader.join();
+    let text = console.kill();
     assert!(
         guest_md5.len() == 32,
         "the guest did not finish its sync and checksum; console:\n{}",
-        text()
+        text
     );
 
     // Recover the journal on a copy (as the next mount would) and read the file.

@@ -40,13 +40,19 @@
 #![no_main]
 
 use core::fmt;
-use pv_test_kernels::blkfront::*;
+use pv_test_kernels::blkfront::FrontRing;
 use pv_test_kernels::console::finish;
 use pv_test_kernels::evtchn::{self, Events};
 use pv_test_kernels::gnttab::{GrantTable, FIRST_FREE_REF, GTF_READING, GTF_WRITING};
 use pv_test_kernels::mm;
 use pv_test_kernels::traps::install_trap_table;
+use pv_test_kernels::xen_abi::blkif::{
+    BlkifRequest, BlkifRequestSegment, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE,
+    BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    SECTOR_SIZE,
+};
 use pv_test_kernels::xen_abi::sched::SHUTDOWN_POWEROFF;
+use pv_test_kernels::xen_abi::xenbus;
 use pv_test_kernels::xenstore::{parse_u64, Xenstore};
 use pv_test_kernels::{cmdline_arg, println, test_kernel, xs_path, StartInfo};
 
@@ -174,7 +180,7 @@ struct Blk<'a> {
 impl Blk<'_> {
     /// Publishes `req` (its id is set here), notifies, and waits (bounded) for the
     /// response with that id.
-    fn submit(&mut self, mut req: Request) -> Status {
+    fn submit(&mut self, mut req: BlkifRequest) -> Status {
         self.next_id += 1;
         let id = 0x4b1f_0000 + self.next_id;
         req.id = id;
@@ -210,23 +216,23 @@ impl Blk<'_> {
     }
 }
 
-fn seg(gref: u32, first_sect: u8, last_sect: u8) -> Segment {
-    Segment {
+fn seg(gref: u32, first_sect: u8, last_sect: u8) -> BlkifRequestSegment {
+    BlkifRequestSegment {
         gref,
         first_sect,
         last_sect,
-        _pad: 0,
+        _pad: [0; 2],
     }
 }
 
 /// A read or write of one page-sized segment list.
-fn rw(operation: u8, sector: u64, segs: &[Segment]) -> Request {
-    let mut r = Request {
+fn rw(operation: u8, sector: u64, segs: &[BlkifRequestSegment]) -> BlkifRequest {
+    let mut r = BlkifRequest {
         operation,
         nr_segments: segs.len() as u8,
         handle: 51712,
         sector_number: sector,
-        ..Request::default()
+        ..BlkifRequest::default()
     };
     r.seg[..segs.len()].copy_from_slice(segs);
     r
@@ -303,12 +309,12 @@ fn connect<'a>(si: &StartInfo, ev: &'a Events, gnt: &GrantTable) -> Option<Blk<'
     println!("blkfront: backend at {}", be);
     let be_state = xs_path!("{}/state", be);
 
-    let wait_state = |xs: &mut Xenstore<'_>, want: u64, what: &str| -> bool {
+    let wait_state = |xs: &mut Xenstore<'_>, want: u32, what: &str| -> bool {
         let deadline = ev.deadline_ms(STATE_TIMEOUT_MS);
         let mut last: Option<u64> = None;
         for _ in 0..evtchn::max_rounds(STATE_TIMEOUT_MS) {
             match xs.read_u64(be_state.as_str()) {
-                Ok(s) if s == want => return true,
+                Ok(s) if s == u64::from(want) => return true,
                 Ok(s) => last = Some(s),
                 Err(e) => {
                     report(
@@ -335,7 +341,7 @@ fn connect<'a>(si: &StartInfo, ev: &'a Events, gnt: &GrantTable) -> Option<Blk<'
         false
     };
 
-    if !wait_state(&mut xs, XENBUS_INIT_WAIT, "connect") {
+    if !wait_state(&mut xs, xenbus::INIT_WAIT, "connect") {
         return None;
     }
     for key in [
@@ -397,7 +403,7 @@ fn connect<'a>(si: &StartInfo, ev: &'a Events, gnt: &GrantTable) -> Option<Blk<'
         mm::va_to_mfn(si, ring_va),
         port
     );
-    if !wait_state(&mut xs, XENBUS_CONNECTED, "connect") {
+    if !wait_state(&mut xs, xenbus::CONNECTED, "connect") {
         return None;
     }
     let mut features = [0u8; 64];

@@ -20,3 +20,4 @@ pub mod netif;
 pub mod sched;
 pub mod version;
 pub mod xen;
+pub mod xenbus;

@@ -35,16 +35,7 @@ use super::grant::GrantAccess;
 use crate::xenstore::{Perm, Xenstore};
 
 /// `enum xenbus_state` (`public/io/xenbus.h`).
-pub mod state {
-    #![allow(missing_docs)]
-    pub const UNKNOWN: u32 = 0;
-    pub const INITIALISING: u32 = 1;
-    pub const INIT_WAIT: u32 = 2;
-    pub const INITIALISED: u32 = 3;
-    pub const CONNECTED: u32 = 4;
-    pub const CLOSING: u32 = 5;
-    pub const CLOSED: u32 = 6;
-}
+pub use xen_abi::xenbus as state;
 
 /// First backend port given to a device (1 and 2 are xenstored and the console).
 pub const FIRST_DEVICE_PORT: u32 = 16;

@@ -226,98 +226,173 @@ pub fn debian_shell_with(
     extra: &[&str],
     commands: &[&str],
 ) -> ShellRun {
-    use std::io::{Read, Write};
-    use std::process::Stdio;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     require_kvm();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
-        .args(["run", "--kernel", kernel.to_str().expect("utf-8 path")])
-        .args(["--initrd", initrd.to_str().expect("utf-8 path")])
-        .args(["--cmdline", cmdline, "--timeout", "300"])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pvkvm starts");
-    let console = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let mut stdout = child.stdout.take().expect("piped");
-    let sink = console.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
-        }
-    });
-    let text =
-        |c: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&c.lock().expect("lock")).into_owned();
-    let wait_for = |needle: &str, from: usize, limit: Duration| -> Option<usize> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            let t = text(&console);
-            if let Some(at) = t.get(from..).and_then(|rest| rest.find(needle)) {
-                return Some(from + at + needle.len());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        None
-    };
-    let mut stdin = child.stdin.take().expect("piped");
-    let Some(prompt) = wait_for("~ # ", 0, Duration::from_secs(240)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("no shell prompt within 240 s; console:\n{}", text(&console));
+    let mut console = DebianConsole::spawn(kernel, initrd, cmdline, extra);
+    let Some(prompt) = console.wait_for_from("~ # ", 0, Duration::from_secs(240)) else {
+        panic!("no shell prompt within 240 s; console:\n{}", console.kill());
     };
     for c in commands {
-        writeln!(stdin, "{c}").expect("stdin");
+        console.send(c);
     }
-    writeln!(stdin, "echo END-OF-ANSWERS").expect("stdin");
-    let end = wait_for("END-OF-ANSWERS\r\n", prompt, Duration::from_secs(120))
-        .or_else(|| wait_for("END-OF-ANSWERS\n", prompt, Duration::from_secs(1)));
+    console.send("echo END-OF-ANSWERS");
+    let end = console
+        .wait_for_from("END-OF-ANSWERS\r\n", prompt, Duration::from_secs(120))
+        .or_else(|| console.wait_for_from("END-OF-ANSWERS\n", prompt, Duration::from_secs(1)));
     let Some(end) = end else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("no answers; console:\n{}", text(&console));
+        panic!("no answers; console:\n{}", console.kill());
     };
-    let all = text(&console);
+    let all = console.text();
     let lines: Vec<String> = all[prompt..end]
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty() && !l.contains('#') && !l.contains("END-OF-ANSWERS"))
         .collect();
     let answers = lines[lines.len().saturating_sub(commands.len())..].to_vec();
-    writeln!(stdin, "poweroff -f").expect("stdin");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "pvkvm did not exit after poweroff -f; console:\n{}",
-                text(&console)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let _ = reader.join();
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut stderr);
+    let (status, console, stderr) = console.poweroff_and_wait(Duration::from_secs(60));
     ShellRun {
         answers,
-        console: text(&console),
-        status: status.code(),
+        console,
+        status,
         stderr,
+    }
+}
+
+/// A pvkvm running a Debian kernel and initramfs, its console (stdout) collected by a
+/// thread, its stdin the guest's console input, its stderr collected by another thread.
+pub struct DebianConsole {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    console: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl DebianConsole {
+    /// Starts `pvkvm run` on `kernel` with `initrd`, `cmdline`, a 300 s timeout and the
+    /// `extra` arguments.
+    pub fn spawn(kernel: &Path, initrd: &Path, cmdline: &str, extra: &[&str]) -> DebianConsole {
+        use std::io::Read;
+        use std::process::Stdio;
+        use std::sync::{Arc, Mutex};
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
+            .args(["run", "--kernel", kernel.to_str().expect("utf-8 path")])
+            .args(["--initrd", initrd.to_str().expect("utf-8 path")])
+            .args(["--cmdline", cmdline, "--timeout", "300"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pvkvm starts");
+        let console = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let mut stdout = child.stdout.take().expect("piped");
+        let sink = console.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut err = child.stderr.take().expect("piped");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let stdin = child.stdin.take().expect("piped");
+        DebianConsole {
+            child,
+            stdin,
+            console,
+            reader,
+            stderr,
+        }
+    }
+
+    /// Everything on the console so far (lossy UTF-8).
+    pub fn text(&self) -> String {
+        Self::text_of(&self.console)
+    }
+
+    fn text_of(console: &std::sync::Mutex<Vec<u8>>) -> String {
+        String::from_utf8_lossy(&console.lock().expect("lock")).into_owned()
+    }
+
+    /// Waits up to `limit` for `needle` on the console at or after byte `from`; returns
+    /// the byte offset just past its first occurrence.
+    pub fn wait_for_from(
+        &self,
+        needle: &str,
+        from: usize,
+        limit: std::time::Duration,
+    ) -> Option<usize> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            let t = self.text();
+            if let Some(at) = t.get(from..).and_then(|rest| rest.find(needle)) {
+                return Some(from + at + needle.len());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        None
+    }
+
+    /// Whether `needle` appears anywhere on the console within `limit`.
+    pub fn wait_for(&self, needle: &str, limit: std::time::Duration) -> bool {
+        self.wait_for_from(needle, 0, limit).is_some()
+    }
+
+    /// Types `line` and a newline on the guest's console; an error if pvkvm's stdin is
+    /// gone.
+    pub fn try_send(&mut self, line: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}")
+    }
+
+    /// [`DebianConsole::try_send`], panicking when it fails.
+    pub fn send(&mut self, line: &str) {
+        self.try_send(line).expect("stdin");
+    }
+
+    /// SIGKILLs pvkvm, reaps it, collects the rest of its console; returns the console.
+    pub fn kill(mut self) -> String {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        Self::text_of(&self.console)
+    }
+
+    /// Types `poweroff -f` and waits up to `limit` for pvkvm to exit (killing it and
+    /// panicking with the console if it does not); returns its exit code, the whole
+    /// console and its stderr.
+    pub fn poweroff_and_wait(
+        mut self,
+        limit: std::time::Duration,
+    ) -> (Option<i32>, String, String) {
+        self.send("poweroff -f");
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "pvkvm did not exit after poweroff -f; console:\n{}",
+                    self.text()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let _ = self.reader.join();
+        let stderr = self.stderr.join().unwrap_or_default();
+        (status.code(), Self::text_of(&self.console), stderr)
     }
 }
