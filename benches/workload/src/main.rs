@@ -24,7 +24,16 @@
 //! (fork, child _exits, parent waits), fork_exec (fork, child execs a 129-byte static ELF
 //! that only exits), fork_exec_busybox (same with busybox `true`, when /bin/true exists).
 //!
-//! Usage: pvkvm-workload [--budget-ms N] [--only NAME,...]
+//! With `--disk DEV` (a raw block device whose contents it destroys), O_DIRECT figures:
+//! disk_seq_write and disk_seq_read (one 1 MiB request, sequential from offset 0, up to
+//! 64 MiB), disk_rand_write and disk_rand_read (one 4 KiB request at a random offset in
+//! the first 64 MiB, queue depth 1, up to 500). With `--net HOST:PORT` (the host peer of
+//! benches/linux.py; `error:REASON` when the guest has no network), TCP figures: tcp_rtt
+//! (1-byte echo round trip, up to 200), tcp_tx (guest->host) and tcp_rx (host->guest),
+//! per MiB, in samples of 4 MiB (up to 16 MiB). These figures' failures are reported
+//! (`wl-fail`) without failing the run.
+//!
+//! Usage: pvkvm-workload [--budget-ms N] [--only NAME,...] [--disk DEV] [--net HOST:PORT]
 //! (per-figure time budget, default 2000 ms; only the named figures, `none` for none)
 
 use std::ffi::CString;
@@ -149,7 +158,35 @@ impl Runner {
 
     fn fail(&mut self, name: &str, reason: &str) {
         self.failed = true;
+        self.fail_soft(name, reason);
+    }
+
+    /// Reports a figure as failed without failing the run: the disk and TCP figures
+    /// depend on devices and a host peer that a platform may not offer.
+    fn fail_soft(&mut self, name: &str, reason: &str) {
         println!("wl-fail {} {}", name, reason.replace('\n', " "));
+    }
+
+    /// [`Runner::figure`] whose failure does not fail the run ([`Runner::fail_soft`]).
+    fn soft_figure(
+        &mut self,
+        name: &str,
+        plan: Plan,
+        sample: impl FnMut(u64) -> Result<u64, String>,
+    ) {
+        let failed = self.failed;
+        self.figure(name, plan, sample);
+        self.failed = failed;
+    }
+
+    /// [`Runner::figure_each`] whose failure does not fail the run.
+    fn soft_figure_each(
+        &mut self,
+        name: &str,
+        plan: Plan,
+        mut op: impl FnMut(u64) -> Result<(), String>,
+    ) {
+        self.soft_figure(name, plan, |n| time_each(n, &mut op));
     }
 }
 
@@ -362,6 +399,256 @@ fn pipe_figure(r: &mut Runner, plan: Plan) {
     }
 }
 
+// --- disk and TCP figures (issue 11) -----------------------------------------------------
+
+/// A page-aligned buffer of `len` bytes (O_DIRECT needs aligned memory), filled with a
+/// pattern so that writes carry non-zero data.
+struct AlignedBuf {
+    p: *mut u8,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Result<AlignedBuf, String> {
+        let pages = len.div_ceil(PAGE);
+        let p = map_anon(pages)?;
+        for i in 0..pages * PAGE {
+            // SAFETY: p maps `pages` writable pages.
+            unsafe { ptr::write(p.add(i), (i * 7 + 1) as u8) };
+        }
+        Ok(AlignedBuf { p, len })
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let _ = unmap(self.p, self.len.div_ceil(PAGE));
+    }
+}
+
+/// xorshift64: the random 4 KiB offsets.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+const MIB: usize = 1 << 20;
+const BLOCK: usize = 4096;
+/// Sequential figures: at most this many 1 MiB requests (64 MiB), the random ones stay in
+/// this region too (written first, so reads never hit holes of a sparse image).
+const DISK_REGION: u64 = 64 * MIB as u64;
+
+fn pwrite_all(fd: libc::c_int, buf: &AlignedBuf, len: usize, off: u64) -> Result<(), String> {
+    // SAFETY: buf holds at least len readable bytes.
+    let n = unsafe { libc::pwrite(fd, buf.p as *const libc::c_void, len, off as libc::off_t) };
+    if n != len as isize {
+        return Err(format!("pwrite {len} at {off}: {} ({n})", errno_str()));
+    }
+    Ok(())
+}
+
+fn pread_all(fd: libc::c_int, buf: &AlignedBuf, len: usize, off: u64) -> Result<(), String> {
+    // SAFETY: buf holds at least len writable bytes.
+    let n = unsafe { libc::pread(fd, buf.p as *mut libc::c_void, len, off as libc::off_t) };
+    if n != len as isize {
+        return Err(format!("pread {len} at {off}: {} ({n})", errno_str()));
+    }
+    Ok(())
+}
+
+/// Waits up to 15 s for `dev` to appear (the frontend probes asynchronously).
+fn wait_for(dev: &str) -> bool {
+    for _ in 0..150 {
+        if std::path::Path::new(dev).exists() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+const DISK_FIGURES: [&str; 4] = [
+    "disk_seq_write",
+    "disk_seq_read",
+    "disk_rand_write",
+    "disk_rand_read",
+];
+
+/// O_DIRECT on the raw block device `dev`: sequential 1 MiB writes then reads (from
+/// offset 0, per request), random 4 KiB writes then reads within the first 64 MiB (per
+/// request, one at a time: queue depth 1). Destroys the device's contents.
+fn disk_figures(r: &mut Runner, dev: &str) {
+    if !DISK_FIGURES.iter().any(|f| r.wants(f)) {
+        return;
+    }
+    let fail_all = |r: &mut Runner, e: &str| {
+        for f in DISK_FIGURES {
+            if r.wants(f) {
+                r.fail_soft(f, e);
+            }
+        }
+    };
+    if !wait_for(dev) {
+        fail_all(r, &format!("{dev} did not appear within 15 s"));
+        return;
+    }
+    let c = CString::new(dev).unwrap();
+    // SAFETY: c is a valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_DIRECT | libc::O_CLOEXEC) };
+    if fd < 0 {
+        fail_all(r, &format!("open {dev} O_DIRECT: {}", errno_str()));
+        return;
+    }
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64.
+    unsafe { libc::ioctl(fd, 0x8008_1272, &mut size) };
+    info("disk_dev", dev);
+    info("disk_bytes", &size.to_string());
+    if size < DISK_REGION {
+        fail_all(r, &format!("{dev} has {size} bytes, needs {DISK_REGION}"));
+        close(fd);
+        return;
+    }
+    let buf = match AlignedBuf::new(MIB) {
+        Ok(b) => b,
+        Err(e) => {
+            fail_all(r, &e);
+            close(fd);
+            return;
+        }
+    };
+    let seq = Plan::new(1, 8, (DISK_REGION as usize / MIB) - 1);
+    let mut off = 0u64;
+    r.soft_figure_each("disk_seq_write", seq, |_| {
+        let o = off % DISK_REGION;
+        off += MIB as u64;
+        pwrite_all(fd, &buf, MIB, o)
+    });
+    // Makes sure the whole region is written before reading it (the write figure may
+    // have stopped early on its time budget).
+    if r.wants("disk_seq_read") || r.wants("disk_rand_read") {
+        while off < DISK_REGION {
+            if pwrite_all(fd, &buf, MIB, off).is_err() {
+                break;
+            }
+            off += MIB as u64;
+        }
+    }
+    let mut off = 0u64;
+    let seq = Plan::new(1, 8, (DISK_REGION as usize / MIB) - 1);
+    r.soft_figure_each("disk_seq_read", seq, |_| {
+        let o = off % DISK_REGION;
+        off += MIB as u64;
+        pread_all(fd, &buf, MIB, o)
+    });
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let blocks = DISK_REGION / BLOCK as u64;
+    r.soft_figure_each("disk_rand_write", Plan::new(1, 20, 500), |_| {
+        pwrite_all(fd, &buf, BLOCK, (rng.next() % blocks) * BLOCK as u64)
+    });
+    r.soft_figure_each("disk_rand_read", Plan::new(1, 20, 500), |_| {
+        pread_all(fd, &buf, BLOCK, (rng.next() % blocks) * BLOCK as u64)
+    });
+    close(fd);
+}
+
+const NET_FIGURES: [&str; 3] = ["tcp_rtt", "tcp_tx", "tcp_rx"];
+
+/// A TCP connection to the host's peer (benches/linux.py), announcing `mode`: b'E' echo,
+/// b'S' sink (one byte back per `n` MiB received), b'R' source (sends the MiB asked for).
+fn peer(addr: &str, mode: u8) -> Result<std::net::TcpStream, String> {
+    use std::io::Write as _;
+    let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("address {addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_secs(10))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .map_err(|e| format!("timeout: {e}"))?;
+    s.write_all(&[mode])
+        .map_err(|e| format!("send mode: {e}"))?;
+    Ok(s)
+}
+
+/// TCP with the host: `tcp_rtt` 1-byte echo round trip; `tcp_tx` guest->host and
+/// `tcp_rx` host->guest bulk transfer, per MiB (a sample is 4 MiB, ended by the
+/// receiver's acknowledgement or the last byte; at most 4 samples: 16 MiB).
+fn net_figures(r: &mut Runner, addr: &str) {
+    use std::io::{Read as _, Write as _};
+    if !NET_FIGURES.iter().any(|f| r.wants(f)) {
+        return;
+    }
+    if let Some(why) = addr.strip_prefix("error:") {
+        for f in NET_FIGURES {
+            if r.wants(f) {
+                r.fail_soft(f, &format!("no network: {}", why.replace('_', " ")));
+            }
+        }
+        return;
+    }
+    info("net_peer", addr);
+    if r.wants("tcp_rtt") {
+        match peer(addr, b'E') {
+            Ok(mut s) => r.soft_figure_each("tcp_rtt", Plan::new(1, 20, 200), |i| {
+                let b = [i as u8];
+                let mut back = [0u8];
+                s.write_all(&b).map_err(|e| format!("send: {e}"))?;
+                s.read_exact(&mut back).map_err(|e| format!("recv: {e}"))?;
+                if back != b {
+                    return Err("echo mismatch".into());
+                }
+                Ok(())
+            }),
+            Err(e) => r.fail_soft("tcp_rtt", &e),
+        }
+    }
+    let chunk = vec![0x5au8; 256 * 1024];
+    if r.wants("tcp_tx") {
+        match peer(addr, b'S') {
+            Ok(mut s) => r.soft_figure("tcp_tx", Plan::new(4, 2, 4), |n| {
+                let t0 = now_ns();
+                for _ in 0..n as usize * MIB / chunk.len() {
+                    s.write_all(&chunk).map_err(|e| format!("send: {e}"))?;
+                }
+                let mut ack = [0u8];
+                s.read_exact(&mut ack).map_err(|e| format!("ack: {e}"))?;
+                Ok(now_ns() - t0)
+            }),
+            Err(e) => r.fail_soft("tcp_tx", &e),
+        }
+    }
+    if r.wants("tcp_rx") {
+        match peer(addr, b'R') {
+            Ok(mut s) => {
+                let mut buf = vec![0u8; 256 * 1024];
+                r.soft_figure("tcp_rx", Plan::new(4, 2, 4), |n| {
+                    let t0 = now_ns();
+                    s.write_all(&[n as u8]).map_err(|e| format!("ask: {e}"))?;
+                    let mut left = n as usize * MIB;
+                    while left > 0 {
+                        let want = left.min(buf.len());
+                        let got = s.read(&mut buf[..want]).map_err(|e| format!("recv: {e}"))?;
+                        if got == 0 {
+                            return Err(format!("peer closed with {left} bytes to go"));
+                        }
+                        left -= got;
+                    }
+                    Ok(now_ns() - t0)
+                })
+            }
+            Err(e) => r.fail_soft("tcp_rx", &e),
+        }
+    }
+}
+
 fn info(key: &str, value: &str) {
     let v = value.split_whitespace().collect::<Vec<_>>().join("_");
     println!("info {} {}", key, if v.is_empty() { "-" } else { &v });
@@ -376,6 +663,8 @@ fn read_trim(path: &str) -> String {
 fn main() {
     let mut budget_ms: u64 = 2000;
     let mut only: Option<Vec<String>> = None;
+    let mut disk: Option<String> = None;
+    let mut net: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -385,6 +674,8 @@ fn main() {
                     std::process::exit(2)
                 })
             }
+            "--disk" => disk = args.next(),
+            "--net" => net = args.next(),
             // Comma-separated figure names; "none" runs no figure (a baseline).
             "--only" => {
                 only = Some(
@@ -397,7 +688,7 @@ fn main() {
                 )
             }
             _ => {
-                eprintln!("pvkvm-workload: unknown argument {a:?}; usage: pvkvm-workload [--budget-ms N] [--only NAME,...]");
+                eprintln!("pvkvm-workload: unknown argument {a:?}; usage: pvkvm-workload [--budget-ms N] [--only NAME,...] [--disk DEV] [--net HOST:PORT]");
                 std::process::exit(2)
             }
         }
@@ -516,6 +807,13 @@ fn main() {
         r.figure("fork_exec_busybox", Plan::new(5, 5, 31), |n| {
             fork_exec_batch(&path, &arg0, n)
         });
+    }
+
+    if let Some(dev) = &disk {
+        disk_figures(&mut r, dev);
+    }
+    if let Some(addr) = &net {
+        net_figures(&mut r, addr);
     }
 
     let total_ms = (now_ns() - t_start) / 1_000_000;
