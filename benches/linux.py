@@ -21,7 +21,17 @@ that fails is reported with the reason and the script goes on. Installs what is 
 unpacked, never installed). Python 3 standard library only.
 
   benches/linux.py [--json PATH] [--markdown PATH] [--platforms pvkvm,qemu-tcg,xen-tcg,qemu-kvm]
-                   [--pvkvm-exits]
+                   [--pvkvm-exits] [--no-disk] [--no-net]
+
+Disk and TCP figures (issue 11; --no-disk, --no-net leave them out): each guest gets a
+scratch raw image (256 MiB, sparse, in the work directory, deleted after the boot) as its
+disk (pvkvm --disk IMG,format=raw: /dev/xvda through pvkvm's blkback; QEMU -drive
+if=virtio,cache=writeback: /dev/vda; Xen in TCG: the same virtio disk seen by dom0, which
+is not Xen's blkback) and, except under Xen, a user-mode NIC (pvkvm --net user through
+passt; QEMU -netdev user, slirp) to reach a peer thread of this script on 127.0.0.1:
+disk_seq_write/read (O_DIRECT 1 MiB requests, 64 MiB), disk_rand_write/read (4 KiB,
+QD1, up to 500), tcp_rtt (1 byte, up to 200), tcp_tx/rx (per MiB, up to 16 MiB). The
+benchmark initramfs adds virtio_blk and virtio_net (modules.py, from the kernel's .deb).
 
 --pvkvm-exits adds, for pvkvm, the VM exits and hypercalls per operation of each figure
 (one boot per figure, from `pvkvm run --stats`).
@@ -34,6 +44,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -69,6 +80,40 @@ FIGURES = [
     ("fork_exec", "fork + exec of a 129-byte static ELF + waitpid"),
     ("fork_exec_busybox", "fork + exec busybox true + waitpid"),
 ]
+
+# Disk and TCP figures (issue 11): name, what one operation is, and the derived rate
+# ("MiB/s": 1 MiB / median; "IOPS": 1 s / median, queue depth 1; None: latency only).
+IO_FIGURES = [
+    ("disk_seq_write", "O_DIRECT sequential write, one 1 MiB request", "MiB/s"),
+    ("disk_seq_read", "O_DIRECT sequential read, one 1 MiB request", "MiB/s"),
+    ("disk_rand_write", "O_DIRECT random 4 KiB write (QD1)", "IOPS"),
+    ("disk_rand_read", "O_DIRECT random 4 KiB read (QD1)", "IOPS"),
+    ("tcp_rtt", "TCP round trip of 1 byte, guest<->host", None),
+    ("tcp_tx", "TCP guest->host, per MiB (samples of 4 MiB)", "MiB/s"),
+    ("tcp_rx", "TCP host->guest, per MiB (samples of 4 MiB)", "MiB/s"),
+]
+DISK_NAMES = [f for f, _, _ in IO_FIGURES if f.startswith("disk_")]
+NET_NAMES = [f for f, _, _ in IO_FIGURES if f.startswith("tcp_")]
+# Modules the benchmark initramfs adds to the default guest's (xen-blkfront, xen-netfront):
+# QEMU's virtio disk and NIC; modules.py adds their dependencies (virtio, virtio_ring,
+# virtio_pci_modern_dev, virtio_pci_legacy_dev, failover, net_failover).
+BENCH_MODULES = ["xen-blkfront", "xen-netfront", "virtio_pci", "virtio_blk", "virtio_net"]
+SCRATCH_BYTES = 256 << 20
+# What each platform's disk and NIC are (reported with the figures).
+IO_PATHS = {
+    "pvkvm": {"disk": "xen-blkfront -> pvkvm's blkback (raw image, host page cache, synchronous I/O "
+                      "in one thread)",
+              "net": "xen-netfront -> pvkvm's netback -> passt (--net user; gateway = host loopback)"},
+    "qemu-tcg": {"disk": "virtio-blk (PCI) -> QEMU, raw image, cache=writeback (host page cache)",
+                 "net": "virtio-net (PCI) -> QEMU user network (slirp; 10.0.2.2 = host loopback)"},
+    "qemu-kvm": {"disk": "virtio-blk (PCI) -> QEMU, raw image, cache=writeback (host page cache)",
+                 "net": "virtio-net (PCI) -> QEMU user network (slirp; 10.0.2.2 = host loopback)"},
+    "xen-tcg": {"disk": "QEMU's virtio-blk seen by dom0 (NOT Xen's blkback: no domU toolstack), raw image, "
+                        "cache=writeback",
+                "net": None},
+}
+XEN_NET_REASON = ("not run: would need QEMU's NIC in dom0 plus a user network in the outer QEMU; "
+                  "not attempted (same PCI path as the disk, see its result)")
 
 T0 = time.monotonic()
 
@@ -251,6 +296,21 @@ def build_all(work, pvkvm=None):
                 "file /bin/pvkvm-workload pvkvm-workload 0755\n"
                 "file /init init 0755\n"
                 "file /init-default init-default 0755\n")
+    # The modules: the default guest's list plus virtio_blk/virtio_net (for QEMU), from the
+    # kernel's own .deb; the overlay's modules.dep and pvkvm-load.list replace the default's.
+    abi = kernel.name[len("vmlinuz-"):]
+    debs = sorted(CACHE.glob("linux-image-%s_*_amd64.deb" % abi))
+    if debs:
+        (stage / "modules").mkdir()
+        out = run([sys.executable, REPO / "guest-images" / "initramfs" / "modules.py", debs[-1], abi,
+                   stage / "modules"] + BENCH_MODULES, capture=True).split()
+        manifest += "dir /lib 0755\ndir /lib/modules 0755\ndir /lib/modules/%s 0755\n" % abi
+        for m in out + ["modules.dep", "pvkvm-load.list"]:
+            manifest += "file /lib/modules/%s/%s modules/%s 0644\n" % (abi, m, m)
+        say("benchmark initramfs modules: %s" % " ".join(out))
+    else:
+        say("no linux-image-%s_*.deb in %s: no virtio modules, QEMU's disk and NIC figures will fail"
+            % (abi, CACHE))
     r = subprocess.run([sys.executable, str(REPO / "guest-images" / "initramfs" / "newc.py"), "create",
                         "overlay.cpio.gz"], cwd=stage, input=manifest, text=True)
     if r.returncode != 0:
@@ -259,6 +319,76 @@ def build_all(work, pvkvm=None):
     initrd.write_bytes(default_initrd.read_bytes() + (stage / "overlay.cpio.gz").read_bytes())
     say("kernel %s, benchmark initramfs %s (%d bytes)" % (kernel, initrd, initrd.stat().st_size))
     return pvkvm, kernel, initrd
+
+
+# --- the host's TCP peer ---------------------------------------------------------------
+
+class Peer:
+    """The guest's TCP peer on 127.0.0.1 (a thread per connection). The first byte of a
+    connection picks the mode: E echoes every byte back (round trip); S is a sink (a byte
+    n, then n MiB, answered with one byte); R is a source (each byte n asks for n MiB)."""
+
+    def __init__(self):
+        self.srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.port = self.srv.getsockname()[1]
+        self.served = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _read_exact(self, conn, n):
+        buf = bytearray()
+        while len(buf) < n:
+            b = conn.recv(min(n - len(buf), 1 << 20))
+            if not b:
+                raise EOFError
+            buf += b
+        return bytes(buf)
+
+    def _serve(self, conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(60)
+        try:
+            mode = self._read_exact(conn, 1)
+            self.served.append(mode.decode("latin-1"))
+            if mode == b"E":
+                while True:
+                    b = conn.recv(4096)
+                    if not b:
+                        return
+                    conn.sendall(b)
+            elif mode == b"S":
+                while True:
+                    n = self._read_exact(conn, 1)[0]
+                    left = n << 20
+                    while left:
+                        b = conn.recv(min(left, 1 << 20))
+                        if not b:
+                            return
+                        left -= len(b)
+                    conn.sendall(b"k")
+            elif mode == b"R":
+                chunk = b"\xa5" * (1 << 20)
+                while True:
+                    n = self._read_exact(conn, 1)[0]
+                    for _ in range(n):
+                        conn.sendall(chunk)
+        except (EOFError, OSError):
+            return
+        finally:
+            conn.close()
+
+    def close(self):
+        self.srv.close()
 
 
 # --- running a guest ------------------------------------------------------------------
@@ -407,20 +537,39 @@ def qemu_escape(s):
     return s.replace(",", ",,")
 
 
-def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None):
+def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None, disk=None, net_port=None):
+    """The platform's Boot. disk: a scratch raw image for the disk figures (destroyed);
+    net_port: the host peer's port on 127.0.0.1 for the TCP figures."""
     log = work / ("%s.log" % name)
     args = "quiet pvkvm.bench=1"
     if only:
         log = work / ("%s-only-%s.log" % (name, only))
         args += " pvkvm.bench_only=" + only
+    if net_port:
+        args += " pvkvm.bench_net=%d" % net_port
     if name == "pvkvm":
+        extra = []
+        if disk:
+            args += " pvkvm.bench_disk=/dev/xvda"
+            extra += ["--disk", "%s,format=raw,vdev=xvda" % disk]
+        if net_port:
+            extra += ["--net", "user"]
         argv = [pvkvm, "run", "--kernel", kernel, "--initrd", initrd, "--cmdline", "console=hvc0 " + args,
-                "--stats", "--timeout", "170"]
+                "--stats", "--timeout", "170"] + extra
         return Boot(name, argv, 180, log, fatal=["Kernel panic"])
     if name in ("qemu-tcg", "qemu-kvm"):
         accel = ["-accel", "tcg"] if name == "qemu-tcg" else ["-enable-kvm"]
+        extra = []
+        if disk:
+            args += " pvkvm.bench_disk=/dev/vda"
+            extra += ["-drive", "file=%s,if=virtio,format=raw,cache=writeback" % qemu_escape(str(disk))]
+        if net_port:
+            extra += ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+        else:
+            extra += ["-nic", "none"]
         argv = [qemu] + accel + ["-m", "512", "-smp", "1", "-kernel", kernel, "-initrd", initrd,
-                                 "-append", "console=ttyS0 " + args, "-nographic", "-no-reboot", "-monitor", "none"]
+                                 "-append", "console=ttyS0 " + args, "-nographic", "-no-reboot", "-monitor",
+                                 "none"] + extra
         # Under kvm_pvm an HVM guest runs (slowly) until KVM cannot emulate an
         # instruction; 150 s is well past where that happens on this host.
         limit = 150 if name == "qemu-kvm" else 120
@@ -436,6 +585,13 @@ def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None):
         modules = "%s %s,%s" % (qemu_escape(str(kernel)), qemu_escape(dom0), qemu_escape(str(initrd)))
         argv = [qemu, "-accel", "tcg", "-cpu", "max,-smap", "-m", "1024", "-smp", "1", "-kernel", xen,
                 "-append", xen_cmdline, "-initrd", modules, "-nographic", "-no-reboot", "-monitor", "none"]
+        if disk:
+            # QEMU's virtio disk as dom0 sees it: not Xen's blkback (no domU toolstack here).
+            modules = "%s %s,%s" % (qemu_escape(str(kernel)), qemu_escape(dom0 + " pvkvm.bench_disk=/dev/vda"),
+                                    qemu_escape(str(initrd)))
+            argv[argv.index("-initrd") + 1] = modules
+            argv += ["-drive", "file=%s,if=virtio,format=raw,cache=writeback" % qemu_escape(str(disk))]
+        argv += ["-nic", "none"]
         return Boot(name, argv, 180, log, fatal=["Dom0 crashed", "Panic on CPU", "Kernel panic"],
                     stopped=["Hardware Dom0 halted", "Hardware Dom0 shutdown"])
     raise ValueError(name)
@@ -502,8 +658,50 @@ def markdown(report):
         else:
             out.append("- %s: **failed**: %s" % (n, p.get("reason")))
     out.append("")
+    out += io_markdown(report)
     out.append("Script run time: %.0f s." % report["script_s"])
     return "\n".join(out) + "\n"
+
+
+def io_markdown(report):
+    """The disk and TCP table: per operation medians, the derived rate, ratio pvkvm/other;
+    then each platform's disk and NIC path and the figures that failed or did not run."""
+    plats = report["platforms"]
+    names = [n for n in plats if any("median_ns" in (plats[n].get("figures", {}).get(f) or {})
+                                     for f, _, _ in IO_FIGURES)]
+    if not names:
+        return []
+    base = plats.get("pvkvm", {}).get("figures", {})
+    others = [n for n in names if n != "pvkvm"]
+    head = ["figure (per operation)", "pvkvm median [p10-p90]", "pvkvm rate"]
+    for o in others:
+        head += [o, o + " rate", "pvkvm/" + o]
+    lines = ["### Disk and TCP", "",
+             "O_DIRECT on a raw block device backed by a 256 MiB sparse raw image; TCP with a peer "
+             "thread of linux.py on the host's loopback through the platform's user-mode network. "
+             "Rates: MiB/s = 1 MiB / median, IOPS = 1 s / median (queue depth 1).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for fig, what, _ in IO_FIGURES:
+        f = base.get(fig) or {}
+        pv = "%s [%s-%s]" % (fmt_ns(f["median_ns"]), fmt_ns(f["p10_ns"]), fmt_ns(f["p90_ns"])) \
+            if "median_ns" in f else "-"
+        row = ["`%s`: %s" % (fig, what), pv, fmt_rate(f).strip() or "-"]
+        for o in others:
+            g = plats[o].get("figures", {}).get(fig) or {}
+            row += [fmt_ns(g.get("median_ns")), fmt_rate(g).strip() or "-",
+                    fmt_ratio(f.get("median_ns"), g.get("median_ns"))]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    for n, p in plats.items():
+        paths = p.get("io_paths") or {}
+        if paths:
+            lines.append("- %s: disk: %s; NIC: %s" % (n, paths.get("disk"), paths.get("net")))
+        bad = ["`%s` %s" % (f, (p.get("figures", {}).get(f) or {}).get("error")) for f, _, _ in IO_FIGURES
+               if "error" in (p.get("figures", {}).get(f) or {})]
+        if bad and p.get("status") == "ok":
+            lines.append("  - not measured: " + "; ".join(bad))
+    lines.append("")
+    return lines
 
 
 def host_facts():
@@ -529,6 +727,10 @@ def main():
     ap.add_argument("--pvkvm", help="use this pvkvm binary instead of building target/release/pvkvm")
     ap.add_argument("--pvkvm-exits", action="store_true",
                     help="also profile VM exits per operation on pvkvm (one extra boot per figure, ~4 min)")
+    ap.add_argument("--no-disk", action="store_true",
+                    help="skip the disk figures (no scratch image, no disk given to the guests)")
+    ap.add_argument("--no-net", action="store_true",
+                    help="skip the TCP figures (no host peer, no NIC given to the guests)")
     a = ap.parse_args()
     plats = [p.strip() for p in a.platforms.split(",") if p.strip()]
     for p in plats:
@@ -558,7 +760,7 @@ def main():
             report["platforms"][name] = {"status": "failed", "reason": reason, "boot_s": None, "figures": {},
                                          "info": {}, "wall_s": 0}
             continue
-        res = platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen).run().result()
+        res = io_boot(name, work, pvkvm, kernel, initrd, qemu, xen, not a.no_disk, not a.no_net)
         if name == "pvkvm":
             stats = [t for _, t in platform_stats_lines(work / "pvkvm.log")]
             res["pvkvm_stats"] = stats
@@ -567,8 +769,10 @@ def main():
         say("%s: %s%s" % (name, res["status"], "" if res["status"] == "ok" else " (%s)" % res.get("reason")))
         for fig, f in res["figures"].items():
             if "median_ns" in f:
-                say("  %-18s %12s  [%s .. %s]" % (fig, fmt_ns(f["median_ns"]), fmt_ns(f["p10_ns"]),
-                                                 fmt_ns(f["p90_ns"])))
+                say("  %-18s %12s  [%s .. %s]%s" % (fig, fmt_ns(f["median_ns"]), fmt_ns(f["p10_ns"]),
+                                                   fmt_ns(f["p90_ns"]), fmt_rate(f)))
+            elif fig in dict((n, 1) for n, _, _ in IO_FIGURES):
+                say("  %-18s %s" % (fig, f.get("error")))
     exits_md = ""
     if a.pvkvm_exits and os.path.exists("/dev/kvm"):
         prof = exit_profile(work, pvkvm, kernel, initrd)
@@ -583,6 +787,64 @@ def main():
     sys.stdout.write(md)
     say("done in %.0f s" % report["script_s"])
     return 0 if report["platforms"].get("pvkvm", {}).get("status") == "ok" or "pvkvm" not in plats else 1
+
+
+def io_boot(name, work, pvkvm, kernel, initrd, qemu, xen, want_disk, want_net):
+    """Boots the platform with a scratch disk (a sparse raw image in the work directory,
+    deleted afterwards) and the host's TCP peer, as wanted and offered; returns its
+    result, with every disk and TCP figure present (measured, or the reason it is not)."""
+    disk = peer = None
+    not_run = {}
+    if want_disk:
+        disk = work / ("%s-scratch.img" % name)
+        with open(disk, "wb") as f:
+            f.truncate(SCRATCH_BYTES)
+    else:
+        not_run.update((f, "not run (--no-disk)") for f in DISK_NAMES)
+    if not want_net:
+        not_run.update((f, "not run (--no-net)") for f in NET_NAMES)
+    elif name == "xen-tcg":
+        not_run.update((f, XEN_NET_REASON) for f in NET_NAMES)
+    elif name == "pvkvm" and not shutil.which("passt"):
+        not_run.update((f, "not run: pvkvm --net user needs passt (guest-images/scripts/install-deps.sh)")
+                       for f in NET_NAMES)
+    else:
+        peer = Peer()
+    try:
+        res = platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, disk=disk,
+                            net_port=peer.port if peer else None).run().result()
+    finally:
+        if peer:
+            peer.close()
+        if disk:
+            try:
+                disk.unlink()
+            except OSError:
+                pass
+    paths = dict(IO_PATHS.get(name, {}))
+    if name == "xen-tcg":
+        paths["net"] = XEN_NET_REASON
+    res["io_paths"] = paths
+    if peer:
+        res["peer_connections"] = peer.served
+    for fig, _, unit in IO_FIGURES:
+        f = res["figures"].get(fig)
+        if f is None:
+            res["figures"][fig] = {"error": not_run.get(fig) or (
+                "no result (benchmark did not get this far)" if res["status"] != "ok" else "no result")}
+        elif "median_ns" in f and unit == "MiB/s":
+            f["mib_per_s"] = round(1e9 / f["median_ns"], 2)
+        elif "median_ns" in f and unit == "IOPS":
+            f["iops"] = round(1e9 / f["median_ns"])
+    return res
+
+
+def fmt_rate(f):
+    if "mib_per_s" in f:
+        return " %.1f MiB/s" % f["mib_per_s"]
+    if "iops" in f:
+        return " %d IOPS" % f["iops"]
+    return ""
 
 
 STAT_EXITS_RE = re.compile(r"pvkvm stats: [\d.]+ s, (\d+) VM exits")

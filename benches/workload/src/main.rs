@@ -563,7 +563,7 @@ fn disk_figures(r: &mut Runner, dev: &str) {
 const NET_FIGURES: [&str; 3] = ["tcp_rtt", "tcp_tx", "tcp_rx"];
 
 /// A TCP connection to the host's peer (benches/linux.py), announcing `mode`: b'E' echo,
-/// b'S' sink (one byte back per `n` MiB received), b'R' source (sends the MiB asked for).
+/// b'S' sink (a byte n, then n MiB, answered with one byte), b'R' source (a byte n asks for n MiB).
 fn peer(addr: &str, mode: u8) -> Result<std::net::TcpStream, String> {
     use std::io::Write as _;
     let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("address {addr}: {e}"))?;
@@ -615,6 +615,8 @@ fn net_figures(r: &mut Runner, addr: &str) {
         match peer(addr, b'S') {
             Ok(mut s) => r.soft_figure("tcp_tx", Plan::new(4, 2, 4), |n| {
                 let t0 = now_ns();
+                s.write_all(&[n as u8])
+                    .map_err(|e| format!("announce: {e}"))?;
                 for _ in 0..n as usize * MIB / chunk.len() {
                     s.write_all(&chunk).map_err(|e| format!("send: {e}"))?;
                 }
