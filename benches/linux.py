@@ -699,10 +699,16 @@ def io_markdown(report):
         paths = p.get("io_paths") or {}
         if paths:
             lines.append("- %s: disk: %s; NIC: %s" % (n, paths.get("disk"), paths.get("net")))
-        bad = ["`%s` %s" % (f, (p.get("figures", {}).get(f) or {}).get("error")) for f, _, _ in IO_FIGURES
-               if "error" in (p.get("figures", {}).get(f) or {})]
-        if bad and p.get("status") == "ok":
-            lines.append("  - not measured: " + "; ".join(bad))
+        bad = {}  # reason -> figures
+        for f, _, _ in IO_FIGURES:
+            err = (p.get("figures", {}).get(f) or {}).get("error")
+            if err:
+                bad.setdefault(err, []).append("`%s`" % f)
+        if p.get("status") == "ok":
+            for err, figs in bad.items():
+                if err in paths.values():
+                    continue
+                lines.append("  - %s: %s" % (", ".join(figs), err))
     lines.append("")
     return lines
 
