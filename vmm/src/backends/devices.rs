@@ -268,6 +268,10 @@ impl DataPath for VifPath {
             .is_some_and(|b| b.tx_more() || b.host_wants_write())
     }
 
+    fn wants_host_input(&self) -> bool {
+        self.backend.as_ref().is_some_and(|b| b.wants_host_input())
+    }
+
     fn disconnect(mut self: Box<Self>) {
         if let Some(b) = self.backend.take() {
             let s = b.stats();

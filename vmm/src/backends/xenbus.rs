@@ -57,6 +57,12 @@ pub trait DataPath: Send {
     fn more(&self) -> bool {
         false
     }
+    /// Whether the thread should wait on [`Self::host_fd`] now: not while the data
+    /// path cannot take more from the host (its buffer for the guest is full), which
+    /// would make a readable fd wake the thread in a loop.
+    fn wants_host_input(&self) -> bool {
+        true
+    }
     /// Gives every grant back (the frontend disconnected or the domain ended).
     fn disconnect(self: Box<Self>);
 }
@@ -388,9 +394,29 @@ struct DataPathLoop {
     backend_port: u32,
     name: String,
     failed: bool,
+    /// Whether the host fd is in the event loop's set.
+    host_armed: bool,
 }
 
 impl DataPathLoop {
+    /// Puts the host fd into the event set or takes it out, after what the data path
+    /// can take now.
+    fn rearm(&mut self, ops: &mut EventOps) {
+        let Some(path) = self.path.as_ref() else {
+            return;
+        };
+        let Some(fd) = path.host_fd() else { return };
+        let want = !self.failed && path.wants_host_input();
+        if want != self.host_armed {
+            let ev = Events::new_raw(fd, EventSet::IN);
+            let r = if want { ops.add(ev) } else { ops.remove(ev) };
+            match r {
+                Ok(()) => self.host_armed = want,
+                Err(e) => log::warn!("pvkvm: {}: cannot change its event set: {e:?}", self.name),
+            }
+        }
+    }
+
     fn serve(&mut self) {
         let Some(path) = self.path.as_mut() else {
             return;
@@ -416,20 +442,19 @@ impl DataPathLoop {
 }
 
 impl MutEventSubscriber for DataPathLoop {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
         if events.fd() == self.kick.as_raw_fd() {
             let _ = self.kick.read();
         }
         if !self.failed {
             self.serve();
         }
+        self.rearm(ops);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         let _ = ops.add(Events::new(&*self.kick, EventSet::IN));
-        if let Some(fd) = self.path.as_ref().and_then(|p| p.host_fd()) {
-            let _ = ops.add(Events::new_raw(fd, EventSet::IN));
-        }
+        self.rearm(ops);
     }
 }
 
@@ -452,6 +477,7 @@ fn spawn_data_path(
                 backend_port,
                 name: name.clone(),
                 failed: false,
+                host_armed: false,
             }));
             let mut em = match EventManager::<Arc<std::sync::Mutex<DataPathLoop>>>::new() {
                 Ok(em) => em,
@@ -460,7 +486,7 @@ fn spawn_data_path(
                     return;
                 }
             };
-            em.add_subscriber(subscriber.clone());
+            let id = em.add_subscriber(subscriber.clone());
             while !stop.load(Ordering::SeqCst) {
                 if let Err(e) = em.run_with_timeout(200) {
                     log::error!("pvkvm: {name}: its event loop failed: {e:?}");
@@ -471,6 +497,9 @@ fn spawn_data_path(
                 // picked up without a new event.
                 if !s.failed && s.path.as_ref().is_some_and(|p| p.more()) {
                     s.serve();
+                    if let Ok(mut ops) = em.event_ops(id) {
+                        s.rearm(&mut ops);
+                    }
                 }
                 if s.failed {
                     break;

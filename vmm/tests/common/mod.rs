@@ -231,7 +231,8 @@ pub fn debian_shell_with(
     require_kvm();
     let mut console = DebianConsole::spawn(kernel, initrd, cmdline, extra);
     let Some(prompt) = console.wait_for_from("~ # ", 0, Duration::from_secs(240)) else {
-        panic!("no shell prompt within 240 s; console:\n{}", console.kill());
+        let (console, stderr) = console.kill_with_stderr();
+        panic!("no shell prompt within 240 s; console:\n{console}\n--- pvkvm ---\n{stderr}");
     };
     for c in commands {
         console.send(c);
@@ -241,7 +242,8 @@ pub fn debian_shell_with(
         .wait_for_from("END-OF-ANSWERS\r\n", prompt, Duration::from_secs(120))
         .or_else(|| console.wait_for_from("END-OF-ANSWERS\n", prompt, Duration::from_secs(1)));
     let Some(end) = end else {
-        panic!("no answers; console:\n{}", console.kill());
+        let (console, stderr) = console.kill_with_stderr();
+        panic!("no answers; console:\n{console}\n--- pvkvm ---\n{stderr}");
     };
     let all = console.text();
     let lines: Vec<String> = all[prompt..end]
@@ -361,11 +363,17 @@ impl DebianConsole {
     }
 
     /// SIGKILLs pvkvm, reaps it, collects the rest of its console; returns the console.
-    pub fn kill(mut self) -> String {
+    pub fn kill(self) -> String {
+        self.kill_with_stderr().0
+    }
+
+    /// [`Self::kill`], also returning what pvkvm wrote on stderr (its warnings).
+    pub fn kill_with_stderr(mut self) -> (String, String) {
         self.child.kill().expect("kill -9");
         let _ = self.child.wait();
         let _ = self.reader.join();
-        Self::text_of(&self.console)
+        let stderr = self.stderr.join().unwrap_or_default();
+        (Self::text_of(&self.console), stderr)
     }
 
     /// Types `poweroff -f` and waits up to `limit` for pvkvm to exit (killing it and

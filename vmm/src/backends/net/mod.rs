@@ -443,6 +443,13 @@ impl NetBackend {
         self.backlog.len()
     }
 
+    /// Whether the receive path takes more frames from the host side: not while its
+    /// backlog is full (the caller stops polling the host's fd until the frontend posts
+    /// buffers and kicks).
+    pub fn wants_host_input(&self) -> bool {
+        self.backlog.len() < RX_BACKLOG
+    }
+
     /// Whether [`Self::serve_tx`] stopped at its per-call budget with requests left:
     /// the caller calls it again (after other work) without waiting for a kick.
     pub fn tx_more(&self) -> bool {

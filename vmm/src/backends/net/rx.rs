@@ -47,6 +47,12 @@ impl NetBackend {
         let g = &*grants;
         self.rx_deliver_backlog(g)?;
         for _ in 0..RX_BUDGET {
+            // A full backlog stops reading: the host side holds the rest (passt's
+            // socket, the tap's queue) and its own flow control slows the sender, so
+            // nothing is dropped for want of guest buffers.
+            if self.backlog.len() >= RX_BACKLOG {
+                break;
+            }
             let n = match self.host.recv(&mut self.recv_buf) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
@@ -64,9 +70,6 @@ impl NetBackend {
                 if r? != Delivery::NoRoom {
                     continue;
                 }
-            } else if self.backlog.len() >= RX_BACKLOG {
-                self.backlog.pop_front();
-                self.stats.rx_dropped += 1;
             }
             self.backlog.push_back(self.recv_buf[..n].to_vec());
         }

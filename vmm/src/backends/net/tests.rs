@@ -592,17 +592,28 @@ fn frames_wait_for_buffers_and_the_backlog_is_bounded() {
         assert_eq!(r.g.page(40 + u32::from(i))[..60], [i; 60]);
         assert_eq!(r.rx_rsp(u32::from(i)).status, 60);
     }
-    // Overflow: the oldest go.
+    // A full backlog stops reading the host side: nothing is dropped, the rest
+    // waits there, in order.
     for i in 0..(RX_BACKLOG + 44) {
         r.incoming(vec![i as u8; 60]);
     }
     r.be().serve_rx().unwrap();
     r.be().serve_rx().unwrap();
     assert_eq!(r.be().rx_backlog(), RX_BACKLOG);
-    assert_eq!(r.be().stats().rx_dropped, 44);
+    assert!(!r.be().wants_host_input());
+    assert_eq!(r.be().stats().rx_dropped, 0);
     r.post_rx(99, 60);
     r.be().serve_rx().unwrap();
-    assert_eq!(r.g.page(60)[0], 44);
+    assert_eq!(r.g.page(60)[0], 0);
+    // Every frame arrives, in order, as buffers come.
+    for n in 1..(RX_BACKLOG + 44) {
+        r.post_rx(100 + n as u16, 60);
+        r.be().serve_rx().unwrap();
+        assert_eq!(r.g.page(60)[0], n as u8, "frame {n}");
+    }
+    assert_eq!(r.be().rx_backlog(), 0);
+    assert!(r.be().wants_host_input());
+    assert_eq!(r.be().stats().rx_dropped, 0);
     r.finish();
 }
 
