@@ -27,6 +27,9 @@ pub const BACKEND_PORT_XENSTORE: u32 = 1;
 /// The backend port of the console.
 pub const BACKEND_PORT_CONSOLE: u32 = 2;
 
+/// How often the device states are reconciled without a xenstore request.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Rounds a xenstore ring that the guest keeps full is served in, per notify.
 const XENSTORE_SLICES: usize = 64;
 
@@ -131,7 +134,22 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("backends".into())
         .spawn(move || {
-            for req in requests {
+            loop {
+                let req = match requests.recv_timeout(RECONCILE_EVERY) {
+                    Ok(req) => req,
+                    // The device states are also looked at on a tick: a data path that
+                    // broke closes its backend, and no frontend change can be missed.
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        let moved = backends.xenbus.reconcile(&mut backends.xenstore);
+                        if moved || backends.xenstore.needs_poll() {
+                            if let Some(port) = backends.serve_xenstore(&mem) {
+                                raise(port);
+                            }
+                        }
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                };
                 log::trace!("backend request {req:?}");
                 if matches!(req, Request::DomainEnded) {
                     break;
