@@ -195,40 +195,48 @@ impl BackRing {
         RING_HEADER + (idx & self.nr_ents.wrapping_sub(1)) as usize * self.entry_size
     }
 
-    /// Copies out of the ring's byte space (which spans its pages) at `off`.
-    fn copy_out(
+    /// The pieces of the ring's byte range `[off, off + len)` (which spans its pages):
+    /// each as its page's mapping, the offset in that page and the range of the caller's
+    /// buffer it covers.
+    fn spans(
         &self,
-        g: &dyn GrantAccess,
-        mut off: usize,
-        buf: &mut [u8],
-    ) -> Result<(), RingError> {
+        off: usize,
+        len: usize,
+    ) -> impl Iterator<Item = Result<(&Mapping, usize, std::ops::Range<usize>), RingError>> + '_
+    {
         let mut done = 0;
-        while done < buf.len() {
-            let (page, in_page) = (off / PAGE_SIZE, off % PAGE_SIZE);
-            let n = (PAGE_SIZE - in_page).min(buf.len() - done);
-            let m = self
-                .pages
-                .get(page)
-                .ok_or(RingError::Page(GrantError::Range(0)))?;
-            g.read(m, in_page, &mut buf[done..done + n])?;
+        std::iter::from_fn(move || {
+            if done >= len {
+                return None;
+            }
+            let at = off + done;
+            let (page, in_page) = (at / PAGE_SIZE, at % PAGE_SIZE);
+            let n = (PAGE_SIZE - in_page).min(len - done);
+            let range = done..done + n;
             done += n;
-            off += n;
+            Some(
+                self.pages
+                    .get(page)
+                    .map(|m| (m, in_page, range))
+                    .ok_or(RingError::Page(GrantError::Range(0))),
+            )
+        })
+    }
+
+    /// Copies out of the ring's byte space at `off`.
+    fn copy_out(&self, g: &dyn GrantAccess, off: usize, buf: &mut [u8]) -> Result<(), RingError> {
+        for span in self.spans(off, buf.len()) {
+            let (m, in_page, range) = span?;
+            g.read(m, in_page, &mut buf[range])?;
         }
         Ok(())
     }
 
-    fn copy_in(&self, g: &dyn GrantAccess, mut off: usize, buf: &[u8]) -> Result<(), RingError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let (page, in_page) = (off / PAGE_SIZE, off % PAGE_SIZE);
-            let n = (PAGE_SIZE - in_page).min(buf.len() - done);
-            let m = self
-                .pages
-                .get(page)
-                .ok_or(RingError::Page(GrantError::Range(0)))?;
-            g.write(m, in_page, &buf[done..done + n])?;
-            done += n;
-            off += n;
+    /// Copies into the ring's byte space at `off`.
+    fn copy_in(&self, g: &dyn GrantAccess, off: usize, buf: &[u8]) -> Result<(), RingError> {
+        for span in self.spans(off, buf.len()) {
+            let (m, in_page, range) = span?;
+            g.write(m, in_page, &buf[range])?;
         }
         Ok(())
     }
