@@ -82,6 +82,9 @@ pub struct ExitStats {
     /// Interrupted runs that found a guest fault in flight and left event delivery to
     /// the fault's trap exit.
     pub kicks_with_fault_in_flight: u64,
+    /// Interrupted runs left alone because the guest had just executed what may be a
+    /// software trap (see [`SoftTrapCheck`]).
+    pub kicks_after_soft_trap: u64,
     /// Refills of the posting area during one apply.
     pub apply_more: u64,
     /// Applies of posted stores and flushes (entries into the shim's apply routine).
@@ -317,6 +320,46 @@ pub struct Domain<'a> {
     pub mapped_gdt: &'a mut [u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE],
     /// The paths this host's facts chose.
     pub paths: crate::host::Paths,
+    /// A kick left alone because a software trap may be in flight (see [`SoftTrapCheck`]).
+    pub soft_trap: &'a mut SoftTrapCheck,
+}
+
+/// A kick can cut `KVM_RUN` short after the CPU executed a software trap (`int3`,
+/// `into`, `int n`) and before KVM delivered it to the shim. KVM keeps such an event
+/// queued with rip already past the instruction, `KVM_GET_VCPU_EVENTS` does not report
+/// it (it has no field for the instruction's length), and `KVM_SET_REGS` drops it: an
+/// upcall delivered then would make the guest lose the trap (seen: Linux's int3
+/// self-test failing at boot, `kernel BUG at arch/x86/kernel/alternative.c`). So when
+/// the bytes before rip encode such an instruction, the kick leaves the vCPU alone:
+/// if a trap was queued, its trap exit follows at once and delivers events; if not (the
+/// bytes only looked like one), a second kick at [`SoftTrapCheck::recheck_at`] finds
+/// the same rip and delivers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SoftTrapCheck {
+    /// The rip at which a kick was left alone; cleared by every other exit.
+    pub deferred_at: Option<u64>,
+    /// Guest system time (ns) of the kick that looks again.
+    pub recheck_at: Option<u64>,
+}
+
+/// How long a kick left alone for a possible software trap waits for its second look.
+pub const SOFT_TRAP_RECHECK_NS: u64 = 1_000_000;
+
+/// Whether the instruction that ends at `rip` may be a software trap KVM holds
+/// queued: `int3` (CC), `into` (CE), or `int n` (CD n).
+fn may_follow_soft_trap(dom: &Domain<'_>, rip: u64) -> bool {
+    let Some(start) = rip.checked_sub(2) else {
+        return false;
+    };
+    let mut before = [0u8; 2];
+    if pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, start, &mut before).is_err() {
+        // Only the last byte may be readable (rip at the start of a page).
+        let mut last = [0u8; 1];
+        return pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, rip - 1, &mut last)
+            .is_ok()
+            && matches!(last[0], 0xcc | 0xce);
+    }
+    matches!(before[1], 0xcc | 0xce) || before[0] == 0xcd
 }
 
 /// Flags a guest may hold in the real rflags; IF is always set (the guest's virtual IF
@@ -441,6 +484,9 @@ fn outcome_to_action(outcome: Outcome, dom: &Domain<'_>, regs: &GuestRegs) -> Ac
 pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Action {
     // The doorbell handlers name what the exit was once they know (hypercall, trap).
     dom.exits.last = ExitKind::Other;
+    if !matches!(exit, Exit::Interrupted) {
+        *dom.soft_trap = SoftTrapCheck::default();
+    }
     let result = match exit {
         Exit::IoOut {
             port: port::HYPERCALL,
@@ -638,6 +684,16 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
     if sregs.cs.dpl != 3 || dom.shim.in_text(regs.rip) {
         return Ok(Action::Interrupted);
     }
+    if dom.soft_trap.deferred_at != Some(regs.rip) && may_follow_soft_trap(dom, regs.rip) {
+        dom.exits.kicks_after_soft_trap += 1;
+        let now = pv_engine::Platform::system_time_ns(&dom.platform);
+        *dom.soft_trap = SoftTrapCheck {
+            deferred_at: Some(regs.rip),
+            recheck_at: Some(now.saturating_add(SOFT_TRAP_RECHECK_NS)),
+        };
+        return Ok(Action::Interrupted);
+    }
+    *dom.soft_trap = SoftTrapCheck::default();
     let mut g = to_guest_regs(&regs);
     g.cs = u64::from(sregs.cs.selector);
     g.ss = u64::from(sregs.ss.selector);
@@ -988,6 +1044,7 @@ mod tests {
         notified: Vec<u32>,
         paths: crate::host::Paths,
         msr_writes: Vec<(u32, u64)>,
+        soft_trap: SoftTrapCheck,
     }
 
     /// Guest RAM with the low 4 MiB identity-mapped (user, writable) and the shim region.
@@ -1026,6 +1083,7 @@ mod tests {
             posted: crate::posted::Posted::default(),
             flush: pv_mm::FlushSet::default(),
             mapped_gdt: [0; 14],
+            soft_trap: SoftTrapCheck::default(),
             notified: Vec::new(),
             paths: crate::host::Paths::default(),
             msr_writes: Vec::new(),
@@ -1088,6 +1146,7 @@ mod tests {
                 preempt_deadline: None,
             },
             mapped_gdt: &mut w.mapped_gdt,
+            soft_trap: &mut w.soft_trap,
             paths: w.paths,
         }
     }
@@ -1412,6 +1471,72 @@ mod tests {
                 assert_eq!(w.stats.upcalls, 1);
             }
         }
+    }
+
+    /// A kick right after an `int3` (or `into`, `int n`) leaves the vCPU alone once: KVM
+    /// may hold the trap queued, invisibly, and setting registers would drop it. A
+    /// second kick at the same rip (no trap came, the bytes only looked like one)
+    /// delivers; any other exit in between forgets the first look.
+    #[test]
+    fn a_kick_after_a_software_trap_leaves_it_to_kvm_then_delivers_on_the_second_look() {
+        for insn in [
+            &[0x90u8, 0xcc][..],
+            &[0x90, 0xce],
+            &[0xcd, 0x80],
+            &[0xcd, 0x03],
+        ] {
+            let mut w = world();
+            w.vcpu.event_callback.address = CODE + 0x200;
+            w.mem
+                .write_obj(1u8, GuestAddress(w.vcpu.vcpu_info_gpa))
+                .unwrap();
+            w.mem.write_slice(insn, GuestAddress(CODE + 5)).unwrap();
+            let mut cpu = cpu_at(CODE + 7);
+            let action = interrupted(&mut cpu, &mut domain(&mut w)).unwrap();
+            assert_eq!(action, Action::Interrupted);
+            assert_eq!(cpu.regs.rip, CODE + 7, "{insn:02x?}: left alone");
+            assert_eq!(w.stats.upcalls, 0);
+            assert_eq!(w.exits.kicks_after_soft_trap, 1);
+            assert_eq!(w.soft_trap.deferred_at, Some(CODE + 7));
+            assert!(w.soft_trap.recheck_at.is_some(), "a second look is due");
+
+            interrupted(&mut cpu, &mut domain(&mut w)).unwrap();
+            assert_eq!(cpu.regs.rip, CODE + 0x200, "{insn:02x?}: delivered");
+            assert_eq!(w.stats.upcalls, 1);
+            assert_eq!(w.soft_trap, SoftTrapCheck::default());
+        }
+        // Other bytes before rip: delivered at the first kick.
+        let mut w = world();
+        w.vcpu.event_callback.address = CODE + 0x200;
+        w.mem
+            .write_obj(1u8, GuestAddress(w.vcpu.vcpu_info_gpa))
+            .unwrap();
+        w.mem
+            .write_slice(&[0x48, 0x90], GuestAddress(CODE + 5))
+            .unwrap();
+        let mut cpu = cpu_at(CODE + 7);
+        interrupted(&mut cpu, &mut domain(&mut w)).unwrap();
+        assert_eq!(cpu.regs.rip, CODE + 0x200);
+        assert_eq!(w.exits.kicks_after_soft_trap, 0);
+    }
+
+    #[test]
+    fn any_other_exit_forgets_a_deferred_kick() {
+        let mut w = world();
+        w.soft_trap = SoftTrapCheck {
+            deferred_at: Some(CODE + 7),
+            recheck_at: Some(1),
+        };
+        let mut cpu = cpu_at(CODE + 7);
+        let _ = handle(
+            &mut w,
+            Exit::IoOut {
+                port: 0x80,
+                value: 0,
+            },
+            &mut cpu,
+        );
+        assert_eq!(w.soft_trap, SoftTrapCheck::default());
     }
 
     #[test]

@@ -123,13 +123,14 @@ pub fn format_report(report: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  exits: hypercall doorbell {}, trap doorbell {}, apply refill {}, interrupted {}, other {}; kicks that found a guest fault in flight {}",
+        "  exits: hypercall doorbell {}, trap doorbell {}, apply refill {}, interrupted {}, other {}; kicks that found a guest fault in flight {}, kicks after a possible software trap {}",
         e.hypercall_doorbells,
         e.trap_doorbells,
         e.apply_more,
         e.interrupted,
         e.other,
-        e.kicks_with_fault_in_flight
+        e.kicks_with_fault_in_flight,
+        e.kicks_after_soft_trap
     );
     let per = |ns: u64, n: u64| ns as f64 / n.max(1) as f64 / 1000.0;
     let _ = writeln!(

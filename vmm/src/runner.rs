@@ -1038,6 +1038,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let mut posted = Posted::default();
     let mut flush = pv_mm::FlushSet::default();
     let mut mapped_gdt = [0u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE];
+    let mut soft_trap = exit::SoftTrapCheck::default();
     let mut exits = ExitStats {
         profile: profile.then(crate::metrics::Profile::default),
         ..ExitStats::default()
@@ -1105,6 +1106,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             },
             mapped_gdt: &mut mapped_gdt,
             paths,
+            soft_trap: &mut soft_trap,
         };
         let action = if blocked {
             let action = wait_for_event(&mut dom, &wake, &shared, &clock);
@@ -1188,7 +1190,10 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         if !dom.platform.notified.is_empty() {
             notify_backends(&mut dom, &backend_requests, &router);
         }
-        let due = pv_engine::time::next_deadline(dom.vcpu).unwrap_or(u64::MAX);
+        // A kick left alone for a possible software trap asks for a second look.
+        let due = pv_engine::time::next_deadline(dom.vcpu)
+            .unwrap_or(u64::MAX)
+            .min(dom.soft_trap.recheck_at.unwrap_or(u64::MAX));
         if shared.next_timer.swap(due, Ordering::SeqCst) != due {
             let _ = shared.watchdog.send(WatchNote::TimerMoved);
         }
