@@ -18,6 +18,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the `run` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Boot a PV kernel.
@@ -66,6 +68,10 @@ enum Command {
         /// needed), either with `,mac=MAC` (repeatable; the guest's eth0, eth1, ...).
         #[arg(long = "net", value_name = "NET")]
         nets: Vec<pvkvm::backends::net::NetSpec>,
+        /// Serve a control socket (HTTP+JSON) at this path: `pvkvm remote` talks to it
+        /// (info, pause, resume, shutdown, reboot, destroy, console).
+        #[arg(long, value_name = "PATH")]
+        api_socket: Option<PathBuf>,
         /// Testing: present the CPUID of a recorded CPU (a dump as in
         /// vmm/tests/data/cpuid/), limited to what this host runs, so the guest kernel
         /// takes that CPU's CPUID and MSR decisions.
@@ -88,12 +94,86 @@ enum Command {
         #[arg(long, default_value = "512M", value_parser = parse_size)]
         memory: u64,
     },
+    /// Control a running pvkvm through its control socket (`run --api-socket`).
+    Remote {
+        /// The control socket.
+        #[arg(long, value_name = "PATH")]
+        api_socket: PathBuf,
+        #[command(subcommand)]
+        command: RemoteCommand,
+    },
     /// Measure what this host's KVM is and what traps cost.
     Probe {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum RemoteCommand {
+    /// Print the domain's state (JSON).
+    Info,
+    /// Stop running the guest (`xl pause`).
+    Pause,
+    /// Run it again (`xl unpause`).
+    Resume,
+    /// Ask the guest to power off (`xl shutdown`).
+    Shutdown,
+    /// Ask the guest to reboot (`xl reboot`).
+    Reboot,
+    /// End the domain now (`xl destroy`).
+    Destroy,
+    /// Attach this terminal to the guest's console; Ctrl-] detaches (`xl console`).
+    Console,
+}
+
+/// `pvkvm remote`: one call through the control socket.
+fn remote(socket: &std::path::Path, command: RemoteCommand) -> ExitCode {
+    use pvkvm::api::client;
+    let (method, path) = match command {
+        RemoteCommand::Console => {
+            return match client::attach_console(socket) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pvkvm: {}", error_chain(&e));
+                    ExitCode::from(1)
+                }
+            };
+        }
+        RemoteCommand::Info => ("GET", "/api/v1/vm.info"),
+        RemoteCommand::Pause => ("PUT", "/api/v1/vm.pause"),
+        RemoteCommand::Resume => ("PUT", "/api/v1/vm.resume"),
+        RemoteCommand::Shutdown => ("PUT", "/api/v1/vm.shutdown"),
+        RemoteCommand::Reboot => ("PUT", "/api/v1/vm.reboot"),
+        RemoteCommand::Destroy => ("PUT", "/api/v1/vm.destroy"),
+    };
+    match client::call(socket, method, path) {
+        Ok(Some(body)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pvkvm: {}", error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An error and its causes, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 /// The longest duration a seconds argument takes: ten years.
@@ -134,6 +214,7 @@ fn main() -> ExitCode {
             check_mmu,
             disks,
             nets,
+            api_socket,
         } => {
             // The guest's console is this terminal: someone may be reading a quiet prompt.
             let interactive =
@@ -159,6 +240,7 @@ fn main() -> ExitCode {
                 check_mmu,
                 disks,
                 nets,
+                api_socket,
             };
             match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
                 Ok(report) => {
@@ -219,6 +301,10 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Remote {
+            api_socket,
+            command,
+        } => remote(&api_socket, command),
         Command::Probe { json } => match pvkvm::probe::run()
             .and_then(|report| pvkvm::host::HostFacts::probe().map(|facts| (report, facts)))
         {

@@ -54,6 +54,9 @@ pub enum Error {
     /// KVM failed.
     #[error(transparent)]
     Kvm(#[from] vstate::Error),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Api(#[from] crate::api::Error),
     /// The shim region could not be built.
     #[error(transparent)]
     Shim(#[from] shim::Error),
@@ -134,6 +137,8 @@ pub struct RunConfig {
     pub disks: Vec<crate::backends::blk::DiskSpec>,
     /// Virtual NICs (`--net`), in order (`vif0`, `vif1`, ...).
     pub nets: Vec<crate::backends::net::NetSpec>,
+    /// The control socket (`--api-socket`), if any.
+    pub api_socket: Option<PathBuf>,
 }
 
 /// Why the watchdog stopped a guest.
@@ -141,6 +146,7 @@ const STOP_NONE: u8 = 0;
 const STOP_TIMEOUT: u8 = 1;
 const STOP_STALL: u8 = 2;
 const STOP_DESTROY: u8 = 3;
+const STOP_DESTROY_API: u8 = 4;
 
 /// How long a guest asked to power off (SIGTERM) gets before it is destroyed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -503,6 +509,10 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         _ => None,
     };
     let mut console_backend = ConsoleBackend::new(cfg.console.clone().into_output()?);
+    let console_mirror = crate::backends::console::ConsoleMirror::default();
+    if cfg.api_socket.is_some() {
+        console_backend.set_mirror(console_mirror.clone());
+    }
     let console_gpa = layout.console_gfn << 12;
     console_backend.connect(&mut GuestRingPage::new(
         vm.memory(),
@@ -538,8 +548,11 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let vcpu_router = router.clone();
     let thread_stop = stop.clone();
     let thread_progress = progress.clone();
+    let paused = Arc::new(AtomicBool::new(false));
+    let thread_paused = paused.clone();
     let thread_timer = next_timer.clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<WatchNote>();
+    let control_tx = done_tx.clone();
     let handle = std::thread::Builder::new()
         .name("vcpu0".into())
         .spawn(move || {
@@ -564,6 +577,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             let shared = Shared {
                 stop: &thread_stop,
                 progress: &thread_progress,
+                paused: &thread_paused,
                 next_timer: &thread_timer,
                 watchdog: &done_tx,
             };
@@ -619,6 +633,46 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     };
     let backend_thread = service::spawn(backends, backend_mem, request_rx, raise)
         .map_err(|e| Error::Thread(e.to_string()))?;
+
+    // The control socket: commands go to the watchdog loop below, which owns stopping,
+    // pausing and the requests to the guest; typed console bytes go to the backends.
+    let _api = match &cfg.api_socket {
+        Some(path) => {
+            let control_tx = std::sync::Mutex::new(control_tx);
+            let input_tx = std::sync::Mutex::new(request_tx.clone());
+            let hooks = crate::api::Hooks {
+                control: Box::new(move |command| {
+                    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+                    let sent = control_tx
+                        .lock()
+                        .map(|tx| tx.send(WatchNote::Control(command, reply_tx)).is_ok())
+                        .unwrap_or(false);
+                    if !sent {
+                        return Err(crate::api::Refusal::new(409, "the domain has ended"));
+                    }
+                    reply_rx
+                        .recv_timeout(Duration::from_secs(10))
+                        .unwrap_or_else(|_| {
+                            Err(crate::api::Refusal::new(409, "the domain has ended"))
+                        })
+                }),
+                console: Some(crate::api::ConsoleHooks {
+                    mirror: console_mirror,
+                    input: Box::new(move |bytes| {
+                        input_tx
+                            .lock()
+                            .map(|tx| tx.send(Request::ConsoleInput(bytes)).is_ok())
+                            .unwrap_or(false)
+                    }),
+                }),
+            };
+            Some(crate::api::ApiServer::start(path, hooks).map_err(Error::Api)?)
+        }
+        None => {
+            drop(control_tx);
+            None
+        }
+    };
 
     // Console input goes to the backends' thread, which gives it to a running or blocked
     // guest at once.
@@ -701,6 +755,57 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         match done_rx.recv_timeout(wait) {
             Ok(WatchNote::VcpuEnded) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 break
+            }
+            Ok(WatchNote::Control(command, reply)) => {
+                use crate::api::{Command, Refusal};
+                let kick = || {
+                    let _ = wake_tx.send(Wake::Timer);
+                    let _ = handle.kill(kick_signal());
+                };
+                let answer = match command {
+                    Command::Info => Ok(Some(serde_json::json!({
+                        "state": if paused.load(Ordering::SeqCst) { "paused" } else { "running" },
+                        "pid": std::process::id(),
+                        "uptime_s": started.elapsed().as_secs_f64(),
+                        "memory_mib": cfg.memory >> 20,
+                        "vcpus": 1,
+                        "kernel": cfg.kernel.display().to_string(),
+                        "cmdline": cfg.cmdline,
+                        "disks": cfg.disks.iter().map(|d| d.path.display().to_string()).collect::<Vec<_>>(),
+                        "nics": cfg.nets.len(),
+                        "exits": progress.load(Ordering::Relaxed),
+                    }))),
+                    Command::Pause if paused.swap(true, Ordering::SeqCst) => {
+                        Err(Refusal::new(409, "the domain is already paused"))
+                    }
+                    Command::Pause => {
+                        kick();
+                        Ok(None)
+                    }
+                    Command::Resume if !paused.swap(false, Ordering::SeqCst) => {
+                        Err(Refusal::new(409, "the domain is not paused"))
+                    }
+                    Command::Resume => {
+                        kick();
+                        Ok(None)
+                    }
+                    Command::Shutdown => request_tx
+                        .send(Request::PowerOff)
+                        .map(|_| None)
+                        .map_err(|_| Refusal::new(409, "the domain has ended")),
+                    Command::Reboot => request_tx
+                        .send(Request::Reboot)
+                        .map(|_| None)
+                        .map_err(|_| Refusal::new(409, "the domain has ended")),
+                    Command::Destroy => Ok(None),
+                };
+                let _ = reply.send(answer);
+                if command == Command::Destroy {
+                    stop.store(STOP_DESTROY_API, Ordering::SeqCst);
+                    paused.store(false, Ordering::SeqCst);
+                    kick_until_ended(&done_rx, &handle)?;
+                    break;
+                }
             }
             // A new timer deadline: look at it now (and at everything else: notes can
             // come more often than the interval).
@@ -893,6 +998,11 @@ enum WatchNote {
     TimerMoved,
     /// The vCPU thread is ending.
     VcpuEnded,
+    /// A control-socket command, and where its answer goes.
+    Control(
+        crate::api::Command,
+        std::sync::mpsc::Sender<crate::api::Reply>,
+    ),
 }
 
 /// Kicks the vCPU thread until it ends (a kick that lands just before `KVM_RUN` is lost;
@@ -906,6 +1016,9 @@ fn kick_until_ended<T>(
         match notes.recv_timeout(Duration::from_millis(50)) {
             Ok(WatchNote::VcpuEnded) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 return Ok(())
+            }
+            Ok(WatchNote::Control(_, reply)) => {
+                let _ = reply.send(Err(crate::api::Refusal::new(409, "the domain is ending")));
             }
             Ok(WatchNote::TimerMoved) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 // Every exit path of the vCPU thread is bounded (long hypercalls are
@@ -930,6 +1043,8 @@ const VCPU_STOP_LIMIT: Duration = Duration::from_secs(10);
 struct Shared<'a> {
     stop: &'a AtomicU8,
     progress: &'a AtomicU64,
+    /// Paused through the control socket: the vCPU runs no guest code.
+    paused: &'a AtomicBool,
     /// System time of the guest's next timer (u64::MAX: none).
     next_timer: &'a AtomicU64,
     /// Where a changed deadline is announced.
@@ -1049,7 +1164,10 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let mut blocked = false;
     let mut stub_kernel_mode = 1u32;
     loop {
-        let exit = if blocked {
+        // Paused through the control socket (a blocked vCPU waits for its pause where
+        // it waits for events).
+        let paused = !blocked && shared.paused.load(Ordering::SeqCst);
+        let exit = if blocked || paused {
             // SCHEDOP_block: wait, outside the guest, for an event (a timer, a backend,
             // console input) or the watchdog.
             vstate::Exit::Interrupted
@@ -1073,7 +1191,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         // The domain's frame table is shared with the backends (their grant mappings
         // take page references): held while an exit is handled, never while the vCPU
         // runs or waits blocked.
-        let mut mm_guard = (!blocked).then(|| lock_mm(&mm));
+        let mut mm_guard = (!blocked && !paused).then(|| lock_mm(&mm));
         let mut mm_after_wait;
         let mut dom = Domain {
             vcpu: &mut pv_vcpu,
@@ -1108,7 +1226,12 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             paths,
             soft_trap: &mut soft_trap,
         };
-        let action = if blocked {
+        let action = if paused {
+            let action = wait_while_paused(&mut dom, &wake, &shared, &clock);
+            mm_after_wait = Some(lock_mm(&mm));
+            dom.platform.mm = mm_after_wait.as_deref_mut();
+            action
+        } else if blocked {
             let action = wait_for_event(&mut dom, &wake, &shared, &clock);
             mm_after_wait = Some(lock_mm(&mm));
             dom.platform.mm = mm_after_wait.as_deref_mut();
@@ -1214,10 +1337,14 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                     STOP_TIMEOUT => "the guest did not finish in time (watchdog: --timeout)",
                     STOP_STALL => "the guest stopped making progress: no trap for --stall-timeout seconds (watchdog)",
                     STOP_DESTROY => "the guest was destroyed: a second stop request (SIGTERM, SIGINT, SIGHUP, SIGQUIT), or it did not power off within 30 s of the first",
+                    STOP_DESTROY_API => "the guest was destroyed through the control socket",
                     _ => continue,
                 };
                 let diag = exit::diagnostic(what, &dom, None, Some(&mut vcpu as &mut dyn CpuState));
-                let end = if shared.stop.load(Ordering::SeqCst) == STOP_DESTROY {
+                let end = if matches!(
+                    shared.stop.load(Ordering::SeqCst),
+                    STOP_DESTROY | STOP_DESTROY_API
+                ) {
                     DomainEnd::Destroyed(diag)
                 } else {
                     DomainEnd::Timeout(diag)
@@ -1337,6 +1464,12 @@ fn wait_for_event(
         if shared.stop.load(Ordering::SeqCst) != STOP_NONE {
             return Action::Interrupted;
         }
+        if shared.paused.load(Ordering::SeqCst) {
+            if wait_while_paused(dom, wake, shared, clock) == Action::Interrupted {
+                return Action::Interrupted;
+            }
+            continue;
+        }
         // Blocked is progress as far as the stall watchdog is concerned.
         shared.progress.fetch_add(1, Ordering::Relaxed);
         let wait = match pv_engine::time::next_deadline(dom.vcpu) {
@@ -1348,6 +1481,36 @@ fn wait_for_event(
         if let Ok(w) = wake.recv_timeout(wait) {
             handle_wake(dom, w);
         }
+    }
+}
+
+/// Paused through the control socket: runs no guest code until resumed (or stopped),
+/// while still taking the other threads' messages (a backend binding its channel waits
+/// for the answer). The vCPU's runstate is `offline` meanwhile, as Xen accounts a
+/// paused vCPU. Returns `Interrupted` when the watchdog wants the thread.
+fn wait_while_paused(
+    dom: &mut Domain<'_>,
+    wake: &std::sync::mpsc::Receiver<Wake>,
+    shared: &Shared<'_>,
+    clock: &pv_engine::time::PvClock,
+) -> Action {
+    use pv_engine::vcpu_op::{runstate, runstate_change};
+    let before = dom.vcpu.runstate.state;
+    let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
+    runstate_change(dom.vcpu, &mut dom.platform, runstate::OFFLINE, now);
+    while shared.paused.load(Ordering::SeqCst) && shared.stop.load(Ordering::SeqCst) == STOP_NONE {
+        // A paused guest is not a stalled one.
+        shared.progress.fetch_add(1, Ordering::Relaxed);
+        if let Ok(w) = wake.recv_timeout(Duration::from_millis(200)) {
+            handle_wake(dom, w);
+        }
+    }
+    let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
+    runstate_change(dom.vcpu, &mut dom.platform, before, now);
+    if shared.stop.load(Ordering::SeqCst) == STOP_NONE {
+        Action::Resume
+    } else {
+        Action::Interrupted
     }
 }
 

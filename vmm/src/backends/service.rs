@@ -42,6 +42,8 @@ pub enum Request {
     ConsoleInput(Vec<u8>),
     /// Ask the guest to power off (console escape, SIGTERM): `control/shutdown`.
     PowerOff,
+    /// Ask the guest to reboot (the control socket): `control/shutdown`.
+    Reboot,
     /// The domain has ended: serve nothing more, flush the console and stop.
     DomainEnded,
 }
@@ -84,10 +86,15 @@ impl Backends {
                     .then_some(BACKEND_PORT_CONSOLE)
             }
             Request::DomainEnded => None,
-            Request::PowerOff => {
+            Request::PowerOff | Request::Reboot => {
+                let what: &[u8] = if matches!(req, Request::Reboot) {
+                    b"reboot"
+                } else {
+                    b"poweroff"
+                };
                 // The guest's xenbus watch on control/shutdown does the rest.
                 self.xenstore
-                    .write("control/shutdown", b"poweroff")
+                    .write("control/shutdown", what)
                     .ok()
                     .and_then(|()| self.serve_xenstore(mem))
             }

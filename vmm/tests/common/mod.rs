@@ -384,6 +384,12 @@ impl DebianConsole {
         limit: std::time::Duration,
     ) -> (Option<i32>, String, String) {
         self.send("poweroff -f");
+        self.wait_exit(limit)
+    }
+
+    /// Waits up to `limit` for pvkvm to exit (killing it and panicking with the console
+    /// if it does not); returns its exit code, the whole console and its stderr.
+    pub fn wait_exit(mut self, limit: std::time::Duration) -> (Option<i32>, String, String) {
         let started = std::time::Instant::now();
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
@@ -392,10 +398,7 @@ impl DebianConsole {
             if started.elapsed() > limit {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!(
-                    "pvkvm did not exit after poweroff -f; console:\n{}",
-                    self.text()
-                );
+                panic!("pvkvm did not exit in time; console:\n{}", self.text());
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         };

@@ -30,9 +30,11 @@
 //! The terminal side ([`RawTerminal`], [`restore_terminal`], [`EscapeScanner`],
 //! [`spawn_stdin_reader`]) lives in the `terminal` submodule and is re-exported here.
 
+mod mirror;
 mod pty;
 mod terminal;
 
+pub use mirror::ConsoleMirror;
 pub use terminal::{
     restore_terminal, spawn_stdin_reader, EscapeScanner, RawTerminal, ESCAPE_BYTE, ESCAPE_QUIT,
 };
@@ -132,6 +134,8 @@ pub struct ConsoleBackend {
     /// The last bytes the guest wrote, whatever the sink: what the VMM quotes when the
     /// guest crashes.
     tail: VecDeque<u8>,
+    /// Consoles attached through the control socket.
+    mirror: Option<ConsoleMirror>,
 }
 
 /// How much of the guest's latest output [`ConsoleBackend::crash_line`] looks through.
@@ -175,7 +179,14 @@ impl ConsoleBackend {
             stats: ConsoleStats::default(),
             warned_broken: false,
             tail: VecDeque::new(),
+            mirror: None,
         }
+    }
+
+    /// Also copies output to the clients attached to `mirror` (the control socket's
+    /// console attach).
+    pub fn set_mirror(&mut self, mirror: ConsoleMirror) {
+        self.mirror = Some(mirror);
     }
 
     /// The line of the guest's latest output that says why it crashed: the last kernel
@@ -330,6 +341,9 @@ impl ConsoleBackend {
     }
 
     fn emit(&mut self, data: &[u8]) -> io::Result<()> {
+        if let Some(m) = &self.mirror {
+            m.write(data);
+        }
         self.tail.extend(data);
         let over = self.tail.len().saturating_sub(TAIL_BYTES);
         self.tail.drain(..over);
