@@ -18,4 +18,5 @@ pub mod runner;
 pub mod shim;
 pub mod vstate;
 pub mod xenstore;
+pub mod xlcfg;
 pub mod xstate;
