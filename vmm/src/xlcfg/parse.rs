@@ -308,7 +308,8 @@ impl Lexer<'_> {
                 out.push(c);
                 continue;
             }
-            let (el, ec) = (self.line, self.column);
+            // The escape is reported at its backslash, one column back.
+            let (el, ec) = (self.line, self.column - 1);
             let Some(e) = self.chars.peek().copied().filter(|&e| e != '\n') else {
                 return Err(unterminated(self));
             };
