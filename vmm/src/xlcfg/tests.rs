@@ -472,3 +472,15 @@ fn file_errors_name_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn bridge_host_side_is_refused_when_opened() {
+    match HostSpec::Bridge("xenbr0".into()).open() {
+        Ok(_) => panic!("a bridge opened"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("`xenbr0` is not supported yet"), "{e}");
+            assert!(e.contains("pvkvm-net=tap:NAME"), "{e}");
+        }
+    }
+}
