@@ -230,7 +230,7 @@ fn main() -> ExitCode {
                         for w in &l.warnings {
                             eprintln!("pvkvm: {w}");
                         }
-                        Some(l.config)
+                        Some(l)
                     }
                     Err(e) => {
                         eprintln!("pvkvm: {e}");
@@ -243,19 +243,20 @@ fn main() -> ExitCode {
                 .as_ref()
                 .map(|f| f.display().to_string())
                 .unwrap_or_default();
-            let dom = loaded.as_ref();
             // pvkvm runs one vCPU; a file asking for more would get a different machine
             // than it describes.
-            if let Some(d) = dom {
-                for (key, v) in [("vcpus", d.vcpus), ("maxvcpus", d.maxvcpus)] {
+            if let Some(l) = &loaded {
+                for (key, v) in [("vcpus", l.config.vcpus), ("maxvcpus", l.config.maxvcpus)] {
                     if let Some(n) = v.filter(|&n| n > 1) {
                         eprintln!(
-                            "pvkvm: {file_name}: {key}={n} is not supported: pvkvm runs one vCPU (set {key} = 1)"
+                            "pvkvm: {}: {key}={n} is not supported: pvkvm runs one vCPU (set {key} = 1)",
+                            l.place(key)
                         );
                         return ExitCode::from(2);
                     }
                 }
             }
+            let dom = loaded.as_ref().map(|l| &l.config);
             let bootloader = dom.and_then(|d| d.bootloader.as_ref());
             let kernel = match kernel {
                 Some(k) => {
@@ -418,5 +419,26 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_disks;
+    use pvkvm::backends::blk::DiskSpec;
+
+    fn d(s: &str) -> DiskSpec {
+        DiskSpec::parse(s).expect("a disk")
+    }
+
+    #[test]
+    fn cli_disks_add_to_the_files_or_replace_by_vdev() {
+        let file = vec![d("/a,vdev=xvda"), d("/b,vdev=xvdb")];
+        let cli = vec![d("/c,vdev=xvdb,ro"), d("/d"), d("/e,vdev=xvdc")];
+        let got: Vec<String> = merge_disks(file, cli)
+            .iter()
+            .map(|x| x.path.display().to_string())
+            .collect();
+        assert_eq!(got, ["/a", "/c", "/d", "/e"]);
     }
 }

@@ -318,6 +318,21 @@ pub struct Loaded {
     pub config: DomainConfig,
     /// One per ignored key or option, in file order.
     pub warnings: Vec<Warning>,
+    /// The file as named, for messages about its values.
+    pub file: String,
+    /// The line of each key's last setting, for the caller's own messages (such as
+    /// refusing `vcpus` > 1).
+    pub lines: std::collections::BTreeMap<String, u32>,
+}
+
+impl Loaded {
+    /// `FILE:LINE` of `key`'s setting, or `FILE` when the key is not set.
+    pub fn place(&self, key: &str) -> String {
+        match self.lines.get(key) {
+            Some(l) => format!("{}:{l}", self.file),
+            None => self.file.clone(),
+        }
+    }
 }
 
 /// The keys [`DomainConfig`] takes; the others are warned about.
@@ -594,9 +609,17 @@ impl Builder<'_> {
         };
         // Warnings in file order, whichever check made them.
         self.warnings.sort_by_key(|w| w.line);
+        let lines = self
+            .settings
+            .settings
+            .iter()
+            .map(|s| (s.name.clone(), s.line))
+            .collect();
         Ok(Loaded {
             config,
             warnings: self.warnings,
+            file: self.file.to_string(),
+            lines,
         })
     }
 
