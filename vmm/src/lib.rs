@@ -19,4 +19,5 @@ pub mod runner;
 pub mod shim;
 pub mod vstate;
 pub mod xenstore;
+pub mod xlcfg;
 pub mod xstate;

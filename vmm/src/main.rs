@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
@@ -18,24 +18,38 @@ struct Cli {
     command: Command,
 }
 
-// Parsed once per process: the size of the `run` variant costs nothing.
+// Parsed once at start-up: the size of `Run` costs nothing worth boxing for.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a PV kernel.
+    /// Boot a PV kernel, from the command line or from an xl.cfg file.
+    ///
+    /// With a configuration file, the command line's --kernel, --initrd, --cmdline
+    /// and --memory replace the file's values; --disk adds to the file's disks (one
+    /// naming a vdev the file uses replaces that disk); any --net replaces all of the
+    /// file's vifs. See docs/xl-config.md.
     Run {
+        /// An xl.cfg domain configuration file (xl.cfg(5) syntax; the supported keys
+        /// are in docs/xl-config.md).
+        #[arg(value_name = "FILE.cfg", conflicts_with = "config")]
+        config_file: Option<PathBuf>,
+        /// The same as the FILE.cfg argument.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Kernel image: bzImage (gzip, xz, lz4, zstd, bzip2) or ELF with Xen notes.
+        /// Required unless a configuration file names a kernel or a bootloader; it
+        /// overrides both.
         #[arg(long)]
-        kernel: PathBuf,
-        /// Initial ramdisk.
+        kernel: Option<PathBuf>,
+        /// Initial ramdisk (replaces the file's `ramdisk`).
         #[arg(long)]
         initrd: Option<PathBuf>,
-        /// Kernel command line.
-        #[arg(long, default_value = "")]
-        cmdline: String,
-        /// Guest memory, e.g. 512M or 2G.
-        #[arg(long, default_value = "512M", value_parser = parse_size)]
-        memory: u64,
+        /// Kernel command line (replaces the file's `cmdline`, `root` and `extra`).
+        #[arg(long)]
+        cmdline: Option<String>,
+        /// Guest memory, e.g. 512M or 2G (default: the file's `memory`, else 512M).
+        #[arg(long, value_parser = parse_size)]
+        memory: Option<u64>,
         /// Stop the guest (exit status 124) after this many seconds (1 to 10 years' worth).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
         timeout: Option<u64>,
@@ -60,12 +74,14 @@ enum Command {
         mmu_log: bool,
         /// A virtual disk: `path[,format=raw|qcow2][,vdev=xvda][,ro]` (repeatable). The
         /// guest sees it as the vdev named (a whole disk `xvdb`, or one partition
-        /// `xvda1`), else as the next free `xvdX`.
+        /// `xvda1`), else as the next free `xvdX`. Added to a configuration file's
+        /// disks; one naming a vdev the file uses replaces that disk.
         #[arg(long = "disk", value_name = "DISK")]
         disks: Vec<pvkvm::backends::blk::DiskSpec>,
         /// A virtual NIC: `tap=NAME` (an existing or new tap device, for a bridge) or
         /// `user[,hostfwd=tcp::2222-:22]...` (a user-mode network through passt, no root
         /// needed), either with `,mac=MAC` (repeatable; the guest's eth0, eth1, ...).
+        /// Any --net replaces all of a configuration file's vifs.
         #[arg(long = "net", value_name = "NET")]
         nets: Vec<pvkvm::backends::net::NetSpec>,
         /// Serve a control socket (HTTP+JSON) at this path: `pvkvm remote` talks to it
@@ -194,11 +210,81 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// A guest that ends sooner than this after starting is not restarted.
+const MIN_RUN_BEFORE_RESTART: Duration = Duration::from_secs(2);
+
+/// The configuration file's action for a shutdown reason, if it has one.
+fn action_for(d: &pvkvm::xlcfg::DomainConfig, reason: u32) -> Option<pvkvm::xlcfg::Action> {
+    use xen_abi::sched::*;
+    Some(match reason {
+        SHUTDOWN_POWEROFF => d.on_poweroff,
+        SHUTDOWN_REBOOT => d.on_reboot,
+        SHUTDOWN_CRASH => d.on_crash,
+        SHUTDOWN_WATCHDOG => d.on_watchdog,
+        SHUTDOWN_SOFT_RESET => d.on_soft_reset,
+        _ => return None,
+    })
+}
+
+/// The file's disks with the command line's: a command-line disk naming a vdev the
+/// file uses takes that disk's place; the others come after the file's.
+fn merge_disks(
+    mut file: Vec<pvkvm::backends::blk::DiskSpec>,
+    cli: Vec<pvkvm::backends::blk::DiskSpec>,
+) -> Vec<pvkvm::backends::blk::DiskSpec> {
+    for d in cli {
+        match file
+            .iter_mut()
+            .find(|f| d.vdev.is_some() && f.vdev == d.vdev)
+        {
+            Some(slot) => *slot = d,
+            None => file.push(d),
+        }
+    }
+    file
+}
+
+/// Prints how a run ended, and the statistics asked for.
+fn report_end(report: &pvkvm::runner::RunReport, stats: bool, mmu_log: bool) {
+    match &report.end {
+        pvkvm::runner::DomainEnd::Shutdown(r) => {
+            eprintln!(
+                "pvkvm: guest shut down ({}) after {:.3} s",
+                xen_abi::sched::shutdown_reason_name(*r),
+                report.elapsed.as_secs_f64()
+            );
+            if *r == xen_abi::sched::SHUTDOWN_CRASH {
+                if let Some(line) = &report.guest_last_words {
+                    eprintln!("pvkvm: the guest's last word: {line}");
+                }
+            }
+        }
+        pvkvm::runner::DomainEnd::Fatal(d)
+        | pvkvm::runner::DomainEnd::Timeout(d)
+        | pvkvm::runner::DomainEnd::Destroyed(d) => eprint!("{d}"),
+    }
+    if stats {
+        eprint!("{}", pvkvm::metrics::format_report(report));
+    }
+    if mmu_log {
+        eprintln!(
+            "pvkvm: the MMU engine refused {} operation(s); the last {}:",
+            report.mmu_refusal_count,
+            report.mmu_refusals.len()
+        );
+        for r in &report.mmu_refusals {
+            eprintln!("  {r}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match cli.command {
         Command::Run {
+            config_file,
+            config,
             kernel,
             initrd,
             cmdline,
@@ -216,10 +302,95 @@ fn main() -> ExitCode {
             nets,
             api_socket,
         } => {
+            let file = config_file.or(config);
+            let loaded = match &file {
+                Some(path) => match pvkvm::xlcfg::load(path) {
+                    Ok(l) => {
+                        for w in &l.warnings {
+                            eprintln!("pvkvm: {w}");
+                        }
+                        Some(l)
+                    }
+                    Err(e) => {
+                        eprintln!("pvkvm: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => None,
+            };
+            let file_name = file
+                .as_ref()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default();
+            // pvkvm runs one vCPU; a file asking for more would get a different machine
+            // than it describes.
+            if let Some(l) = &loaded {
+                for (key, v) in [("vcpus", l.config.vcpus), ("maxvcpus", l.config.maxvcpus)] {
+                    if let Some(n) = v.filter(|&n| n > 1) {
+                        eprintln!(
+                            "pvkvm: {}: {key}={n} is not supported: pvkvm runs one vCPU (set {key} = 1)",
+                            l.place(key)
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let dom = loaded.as_ref().map(|l| &l.config);
+            let bootloader = dom.and_then(|d| d.bootloader.as_ref());
+            let kernel = match kernel {
+                Some(k) => {
+                    if bootloader.is_some() {
+                        eprintln!(
+                            "pvkvm: {file_name}: --kernel given: booting it instead of running the bootloader"
+                        );
+                    }
+                    k
+                }
+                None if bootloader.is_some() => {
+                    // PLACEHOLDER(bootloader): replace with a call to
+                    // pvkvm::bootloader::boot_from_disk(...) once that module lands;
+                    // it reads the kernel, initrd and command line from the disks as
+                    // pygrub would, honouring the Bootloader's entry, kernel, ramdisk
+                    // and args (`bootloader` above).
+                    eprintln!("pvkvm: bootloader=\"pygrub\" is not supported yet");
+                    return ExitCode::from(2);
+                }
+                None => match dom.and_then(|d| d.kernel.clone()) {
+                    Some(k) => k,
+                    None => {
+                        eprintln!(
+                            "pvkvm: no kernel to boot: give --kernel FILE, or a configuration file with kernel= or bootloader="
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let initrd = initrd.or_else(|| dom.and_then(|d| d.ramdisk.clone()));
+            let cmdline = cmdline
+                .or_else(|| dom.and_then(|d| d.cmdline.clone()))
+                .unwrap_or_default();
+            let memory = memory
+                .or_else(|| {
+                    dom.and_then(|d| d.memory_mib)
+                        .and_then(|m| m.checked_mul(1 << 20))
+                })
+                .unwrap_or(512 << 20);
+            let disks = merge_disks(dom.map(|d| d.disks.clone()).unwrap_or_default(), disks);
+            let nets = if nets.is_empty() {
+                dom.map(|d| d.nets.clone()).unwrap_or_default()
+            } else {
+                nets
+            };
+            let name = dom.and_then(|d| d.name.clone());
+            if let Some(n) = &name {
+                log::info!("domain {n}");
+            }
+
             // The guest's console is this terminal: someone may be reading a quiet prompt.
             let interactive =
                 console_log.is_none() && !console_pty && std::io::stdin().is_terminal();
-            let cfg = pvkvm::runner::RunConfig {
+            let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t));
+            let mut cfg = pvkvm::runner::RunConfig {
                 kernel,
                 initrd,
                 cmdline,
@@ -242,44 +413,51 @@ fn main() -> ExitCode {
                 nets,
                 api_socket,
             };
-            match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
-                Ok(report) => {
-                    match &report.end {
-                        pvkvm::runner::DomainEnd::Shutdown(r) => {
-                            eprintln!(
-                                "pvkvm: guest shut down ({}) after {:.3} s",
-                                xen_abi::sched::shutdown_reason_name(*r),
-                                report.elapsed.as_secs_f64()
-                            );
-                            if *r == xen_abi::sched::SHUTDOWN_CRASH {
-                                if let Some(line) = &report.guest_last_words {
-                                    eprintln!("pvkvm: the guest's last word: {line}");
-                                }
-                            }
-                        }
-                        pvkvm::runner::DomainEnd::Fatal(d)
-                        | pvkvm::runner::DomainEnd::Timeout(d)
-                        | pvkvm::runner::DomainEnd::Destroyed(d) => eprint!("{d}"),
+            loop {
+                let report = match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("pvkvm: {e}");
+                        return ExitCode::from(2);
                     }
-                    if stats {
-                        eprint!("{}", pvkvm::metrics::format_report(&report));
+                };
+                report_end(&report, stats, mmu_log);
+                // xl's on_poweroff/on_reboot/on_crash/...: only a configuration file
+                // asks for a restart; the command line alone keeps one run.
+                let restart = match (&report.end, dom) {
+                    (pvkvm::runner::DomainEnd::Shutdown(r), Some(d)) => {
+                        action_for(d, *r).filter(|a| a.restarts())
                     }
-                    if mmu_log {
-                        eprintln!(
-                            "pvkvm: the MMU engine refused {} operation(s); the last {}:",
-                            report.mmu_refusal_count,
-                            report.mmu_refusals.len()
-                        );
-                        for r in &report.mmu_refusals {
-                            eprintln!("  {r}");
-                        }
-                    }
-                    ExitCode::from(report.exit_status() as u8)
+                    _ => None,
+                };
+                let Some(action) = restart else {
+                    return ExitCode::from(report.exit_status() as u8);
+                };
+                // A guest that dies at once would restart in a tight loop.
+                if report.elapsed < MIN_RUN_BEFORE_RESTART {
+                    eprintln!(
+                        "pvkvm: the guest ended {:.3} s after it started; not restarting it",
+                        report.elapsed.as_secs_f64()
+                    );
+                    return ExitCode::from(report.exit_status() as u8);
                 }
-                Err(e) => {
-                    eprintln!("pvkvm: {e}");
-                    ExitCode::from(2)
+                // --timeout bounds all runs together.
+                if let Some(d) = deadline {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return ExitCode::from(124);
+                    }
+                    cfg.timeout = Some(left);
                 }
+                if action != pvkvm::xlcfg::Action::Restart {
+                    eprintln!(
+                        "pvkvm: {action}: only the restart is done (no core dumps, no renaming)"
+                    );
+                }
+                eprintln!(
+                    "pvkvm: restarting the domain{} ({file_name} says {action})",
+                    name.as_ref().map(|n| format!(" {n}")).unwrap_or_default()
+                );
             }
         }
         Command::Inspect { kernel, memory } => {
@@ -325,5 +503,26 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_disks;
+    use pvkvm::backends::blk::DiskSpec;
+
+    fn d(s: &str) -> DiskSpec {
+        DiskSpec::parse(s).expect("a disk")
+    }
+
+    #[test]
+    fn cli_disks_add_to_the_files_or_replace_by_vdev() {
+        let file = vec![d("/a,vdev=xvda"), d("/b,vdev=xvdb")];
+        let cli = vec![d("/c,vdev=xvdb,ro"), d("/d"), d("/e,vdev=xvdc")];
+        let got: Vec<String> = merge_disks(file, cli)
+            .iter()
+            .map(|x| x.path.display().to_string())
+            .collect();
+        assert_eq!(got, ["/a", "/c", "/d", "/e"]);
     }
 }

@@ -192,6 +192,9 @@ pub enum HostSpec {
     Tap(String),
     /// The unprivileged user-mode network through passt, with port forwards.
     User(Vec<HostFwd>),
+    /// A tap interface made for the guest and enslaved to this existing bridge (an
+    /// xl.cfg `vif=['bridge=BR']`); the netback host side for it is not written yet.
+    Bridge(String),
 }
 
 /// A parsed `--net` value.
@@ -231,7 +234,9 @@ impl NetSpec {
             } else if let Some(rule) = part.strip_prefix("hostfwd=") {
                 match &mut host {
                     HostSpec::User(fwds) => fwds.push(rule.parse()?),
-                    HostSpec::Tap(_) => return Err(SpecError::Option(part.to_string())),
+                    HostSpec::Tap(_) | HostSpec::Bridge(_) => {
+                        return Err(SpecError::Option(part.to_string()))
+                    }
                 }
             } else {
                 return Err(SpecError::Option(part.to_string()));
