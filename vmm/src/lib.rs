@@ -6,6 +6,7 @@
 //! the host, [`metrics`] reports counters.
 
 pub mod backends;
+pub mod bootloader;
 pub mod cpuid;
 pub mod exit;
 pub mod host;
