@@ -97,6 +97,25 @@ impl Fs {
         } else {
             ExtKind::Ext2
         };
+        // The filesystem's own size must fit its partition (or image): a truncated
+        // image is refused here rather than failing somewhere inside a file.
+        let log_block = le32(24);
+        if log_block > 6 {
+            return Err(format!(
+                "{kind} with a block size of 2^(10+{log_block}) bytes"
+            ));
+        }
+        let mut blocks = u64::from(le32(4));
+        if incompat & 0x80 != 0 {
+            blocks |= u64::from(le32(0x150)) << 32;
+        }
+        let fs_bytes = blocks.saturating_mul(1024 << log_block);
+        if fs_bytes > part.len {
+            return Err(format!(
+                "{kind} of {fs_bytes} bytes in {} bytes: the image is truncated or the partition table is wrong",
+                part.len
+            ));
+        }
         let reader = PartReader {
             image,
             offset: part.offset,
