@@ -229,6 +229,20 @@ fn spec(scratch: &Scratch, name: &str, bytes: &[u8]) -> DiskSpec {
     DiskSpec::parse(&format!("{},vdev=xvda", p.display())).unwrap()
 }
 
+/// `expect_err` without printing a whole kernel when the boot wrongly succeeds.
+trait MustFail {
+    fn must_fail(self, why: &str) -> Error;
+}
+
+impl MustFail for Result<pvkvm::bootloader::BootImage, Error> {
+    fn must_fail(self, why: &str) -> Error {
+        match self {
+            Ok(img) => panic!("{why}: booted {:?} from {}", img.title, img.source),
+            Err(e) => e,
+        }
+    }
+}
+
 fn check_debian(img: &pvkvm::bootloader::BootImage) {
     assert_eq!(img.kernel, kernel_bytes());
     assert_eq!(img.initrd.as_deref(), Some(&initrd_bytes()[..]));
@@ -276,7 +290,7 @@ fn partitionless_ext4_grub_cfg() {
         entry: Some("Windows".into()),
         ..BootOptions::default()
     };
-    let e = boot_from_disk(&disk, &missing).err().expect("an error");
+    let e = boot_from_disk(&disk, &missing).must_fail("an error");
     assert!(matches!(e, Error::NoSuchEntry { .. }), "{e}");
 
     let list = list_entries(&disk).unwrap();
@@ -413,9 +427,7 @@ fn truncated_image() {
     let mut d = mbr_disk(&[&fs]);
     d.truncate(3 << 20);
     let disk = spec(&s, "disk.img", &d);
-    let e = boot_from_disk(&disk, &BootOptions::default())
-        .err()
-        .expect("an error");
+    let e = boot_from_disk(&disk, &BootOptions::default()).must_fail("an error");
     let msg = e.to_string();
     assert!(
         msg.contains("xvda") && msg.contains("past the end"),
@@ -424,8 +436,7 @@ fn truncated_image() {
     // A partitionless filesystem cut short: an error, whatever part is missing.
     let disk = spec(&s, "cut.img", &fs[..fs.len() / 3]);
     let msg = boot_from_disk(&disk, &BootOptions::default())
-        .err()
-        .expect("a truncated filesystem is refused")
+        .must_fail("a truncated filesystem is refused")
         .to_string();
     assert!(
         msg.contains("xvda: ext4 of 8388608 bytes in 2796202 bytes: the image is truncated"),
@@ -453,9 +464,7 @@ fn partition_past_the_end() {
     let mut d = vec![0u8; 1 << 20];
     mbr_entry(&mut d, 0, 0x80, 0x83, 2048, 1 << 20);
     let disk = spec(&s, "bad.img", &d);
-    let e = boot_from_disk(&disk, &BootOptions::default())
-        .err()
-        .expect("an error");
+    let e = boot_from_disk(&disk, &BootOptions::default()).must_fail("an error");
     let msg = e.to_string();
     assert!(
         msg.contains("xvda1: the partition (sectors 2048..") && msg.contains("past the end"),
@@ -477,9 +486,7 @@ fn hostile_files() {
         b"menuentry loop { linux /boot/vmlinuz-a }\nmenuentry nokernel { echo hi }\n",
     );
     let disk = spec(&s, "loop.img", &mkfs("ext4", 8, &root, &s));
-    let e = boot_from_disk(&disk, &BootOptions::default())
-        .err()
-        .expect("an error");
+    let e = boot_from_disk(&disk, &BootOptions::default()).must_fail("an error");
     assert!(e.to_string().contains("/boot/vmlinuz-a"), "{e}");
     let e = boot_from_disk(
         &disk,
@@ -488,8 +495,7 @@ fn hostile_files() {
             ..Default::default()
         },
     )
-    .err()
-    .expect("an error");
+    .must_fail("an error");
     assert!(matches!(e, Error::NoKernel { .. }), "{e}");
 
     // A grub.cfg over 1 MiB.
@@ -499,9 +505,7 @@ fn hostile_files() {
     big.push_str(&"#".repeat(2 << 20));
     write(&root, "boot/grub/grub.cfg", big.as_bytes());
     let disk = spec(&s, "big.img", &mkfs("ext4", 8, &root, &s));
-    let e = boot_from_disk(&disk, &BootOptions::default())
-        .err()
-        .expect("an error");
+    let e = boot_from_disk(&disk, &BootOptions::default()).must_fail("an error");
     assert!(matches!(e, Error::FileTooLarge { .. }), "{e}");
 
     // A config whose kernel is not there.
@@ -512,9 +516,7 @@ fn hostile_files() {
         b"set default=0\nmenuentry gone { linux /boot/vmlinuz-gone }\n",
     );
     let disk = spec(&s, "missing.img", &mkfs("ext4", 4, &root, &s));
-    let e = boot_from_disk(&disk, &BootOptions::default())
-        .err()
-        .expect("an error");
+    let e = boot_from_disk(&disk, &BootOptions::default()).must_fail("an error");
     assert!(
         matches!(e, Error::FileMissing { .. }) && e.to_string().contains("xvda"),
         "{e}"
@@ -524,9 +526,7 @@ fn hostile_files() {
     let root = s.path("empty");
     write(&root, "etc/hostname", b"x\n");
     let disk = spec(&s, "empty.img", &mkfs("ext4", 4, &root, &s));
-    let e = boot_from_disk(&disk, &BootOptions::default())
-        .err()
-        .expect("an error");
+    let e = boot_from_disk(&disk, &BootOptions::default()).must_fail("an error");
     assert!(
         e.to_string().contains("xvda: ext4, no configuration file"),
         "{e}"

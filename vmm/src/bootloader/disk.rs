@@ -207,7 +207,7 @@ fn gpt(
             "the GPT claims {count} entries, more than {GPT_MAX_ENTRIES}"
         )));
     }
-    if entry_size < 128 || entry_size > GPT_MAX_ENTRY_SIZE || entry_size % 8 != 0 {
+    if !(128..=GPT_MAX_ENTRY_SIZE).contains(&entry_size) || entry_size % 8 != 0 {
         return Err(bad(format!("the GPT entry size {entry_size} is not a multiple of 8 from 128 to {GPT_MAX_ENTRY_SIZE}")));
     }
     let table_len = u64::from(count) * u64::from(entry_size);

@@ -5,7 +5,7 @@
 //! are case-insensitive; relative paths are relative to the configuration's directory.
 //! The title of an entry is its label.
 
-use super::{clean_path, ConfigError, Menu, MenuEntry, MAX_ENTRIES};
+use super::{clean_path, ConfigError, Menu, MenuEntry, MAX_ENTRIES, MAX_LINE};
 
 /// Parses an extlinux.conf found in directory `dir`.
 pub fn parse(text: &str, dir: &str) -> Result<Menu, ConfigError> {
@@ -14,7 +14,13 @@ pub fn parse(text: &str, dir: &str) -> Result<Menu, ConfigError> {
     let mut global_append: Option<String> = None;
     // Each entry with whether it had its own APPEND.
     let mut entries: Vec<(MenuEntry, Option<String>)> = Vec::new();
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
+        if line.len() > MAX_LINE {
+            return Err(ConfigError::LineTooLong {
+                line: n + 1,
+                max: MAX_LINE,
+            });
+        }
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -161,6 +167,11 @@ label l2
         let m = parse(&CONF.replace("default l1", "DEFAULT nowhere"), "/").unwrap();
         assert_eq!((m.default, m.warnings.len()), (0, 1));
         let many = "label x\nkernel /k\n".repeat(MAX_ENTRIES + 1);
+        let long = format!("label x\nkernel /k {}\n", "a".repeat(MAX_LINE));
+        assert!(matches!(
+            parse(&long, "/"),
+            Err(ConfigError::LineTooLong { line: 2, .. })
+        ));
         assert!(matches!(
             parse(&many, "/"),
             Err(ConfigError::TooManyEntries { .. })

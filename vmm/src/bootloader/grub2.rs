@@ -211,7 +211,8 @@ fn var_ref(c: &[char], i: usize) -> Option<(String, usize)> {
     let is_name = |ch: char| ch.is_ascii_alphanumeric() || ch == '_';
     match c.get(i + 1) {
         Some('{') => {
-            let close = c[i + 2..].iter().position(|&ch| ch == '}')?;
+            // A name is short: no scanning the rest of the file for a `}`.
+            let close = c[i + 2..].iter().take(256).position(|&ch| ch == '}')?;
             Some((c[i + 2..i + 2 + close].iter().collect(), i + 3 + close))
         }
         Some(&ch) if is_name(ch) || ch == '?' || ch == '@' => {
@@ -380,25 +381,63 @@ enum Item {
     },
 }
 
+/// The longest expanded word or variable value (Linux's x86 command line is 2 KiB).
+const MAX_VALUE: usize = 4096;
+/// The most variables.
+const MAX_VARS: usize = 256;
+
 struct Eval {
     vars: HashMap<String, String>,
+    /// Per open menuentry/submenu: the values its `set`s replaced, to restore.
+    scopes: Vec<Vec<(String, Option<String>)>>,
     entries: Vec<MenuEntry>,
+    /// A word or value past [`MAX_VALUE`], or variables past [`MAX_VARS`], at this line.
+    too_big: Option<usize>,
 }
 
 impl Eval {
-    fn expand(&self, w: &Word) -> String {
+    fn expand(&mut self, w: &Word, line: usize) -> String {
         let mut s = String::new();
         for seg in &w.segs {
-            match seg {
-                Seg::Lit(l) => s.push_str(l),
-                Seg::Var(v) => s.push_str(self.vars.get(v).map_or("", String::as_str)),
+            let part = match seg {
+                Seg::Lit(l) => l.as_str(),
+                Seg::Var(v) => self.vars.get(v).map_or("", String::as_str),
+            };
+            if s.len() + part.len() > MAX_VALUE {
+                self.too_big.get_or_insert(line);
+                break;
             }
+            s.push_str(part);
         }
         s
     }
 
-    fn words(&self, c: &Cmd) -> Vec<String> {
-        c.words.iter().map(|w| self.expand(w)).collect()
+    fn words(&mut self, c: &Cmd) -> Vec<String> {
+        c.words.iter().map(|w| self.expand(w, c.line)).collect()
+    }
+
+    fn set_var(&mut self, k: &str, v: &str, line: usize) {
+        if !self.vars.contains_key(k) && self.vars.len() >= MAX_VARS {
+            self.too_big.get_or_insert(line);
+            return;
+        }
+        let old = self.vars.insert(k.to_string(), v.to_string());
+        if let Some(scope) = self.scopes.last_mut() {
+            scope.push((k.to_string(), old));
+        }
+    }
+
+    fn open_scope(&mut self) {
+        self.scopes.push(Vec::new());
+    }
+
+    fn close_scope(&mut self) {
+        for (k, old) in self.scopes.pop().unwrap_or_default().into_iter().rev() {
+            match old {
+                Some(v) => self.vars.insert(k, v),
+                None => self.vars.remove(&k),
+            };
+        }
     }
 
     /// Runs a sequence at menu level `path` (submenu titles), collecting items.
@@ -444,10 +483,10 @@ impl Eval {
                             if self.entries.len() >= MAX_ENTRIES {
                                 return Err(ConfigError::TooManyEntries { max: MAX_ENTRIES });
                             }
-                            let saved = self.vars.clone();
+                            self.open_scope();
                             let mut e = Some(MenuEntry::default());
                             self.run(body, path, &mut Vec::new(), &mut e)?;
-                            self.vars = saved;
+                            self.close_scope();
                             let mut e = e.unwrap_or_default();
                             let flat_title = if path.is_empty() {
                                 title.clone()
@@ -466,12 +505,12 @@ impl Eval {
                         }
                         Some("submenu") if entry.is_none() => {
                             let (title, id) = title_and_id(&w[1..]);
-                            let saved = self.vars.clone();
+                            self.open_scope();
                             let mut sub = Vec::new();
                             let mut p = path.to_vec();
                             p.push(title.clone());
                             self.run(body, &p, &mut sub, entry)?;
-                            self.vars = saved;
+                            self.close_scope();
                             items.push(Item::Sub {
                                 title,
                                 id,
@@ -494,7 +533,7 @@ impl Eval {
             "set" => {
                 for a in &w[1..] {
                     if let Some((k, v)) = a.split_once('=') {
-                        self.vars.insert(k.to_string(), v.to_string());
+                        self.set_var(k, v, c.line);
                     }
                 }
             }
@@ -516,7 +555,7 @@ impl Eval {
                         if !k.is_empty()
                             && k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
                         {
-                            self.vars.insert(k.to_string(), v.to_string());
+                            self.set_var(k, v, c.line);
                         }
                     }
                 }
@@ -526,7 +565,7 @@ impl Eval {
 
     /// `[ ... ]` / `test ...` over strings and numbers; `None` when it cannot be
     /// evaluated here.
-    fn condition(&self, c: &Cmd) -> Option<bool> {
+    fn condition(&mut self, c: &Cmd) -> Option<bool> {
         let mut w = self.words(c);
         match w.first().map(String::as_str) {
             Some("[") if c.keyword(c.words.len().saturating_sub(1)) == Some("]") => {
@@ -673,17 +712,26 @@ pub fn parse(text: &str, grubenv: Option<&str>) -> Result<Menu, ConfigError> {
             continue;
         }
         if let Some((k, v)) = line.split_once('=') {
-            if matches!(k, "saved_entry" | "next_entry") {
+            if matches!(k, "saved_entry" | "next_entry") && v.len() <= MAX_VALUE {
                 vars.insert(k.to_string(), v.to_string());
             }
         }
     }
     let mut ev = Eval {
         vars,
+        scopes: Vec::new(),
         entries: Vec::new(),
+        too_big: None,
     };
     let mut items = Vec::new();
     ev.run(&nodes, &[], &mut items, &mut None)?;
+    if let Some(line) = ev.too_big {
+        return Err(ConfigError::TooBig {
+            line,
+            max_value: MAX_VALUE,
+            max_vars: MAX_VARS,
+        });
+    }
     let mut menu = Menu {
         entries: ev.entries,
         default: 0,
@@ -953,6 +1001,13 @@ fi
         // No grubenv: saved_entry is empty, default is entry 0, no warning.
         let m = parse(&saved, None).unwrap();
         assert_eq!((m.default, m.warnings.len()), (0, 0));
+        // An entry's `set` does not leak out of it.
+        let m = parse(
+            "set default=1\nmenuentry a { set default=0; linux /a }\nmenuentry b { linux /b }\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(m.default, 1);
     }
 
     #[test]
@@ -1006,6 +1061,18 @@ fi
             parse("fi\n", None),
             Err(ConfigError::Structure { .. })
         ));
+        let doubling = "set a=0123456789abcdef\n".to_string() + &"set a=$a$a\n".repeat(64);
+        assert!(matches!(
+            parse(&doubling, None),
+            Err(ConfigError::TooBig { .. })
+        ));
+        let vars: String = (0..1000).map(|i| format!("v{i}=x\n")).collect();
+        assert!(matches!(
+            parse(&vars, None),
+            Err(ConfigError::TooBig { .. })
+        ));
+        let scan = "${a ".repeat(200_000);
+        assert!(parse(&scan, None).is_ok());
         // Odd but harmless.
         assert!(parse("${\n$\\", None).is_ok());
         assert!(parse("", None).unwrap().entries.is_empty());

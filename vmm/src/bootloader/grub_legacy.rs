@@ -2,14 +2,20 @@
 //! `root (hd0,0)`, `kernel PATH ARGS`, `initrd PATH`. A keyword may be followed by
 //! spaces or `=`. `default saved` boots entry 0 (the saved file is not read).
 
-use super::{clean_path, ConfigError, Menu, MenuEntry, MAX_ENTRIES};
+use super::{clean_path, ConfigError, Menu, MenuEntry, MAX_ENTRIES, MAX_LINE};
 
 /// Parses a `menu.lst`.
 pub fn parse(text: &str) -> Result<Menu, ConfigError> {
     let mut menu = Menu::default();
     let mut default: Option<String> = None;
     let mut cur: Option<MenuEntry> = None;
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
+        if line.len() > MAX_LINE {
+            return Err(ConfigError::LineTooLong {
+                line: n + 1,
+                max: MAX_LINE,
+            });
+        }
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -114,6 +120,11 @@ initrd /boot/initrd.img-2.6.32-5-xen-amd64
         let m = parse(&MENU_LST.replace("default\t\t1", "default saved")).unwrap();
         assert_eq!((m.default, m.warnings.len()), (0, 0));
         let many = "title x\nkernel /k\n".repeat(MAX_ENTRIES + 1);
+        let long = format!("title x\nkernel /k {}\n", "a".repeat(MAX_LINE));
+        assert!(matches!(
+            parse(&long),
+            Err(ConfigError::LineTooLong { line: 2, .. })
+        ));
         assert!(matches!(
             parse(&many),
             Err(ConfigError::TooManyEntries { .. })

@@ -40,6 +40,8 @@ pub const MAX_ENTRIES: usize = 1024;
 /// The deepest nesting of blocks (`if`, `menuentry`, `submenu`, functions) in a
 /// `grub.cfg`.
 pub const MAX_NESTING: usize = 16;
+/// The longest line of a menu.lst or extlinux.conf.
+pub const MAX_LINE: usize = 64 << 10;
 /// The most partitions looked at on one disk.
 pub const MAX_PARTITIONS: usize = 128;
 
@@ -149,6 +151,24 @@ pub enum ConfigError {
     /// More than [`MAX_ENTRIES`] entries.
     #[error("it has more than {max} menu entries")]
     TooManyEntries {
+        /// The limit.
+        max: usize,
+    },
+    /// A word or variable longer than GRUB needs, or too many variables.
+    #[error("line {line} makes a value over {max_value} bytes or more than {max_vars} variables")]
+    TooBig {
+        /// The line.
+        line: usize,
+        /// The longest value.
+        max_value: usize,
+        /// The most variables.
+        max_vars: usize,
+    },
+    /// A line longer than [`MAX_LINE`].
+    #[error("line {line} is longer than {max} bytes")]
+    LineTooLong {
+        /// The line.
+        line: usize,
         /// The limit.
         max: usize,
     },
