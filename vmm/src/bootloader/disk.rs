@@ -33,15 +33,14 @@ pub struct Part {
     pub len: u64,
 }
 
-/// The disk's name without the path, for partition names (`xvda` + `1`).
-fn base_name(disk: &str) -> &str {
-    disk.split_once(' ').map_or(disk, |(n, _)| n)
-}
-
-/// The partitions to try, and notes on those left out.
-pub fn partitions(image: &DiskImage, disk: &str) -> Result<(Vec<Part>, Vec<String>), Error> {
+/// The partitions to try, and notes on those left out. `disk` names the disk in
+/// messages; `base` is its guest device name, which partition numbers are appended to.
+pub fn partitions(
+    image: &DiskImage,
+    disk: &str,
+    base: &str,
+) -> Result<(Vec<Part>, Vec<String>), Error> {
     let size = image.size();
-    let base = base_name(disk);
     let whole = Part {
         name: base.to_string(),
         offset: 0,

@@ -212,7 +212,7 @@ fn var_ref(c: &[char], i: usize) -> Option<(String, usize)> {
     match c.get(i + 1) {
         Some('{') => {
             // A name is short: no scanning the rest of the file for a `}`.
-            let close = c[i + 2..].iter().take(256).position(|&ch| ch == '}')?;
+            let close = c[i + 2..].iter().take(64).position(|&ch| ch == '}')?;
             Some((c[i + 2..i + 2 + close].iter().collect(), i + 3 + close))
         }
         Some(&ch) if is_name(ch) || ch == '?' || ch == '@' => {

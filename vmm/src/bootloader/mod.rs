@@ -393,12 +393,13 @@ pub(crate) fn clean_path(p: &str, dir: &str) -> String {
     }
 }
 
-/// The disk's name in messages: its guest device, else its path.
-fn disk_name(disk: &DiskSpec) -> String {
-    match disk.vdev {
-        Some(v) => format!("{v} ({})", disk.path.display()),
-        None => disk.path.display().to_string(),
-    }
+/// The disk's name in messages (`xvda (/path/to/image)`) and its guest device name,
+/// which partition numbers are appended to (`xvda` when the spec names none).
+fn disk_names(disk: &DiskSpec) -> (String, String) {
+    let base = disk
+        .vdev
+        .map_or_else(|| "xvda".to_string(), |v| v.to_string());
+    (format!("{base} ({})", disk.path.display()), base)
 }
 
 /// Opens the image read-only (shared lock), whatever the guest will get.
@@ -424,14 +425,18 @@ struct Found {
 /// Walks the partitions for the first with a boot configuration.
 fn find_config(
     image: &Rc<DiskImage>,
-    name: &str,
+    (name, base): (&str, &str),
     opts: &BootOptions,
 ) -> Result<Result<Found, String>, Error> {
-    let (parts, mut notes) = disk::partitions(image, name)?;
+    let (parts, mut notes) = disk::partitions(image, name, base)?;
+    for n in &notes {
+        log::debug!("{n}");
+    }
     for part in parts {
         let fs = match fs::Fs::open(image.clone(), &part) {
             Ok(fs) => fs,
             Err(why) => {
+                log::debug!("{}: {why}", part.name);
                 notes.push(format!("{}: {why}", part.name));
                 continue;
             }
@@ -519,12 +524,12 @@ fn available(menu: &Menu) -> String {
 /// holding that path supplies the kernel (and `opts.ramdisk`), and `opts.args` is the
 /// command line.
 pub fn boot_from_disk(disk: &DiskSpec, opts: &BootOptions) -> Result<BootImage, Error> {
-    let name = disk_name(disk);
+    let (name, base) = disk_names(disk);
     let image = Rc::new(open_image(disk, &name)?);
     if let Some(kernel) = &opts.kernel {
-        return boot_override(&image, &name, kernel, opts);
+        return boot_override(&image, (&name, &base), kernel, opts);
     }
-    let found = match find_config(&image, &name, opts)? {
+    let found = match find_config(&image, (&name, &base), opts)? {
         Ok(f) => f,
         Err(tried) => return Err(Error::NoConfig { disk: name, tried }),
     };
@@ -559,11 +564,10 @@ pub fn boot_from_disk(disk: &DiskSpec, opts: &BootOptions) -> Result<BootImage, 
         }
         cmdline.push_str(extra.trim());
     }
-    let mut warnings = menu.warnings;
+    let warnings = menu.warnings;
     for w in &warnings {
         log::warn!("{source}: {w}");
     }
-    warnings.shrink_to_fit();
     Ok(BootImage {
         kernel,
         initrd,
@@ -577,11 +581,11 @@ pub fn boot_from_disk(disk: &DiskSpec, opts: &BootOptions) -> Result<BootImage, 
 /// `--kernel`: the first filesystem with that file.
 fn boot_override(
     image: &Rc<DiskImage>,
-    name: &str,
+    (name, base): (&str, &str),
     kernel: &str,
     opts: &BootOptions,
 ) -> Result<BootImage, Error> {
-    let (parts, mut notes) = disk::partitions(image, name)?;
+    let (parts, mut notes) = disk::partitions(image, name, base)?;
     let path = clean_path(kernel, "/");
     for part in parts {
         let fs = match fs::Fs::open(image.clone(), &part) {
@@ -633,9 +637,9 @@ fn read_initrds(fs: &fs::Fs, paths: &[String], source: &str) -> Result<Option<Ve
 /// The boot menu of `disk` (for a `--list-entries`): the configuration pygrub's search
 /// finds, its entries and its default. The image is opened read-only and closed again.
 pub fn list_entries(disk: &DiskSpec) -> Result<EntryList, Error> {
-    let name = disk_name(disk);
+    let (name, base) = disk_names(disk);
     let image = Rc::new(open_image(disk, &name)?);
-    let found = match find_config(&image, &name, &BootOptions::default())? {
+    let found = match find_config(&image, (&name, &base), &BootOptions::default())? {
         Ok(f) => f,
         Err(tried) => return Err(Error::NoConfig { disk: name, tried }),
     };

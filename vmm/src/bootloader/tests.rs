@@ -27,7 +27,7 @@ fn mbr_entry(buf: &mut [u8], i: usize, boot: u8, sys: u8, first: u32, sectors: u
 fn parts_of(tag: &str, bytes: &[u8]) -> Result<(Vec<Part>, Vec<String>), Error> {
     let p = temp_image(tag, bytes);
     let img = DiskImage::open_raw(&p, true).unwrap();
-    let r = partitions(&img, "xvda (test)");
+    let r = partitions(&img, "xvda (test)", "xvda");
     std::fs::remove_file(&p).unwrap();
     r
 }
