@@ -532,3 +532,39 @@ fn hostile_files() {
         "{e}"
     );
 }
+
+#[test]
+fn qcow2_over_a_raw_backing_file() {
+    use imago::{FormatCreateBuilder, Storage, StorageCreateOptions};
+    let s = Scratch::new("qcow2");
+    let root = s.path("root");
+    debian_root(&root);
+    let raw = mbr_disk(&[&mkfs("ext4", 8, &root, &s)]);
+    let size = raw.len() as u64;
+    std::fs::write(s.path("base.img"), &raw).unwrap();
+    let overlay = s.path("overlay.qcow2");
+    let storage =
+        imago::file::File::create_open(StorageCreateOptions::new().filename(&overlay)).unwrap();
+    imago::qcow2::Qcow2::<imago::file::File>::create_builder(storage)
+        .size(size)
+        .backing("base.img".to_string(), "raw".to_string())
+        .create()
+        .unwrap();
+    let disk = DiskSpec::parse(&format!("{},format=qcow2,vdev=xvdb", overlay.display())).unwrap();
+    let img = boot_from_disk(&disk, &BootOptions::default()).unwrap();
+    check_debian(&img);
+    assert_eq!(img.source, "xvdb1 (ext4) /boot/grub/grub.cfg");
+}
+
+#[test]
+fn a_disk_in_use_for_writing_is_not_read() {
+    let s = Scratch::new("locked");
+    let root = s.path("root");
+    debian_root(&root);
+    let disk = spec(&s, "disk.img", &mkfs("ext4", 8, &root, &s));
+    let held = DiskImage::open_raw(&disk.path, false).unwrap();
+    let e = boot_from_disk(&disk, &BootOptions::default()).must_fail("the lock is held");
+    assert!(matches!(e, Error::Open { .. }), "{e}");
+    drop(held);
+    boot_from_disk(&disk, &BootOptions::default()).unwrap();
+}

@@ -15,8 +15,9 @@ use crate::backends::blk::DiskImage;
 
 /// Sector size the tables are read with (pygrub's `SECTOR_SIZE`).
 pub const SECTOR: u64 = 512;
-/// At most this many reads for the MBR and its EBR chain.
-const MBR_READ_BUDGET: u32 = 4 * MAX_PARTITIONS as u32;
+/// At most this many bytes read for the MBR and its EBR chain (an EBR chain is as long
+/// as the image lets it be; 256 KiB is 512 EBRs).
+const MBR_READ_BUDGET: u64 = 256 << 10;
 /// The most GPT entries read (the usual table has 128).
 const GPT_MAX_ENTRIES: u32 = 1024;
 /// The largest GPT entry size accepted.
@@ -105,7 +106,7 @@ fn msdos(
         image,
         pos: 0,
         size,
-        reads_left: MBR_READ_BUDGET,
+        bytes_left: MBR_READ_BUDGET,
     };
     let table =
         mbrman::MBR::read_from(&mut reader, SECTOR as u32).map_err(|source| Error::Mbr {
@@ -245,26 +246,25 @@ fn gpt(
     Ok((parts, notes))
 }
 
-/// `Read + Seek` over the image for mbrman, with a bound on the number of reads (an EBR
-/// chain is as long as the image lets it be).
+/// `Read + Seek` over the image for mbrman, with a bound on the bytes read.
 struct Reader<'a> {
     image: &'a DiskImage,
     pos: u64,
     size: u64,
-    reads_left: u32,
+    bytes_left: u64,
 }
 
 impl Read for Reader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.reads_left == 0 {
-            return Err(io::Error::other("the extended partition chain is too long"));
-        }
-        self.reads_left -= 1;
         let left = self.size.saturating_sub(self.pos);
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
         if n == 0 {
             return Ok(0);
         }
+        if n as u64 > self.bytes_left {
+            return Err(io::Error::other("the extended partition chain is too long"));
+        }
+        self.bytes_left -= n as u64;
         self.image.read_at(&mut buf[..n], self.pos)?;
         self.pos += n as u64;
         Ok(n)

@@ -171,3 +171,34 @@ fn entry_by_number_title_leaf_or_id() {
     assert_eq!(menu.find("a-id"), Some(0));
     assert_eq!(menu.find("C"), None);
 }
+
+/// An extended partition at sector 40 with `n` logical partitions of 4 sectors, each
+/// EBR followed by its partition.
+fn extended_disk(n: u32) -> Vec<u8> {
+    let ext_start = 40u32;
+    let mut d = vec![0u8; (ext_start as usize + 8 * n as usize + 8) * 512];
+    mbr_entry(&mut d, 0, 0x80, 0x83, 8, 8);
+    mbr_entry(&mut d, 1, 0, 0x05, ext_start, 8 * n);
+    for i in 0..n {
+        let ebr = (ext_start + 8 * i) as usize * 512;
+        let mut sector = [0u8; 512];
+        mbr_entry(&mut sector, 0, 0, 0x83, 1, 4);
+        if i + 1 < n {
+            mbr_entry(&mut sector, 1, 0, 0x05, 8 * (i + 1), 8);
+        }
+        d[ebr..ebr + 512].copy_from_slice(&sector);
+    }
+    d
+}
+
+#[test]
+fn logical_partitions() {
+    let (parts, notes) = parts_of("logical", &extended_disk(3)).unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["xvda1", "xvda5", "xvda6", "xvda7"], "{notes:?}");
+    assert_eq!(parts[1].offset, 41 * 512);
+    assert_eq!(parts[3].offset, (40 + 16 + 1) * 512);
+    // A chain longer than the read budget is one clear error, not endless reading.
+    let e = parts_of("longchain", &extended_disk(2000)).unwrap_err();
+    assert!(e.to_string().contains("MBR partition table of xvda"), "{e}");
+}
