@@ -540,7 +540,14 @@ impl Eval {
             "linux" | "linux16" | "linuxefi" | "kernel" => {
                 if let (Some(e), Some(k)) = (entry.as_mut(), w.get(1)) {
                     e.kernel = Some(clean_path(k, "/"));
-                    e.args = w[2..].join(" ");
+                    // An unquoted variable that is empty or unset (Ubuntu's `$vt_handoff`)
+                    // leaves no argument behind.
+                    let args: Vec<&str> = w[2..]
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|a| !a.is_empty())
+                        .collect();
+                    e.args = args.join(" ");
                 }
             }
             "initrd" | "initrd16" | "initrdefi" => {
@@ -1022,6 +1029,45 @@ fi
         assert_eq!(m.entries[1].kernel.as_deref(), Some("/k"));
         assert_eq!(m.entries[1].args, "x y z");
         assert_eq!(m.default, 1);
+    }
+
+    #[test]
+    fn ubuntu_functions_and_empty_variables() {
+        let cfg = r#"
+function gfxmode {
+	set gfxpayload="${1}"
+	if [ "${1}" = "keep" ]; then
+		set vt_handoff=vt.handoff=7
+	else
+		set vt_handoff=
+	fi
+}
+if [ "${recordfail}" != 1 ]; then
+  if [ -e ${prefix}/gfxblacklist.txt ]; then
+    set linux_gfx_mode=keep
+  else
+    set linux_gfx_mode=text
+  fi
+else
+  set linux_gfx_mode=text
+fi
+export linux_gfx_mode
+menuentry 'Ubuntu' --class ubuntu --class gnu-linux --class gnu --class os $menuentry_id_option 'gnulinux-simple-x' {
+	recordfail
+	load_video
+	gfxmode $linux_gfx_mode
+	insmod gzio
+	if [ x$grub_platform = xxen ]; then insmod xzio; insmod lzopio; fi
+	linux	/boot/vmlinuz-5.15.0-91-generic root=UUID=x ro  console=hvc0 $vt_handoff
+	initrd	/boot/initrd.img-5.15.0-91-generic
+}
+"#;
+        let m = parse(cfg, None).unwrap();
+        assert_eq!(m.entries.len(), 1);
+        assert_eq!(m.entries[0].args, "root=UUID=x ro console=hvc0");
+        // No `menuentry_id_option` set in this file: the id is just another argument.
+        assert_eq!(m.entries[0].id, None);
+        assert_eq!(m.entries[0].title, "Ubuntu");
     }
 
     #[test]
