@@ -568,3 +568,49 @@ fn a_disk_in_use_for_writing_is_not_read() {
     drop(held);
     boot_from_disk(&disk, &BootOptions::default()).unwrap();
 }
+
+/// A small deterministic generator (xorshift) for the corruption tests.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn corrupted_metadata_never_panics() {
+    let s = Scratch::new("corrupt");
+    let root = s.path("root");
+    debian_root(&root);
+    let fs = mkfs("ext4", 8, &root, &s);
+    let good = mbr_disk(&[&fs]);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut ok, mut failed) = (0, 0);
+    for round in 0..60 {
+        let mut d = good.clone();
+        // The partition table, the superblock, group descriptors, bitmaps and the
+        // first inode tables: where a corrupt byte changes what is read.
+        for _ in 0..(1 + round % 16) {
+            let region = match rng.next() % 3 {
+                0 => 0..512,
+                1 => (1 << 20) + 1024..(1 << 20) + 2048,
+                _ => (1 << 20)..(1 << 20) + (256 << 10),
+            };
+            let at = region.start + (rng.next() as usize % (region.end - region.start));
+            d[at] = rng.next() as u8;
+        }
+        let disk = spec(&s, "corrupt.img", &d);
+        match boot_from_disk(&disk, &BootOptions::default()) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    assert_eq!(ok + failed, 60);
+}

@@ -1071,6 +1071,36 @@ menuentry 'Ubuntu' --class ubuntu --class gnu-linux --class gnu --class os $menu
     }
 
     #[test]
+    fn mutated_configs_never_panic() {
+        let base: Vec<char> = DEBIAN12.chars().collect();
+        let alphabet: Vec<char> = "{}[];'\"\\$#\n >=x01ifthenelsefi".chars().collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as usize
+        };
+        for _ in 0..300 {
+            let mut t = base.clone();
+            for _ in 0..(1 + next() % 8) {
+                let at = next() % t.len();
+                match next() % 3 {
+                    0 => {
+                        t.remove(at);
+                    }
+                    1 => t.insert(at, alphabet[next() % alphabet.len()]),
+                    _ => t[at] = alphabet[next() % alphabet.len()],
+                }
+            }
+            let text: String = t.into_iter().collect();
+            if let Ok(m) = parse(&text, Some("saved_entry=1>0\n")) {
+                assert!(m.entries.is_empty() || m.default < m.entries.len());
+            }
+        }
+    }
+
+    #[test]
     fn hostile() {
         let deep = "if true; then\n".repeat(MAX_NESTING + 1) + &"fi\n".repeat(MAX_NESTING + 1);
         assert!(matches!(
