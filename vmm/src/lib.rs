@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod backends;
+pub mod bootloader;
 pub mod cpuid;
 pub mod exit;
 pub mod host;
