@@ -244,6 +244,26 @@ fn merge_disks(
     file
 }
 
+/// pygrub's part: the kernel, initrd and command line from the first disk's boot menu.
+fn boot_from_first_disk(
+    disks: &[pvkvm::backends::blk::DiskSpec],
+    bl: &pvkvm::xlcfg::Bootloader,
+) -> Result<pvkvm::bootloader::BootImage, String> {
+    let disk = disks
+        .first()
+        .ok_or("the configuration names a bootloader but no disk to read it from")?;
+    let opts = pvkvm::bootloader::BootOptions {
+        entry: bl.entry.as_ref().map(|e| match e {
+            pvkvm::xlcfg::BootEntry::Index(i) => i.to_string(),
+            pvkvm::xlcfg::BootEntry::Title(t) => t.clone(),
+        }),
+        kernel: bl.kernel.clone(),
+        ramdisk: bl.ramdisk.clone(),
+        args: bl.args.clone(),
+    };
+    pvkvm::bootloader::boot_from_disk(disk, &opts).map_err(|e| error_chain(&e))
+}
+
 /// Prints how a run ended, and the statistics asked for.
 fn report_end(report: &pvkvm::runner::RunReport, stats: bool, mmu_log: bool) {
     match &report.end {
@@ -346,15 +366,9 @@ fn main() -> ExitCode {
                     }
                     k
                 }
-                None if bootloader.is_some() => {
-                    // PLACEHOLDER(bootloader): replace with a call to
-                    // pvkvm::bootloader::boot_from_disk(...) once that module lands;
-                    // it reads the kernel, initrd and command line from the disks as
-                    // pygrub would, honouring the Bootloader's entry, kernel, ramdisk
-                    // and args (`bootloader` above).
-                    eprintln!("pvkvm: bootloader=\"pygrub\" is not supported yet");
-                    return ExitCode::from(2);
-                }
+                // Read from the guest's first disk before each start (below), as xl runs
+                // pygrub: a kernel the guest installed is booted on its next start.
+                None if bootloader.is_some() => PathBuf::new(),
                 None => match dom.and_then(|d| d.kernel.clone()) {
                     Some(k) => k,
                     None => {
@@ -366,6 +380,7 @@ fn main() -> ExitCode {
                 },
             };
             let initrd = initrd.or_else(|| dom.and_then(|d| d.ramdisk.clone()));
+            let cmdline_given = cmdline.is_some();
             let cmdline = cmdline
                 .or_else(|| dom.and_then(|d| d.cmdline.clone()))
                 .unwrap_or_default();
@@ -412,8 +427,40 @@ fn main() -> ExitCode {
                 disks,
                 nets,
                 api_socket,
+                preloaded: None,
             };
+            let use_bootloader = bootloader.is_some() && cfg.kernel.as_os_str().is_empty();
+            let cli_cmdline = cmdline_given;
             loop {
+                if use_bootloader {
+                    let Some(bl) = bootloader else {
+                        unreachable!("checked above")
+                    };
+                    match boot_from_first_disk(&cfg.disks, bl) {
+                        Ok(image) => {
+                            for w in &image.warnings {
+                                eprintln!("pvkvm: {w}");
+                            }
+                            eprintln!("pvkvm: booting '{}' from {}", image.title, image.source);
+                            cfg.kernel = PathBuf::from(format!("{}: kernel", image.source));
+                            cfg.initrd = image
+                                .initrd
+                                .as_ref()
+                                .map(|_| PathBuf::from(format!("{}: initrd", image.source)));
+                            if !cli_cmdline {
+                                cfg.cmdline = image.cmdline.clone();
+                            }
+                            cfg.preloaded = Some(pvkvm::runner::Preloaded {
+                                kernel: image.kernel,
+                                initrd: image.initrd,
+                            });
+                        }
+                        Err(e) => {
+                            eprintln!("pvkvm: {file_name}: bootloader: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
                 let report = match pvkvm::runner::run(&cfg, Box::new(std::io::stdout())) {
                     Ok(r) => r,
                     Err(e) => {

@@ -139,6 +139,18 @@ pub struct RunConfig {
     pub nets: Vec<crate::backends::net::NetSpec>,
     /// The control socket (`--api-socket`), if any.
     pub api_socket: Option<PathBuf>,
+    /// Kernel and initrd already read (from the guest's disk by the bootloader): used
+    /// instead of reading `kernel` and `initrd`, which then only name them.
+    pub preloaded: Option<Preloaded>,
+}
+
+/// A kernel and initrd in memory.
+#[derive(Clone, Debug, Default)]
+pub struct Preloaded {
+    /// The kernel image.
+    pub kernel: Vec<u8>,
+    /// The initrd.
+    pub initrd: Option<Vec<u8>>,
 }
 
 /// Why the watchdog stopped a guest.
@@ -350,15 +362,28 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     if !(16 << 20..=64 << 30).contains(&cfg.memory) {
         return Err(Error::MemorySize(cfg.memory >> 20));
     }
-    let kernel_bytes = read_input(&cfg.kernel, MAX_INPUT_FILE)?;
+    let kernel_bytes = match &cfg.preloaded {
+        Some(p) => std::borrow::Cow::Borrowed(p.kernel.as_slice()),
+        None => std::borrow::Cow::Owned(read_input(&cfg.kernel, MAX_INPUT_FILE)?),
+    };
     let image = KernelImage::parse(&kernel_bytes).map_err(|source| Error::Kernel {
         path: cfg.kernel.clone(),
         source,
     })?;
     // The initrd lives in guest memory: one larger than the guest is refused before it
     // is read, naming the initrd (the domain builder would refuse it later anyway).
-    let initrd = match &cfg.initrd {
-        Some(path) => {
+    let initrd = match (&cfg.preloaded, &cfg.initrd) {
+        (Some(p), _) => match &p.initrd {
+            Some(bytes) if bytes.len() as u64 > cfg.memory => {
+                return Err(Error::InitrdTooLarge {
+                    path: cfg.initrd.clone().unwrap_or_default(),
+                    size_mib: bytes.len() as u64 >> 20,
+                    memory_mib: cfg.memory >> 20,
+                })
+            }
+            other => other.clone(),
+        },
+        (None, Some(path)) => {
             if let Some(len) = input_len(path).filter(|&len| len > cfg.memory) {
                 return Err(Error::InitrdTooLarge {
                     path: path.clone(),
@@ -368,7 +393,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             }
             Some(read_input(path, cfg.memory)?)
         }
-        None => None,
+        (None, None) => None,
     };
     let recorded_cpu = match &cfg.cpu_policy {
         Some(path) => {
