@@ -879,6 +879,9 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             }
         }
     }
+    // Typed input from now on waits for the next run (a restart), not this one's
+    // backends, which are ending.
+    crate::backends::console::release_stdin();
     kicker_stop.store(true, Ordering::SeqCst);
     if let Some(k) = kicker {
         let _ = k.join();

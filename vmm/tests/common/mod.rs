@@ -275,15 +275,29 @@ impl DebianConsole {
     /// Starts `pvkvm run` on `kernel` with `initrd`, `cmdline`, a 300 s timeout and the
     /// `extra` arguments.
     pub fn spawn(kernel: &Path, initrd: &Path, cmdline: &str, extra: &[&str]) -> DebianConsole {
+        let mut args = vec![
+            "--kernel",
+            kernel.to_str().expect("utf-8 path"),
+            "--initrd",
+            initrd.to_str().expect("utf-8 path"),
+            "--cmdline",
+            cmdline,
+            "--timeout",
+            "300",
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn_args(&args)
+    }
+
+    /// Starts `pvkvm run ARGS...` with the console collected as [`Self::spawn`] does.
+    pub fn spawn_args(args: &[&str]) -> DebianConsole {
         use std::io::Read;
         use std::process::Stdio;
         use std::sync::{Arc, Mutex};
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_pvkvm"))
-            .args(["run", "--kernel", kernel.to_str().expect("utf-8 path")])
-            .args(["--initrd", initrd.to_str().expect("utf-8 path")])
-            .args(["--cmdline", cmdline, "--timeout", "300"])
-            .args(extra)
+            .arg("run")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

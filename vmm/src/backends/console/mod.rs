@@ -36,7 +36,8 @@ mod terminal;
 
 pub use mirror::ConsoleMirror;
 pub use terminal::{
-    restore_terminal, spawn_stdin_reader, EscapeScanner, RawTerminal, ESCAPE_BYTE, ESCAPE_QUIT,
+    release_stdin, restore_terminal, spawn_stdin_reader, EscapeScanner, RawTerminal, ESCAPE_BYTE,
+    ESCAPE_QUIT,
 };
 
 use std::collections::VecDeque;
@@ -44,7 +45,6 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::mpsc::Sender;
-use std::thread::JoinHandle;
 
 use super::ring_page::{read_u32, write_u32};
 pub use super::ring_page::{GuestRingPage, RingPage, PAGE_SIZE};
@@ -236,10 +236,13 @@ impl ConsoleBackend {
     /// the pseudo-terminal for [`Output::Pty`], standard input otherwise (see
     /// [`spawn_stdin_reader`]). The thread ends at end of file, on a read error, or
     /// when the receiver is gone.
-    pub fn spawn_input_reader(&self, tx: Sender<Vec<u8>>) -> io::Result<JoinHandle<()>> {
+    pub fn spawn_input_reader(&self, tx: Sender<Vec<u8>>) -> io::Result<()> {
         match &self.sink {
-            Sink::Pty(p) => p.spawn_reader(tx),
-            _ => Ok(spawn_stdin_reader(tx)),
+            Sink::Pty(p) => p.spawn_reader(tx).map(drop),
+            _ => {
+                spawn_stdin_reader(tx);
+                Ok(())
+            }
         }
     }
 

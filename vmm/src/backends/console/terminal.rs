@@ -13,7 +13,6 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Once;
-use std::thread::JoinHandle;
 
 /// Ctrl-]: the first byte of the escape sequence.
 pub const ESCAPE_BYTE: u8 = 0x1d;
@@ -245,13 +244,76 @@ impl Drop for RawTerminal {
     }
 }
 
-/// Starts a thread that reads standard input and sends each chunk read on `tx`. It
-/// ends at end of file, on a read error, or when the receiver is gone.
-pub fn spawn_stdin_reader(tx: Sender<Vec<u8>>) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("pvkvm-stdin".into())
-        .spawn(move || read_fd_loop(libc::STDIN_FILENO, &tx))
-        .expect("spawning the stdin reader thread")
+/// Where standard input goes: one reader thread per process, whose destination each
+/// run sets (a domain restarted by `on_reboot` gets the same terminal). Bytes read
+/// while no run takes them are kept, up to [`STDIN_HOLD_MAX`], for the next one.
+struct StdinRoute {
+    dest: Option<Sender<Vec<u8>>>,
+    held: Vec<u8>,
+}
+
+/// The most typed bytes kept between two runs.
+pub const STDIN_HOLD_MAX: usize = 64 << 10;
+
+static STDIN_ROUTE: std::sync::Mutex<StdinRoute> = std::sync::Mutex::new(StdinRoute {
+    dest: None,
+    held: Vec::new(),
+});
+static STDIN_READER: std::sync::Once = std::sync::Once::new();
+
+fn stdin_route() -> std::sync::MutexGuard<'static, StdinRoute> {
+    STDIN_ROUTE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sends standard input, chunk by chunk, on `tx` from now on (and what was typed since
+/// the previous receiver went away). The reading thread is started on the first call
+/// and ends at end of file or on a read error; a later call only moves the
+/// destination.
+pub fn spawn_stdin_reader(tx: Sender<Vec<u8>>) {
+    {
+        let mut route = stdin_route();
+        let held = std::mem::take(&mut route.held);
+        if held.is_empty() || tx.send(held).is_ok() {
+            route.dest = Some(tx);
+        }
+    }
+    STDIN_READER.call_once(|| {
+        let (chunks, from_stdin) = std::sync::mpsc::channel::<Vec<u8>>();
+        let started = std::thread::Builder::new()
+            .name("pvkvm-stdin".into())
+            .spawn(move || {
+                let forward = std::thread::spawn(move || {
+                    for chunk in from_stdin {
+                        let mut route = stdin_route();
+                        let sent = match &route.dest {
+                            Some(d) => d.send(chunk.clone()).is_ok(),
+                            None => false,
+                        };
+                        if !sent {
+                            route.dest = None;
+                            let room = STDIN_HOLD_MAX.saturating_sub(route.held.len());
+                            route
+                                .held
+                                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+                        }
+                    }
+                });
+                read_fd_loop(libc::STDIN_FILENO, &chunks);
+                drop(chunks);
+                let _ = forward.join();
+            });
+        if let Err(e) = started {
+            log::warn!("cannot start the console input thread: {e}");
+        }
+    });
+}
+
+/// Stops sending standard input to the current receiver (its run is ending): what is
+/// typed from now on is kept for the next [`spawn_stdin_reader`].
+pub fn release_stdin() {
+    stdin_route().dest = None;
 }
 
 /// Reads `fd` (blocking, or non-blocking through poll) into `tx` until end of file,
