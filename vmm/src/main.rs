@@ -44,6 +44,15 @@ enum Command {
         /// Initial ramdisk (replaces the file's `ramdisk`).
         #[arg(long)]
         initrd: Option<PathBuf>,
+        /// Boot the kernel installed on the first disk, as pygrub does: the default
+        /// entry of its GRUB 2, GRUB legacy or extlinux menu (what bootloader="pygrub"
+        /// in a configuration file does). See docs/bootloader.md.
+        #[arg(long, conflicts_with = "kernel")]
+        pygrub: bool,
+        /// The boot menu entry to boot instead of the default: its number (from 0) or
+        /// its title (implies --pygrub; replaces bootloader_args' --entry).
+        #[arg(long, value_name = "N|TITLE", conflicts_with = "kernel")]
+        entry: Option<String>,
         /// Kernel command line (replaces the file's `cmdline`, `root` and `extra`).
         #[arg(long)]
         cmdline: Option<String>,
@@ -251,7 +260,7 @@ fn boot_from_first_disk(
 ) -> Result<pvkvm::bootloader::BootImage, String> {
     let disk = disks
         .first()
-        .ok_or("the configuration names a bootloader but no disk to read it from")?;
+        .ok_or("there is no disk to read the boot menu from (give --disk or disk=)")?;
     let opts = pvkvm::bootloader::BootOptions {
         entry: bl.entry.as_ref().map(|e| match e {
             pvkvm::xlcfg::BootEntry::Index(i) => i.to_string(),
@@ -307,6 +316,8 @@ fn main() -> ExitCode {
             config,
             kernel,
             initrd,
+            pygrub,
+            entry,
             cmdline,
             memory,
             timeout,
@@ -356,7 +367,17 @@ fn main() -> ExitCode {
                 }
             }
             let dom = loaded.as_ref().map(|l| &l.config);
-            let bootloader = dom.and_then(|d| d.bootloader.as_ref());
+            let mut bootloader = dom.and_then(|d| d.bootloader.clone());
+            if (pygrub || entry.is_some()) && bootloader.is_none() {
+                bootloader = Some(pvkvm::xlcfg::Bootloader::default());
+            }
+            if let (Some(bl), Some(e)) = (bootloader.as_mut(), entry) {
+                bl.entry = Some(match e.parse::<usize>() {
+                    Ok(i) => pvkvm::xlcfg::BootEntry::Index(i),
+                    Err(_) => pvkvm::xlcfg::BootEntry::Title(e),
+                });
+            }
+            let bootloader = bootloader.as_ref();
             let kernel = match kernel {
                 Some(k) => {
                     if bootloader.is_some() {
@@ -373,7 +394,7 @@ fn main() -> ExitCode {
                     Some(k) => k,
                     None => {
                         eprintln!(
-                            "pvkvm: no kernel to boot: give --kernel FILE, or a configuration file with kernel= or bootloader="
+                            "pvkvm: no kernel to boot: give --kernel FILE, --pygrub with a --disk, or a configuration file with kernel= or bootloader="
                         );
                         return ExitCode::from(2);
                     }
@@ -456,7 +477,11 @@ fn main() -> ExitCode {
                             });
                         }
                         Err(e) => {
-                            eprintln!("pvkvm: {file_name}: bootloader: {e}");
+                            if file_name.is_empty() {
+                                eprintln!("pvkvm: bootloader: {e}");
+                            } else {
+                                eprintln!("pvkvm: {file_name}: bootloader: {e}");
+                            }
                             return ExitCode::from(2);
                         }
                     }
