@@ -252,11 +252,30 @@ sources=("deb $mirror $suite main" "deb $mirror $suite-updates main"
          "deb $security $suite-security main")
 
 # --- cache key (no network) ------------------------------------------------------------
-mmdebstrap_version=$(dpkg-query -W -f '${Version}' mmdebstrap 2>/dev/null || true)
-versions=()
-for p in "${packages[@]}"; do versions+=("$p=$(candidate "$p")"); done
-key=$(printf '%s\n' "format 1" "suite $suite" "${sources[@]}" "mmdebstrap $mmdebstrap_version" \
-    "${versions[@]}" "builder $(sha256sum <"$script_path" | cut -d' ' -f1)")
+# apt's candidate versions of the listed packages. `apt-cache policy` takes about a second
+# on a machine with large lists, so the answer is kept with a digest of apt's InRelease
+# files and asked again only when those change (an apt-get update that got new lists).
+candidates_file=$out_dir/.candidates
+candidate_versions() {
+    local digest
+    digest=$(cat /var/lib/apt/lists/*InRelease /var/lib/apt/lists/*_Release 2>/dev/null \
+        | sha256sum | cut -d' ' -f1)
+    if [[ -f $candidates_file && $(head -n 1 "$candidates_file") == "$digest" ]]; then
+        tail -n +2 "$candidates_file"
+        return
+    fi
+    local out
+    out=$(apt-cache policy "${packages[@]}" 2>/dev/null \
+        | awk '/^[^ ]/ {p=$1} /Candidate:/ {print p "=" $2}' | sed 's/:=/=/')
+    printf '%s\n%s\n' "$digest" "$out" >"$candidates_file"
+    echo "$out"
+}
+make_key() {
+    printf '%s\n' "format 1" "suite $suite" "${sources[@]}" \
+        "mmdebstrap $(dpkg-query -W -f '${Version}' mmdebstrap 2>/dev/null || true)" \
+        "$(candidate_versions)" "builder $(sha256sum <"$script_path" | cut -d' ' -f1)"
+}
+key=$(make_key)
 
 if [[ -s $img && -s $cfg && -s $ssh_key && -f $key_file && $(<"$key_file") == "$key" ]]; then
     say "cached: $img ($(du -h --apparent-size "$img" | cut -f1) sparse," \
@@ -277,18 +296,13 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     say "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
         || die "apt-get install ${missing[*]} failed"
-    mmdebstrap_version=$(dpkg-query -W -f '${Version}' mmdebstrap)
-    key=$(printf '%s\n' "format 1" "suite $suite" "${sources[@]}" "mmdebstrap $mmdebstrap_version" \
-        "${versions[@]}" "builder $(sha256sum <"$script_path" | cut -d' ' -f1)")
+    key=$(make_key)
 fi
 # apt on a fresh machine has empty lists: the key needs the candidates.
 if [[ -z $(candidate "$kernel_pkg") ]]; then
     say "apt knows no $kernel_pkg, running apt-get update"
     apt-get update -qq >&2
-    versions=()
-    for p in "${packages[@]}"; do versions+=("$p=$(candidate "$p")"); done
-    key=$(printf '%s\n' "format 1" "suite $suite" "${sources[@]}" "mmdebstrap $mmdebstrap_version" \
-        "${versions[@]}" "builder $(sha256sum <"$script_path" | cut -d' ' -f1)")
+    key=$(make_key)
 fi
 
 # The kernel ABI the tests use (fetch-debian-kernel.sh's default: bookworm cloud).
@@ -303,7 +317,7 @@ tmp=$(mktemp -d "$out_dir/.build.XXXXXX")
 cleanup() {
     # mmdebstrap unmounts what it mounted; if it was killed, something may be left.
     if command -v findmnt >/dev/null; then
-        findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | while read -r m; do umount -l "$m" || true; done
+        { findmnt -rn -o TARGET | grep -F "$tmp/" || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
     fi
     rm -rf "$tmp"
     rm -f "$ssh_key.new" "$ssh_key.pub.new"
