@@ -18,10 +18,12 @@
 # bootloader runs in the toolstack). Configuration: hostname "debian-pv", fstab with / by
 # UUID, root password "pvkvm" (console login; a serial getty runs on hvc0, which systemd
 # starts from console=hvc0 on the kernel command line), ssh root login by key only
-# (PermitRootLogin prohibit-password), sshd host keys made at build time, DHCP on eth0
-# (the netfront NIC) by systemd-networkd, /etc/default/grub with GRUB_TIMEOUT=0 and
-# GRUB_CMDLINE_LINUX="console=hvc0", and the periodic jobs a short-lived VM on a slow CPU
-# does not want (apt-daily, man-db, e2scrub, fstrim, dpkg-db-backup timers) disabled.
+# (PermitRootLogin prohibit-password), sshd host keys made at build time, DHCP on the
+# netfront NIC (eth0, which bookworm's udev renames to enX0) by systemd-networkd,
+# /etc/default/grub with GRUB_TIMEOUT=0 and GRUB_CMDLINE_LINUX="console=hvc0", and what
+# a VM on a slow emulated CPU does not want at boot disabled: the periodic jobs (apt-daily,
+# man-db, e2scrub, fstrim, dpkg-db-backup timers) and getty-static (gettys on tty2-6,
+# which Debian starts when there is no logind; a PV guest's console is hvc0).
 #
 # grub.cfg is written by the guest's own update-grub, run in the chroot by mmdebstrap's
 # customize hook. grub-mkconfig asks grub-probe for the device, partition table and
@@ -77,9 +79,10 @@ if [[ ${1:-} == customize-hook ]]; then
     rm -f "$root/etc/systemd/system/serial-getty@hvc0.service" \
         "$root/etc/systemd/system/serial-getty@.service"
 
-    # DHCP on eth0 (xen-netfront's NIC; udev gives Xen vifs no predictable name).
+    # DHCP on the netfront NIC: the kernel calls it eth0, and bookworm's udev (systemd
+    # 252's predictable names) renames a Xen vif to enX0 (enX<vif id>), as on Xen.
     mkdir -p "$root/etc/systemd/network"
-    printf '%s\n' "[Match]" "Name=eth0" "" "[Network]" "DHCP=ipv4" \
+    printf '%s\n' "[Match]" "Name=eth0 enX0" "" "[Network]" "DHCP=ipv4" \
         >"$root/etc/systemd/network/50-eth0.network"
     in_root systemctl enable systemd-networkd.service >/dev/null 2>&1 \
         || die "cannot enable systemd-networkd"
@@ -105,7 +108,7 @@ if [[ ${1:-} == customize-hook ]]; then
 
     # First boot on a slow emulated CPU: no periodic maintenance jobs.
     for unit in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
-        e2scrub_reap.service fstrim.timer dpkg-db-backup.timer \
+        e2scrub_reap.service fstrim.timer dpkg-db-backup.timer getty-static.service \
         systemd-networkd-wait-online.service; do
         if [[ -n $(in_root systemctl list-unit-files --no-legend "$unit" 2>/dev/null) ]]; then
             in_root systemctl disable "$unit" >/dev/null 2>&1 || die "cannot disable $unit"
