@@ -108,12 +108,15 @@ if [[ ${1:-} == customize-hook ]]; then
 
     # First boot on a slow emulated CPU: no periodic maintenance jobs.
     for unit in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
-        e2scrub_reap.service fstrim.timer dpkg-db-backup.timer getty-static.service \
+        e2scrub_reap.service fstrim.timer dpkg-db-backup.timer \
         systemd-networkd-wait-online.service; do
         if [[ -n $(in_root systemctl list-unit-files --no-legend "$unit" 2>/dev/null) ]]; then
             in_root systemctl disable "$unit" >/dev/null 2>&1 || die "cannot disable $unit"
         fi
     done
+    # getty-static is wanted by getty.target from the package's own unit directory, so
+    # only a mask keeps it from starting agetty on tty2-6 (it runs when dbus is missing).
+    in_root systemctl mask getty-static.service >/dev/null 2>&1 || die "cannot mask getty-static"
     in_root systemctl set-default multi-user.target >/dev/null 2>&1
 
     say "writing /etc/default/grub and running update-grub"
