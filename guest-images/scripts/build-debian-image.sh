@@ -285,7 +285,7 @@ key=$(make_key)
 
 if [[ -s $img && -s $cfg && -s $ssh_key && -f $key_file && $(<"$key_file") == "$key" ]]; then
     say "cached: $img ($(du -h --apparent-size "$img" | cut -f1) sparse," \
-        "$(du -h "$img" | cut -f1) on disk; key $ssh_key; $(elapsed))"
+        "$(du -h "$img" | cut -f1) on disk; ssh key $ssh_key; $(elapsed))"
     echo "$cfg"
     echo "$img"
     exit 0
@@ -345,6 +345,7 @@ include=$(IFS=,; echo "${packages[*]}")
 say "mmdebstrap --variant=minbase --include=$include ($(elapsed))"
 # No documentation, manual pages or translations in the image (as in Debian's
 # "dpkg path-exclude" recipe); copyright files stay.
+# shellcheck disable=SC2016 # $1 in the hooks is mmdebstrap's, expanded by its sh
 mmdebstrap --mode=root --variant=minbase --format=directory \
     --aptopt='APT::Install-Recommends "false"' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
