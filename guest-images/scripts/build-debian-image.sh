@@ -320,6 +320,8 @@ test_abi=${test_abi#vmlinuz-}
 # --- build -------------------------------------------------------------------------------
 say "building $img (Debian $suite, kernel $test_abi, mirror $mirror)"
 tmp=$(mktemp -d "$out_dir/.build.XXXXXX")
+# apt in the chroot downloads as the _apt user, which must reach rootfs/var/lib/apt.
+chmod 0755 "$tmp"
 cleanup() {
     # mmdebstrap unmounts what it mounted; if it was killed, something may be left.
     if command -v findmnt >/dev/null; then
