@@ -7,8 +7,10 @@ set -euo pipefail
 
 # binutils: readelf, which build-soak-initramfs.sh resolves stress-ng's libraries with.
 # passt: the user-mode network (`--net user`) and its netback test.
-# e2fsprogs: mkfs.ext4 -d, which make-ext4-image.sh makes guest disk images with.
-need_apt=(gcc libc6-dev make dpkg ca-certificates binutils passt e2fsprogs)
+# e2fsprogs: mkfs.ext4 -d, which make-ext4-image.sh makes guest disk images with (and
+# debugfs, which extract-boot.sh reads them with).
+# mmdebstrap, fdisk (sfdisk): build-debian-image.sh's Debian 12 PV disk image.
+need_apt=(gcc libc6-dev make dpkg ca-certificates binutils passt e2fsprogs mmdebstrap fdisk)
 
 if [[ $(id -u) -eq 0 ]]; then
     echo "install-deps: apt-get update" >&2
