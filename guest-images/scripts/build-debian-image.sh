@@ -415,7 +415,7 @@ bootloader = "pygrub"
 disk = [ 'file:$img_abs,xvda,w' ]
 # pvkvm-net and pvkvm-hostfwd are pvkvm's own vif keys (Xen's xl does not know them):
 # the user-mode network (passt) and a host port forwarded to the guest's sshd.
-# PROVISIONAL names, to be aligned with pvkvm's xl.cfg parser.
+# (docs/xl-config.md). Without them pvkvm also picks the user network.
 vif = [ 'mac=$mac,pvkvm-net=user,pvkvm-hostfwd=tcp::2222-:22' ]
 on_reboot = "restart"
 on_poweroff = "destroy"
