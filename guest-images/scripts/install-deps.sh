@@ -9,8 +9,9 @@ set -euo pipefail
 # passt: the user-mode network (`--net user`) and its netback test.
 # e2fsprogs: mkfs.ext4 -d, which make-ext4-image.sh makes guest disk images with (and
 # debugfs, which extract-boot.sh reads them with).
-# mmdebstrap, fdisk (sfdisk): build-debian-image.sh's Debian 12 PV disk image.
-need_apt=(gcc libc6-dev make dpkg ca-certificates binutils passt e2fsprogs mmdebstrap fdisk)
+# mmdebstrap, fdisk (sfdisk): build-debian-image.sh's Debian 12 PV disk image;
+# openssh-client: the test that logs in to it over ssh.
+need_apt=(gcc libc6-dev make dpkg ca-certificates binutils passt e2fsprogs mmdebstrap fdisk openssh-client)
 
 if [[ $(id -u) -eq 0 ]]; then
     echo "install-deps: apt-get update" >&2
@@ -34,3 +35,5 @@ script_dir=$(dirname "${BASH_SOURCE[0]}")
 # The soak guest (vmm/tests/soak.rs): the default initramfs plus Debian's stress-ng and
 # the libraries it loads, downloaded as .debs (nothing is installed on this machine).
 "$script_dir/build-soak-initramfs.sh"
+# The Debian 12 PV disk image (vmm/tests/debian_image.rs), cached.
+"$script_dir/build-debian-image.sh" >/dev/null

@@ -87,9 +87,11 @@ enum Command {
         /// disks; one naming a vdev the file uses replaces that disk.
         #[arg(long = "disk", value_name = "DISK")]
         disks: Vec<pvkvm::backends::blk::DiskSpec>,
-        /// A virtual NIC: `tap=NAME` (an existing or new tap device, for a bridge) or
+        /// A virtual NIC: `tap=NAME` (an existing or new tap device), `bridge=NAME` (a
+        /// new tap on that bridge, as xl's vif `bridge=`) or
         /// `user[,hostfwd=tcp::2222-:22]...` (a user-mode network through passt, no root
-        /// needed), either with `,mac=MAC` (repeatable; the guest's eth0, eth1, ...).
+        /// needed), each with an optional `,mac=MAC` (repeatable; the guest's eth0,
+        /// eth1, ...).
         /// Any --net replaces all of a configuration file's vifs.
         #[arg(long = "net", value_name = "NET")]
         nets: Vec<pvkvm::backends::net::NetSpec>,

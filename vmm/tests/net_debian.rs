@@ -599,3 +599,56 @@ fn two_nics_with_given_macs() {
         );
     }
 }
+
+/// A bridge (root only), as xl's `vif=['bridge=BR']`: pvkvm makes a tap and enslaves it
+/// to an existing bridge that holds the host's address; the guest pings the host and
+/// the host reaches a server in the guest.
+#[test]
+fn bridge_net_reaches_the_host() {
+    assert!(
+        is_root(),
+        "this test needs root (it creates a bridge and gives it an address): run it as root"
+    );
+    let Some(kernel) = common::debian_kernel() else {
+        return;
+    };
+    let pid = std::process::id();
+    let x = 1 + pid % 120;
+    let bridge = TapGuard(format!("pvkb{pid}"));
+    ip(&["link", "add", &bridge.0, "type", "bridge"]).expect("ip link add type bridge");
+    let host_ip = format!("10.214.{x}.1");
+    let guest_ip = format!("10.214.{x}.2");
+    ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &bridge.0]).expect("address");
+    ip(&["link", "set", &bridge.0, "up"]).expect("up");
+    let port = free_port();
+    let hip = host_ip.clone();
+    let listener = TcpListener::bind((hip.as_str(), port)).expect("bind on the bridge");
+    let listener_side = std::thread::spawn(move || serve_once(listener, "pong-from-host"));
+
+    let net = format!("bridge={},mac=00:16:3e:01:{:02x}:02", bridge.0, x);
+    let cmds = [
+        format!("ip addr add {guest_ip}/24 dev eth0; ip link set eth0 up; echo UP"),
+        format!("for i in 1 2 3 4 5 6 7 8; do ping -c1 -W2 {host_ip} >/dev/null && break; done; echo PING:$?"),
+        format!("echo R:$( (echo ping-from-guest; sleep 3) | nc {host_ip} {port})"),
+    ];
+    let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    let run = common::debian_shell(&kernel, "console=hvc0 quiet", &["--net", &net], &cmds);
+    let console = &run.console;
+    assert_eq!(
+        tagged(console, "PING").as_deref(),
+        Some("0"),
+        "console:\n{console}"
+    );
+    assert_eq!(
+        tagged(console, "R").as_deref(),
+        Some("pong-from-host"),
+        "console:\n{console}"
+    );
+    let (line, peer) = listener_side
+        .join()
+        .expect("listener thread")
+        .unwrap_or_else(|e| panic!("host listener: {e}; console:\n{console}"));
+    assert_eq!(line, "ping-from-guest");
+    assert_eq!(peer, guest_ip);
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+}

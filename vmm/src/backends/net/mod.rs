@@ -84,13 +84,6 @@ pub enum HostOpenError {
     /// passt.
     #[error(transparent)]
     User(#[from] UserNetError),
-    /// A bridge: the host side that makes a tap and enslaves it is not written yet.
-    #[error(
-        "attaching to the bridge `{0}` is not supported yet; make a tap on the bridge and use \
-         vif=['pvkvm-net=tap:NAME'] (or --net tap=NAME), or the user network \
-         (vif=['pvkvm-net=user'] or --net user)"
-    )]
-    Bridge(String),
 }
 
 impl HostSpec {
@@ -99,7 +92,7 @@ impl HostSpec {
         Ok(match self {
             HostSpec::Tap(name) => Box::new(Tap::open(name)?),
             HostSpec::User(fwds) => Box::new(UserNet::start(fwds)?),
-            HostSpec::Bridge(name) => return Err(HostOpenError::Bridge(name.clone())),
+            HostSpec::Bridge(name) => Box::new(Tap::open_on_bridge(name)?),
         })
     }
 }

@@ -193,7 +193,7 @@ pub enum HostSpec {
     /// The unprivileged user-mode network through passt, with port forwards.
     User(Vec<HostFwd>),
     /// A tap interface made for the guest and enslaved to this existing bridge (an
-    /// xl.cfg `vif=['bridge=BR']`); the netback host side for it is not written yet.
+    /// xl.cfg `vif=['bridge=BR']`), as xl's vif-bridge script does.
     Bridge(String),
 }
 
@@ -208,12 +208,21 @@ pub struct NetSpec {
 }
 
 impl NetSpec {
-    /// Parses `tap=NAME[,mac=MAC]` or `user[,hostfwd=RULE]...[,mac=MAC]`.
+    /// Parses `tap=NAME[,mac=MAC]`, `bridge=NAME[,mac=MAC]` or
+    /// `user[,hostfwd=RULE]...[,mac=MAC]`.
     pub fn parse(s: &str) -> Result<NetSpec, SpecError> {
         let mut parts = s.split(',');
         let first = parts.next().unwrap_or_default();
         let mut host = if first == "user" {
             HostSpec::User(Vec::new())
+        } else if let Some(name) = first.strip_prefix("bridge=") {
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains(|c: char| c == '/' || c.is_whitespace())
+            {
+                return Err(SpecError::TapName(name.to_string()));
+            }
+            HostSpec::Bridge(name.to_string())
         } else if let Some(name) = first.strip_prefix("tap=") {
             if name.is_empty()
                 || name.len() > 15

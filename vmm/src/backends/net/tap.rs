@@ -15,6 +15,9 @@ const TUNSETIFF: u64 = 0x4004_54ca;
 const SIOCGIFFLAGS: u64 = 0x8913;
 const SIOCSIFFLAGS: u64 = 0x8914;
 const IFF_UP: i16 = 0x1;
+/// `SIOCBRADDIF`: enslave the interface whose index is in the request to the bridge
+/// the request names.
+const SIOCBRADDIF: u64 = 0x89a2;
 const IFF_TAP: i16 = 0x0002;
 /// No 4-byte packet-information prefix: frames only.
 const IFF_NO_PI: i16 = 0x1000;
@@ -64,6 +67,20 @@ pub enum TapError {
     /// The link could not be set up.
     #[error("cannot bring tap `{0}` up")]
     LinkUp(String, #[source] io::Error),
+    /// No bridge of that name (or not a bridge).
+    #[error("there is no bridge `{0}` (create it, e.g. `ip link add {0} type bridge; ip link set {0} up`)")]
+    NoBridge(String, #[source] io::Error),
+    /// Enslaving the tap to the bridge failed otherwise.
+    #[error("cannot add tap `{tap}` to bridge `{bridge}`")]
+    Enslave {
+        /// The tap.
+        tap: String,
+        /// The bridge.
+        bridge: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// An open tap interface.
@@ -113,9 +130,76 @@ impl Tap {
         Ok(Tap { file, name })
     }
 
+    /// Creates a tap for the guest (named by the kernel, `pvkvm0`, `pvkvm1`, ...) and
+    /// enslaves it to `bridge`, as xl's vif-bridge script does with `vif=['bridge=BR']`.
+    /// The tap is not persistent: it leaves the bridge and disappears with pvkvm.
+    pub fn open_on_bridge(bridge: &str) -> Result<Tap, TapError> {
+        if bridge.is_empty() || bridge.len() >= IFNAMSIZ || bridge.contains('\0') {
+            return Err(TapError::Name(bridge.to_string()));
+        }
+        let tap = Tap::open("pvkvm%d")?;
+        add_to_bridge(bridge, &tap.name).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODEV) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => {
+                TapError::NoBridge(bridge.to_string(), e)
+            }
+            Some(libc::EPERM) | Some(libc::EACCES) => TapError::Permission(tap.name.clone(), e),
+            _ => TapError::Enslave {
+                tap: tap.name.clone(),
+                bridge: bridge.to_string(),
+                source: e,
+            },
+        })?;
+        log::info!("tap {} added to bridge {bridge}", tap.name);
+        Ok(tap)
+    }
+
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// `struct ifreq` with the interface index member of the union.
+#[repr(C)]
+struct IfReqIndex {
+    name: [u8; IFNAMSIZ],
+    index: i32,
+    _pad: [u8; 20],
+}
+
+/// Enslaves interface `port` to bridge `bridge` (`SIOCBRADDIF`).
+fn add_to_bridge(bridge: &str, port: &str) -> io::Result<()> {
+    let cport = std::ffi::CString::new(port).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: a valid NUL-terminated name for the call's duration.
+    let index = unsafe { libc::if_nametoindex(cport.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket(2) takes no pointers; the result is checked below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let sock: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    let mut ifr = IfReqIndex {
+        name: IfReq::new(bridge).name,
+        index: index as i32,
+        _pad: [0; 20],
+    };
+    // SAFETY: SIOCBRADDIF reads a `struct ifreq` (name and ifindex), which `IfReqIndex`
+    // lays out in full (40 bytes); the pointer is valid for the call.
+    let r = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            SIOCBRADDIF as _,
+            &mut ifr as *mut IfReqIndex,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
