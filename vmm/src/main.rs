@@ -451,6 +451,7 @@ fn main() -> ExitCode {
                 nets,
                 api_socket,
                 preloaded: None,
+                name: name.clone(),
             };
             let use_bootloader = bootloader.is_some() && cfg.kernel.as_os_str().is_empty();
             let cli_cmdline = cmdline_given;

@@ -139,6 +139,8 @@ pub struct RunConfig {
     pub nets: Vec<crate::backends::net::NetSpec>,
     /// The control socket (`--api-socket`), if any.
     pub api_socket: Option<PathBuf>,
+    /// The domain's name (an xl.cfg's `name`), for the control socket's `info`.
+    pub name: Option<String>,
     /// Kernel and initrd already read (from the guest's disk by the bootloader): used
     /// instead of reading `kernel` and `initrd`, which then only name them.
     pub preloaded: Option<Preloaded>,
@@ -789,6 +791,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 };
                 let answer = match command {
                     Command::Info => Ok(Some(serde_json::json!({
+                        "name": cfg.name,
                         "state": if paused.load(Ordering::SeqCst) { "paused" } else { "running" },
                         "pid": std::process::id(),
                         "uptime_s": started.elapsed().as_secs_f64(),
