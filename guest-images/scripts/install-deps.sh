@@ -37,3 +37,5 @@ script_dir=$(dirname "${BASH_SOURCE[0]}")
 "$script_dir/build-soak-initramfs.sh"
 # The Debian 12 PV disk image (vmm/tests/debian_image.rs), cached.
 "$script_dir/build-debian-image.sh" >/dev/null
+# Debian's PV-GRUB (vmm/tests/pv_grub.rs), downloaded, not installed.
+"$script_dir/fetch-pv-grub.sh" >/dev/null
