@@ -58,16 +58,7 @@ fn pv_grub_named_as_the_kernel_boots_the_disks_own_kernel() {
     )
     .expect("grub.cfg");
     let img = dir.0.join("disk.img");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(128 << 20))
-        .expect("image");
-    let st = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&img)
-        .status()
-        .expect("mkfs.ext4 runs (e2fsprogs: guest-images/scripts/install-deps.sh)");
-    assert!(st.success());
+    common::ext4_image_of(&root, &img, 128);
     let cfg = dir.0.join("pvgrub.cfg");
     std::fs::write(
         &cfg,

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 struct Scratch(PathBuf);
@@ -45,16 +44,7 @@ menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class os $menuen
 "#;
     std::fs::write(root.join("boot/grub/grub.cfg"), cfg).expect("grub.cfg");
     let img = dir.join("disk.img");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(64 << 20))
-        .expect("image");
-    let st = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&img)
-        .status()
-        .expect("mkfs.ext4 runs (e2fsprogs: guest-images/scripts/install-deps.sh)");
-    assert!(st.success());
+    common::ext4_image_of(&root, &img, 64);
     img
 }
 

@@ -421,3 +421,19 @@ impl DebianConsole {
         (status.code(), Self::text_of(&self.console), stderr)
     }
 }
+
+/// An ext4 filesystem image of `mib` MiB at `img` holding the tree at `root`, made with
+/// `mkfs.ext4 -d` (no root needed, no mount).
+#[allow(dead_code)]
+pub fn ext4_image_of(root: &Path, img: &Path, mib: u64) {
+    std::fs::File::create(img)
+        .and_then(|f| f.set_len(mib << 20))
+        .expect("image file");
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(root)
+        .arg(img)
+        .status()
+        .expect("mkfs.ext4 runs (e2fsprogs: guest-images/scripts/install-deps.sh)");
+    assert!(st.success(), "mkfs.ext4 -d {} failed", root.display());
+}
