@@ -147,6 +147,26 @@ struct XenbusDevice {
     conn: Option<Connection>,
     front_path: String,
     back_path: String,
+    /// The frontend's state as last read, since when, and whether a handshake stuck
+    /// there was reported.
+    front_seen: (u32, std::time::Instant, bool),
+}
+
+/// How long a frontend may sit between starting its handshake and `Connected` (or
+/// closed) before pvkvm says so: Linux waits up to 300 s for its disks at boot, silently.
+pub const HANDSHAKE_REPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn state_name(s: u32) -> &'static str {
+    match s {
+        state::UNKNOWN => "Unknown",
+        state::INITIALISING => "Initialising",
+        state::INIT_WAIT => "InitWait",
+        state::INITIALISED => "Initialised",
+        state::CONNECTED => "Connected",
+        state::CLOSING => "Closing",
+        state::CLOSED => "Closed",
+        _ => "Reconfiguring",
+    }
 }
 
 /// Every device of the domain.
@@ -179,6 +199,7 @@ impl Xenbus {
                     backend_port: FIRST_DEVICE_PORT + i as u32,
                     state: state::UNKNOWN,
                     conn: None,
+                    front_seen: (state::UNKNOWN, std::time::Instant::now(), false),
                     model,
                 }
             })
@@ -249,6 +270,24 @@ impl Xenbus {
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(state::UNKNOWN);
+        let now = std::time::Instant::now();
+        if front_state != d.front_seen.0 {
+            d.front_seen = (front_state, now, false);
+        } else if !d.front_seen.2
+            && matches!(front_state, state::INITIALISING | state::INITIALISED)
+            && now.duration_since(d.front_seen.1) >= HANDSHAKE_REPORT_AFTER
+        {
+            // Not an error the VMM can act on (the frontend may be waiting for its
+            // driver), but the one clue when a guest's boot waits on a device.
+            d.front_seen.2 = true;
+            log::warn!(
+                "pvkvm: {}: the frontend has been {} for {} s (backend {}); the guest may be waiting for this device",
+                d.model.name(),
+                state_name(front_state),
+                HANDSHAKE_REPORT_AFTER.as_secs(),
+                state_name(d.state)
+            );
+        }
         // A data path that stopped on a protocol error: the backend closes, as
         // `xenbus_dev_fatal` makes it, and waits for the frontend to start over.
         let broken = d.conn.as_ref().is_some_and(|c| c.thread.is_finished());
@@ -719,6 +758,21 @@ mod tests {
         assert_eq!(read(&mut s.xs, &format!("{BACK}/state")), "4");
         s.bus.shutdown();
         assert!(s.channels.bound.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_handshake_stuck_before_connected_is_reported_once() {
+        let mut s = setup(false, false);
+        front_state(&mut s, state::INITIALISING);
+        assert!(!s.bus.devices[0].front_seen.2);
+        let long_ago = std::time::Instant::now() - HANDSHAKE_REPORT_AFTER - Duration::from_secs(1);
+        s.bus.devices[0].front_seen.1 = long_ago;
+        s.bus.reconcile(&mut s.xs);
+        assert!(s.bus.devices[0].front_seen.2, "reported");
+        // A change of state starts the clock again.
+        front_state(&mut s, state::CLOSED);
+        assert!(!s.bus.devices[0].front_seen.2);
+        s.bus.shutdown();
     }
 
     #[test]
