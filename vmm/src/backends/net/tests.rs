@@ -762,8 +762,16 @@ fn net_specs_parse_and_name_their_bad_parts() {
     );
     assert_eq!(NetSpec::parse("user").unwrap().mac, None);
 
+    assert_eq!(
+        NetSpec::parse("bridge=br0,mac=00:16:3e:00:00:01")
+            .unwrap()
+            .host,
+        HostSpec::Bridge("br0".into())
+    );
+
     let err = |s: &str| NetSpec::parse(s).unwrap_err().to_string();
-    assert!(err("bridge=br0").contains("`bridge=br0`"));
+    assert!(err("vde=sw0").contains("`vde=sw0`"));
+    assert!(err("bridge=").contains("interface name"));
     assert!(err("tap=").contains("tap interface name"));
     assert!(err("tap=waytoolongname0123").contains("waytoolongname0123"));
     assert!(err("tap=t0,hostfwd=tcp::1-:2").contains("hostfwd=tcp::1-:2"));
