@@ -333,7 +333,10 @@ pub struct Domain<'a> {
 /// the bytes before rip encode such an instruction, the kick leaves the vCPU alone:
 /// if a trap was queued, its trap exit follows at once and delivers events; if not (the
 /// bytes only looked like one), a second kick at [`SoftTrapCheck::recheck_at`] finds
-/// the same rip and delivers.
+/// the same rip and delivers. Timers due at the first kick fire then (their events wait,
+/// pending): a timer left armed in the past would keep the watchdog from kicking again
+/// (one kick per deadline), and the guest would get neither its tick nor the second look
+/// until it happened to exit (seen: a guest spinning in its scheduler after a 60 s stall).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SoftTrapCheck {
     /// The rip at which a kick was left alone; cleared by every other exit.
@@ -687,6 +690,9 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
     if dom.soft_trap.deferred_at != Some(regs.rip) && may_follow_soft_trap(dom, regs.rip) {
         dom.exits.kicks_after_soft_trap += 1;
         let now = pv_engine::Platform::system_time_ns(&dom.platform);
+        // Timers still fire (their events wait, pending, for the delivery), so the
+        // timer deadline moves on and the second look below is a deadline of its own.
+        pv_engine::time::fire_timers(dom.vcpu, &mut dom.platform, now);
         *dom.soft_trap = SoftTrapCheck {
             deferred_at: Some(regs.rip),
             recheck_at: Some(now.saturating_add(SOFT_TRAP_RECHECK_NS)),
@@ -1491,9 +1497,13 @@ mod tests {
                 .write_obj(1u8, GuestAddress(w.vcpu.vcpu_info_gpa))
                 .unwrap();
             w.mem.write_slice(insn, GuestAddress(CODE + 5)).unwrap();
+            // A timer that is due fires even so (its event waits, pending): the timer
+            // deadline must move on, or no kick would come for the second look.
+            w.vcpu.timer_deadline = Some(1);
             let mut cpu = cpu_at(CODE + 7);
             let action = interrupted(&mut cpu, &mut domain(&mut w)).unwrap();
             assert_eq!(action, Action::Interrupted);
+            assert_eq!(w.vcpu.timer_deadline, None, "{insn:02x?}: the due timer fired");
             assert_eq!(cpu.regs.rip, CODE + 7, "{insn:02x?}: left alone");
             assert_eq!(w.stats.upcalls, 0);
             assert_eq!(w.exits.kicks_after_soft_trap, 1);
