@@ -1503,7 +1503,10 @@ mod tests {
             let mut cpu = cpu_at(CODE + 7);
             let action = interrupted(&mut cpu, &mut domain(&mut w)).unwrap();
             assert_eq!(action, Action::Interrupted);
-            assert_eq!(w.vcpu.timer_deadline, None, "{insn:02x?}: the due timer fired");
+            assert_eq!(
+                w.vcpu.timer_deadline, None,
+                "{insn:02x?}: the due timer fired"
+            );
             assert_eq!(cpu.regs.rip, CODE + 7, "{insn:02x?}: left alone");
             assert_eq!(w.stats.upcalls, 0);
             assert_eq!(w.exits.kicks_after_soft_trap, 1);
