@@ -22,3 +22,15 @@ pub mod vstate;
 pub mod xenstore;
 pub mod xlcfg;
 pub mod xstate;
+
+/// An error and its causes (`source()` chain) as one line, for messages to a person.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

@@ -163,7 +163,7 @@ fn remote(socket: &std::path::Path, command: RemoteCommand) -> ExitCode {
             return match client::attach_console(socket) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("pvkvm: {}", error_chain(&e));
+                    eprintln!("pvkvm: {}", pvkvm::error_chain(&e));
                     ExitCode::from(1)
                 }
             };
@@ -185,22 +185,10 @@ fn remote(socket: &std::path::Path, command: RemoteCommand) -> ExitCode {
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pvkvm: {}", error_chain(&e));
+            eprintln!("pvkvm: {}", pvkvm::error_chain(&e));
             ExitCode::from(1)
         }
     }
-}
-
-/// An error and its causes, as one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// The longest duration a seconds argument takes: ten years.
@@ -272,7 +260,7 @@ fn boot_from_first_disk(
         ramdisk: bl.ramdisk.clone(),
         args: bl.args.clone(),
     };
-    pvkvm::bootloader::boot_from_disk(disk, &opts).map_err(|e| error_chain(&e))
+    pvkvm::bootloader::boot_from_disk(disk, &opts).map_err(|e| pvkvm::error_chain(&e))
 }
 
 /// Prints how a run ended, and the statistics asked for.

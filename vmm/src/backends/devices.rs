@@ -25,7 +25,7 @@ pub struct Vbd {
 impl Vbd {
     /// Opens the image `spec` names, as device `vdev`.
     pub fn open(spec: &DiskSpec, vdev: Vdev) -> Result<Vbd, String> {
-        let image = DiskImage::open(spec).map_err(|e| error_chain(&e))?;
+        let image = DiskImage::open(spec).map_err(|e| crate::error_chain(&e))?;
         Ok(Vbd {
             image: Arc::new(image),
             vdev,
@@ -124,9 +124,9 @@ impl DeviceModel for Vbd {
     ) -> Result<Box<dyn DataPath>, String> {
         let front = RefCell::new(front);
         let params = blk::FrontendParams::from_keys(|k| (front.borrow_mut())(k))
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| crate::error_chain(&e))?;
         let backend = BlkBackend::connect(grants, self.image.clone(), &params)
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| crate::error_chain(&e))?;
         log::info!(
             "{}: connected ({} ring page(s), persistent grants {})",
             self.vdev.name(),
@@ -141,7 +141,7 @@ struct VbdPath(BlkBackend);
 
 impl DataPath for VbdPath {
     fn serve(&mut self) -> Result<bool, String> {
-        self.0.serve().map_err(|e| error_chain(&e))
+        self.0.serve().map_err(|e| crate::error_chain(&e))
     }
 
     fn more(&self) -> bool {
@@ -175,7 +175,7 @@ impl Vif {
     /// Opens the host side `spec` names (attaches the tap, starts passt) for vif
     /// `index`.
     pub fn open(spec: &NetSpec, index: u32) -> Result<Vif, String> {
-        let host = spec.host.open().map_err(|e| error_chain(&e))?;
+        let host = spec.host.open().map_err(|e| crate::error_chain(&e))?;
         Ok(Vif {
             index,
             mac: spec.mac.unwrap_or_else(Mac::random_local),
@@ -219,7 +219,7 @@ impl DeviceModel for Vif {
     ) -> Result<Box<dyn DataPath>, String> {
         let front = RefCell::new(front);
         let params = net::FrontendParams::from_keys(|k| (front.borrow_mut())(k))
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| crate::error_chain(&e))?;
         let host = self
             .host
             .lock()
@@ -231,7 +231,7 @@ impl DeviceModel for Vif {
             Err((e, host)) => {
                 // The next attempt of the frontend gets the host side again.
                 *self.host.lock().unwrap_or_else(|e| e.into_inner()) = Some(host);
-                return Err(error_chain(&e));
+                return Err(crate::error_chain(&e));
             }
         };
         log::info!("vif{}: connected, MAC {}", self.index, self.mac);
@@ -256,9 +256,9 @@ impl DataPath for VifPath {
         let Some(b) = self.backend.as_mut() else {
             return Ok(false);
         };
-        let tx = b.serve_tx().map_err(|e| error_chain(&e))?;
-        let rx = b.serve_rx().map_err(|e| error_chain(&e))?;
-        b.flush_host().map_err(|e| error_chain(&e))?;
+        let tx = b.serve_tx().map_err(|e| crate::error_chain(&e))?;
+        let rx = b.serve_rx().map_err(|e| crate::error_chain(&e))?;
+        b.flush_host().map_err(|e| crate::error_chain(&e))?;
         Ok(tx || rx)
     }
 
@@ -285,18 +285,6 @@ impl DataPath for VifPath {
             *self.host_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(host);
         }
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
