@@ -64,6 +64,9 @@ pub enum Action {
     Interrupted,
     /// `SCHEDOP_block`: do not enter the guest until an event is pending for it.
     Block,
+    /// The vCPU is down (`VCPUOP_down`): do not enter the guest until the domain says
+    /// it is up again.
+    Down,
 }
 
 /// Counters of exits by kind.
@@ -308,6 +311,8 @@ impl Platform for GuestPlatform<'_> {
 pub struct Domain<'a> {
     /// The engine's per-vCPU PV state.
     pub vcpu: &'a mut PvVcpu,
+    /// The engine's domain state (shared with the other vCPUs, locked for this exit).
+    pub pv_domain: &'a mut pv_engine::Domain,
     /// Engine counters.
     pub stats: &'a mut Stats,
     /// Exit counters.
@@ -473,6 +478,7 @@ fn outcome_to_action(outcome: Outcome, dom: &Domain<'_>, regs: &GuestRegs) -> Ac
     match outcome {
         Outcome::Resume | Outcome::Yield => Action::Resume,
         Outcome::Block => Action::Block,
+        Outcome::Down => Action::Down,
         Outcome::Shutdown(reason) => Action::Shutdown(reason),
         Outcome::Crash(why) => Action::Fatal(diagnostic(
             &format!("the guest crashed: {why:?}"),
@@ -562,7 +568,13 @@ fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Ac
     // A `syscall`: it saved the return rip in rcx and the flags in r11.
     g.rip = regs.rcx;
     g.rflags = regs.r11;
-    let outcome = pv_engine::syscall_entry(dom.vcpu, &mut g, &mut dom.platform, dom.stats);
+    let outcome = pv_engine::syscall_entry(
+        dom.vcpu,
+        dom.pv_domain,
+        &mut g,
+        &mut dom.platform,
+        dom.stats,
+    );
     resume_at(cpu, dom, regs, &g, outcome)
 }
 
@@ -650,8 +662,9 @@ fn resume_at(
 /// when delivering failed.
 fn events_before_resume(dom: &mut Domain<'_>, g: &mut GuestRegs) -> Option<Outcome> {
     let now = pv_engine::Platform::system_time_ns(&dom.platform);
-    pv_engine::time::fire_timers(dom.vcpu, &mut dom.platform, now);
-    pv_engine::evtchn::deliver_upcall(dom.vcpu, g, &mut dom.platform, dom.stats).err()
+    pv_engine::time::fire_timers(dom.vcpu, dom.pv_domain, &mut dom.platform, now);
+    pv_engine::evtchn::deliver_upcall(dom.vcpu, dom.pv_domain, g, &mut dom.platform, dom.stats)
+        .err()
 }
 
 /// The vCPU was kicked out of `KVM_RUN` (a timer, a backend, console input): if it was
@@ -692,7 +705,7 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
         let now = pv_engine::Platform::system_time_ns(&dom.platform);
         // Timers still fire (their events wait, pending, for the delivery), so the
         // timer deadline moves on and the second look below is a deadline of its own.
-        pv_engine::time::fire_timers(dom.vcpu, &mut dom.platform, now);
+        pv_engine::time::fire_timers(dom.vcpu, dom.pv_domain, &mut dom.platform, now);
         *dom.soft_trap = SoftTrapCheck {
             deferred_at: Some(regs.rip),
             recheck_at: Some(now.saturating_add(SOFT_TRAP_RECHECK_NS)),
@@ -829,7 +842,14 @@ fn denied_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, Str
         error_code: Some(0),
         cr2: 0,
     };
-    let outcome = pv_engine::exception(dom.vcpu, &mut g, trap, &mut dom.platform, dom.stats);
+    let outcome = pv_engine::exception(
+        dom.vcpu,
+        dom.pv_domain,
+        &mut g,
+        trap,
+        &mut dom.platform,
+        dom.stats,
+    );
     resume_at(cpu, dom, regs, &g, outcome)
 }
 
@@ -899,7 +919,14 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
             dom.vcpu.mode
         );
     }
-    let mut outcome = pv_engine::exception(dom.vcpu, &mut g, trap, &mut dom.platform, dom.stats);
+    let mut outcome = pv_engine::exception(
+        dom.vcpu,
+        dom.pv_domain,
+        &mut g,
+        trap,
+        &mut dom.platform,
+        dom.stats,
+    );
     if outcome == Outcome::Resume {
         outcome = events_before_resume(dom, &mut g).unwrap_or(outcome);
     }
@@ -1040,6 +1067,7 @@ mod tests {
         mem: GuestMemoryMmap,
         region: ShimRegion,
         vcpu: PvVcpu,
+        pv_domain: pv_engine::Domain,
         stats: Stats,
         exits: ExitStats,
         cpuid: crate::cpuid::CpuidTable,
@@ -1077,11 +1105,13 @@ mod tests {
             w(0x4000 + page * 8, (page << 12) | upper);
         }
         let vcpu = PvVcpu::new(0, L4, region.shared_info_gpa);
+        let pv_domain = pv_engine::Domain::new(region.shared_info_gpa, 1);
         let supported = kvm_bindings::CpuId::new(0).unwrap();
         World {
             mem,
             region,
             vcpu,
+            pv_domain,
             stats: Stats::new(),
             exits: ExitStats::default(),
             cpuid: crate::cpuid::CpuidTable::pv_policy(&supported),
@@ -1120,6 +1150,7 @@ mod tests {
     fn domain(w: &mut World) -> Domain<'_> {
         Domain {
             vcpu: &mut w.vcpu,
+            pv_domain: &mut w.pv_domain,
             stats: &mut w.stats,
             exits: &mut w.exits,
             shim: &w.region,

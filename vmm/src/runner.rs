@@ -508,16 +508,23 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         .map_err(|e| Error::Thread(format!("cannot install the kick signal handler: {e}")))?;
     let stop = Arc::new(AtomicU8::new(STOP_NONE));
     let progress = Arc::new(AtomicU64::new(0));
-    let mut pv_vcpu = pv_engine::Vcpu::new(0, layout.l4_gpa, region.shared_info_gpa);
-    pv_vcpu.gnttab =
+    let mut pv_domain = pv_engine::Domain::new(region.shared_info_gpa, 1);
+    pv_domain.gnttab =
         pv_engine::gnttab::GrantTable::new(region.grant_table_gpa >> 12, GRANT_FRAMES as u32);
     // The xenstore and console channels start_info names, connected to the backends.
-    pv_vcpu
+    pv_domain
         .evtchn
         .bind_backend(STORE_EVTCHN, BACKEND_PORT_XENSTORE);
-    pv_vcpu
+    pv_domain
         .evtchn
         .bind_backend(CONSOLE_EVTCHN, BACKEND_PORT_CONSOLE);
+    let pv_vcpu = pv_engine::Vcpu::new(
+        0,
+        layout.l4_gpa,
+        pv_domain
+            .vcpu_info_gpa(0)
+            .ok_or(Error::Thread("vCPU 0 has no vcpu_info".into()))?,
+    );
     let tsc_hz = u64::from(vcpu.tsc_khz()?) * 1000;
     let clock = pv_engine::time::PvClock::new(exit::guest_tsc(paths.tsc_offset), tsc_hz);
     let wall_at_zero = std::time::SystemTime::now()
@@ -526,7 +533,13 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         .unwrap_or(0);
     {
         let mut boot_platform = BootPlatform(vm.memory());
-        pv_engine::time::publish(&pv_vcpu, &mut boot_platform, &clock, wall_at_zero);
+        pv_engine::time::publish(
+            &pv_vcpu,
+            &pv_domain,
+            &mut boot_platform,
+            &clock,
+            wall_at_zero,
+        );
     }
     let next_timer = Arc::new(AtomicU64::new(u64::MAX));
     // Raw mode while the guest owns the terminal; restored on every way out (Drop, the
@@ -588,6 +601,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 vcpu,
                 region,
                 pv_vcpu,
+                pv_domain,
                 mm,
                 ram,
                 cpuid,
@@ -988,6 +1002,7 @@ struct VcpuThread {
     vcpu: vstate::Vcpu,
     region: ShimRegion,
     pv_vcpu: pv_engine::Vcpu,
+    pv_domain: pv_engine::Domain,
     mm: SharedMm,
     ram: u64,
     cpuid: CpuidTable,
@@ -1164,6 +1179,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         mut vcpu,
         region,
         mut pv_vcpu,
+        mut pv_domain,
         mm,
         ram,
         cpuid,
@@ -1226,6 +1242,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         let mut mm_after_wait;
         let mut dom = Domain {
             vcpu: &mut pv_vcpu,
+            pv_domain: &mut pv_domain,
             stats: &mut stats,
             exits: &mut exits,
             shim: &region,
@@ -1353,11 +1370,23 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         }
         match action {
             Action::Resume => {}
+            // The engine ends the domain when its last vCPU goes down, and this
+            // domain has one.
+            Action::Down => {
+                let refusals = mm_refusals(dom.platform.mm.as_deref());
+                return Ok(thread_end(
+                    DomainEnd::Fatal("pvkvm: the only vCPU went down".into()),
+                    exits,
+                    stats,
+                    refusals,
+                ));
+            }
             Action::Block => {
                 blocked = true;
                 let now = clock.ns(exit::guest_tsc(paths.tsc_offset));
                 pv_engine::vcpu_op::runstate_change(
                     dom.vcpu,
+                    dom.pv_domain,
                     &mut dom.platform,
                     pv_engine::vcpu_op::runstate::BLOCKED,
                     now,
@@ -1455,7 +1484,7 @@ fn handle_wake(dom: &mut Domain<'_>, w: Wake) {
         // Timers are looked at on every resume.
         Wake::Timer => {}
         Wake::BackendEvent(port) => {
-            pv_engine::evtchn::backend_notify(dom.vcpu, &mut dom.platform, port);
+            pv_engine::evtchn::backend_notify(dom.pv_domain, &mut dom.platform, port);
         }
         Wake::BindBackend {
             guest_port,
@@ -1463,12 +1492,12 @@ fn handle_wake(dom: &mut Domain<'_>, w: Wake) {
             reply,
         } => {
             let r = dom
-                .vcpu
+                .pv_domain
                 .evtchn
                 .bind_backend_to_unbound(guest_port, backend_port);
             let _ = reply.send(r);
         }
-        Wake::UnbindBackend(port) => dom.vcpu.evtchn.unbind_backend(port),
+        Wake::UnbindBackend(port) => dom.pv_domain.evtchn.unbind_backend(port),
     }
 }
 
@@ -1482,10 +1511,11 @@ fn wait_for_event(
 ) -> Action {
     loop {
         let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
-        pv_engine::time::fire_timers(dom.vcpu, &mut dom.platform, now);
-        if pv_engine::hypercall::unblock_due(dom.vcpu, &dom.platform, now) {
+        pv_engine::time::fire_timers(dom.vcpu, dom.pv_domain, &mut dom.platform, now);
+        if pv_engine::hypercall::unblock_due(dom.vcpu, dom.pv_domain, &dom.platform, now) {
             pv_engine::vcpu_op::runstate_change(
                 dom.vcpu,
+                dom.pv_domain,
                 &mut dom.platform,
                 pv_engine::vcpu_op::runstate::RUNNING,
                 now,
@@ -1528,7 +1558,13 @@ fn wait_while_paused(
     use pv_engine::vcpu_op::{runstate, runstate_change};
     let before = dom.vcpu.runstate.state;
     let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
-    runstate_change(dom.vcpu, &mut dom.platform, runstate::OFFLINE, now);
+    runstate_change(
+        dom.vcpu,
+        dom.pv_domain,
+        &mut dom.platform,
+        runstate::OFFLINE,
+        now,
+    );
     while shared.paused.load(Ordering::SeqCst) && shared.stop.load(Ordering::SeqCst) == STOP_NONE {
         // A paused guest is not a stalled one.
         shared.progress.fetch_add(1, Ordering::Relaxed);
@@ -1537,7 +1573,7 @@ fn wait_while_paused(
         }
     }
     let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
-    runstate_change(dom.vcpu, &mut dom.platform, before, now);
+    runstate_change(dom.vcpu, dom.pv_domain, &mut dom.platform, before, now);
     if shared.stop.load(Ordering::SeqCst) == STOP_NONE {
         Action::Resume
     } else {

@@ -16,7 +16,7 @@ use xen_abi::xen::vmassist::TYPE_ARCHITECTURAL_IOPL;
 use xen_abi::xen::{vcpu_info, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START};
 
 use crate::guest::copy_to_guest;
-use crate::{hypercall, CrashReason, GuestRegs, Mode, Outcome, Platform, Stats, Vcpu};
+use crate::{hypercall, CrashReason, Domain, GuestRegs, Mode, Outcome, Platform, Stats, Vcpu};
 
 pub(crate) const X86_EFLAGS_TF: u64 = 1 << 8;
 pub(crate) const X86_EFLAGS_IF: u64 = 1 << 9;
@@ -91,6 +91,7 @@ pub(crate) fn write_upcall_mask(
 /// saved CS has its RPL cleared, which is how the guest tells the two apart.
 pub(crate) fn create_bounce_frame(
     vcpu: &mut Vcpu,
+    dom: &Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
     tb: &TrapBounce,
@@ -124,7 +125,7 @@ pub(crate) fn create_bounce_frame(
     if saved_mask == 0 {
         rflags |= X86_EFLAGS_IF;
     }
-    if vcpu.vm_assist & (1 << TYPE_ARCHITECTURAL_IOPL) != 0 {
+    if dom.vm_assist & (1 << TYPE_ARCHITECTURAL_IOPL) != 0 {
         rflags |= vcpu.iopl & X86_EFLAGS_IOPL;
     }
 
@@ -173,6 +174,7 @@ fn trap_bounce_for(vcpu: &Vcpu, vector: u8, error_code: Option<u32>) -> TrapBoun
 
 fn deliver(
     vcpu: &mut Vcpu,
+    dom: &Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
     stats: &mut Stats,
@@ -186,7 +188,7 @@ fn deliver(
             error_code: error_code.map_or(0, u64::from),
         });
     }
-    match create_bounce_frame(vcpu, regs, p, &tb) {
+    match create_bounce_frame(vcpu, dom, regs, p, &tb) {
         Ok(()) => {
             stats.bounces[usize::from(vector)] += 1;
             Outcome::Resume
@@ -210,6 +212,7 @@ fn permit_softint(dpl: u8, mode: Mode) -> bool {
 /// reaches here goes to the guest, as Xen's `do_trap` and friends send it.
 pub fn exception(
     vcpu: &mut Vcpu,
+    dom: &mut Domain,
     regs: &mut GuestRegs,
     trap: Trap,
     p: &mut dyn Platform,
@@ -226,7 +229,7 @@ pub fn exception(
         TRAP_GP_FAULT => {
             let code = ec.unwrap_or(0);
             if code == 0 {
-                if let Some(kind) = crate::emulate::emulate_privileged_op(vcpu, regs, p) {
+                if let Some(kind) = crate::emulate::emulate_privileged_op(vcpu, dom, regs, p) {
                     stats.count_emulated(kind);
                     return Outcome::Resume;
                 }
@@ -235,10 +238,10 @@ pub fn exception(
                 let vector = (code >> 3) as u8;
                 if permit_softint(vcpu.trap_table[usize::from(vector)].dpl(), vcpu.mode) {
                     regs.rip = regs.rip.wrapping_add(INT_N_LEN);
-                    return deliver(vcpu, regs, p, stats, vector, None);
+                    return deliver(vcpu, dom, regs, p, stats, vector, None);
                 }
             }
-            deliver(vcpu, regs, p, stats, TRAP_GP_FAULT, ec32)
+            deliver(vcpu, dom, regs, p, stats, TRAP_GP_FAULT, ec32)
         }
         TRAP_INVALID_OP if crate::emulate::emulate_forced_cpuid(vcpu, regs, p) => {
             stats.count_emulated(crate::stats::emulated::FORCED_CPUID);
@@ -252,7 +255,7 @@ pub fn exception(
                 return Outcome::Resume;
             }
             vcpu.cr0_ts = false;
-            deliver(vcpu, regs, p, stats, TRAP_NO_DEVICE, None)
+            deliver(vcpu, dom, regs, p, stats, TRAP_NO_DEVICE, None)
         }
         // Xen's M2P address, where the host would not let the table be mapped: serve the
         // guest's load, or fault as Xen's read-only mapping does.
@@ -263,22 +266,25 @@ pub fn exception(
                     Outcome::Resume
                 }
                 crate::m2p::M2pFault::Fault { cr2, code } => {
-                    bounce_page_fault(vcpu, regs, p, stats, cr2, code)
+                    bounce_page_fault(vcpu, dom, regs, p, stats, cr2, code)
                 }
             }
         }
-        TRAP_PAGE_FAULT if crate::mmu::ptwr_emulate(vcpu, regs, trap.cr2, ec.unwrap_or(0), p) => {
+        TRAP_PAGE_FAULT
+            if crate::mmu::ptwr_emulate(vcpu, dom, regs, trap.cr2, ec.unwrap_or(0), p) =>
+        {
             Outcome::Resume
         }
-        TRAP_PAGE_FAULT => bounce_page_fault(vcpu, regs, p, stats, trap.cr2, ec.unwrap_or(0)),
-        TRAP_NMI => deliver(vcpu, regs, p, stats, TRAP_NMI, None),
-        v => deliver(vcpu, regs, p, stats, v, ec32),
+        TRAP_PAGE_FAULT => bounce_page_fault(vcpu, dom, regs, p, stats, trap.cr2, ec.unwrap_or(0)),
+        TRAP_NMI => deliver(vcpu, dom, regs, p, stats, TRAP_NMI, None),
+        v => deliver(vcpu, dom, regs, p, stats, v, ec32),
     }
 }
 
 /// Bounces a #PF at `cr2` with error code `code` (Xen's `pv_inject_page_fault`).
 fn bounce_page_fault(
     vcpu: &mut Vcpu,
+    dom: &Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
     stats: &mut Stats,
@@ -297,7 +303,15 @@ fn bounce_page_fault(
     if vcpu.mode == Mode::User {
         code |= PFEC_USER_MODE;
     }
-    deliver(vcpu, regs, p, stats, TRAP_PAGE_FAULT, Some(code as u32))
+    deliver(
+        vcpu,
+        dom,
+        regs,
+        p,
+        stats,
+        TRAP_PAGE_FAULT,
+        Some(code as u32),
+    )
 }
 
 /// The guest executed `syscall`.
@@ -309,12 +323,13 @@ fn bounce_page_fault(
 /// `cstar_enter` do.
 pub fn syscall_entry(
     vcpu: &mut Vcpu,
+    dom: &mut Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
     stats: &mut Stats,
 ) -> Outcome {
     if vcpu.mode == Mode::Kernel {
-        return hypercall::do_hypercall(vcpu, regs, p, stats);
+        return hypercall::do_hypercall(vcpu, dom, regs, p, stats);
     }
     // Xen builds the frame with the flat user selectors, whatever the CPU loaded.
     let compat = regs.cs & 0xffff == u64::from(FLAT_RING3_CS32);
@@ -345,7 +360,7 @@ pub fn syscall_entry(
         regs.rip = regs.rip.wrapping_sub(SYSCALL_LEN);
         tb
     };
-    match create_bounce_frame(vcpu, regs, p, &tb) {
+    match create_bounce_frame(vcpu, dom, regs, p, &tb) {
         Ok(()) => {
             regs.rflags &= !X86_EFLAGS_DF;
             if cb.address != 0 {
@@ -401,7 +416,7 @@ mod tests {
 
     #[test]
     fn page_fault_from_kernel() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         handler(&mut v, 14, 4, 0xffff_ffff_8100_1000);
         let mut r = distinct_regs();
         r.rsp = KSTACK_TOP - 0x108; // misaligned on purpose
@@ -410,6 +425,7 @@ mod tests {
         let mut s = Stats::new();
         let out = exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 14,
@@ -444,12 +460,13 @@ mod tests {
 
     #[test]
     fn masked_events_show_as_if_clear_and_in_cs() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         handler(&mut v, 0, 0, 0x1000);
         p.mem[(SHARED_INFO + 1) as usize] = 1;
         let mut r = distinct_regs();
         let out = exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 0,
@@ -468,13 +485,14 @@ mod tests {
 
     #[test]
     fn architectural_iopl_in_frame() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         handler(&mut v, 0, 0, 0x1000);
-        v.vm_assist |= 1 << TYPE_ARCHITECTURAL_IOPL;
+        d.vm_assist |= 1 << TYPE_ARCHITECTURAL_IOPL;
         v.iopl = 1 << 12;
         let mut r = distinct_regs();
         exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 0,
@@ -490,7 +508,7 @@ mod tests {
 
     #[test]
     fn fault_from_user_switches_to_kernel_stack() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         handler(&mut v, 14, 0, 0x2000);
         v.mode = Mode::User;
         v.user_cr3 = USER_L4;
@@ -501,6 +519,7 @@ mod tests {
         let before = r;
         let out = exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 14,
@@ -525,11 +544,12 @@ mod tests {
 
     #[test]
     fn unhandled_and_bad_stack() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let mut r = distinct_regs();
         assert_eq!(
             exception(
                 &mut v,
+                &mut d,
                 &mut r,
                 Trap {
                     vector: 13,
@@ -549,6 +569,7 @@ mod tests {
         assert_eq!(
             exception(
                 &mut v,
+                &mut d,
                 &mut r,
                 Trap {
                     vector: 13,
@@ -567,6 +588,7 @@ mod tests {
         assert!(matches!(
             exception(
                 &mut v,
+                &mut d,
                 &mut r,
                 Trap {
                     vector: 13,
@@ -583,6 +605,7 @@ mod tests {
         assert!(matches!(
             exception(
                 &mut v,
+                &mut d,
                 &mut r,
                 Trap {
                     vector: 13,
@@ -598,13 +621,14 @@ mod tests {
 
     #[test]
     fn bad_vcpu_info() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         handler(&mut v, 14, 0, 0x1000);
         v.vcpu_info_gpa = MEM_SIZE as u64;
         let mut r = distinct_regs();
         assert_eq!(
             exception(
                 &mut v,
+                &mut d,
                 &mut r,
                 Trap {
                     vector: 14,
@@ -620,7 +644,7 @@ mod tests {
 
     #[test]
     fn int_n_through_gp() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         handler(&mut v, 0x80, 3, 0x8080);
         handler(&mut v, 13, 0, 0x1313);
         handler(&mut v, 0x81, 1, 0x8181);
@@ -633,6 +657,7 @@ mod tests {
         let mut s = Stats::new();
         let out = exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 13,
@@ -657,6 +682,7 @@ mod tests {
         r.rip = USER_VA + 0x10;
         exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 13,
@@ -674,6 +700,7 @@ mod tests {
         let mut r = distinct_regs();
         exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 13,
@@ -688,6 +715,7 @@ mod tests {
         let mut r = distinct_regs();
         exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 13,
@@ -702,6 +730,7 @@ mod tests {
         let mut r = distinct_regs();
         exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 13,
@@ -716,13 +745,14 @@ mod tests {
 
     #[test]
     fn device_not_available() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         handler(&mut v, 7, 0, 0x707);
         let mut r = distinct_regs();
         let before = r;
         assert_eq!(
             exception(
                 &mut v,
+                &mut d,
                 &mut r,
                 Trap {
                     vector: 7,
@@ -738,6 +768,7 @@ mod tests {
         v.cr0_ts = true;
         exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 7,
@@ -754,7 +785,7 @@ mod tests {
 
     #[test]
     fn error_code_presence_follows_vector() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         handler(&mut v, 3, 3, 0x303);
         handler(&mut v, 17, 0, 0x1717);
         let mut r = distinct_regs();
@@ -762,6 +793,7 @@ mod tests {
         // A host that passes Some(0) for #BP still gets a frame without error code.
         exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 3,
@@ -775,6 +807,7 @@ mod tests {
         let mut r = distinct_regs();
         exception(
             &mut v,
+            &mut d,
             &mut r,
             Trap {
                 vector: 17,
@@ -790,7 +823,7 @@ mod tests {
 
     #[test]
     fn user_syscall_bounce() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         v.mode = Mode::User;
         v.user_cr3 = USER_L4;
         v.kernel_sp = KSTACK_TOP;
@@ -808,7 +841,7 @@ mod tests {
         let before = r;
         let mut s = Stats::new();
         assert_eq!(
-            syscall_entry(&mut v, &mut r, &mut p, &mut s),
+            syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut s),
             Outcome::Resume
         );
         assert_eq!(v.mode, Mode::Kernel);
@@ -835,7 +868,7 @@ mod tests {
 
     #[test]
     fn user_syscall_compat_uses_syscall32() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         v.mode = Mode::User;
         v.user_cr3 = USER_L4;
         v.kernel_sp = KSTACK_TOP;
@@ -849,7 +882,7 @@ mod tests {
         };
         let mut r = distinct_regs();
         r.cs = u64::from(FLAT_RING3_CS32);
-        syscall_entry(&mut v, &mut r, &mut p, &mut Stats::new());
+        syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut Stats::new());
         assert_eq!(r.rip, 0x32);
         assert_eq!(frame(&p, &v, r.rsp, 7)[3], u64::from(FLAT_RING3_CS32));
         assert_eq!(mask(&p), 0);
@@ -857,18 +890,18 @@ mod tests {
 
     #[test]
     fn user_syscall_without_callback() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         v.mode = Mode::User;
         v.user_cr3 = USER_L4;
         v.kernel_sp = KSTACK_TOP;
         let mut r = distinct_regs();
         r.rip = USER_VA + 0x22;
         assert_eq!(
-            syscall_entry(&mut v, &mut r, &mut p, &mut Stats::new()),
+            syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut Stats::new()),
             Outcome::Crash(CrashReason::NoSyscallCallback)
         );
         // With a #UD handler, Xen delivers #UD at the syscall instruction.
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         v.mode = Mode::User;
         v.user_cr3 = USER_L4;
         v.kernel_sp = KSTACK_TOP;
@@ -876,7 +909,7 @@ mod tests {
         let mut r = distinct_regs();
         r.rip = USER_VA + 0x22;
         assert_eq!(
-            syscall_entry(&mut v, &mut r, &mut p, &mut Stats::new()),
+            syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut Stats::new()),
             Outcome::Resume
         );
         assert_eq!(r.rip, 0x606);
@@ -885,12 +918,12 @@ mod tests {
 
     #[test]
     fn kernel_syscall_is_a_hypercall() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let mut r = distinct_regs();
         r.rax = xen_abi::xen::hypercall::XEN_VERSION;
         r.rdi = 0;
         assert_eq!(
-            syscall_entry(&mut v, &mut r, &mut p, &mut Stats::new()),
+            syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut Stats::new()),
             Outcome::Resume
         );
         assert_eq!(r.rax, (4 << 16) | 17);

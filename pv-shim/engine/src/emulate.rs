@@ -11,7 +11,7 @@
 use crate::guest;
 use crate::msr;
 use crate::stats::emulated;
-use crate::{GuestRegs, Mode, Platform, Vcpu};
+use crate::{Domain, GuestRegs, Mode, Platform, Vcpu};
 
 pub use crate::msr::{
     MSR_ARCH_CAPABILITIES, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_MISC_ENABLE, MSR_PAT,
@@ -23,6 +23,7 @@ pub use crate::msr::{
 /// None when the #GP must go to the guest.
 pub fn emulate_privileged_op(
     vcpu: &mut Vcpu,
+    dom: &Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
 ) -> Option<usize> {
@@ -39,7 +40,7 @@ pub fn emulate_privileged_op(
         regs.rip = regs.rip.wrapping_add(len);
         return Some(emulated::MOV_CR);
     }
-    if let Some(len) = emulate_port_io(vcpu, regs, bytes) {
+    if let Some(len) = emulate_port_io(vcpu, dom, regs, bytes) {
         regs.rip = regs.rip.wrapping_add(len);
         return Some(emulated::PORT_IO);
     }
@@ -48,7 +49,7 @@ pub fn emulate_privileged_op(
     // there): a `pushf; cli; ...; popf` sequence cannot restore the mask, because popf
     // cannot be trapped, so masking would leave events off for good. Linux runs such a
     // sequence in this_cpu_cmpxchg16b_emu before its alternatives are patched.
-    if matches!(bytes[0], 0xfa | 0xfb) && iopl_ok(vcpu) {
+    if matches!(bytes[0], 0xfa | 0xfb) && iopl_ok(vcpu, dom) {
         regs.rip = regs.rip.wrapping_add(1);
         return Some(emulated::CLI_STI);
     }
@@ -135,10 +136,10 @@ fn emulate_mov_cr(vcpu: &mut Vcpu, regs: &mut GuestRegs, bytes: [u8; 4]) -> Opti
 
 /// Xen's `iopl_ok`: whether the guest's virtual IOPL allows port I/O from where it runs
 /// (guest kernel mode counts as ring 1, or ring 0 with the `architectural_iopl` assist).
-fn iopl_ok(vcpu: &Vcpu) -> bool {
+fn iopl_ok(vcpu: &Vcpu, dom: &Domain) -> bool {
     let cpl = match vcpu.mode {
         Mode::Kernel
-            if vcpu.vm_assist & (1 << xen_abi::xen::vmassist::TYPE_ARCHITECTURAL_IOPL) != 0 =>
+            if dom.vm_assist & (1 << xen_abi::xen::vmassist::TYPE_ARCHITECTURAL_IOPL) != 0 =>
         {
             0
         }
@@ -152,8 +153,8 @@ fn iopl_ok(vcpu: &Vcpu) -> bool {
 /// them: the domain has no I/O ports, so as on Xen reads return all ones and writes are
 /// dropped. Without IOPL they are not emulated (the caller bounces the #GP). String forms
 /// are not emulated. Returns the length.
-fn emulate_port_io(vcpu: &Vcpu, regs: &mut GuestRegs, bytes: [u8; 4]) -> Option<u64> {
-    if !iopl_ok(vcpu) {
+fn emulate_port_io(vcpu: &Vcpu, dom: &Domain, regs: &mut GuestRegs, bytes: [u8; 4]) -> Option<u64> {
+    if !iopl_ok(vcpu, dom) {
         return None;
     }
     let (opsize16, at) = if bytes[0] == 0x66 {
@@ -209,7 +210,7 @@ mod tests {
 
     #[test]
     fn cli_and_sti_under_iopl_are_skipped_and_leave_the_event_mask_alone() {
-        let (mut vcpu, mut p) = setup();
+        let (mut vcpu, d, mut p) = setup();
         let mask_gpa = vcpu.vcpu_info_gpa + xen_abi::xen::vcpu_info::UPCALL_MASK;
         let rip = crate::testutil::DATA_VA;
         // Without IOPL: #GP for the guest.
@@ -218,7 +219,7 @@ mod tests {
             rip,
             ..Default::default()
         };
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_none());
+        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_none());
         // With the IOPL Linux sets (1): skipped, as Xen does; the mask stays 0 even for
         // `pushf; cli; ...; popf`, whose popf could not restore it.
         vcpu.iopl = 1 << 12;
@@ -229,7 +230,7 @@ mod tests {
                 rip,
                 ..Default::default()
             };
-            assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_some());
+            assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_some());
             assert_eq!(regs.rip, rip + 1);
             assert_eq!(p.mem[mask_gpa as usize], 0, "insn {insn:#x}");
         }
@@ -237,7 +238,7 @@ mod tests {
 
     #[test]
     fn wrmsr_gs_base_sets_the_kernel_gs_base() {
-        let (mut vcpu, mut p) = setup();
+        let (mut vcpu, d, mut p) = setup();
         let mut regs = GuestRegs {
             rip: crate::testutil::DATA_VA,
             rcx: 0xc000_0101,
@@ -246,7 +247,7 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x30]);
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_some());
+        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_some());
         assert_eq!(vcpu.gs_base_kernel, 0xffff_ffff_8000_1000);
         assert_eq!(regs.rip, crate::testutil::DATA_VA + 2);
         assert_eq!(vcpu.hw_state().gs_base, 0xffff_ffff_8000_1000);
@@ -254,7 +255,7 @@ mod tests {
 
     #[test]
     fn rdmsr_reads_back_and_unknown_msrs_are_not_emulated() {
-        let (mut vcpu, mut p) = setup();
+        let (mut vcpu, d, mut p) = setup();
         vcpu.fs_base = 0x1234_5678_9abc;
         let mut regs = GuestRegs {
             rip: crate::testutil::DATA_VA,
@@ -262,21 +263,21 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x32]);
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_some());
+        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_some());
         assert_eq!((regs.rdx, regs.rax), (0x1234, 0x5678_9abc));
         let mut regs = GuestRegs {
             rip: crate::testutil::DATA_VA,
             rcx: 0x10,
             ..Default::default()
         };
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_none());
+        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_none());
         assert_eq!(regs.rip, crate::testutil::DATA_VA);
     }
 
     #[test]
     fn msr_table_through_the_instruction_decoder() {
         use crate::msr::{feature as f, MsrEffect};
-        let (mut vcpu, mut p) = setup();
+        let (mut vcpu, d, mut p) = setup();
         p.set_policy(b"AuthenticAMD", &[f::MCE, f::MCA, f::IBPB, f::SBPB]);
         let rip = crate::testutil::DATA_VA;
         place(&mut p, &vcpu, rip, &[0x0f, 0x32]);
@@ -289,7 +290,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            emulate_privileged_op(&mut vcpu, &mut regs, &mut p),
+            emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p),
             Some(emulated::MSR)
         );
         assert_eq!((regs.rdx, regs.rax, regs.rip), (0, 2, rip + 2));
@@ -302,7 +303,7 @@ mod tests {
             rdx: 0,
             ..Default::default()
         };
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_some());
+        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_some());
         assert_eq!(p.effects, [MsrEffect::PredCmd(0x80)]);
         // A reserved bit: not emulated, rip unchanged, no effect.
         let mut regs = GuestRegs {
@@ -311,7 +312,7 @@ mod tests {
             rax: 0x2,
             ..Default::default()
         };
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_none());
+        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_none());
         assert_eq!((regs.rip, p.effects.len()), (rip, 1));
         // wrmsr takes EAX only: the upper half of rax is not part of the value.
         let mut regs = GuestRegs {
@@ -321,13 +322,13 @@ mod tests {
             rdx: 0,
             ..Default::default()
         };
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_some());
+        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_some());
         assert_eq!(p.effects, [MsrEffect::PredCmd(0x80), MsrEffect::PredCmd(1)]);
     }
 
     #[test]
     fn forced_cpuid_uses_the_platform_policy_and_plain_ud2_does_not() {
-        let (vcpu, mut p) = setup();
+        let (vcpu, _, mut p) = setup();
         let rip = crate::testutil::DATA_VA;
         place(&mut p, &vcpu, rip, &FORCED_CPUID);
         let mut regs = GuestRegs {
@@ -354,7 +355,7 @@ mod tests {
 
     #[test]
     fn non_canonical_base_and_user_mode_are_refused() {
-        let (mut vcpu, mut p) = setup();
+        let (mut vcpu, d, mut p) = setup();
         let mut regs = GuestRegs {
             rip: crate::testutil::DATA_VA,
             rcx: 0xc000_0101,
@@ -362,10 +363,10 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x30]);
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_none());
+        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_none());
         vcpu.mode = Mode::User;
         vcpu.user_cr3 = vcpu.kernel_cr3;
         regs.rdx = 0;
-        assert!(emulate_privileged_op(&mut vcpu, &mut regs, &mut p).is_none());
+        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_none());
     }
 }

@@ -19,7 +19,10 @@ use xen_abi::xen::{shared_info, vcpu_info, DOMID_SELF};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::bounce::{create_bounce_frame, TrapBounce};
-use crate::{guest, GuestRegs, Outcome, Platform, Stats, Vcpu};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::{guest, Domain, GuestRegs, Outcome, Platform, Stats, Vcpu};
 
 /// Ports of the 2-level ABI (64 words of 64 bits).
 pub const NR_PORTS: usize = 4096;
@@ -81,25 +84,38 @@ pub enum PortState {
 #[derive(Clone, Debug)]
 pub struct EvtchnTable {
     ports: [PortState; NR_PORTS],
-    /// The vCPU each port notifies (all 0 with one vCPU).
-    notify_vcpu: [u8; NR_PORTS],
-    virq_port: [u32; NR_VIRQS as usize],
+    /// The vCPU each port notifies (`notify_vcpu_id`).
+    notify_vcpu: [u16; NR_PORTS],
+    /// Per vCPU, the port bound to each VIRQ (0: none; Xen's `v->virq_to_evtchn`).
+    virq_port: Vec<[u32; NR_VIRQS as usize]>,
 }
 
 impl Default for EvtchnTable {
     fn default() -> Self {
-        Self {
-            ports: [PortState::Free; NR_PORTS],
-            notify_vcpu: [0; NR_PORTS],
-            virq_port: [0; NR_VIRQS as usize],
-        }
+        Self::new(1)
     }
 }
 
 impl EvtchnTable {
+    /// The channels of a domain of `nr_vcpus` vCPUs, all free.
+    pub fn new(nr_vcpus: u32) -> Self {
+        Self {
+            ports: [PortState::Free; NR_PORTS],
+            notify_vcpu: [0; NR_PORTS],
+            virq_port: vec![[0; NR_VIRQS as usize]; nr_vcpus.max(1) as usize],
+        }
+    }
+
     /// State of `port`.
     pub fn state(&self, port: u32) -> PortState {
         self.ports.get(port as usize).copied().unwrap_or_default()
+    }
+
+    /// The vCPU `port` notifies (0 for a port out of range).
+    pub fn notify_vcpu(&self, port: u32) -> u32 {
+        self.notify_vcpu
+            .get(port as usize)
+            .map_or(0, |&v| u32::from(v))
     }
 
     /// Binds `port` to a backend port before the guest runs (the domain builder's
@@ -140,9 +156,10 @@ impl EvtchnTable {
             .map(|p| p as u32)
     }
 
-    /// The port bound to `virq`, if any.
-    pub fn virq_port(&self, virq: u32) -> Option<u32> {
+    /// The port vCPU `vcpu` bound to `virq`, if any.
+    pub fn virq_port(&self, vcpu: u32, virq: u32) -> Option<u32> {
         self.virq_port
+            .get(vcpu as usize)?
             .get(virq as usize)
             .copied()
             .filter(|&p| p != 0)
@@ -153,86 +170,101 @@ impl EvtchnTable {
             .find(|&p| self.ports[p] == PortState::Free)
             .map(|p| p as u32)
     }
+
+    /// Takes a free port for a new channel notifying `vcpu`.
+    fn alloc(&mut self, state: PortState, vcpu: u32) -> Option<u32> {
+        let port = self.get_free_port()?;
+        self.ports[port as usize] = state;
+        self.notify_vcpu[port as usize] = vcpu as u16;
+        Some(port)
+    }
 }
 
-fn bit_gpa(base: u64, port: u32) -> (u64, u8) {
-    (base + u64::from(port / 8), 1 << (port % 8))
+/// The 64-bit word of a bitmap at `base` that holds `bit`, and the bit's mask in it.
+fn word_of(base: u64, bit: u32) -> (u64, u64) {
+    (base + u64::from(bit / 64) * 8, 1 << (bit % 64))
 }
 
-/// A bit of a `shared_info` bitmap; None when it cannot be read.
-fn read_bit(p: &dyn Platform, base: u64, port: u32) -> Option<bool> {
-    let (gpa, mask) = bit_gpa(base, port);
-    let mut b = [0u8];
-    p.read_phys(gpa, &mut b).ok().map(|()| b[0] & mask != 0)
+/// A bit of a guest bitmap; None when it cannot be read.
+fn read_bit(p: &dyn Platform, base: u64, bit: u32) -> Option<bool> {
+    let (gpa, mask) = word_of(base, bit);
+    let mut b = [0u8; 8];
+    p.read_phys(gpa, &mut b)
+        .ok()
+        .map(|()| u64::from_le_bytes(b) & mask != 0)
 }
 
-fn test_bit(p: &dyn Platform, base: u64, port: u32) -> bool {
-    read_bit(p, base, port).unwrap_or(false)
+fn test_bit(p: &dyn Platform, base: u64, bit: u32) -> bool {
+    read_bit(p, base, bit).unwrap_or(false)
 }
 
 /// Whether `port` is pending in `shared_info`; None when that page cannot be read.
-pub(crate) fn port_pending(vcpu: &Vcpu, p: &dyn Platform, port: u32) -> Option<bool> {
-    read_bit(p, vcpu.shared_info_gpa + shared_info::EVTCHN_PENDING, port)
+pub(crate) fn port_pending(dom: &Domain, p: &dyn Platform, port: u32) -> Option<bool> {
+    read_bit(p, dom.shared_info_gpa + shared_info::EVTCHN_PENDING, port)
 }
 
-/// Sets a bit; returns whether it was clear before.
-fn test_and_set_bit(p: &mut dyn Platform, base: u64, port: u32) -> bool {
-    let (gpa, mask) = bit_gpa(base, port);
-    let mut b = [0u8];
-    if p.read_phys(gpa, &mut b).is_err() || b[0] & mask != 0 {
-        return false;
-    }
-    b[0] |= mask;
-    p.write_phys(gpa, &b).is_ok()
+/// Sets a bit atomically (other vCPUs of the guest change the same words); returns
+/// whether it was clear before. An unreadable word counts as set: nothing follows.
+fn test_and_set_bit(p: &mut dyn Platform, base: u64, bit: u32) -> bool {
+    let (gpa, mask) = word_of(base, bit);
+    p.atomic_or_u64(gpa, mask).is_ok_and(|old| old & mask == 0)
 }
 
-fn clear_bit(p: &mut dyn Platform, base: u64, port: u32) {
-    let (gpa, mask) = bit_gpa(base, port);
-    let mut b = [0u8];
-    if p.read_phys(gpa, &mut b).is_ok() {
-        b[0] &= !mask;
-        let _ = p.write_phys(gpa, &b);
-    }
+/// Clears a bit atomically; returns whether it was set before.
+fn test_and_clear_bit(p: &mut dyn Platform, base: u64, bit: u32) -> bool {
+    let (gpa, mask) = word_of(base, bit);
+    p.atomic_and_u64(gpa, !mask)
+        .is_ok_and(|old| old & mask != 0)
 }
 
 /// Xen's `evtchn_2l_set_pending`: marks `port` pending and, unless masked, tells the
-/// vCPU (selector bit and `upcall_pending`).
-pub fn set_pending(vcpu: &Vcpu, p: &mut dyn Platform, port: u32) {
+/// vCPU it notifies (selector bit, then `upcall_pending` and a kick); vCPUs blocked in
+/// `SCHEDOP_poll` are kicked to look at their ports.
+pub fn set_pending(dom: &Domain, p: &mut dyn Platform, port: u32) {
     if port as usize >= NR_PORTS {
         return;
     }
-    let si = vcpu.shared_info_gpa;
+    let si = dom.shared_info_gpa;
     if !test_and_set_bit(p, si + shared_info::EVTCHN_PENDING, port) {
         return;
     }
-    if test_bit(p, si + shared_info::EVTCHN_MASK, port) {
+    if !test_bit(p, si + shared_info::EVTCHN_MASK, port) {
+        mark_selector(dom, p, dom.evtchn.notify_vcpu(port), port);
+    }
+    for id in dom.vcpus_polling() {
+        p.kick_vcpu(id);
+    }
+}
+
+/// Sets `port`'s selector bit in vCPU `vcpu`'s `vcpu_info` and, when it was clear,
+/// marks its upcall pending.
+fn mark_selector(dom: &Domain, p: &mut dyn Platform, vcpu: u32, port: u32) {
+    let Some(vi) = dom.vcpu_info_gpa(vcpu) else {
         return;
+    };
+    if test_and_set_bit(p, vi + vcpu_info::PENDING_SEL, port / 64) {
+        mark_events_pending(p, vi, vcpu);
     }
-    mark_upcall(vcpu, p, port);
 }
 
-fn mark_upcall(vcpu: &Vcpu, p: &mut dyn Platform, port: u32) {
-    let word = port / 64;
-    let sel = vcpu.vcpu_info_gpa + vcpu_info::PENDING_SEL;
-    let mut b = [0u8; 8];
-    if p.read_phys(sel, &mut b).is_ok() {
-        let v = u64::from_le_bytes(b) | (1 << word);
-        let _ = p.write_phys(sel, &v.to_le_bytes());
-    }
-    let _ = p.write_phys(vcpu.vcpu_info_gpa + vcpu_info::UPCALL_PENDING, &[1]);
+/// Xen's `vcpu_mark_events_pending`: `upcall_pending` set, and the vCPU kicked so that a
+/// blocked one wakes and a running one takes the upcall now.
+fn mark_events_pending(p: &mut dyn Platform, vcpu_info_gpa: u64, vcpu: u32) {
+    let _ = p.write_phys(vcpu_info_gpa + vcpu_info::UPCALL_PENDING, &[1]);
+    p.kick_vcpu(vcpu);
 }
 
-/// Raises `virq` if the guest bound it.
-pub fn send_virq(vcpu: &Vcpu, p: &mut dyn Platform, virq: u32) {
-    if let Some(port) = vcpu.evtchn.virq_port(virq) {
-        set_pending(vcpu, p, port);
+/// Raises `virq` of vCPU `vcpu` if the guest bound it.
+pub fn send_virq(dom: &Domain, p: &mut dyn Platform, vcpu: u32, virq: u32) {
+    if let Some(port) = dom.evtchn.virq_port(vcpu, virq) {
+        set_pending(dom, p, port);
     }
 }
 
 /// A backend notified its port `remote_port`: raise the guest's end.
-pub fn backend_notify(vcpu: &Vcpu, p: &mut dyn Platform, remote_port: u32) {
-    if let Some(port) = vcpu.evtchn.port_of_backend(remote_port) {
-        set_pending(vcpu, p, port);
+pub fn backend_notify(dom: &Domain, p: &mut dyn Platform, remote_port: u32) {
+    if let Some(port) = dom.evtchn.port_of_backend(remote_port) {
+        set_pending(dom, p, port);
     }
 }
 
@@ -252,6 +284,7 @@ pub fn event_pending(vcpu: &Vcpu, p: &dyn Platform) -> bool {
 /// masked (Xen's `TBF_INTERRUPT`). Returns false when none was due.
 pub fn deliver_upcall(
     vcpu: &mut Vcpu,
+    dom: &Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
     stats: &mut Stats,
@@ -264,7 +297,7 @@ pub fn deliver_upcall(
         error_code: None,
         interrupt: true,
     };
-    create_bounce_frame(vcpu, regs, p, &tb).map_err(Outcome::Crash)?;
+    create_bounce_frame(vcpu, dom, regs, p, &tb).map_err(Outcome::Crash)?;
     stats.upcalls += 1;
     Ok(true)
 }
@@ -323,7 +356,13 @@ mod stat {
 
 /// `event_channel_op(cmd, arg)`. Sends to a backend port reach the host through
 /// `Platform::notify_backend`.
-pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i64 {
+pub fn do_event_channel_op(
+    vcpu: &mut Vcpu,
+    dom: &mut Domain,
+    p: &mut dyn Platform,
+    cmd: u64,
+    arg: u64,
+) -> i64 {
     macro_rules! read {
         ($t:ty) => {
             match guest::read_obj::<$t>(vcpu, p, arg) {
@@ -345,16 +384,18 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
             if !crate::is_own_domain(a.dom) {
                 return -EPERM;
             }
-            let Some(port) = vcpu.evtchn.get_free_port() else {
-                return -ENOSPC;
-            };
             // The peer is a backend domain (0) or this domain itself.
             let remote = if a.remote_dom == DOMID_SELF {
                 DOMID_SELF
             } else {
                 a.remote_dom
             };
-            vcpu.evtchn.ports[port as usize] = PortState::Unbound { remote_dom: remote };
+            let Some(port) = dom
+                .evtchn
+                .alloc(PortState::Unbound { remote_dom: remote }, 0)
+            else {
+                return -ENOSPC;
+            };
             a.port = port;
             write_back!(a);
             0
@@ -372,19 +413,19 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
                 return -ESRCH;
             }
             let rp = b.remote_port;
-            match vcpu.evtchn.state(rp) {
+            match dom.evtchn.state(rp) {
                 PortState::Unbound { remote_dom } if remote_dom == DOMID_SELF => {}
                 _ => return -EINVAL,
             }
-            let Some(lp) = vcpu.evtchn.get_free_port() else {
+            // The new end notifies the vCPU that binds it (Xen's `current`).
+            let Some(lp) = dom.evtchn.alloc(PortState::Loopback { peer: rp }, vcpu.id) else {
                 return -ENOSPC;
             };
-            vcpu.evtchn.ports[lp as usize] = PortState::Loopback { peer: rp };
-            vcpu.evtchn.ports[rp as usize] = PortState::Loopback { peer: lp };
+            dom.evtchn.ports[rp as usize] = PortState::Loopback { peer: lp };
             b.local_port = lp;
             write_back!(b);
             // Xen raises the new local port so nothing sent meanwhile is lost.
-            set_pending(vcpu, p, lp);
+            set_pending(dom, p, lp);
             0
         }
         op::BIND_VIRQ => {
@@ -392,51 +433,53 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
             if b.virq >= NR_VIRQS {
                 return -EINVAL;
             }
-            if b.vcpu != vcpu.id {
+            // A global VIRQ binds to vCPU 0 only; a per-vCPU one to any vCPU there is.
+            if !virq_is_per_vcpu(b.virq) && b.vcpu != 0 {
+                return -EINVAL;
+            }
+            if b.vcpu >= dom.nr_vcpus() {
                 return -ENOENT;
             }
-            if vcpu.evtchn.virq_port(b.virq).is_some() {
+            if dom.evtchn.virq_port(b.vcpu, b.virq).is_some() {
                 return -xen_abi::errno::EEXIST;
             }
-            let Some(port) = vcpu.evtchn.get_free_port() else {
+            let Some(port) = dom.evtchn.alloc(PortState::Virq { virq: b.virq }, b.vcpu) else {
                 return -ENOSPC;
             };
-            vcpu.evtchn.ports[port as usize] = PortState::Virq { virq: b.virq };
-            vcpu.evtchn.virq_port[b.virq as usize] = port;
+            dom.evtchn.virq_port[b.vcpu as usize][b.virq as usize] = port;
             b.port = port;
             write_back!(b);
             0
         }
         op::BIND_IPI => {
             let mut b = read!(BindIpi);
-            if b.vcpu != vcpu.id {
+            if b.vcpu >= dom.nr_vcpus() {
                 return -ENOENT;
             }
-            let Some(port) = vcpu.evtchn.get_free_port() else {
+            let Some(port) = dom.evtchn.alloc(PortState::Ipi, b.vcpu) else {
                 return -ENOSPC;
             };
-            vcpu.evtchn.ports[port as usize] = PortState::Ipi;
             b.port = port;
             write_back!(b);
             0
         }
         op::CLOSE => {
             let port = read!(u32);
-            close(vcpu, p, port)
+            close(dom, p, port)
         }
         op::SEND => {
             let port = read!(u32);
-            match vcpu.evtchn.state(port) {
+            match dom.evtchn.state(port) {
                 PortState::Backend { remote_port } => {
                     p.notify_backend(remote_port);
                     0
                 }
                 PortState::Loopback { peer } => {
-                    set_pending(vcpu, p, peer);
+                    set_pending(dom, p, peer);
                     0
                 }
                 PortState::Ipi => {
-                    set_pending(vcpu, p, port);
+                    set_pending(dom, p, port);
                     0
                 }
                 // Xen: sending on an unbound port is a silent no-op; VIRQs cannot be sent.
@@ -449,11 +492,11 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
             if !crate::is_own_domain(s.dom) {
                 return -ESRCH;
             }
-            let st = vcpu.evtchn.state(s.port);
+            let st = dom.evtchn.state(s.port);
             if s.port as usize >= NR_PORTS {
                 return -EINVAL;
             }
-            s.vcpu = 0;
+            s.vcpu = dom.evtchn.notify_vcpu(s.port);
             (s.status, s.u) = match st {
                 PortState::Free => (stat::CLOSED, [0, 0]),
                 // Xen keeps domain ids, never DOMID_SELF.
@@ -483,13 +526,22 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
                 vcpu: u32,
             }
             let b = read!(BindVcpu);
-            if b.port as usize >= NR_PORTS || vcpu.evtchn.state(b.port) == PortState::Free {
-                return -EINVAL;
-            }
-            if b.vcpu != vcpu.id {
+            if b.vcpu >= dom.nr_vcpus() {
                 return -ENOENT;
             }
-            vcpu.evtchn.notify_vcpu[b.port as usize] = 0;
+            // Xen moves unbound and interdomain channels and global VIRQs; a per-vCPU
+            // VIRQ, an IPI or a free port stays where it is (-EINVAL).
+            let movable = match dom.evtchn.state(b.port) {
+                PortState::Unbound { .. }
+                | PortState::Backend { .. }
+                | PortState::Loopback { .. } => true,
+                PortState::Virq { virq } => !virq_is_per_vcpu(virq),
+                PortState::Ipi | PortState::Free => false,
+            };
+            if b.port as usize >= NR_PORTS || !movable {
+                return -EINVAL;
+            }
+            dom.evtchn.notify_vcpu[b.port as usize] = b.vcpu as u16;
             0
         }
         op::UNMASK => {
@@ -497,10 +549,12 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
             if port as usize >= NR_PORTS {
                 return -EINVAL;
             }
-            let si = vcpu.shared_info_gpa;
-            clear_bit(p, si + shared_info::EVTCHN_MASK, port);
-            if test_bit(p, si + shared_info::EVTCHN_PENDING, port) {
-                mark_upcall(vcpu, p, port);
+            // Xen's evtchn_2l_unmask.
+            let si = dom.shared_info_gpa;
+            if test_and_clear_bit(p, si + shared_info::EVTCHN_MASK, port)
+                && test_bit(p, si + shared_info::EVTCHN_PENDING, port)
+            {
+                mark_selector(dom, p, dom.evtchn.notify_vcpu(port), port);
             }
             0
         }
@@ -515,8 +569,8 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
                 return -ESRCH;
             }
             for port in 1..NR_PORTS as u32 {
-                if !matches!(vcpu.evtchn.state(port), PortState::Backend { .. }) {
-                    let _ = close(vcpu, p, port);
+                if !matches!(dom.evtchn.state(port), PortState::Backend { .. }) {
+                    let _ = close(dom, p, port);
                 }
             }
             0
@@ -529,19 +583,25 @@ pub fn do_event_channel_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg:
     }
 }
 
-fn close(vcpu: &mut Vcpu, p: &mut dyn Platform, port: u32) -> i64 {
-    let Some(state) = vcpu.evtchn.ports.get(port as usize).copied() else {
+fn close(dom: &mut Domain, p: &mut dyn Platform, port: u32) -> i64 {
+    let Some(state) = dom.evtchn.ports.get(port as usize).copied() else {
         return -EINVAL;
     };
     match state {
         PortState::Free => return -EINVAL,
         PortState::Virq { virq } => {
-            if let Some(v) = vcpu.evtchn.virq_port.get_mut(virq as usize) {
+            let vcpu = dom.evtchn.notify_vcpu(port) as usize;
+            if let Some(v) = dom
+                .evtchn
+                .virq_port
+                .get_mut(vcpu)
+                .and_then(|ports| ports.get_mut(virq as usize))
+            {
                 *v = 0;
             }
         }
         PortState::Loopback { peer } => {
-            if let Some(s) = vcpu.evtchn.ports.get_mut(peer as usize) {
+            if let Some(s) = dom.evtchn.ports.get_mut(peer as usize) {
                 *s = PortState::Unbound {
                     remote_dom: DOMID_SELF,
                 };
@@ -550,9 +610,16 @@ fn close(vcpu: &mut Vcpu, p: &mut dyn Platform, port: u32) -> i64 {
         // The backend side stays; the guest may rebind it through xenstore later.
         _ => {}
     }
-    vcpu.evtchn.ports[port as usize] = PortState::Free;
-    clear_bit(p, vcpu.shared_info_gpa + shared_info::EVTCHN_PENDING, port);
+    dom.evtchn.ports[port as usize] = PortState::Free;
+    dom.evtchn.notify_vcpu[port as usize] = 0;
+    test_and_clear_bit(p, dom.shared_info_gpa + shared_info::EVTCHN_PENDING, port);
     0
+}
+
+/// VIRQs each vCPU binds for itself (Xen's `VIRQ_VCPU` type: timer, debug, xenoprof,
+/// xenpmu); the others are global and bind to vCPU 0.
+fn virq_is_per_vcpu(virq: u32) -> bool {
+    matches!(virq, 0 | 1 | 3 | 13)
 }
 
 #[cfg(test)]
@@ -563,12 +630,13 @@ mod tests {
 
     fn op<T: IntoBytes + FromBytes + Immutable>(
         v: &mut Vcpu,
+        d: &mut Domain,
         p: &mut FakePlatform,
         cmd: u64,
         arg: &mut T,
     ) -> i64 {
         guest::write_obj(v, p, DATA_VA, arg).unwrap();
-        let rc = do_event_channel_op(v, p, cmd, DATA_VA);
+        let rc = do_event_channel_op(v, d, p, cmd, DATA_VA);
         *arg = guest::read_obj(v, p, DATA_VA).unwrap();
         rc
     }
@@ -599,19 +667,19 @@ mod tests {
 
     #[test]
     fn loopback_interdomain_binds_sends_and_closes() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let mut a = AllocUnbound {
             dom: DOMID_SELF,
             remote_dom: DOMID_SELF,
             port: 0,
         };
-        assert_eq!(op(&mut v, &mut p, op::ALLOC_UNBOUND, &mut a), 0);
+        assert_eq!(op(&mut v, &mut d, &mut p, op::ALLOC_UNBOUND, &mut a), 0);
         let mut s = Status {
             dom: DOMID_SELF,
             port: a.port,
             ..Default::default()
         };
-        assert_eq!(op(&mut v, &mut p, op::STATUS, &mut s), 0);
+        assert_eq!(op(&mut v, &mut d, &mut p, op::STATUS, &mut s), 0);
         assert_eq!(
             (s.status, s.u[0]),
             (stat::UNBOUND, u32::from(crate::GUEST_DOMID))
@@ -622,31 +690,34 @@ mod tests {
             remote_port: a.port,
             ..Default::default()
         };
-        assert_eq!(op(&mut v, &mut p, op::BIND_INTERDOMAIN, &mut b), 0);
+        assert_eq!(op(&mut v, &mut d, &mut p, op::BIND_INTERDOMAIN, &mut b), 0);
         assert_ne!(b.local_port, a.port);
         assert!(pending(&p, b.local_port), "Xen raises the new local port");
-        clear_bit(
+        test_and_clear_bit(
             &mut p,
             SHARED_INFO + shared_info::EVTCHN_PENDING,
             b.local_port,
         );
 
         let mut port = b.local_port;
-        assert_eq!(op(&mut v, &mut p, op::SEND, &mut port), 0);
+        assert_eq!(op(&mut v, &mut d, &mut p, op::SEND, &mut port), 0);
         assert!(pending(&p, a.port), "a send reaches the peer");
 
         // Binding the same remote port twice: it is no longer unbound.
-        assert_eq!(op(&mut v, &mut p, op::BIND_INTERDOMAIN, &mut b), -EINVAL);
-        let mut port = a.port;
-        assert_eq!(op(&mut v, &mut p, op::CLOSE, &mut port), 0);
         assert_eq!(
-            v.evtchn.state(b.local_port),
+            op(&mut v, &mut d, &mut p, op::BIND_INTERDOMAIN, &mut b),
+            -EINVAL
+        );
+        let mut port = a.port;
+        assert_eq!(op(&mut v, &mut d, &mut p, op::CLOSE, &mut port), 0);
+        assert_eq!(
+            d.evtchn.state(b.local_port),
             PortState::Unbound {
                 remote_dom: DOMID_SELF
             }
         );
         assert_eq!(
-            op(&mut v, &mut p, op::CLOSE, &mut port),
+            op(&mut v, &mut d, &mut p, op::CLOSE, &mut port),
             -EINVAL,
             "closing twice"
         );
@@ -654,72 +725,81 @@ mod tests {
 
     #[test]
     fn binding_to_domain_zero_or_a_missing_domain_is_refused() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let mut b = BindInterdomain {
             remote_dom: 0,
             remote_port: 1,
             ..Default::default()
         };
-        assert_eq!(op(&mut v, &mut p, op::BIND_INTERDOMAIN, &mut b), -EINVAL);
+        assert_eq!(
+            op(&mut v, &mut d, &mut p, op::BIND_INTERDOMAIN, &mut b),
+            -EINVAL
+        );
         b.remote_dom = 7;
-        assert_eq!(op(&mut v, &mut p, op::BIND_INTERDOMAIN, &mut b), -ESRCH);
+        assert_eq!(
+            op(&mut v, &mut d, &mut p, op::BIND_INTERDOMAIN, &mut b),
+            -ESRCH
+        );
         let mut a = AllocUnbound {
             dom: 7,
             remote_dom: 0,
             port: 0,
         };
-        assert_eq!(op(&mut v, &mut p, op::ALLOC_UNBOUND, &mut a), -EPERM);
+        assert_eq!(
+            op(&mut v, &mut d, &mut p, op::ALLOC_UNBOUND, &mut a),
+            -EPERM
+        );
     }
 
     #[test]
     fn virq_ipi_and_bad_ports() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let mut b = BindVirq {
             virq: 0,
             vcpu: 0,
             port: 0,
         };
-        assert_eq!(op(&mut v, &mut p, op::BIND_VIRQ, &mut b), 0);
-        assert_eq!(v.evtchn.virq_port(0), Some(b.port));
+        assert_eq!(op(&mut v, &mut d, &mut p, op::BIND_VIRQ, &mut b), 0);
+        assert_eq!(d.evtchn.virq_port(0, 0), Some(b.port));
         assert_eq!(
-            op(&mut v, &mut p, op::BIND_VIRQ, &mut b),
+            op(&mut v, &mut d, &mut p, op::BIND_VIRQ, &mut b),
             -xen_abi::errno::EEXIST
         );
         let mut virq_port = b.port;
         assert_eq!(
-            op(&mut v, &mut p, op::SEND, &mut virq_port),
+            op(&mut v, &mut d, &mut p, op::SEND, &mut virq_port),
             -EINVAL,
             "VIRQs cannot be sent"
         );
         b.virq = NR_VIRQS;
-        assert_eq!(op(&mut v, &mut p, op::BIND_VIRQ, &mut b), -EINVAL);
+        assert_eq!(op(&mut v, &mut d, &mut p, op::BIND_VIRQ, &mut b), -EINVAL);
 
         let mut ipi = BindIpi { vcpu: 0, port: 0 };
-        assert_eq!(op(&mut v, &mut p, op::BIND_IPI, &mut ipi), 0);
+        assert_eq!(op(&mut v, &mut d, &mut p, op::BIND_IPI, &mut ipi), 0);
         let mut port = ipi.port;
-        assert_eq!(op(&mut v, &mut p, op::SEND, &mut port), 0);
+        assert_eq!(op(&mut v, &mut d, &mut p, op::SEND, &mut port), 0);
         assert!(pending(&p, ipi.port));
         ipi.vcpu = 1;
-        assert_eq!(op(&mut v, &mut p, op::BIND_IPI, &mut ipi), -ENOENT);
+        assert_eq!(op(&mut v, &mut d, &mut p, op::BIND_IPI, &mut ipi), -ENOENT);
 
         for bad in [0u32, NR_PORTS as u32, u32::MAX] {
             let mut port = bad;
             assert_eq!(
-                op(&mut v, &mut p, op::SEND, &mut port),
+                op(&mut v, &mut d, &mut p, op::SEND, &mut port),
                 -EINVAL,
                 "send on {bad}"
             );
             let mut port = bad;
             assert_eq!(
-                op(&mut v, &mut p, op::CLOSE, &mut port),
+                op(&mut v, &mut d, &mut p, op::CLOSE, &mut port),
                 -EINVAL,
                 "close {bad}"
             );
         }
         let mut port = NR_PORTS as u32;
-        assert_eq!(op(&mut v, &mut p, op::UNMASK, &mut port), -EINVAL);
+        assert_eq!(op(&mut v, &mut d, &mut p, op::UNMASK, &mut port), -EINVAL);
         assert_eq!(
-            do_event_channel_op(&mut v, &mut p, op::SEND, 0xdead_0000_0000),
+            do_event_channel_op(&mut v, &mut d, &mut p, op::SEND, 0xdead_0000_0000),
             -EFAULT
         );
     }

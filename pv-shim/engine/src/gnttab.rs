@@ -11,7 +11,7 @@
 use xen_abi::errno::{EFAULT, EINVAL, ENOSYS, ESRCH};
 use xen_abi::grant_table::*;
 
-use crate::{guest, Platform, Vcpu};
+use crate::{guest, Domain, Platform, Vcpu};
 
 /// The domain's grant table: `max_frames` contiguous machine frames from `first_mfn`, of
 /// which the first `nr_frames` are in use.
@@ -37,18 +37,18 @@ impl GrantTable {
 }
 
 /// `GNTTABOP_setup_table`: grow the table to `nr_frames` and list frames `0..nr_frames`.
-fn setup_table(vcpu: &mut Vcpu, p: &mut dyn Platform, uop: u64) -> i64 {
+fn setup_table(vcpu: &Vcpu, dom: &mut Domain, p: &mut dyn Platform, uop: u64) -> i64 {
     let Ok(op) = guest::read_obj::<GnttabSetupTable>(vcpu, p, uop) else {
         return -EFAULT;
     };
-    let gt = vcpu.gnttab;
+    let gt = dom.gnttab;
     let status = if !crate::is_own_domain(op.dom) {
         // Xen looks the domain up first: an unprivileged guest names no other one.
         status::BAD_DOMAIN
     } else if op.nr_frames > gt.max_frames {
         status::GENERAL_ERROR
     } else {
-        vcpu.gnttab.nr_frames = gt.nr_frames.max(op.nr_frames);
+        dom.gnttab.nr_frames = gt.nr_frames.max(op.nr_frames);
         let mut st = status::OKAY;
         for i in 0..u64::from(op.nr_frames) {
             let slot = op.frame_list.wrapping_add(i * 8);
@@ -66,13 +66,13 @@ fn setup_table(vcpu: &mut Vcpu, p: &mut dyn Platform, uop: u64) -> i64 {
 }
 
 /// `GNTTABOP_query_size`.
-fn query_size(vcpu: &Vcpu, p: &mut dyn Platform, uop: u64) -> i64 {
+fn query_size(vcpu: &Vcpu, dom: &Domain, p: &mut dyn Platform, uop: u64) -> i64 {
     let Ok(mut op) = guest::read_obj::<GnttabQuerySize>(vcpu, p, uop) else {
         return -EFAULT;
     };
     if crate::is_own_domain(op.dom) {
-        op.nr_frames = vcpu.gnttab.nr_frames;
-        op.max_nr_frames = vcpu.gnttab.max_frames;
+        op.nr_frames = dom.gnttab.nr_frames;
+        op.max_nr_frames = dom.gnttab.max_frames;
         op.status = status::OKAY;
     } else {
         op.status = status::BAD_DOMAIN;
@@ -118,6 +118,7 @@ fn get_version(vcpu: &Vcpu, p: &mut dyn Platform, uop: u64) -> i64 {
 /// `HYPERVISOR_grant_table_op(cmd, uop, count)`.
 pub fn do_grant_table_op(
     vcpu: &mut Vcpu,
+    dom: &mut Domain,
     p: &mut dyn Platform,
     cmd: u64,
     uop: u64,
@@ -131,8 +132,8 @@ pub fn do_grant_table_op(
         {
             -EINVAL
         }
-        GNTTABOP_SETUP_TABLE => setup_table(vcpu, p, uop),
-        GNTTABOP_QUERY_SIZE => query_size(vcpu, p, uop),
+        GNTTABOP_SETUP_TABLE => setup_table(vcpu, dom, p, uop),
+        GNTTABOP_QUERY_SIZE => query_size(vcpu, dom, p, uop),
         GNTTABOP_SET_VERSION => set_version(vcpu, p, uop),
         GNTTABOP_GET_VERSION => get_version(vcpu, p, uop),
         _ => -ENOSYS,
@@ -148,10 +149,10 @@ mod tests {
 
     const SCRATCH: u64 = DATA_VA;
 
-    fn with_table() -> (Vcpu, FakePlatform) {
-        let (mut v, p) = setup();
-        v.gnttab = GrantTable::new(FIRST, 4);
-        (v, p)
+    fn with_table() -> (Vcpu, crate::Domain, FakePlatform) {
+        let (v, mut d, p) = setup();
+        d.gnttab = GrantTable::new(FIRST, 4);
+        (v, d, p)
     }
 
     fn put<T: zerocopy::IntoBytes + zerocopy::Immutable>(
@@ -169,14 +170,14 @@ mod tests {
 
     #[test]
     fn query_size_reports_one_of_four_frames() {
-        let (mut v, mut p) = with_table();
+        let (mut v, mut d, mut p) = with_table();
         let op = GnttabQuerySize {
             dom: xen_abi::xen::DOMID_SELF,
             ..Default::default()
         };
         put(&v, &mut p, SCRATCH, &op);
         assert_eq!(
-            do_grant_table_op(&mut v, &mut p, GNTTABOP_QUERY_SIZE, SCRATCH, 1),
+            do_grant_table_op(&mut v, &mut d, &mut p, GNTTABOP_QUERY_SIZE, SCRATCH, 1),
             0
         );
         let out: GnttabQuerySize = get(&v, &p, SCRATCH);
@@ -185,7 +186,7 @@ mod tests {
 
     #[test]
     fn setup_table_lists_frames_and_grows_the_table() {
-        let (mut v, mut p) = with_table();
+        let (mut v, mut d, mut p) = with_table();
         let list = SCRATCH + 0x100;
         let op = GnttabSetupTable {
             dom: xen_abi::xen::DOMID_SELF,
@@ -196,7 +197,7 @@ mod tests {
         };
         put(&v, &mut p, SCRATCH, &op);
         assert_eq!(
-            do_grant_table_op(&mut v, &mut p, GNTTABOP_SETUP_TABLE, SCRATCH, 1),
+            do_grant_table_op(&mut v, &mut d, &mut p, GNTTABOP_SETUP_TABLE, SCRATCH, 1),
             0
         );
         let out: GnttabSetupTable = get(&v, &p, SCRATCH);
@@ -204,12 +205,12 @@ mod tests {
         for i in 0..3 {
             assert_eq!(get::<u64>(&v, &p, list + 8 * i), FIRST + i);
         }
-        assert_eq!(v.gnttab.nr_frames, 3);
+        assert_eq!(d.gnttab.nr_frames, 3);
     }
 
     #[test]
     fn setup_table_refuses_more_than_the_maximum_and_other_domains() {
-        let (mut v, mut p) = with_table();
+        let (mut v, mut d, mut p) = with_table();
         let mut op = GnttabSetupTable {
             dom: xen_abi::xen::DOMID_SELF,
             nr_frames: 5,
@@ -218,7 +219,7 @@ mod tests {
         };
         put(&v, &mut p, SCRATCH, &op);
         assert_eq!(
-            do_grant_table_op(&mut v, &mut p, GNTTABOP_SETUP_TABLE, SCRATCH, 1),
+            do_grant_table_op(&mut v, &mut d, &mut p, GNTTABOP_SETUP_TABLE, SCRATCH, 1),
             0
         );
         assert_eq!(
@@ -226,7 +227,7 @@ mod tests {
             status::GENERAL_ERROR
         );
         assert_eq!(
-            v.gnttab.nr_frames, 1,
+            d.gnttab.nr_frames, 1,
             "a refused setup leaves the table alone"
         );
 
@@ -234,7 +235,7 @@ mod tests {
         op.dom = 0;
         put(&v, &mut p, SCRATCH, &op);
         assert_eq!(
-            do_grant_table_op(&mut v, &mut p, GNTTABOP_SETUP_TABLE, SCRATCH, 1),
+            do_grant_table_op(&mut v, &mut d, &mut p, GNTTABOP_SETUP_TABLE, SCRATCH, 1),
             0
         );
         assert_eq!(
@@ -245,7 +246,7 @@ mod tests {
 
     #[test]
     fn setup_table_with_an_unwritable_list_says_bad_virt_addr() {
-        let (mut v, mut p) = with_table();
+        let (mut v, mut d, mut p) = with_table();
         let op = GnttabSetupTable {
             dom: xen_abi::xen::DOMID_SELF,
             nr_frames: 1,
@@ -254,7 +255,7 @@ mod tests {
         };
         put(&v, &mut p, SCRATCH, &op);
         assert_eq!(
-            do_grant_table_op(&mut v, &mut p, GNTTABOP_SETUP_TABLE, SCRATCH, 1),
+            do_grant_table_op(&mut v, &mut d, &mut p, GNTTABOP_SETUP_TABLE, SCRATCH, 1),
             0
         );
         assert_eq!(
@@ -265,18 +266,25 @@ mod tests {
 
     #[test]
     fn counts_versions_and_unknown_ops() {
-        let (mut v, mut p) = with_table();
+        let (mut v, mut d, mut p) = with_table();
         assert_eq!(
-            do_grant_table_op(&mut v, &mut p, GNTTABOP_QUERY_SIZE, SCRATCH, 2),
+            do_grant_table_op(&mut v, &mut d, &mut p, GNTTABOP_QUERY_SIZE, SCRATCH, 2),
             -EINVAL
         );
         assert_eq!(
-            do_grant_table_op(&mut v, &mut p, GNTTABOP_QUERY_SIZE, 0xdead_0000_0000, 1),
+            do_grant_table_op(
+                &mut v,
+                &mut d,
+                &mut p,
+                GNTTABOP_QUERY_SIZE,
+                0xdead_0000_0000,
+                1
+            ),
             -EFAULT
         );
         put(&v, &mut p, SCRATCH, &GnttabSetVersion { version: 2 });
         assert_eq!(
-            do_grant_table_op(&mut v, &mut p, GNTTABOP_SET_VERSION, SCRATCH, 1),
+            do_grant_table_op(&mut v, &mut d, &mut p, GNTTABOP_SET_VERSION, SCRATCH, 1),
             -ENOSYS
         );
         assert_eq!(get::<GnttabSetVersion>(&v, &p, SCRATCH).version, 1);
@@ -290,12 +298,12 @@ mod tests {
             },
         );
         assert_eq!(
-            do_grant_table_op(&mut v, &mut p, GNTTABOP_GET_VERSION, SCRATCH, 1),
+            do_grant_table_op(&mut v, &mut d, &mut p, GNTTABOP_GET_VERSION, SCRATCH, 1),
             0
         );
         assert_eq!(get::<GnttabGetVersion>(&v, &p, SCRATCH).version, 1);
         assert_eq!(
-            do_grant_table_op(&mut v, &mut p, GNTTABOP_MAP_GRANT_REF, SCRATCH, 1),
+            do_grant_table_op(&mut v, &mut d, &mut p, GNTTABOP_MAP_GRANT_REF, SCRATCH, 1),
             -ENOSYS
         );
     }

@@ -214,7 +214,7 @@ mod tests {
         assert!(!is_canonical(0x8000_0000_0000));
         assert!(is_canonical(0xffff_8000_0000_0000));
         assert!(!is_canonical(0xfff7_8000_0000_0000));
-        let (v, mut p) = setup();
+        let (v, _, mut p) = setup();
         let mut b = [0u8; 1];
         assert_eq!(
             copy_from_guest(&v, &p, 0x8000_0000_0000, &mut b),
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn read_write_roundtrip_across_pages() {
-        let (v, mut p) = setup();
+        let (v, _, mut p) = setup();
         // DATA_VA..+2 pages are mapped to two non-adjacent frames.
         let data: [u8; 64] = core::array::from_fn(|i| i as u8);
         let va = DATA_VA + 0x1000 - 32;
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn not_present_and_read_only() {
-        let (v, mut p) = setup();
+        let (v, _, mut p) = setup();
         let mut b = [0u8; 8];
         assert_eq!(
             copy_from_guest(&v, &p, UNMAPPED_VA, &mut b),
@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn superpages() {
-        let (v, mut p) = setup();
+        let (v, _, mut p) = setup();
         // 2 MiB page at SUPER2M_VA -> gpa 0x20_0000, 1 GiB page at SUPER1G_VA -> gpa 0.
         copy_to_guest(&v, &mut p, SUPER2M_VA + 0x1234, &[0xab]).unwrap();
         assert_eq!(p.mem[0x20_1234], 0xab);
@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn pagetable_outside_memory() {
-        let (mut v, p) = setup();
+        let (mut v, _, p) = setup();
         v.kernel_cr3 = 0x7fff_f000_0000;
         let mut b = [0u8; 1];
         assert!(matches!(
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn user_mode_uses_user_table() {
-        let (mut v, p) = setup();
+        let (mut v, _, p) = setup();
         v.mode = crate::Mode::User;
         v.user_cr3 = USER_L4;
         let mut b = [0u8; 1];

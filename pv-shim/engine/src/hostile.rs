@@ -53,7 +53,7 @@ proptest! {
         calls in proptest::collection::vec(hypercall(), 1..8),
         preempt_after in proptest::option::of(1u64..4),
     ) {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         p.preempt_after = preempt_after;
         let mut s = Stats::new();
         for (nr, args, memory) in calls {
@@ -64,7 +64,7 @@ proptest! {
             r.rax = nr;
             (r.rdi, r.rsi, r.rdx, r.r10, r.r8) = (args[0], args[1], args[2], args[3], args[4]);
             let before = r;
-            let out = crate::syscall_entry(&mut v, &mut r, &mut p, &mut s);
+            let out = crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut s);
             let switches = matches!(
                 nr,
                 xen_abi::xen::hypercall::IRET | xen_abi::xen::hypercall::MULTICALL

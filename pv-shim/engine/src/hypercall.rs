@@ -48,7 +48,7 @@ use crate::bounce::{
 };
 use crate::guest::{self, is_canonical, GuestFault};
 use crate::{
-    Callback, CrashReason, GuestRegs, HypercallRecord, Mode, Outcome, Platform, Stats, Vcpu,
+    Callback, CrashReason, Domain, GuestRegs, HypercallRecord, Mode, Outcome, Platform, Stats, Vcpu,
 };
 
 /// `%dr6` after reset (reserved bits read as one).
@@ -131,6 +131,7 @@ fn create_continuation(regs: &mut GuestRegs, nr: u64, args: [u64; 5]) {
 /// Handles a hypercall from guest kernel mode (see [`crate::syscall_entry`]).
 pub fn do_hypercall(
     vcpu: &mut Vcpu,
+    dom: &mut Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
     stats: &mut Stats,
@@ -138,7 +139,7 @@ pub fn do_hypercall(
     let nr = regs.rax;
     let a = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
     stats.count_hypercall(nr);
-    let action = dispatch(vcpu, regs, p, stats, nr, a);
+    let action = dispatch(vcpu, dom, regs, p, stats, nr, a);
     let (ret, outcome) = match action {
         Action::Ret(v) => (Some(v), Outcome::Resume),
         Action::RetThen(v, o) => (Some(v), o),
@@ -167,13 +168,14 @@ pub fn do_hypercall(
 /// share). A handler's `-ERESTART` becomes a continuation with the same arguments.
 fn dispatch(
     vcpu: &mut Vcpu,
+    dom: &mut Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
     stats: &mut Stats,
     nr: u64,
     a: [u64; 5],
 ) -> Action {
-    match dispatch_one(vcpu, regs, p, stats, nr, a) {
+    match dispatch_one(vcpu, dom, regs, p, stats, nr, a) {
         Action::Ret(v) if v == -ERESTART => Action::cont(nr, a),
         action => action,
     }
@@ -181,6 +183,7 @@ fn dispatch(
 
 fn dispatch_one(
     vcpu: &mut Vcpu,
+    dom: &mut Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
     stats: &mut Stats,
@@ -192,13 +195,13 @@ fn dispatch_one(
         hc::STACK_SWITCH => Action::Ret(do_stack_switch(vcpu, a[0], a[1])),
         hc::SET_CALLBACKS => Action::Ret(do_set_callbacks(vcpu, a[0], a[1], a[2])),
         hc::FPU_TASKSWITCH => Action::Ret(do_fpu_taskswitch(vcpu, a[0] as i32)),
-        hc::SCHED_OP_COMPAT => do_sched_op_compat(vcpu, p, a[0] as i32, a[1]),
+        hc::SCHED_OP_COMPAT => do_sched_op_compat(vcpu, dom, p, a[0] as i32, a[1]),
         hc::SET_DEBUGREG => Action::Ret(do_set_debugreg(vcpu, a[0] as i32, a[1])),
         hc::GET_DEBUGREG => Action::Ret(do_get_debugreg(vcpu, a[0] as i32)),
-        hc::XEN_VERSION => Action::Ret(do_xen_version(vcpu, p, a[0] as i32, a[1])),
+        hc::XEN_VERSION => Action::Ret(do_xen_version(vcpu, dom, p, a[0] as i32, a[1])),
         hc::CONSOLE_IO => do_console_io(vcpu, p, a),
-        hc::VM_ASSIST => Action::Ret(do_vm_assist(vcpu, a[0] as u32, a[1] as u32)),
-        hc::IRET => do_iret(vcpu, regs, p),
+        hc::VM_ASSIST => Action::Ret(do_vm_assist(dom, a[0] as u32, a[1] as u32)),
+        hc::IRET => do_iret(vcpu, dom, regs, p),
         hc::SET_SEGMENT_BASE => Action::Ret(do_set_segment_base(vcpu, a[0] as u32, a[1])),
         hc::MMUEXT_OP => crate::mmu::do_mmuext_op(vcpu, p, a, stats),
         hc::MMU_UPDATE => {
@@ -218,13 +221,16 @@ fn dispatch_one(
         }
         hc::SET_GDT => Action::Ret(crate::mmu::do_set_gdt(vcpu, p, a[0], a[1] as u32 as u64)),
         hc::UPDATE_DESCRIPTOR => Action::Ret(crate::mmu::do_update_descriptor(p, a[0], a[1])),
-        hc::VCPU_OP => match crate::vcpu_op::do_vcpu_op(vcpu, p, a[0], a[1] as u32, a[2]) {
+        hc::VCPU_OP => match crate::vcpu_op::do_vcpu_op(vcpu, dom, p, a[0], a[1] as u32, a[2]) {
             crate::vcpu_op::VcpuOpResult::Ret(v) => Action::Ret(v),
-            crate::vcpu_op::VcpuOpResult::AllDown => Action::RetThen(0, crate::vcpu_op::all_down()),
+            crate::vcpu_op::VcpuOpResult::SelfDown => Action::RetThen(0, Outcome::Down),
+            crate::vcpu_op::VcpuOpResult::AllDown => {
+                Action::RetThen(0, crate::vcpu_op::all_down(dom))
+            }
         },
-        hc::PHYSDEV_OP => Action::Ret(do_physdev_op(vcpu, p, a[0], a[1])),
+        hc::PHYSDEV_OP => Action::Ret(do_physdev_op(vcpu, dom, p, a[0], a[1])),
         hc::EVENT_CHANNEL_OP => {
-            Action::Ret(crate::evtchn::do_event_channel_op(vcpu, p, a[0], a[1]))
+            Action::Ret(crate::evtchn::do_event_channel_op(vcpu, dom, p, a[0], a[1]))
         }
         // The op's body follows its command word; a struct that runs off the end of the
         // address space cannot be copied (-EFAULT), as on Xen.
@@ -232,6 +238,7 @@ fn dispatch_one(
             match (guest::read_obj::<u32>(vcpu, p, a[0]), a[0].checked_add(8)) {
                 (Ok(cmd), Some(body)) => Action::Ret(crate::evtchn::do_event_channel_op(
                     vcpu,
+                    dom,
                     p,
                     u64::from(cmd),
                     body,
@@ -242,14 +249,15 @@ fn dispatch_one(
         }
         hc::GRANT_TABLE_OP => Action::Ret(crate::gnttab::do_grant_table_op(
             vcpu,
+            dom,
             p,
             a[0],
             a[1],
             a[2] as u32,
         )),
         hc::SET_TIMER_OP => Action::Ret(crate::time::do_set_timer_op(vcpu, a[0])),
-        hc::MULTICALL => do_multicall(vcpu, regs, p, stats, a),
-        hc::SCHED_OP => do_sched_op(vcpu, p, a[0] as i32, a[1]),
+        hc::MULTICALL => do_multicall(vcpu, dom, regs, p, stats, a),
+        hc::SCHED_OP => do_sched_op(vcpu, dom, p, a[0] as i32, a[1]),
         hc::CALLBACK_OP => Action::Ret(do_callback_op(vcpu, p, a[0] as i32, a[1])),
         hc::MEMORY_OP => crate::memory::do_memory_op(vcpu, p, a),
         // Xen's default: no virtual PMU (`vpmu=0`), for every sub-op.
@@ -261,7 +269,13 @@ fn dispatch_one(
 /// `physdev_op` as Xen answers an unprivileged PV guest: `PHYSDEVOP_set_iopl` sets the
 /// virtual IOPL that guards port I/O emulation (the domain has no ports: reads give all
 /// ones, writes vanish); the interrupt-routing sub-ops come with event channels.
-fn do_physdev_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i64 {
+fn do_physdev_op(
+    vcpu: &mut Vcpu,
+    dom: &mut Domain,
+    p: &mut dyn Platform,
+    cmd: u64,
+    arg: u64,
+) -> i64 {
     const PHYSDEVOP_SET_IOPL: u64 = 6;
     const PHYSDEVOP_PIRQ_EOI_GMFN_V1: u64 = 17;
     const PHYSDEVOP_PIRQ_EOI_GMFN_V2: u64 = 28;
@@ -277,7 +291,7 @@ fn do_physdev_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i
             if !crate::mmu::get_writable_page(ctx, gmfn) {
                 return -EINVAL;
             }
-            if vcpu.pirq_eoi_mfn.is_some() {
+            if dom.pirq_eoi_mfn.is_some() {
                 // Xen takes the reference first and drops it again when the domain
                 // already has its page.
                 if let Some(ctx) = p.mm() {
@@ -286,7 +300,7 @@ fn do_physdev_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i
                 }
                 return -EBUSY;
             }
-            vcpu.pirq_eoi_mfn = Some(gmfn);
+            dom.pirq_eoi_mfn = Some(gmfn);
             0
         }
         PHYSDEVOP_SET_IOPL => {
@@ -316,6 +330,7 @@ fn do_physdev_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: u64, arg: u64) -> i
 /// the sub-call's own progress.
 fn do_multicall(
     vcpu: &mut Vcpu,
+    dom: &mut Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
     stats: &mut Stats,
@@ -347,7 +362,7 @@ fn do_multicall(
         let mut scratch = *regs;
         let action = match entry.op {
             hc::MULTICALL | hc::IRET => Action::Ret(-EINVAL),
-            nr => dispatch(vcpu, &mut scratch, p, stats, nr, sub),
+            nr => dispatch(vcpu, dom, &mut scratch, p, stats, nr, sub),
         };
         let (result, outcome) = match action {
             Action::Ret(v) => (v, Outcome::Resume),
@@ -588,13 +603,13 @@ fn do_get_debugreg(vcpu: &Vcpu, reg: i32) -> i64 {
 }
 
 /// `vm_assist`: the type is checked before the command, as on Xen.
-fn do_vm_assist(vcpu: &mut Vcpu, cmd: u32, kind: u32) -> i64 {
+fn do_vm_assist(dom: &mut Domain, cmd: u32, kind: u32) -> i64 {
     if kind >= 64 || vmassist::VALID_PV64 & (1u64 << kind) == 0 {
         return -EINVAL;
     }
     match u64::from(cmd) {
-        vmassist::CMD_ENABLE => vcpu.vm_assist |= 1 << kind,
-        vmassist::CMD_DISABLE => vcpu.vm_assist &= !(1u64 << kind),
+        vmassist::CMD_ENABLE => dom.vm_assist |= 1 << kind,
+        vmassist::CMD_DISABLE => dom.vm_assist &= !(1u64 << kind),
         _ => return -ENOSYS,
     }
     0
@@ -635,7 +650,7 @@ fn do_set_segment_base(vcpu: &mut Vcpu, which: u32, base: u64) -> i64 {
 /// `iret`: pop an `iret_context` from the guest stack and load it. rax comes from the
 /// frame, not from a return value. A frame that cannot be read, or a return to user mode
 /// without a user pagetable, crashes the domain, as on Xen.
-fn do_iret(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &mut dyn Platform) -> Action {
+fn do_iret(vcpu: &mut Vcpu, dom: &Domain, regs: &mut GuestRegs, p: &mut dyn Platform) -> Action {
     let ctx: IretContext = match guest::read_obj(vcpu, p, regs.rsp) {
         Ok(c) => c,
         Err(_) => return Action::Done(Outcome::Crash(CrashReason::BadIret)),
@@ -648,7 +663,7 @@ fn do_iret(vcpu: &mut Vcpu, regs: &mut GuestRegs, p: &mut dyn Platform) -> Actio
             vcpu.toggle_guest_mode();
         }
     }
-    if vcpu.vm_assist & (1 << vmassist::TYPE_ARCHITECTURAL_IOPL) != 0 {
+    if dom.vm_assist & (1 << vmassist::TYPE_ARCHITECTURAL_IOPL) != 0 {
         vcpu.iopl = ctx.rflags & X86_EFLAGS_IOPL;
     }
     regs.rip = ctx.rip;
@@ -755,7 +770,7 @@ fn put_string(vcpu: &Vcpu, p: &mut dyn Platform, va: u64, s: &str, len: usize) -
 }
 
 /// `xen_version`, answering as Xen 4.17 answers an unprivileged PV domain.
-fn do_xen_version(vcpu: &Vcpu, p: &mut dyn Platform, cmd: i32, arg: u64) -> i64 {
+fn do_xen_version(vcpu: &Vcpu, dom: &Domain, p: &mut dyn Platform, cmd: i32, arg: u64) -> i64 {
     match i64::from(cmd) as u64 {
         XENVER_VERSION => (XEN_MAJOR << 16) | XEN_MINOR,
         XENVER_EXTRAVERSION => put_string(vcpu, p, arg, EXTRAVERSION, EXTRAVERSION_LEN),
@@ -787,7 +802,7 @@ fn do_xen_version(vcpu: &Vcpu, p: &mut dyn Platform, cmd: i32, arg: u64) -> i64 
             }
             fi.submap = xen_abi::features::PV_DOMU_SUBMAP0;
             // Xen reports this one only once the guest enabled the assist.
-            if vcpu.vm_assist & (1 << vmassist::TYPE_PAE_EXTENDED_CR3) == 0 {
+            if dom.vm_assist & (1 << vmassist::TYPE_PAE_EXTENDED_CR3) == 0 {
                 fi.submap &= !(1 << xen_abi::features::PAE_PGDIR_ABOVE_4GB);
             }
             match guest::write_obj(vcpu, p, arg, &fi) {
@@ -822,8 +837,8 @@ fn do_xen_version(vcpu: &Vcpu, p: &mut dyn Platform, cmd: i32, arg: u64) -> i64 
 
 /// `SCHEDOP_shutdown` and friends: a reason set earlier with `SCHEDOP_shutdown_code`
 /// wins over the one given now, as in Xen's `domain_shutdown`.
-fn domain_shutdown(vcpu: &mut Vcpu, reason: u8) -> Outcome {
-    let reason = *vcpu.shutdown_code.get_or_insert(reason);
+fn domain_shutdown(dom: &mut Domain, reason: u8) -> Outcome {
+    let reason = *dom.shutdown_code.get_or_insert(reason);
     Outcome::Shutdown(u32::from(reason))
 }
 
@@ -833,7 +848,13 @@ fn domain_shutdown(vcpu: &mut Vcpu, reason: u8) -> Outcome {
 /// any event) is pending; otherwise, with no event channels or timers in the engine yet,
 /// it yields and returns 0, which the ABI allows (a poll may wake spuriously; Linux
 /// re-checks its condition). `SCHEDOP_watchdog` is not implemented (-ENOSYS).
-fn do_sched_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: i32, arg: u64) -> Action {
+fn do_sched_op(
+    vcpu: &mut Vcpu,
+    dom: &mut Domain,
+    p: &mut dyn Platform,
+    cmd: i32,
+    arg: u64,
+) -> Action {
     match i64::from(cmd) as u64 {
         SCHEDOP_YIELD => Action::RetThen(0, Outcome::Yield),
         SCHEDOP_BLOCK => {
@@ -844,17 +865,17 @@ fn do_sched_op(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: i32, arg: u64) -> Act
             Action::RetThen(0, Outcome::Block)
         }
         SCHEDOP_SHUTDOWN => match guest::read_obj::<u32>(vcpu, p, arg) {
-            Ok(reason) => Action::RetThen(0, domain_shutdown(vcpu, reason as u8)),
+            Ok(reason) => Action::RetThen(0, domain_shutdown(dom, reason as u8)),
             Err(e) => Action::Ret(efault(e)),
         },
         SCHEDOP_SHUTDOWN_CODE => match guest::read_obj::<u32>(vcpu, p, arg) {
             Ok(reason) => {
-                vcpu.shutdown_code.get_or_insert(reason as u8);
+                dom.shutdown_code.get_or_insert(reason as u8);
                 Action::Ret(0)
             }
             Err(e) => Action::Ret(efault(e)),
         },
-        SCHEDOP_POLL => do_poll(vcpu, p, arg),
+        SCHEDOP_POLL => do_poll(vcpu, dom, p, arg),
         SCHEDOP_REMOTE_SHUTDOWN => match guest::read_obj::<SchedRemoteShutdown>(vcpu, p, arg) {
             // No other domain exists for the engine, and Xen's lookup by id does not
             // resolve DOMID_SELF.
@@ -884,7 +905,7 @@ impl PollWait {
     }
 }
 
-fn do_poll(vcpu: &mut Vcpu, p: &mut dyn Platform, arg: u64) -> Action {
+fn do_poll(vcpu: &mut Vcpu, dom: &mut Domain, p: &mut dyn Platform, arg: u64) -> Action {
     let sp: SchedPoll = match guest::read_obj(vcpu, p, arg) {
         Ok(s) => s,
         Err(e) => return Action::Ret(efault(e)),
@@ -916,7 +937,7 @@ fn do_poll(vcpu: &mut Vcpu, p: &mut dyn Platform, arg: u64) -> Action {
         if port >= EVTCHN_2L_NR_CHANNELS {
             return Action::Ret(-EINVAL);
         }
-        match crate::evtchn::port_pending(vcpu, p, port).ok_or(CrashReason::BadVcpuInfo) {
+        match crate::evtchn::port_pending(dom, p, port).ok_or(CrashReason::BadVcpuInfo) {
             Ok(true) => return Action::Ret(0),
             Ok(false) => wait.ports[i] = port,
             Err(r) => return Action::Done(Outcome::Crash(r)),
@@ -926,31 +947,43 @@ fn do_poll(vcpu: &mut Vcpu, p: &mut dyn Platform, arg: u64) -> Action {
         return Action::Ret(0);
     }
     vcpu.poll = Some(wait);
+    if let Some(slot) = dom.vcpu_mut(vcpu.id) {
+        slot.polling = true;
+    }
     Action::RetThen(0, Outcome::Block)
 }
 
 /// Whether a blocked vCPU wakes at system time `now`: an event marked its upcall pending,
 /// or it polls and one of its ports is pending or the poll timed out. Ends the poll when
 /// it wakes.
-pub fn unblock_due(vcpu: &mut Vcpu, p: &dyn Platform, now: u64) -> bool {
+pub fn unblock_due(vcpu: &mut Vcpu, dom: &mut Domain, p: &dyn Platform, now: u64) -> bool {
     let wake = crate::evtchn::event_pending(vcpu, p)
         || vcpu.poll.is_some_and(|w| {
             w.deadline.is_some_and(|d| d <= now)
                 || w.ports()
                     .iter()
-                    .any(|&port| crate::evtchn::port_pending(vcpu, p, port).unwrap_or(true))
+                    .any(|&port| crate::evtchn::port_pending(dom, p, port).unwrap_or(true))
         });
     if wake {
         vcpu.poll = None;
+        if let Some(slot) = dom.vcpu_mut(vcpu.id) {
+            slot.polling = false;
+        }
     }
     wake
 }
 
 /// `sched_op_compat`: the pre-3.0.2 form, shutdown reason in the argument itself.
-fn do_sched_op_compat(vcpu: &mut Vcpu, p: &mut dyn Platform, cmd: i32, arg: u64) -> Action {
+fn do_sched_op_compat(
+    vcpu: &mut Vcpu,
+    dom: &mut Domain,
+    p: &mut dyn Platform,
+    cmd: i32,
+    arg: u64,
+) -> Action {
     match i64::from(cmd) as u64 {
-        SCHEDOP_YIELD | SCHEDOP_BLOCK => do_sched_op(vcpu, p, cmd, 0),
-        SCHEDOP_SHUTDOWN => Action::RetThen(0, domain_shutdown(vcpu, arg as u8)),
+        SCHEDOP_YIELD | SCHEDOP_BLOCK => do_sched_op(vcpu, dom, p, cmd, 0),
+        SCHEDOP_SHUTDOWN => Action::RetThen(0, domain_shutdown(dom, arg as u8)),
         _ => Action::Ret(-ENOSYS),
     }
 }
@@ -963,6 +996,7 @@ mod tests {
 
     fn call(
         v: &mut Vcpu,
+        d: &mut crate::Domain,
         p: &mut FakePlatform,
         s: &mut Stats,
         nr: u64,
@@ -976,14 +1010,20 @@ mod tests {
         r.r10 = args[3];
         r.r8 = args[4];
         let before = r;
-        let out = crate::syscall_entry(v, &mut r, p, s);
+        let out = crate::syscall_entry(v, d, &mut r, p, s);
         (out, before, r)
     }
 
     /// Calls and checks that only rax changed; returns (outcome, rax as i64).
-    fn hcall(v: &mut Vcpu, p: &mut FakePlatform, nr: u64, args: [u64; 5]) -> (Outcome, i64) {
+    fn hcall(
+        v: &mut Vcpu,
+        d: &mut crate::Domain,
+        p: &mut FakePlatform,
+        nr: u64,
+        args: [u64; 5],
+    ) -> (Outcome, i64) {
         let mut s = Stats::new();
-        let (out, before, after) = call(v, p, &mut s, nr, args);
+        let (out, before, after) = call(v, d, p, &mut s, nr, args);
         let mut a = after;
         a.rax = before.rax;
         assert_eq!(a, before, "hypercall {nr} changed registers other than rax");
@@ -995,8 +1035,14 @@ mod tests {
         (out, after.rax as i64)
     }
 
-    fn ret(v: &mut Vcpu, p: &mut FakePlatform, nr: u64, args: [u64; 5]) -> i64 {
-        let (out, rv) = hcall(v, p, nr, args);
+    fn ret(
+        v: &mut Vcpu,
+        d: &mut crate::Domain,
+        p: &mut FakePlatform,
+        nr: u64,
+        args: [u64; 5],
+    ) -> i64 {
+        let (out, rv) = hcall(v, d, p, nr, args);
         assert_eq!(out, Outcome::Resume);
         rv
     }
@@ -1023,10 +1069,10 @@ mod tests {
 
     #[test]
     fn unknown_and_unimplemented_are_enosys_and_counted() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let mut s = Stats::new();
         for nr in [hc::GRANT_TABLE_OP, 63, 64, 1000, u64::MAX] {
-            let (out, before, after) = call(&mut v, &mut p, &mut s, nr, [1, 2, 3, 4, 5]);
+            let (out, before, after) = call(&mut v, &mut d, &mut p, &mut s, nr, [1, 2, 3, 4, 5]);
             assert_eq!(out, Outcome::Resume);
             assert_eq!(after.rax as i64, -ENOSYS);
             let mut a = after;
@@ -1040,7 +1086,7 @@ mod tests {
 
     #[test]
     fn set_trap_table() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let table = [
             ti(14, 4, 0xe030, 0xffff_ffff_8100_0e00),
             ti(0x80, 3, 0xe033, 0x8000),
@@ -1050,7 +1096,13 @@ mod tests {
             put(&mut p, &v, DATA_VA + i as u64 * 16, t.as_bytes());
         }
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_TRAP_TABLE, [DATA_VA, 0, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_TRAP_TABLE,
+                [DATA_VA, 0, 0, 0, 0]
+            ),
             0
         );
         assert_eq!(
@@ -1061,12 +1113,13 @@ mod tests {
         assert_eq!(v.trap_table[0x80].address, 0x8000);
         assert_eq!(v.trap_table[0].address, 0);
         // NULL clears.
-        assert_eq!(ret(&mut v, &mut p, hc::SET_TRAP_TABLE, [0; 5]), 0);
+        assert_eq!(ret(&mut v, &mut d, &mut p, hc::SET_TRAP_TABLE, [0; 5]), 0);
         assert!(v.trap_table.iter().all(|t| t.address == 0));
         // Bad pointer; non-canonical handler (entries before it stay).
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SET_TRAP_TABLE,
                 [UNMAPPED_VA, 0, 0, 0, 0]
@@ -1076,6 +1129,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SET_TRAP_TABLE,
                 [HYPERVISOR_VIRT_START, 0, 0, 0, 0]
@@ -1089,7 +1143,13 @@ mod tests {
             ti(0x80, 3, 0xe033, 0x8000_0000_0000).as_bytes(),
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_TRAP_TABLE, [DATA_VA, 0, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_TRAP_TABLE,
+                [DATA_VA, 0, 0, 0, 0]
+            ),
             -EINVAL
         );
         assert_eq!(v.trap_table[14].address, 0xffff_ffff_8100_0e00);
@@ -1097,7 +1157,7 @@ mod tests {
 
     #[test]
     fn set_trap_table_continuation() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         // Preempted after 256 entries (the check follows each entry, as Xen's).
         p.preempt_after = Some(256);
         // 300 entries (vector = i % 256) and a terminator, across two pages.
@@ -1113,6 +1173,7 @@ mod tests {
         let mut s = Stats::new();
         let (out, before, after) = call(
             &mut v,
+            &mut d,
             &mut p,
             &mut s,
             hc::SET_TRAP_TABLE,
@@ -1131,7 +1192,7 @@ mod tests {
         let mut r = after;
         r.rip += 2; // the guest re-executes the syscall
         assert_eq!(
-            crate::syscall_entry(&mut v, &mut r, &mut p, &mut s),
+            crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut s),
             Outcome::Resume
         );
         assert_eq!(r.rax, 0);
@@ -1142,10 +1203,11 @@ mod tests {
 
     #[test]
     fn stack_switch() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::STACK_SWITCH,
                 [0xe028, 0x1234_5678, 0, 0, 0]
@@ -1155,7 +1217,13 @@ mod tests {
         assert_eq!(v.kernel_ss, 0xe02b);
         assert_eq!(v.kernel_sp, 0x1234_5678);
         assert_eq!(
-            ret(&mut v, &mut p, hc::STACK_SWITCH, [0xe02b, 0x10, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::STACK_SWITCH,
+                [0xe02b, 0x10, 0, 0, 0]
+            ),
             0
         );
         assert_eq!(v.kernel_ss, 0xe02b);
@@ -1163,11 +1231,12 @@ mod tests {
 
     #[test]
     fn set_callbacks() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         v.syscall_callback.flags = 1;
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SET_CALLBACKS,
                 [0x100, 0x8000_0000_0000, 0x300, 0, 0]
@@ -1196,7 +1265,7 @@ mod tests {
 
     #[test]
     fn callback_op() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let reg = |p: &mut FakePlatform, v: &Vcpu, kind: u16, flags: u16, address: u64| {
             put(
                 p,
@@ -1223,6 +1292,7 @@ mod tests {
             assert_eq!(
                 ret(
                     &mut v,
+                    &mut d,
                     &mut p,
                     hc::CALLBACK_OP,
                     [CALLBACKOP_REGISTER, DATA_VA, 0, 0, 0]
@@ -1253,6 +1323,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CALLBACK_OP,
                 [CALLBACKOP_REGISTER, DATA_VA, 0, 0, 0]
@@ -1263,6 +1334,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CALLBACK_OP,
                 [CALLBACKOP_REGISTER, DATA_VA, 0, 0, 0]
@@ -1273,6 +1345,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CALLBACK_OP,
                 [CALLBACKOP_REGISTER, UNMAPPED_VA, 0, 0, 0]
@@ -1290,6 +1363,7 @@ mod tests {
             assert_eq!(
                 ret(
                     &mut v,
+                    &mut d,
                     &mut p,
                     hc::CALLBACK_OP,
                     [CALLBACKOP_UNREGISTER, DATA_VA, 0, 0, 0]
@@ -1310,6 +1384,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CALLBACK_OP,
                 [CALLBACKOP_UNREGISTER, DATA_VA, 0, 0, 0]
@@ -1331,6 +1406,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CALLBACK_OP,
                 [CALLBACKOP_UNREGISTER, DATA_VA, 0, 0, 0]
@@ -1340,6 +1416,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CALLBACK_OP,
                 [CALLBACKOP_UNREGISTER, UNMAPPED_VA, 0, 0, 0]
@@ -1347,19 +1424,34 @@ mod tests {
             -EFAULT
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::CALLBACK_OP, [2, DATA_VA, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::CALLBACK_OP,
+                [2, DATA_VA, 0, 0, 0]
+            ),
             -ENOSYS
         );
     }
 
     #[test]
     fn fpu_taskswitch() {
-        let (mut v, mut p) = setup();
-        assert_eq!(ret(&mut v, &mut p, hc::FPU_TASKSWITCH, [1, 0, 0, 0, 0]), 0);
+        let (mut v, mut d, mut p) = setup();
+        assert_eq!(
+            ret(&mut v, &mut d, &mut p, hc::FPU_TASKSWITCH, [1, 0, 0, 0, 0]),
+            0
+        );
         assert!(v.cr0_ts && v.hw_state().cr0_ts);
         // Only the low 32 bits count (int argument).
         assert_eq!(
-            ret(&mut v, &mut p, hc::FPU_TASKSWITCH, [1 << 32, 0, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::FPU_TASKSWITCH,
+                [1 << 32, 0, 0, 0, 0]
+            ),
             0
         );
         assert!(!v.cr0_ts);
@@ -1367,15 +1459,16 @@ mod tests {
 
     #[test]
     fn debugregs() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         assert_eq!(v.debugreg[6], DR6_DEFAULT);
         assert_eq!(
-            ret(&mut v, &mut p, hc::GET_DEBUGREG, [7, 0, 0, 0, 0]),
+            ret(&mut v, &mut d, &mut p, hc::GET_DEBUGREG, [7, 0, 0, 0, 0]),
             DR7_DEFAULT as i64
         );
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SET_DEBUGREG,
                 [0, 0xffff_ffff_8100_0000, 0, 0, 0]
@@ -1383,12 +1476,13 @@ mod tests {
             0
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::GET_DEBUGREG, [0, 0, 0, 0, 0]) as u64,
+            ret(&mut v, &mut d, &mut p, hc::GET_DEBUGREG, [0, 0, 0, 0, 0]) as u64,
             0xffff_ffff_8100_0000
         );
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SET_DEBUGREG,
                 [3, HYPERVISOR_VIRT_START, 0, 0, 0]
@@ -1398,6 +1492,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SET_DEBUGREG,
                 [3, 0x8000_0000_0000, 0, 0, 0]
@@ -1405,55 +1500,91 @@ mod tests {
             -EPERM
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_DEBUGREG, [6, 1 << 32, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_DEBUGREG,
+                [6, 1 << 32, 0, 0, 0]
+            ),
             -EINVAL
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_DEBUGREG, [6, 0x1001, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_DEBUGREG,
+                [6, 0x1001, 0, 0, 0]
+            ),
             0
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::GET_DEBUGREG, [6, 0, 0, 0, 0]),
+            ret(&mut v, &mut d, &mut p, hc::GET_DEBUGREG, [6, 0, 0, 0, 0]),
             0xffff_0ff1
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::GET_DEBUGREG, [4, 0, 0, 0, 0]),
+            ret(&mut v, &mut d, &mut p, hc::GET_DEBUGREG, [4, 0, 0, 0, 0]),
             0xffff_0ff1,
             "DR4 aliases DR6"
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_DEBUGREG, [7, 1 << 13, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_DEBUGREG,
+                [7, 1 << 13, 0, 0, 0]
+            ),
             -EPERM
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_DEBUGREG, [7, 0x2_0001, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_DEBUGREG,
+                [7, 0x2_0001, 0, 0, 0]
+            ),
             -EPERM,
             "I/O breakpoint"
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_DEBUGREG, [7, 1 << 40, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_DEBUGREG,
+                [7, 1 << 40, 0, 0, 0]
+            ),
             -EINVAL
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_DEBUGREG, [5, 0x1_d801, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_DEBUGREG,
+                [5, 0x1_d801, 0, 0, 0]
+            ),
             0
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::GET_DEBUGREG, [7, 0, 0, 0, 0]),
+            ret(&mut v, &mut d, &mut p, hc::GET_DEBUGREG, [7, 0, 0, 0, 0]),
             0x1_0401 | 0x400,
             "reserved bits fixed"
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::GET_DEBUGREG, [5, 0, 0, 0, 0]),
+            ret(&mut v, &mut d, &mut p, hc::GET_DEBUGREG, [5, 0, 0, 0, 0]),
             0x1_0401
         );
         for reg in [8u64, u64::MAX, 0xffff_ffff] {
             assert_eq!(
-                ret(&mut v, &mut p, hc::SET_DEBUGREG, [reg, 0, 0, 0, 0]),
+                ret(&mut v, &mut d, &mut p, hc::SET_DEBUGREG, [reg, 0, 0, 0, 0]),
                 -ENODEV
             );
             assert_eq!(
-                ret(&mut v, &mut p, hc::GET_DEBUGREG, [reg, 0, 0, 0, 0]),
+                ret(&mut v, &mut d, &mut p, hc::GET_DEBUGREG, [reg, 0, 0, 0, 0]),
                 -ENODEV
             );
         }
@@ -1461,39 +1592,67 @@ mod tests {
 
     #[test]
     fn vm_assist() {
-        let (mut v, mut p) = setup();
-        assert_eq!(ret(&mut v, &mut p, hc::VM_ASSIST, [0, 2, 0, 0, 0]), 0);
-        assert_eq!(ret(&mut v, &mut p, hc::VM_ASSIST, [0, 32, 0, 0, 0]), 0);
-        assert_eq!(v.vm_assist, (1 << 2) | (1 << 32));
-        assert_eq!(ret(&mut v, &mut p, hc::VM_ASSIST, [1, 2, 0, 0, 0]), 0);
-        assert_eq!(v.vm_assist, 1 << 32);
-        assert_eq!(ret(&mut v, &mut p, hc::VM_ASSIST, [0, 6, 0, 0, 0]), -EINVAL);
+        let (mut v, mut d, mut p) = setup();
         assert_eq!(
-            ret(&mut v, &mut p, hc::VM_ASSIST, [0, 64, 0, 0, 0]),
+            ret(&mut v, &mut d, &mut p, hc::VM_ASSIST, [0, 2, 0, 0, 0]),
+            0
+        );
+        assert_eq!(
+            ret(&mut v, &mut d, &mut p, hc::VM_ASSIST, [0, 32, 0, 0, 0]),
+            0
+        );
+        assert_eq!(d.vm_assist, (1 << 2) | (1 << 32));
+        assert_eq!(
+            ret(&mut v, &mut d, &mut p, hc::VM_ASSIST, [1, 2, 0, 0, 0]),
+            0
+        );
+        assert_eq!(d.vm_assist, 1 << 32);
+        assert_eq!(
+            ret(&mut v, &mut d, &mut p, hc::VM_ASSIST, [0, 6, 0, 0, 0]),
             -EINVAL
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::VM_ASSIST, [7, 64, 0, 0, 0]),
+            ret(&mut v, &mut d, &mut p, hc::VM_ASSIST, [0, 64, 0, 0, 0]),
+            -EINVAL
+        );
+        assert_eq!(
+            ret(&mut v, &mut d, &mut p, hc::VM_ASSIST, [7, 64, 0, 0, 0]),
             -EINVAL,
             "type checked first"
         );
-        assert_eq!(ret(&mut v, &mut p, hc::VM_ASSIST, [7, 2, 0, 0, 0]), -ENOSYS);
+        assert_eq!(
+            ret(&mut v, &mut d, &mut p, hc::VM_ASSIST, [7, 2, 0, 0, 0]),
+            -ENOSYS
+        );
     }
 
     #[test]
     fn set_segment_base() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_SEGMENT_BASE, [0, 0x7000, 0, 0, 0]),
-            0
-        );
-        assert_eq!(
-            ret(&mut v, &mut p, hc::SET_SEGMENT_BASE, [1, 0x7100, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_SEGMENT_BASE,
+                [0, 0x7000, 0, 0, 0]
+            ),
             0
         );
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_SEGMENT_BASE,
+                [1, 0x7100, 0, 0, 0]
+            ),
+            0
+        );
+        assert_eq!(
+            ret(
+                &mut v,
+                &mut d,
                 &mut p,
                 hc::SET_SEGMENT_BASE,
                 [2, 0xffff_8880_0000_0000, 0, 0, 0]
@@ -1509,6 +1668,7 @@ mod tests {
             assert_eq!(
                 ret(
                     &mut v,
+                    &mut d,
                     &mut p,
                     hc::SET_SEGMENT_BASE,
                     [which, 0x8000_0000_0000, 0, 0, 0]
@@ -1518,27 +1678,52 @@ mod tests {
         }
         assert_eq!(v.fs_base, 0x7000);
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_SEGMENT_BASE, [3, 0x63, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_SEGMENT_BASE,
+                [3, 0x63, 0, 0, 0]
+            ),
             0
         );
         assert_eq!((v.gs_sel_user, v.gs_base_user), (0x63, 0));
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_SEGMENT_BASE, [3, 0x60, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_SEGMENT_BASE,
+                [3, 0x60, 0, 0, 0]
+            ),
             0
         );
         assert_eq!(v.gs_sel_user, 0x63, "RPL fixed up");
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_SEGMENT_BASE, [3, 0x1_0000, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_SEGMENT_BASE,
+                [3, 0x1_0000, 0, 0, 0]
+            ),
             0
         );
         assert_eq!(v.gs_sel_user, 0, "selector is 16 bits");
         assert_eq!(
-            ret(&mut v, &mut p, hc::SET_SEGMENT_BASE, [4, 0, 0, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SET_SEGMENT_BASE,
+                [4, 0, 0, 0, 0]
+            ),
             -EINVAL
         );
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SET_SEGMENT_BASE,
                 [(1 << 32) | segbase::FS, 0x10, 0, 0, 0]
@@ -1554,7 +1739,7 @@ mod tests {
 
     #[test]
     fn iret_to_user() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         v.user_cr3 = USER_L4;
         v.gs_base_user = 0x99;
         p.mem[(SHARED_INFO + 1) as usize] = 1;
@@ -1577,7 +1762,7 @@ mod tests {
         r.rsp = rsp;
         let before = r;
         assert_eq!(
-            crate::syscall_entry(&mut v, &mut r, &mut p, &mut s),
+            crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut s),
             Outcome::Resume
         );
         assert_eq!(v.mode, Mode::User);
@@ -1618,7 +1803,7 @@ mod tests {
 
     #[test]
     fn iret_in_syscall_and_to_kernel() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let rsp = KSTACK_TOP - 0x100;
         let ctx = IretContext {
             rax: 1,
@@ -1637,7 +1822,7 @@ mod tests {
         r.rsp = rsp;
         let before = r;
         assert_eq!(
-            crate::syscall_entry(&mut v, &mut r, &mut p, &mut Stats::new()),
+            crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut Stats::new()),
             Outcome::Resume
         );
         assert_eq!(v.mode, Mode::Kernel);
@@ -1653,12 +1838,12 @@ mod tests {
 
     #[test]
     fn iret_failures_crash() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let mut r = distinct_regs();
         r.rax = hc::IRET;
         r.rsp = UNMAPPED_VA;
         assert_eq!(
-            crate::syscall_entry(&mut v, &mut r, &mut p, &mut Stats::new()),
+            crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut Stats::new()),
             Outcome::Crash(CrashReason::BadIret)
         );
         let rsp = KSTACK_TOP - 0x100;
@@ -1676,7 +1861,7 @@ mod tests {
         r.rax = hc::IRET;
         r.rsp = rsp;
         assert_eq!(
-            crate::syscall_entry(&mut v, &mut r, &mut p, &mut Stats::new()),
+            crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut Stats::new()),
             Outcome::Crash(CrashReason::BadIret),
             "user mode without a user pagetable"
         );
@@ -1685,12 +1870,13 @@ mod tests {
 
     #[test]
     fn console_write() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let msg: std::vec::Vec<u8> = (0..300u32).map(|i| b'a' + (i % 26) as u8).collect();
         put(&mut p, &v, DATA_VA + 0xf00, &msg);
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_WRITE, 300, DATA_VA + 0xf00, 0, 0]
@@ -1701,6 +1887,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_WRITE, 0, 0, 0, 0]
@@ -1710,6 +1897,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_WRITE, 10, UNMAPPED_VA, 0, 0]
@@ -1717,13 +1905,20 @@ mod tests {
             -EFAULT
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::CONSOLE_IO, [7, 10, DATA_VA, 0, 0]),
+            ret(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::CONSOLE_IO,
+                [7, 10, DATA_VA, 0, 0]
+            ),
             -ENOSYS
         );
         // count is 32 bits: the upper half is ignored.
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_WRITE, 1 << 32, UNMAPPED_VA, 0, 0]
@@ -1736,6 +1931,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_WRITE, 16, TOP_VA + 0xff0, 0, 0]
@@ -1746,6 +1942,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_WRITE, 17, TOP_VA + 0xff0, 0, 0]
@@ -1756,11 +1953,12 @@ mod tests {
 
     #[test]
     fn console_read() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         p.console_in = b"hello, world".to_vec();
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_READ, 5, DATA_VA, 0, 0]
@@ -1771,6 +1969,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_READ, 1 << 31, DATA_VA, 0, 0]
@@ -1780,6 +1979,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_READ, 5, RO_VA, 0, 0]
@@ -1790,6 +1990,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_READ, 100, DATA_VA, 0, 0]
@@ -1799,6 +2000,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::CONSOLE_IO,
                 [CONSOLEIO_READ, 100, DATA_VA, 0, 0]
@@ -1809,65 +2011,87 @@ mod tests {
 
     #[test]
     fn xen_version() {
-        let (mut v, mut p) = setup();
-        let x = |v: &mut Vcpu, p: &mut FakePlatform, cmd: u64, arg: u64| {
-            ret(v, p, hc::XEN_VERSION, [cmd, arg, 0, 0, 0])
+        let (mut v, mut d, mut p) = setup();
+        let x = |v: &mut Vcpu, d: &mut crate::Domain, p: &mut FakePlatform, cmd: u64, arg: u64| {
+            ret(v, d, p, hc::XEN_VERSION, [cmd, arg, 0, 0, 0])
         };
-        assert_eq!(x(&mut v, &mut p, XENVER_VERSION, 0), 0x4_0011);
-        assert_eq!(x(&mut v, &mut p, XENVER_EXTRAVERSION, DATA_VA), 0);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_VERSION, 0), 0x4_0011);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_EXTRAVERSION, DATA_VA), 0);
         assert_eq!(get(&p, &v, DATA_VA, 16), b".0-pvkvm\0\0\0\0\0\0\0\0");
-        assert_eq!(x(&mut v, &mut p, XENVER_CAPABILITIES, DATA_VA), 0);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_CAPABILITIES, DATA_VA), 0);
         let caps = get(&p, &v, DATA_VA, 1024);
         assert_eq!(&caps[..16], b"xen-3.0-x86_64 \0");
         assert!(caps[16..].iter().all(|&b| b == 0));
-        assert_eq!(x(&mut v, &mut p, XENVER_CHANGESET, DATA_VA), 0);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_CHANGESET, DATA_VA), 0);
         assert_eq!(get(&p, &v, DATA_VA, 6), b"pvkvm ");
-        assert_eq!(x(&mut v, &mut p, XENVER_COMPILE_INFO, DATA_VA), 0);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_COMPILE_INFO, DATA_VA), 0);
         assert_eq!(get(&p, &v, DATA_VA + 64, 6), b"pvkvm\0");
-        assert_eq!(x(&mut v, &mut p, XENVER_PLATFORM_PARAMETERS, DATA_VA), 0);
+        assert_eq!(
+            x(&mut v, &mut d, &mut p, XENVER_PLATFORM_PARAMETERS, DATA_VA),
+            0
+        );
         assert_eq!(get(&p, &v, DATA_VA, 8), HYPERVISOR_VIRT_START.to_le_bytes());
         put(&mut p, &v, DATA_VA, &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(x(&mut v, &mut p, XENVER_GET_FEATURES, DATA_VA), 0);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_GET_FEATURES, DATA_VA), 0);
         let sub = u32::from_le_bytes(get(&p, &v, DATA_VA + 4, 4).try_into().unwrap());
         assert_eq!(sub, xen_abi::features::PV_DOMU_SUBMAP0 & !(1 << 4));
-        v.vm_assist |= 1 << vmassist::TYPE_PAE_EXTENDED_CR3;
-        assert_eq!(x(&mut v, &mut p, XENVER_GET_FEATURES, DATA_VA), 0);
+        d.vm_assist |= 1 << vmassist::TYPE_PAE_EXTENDED_CR3;
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_GET_FEATURES, DATA_VA), 0);
         let sub = u32::from_le_bytes(get(&p, &v, DATA_VA + 4, 4).try_into().unwrap());
         assert_eq!(sub, xen_abi::features::PV_DOMU_SUBMAP0);
         put(&mut p, &v, DATA_VA, &1u32.to_le_bytes());
-        assert_eq!(x(&mut v, &mut p, XENVER_GET_FEATURES, DATA_VA), -EINVAL);
         assert_eq!(
-            x(&mut v, &mut p, XENVER_GET_FEATURES, RO_VA),
+            x(&mut v, &mut d, &mut p, XENVER_GET_FEATURES, DATA_VA),
+            -EINVAL
+        );
+        assert_eq!(
+            x(&mut v, &mut d, &mut p, XENVER_GET_FEATURES, RO_VA),
             -EFAULT,
             "read ok, write-back faults"
         );
-        assert_eq!(x(&mut v, &mut p, XENVER_PAGESIZE, 0), 4096);
-        assert_eq!(x(&mut v, &mut p, XENVER_PAGESIZE, DATA_VA), -EINVAL);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_PAGESIZE, 0), 4096);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_PAGESIZE, DATA_VA), -EINVAL);
         put(&mut p, &v, DATA_VA, &[0xff; 16]);
-        assert_eq!(x(&mut v, &mut p, XENVER_GUEST_HANDLE, DATA_VA), 0);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_GUEST_HANDLE, DATA_VA), 0);
         assert_eq!(get(&p, &v, DATA_VA, 16), [0u8; 16]);
-        assert_eq!(x(&mut v, &mut p, XENVER_COMMANDLINE, DATA_VA), 0);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_COMMANDLINE, DATA_VA), 0);
         assert_eq!(get(&p, &v, DATA_VA, 9), b"<denied>\0");
-        assert_eq!(x(&mut v, &mut p, XENVER_BUILD_ID, DATA_VA), -EPERM);
-        assert_eq!(x(&mut v, &mut p, 11, DATA_VA), -ENOSYS);
-        assert_eq!(x(&mut v, &mut p, u64::MAX, DATA_VA), -ENOSYS);
+        assert_eq!(x(&mut v, &mut d, &mut p, XENVER_BUILD_ID, DATA_VA), -EPERM);
+        assert_eq!(x(&mut v, &mut d, &mut p, 11, DATA_VA), -ENOSYS);
+        assert_eq!(x(&mut v, &mut d, &mut p, u64::MAX, DATA_VA), -ENOSYS);
         // cmd is an int: the upper half is ignored.
-        assert_eq!(x(&mut v, &mut p, 1 << 32, 0), 0x4_0011);
+        assert_eq!(x(&mut v, &mut d, &mut p, 1 << 32, 0), 0x4_0011);
         for cmd in [1, 2, 3, 4, 5, 6, 8, 9] {
-            assert_eq!(x(&mut v, &mut p, cmd, UNMAPPED_VA), -EFAULT, "sub-op {cmd}");
+            assert_eq!(
+                x(&mut v, &mut d, &mut p, cmd, UNMAPPED_VA),
+                -EFAULT,
+                "sub-op {cmd}"
+            );
         }
     }
 
     #[test]
     fn sched_op() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         assert_eq!(
-            hcall(&mut v, &mut p, hc::SCHED_OP, [SCHEDOP_YIELD, 0, 0, 0, 0]),
+            hcall(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SCHED_OP,
+                [SCHEDOP_YIELD, 0, 0, 0, 0]
+            ),
             (Outcome::Yield, 0)
         );
         p.mem[(SHARED_INFO + 1) as usize] = 1;
         assert_eq!(
-            hcall(&mut v, &mut p, hc::SCHED_OP, [SCHEDOP_BLOCK, 0, 0, 0, 0]),
+            hcall(
+                &mut v,
+                &mut d,
+                &mut p,
+                hc::SCHED_OP,
+                [SCHEDOP_BLOCK, 0, 0, 0, 0]
+            ),
             (Outcome::Block, 0)
         );
         assert_eq!(p.mem[(SHARED_INFO + 1) as usize], 0, "block enables events");
@@ -1875,6 +2099,7 @@ mod tests {
         assert_eq!(
             hcall(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_SHUTDOWN, DATA_VA, 0, 0, 0]
@@ -1884,6 +2109,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_SHUTDOWN, UNMAPPED_VA, 0, 0, 0]
@@ -1893,6 +2119,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_SHUTDOWN_CODE, UNMAPPED_VA, 0, 0, 0]
@@ -1902,6 +2129,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_REMOTE_SHUTDOWN, DATA_VA, 0, 0, 0]
@@ -1911,6 +2139,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_REMOTE_SHUTDOWN, UNMAPPED_VA, 0, 0, 0]
@@ -1920,6 +2149,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_PIN_OVERRIDE, DATA_VA, 0, 0, 0]
@@ -1929,6 +2159,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_WATCHDOG, DATA_VA, 0, 0, 0]
@@ -1936,18 +2167,19 @@ mod tests {
             -ENOSYS
         );
         assert_eq!(
-            ret(&mut v, &mut p, hc::SCHED_OP, [99, DATA_VA, 0, 0, 0]),
+            ret(&mut v, &mut d, &mut p, hc::SCHED_OP, [99, DATA_VA, 0, 0, 0]),
             -ENOSYS
         );
     }
 
     #[test]
     fn shutdown_code_overrides_reason() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         put(&mut p, &v, DATA_VA, &SHUTDOWN_SUSPEND.to_le_bytes());
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_SHUTDOWN_CODE, DATA_VA, 0, 0, 0]
@@ -1958,6 +2190,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_SHUTDOWN_CODE, DATA_VA, 0, 0, 0]
@@ -1965,13 +2198,14 @@ mod tests {
             0
         );
         assert_eq!(
-            v.shutdown_code,
+            d.shutdown_code,
             Some(SHUTDOWN_SUSPEND as u8),
             "first code wins"
         );
         assert_eq!(
             hcall(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP_COMPAT,
                 [SCHEDOP_SHUTDOWN, 0, 0, 0, 0]
@@ -1982,10 +2216,11 @@ mod tests {
 
     #[test]
     fn sched_op_compat() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         assert_eq!(
             hcall(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP_COMPAT,
                 [SCHEDOP_YIELD, 0, 0, 0, 0]
@@ -1995,6 +2230,7 @@ mod tests {
         assert_eq!(
             hcall(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP_COMPAT,
                 [SCHEDOP_BLOCK, 0, 0, 0, 0]
@@ -2004,6 +2240,7 @@ mod tests {
         assert_eq!(
             hcall(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP_COMPAT,
                 [SCHEDOP_SHUTDOWN, 0x101, 0, 0, 0]
@@ -2013,6 +2250,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP_COMPAT,
                 [SCHEDOP_POLL, 0, 0, 0, 0]
@@ -2023,7 +2261,7 @@ mod tests {
 
     #[test]
     fn sched_poll() {
-        let (mut v, mut p) = setup();
+        let (mut v, mut d, mut p) = setup();
         let poll_until = |p: &mut FakePlatform, v: &Vcpu, ports: u64, nr: u32, timeout: u64| {
             put(
                 p,
@@ -2050,6 +2288,7 @@ mod tests {
         assert_eq!(
             hcall(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_POLL, DATA_VA, 0, 0, 0]
@@ -2062,9 +2301,9 @@ mod tests {
             v.poll.map(|w| (w.ports().to_vec(), w.deadline)),
             Some((std::vec![5, 77], None))
         );
-        assert!(!unblock_due(&mut v, &p, u64::MAX - 1));
+        assert!(!unblock_due(&mut v, &mut d, &p, u64::MAX - 1));
         p.mem[(SHARED_INFO + 2048 + 77 / 8) as usize] = 1 << (77 % 8);
-        assert!(unblock_due(&mut v, &p, 0));
+        assert!(unblock_due(&mut v, &mut d, &p, 0));
         assert_eq!(v.poll, None, "waking ends the poll");
         // With a timeout: the poll ends at that system time.
         p.mem[(SHARED_INFO + 2048 + 77 / 8) as usize] = 0;
@@ -2072,6 +2311,7 @@ mod tests {
         assert_eq!(
             hcall(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_POLL, DATA_VA, 0, 0, 0]
@@ -2079,14 +2319,15 @@ mod tests {
             (Outcome::Block, 0)
         );
         assert_eq!(crate::time::next_deadline(&v), Some(5_000));
-        assert!(!unblock_due(&mut v, &p, 4_999));
-        assert!(unblock_due(&mut v, &p, 5_000));
+        assert!(!unblock_due(&mut v, &mut d, &p, 4_999));
+        assert!(unblock_due(&mut v, &mut d, &p, 5_000));
         poll(&mut p, &v, DATA_VA + 0x100, 2);
         // Port 77 pending: returns at once.
         p.mem[(SHARED_INFO + 2048 + 77 / 8) as usize] = 1 << (77 % 8);
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_POLL, DATA_VA, 0, 0, 0]
@@ -2099,6 +2340,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_POLL, DATA_VA, 0, 0, 0]
@@ -2110,6 +2352,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_POLL, DATA_VA, 0, 0, 0]
@@ -2120,6 +2363,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_POLL, DATA_VA, 0, 0, 0]
@@ -2130,6 +2374,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_POLL, DATA_VA, 0, 0, 0]
@@ -2141,6 +2386,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_POLL, DATA_VA, 0, 0, 0]
@@ -2150,6 +2396,7 @@ mod tests {
         assert_eq!(
             ret(
                 &mut v,
+                &mut d,
                 &mut p,
                 hc::SCHED_OP,
                 [SCHEDOP_POLL, UNMAPPED_VA, 0, 0, 0]

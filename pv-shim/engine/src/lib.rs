@@ -21,6 +21,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod bounce;
+pub mod domain;
 pub mod emulate;
 pub mod evtchn;
 pub mod gnttab;
@@ -45,6 +46,7 @@ pub mod xstate;
 mod testutil;
 
 pub use bounce::{exception, syscall_entry, Trap};
+pub use domain::Domain;
 pub use stats::{HypercallRecord, Stats};
 pub use vcpu::{Callback, GuestRegs, HwState, Mode, Vcpu};
 
@@ -62,6 +64,30 @@ pub trait Platform {
     /// Writes guest-physical memory. Never used for live pagetable entries (the host's
     /// KVM may not see such writes); data only.
     fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), PhysError>;
+    /// Atomically ORs `bits` into the 8-byte word at `gpa` and returns the word as it
+    /// was, as a locked instruction of the guest would (other vCPUs change the same
+    /// event-channel words while they run). The default is a plain read and write,
+    /// enough for a host that runs one vCPU.
+    fn atomic_or_u64(&mut self, gpa: u64, bits: u64) -> Result<u64, PhysError> {
+        let mut b = [0u8; 8];
+        self.read_phys(gpa, &mut b)?;
+        let old = u64::from_le_bytes(b);
+        self.write_phys(gpa, &(old | bits).to_le_bytes())?;
+        Ok(old)
+    }
+    /// Atomically ANDs the 8-byte word at `gpa` with `mask` and returns the word as it
+    /// was (see [`Platform::atomic_or_u64`]).
+    fn atomic_and_u64(&mut self, gpa: u64, mask: u64) -> Result<u64, PhysError> {
+        let mut b = [0u8; 8];
+        self.read_phys(gpa, &mut b)?;
+        let old = u64::from_le_bytes(b);
+        self.write_phys(gpa, &(old & mask).to_le_bytes())?;
+        Ok(old)
+    }
+    /// An event became pending for vCPU `id` (or a vCPU polls): the host makes it look,
+    /// waking it when it is blocked and interrupting it when it runs guest code (Xen's
+    /// `vcpu_kick`). The calling vCPU looks anyway before it resumes.
+    fn kick_vcpu(&mut self, _id: u32) {}
     /// Writes bytes the guest sent with `CONSOLEIO_write`.
     fn console_write(&mut self, bytes: &[u8]);
     /// Reads pending console input for `CONSOLEIO_read`; returns how many bytes it gave.
@@ -143,6 +169,9 @@ pub enum Outcome {
     Yield,
     /// `SCHEDOP_block`: resume when an event is pending (no events yet: resume at once).
     Block,
+    /// The vCPU took itself down (`VCPUOP_down`): the host runs it again, from the
+    /// updated registers, once the domain's slot for it says it is up.
+    Down,
     /// `SCHEDOP_shutdown` with this reason (`SHUTDOWN_*`).
     Shutdown(u32),
     /// The guest did something Xen answers with `domain_crash`.
@@ -168,9 +197,6 @@ pub enum CrashReason {
     BadIret,
     /// A guest-user `syscall` with no syscall callback registered.
     NoSyscallCallback,
-    /// The guest took its only vCPU down (`VCPUOP_down`): how a PV kernel halts, usually
-    /// after a panic.
-    AllVcpusDown,
     /// A fault while delivering a bounce to the guest (nested failure).
     DoubleFault,
     /// The vCPU's `vcpu_info` (at [`Vcpu::vcpu_info_gpa`]) is outside guest memory.

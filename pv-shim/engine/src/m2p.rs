@@ -261,8 +261,8 @@ mod tests {
     /// What this host reports for a ring-3 read in slot 256: present, reserved bit, user.
     const RSVD_READ: u64 = 0b1101;
 
-    fn platform() -> (Vcpu, FakePlatform) {
-        let (mut v, mut p) = setup();
+    fn platform() -> (Vcpu, crate::Domain, FakePlatform) {
+        let (mut v, d, mut p) = setup();
         p.m2p = (0..ENTRIES)
             .map(|mfn| match mfn {
                 SIGNED_MFN => SIGNED,
@@ -278,12 +278,13 @@ mod tests {
             _pad: 0,
             address: PF_HANDLER,
         };
-        (v, p)
+        (v, d, p)
     }
 
     /// Runs `insn` (placed at DATA_VA) with `r` through the engine's #PF entry.
     fn run(
         v: &mut Vcpu,
+        d: &mut crate::Domain,
         p: &mut FakePlatform,
         r: &mut GuestRegs,
         insn: &[u8],
@@ -298,7 +299,7 @@ mod tests {
             error_code: Some(ec),
             cr2,
         };
-        (exception(v, r, trap, p, &mut s), s)
+        (exception(v, d, r, trap, p, &mut s), s)
     }
 
     /// Registers pointing rbx at Xen's M2P and rdi at `mfn`.
@@ -313,8 +314,16 @@ mod tests {
 
     /// Emulates `insn` reading entry `mfn` (+`off`) and checks rip and the counter.
     fn emulate(insn: &[u8], r: &mut GuestRegs, mfn: u64, off: u64) {
-        let (mut v, mut p) = platform();
-        let (out, s) = run(&mut v, &mut p, r, insn, M2P + mfn * 8 + off, RSVD_READ);
+        let (mut v, mut d, mut p) = platform();
+        let (out, s) = run(
+            &mut v,
+            &mut d,
+            &mut p,
+            r,
+            insn,
+            M2P + mfn * 8 + off,
+            RSVD_READ,
+        );
         assert_eq!(out, Outcome::Resume);
         assert_eq!(
             r.rip,
@@ -471,11 +480,19 @@ mod tests {
     #[test]
     fn segment_base_and_page_crossing() {
         // mov rax, gs:[rdi*8]: the kernel's GS base points at the table.
-        let (mut v, mut p) = platform();
+        let (mut v, mut d, mut p) = platform();
         v.gs_base_kernel = M2P;
         let mut r = regs(0x200);
         let insn = [0x65, 0x48, 0x8b, 0x04, 0xfd, 0, 0, 0, 0];
-        let (out, _) = run(&mut v, &mut p, &mut r, &insn, M2P + 0x1000, RSVD_READ);
+        let (out, _) = run(
+            &mut v,
+            &mut d,
+            &mut p,
+            &mut r,
+            &insn,
+            M2P + 0x1000,
+            RSVD_READ,
+        );
         assert_eq!(out, Outcome::Resume);
         assert_eq!(r.rax, 0x200);
 
@@ -491,11 +508,12 @@ mod tests {
 
     #[test]
     fn reads_follow_machphys_updates() {
-        let (mut v, mut p) = platform();
+        let (mut v, mut d, mut p) = platform();
         p.m2p[0x30 * 8..0x31 * 8].copy_from_slice(&0x77u64.to_le_bytes());
         let mut r = regs(0x30);
         let (out, _) = run(
             &mut v,
+            &mut d,
             &mut p,
             &mut r,
             &[0x48, 0x8b, 0x04, 0xfb],
@@ -508,16 +526,24 @@ mod tests {
 
     #[test]
     fn writes_fault_as_on_a_read_only_mapping() {
-        let (mut v, mut p) = platform();
+        let (mut v, mut d, mut p) = platform();
         let mut r = regs(0);
         // mov [rbx], rax: present, write, reserved, user as this host reports it.
-        let (out, s) = run(&mut v, &mut p, &mut r, &[0x48, 0x89, 0x03], M2P, 0b1111);
+        let (out, s) = run(
+            &mut v,
+            &mut d,
+            &mut p,
+            &mut r,
+            &[0x48, 0x89, 0x03],
+            M2P,
+            0b1111,
+        );
         assert_eq!(out, Outcome::Resume);
         assert_eq!(bounced(&v, &p, &r, &s), (M2P, PFEC_PRESENT | PFEC_WRITE));
         assert_eq!(p.m2p[..8], [0; 8], "nothing written");
 
         // From guest user mode the user bit is set, as Xen's pv_inject_event does.
-        let (mut v, mut p) = platform();
+        let (mut v, mut d, mut p) = platform();
         v.kernel_sp = KSTACK_TOP;
         v.user_cr3 = USER_L4;
         v.toggle_guest_mode();
@@ -525,6 +551,7 @@ mod tests {
         let mut r = regs(0);
         let (_, s) = run(
             &mut v,
+            &mut d,
             &mut p,
             &mut r,
             &[0x48, 0x89, 0x03],
@@ -540,7 +567,7 @@ mod tests {
 
     #[test]
     fn fetches_fault() {
-        let (mut v, mut p) = platform();
+        let (mut v, mut d, mut p) = platform();
         let mut r = regs(0);
         let mut s = Stats::new();
         r.rip = M2P + 0x10;
@@ -550,7 +577,7 @@ mod tests {
             cr2: M2P + 0x10,
         };
         assert_eq!(
-            exception(&mut v, &mut r, trap, &mut p, &mut s),
+            exception(&mut v, &mut d, &mut r, trap, &mut p, &mut s),
             Outcome::Resume
         );
         assert_eq!(
@@ -561,10 +588,11 @@ mod tests {
 
     #[test]
     fn reads_past_the_table_fault_not_present() {
-        let (mut v, mut p) = platform();
+        let (mut v, mut d, mut p) = platform();
         let mut r = regs(ENTRIES);
         let (_, s) = run(
             &mut v,
+            &mut d,
             &mut p,
             &mut r,
             &[0x48, 0x8b, 0x04, 0xfb],
@@ -574,11 +602,12 @@ mod tests {
         assert_eq!(bounced(&v, &p, &r, &s), (M2P + 8 * ENTRIES, 0));
 
         // Far beyond (still in Xen's range).
-        let (mut v, mut p) = platform();
+        let (mut v, mut d, mut p) = platform();
         let mut r = regs(1 << 30);
         let far = M2P + (8 << 30);
         let (_, s) = run(
             &mut v,
+            &mut d,
             &mut p,
             &mut r,
             &[0x48, 0x8b, 0x04, 0xfb],
@@ -588,11 +617,12 @@ mod tests {
         assert_eq!(bounced(&v, &p, &r, &s), (far, 0));
 
         // An 8-byte read of the table's last 4 bytes and 4 beyond: faults at the end.
-        let (mut v, mut p) = platform();
+        let (mut v, mut d, mut p) = platform();
         let mut r = regs(0);
         r.rbx = M2P + 8 * ENTRIES - 4;
         let (_, s) = run(
             &mut v,
+            &mut d,
             &mut p,
             &mut r,
             &[0x48, 0x8b, 0x03],
@@ -613,17 +643,18 @@ mod tests {
             &[0x48],                         // truncated
         ];
         for &insn in cases {
-            let (mut v, mut p) = platform();
+            let (mut v, mut d, mut p) = platform();
             let mut r = regs(0);
-            let (out, s) = run(&mut v, &mut p, &mut r, insn, M2P, RSVD_READ);
+            let (out, s) = run(&mut v, &mut d, &mut p, &mut r, insn, M2P, RSVD_READ);
             assert_eq!(out, Outcome::Resume);
             assert_eq!(bounced(&v, &p, &r, &s), (M2P, PFEC_PRESENT), "{insn:x?}");
         }
         // A load whose operand is not at CR2 (the fault was another access).
-        let (mut v, mut p) = platform();
+        let (mut v, mut d, mut p) = platform();
         let mut r = regs(0);
         let (_, s) = run(
             &mut v,
+            &mut d,
             &mut p,
             &mut r,
             &[0x4d, 0x8b, 0x3c, 0x24],
@@ -632,11 +663,12 @@ mod tests {
         );
         assert_eq!(bounced(&v, &p, &r, &s), (M2P, PFEC_PRESENT));
         // No table at all (a host without one): reads fault not present.
-        let (mut v, mut p) = platform();
+        let (mut v, mut d, mut p) = platform();
         p.m2p.clear();
         let mut r = regs(0);
         let (_, s) = run(
             &mut v,
+            &mut d,
             &mut p,
             &mut r,
             &[0x48, 0x8b, 0x04, 0xfb],

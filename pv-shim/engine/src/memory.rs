@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn machphys_mapping_reports_the_m2p_area() {
-        let (vcpu, mut p) = setup();
+        let (vcpu, _, mut p) = setup();
         assert_eq!(memop(&vcpu, &mut p, XENMEM_MACHPHYS_MAPPING, DATA_VA), 0);
         let got: MachphysMapping = guest::read_obj(&vcpu, &p, DATA_VA).unwrap();
         assert_eq!(got.v_start, M2P_VA);

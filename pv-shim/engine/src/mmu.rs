@@ -29,7 +29,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::guest::{self, is_canonical};
 use crate::hypercall::{addr_ok, Action};
-use crate::{MmCtx, Platform, Vcpu};
+use crate::{Domain, MmCtx, Platform, Vcpu};
 
 /// Single-address invalidations a flush set holds at most; one more turns it into a full
 /// flush. The posting area carries this many to the shim
@@ -524,6 +524,7 @@ const PFEC_INSN_FETCH: u64 = 1 << 4;
 /// the caller then bounces the #PF, as Xen does.
 pub fn ptwr_emulate(
     vcpu: &mut Vcpu,
+    dom: &Domain,
     regs: &mut crate::GuestRegs,
     cr2: u64,
     error_code: u64,
@@ -531,7 +532,7 @@ pub fn ptwr_emulate(
 ) -> bool {
     use xen_abi::xen::vmassist::TYPE_WRITABLE_PAGETABLES;
     if vcpu.mode != crate::Mode::Kernel
-        || vcpu.vm_assist & (1 << TYPE_WRITABLE_PAGETABLES) == 0
+        || dom.vm_assist & (1 << TYPE_WRITABLE_PAGETABLES) == 0
         || error_code & (PFEC_PRESENT | PFEC_WRITE) != (PFEC_PRESENT | PFEC_WRITE)
         || error_code & (PFEC_RESERVED | PFEC_INSN_FETCH) != 0
     {
@@ -599,7 +600,7 @@ mod tests {
 
     #[test]
     fn a_record_that_answers_erestart_is_continued_not_counted() {
-        let (mut v, mut p) = setup();
+        let (mut v, _, mut p) = setup();
         let pdone = DATA_VA + 0xf00;
         let list = DATA_VA;
         let mut seen = std::vec::Vec::new();
@@ -636,7 +637,7 @@ mod tests {
 
     #[test]
     fn xens_final_result_continuation_and_bad_lists() {
-        let (mut v, mut p) = setup();
+        let (mut v, _, mut p) = setup();
         let never = |_: &mut Vcpu, _: &mut dyn Platform, _: &MmuUpdate| 0;
         // Xen's form for a continuation carrying a final result in foreigndom.
         let a = [

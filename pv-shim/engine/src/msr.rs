@@ -1274,7 +1274,7 @@ mod tests {
     ];
 
     fn with(vendor: &[u8; 12], features: &[Feature]) -> (Vcpu, FakePlatform) {
-        let (v, mut p) = setup();
+        let (v, _, mut p) = setup();
         p.set_policy(vendor, features);
         (v, p)
     }
@@ -1522,7 +1522,7 @@ mod tests {
     #[test]
     fn spec_ctrl_is_stored_per_vcpu_and_passed_to_the_host() {
         let (mut v0, mut p) = with(AMD, &[f::IBPB, f::IBRS, f::AMD_STIBP, f::AMD_SSBD]);
-        let mut v1 = Vcpu::new(1, v0.kernel_cr3, v0.shared_info_gpa);
+        let mut v1 = Vcpu::new(1, v0.kernel_cr3, v0.vcpu_info_gpa + 64);
         assert_eq!(
             guest_wrmsr(&mut v0, &mut p, MSR_SPEC_CTRL, SPEC_CTRL_STIBP),
             Ok(())
@@ -1704,7 +1704,7 @@ mod tests {
         assert_eq!(guest_wrmsr(&mut v, &mut p, MSR_MC0_CTL + 9, 5), Ok(()));
         assert_eq!(rd(&v, &p, MSR_MC0_CTL + 9), Ok(0));
         // Per vCPU: another vCPU has its own MCG_STATUS.
-        let v1 = Vcpu::new(1, v.kernel_cr3, v.shared_info_gpa);
+        let v1 = Vcpu::new(1, v.kernel_cr3, v.vcpu_info_gpa + 64);
         assert_eq!(rd(&v1, &p, MSR_MCG_STATUS), Ok(0));
         // AMD: two banks, no CTL2 storage, P5 reads 0, MCG_CTL 0.
         let (mut v, mut p) = with(AMD, &[f::MCE, f::MCA]);
@@ -1759,7 +1759,7 @@ mod tests {
     fn every_feature_that_implies_an_msr_has_its_row() {
         for vendor in [Vendor::Intel, Vendor::Amd] {
             for fm in FEATURE_MSRS {
-                let (mut v, _) = setup();
+                let (mut v, _, _) = setup();
                 let only = Policy::with_features(vendor, &[fm.feature]);
                 assert_eq!(
                     probe_with_policy(&mut v, &only, fm.msr, fm.probe),
@@ -1852,7 +1852,7 @@ mod tests {
 
     #[test]
     fn policy_ignores_leaves_past_the_maximum() {
-        let (_, mut p) = setup();
+        let (_, _, mut p) = setup();
         // Leaf 7 answered but the maximum basic leaf is 6.
         p.cpuid = Some(std::vec![
             (0, 0, [6, 0, 0, 0]),

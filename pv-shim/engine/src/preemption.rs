@@ -37,6 +37,7 @@ fn regs_for(nr: u64, args: [u64; 5]) -> GuestRegs {
 /// same hypercall.
 fn until_done(
     v: &mut Vcpu,
+    d: &mut crate::Domain,
     p: &mut FakePlatform,
     s: &mut Stats,
     nr: u64,
@@ -47,7 +48,7 @@ fn until_done(
     let mut continuations = Vec::new();
     loop {
         let before = r;
-        let out = crate::syscall_entry(v, &mut r, p, s);
+        let out = crate::syscall_entry(v, d, &mut r, p, s);
         if r.rip != after_syscall - 2 {
             return (out, r, continuations);
         }
@@ -82,7 +83,7 @@ fn call(op: u64, args: [u64; 6]) -> MulticallEntry {
 
 #[test]
 fn a_preempted_multicall_completes_every_entry_with_its_own_result() {
-    let (mut v, mut p) = setup();
+    let (mut v, mut d, mut p) = setup();
     const N: u64 = 40;
     let expected = |k: u64| -> u64 {
         match k % 4 {
@@ -105,7 +106,14 @@ fn a_preempted_multicall_completes_every_entry_with_its_own_result() {
     // Three entries per trap: checks before entries 1, 2 and 3, the third says yes.
     p.preempt_after = Some(3);
     let mut s = Stats::new();
-    let (out, r, conts) = until_done(&mut v, &mut p, &mut s, hc::MULTICALL, [DATA_VA, N, 7, 8, 9]);
+    let (out, r, conts) = until_done(
+        &mut v,
+        &mut d,
+        &mut p,
+        &mut s,
+        hc::MULTICALL,
+        [DATA_VA, N, 7, 8, 9],
+    );
     assert_eq!((out, r.rax), (Outcome::Resume, 0));
     assert_eq!(conts.len(), 13, "40 entries, 3 per trap");
     for (j, c) in conts.iter().enumerate() {
@@ -135,7 +143,7 @@ fn a_preempted_multicall_completes_every_entry_with_its_own_result() {
 
 #[test]
 fn a_multicall_entry_that_continues_carries_its_continuation() {
-    let (mut v, mut p) = setup();
+    let (mut v, mut d, mut p) = setup();
     let buf = DATA_VA + 0x1000;
     let msg: Vec<u8> = (0..300u32).map(|i| b'a' + (i % 26) as u8).collect();
     put(&mut p, &v, buf, &msg);
@@ -161,7 +169,7 @@ fn a_multicall_entry_that_continues_carries_its_continuation() {
     let mut r = regs_for(hc::MULTICALL, [DATA_VA, 2, 0, 0, 0]);
     let after_syscall = r.rip;
     assert_eq!(
-        crate::syscall_entry(&mut v, &mut r, &mut p, &mut s),
+        crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut s),
         Outcome::Resume
     );
     assert_eq!(r.rip, after_syscall - 2);
@@ -184,6 +192,7 @@ fn a_multicall_entry_that_continues_carries_its_continuation() {
     assert_eq!(p.console_out, &msg[..127]);
     let (out, r, conts) = until_done(
         &mut v,
+        &mut d,
         &mut p,
         &mut s,
         hc::MULTICALL,
@@ -202,7 +211,7 @@ fn a_multicall_entry_that_continues_carries_its_continuation() {
 
 #[test]
 fn a_yield_inside_a_multicall_takes_effect_and_the_rest_follows() {
-    let (mut v, mut p) = setup();
+    let (mut v, mut d, mut p) = setup();
     put(
         &mut p,
         &v,
@@ -218,7 +227,7 @@ fn a_yield_inside_a_multicall_takes_effect_and_the_rest_follows() {
     let mut s = Stats::new();
     let mut r = regs_for(hc::MULTICALL, [DATA_VA, 2, 0, 0, 0]);
     assert_eq!(
-        crate::syscall_entry(&mut v, &mut r, &mut p, &mut s),
+        crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut s),
         Outcome::Yield
     );
     assert_eq!((r.rax, r.rdi, r.rsi), (hc::MULTICALL, DATA_VA + 64, 1));
@@ -226,7 +235,7 @@ fn a_yield_inside_a_multicall_takes_effect_and_the_rest_follows() {
     assert_eq!(entry(&p, &v, DATA_VA + 64).result, 0x5555, "not run yet");
     r.rip += 2;
     assert_eq!(
-        crate::syscall_entry(&mut v, &mut r, &mut p, &mut s),
+        crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut s),
         Outcome::Resume
     );
     assert_eq!(r.rax, 0);
@@ -263,7 +272,7 @@ fn check_l1(p: &FakePlatform, l1: u64, frame: impl Fn(u64) -> u64, n: u64) {
 
 #[test]
 fn mmu_update_preempted_reports_pdone_and_continues_where_it_stopped() {
-    let (mut v, mut p) = setup();
+    let (mut v, mut d, mut p) = setup();
     const N: u64 = 100;
     let pdone = DATA_VA + 0xf00;
     let (l1, frame) = l1_requests(&mut p, &v, DATA_VA, N);
@@ -276,7 +285,7 @@ fn mmu_update_preempted_reports_pdone_and_continues_where_it_stopped() {
     let mut done = 0;
     loop {
         assert_eq!(
-            crate::syscall_entry(&mut v, &mut r, &mut p, &mut s),
+            crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut s),
             Outcome::Resume
         );
         let reported: u32 = guest::read_obj(&v, &p, pdone).unwrap();
@@ -308,7 +317,7 @@ fn mmu_update_preempted_reports_pdone_and_continues_where_it_stopped() {
 
 #[test]
 fn mmu_update_inside_a_multicall_continues_through_its_entry() {
-    let (mut v, mut p) = setup();
+    let (mut v, mut d, mut p) = setup();
     const N: u64 = 20;
     let list = DATA_VA + 0x1000;
     let pdone = DATA_VA + 0x100;
@@ -327,7 +336,7 @@ fn mmu_update_inside_a_multicall_continues_through_its_entry() {
     let mut s = Stats::new();
     let mut r = regs_for(hc::MULTICALL, [DATA_VA, 1, 0, 0, 0]);
     assert_eq!(
-        crate::syscall_entry(&mut v, &mut r, &mut p, &mut s),
+        crate::syscall_entry(&mut v, &mut d, &mut r, &mut p, &mut s),
         Outcome::Resume
     );
     assert_eq!((r.rax, r.rdi, r.rsi), (hc::MULTICALL, DATA_VA, 1));
@@ -344,6 +353,7 @@ fn mmu_update_inside_a_multicall_continues_through_its_entry() {
     assert_eq!(guest::read_obj::<u32>(&v, &p, pdone).unwrap(), 5);
     let (out, r, conts) = until_done(
         &mut v,
+        &mut d,
         &mut p,
         &mut s,
         hc::MULTICALL,
@@ -358,7 +368,7 @@ fn mmu_update_inside_a_multicall_continues_through_its_entry() {
 
 #[test]
 fn a_console_write_is_preempted_between_chunks() {
-    let (mut v, mut p) = setup();
+    let (mut v, mut d, mut p) = setup();
     let buf = DATA_VA + 0x100;
     let mut msg: Vec<u8> = (0..300u32).map(|i| b'a' + (i % 26) as u8).collect();
     msg[10] = b'\n';
@@ -367,6 +377,7 @@ fn a_console_write_is_preempted_between_chunks() {
     let mut s = Stats::new();
     let (out, r, conts) = until_done(
         &mut v,
+        &mut d,
         &mut p,
         &mut s,
         hc::CONSOLE_IO,
@@ -389,7 +400,7 @@ fn a_console_write_is_preempted_between_chunks() {
 
 #[test]
 fn memory_op_encodes_its_progress_in_the_command() {
-    let (mut v, mut p) = setup();
+    let (mut v, mut d, mut p) = setup();
     p.enable_mm();
     const N: u64 = 10;
     let list = DATA_VA + 0x800;
@@ -410,6 +421,7 @@ fn memory_op_encodes_its_progress_in_the_command() {
     let before = owned(&mut p);
     let (out, r, conts) = until_done(
         &mut v,
+        &mut d,
         &mut p,
         &mut s,
         hc::MEMORY_OP,
@@ -427,6 +439,7 @@ fn memory_op_encodes_its_progress_in_the_command() {
     // populate_physmap takes them back, with the same encoding.
     let (_, r, conts) = until_done(
         &mut v,
+        &mut d,
         &mut p,
         &mut s,
         hc::MEMORY_OP,
@@ -439,29 +452,30 @@ fn memory_op_encodes_its_progress_in_the_command() {
     // A continuation at or past the end does nothing and answers its start; so does a
     // request too large to encode one, or one whose list starts in the hypervisor hole.
     p.preempt_after = None;
-    let ret = |v: &mut Vcpu, p: &mut FakePlatform, cmd: u64| {
+    let ret = |v: &mut Vcpu, d: &mut crate::Domain, p: &mut FakePlatform, cmd: u64| {
         let mut s = Stats::new();
-        let (out, r, conts) = until_done(v, p, &mut s, hc::MEMORY_OP, [cmd, DATA_VA, 0, 0, 0]);
+        let (out, r, conts) = until_done(v, d, p, &mut s, hc::MEMORY_OP, [cmd, DATA_VA, 0, 0, 0]);
         assert_eq!((out, conts.len()), (Outcome::Resume, 0));
         r.rax as i64
     };
     let dec = |start: u64| XENMEM_DECREASE_RESERVATION | start << MEMOP_EXTENT_SHIFT;
-    assert_eq!(ret(&mut v, &mut p, dec(N)), N as i64);
-    assert_eq!(ret(&mut v, &mut p, dec(N + 5)), N as i64 + 5);
+    assert_eq!(ret(&mut v, &mut d, &mut p, dec(N)), N as i64);
+    assert_eq!(ret(&mut v, &mut d, &mut p, dec(N + 5)), N as i64 + 5);
     assert_eq!(owned(&mut p), before, "nothing given back");
     put(&mut p, &v, DATA_VA, reservation(1 << 26, list).as_bytes());
-    assert_eq!(ret(&mut v, &mut p, dec(0)), 0);
+    assert_eq!(ret(&mut v, &mut d, &mut p, dec(0)), 0);
     put(
         &mut p,
         &v,
         DATA_VA,
         reservation(N, 0xffff_8000_0000_0000).as_bytes(),
     );
-    assert_eq!(ret(&mut v, &mut p, dec(2)), 2);
+    assert_eq!(ret(&mut v, &mut d, &mut p, dec(2)), 2);
     // An unreadable request answers its start too (Xen: not -EFAULT).
     let mut s = Stats::new();
     let (_, r, _) = until_done(
         &mut v,
+        &mut d,
         &mut p,
         &mut s,
         hc::MEMORY_OP,
@@ -473,6 +487,7 @@ fn memory_op_encodes_its_progress_in_the_command() {
     assert_eq!(
         ret(
             &mut v,
+            &mut d,
             &mut p,
             XENMEM_MAXIMUM_RAM_PAGE | 1 << MEMOP_EXTENT_SHIFT
         ),
@@ -481,6 +496,7 @@ fn memory_op_encodes_its_progress_in_the_command() {
     assert_eq!(
         ret(
             &mut v,
+            &mut d,
             &mut p,
             XENMEM_MACHPHYS_MAPPING | 1 << MEMOP_EXTENT_SHIFT
         ),
@@ -490,7 +506,7 @@ fn memory_op_encodes_its_progress_in_the_command() {
 
 #[test]
 fn set_trap_table_preempted_after_every_entry_still_loads_the_whole_table() {
-    let (mut v, mut p) = setup();
+    let (mut v, mut d, mut p) = setup();
     for i in 0..20u64 {
         let ti = xen_abi::xen::TrapInfo {
             vector: i as u8,
@@ -506,6 +522,7 @@ fn set_trap_table_preempted_after_every_entry_still_loads_the_whole_table() {
     let mut s = Stats::new();
     let (out, r, conts) = until_done(
         &mut v,
+        &mut d,
         &mut p,
         &mut s,
         hc::SET_TRAP_TABLE,
@@ -544,7 +561,7 @@ fn big_tree(p: &mut FakePlatform) -> (u64, u64) {
 #[test]
 fn a_deferred_teardown_is_finished_first_by_the_next_mmu_call() {
     use xen_abi::xen::mmuext::{self, MmuextOp};
-    let (mut v, mut p) = setup();
+    let (mut v, mut d, mut p) = setup();
     let (l4, l2) = big_tree(&mut p);
     let pdone = DATA_VA + 0xf00;
     let ops = [
@@ -565,7 +582,7 @@ fn a_deferred_teardown_is_finished_first_by_the_next_mmu_call() {
     put(&mut p, &v, pdone, &0u32.to_le_bytes());
     let mut s = Stats::new();
     let a = [DATA_VA, 2, pdone, u64::from(DOMID_SELF), 0];
-    let (out, r, conts) = until_done(&mut v, &mut p, &mut s, hc::MMUEXT_OP, a);
+    let (out, r, conts) = until_done(&mut v, &mut d, &mut p, &mut s, hc::MMUEXT_OP, a);
     assert_eq!(out, Outcome::Resume);
     assert_eq!(r.rax, 0, "both records succeed");
     assert_eq!(guest::read_obj::<u32>(&v, &p, pdone), Ok(2));
@@ -587,7 +604,7 @@ fn a_deferred_teardown_is_finished_first_by_the_next_mmu_call() {
 
 #[test]
 fn update_va_mapping_finishes_a_deferred_teardown_first() {
-    let (mut v, mut p) = setup();
+    let (mut v, mut d, mut p) = setup();
     let (l4, _) = big_tree(&mut p);
     let (mm, _) = p.mmstate.as_mut().unwrap();
     mm.set_preempt_budget(Some(crate::mmu::MM_PREEMPT_ENTRIES));
@@ -598,7 +615,7 @@ fn update_va_mapping_finishes_a_deferred_teardown_first() {
     let val = p.r64(l1 * 4096 + slot as u64 * 8);
     let mut s = Stats::new();
     let a = [DATA_VA, val, 0, 0, 0];
-    let (out, r, conts) = until_done(&mut v, &mut p, &mut s, hc::UPDATE_VA_MAPPING, a);
+    let (out, r, conts) = until_done(&mut v, &mut d, &mut p, &mut s, hc::UPDATE_VA_MAPPING, a);
     assert_eq!(out, Outcome::Resume);
     assert_eq!(r.rax, 0);
     assert!(conts.len() >= 3, "{} continuations", conts.len());

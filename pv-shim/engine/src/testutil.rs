@@ -310,7 +310,7 @@ impl FakePlatform {
 }
 
 /// A vCPU in kernel mode on KERNEL_L4 and a platform with the test mappings.
-pub fn setup() -> (Vcpu, FakePlatform) {
+pub fn setup() -> (Vcpu, crate::Domain, FakePlatform) {
     let mut p = FakePlatform::new();
     p.map(KERNEL_L4, DATA_VA, DATA_GPA, UPPER);
     p.map(KERNEL_L4, DATA_VA + 0x1000, DATA_GPA2, UPPER);
@@ -330,7 +330,7 @@ pub fn setup() -> (Vcpu, FakePlatform) {
     p.map(USER_L4, USER_VA, USER_GPA, UPPER);
     p.map(KERNEL_L4, TOP_VA, TOP_GPA, UPPER);
     let v = Vcpu::new(0, KERNEL_L4, SHARED_INFO);
-    (v, p)
+    (v, crate::Domain::new(SHARED_INFO, 1), p)
 }
 
 /// Registers that make every field distinct, to catch writes to fields an operation does

@@ -11,7 +11,7 @@ use xen_abi::errno::{EFAULT, EINVAL, ETIME};
 use xen_abi::xen::{shared_info, vcpu_info};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::{evtchn, guest, Platform, Vcpu};
+use crate::{evtchn, guest, Domain, Platform, Vcpu};
 
 /// `XEN_PVCLOCK_TSC_STABLE_BIT`.
 pub const PVCLOCK_TSC_STABLE: u8 = 1 << 0;
@@ -114,7 +114,13 @@ pub struct VcpuTimeInfo {
 
 /// Writes the vCPU's `vcpu_time_info` and the wall clock (real time at system time 0,
 /// `wall_ns` nanoseconds since the epoch) with the version protocol a reader relies on.
-pub fn publish(vcpu: &Vcpu, p: &mut dyn Platform, clock: &PvClock, wall_ns_at_zero: u64) {
+pub fn publish(
+    vcpu: &Vcpu,
+    dom: &Domain,
+    p: &mut dyn Platform,
+    clock: &PvClock,
+    wall_ns_at_zero: u64,
+) {
     let at = vcpu.vcpu_info_gpa + vcpu_info::TIME;
     let mut cur = [0u8; 4];
     let v = if p.read_phys(at, &mut cur).is_ok() {
@@ -128,7 +134,7 @@ pub fn publish(vcpu: &Vcpu, p: &mut dyn Platform, clock: &PvClock, wall_ns_at_ze
     if vcpu.time_area != 0 {
         let _ = copy_time_info(vcpu, p, vcpu.time_area);
     }
-    let si = vcpu.shared_info_gpa;
+    let si = dom.shared_info_gpa;
     let mut wv = [0u8; 4];
     let wver = if p.read_phys(si + shared_info::WC_VERSION, &mut wv).is_ok() {
         u32::from_le_bytes(wv)
@@ -200,15 +206,25 @@ pub fn set_singleshot(vcpu: &mut Vcpu, p: &dyn Platform, arg: u64) -> i64 {
 /// `VCPUOP_set_periodic_timer` (period in ns; Xen refuses periods under 1 ms? it
 /// refuses under `MILLISECS(1)` only for HVM: PV takes any non-zero period).
 pub fn set_periodic(vcpu: &mut Vcpu, p: &dyn Platform, arg: u64) -> i64 {
-    let Ok(period) = guest::read_obj::<u64>(vcpu, p, arg) else {
-        return -EFAULT;
+    let period = match periodic_period(vcpu, p, arg) {
+        Ok(period) => period,
+        Err(e) => return e,
     };
-    if period == 0 {
-        return -EINVAL;
-    }
     vcpu.periodic_ns = period;
     vcpu.periodic_next = p.system_time_ns().saturating_add(period);
     0
+}
+
+/// The period `VCPUOP_set_periodic_timer` asks for at `arg`, checked as Xen checks it:
+/// at least 1 ms and at most `STIME_DELTA_MAX`, else -EINVAL.
+pub fn periodic_period(vcpu: &Vcpu, p: &dyn Platform, arg: u64) -> Result<u64, i64> {
+    let Ok(period) = guest::read_obj::<u64>(vcpu, p, arg) else {
+        return Err(-EFAULT);
+    };
+    if !(1_000_000..=i64::MAX as u64).contains(&period) {
+        return Err(-EINVAL);
+    }
+    Ok(period)
 }
 
 /// The earliest time a timer of this vCPU fires or its poll times out, if any.
@@ -223,7 +239,7 @@ pub fn next_deadline(vcpu: &Vcpu) -> Option<u64> {
 
 /// Fires the timers that have passed at system time `now`: raises `VIRQ_TIMER`.
 /// Returns whether one fired.
-pub fn fire_timers(vcpu: &mut Vcpu, p: &mut dyn Platform, now: u64) -> bool {
+pub fn fire_timers(vcpu: &mut Vcpu, dom: &Domain, p: &mut dyn Platform, now: u64) -> bool {
     let mut fired = false;
     if vcpu.timer_deadline.is_some_and(|d| d <= now) {
         vcpu.timer_deadline = None;
@@ -236,7 +252,7 @@ pub fn fire_timers(vcpu: &mut Vcpu, p: &mut dyn Platform, now: u64) -> bool {
         fired = true;
     }
     if fired {
-        evtchn::send_virq(vcpu, p, evtchn::VIRQ_TIMER);
+        evtchn::send_virq(dom, p, vcpu.id, evtchn::VIRQ_TIMER);
     }
     fired
 }

@@ -125,35 +125,20 @@ pub struct Vcpu {
     pub gs_base_kernel: u64,
     /// User GS base.
     pub gs_base_user: u64,
-    /// Enabled VM assists (`1 << VMASST_TYPE_*`).
-    pub vm_assist: u64,
     /// Debug registers 0-7 as the guest set them (4 and 5 unused: they alias 6 and 7).
     pub debugreg: [u64; 8],
     /// Virtual CR0.TS (`fpu_taskswitch`).
     pub cr0_ts: bool,
-    /// The domain's event channels (domain state, kept here while there is one vCPU).
-    pub evtchn: crate::evtchn::EvtchnTable,
-    /// The domain's grant table (domain-wide state, kept here while a domain has one
-    /// vCPU, like the event channels).
-    pub gnttab: crate::gnttab::GrantTable,
     /// Single-shot timer deadline (system time, ns).
     pub timer_deadline: Option<u64>,
     /// Periodic timer period (ns; 0: off).
     pub periodic_ns: u64,
     /// Next periodic expiry (system time, ns).
     pub periodic_next: u64,
-    /// Guest virtual address of the registered runstate area (0: none).
-    pub runstate_area: u64,
-    /// The frame the guest gave with `PHYSDEVOP_pirq_eoi_gmfn` (domain-wide; held with a
-    /// writable type reference).
-    pub pirq_eoi_mfn: Option<u64>,
     /// Guest virtual address of the registered second `vcpu_time_info` (0: none).
     pub time_area: u64,
     /// Runstate accounting (see [`crate::vcpu_op::runstate_change`]).
     pub runstate: crate::vcpu_op::RunstateInfo,
-    /// `VCPUOP_register_vcpu_info` succeeded (it may only once; the frame then holds a
-    /// writable type reference for the domain's life).
-    pub vcpu_info_registered: bool,
     /// An unfinished `SCHEDOP_poll`: what ends the wait besides a new event.
     pub poll: Option<crate::hypercall::PollWait>,
     /// The guest's virtual CR2 (the last page-fault address bounced to it).
@@ -163,10 +148,9 @@ pub struct Vcpu {
     pub cr4: u64,
     /// The vCPU's XCR0 as the guest kernel set it with `xsetbv` (see [`crate::xstate`]).
     pub xcr0: u64,
-    /// Guest-physical address of this vCPU's `vcpu_info`.
+    /// Guest-physical address of this vCPU's `vcpu_info` (the domain's slot for the
+    /// vCPU says the same; another vCPU reaches it there).
     pub vcpu_info_gpa: u64,
-    /// Guest-physical address of `shared_info`.
-    pub shared_info_gpa: u64,
     /// Guest frames of the GDT (`set_gdt`), mapped below Xen's reserved entries.
     pub gdt_frames: [u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE],
     /// Entries of the guest GDT.
@@ -180,10 +164,6 @@ pub struct Vcpu {
     pub iopl: u64,
     /// User GS selector last loaded with `SEGBASE_GS_USER_SEL` (RPL fixed up as Xen does).
     pub gs_sel_user: u16,
-    /// `SCHEDOP_shutdown_code`: a reason that overrides the next shutdown's. Domain-wide
-    /// on Xen; kept per vCPU until the engine has a domain object (the VMM should treat
-    /// vCPU 0's as the domain's).
-    pub shutdown_code: Option<u8>,
     /// MSR values the guest wrote and reads back (speculation controls, TSC_AUX,
     /// machine-check banks; see [`crate::msr`]).
     pub msrs: crate::msr::VcpuMsrs,
@@ -192,7 +172,7 @@ pub struct Vcpu {
 impl Vcpu {
     /// A vCPU as the domain builder leaves it: kernel mode, the builder's pagetable,
     /// nothing registered, events masked.
-    pub fn new(id: u32, kernel_cr3: u64, shared_info_gpa: u64) -> Self {
+    pub fn new(id: u32, kernel_cr3: u64, vcpu_info_gpa: u64) -> Self {
         Self {
             id,
             mode: Mode::Kernel,
@@ -210,7 +190,6 @@ impl Vcpu {
             fs_base: 0,
             gs_base_kernel: 0,
             gs_base_user: 0,
-            vm_assist: 0,
             debugreg: [
                 0,
                 0,
@@ -223,29 +202,22 @@ impl Vcpu {
             ],
             cr0_ts: false,
             cr2: 0,
-            runstate_area: 0,
-            pirq_eoi_mfn: None,
             time_area: 0,
             runstate: crate::vcpu_op::RunstateInfo::default(),
-            vcpu_info_registered: false,
             poll: None,
-            evtchn: crate::evtchn::EvtchnTable::default(),
-            gnttab: crate::gnttab::GrantTable::default(),
             timer_deadline: None,
             periodic_ns: 0,
             periodic_next: 0,
             // PAE | PGE | OSFXSR | OSXMMEXCPT, as Xen starts a 64-bit PV vCPU.
             cr4: 0x6a0,
             xcr0: crate::xstate::XCR0_INITIAL,
-            vcpu_info_gpa: shared_info_gpa + u64::from(id) * xen_abi::xen::vcpu_info::SIZE,
-            shared_info_gpa,
+            vcpu_info_gpa,
             gdt_frames: [0; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE],
             gdt_ents: 0,
             ldt_base: 0,
             ldt_ents: 0,
             iopl: 0,
             gs_sel_user: 0,
-            shutdown_code: None,
             msrs: crate::msr::VcpuMsrs::default(),
         }
     }

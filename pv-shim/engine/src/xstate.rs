@@ -201,14 +201,20 @@ mod tests {
             ..Default::default()
         };
         place(p, vcpu, DATA_VA, &XSETBV);
-        let done = emulate_privileged_op(vcpu, &mut regs, p).is_some();
+        let done = emulate_privileged_op(
+            vcpu,
+            &crate::Domain::new(crate::testutil::SHARED_INFO, 1),
+            &mut regs,
+            p,
+        )
+        .is_some();
         assert_eq!(regs.rip, if done { DATA_VA + 3 } else { DATA_VA });
         done
     }
 
     #[test]
     fn xsetbv_accepts_what_the_policy_offers_and_tells_the_host() {
-        let (mut vcpu, mut p) = setup();
+        let (mut vcpu, _, mut p) = setup();
         xsave_platform(&mut p);
         vcpu.cr4 |= CR4_OSXSAVE;
         assert_eq!(vcpu.xcr0, XCR0_INITIAL);
@@ -222,7 +228,7 @@ mod tests {
 
     #[test]
     fn xsetbv_refuses_invalid_combinations() {
-        let (mut vcpu, mut p) = setup();
+        let (mut vcpu, _, mut p) = setup();
         xsave_platform(&mut p);
         vcpu.cr4 |= CR4_OSXSAVE;
         for bad in [
@@ -244,7 +250,7 @@ mod tests {
 
     #[test]
     fn xsetbv_with_ecx_not_0_in_user_mode_without_osxsave_or_xsave_is_gp() {
-        let (mut vcpu, mut p) = setup();
+        let (mut vcpu, _, mut p) = setup();
         xsave_platform(&mut p);
         // Virtual CR4.OSXSAVE clear.
         assert!(!xsetbv(&mut vcpu, &mut p, 0, 0x7));
@@ -284,7 +290,7 @@ mod tests {
 
     #[test]
     fn forced_cpuid_osxsave_follows_xens_pv_rule() {
-        let (mut vcpu, mut p) = setup();
+        let (mut vcpu, _, mut p) = setup();
         xsave_platform(&mut p);
         // Kernel mode, XSAVE offered: OSXSAVE leaks in before CR4.OSXSAVE is set.
         assert_ne!(forced(&vcpu, &mut p, 1, 0)[2] & LEAF1_ECX_OSXSAVE, 0);
@@ -303,7 +309,7 @@ mod tests {
 
     #[test]
     fn forced_cpuid_leaf_d_sizes_follow_the_vcpus_xcr0() {
-        let (mut vcpu, mut p) = setup();
+        let (mut vcpu, _, mut p) = setup();
         xsave_platform(&mut p);
         assert_eq!(forced(&vcpu, &mut p, 0xd, 0)[1], 576);
         assert_eq!(forced(&vcpu, &mut p, 0xd, 0)[2], 0x980, "ECX: the maximum");
