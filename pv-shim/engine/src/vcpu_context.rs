@@ -402,6 +402,38 @@ mod tests {
         assert!(!v.cr0_ts);
     }
 
+    /// What the `smp_bringup` test kernel gives vCPU 1: Xen's flat selectors, no GDT of
+    /// its own, the id in rdi, a stack 8 below a 16-byte boundary.
+    #[test]
+    fn flat_selector_context_without_a_gdt_is_accepted() {
+        use xen_abi::xen::selector::{FLAT_KERNEL_CS, FLAT_KERNEL_SS};
+        let mut c = VcpuGuestContext::zeroed();
+        c.flags = VGCF_IN_KERNEL;
+        c.user_regs.rip = TEXT + 0x2000;
+        c.user_regs.rsp = 0xffff_ffff_8020_3ff8;
+        c.user_regs.rdi = 1;
+        c.user_regs.rflags = 0x2;
+        c.user_regs.cs = FLAT_KERNEL_CS;
+        c.user_regs.ss = FLAT_KERNEL_SS;
+        c.trap_ctxt[14] = TrapInfo {
+            vector: 14,
+            flags: 0,
+            cs: FLAT_KERNEL_CS,
+            _pad: 0,
+            address: TEXT + 0x3000,
+        };
+        c.kernel_ss = u64::from(FLAT_KERNEL_SS);
+        c.kernel_sp = 0xffff_ffff_8020_4000;
+        c.event_callback_eip = TEXT + 0x3100;
+        c.failsafe_callback_eip = TEXT + 0x3100;
+        c.ctrlreg[3] = xen_pfn_to_cr3(0x125);
+        let v = validate(1, &c).unwrap();
+        assert_eq!((v.regs.cs, v.regs.ss), (0xe033, 0xe02b));
+        assert_eq!((v.regs.rdi, v.regs.rflags, v.iopl), (1, 0x202, 0));
+        assert_eq!((v.gdt_ents, v.cr3_pfn), (0, 0x125));
+        assert_eq!(v.trap_table[14].cs, FLAT_KERNEL_CS);
+    }
+
     #[test]
     fn flags_become_callback_masks_fpu_and_online() {
         let mut c = linux_context();
