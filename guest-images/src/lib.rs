@@ -24,6 +24,7 @@ pub mod hypercall;
 pub mod kernel_fault;
 pub mod mem;
 pub mod mm;
+pub mod smp;
 pub mod start;
 pub mod traps;
 pub mod xenstore;

@@ -578,3 +578,35 @@ fn int3_is_not_lost_to_timer_upcalls() {
         .unwrap_or_else(|| panic!("no exits line in --stats:\n{stderr}"));
     eprintln!("{counts}\n{}", exits.trim());
 }
+
+/// A second vCPU brought up as a PV kernel does (issue 13), in a domain of 2 vCPUs
+/// (`--vcpus 2`): `VCPUOP_is_up`/`up`/`initialise`/`down` with Xen's answers for bad
+/// contexts, ids and pointers; vCPU 1 runs from the context (id in rdi, own stack, vCPU
+/// 0's L4), binds an IPI port, sends an IPI to vCPU 0's port, goes down, and resumes from
+/// its `VCPUOP_down` when vCPU 0 brings it up again.
+#[test]
+fn smp_bringup_of_a_second_vcpu() {
+    common::require_kvm();
+    let out = common::pvkvm(&[
+        "run",
+        "--kernel",
+        common::kernel("smp_bringup").to_str().unwrap(),
+        "--vcpus",
+        "2",
+        "--timeout",
+        "60",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let failure = stdout
+        .lines()
+        .find(|l| l.starts_with("Test result: FAILURE"));
+    assert!(
+        out.status.success()
+            && stdout.lines().any(|l| l == "Test result: SUCCESS")
+            && failure.is_none(),
+        "smp_bringup did not pass (status {:?}, {}):\n--- console ---\n{stdout}\n--- pvkvm ---\n{stderr}",
+        out.status.code(),
+        failure.unwrap_or("no result line")
+    );
+}

@@ -18,6 +18,7 @@ pub mod grant_table;
 pub mod memory;
 pub mod netif;
 pub mod sched;
+pub mod vcpu;
 pub mod version;
 pub mod xen;
 pub mod xenbus;

@@ -39,6 +39,7 @@ pub mod ptwr;
 pub mod stats;
 pub mod time;
 pub mod vcpu;
+pub mod vcpu_context;
 pub mod vcpu_op;
 pub mod xstate;
 
