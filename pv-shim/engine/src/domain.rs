@@ -40,6 +40,8 @@ pub struct VcpuSlot {
     /// `is_initialised`: it has a context (the builder's for vCPU 0, else
     /// `VCPUOP_initialise`'s).
     pub initialised: bool,
+    /// The state `VCPUOP_initialise` built, until the vCPU's host thread takes it.
+    pub new_vcpu: Option<alloc::boxed::Box<crate::vcpu_context::NewVcpu>>,
     /// Changes another vCPU asked for, taken up by this vCPU at its next exit.
     pub requests: VcpuRequests,
     /// Blocked in `SCHEDOP_poll`: any newly pending port kicks it to look at its set.

@@ -80,6 +80,12 @@ pub fn emulate_privileged_op(
 const GUEST_CR0: u64 = 0x8005_0033;
 /// CR0.TS.
 const CR0_TS: u64 = 1 << 3;
+/// Xen's `pv_fixup_guest_cr4`: the CR4 a guest gets for `value` (bits it does not
+/// control are dropped silently, never a fault).
+pub fn fixup_guest_cr4(value: u64) -> u64 {
+    (value & CR4_GUEST_MASK) | CR4_GUEST_VISIBLE
+}
+
 /// CR4 bits a PV guest controls (Xen's `PV_CR4_GUEST_MASK`: TSD, DE, FSGSBASE, OSXSAVE);
 /// the hardware CR4 stays the shim's.
 const CR4_GUEST_MASK: u64 = (1 << 2) | (1 << 3) | (1 << 16) | (1 << 18);
@@ -128,7 +134,7 @@ fn emulate_mov_cr(vcpu: &mut Vcpu, regs: &mut GuestRegs, bytes: [u8; 4]) -> Opti
     match cr {
         0 if value & !CR0_TS == GUEST_CR0 & !CR0_TS => vcpu.cr0_ts = value & CR0_TS != 0,
         // Xen's pv_fixup_guest_cr4: other bits are dropped silently, never a fault.
-        4 => vcpu.cr4 = (value & CR4_GUEST_MASK) | CR4_GUEST_VISIBLE,
+        4 => vcpu.cr4 = fixup_guest_cr4(value),
         _ => return None,
     }
     Some(len)

@@ -476,6 +476,19 @@ pub fn do_set_gdt(vcpu: &mut Vcpu, p: &mut dyn Platform, list: u64, entries: u64
             Err(_) => return -EFAULT,
         }
     }
+    set_gdt_frames(vcpu, p, &frames, entries as u32)
+}
+
+/// Xen's `pv_set_gdt`: takes a descriptor-table type reference on each frame the
+/// `entries` need (all or none: a refusal drops the ones taken), then drops the vCPU's
+/// old ones and installs the new frames.
+pub(crate) fn set_gdt_frames(
+    vcpu: &mut Vcpu,
+    p: &mut dyn Platform,
+    frames: &[u64; selector::FIRST_RESERVED_GDT_PAGE],
+    entries: u32,
+) -> i64 {
+    let nr = (entries as usize).div_ceil(512).min(frames.len());
     let old = vcpu.gdt_frames;
     let old_nr = (vcpu.gdt_ents as u64).div_ceil(512) as usize;
     let Some(ctx) = p.mm() else { return -ENOSYS };
@@ -492,7 +505,7 @@ pub fn do_set_gdt(vcpu: &mut Vcpu, p: &mut dyn Platform, list: u64, entries: u64
     }
     vcpu.gdt_frames = [0; selector::FIRST_RESERVED_GDT_PAGE];
     vcpu.gdt_frames[..nr].copy_from_slice(&frames[..nr]);
-    vcpu.gdt_ents = entries as u32;
+    vcpu.gdt_ents = entries;
     0
 }
 

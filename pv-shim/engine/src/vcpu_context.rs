@@ -26,7 +26,10 @@ use xen_abi::xen::{vmassist, TrapInfo};
 use crate::bounce::{X86_EFLAGS_IF, X86_EFLAGS_IOPL, X86_EFLAGS_VM};
 use crate::guest::is_canonical;
 use crate::hypercall::{addr_ok, DR6_DEFAULT, DR7_DEFAULT};
-use crate::{Callback, GuestRegs, Mode};
+use alloc::boxed::Box;
+use xen_abi::errno::{EEXIST, ERESTART};
+
+use crate::{guest, Callback, Domain, GuestRegs, Mode, Platform, Vcpu};
 
 /// The rflags bits a context may carry (arithmetic flags, TF, IF, DF, IOPL, NT, RF, VM,
 /// AC, VIF, VIP, ID); the others are dropped and bit 1 reads as one.
@@ -628,4 +631,119 @@ mod tests {
         assert_eq!(validate(0, &c), Err(-EINVAL));
         assert_eq!(validate(1, &c).unwrap().vm_assist, None);
     }
+}
+
+/// A vCPU as `VCPUOP_initialise` built it, waiting in the domain for the vCPU's host
+/// thread to take it when the vCPU first comes up.
+#[derive(Clone, Debug)]
+pub struct NewVcpu {
+    /// The engine's state for the vCPU (its pagetables and GDT frames already hold
+    /// their references).
+    pub vcpu: Vcpu,
+    /// Its registers.
+    pub regs: GuestRegs,
+    /// ds, es, fs, gs as the context gave them.
+    pub data_selectors: [u16; 4],
+    /// The FXSAVE image to load, or None to reset the FPU.
+    pub fpu: Option<[u8; 512]>,
+}
+
+/// `VCPUOP_initialise(id, ctxt)` from `caller`, in Xen's order: a vCPU without a
+/// `vcpu_info` (-EINVAL), the context read whole (-EFAULT), a vCPU already initialised
+/// (-EEXIST), [`validate`], then the GDT frames, the kernel pagetable and the user
+/// pagetable take their references (a refusal undoes the earlier ones: -EINVAL, or a
+/// continuation when validation of a large tree was preempted). The vCPU is then
+/// initialised and, with `VGCF_online`, up.
+pub fn initialise(caller: &Vcpu, dom: &mut Domain, p: &mut dyn Platform, id: u32, arg: u64) -> i64 {
+    let Some(vcpu_info_gpa) = dom.vcpu_info_gpa(id) else {
+        return -EINVAL;
+    };
+    let ctx: Box<VcpuGuestContext> = match guest::read_obj(caller, p, arg) {
+        Ok(c) => Box::new(c),
+        Err(_) => return -xen_abi::errno::EFAULT,
+    };
+    if dom.vcpu(id).is_some_and(|s| s.initialised) {
+        return -EEXIST;
+    }
+    let c = match validate(id, &ctx) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let mut vcpu = Vcpu::new(id, c.cr3_pfn << 12, vcpu_info_gpa);
+    let rc = crate::mmu::set_gdt_frames(&mut vcpu, p, &c.gdt_frames, c.gdt_ents);
+    if rc != 0 {
+        return if rc == -ERESTART { rc } else { -EINVAL };
+    }
+    let undo_gdt = |vcpu: &mut Vcpu, p: &mut dyn Platform| {
+        let _ = crate::mmu::set_gdt_frames(vcpu, p, &[0; FIRST_RESERVED_GDT_PAGE], 0);
+    };
+    let Some(ctx_mm) = p.mm() else {
+        undo_gdt(&mut vcpu, p);
+        return -xen_abi::errno::ENOSYS;
+    };
+    let roots = match ctx_mm.mm.set_root(ctx_mm.mem, None, Some(c.cr3_pfn)) {
+        Ok(f) => {
+            crate::mmu::merge_flush(ctx_mm.flush, f);
+            match c.user_cr3_pfn {
+                None => Ok(()),
+                Some(user) => match ctx_mm.mm.set_root(ctx_mm.mem, None, Some(user)) {
+                    Ok(f) => {
+                        crate::mmu::merge_flush(ctx_mm.flush, f);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let f = ctx_mm.mm.set_root(ctx_mm.mem, Some(c.cr3_pfn), None);
+                        if let Ok(f) = f {
+                            crate::mmu::merge_flush(ctx_mm.flush, f);
+                        }
+                        Err(e)
+                    }
+                },
+            }
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = roots {
+        undo_gdt(&mut vcpu, p);
+        return if e.errno() == -ERESTART {
+            -ERESTART
+        } else {
+            -EINVAL
+        };
+    }
+    vcpu.user_cr3 = c.user_cr3_pfn.map_or(0, |f| f << 12);
+    vcpu.mode = c.mode;
+    vcpu.iopl = c.iopl;
+    vcpu.trap_table = c.trap_table;
+    vcpu.event_callback = c.event_callback;
+    vcpu.failsafe_callback = c.failsafe_callback;
+    vcpu.syscall_callback = c.syscall_callback;
+    vcpu.kernel_ss = c.kernel_ss;
+    vcpu.kernel_sp = c.kernel_sp;
+    vcpu.fs_base = c.fs_base;
+    vcpu.gs_base_kernel = c.gs_base_kernel;
+    vcpu.gs_base_user = c.gs_base_user;
+    vcpu.ldt_base = c.ldt_base;
+    vcpu.ldt_ents = c.ldt_ents;
+    vcpu.debugreg = c.debugreg;
+    vcpu.cr0_ts = c.cr0_ts;
+    vcpu.cr4 = crate::emulate::fixup_guest_cr4(c.cr4_request);
+    if let Some(assists) = c.vm_assist {
+        dom.vm_assist = assists;
+    }
+    let new = NewVcpu {
+        vcpu,
+        regs: c.regs,
+        data_selectors: c.data_selectors,
+        fpu: c.fpu,
+    };
+    if let Some(slot) = dom.vcpu_mut(id) {
+        slot.initialised = true;
+        slot.new_vcpu = Some(Box::new(new));
+        if c.online {
+            slot.up = true;
+            p.kick_vcpu(id);
+        }
+    }
+    0
 }

@@ -137,7 +137,7 @@ pub fn do_vcpu_op(
     let me = id == vcpu.id;
     match op {
         cmd::IS_UP => Ret(i64::from(dom.vcpu(id).is_some_and(|s| s.up))),
-        cmd::INITIALISE => Ret(-ENOSYS),
+        cmd::INITIALISE => Ret(crate::vcpu_context::initialise(vcpu, dom, p, id, arg)),
         cmd::UP => {
             let Some(slot) = dom.vcpu_mut(id) else {
                 return Ret(-ENOENT);
