@@ -203,7 +203,7 @@ fn dispatch_one(
         hc::VM_ASSIST => Action::Ret(do_vm_assist(dom, a[0] as u32, a[1] as u32)),
         hc::IRET => do_iret(vcpu, dom, regs, p),
         hc::SET_SEGMENT_BASE => Action::Ret(do_set_segment_base(vcpu, a[0] as u32, a[1])),
-        hc::MMUEXT_OP => crate::mmu::do_mmuext_op(vcpu, p, a, stats),
+        hc::MMUEXT_OP => crate::mmu::do_mmuext_op(vcpu, dom, p, a, stats),
         hc::MMU_UPDATE => {
             // Counted once per call, not again for each continuation (Xen's perfc).
             if a[1] as u32 & xen_abi::xen::mmuext::MMU_UPDATE_PREEMPTED == 0 {
@@ -216,7 +216,9 @@ fn dispatch_one(
             if crate::mmu::put_old_guest_table(p) {
                 Action::cont(hc::UPDATE_VA_MAPPING, a)
             } else {
-                Action::Ret(crate::mmu::do_update_va_mapping(vcpu, p, a[0], a[1], a[2]))
+                Action::Ret(crate::mmu::do_update_va_mapping(
+                    vcpu, dom, p, a[0], a[1], a[2],
+                ))
             }
         }
         hc::SET_GDT => Action::Ret(crate::mmu::do_set_gdt(vcpu, p, a[0], a[1] as u32 as u64)),

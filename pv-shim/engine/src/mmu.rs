@@ -267,24 +267,45 @@ fn mmu_update_one(vcpu: &mut Vcpu, p: &mut dyn Platform, req: &MmuUpdate) -> i64
 /// `mmuext_op(ops, count, pdone, foreigndom)`.
 pub(crate) fn do_mmuext_op(
     vcpu: &mut Vcpu,
+    dom: &Domain,
     p: &mut dyn Platform,
     a: [u64; 5],
     stats: &mut crate::Stats,
 ) -> Action {
+    let nr_vcpus = dom.nr_vcpus();
     batch::<MmuextOp>(vcpu, p, hc::MMUEXT_OP, a, |v, p, op| {
         stats.count_mmuext(op.cmd);
-        mmuext_one(v, p, op)
+        mmuext_one(v, nr_vcpus, p, op)
     })
 }
 
-/// Reads a vCPU bitmap for the `*_MULTI` flushes: whether it names this vCPU.
-fn mask_names(vcpu: &Vcpu, p: &dyn Platform, mask_va: u64) -> Result<bool, i64> {
-    let word: u64 = guest::read_obj(vcpu, p, mask_va.wrapping_add(u64::from(vcpu.id / 64) * 8))
-        .map_err(|_| -EFAULT)?;
-    Ok(word & (1 << (vcpu.id % 64)) != 0)
+/// Which vCPUs a vCPU bitmap of the `*_MULTI` flushes names, as the flush it asks for:
+/// this vCPU's TLB (`local_all`) and the others' (`all_vcpus`, carried out on every vCPU
+/// of the domain: a superset is always correct). Reads the words of the domain's
+/// `nr_vcpus` bits, as Xen's `vcpumask_to_pcpumask` does.
+fn mask_flush(vcpu: &Vcpu, nr_vcpus: u32, p: &dyn Platform, mask_va: u64) -> Result<FlushSet, i64> {
+    let mut flush = FlushSet::default();
+    for w in 0..nr_vcpus.div_ceil(64) {
+        let word: u64 = guest::read_obj(vcpu, p, mask_va.wrapping_add(u64::from(w) * 8))
+            .map_err(|_| -EFAULT)?;
+        let bits = (nr_vcpus - w * 64).min(64);
+        let word = if bits == 64 {
+            word
+        } else {
+            word & ((1 << bits) - 1)
+        };
+        let own = if vcpu.id / 64 == w {
+            1u64 << (vcpu.id % 64)
+        } else {
+            0
+        };
+        flush.local_all |= word & own != 0;
+        flush.all_vcpus |= word & !own != 0;
+    }
+    Ok(flush)
 }
 
-fn mmuext_one(vcpu: &mut Vcpu, p: &mut dyn Platform, op: &MmuextOp) -> i64 {
+fn mmuext_one(vcpu: &mut Vcpu, nr_vcpus: u32, p: &mut dyn Platform, op: &MmuextOp) -> i64 {
     let level = match op.cmd {
         mmuext::PIN_L1_TABLE => Some(Level::L1),
         mmuext::PIN_L2_TABLE => Some(Level::L2),
@@ -293,10 +314,12 @@ fn mmuext_one(vcpu: &mut Vcpu, p: &mut dyn Platform, op: &MmuextOp) -> i64 {
         _ => None,
     };
     let flush_multi = match op.cmd {
-        mmuext::TLB_FLUSH_MULTI | mmuext::INVLPG_MULTI => match mask_names(vcpu, p, op.arg2) {
-            Ok(named) => Some(named),
-            Err(e) => return e,
-        },
+        mmuext::TLB_FLUSH_MULTI | mmuext::INVLPG_MULTI => {
+            match mask_flush(vcpu, nr_vcpus, p, op.arg2) {
+                Ok(named) => Some(named),
+                Err(e) => return e,
+            }
+        }
         _ => None,
     };
     let (kernel_root, user_root) = (vcpu.kernel_cr3 >> 12, vcpu.user_cr3 >> 12);
@@ -338,31 +361,39 @@ fn mmuext_one(vcpu: &mut Vcpu, p: &mut dyn Platform, op: &MmuextOp) -> i64 {
                 r
             }
         }
-        mmuext::TLB_FLUSH_LOCAL | mmuext::TLB_FLUSH_ALL => Ok(FlushSet {
+        mmuext::TLB_FLUSH_LOCAL => Ok(FlushSet {
             local_all: true,
+            ..Default::default()
+        }),
+        // Every vCPU of the domain (the others' TLBs as a whole: see mask_flush).
+        mmuext::TLB_FLUSH_ALL => Ok(FlushSet {
+            local_all: true,
+            all_vcpus: nr_vcpus > 1,
             ..Default::default()
         }),
         mmuext::INVLPG_LOCAL | mmuext::INVLPG_ALL => {
             if guest_va_ok(op.arg1) {
                 Ok(FlushSet {
                     invlpg: alloc::vec![op.arg1],
+                    all_vcpus: op.cmd == mmuext::INVLPG_ALL && nr_vcpus > 1,
                     ..Default::default()
                 })
             } else {
                 Ok(FlushSet::default())
             }
         }
-        mmuext::TLB_FLUSH_MULTI => Ok(FlushSet {
-            local_all: flush_multi.unwrap_or(false),
-            ..Default::default()
-        }),
-        mmuext::INVLPG_MULTI => Ok(if flush_multi.unwrap_or(false) && guest_va_ok(op.arg1) {
-            FlushSet {
-                invlpg: alloc::vec![op.arg1],
+        mmuext::TLB_FLUSH_MULTI => Ok(flush_multi.unwrap_or_default()),
+        mmuext::INVLPG_MULTI => Ok(match flush_multi {
+            Some(named) if guest_va_ok(op.arg1) => FlushSet {
+                invlpg: if named.local_all {
+                    alloc::vec![op.arg1]
+                } else {
+                    alloc::vec![]
+                },
+                all_vcpus: named.all_vcpus,
                 ..Default::default()
-            }
-        } else {
-            FlushSet::default()
+            },
+            _ => FlushSet::default(),
         }),
         // An unprivileged domain may not flush caches (Xen: cache_flush_permitted()).
         mmuext::FLUSH_CACHE | mmuext::FLUSH_CACHE_GLOBAL => return -EACCES,
@@ -416,6 +447,7 @@ pub fn l1_slot_of(mem: &dyn pv_mm::FrameAccess, root: Mfn, va: u64) -> Option<(M
 /// current kernel table, then flush as `flags` say.
 pub fn do_update_va_mapping(
     vcpu: &mut Vcpu,
+    dom: &Domain,
     p: &mut dyn Platform,
     va: u64,
     val: u64,
@@ -424,15 +456,24 @@ pub fn do_update_va_mapping(
     if !guest_va_ok(va) {
         return -EINVAL;
     }
-    let flush_named = match flags & UVMF_FLUSHTYPE_MASK {
-        0 => false,
-        _ if flags & UVMF_ALL != 0 => true,
-        _ if flags & !7 != 0 => match mask_names(vcpu, p, flags & !7) {
+    // Whose TLBs the flush type applies to: UVMF_LOCAL, UVMF_ALL, or a vCPU bitmap.
+    let named = match flags & UVMF_FLUSHTYPE_MASK {
+        0 => FlushSet::default(),
+        _ if flags & UVMF_ALL != 0 => FlushSet {
+            local_all: true,
+            all_vcpus: dom.nr_vcpus() > 1,
+            ..Default::default()
+        },
+        _ if flags & !7 != 0 => match mask_flush(vcpu, dom.nr_vcpus(), p, flags & !7) {
             Ok(named) => named,
             Err(e) => return e,
         },
-        _ => true,
+        _ => FlushSet {
+            local_all: true,
+            ..Default::default()
+        },
     };
+    let flush_named = named.local_all;
     let roots = roots(vcpu);
     let root = vcpu.hw_state().cr3 >> 12;
     let Some(ctx) = p.mm() else { return -ENOSYS };
@@ -455,6 +496,15 @@ pub fn do_update_va_mapping(
                     _ => return -EINVAL,
                 };
                 merge_flush(ctx.flush, more);
+            }
+            if named.all_vcpus {
+                merge_flush(
+                    ctx.flush,
+                    FlushSet {
+                        all_vcpus: true,
+                        ..Default::default()
+                    },
+                );
             }
             0
         }
