@@ -716,6 +716,24 @@ mod tests {
         (mem, region)
     }
 
+    fn read_u64(mem: &GuestMemoryMmap, gpa: u64) -> u64 {
+        mem.read_obj(GuestAddress(gpa)).unwrap()
+    }
+
+    /// The shim's own translation of `va` (through its L3, L2, L1): the target and the
+    /// entry's flags.
+    fn shim_walk(mem: &GuestMemoryMmap, region: &ShimRegion, va: u64) -> Option<(u64, u64)> {
+        let slot = ((va >> 39) & 511) as usize;
+        let mut entry = region.hole_l4[slot - xen_abi::xen::HOLE_FIRST_L4_SLOT];
+        for shift in [30u32, 21, 12] {
+            if entry & pte::P == 0 {
+                return None;
+            }
+            entry = read_u64(mem, (entry & pte::ADDR_MASK) + ((va >> shift) & 511) * 8);
+        }
+        (entry & pte::P != 0).then_some((entry & pte::ADDR_MASK, entry & !pte::ADDR_MASK))
+    }
+
     #[test]
     fn region_maps_only_the_doorbell_port_for_ring3() {
         let (mem, region) = built(0x10_0000, 1024, 1);
@@ -748,6 +766,193 @@ mod tests {
             ));
         }
         assert!(region_size(1024, contract::MAX_VCPUS).is_ok());
+    }
+
+    #[test]
+    fn region_size_grows_by_one_block_per_vcpu() {
+        // The fixed part grows by a stride per vCPU; the shim's L1s by one page per
+        // 2 MiB of blocks. The M2P and direct-map parts depend on RAM only (the direct
+        // map's L2 count changes only across 1 GiB).
+        let frames = 1 << 18;
+        let base = region_size(frames, 1).unwrap();
+        for n in 2..=contract::MAX_VCPUS {
+            let grown = region_size(frames, n).unwrap() - base;
+            let l1s = layout::l1_pages(n) - layout::l1_pages(1);
+            assert_eq!(grown, u64::from(n - 1) * layout::VCPU_STRIDE + l1s * 0x1000);
+        }
+        assert_eq!(layout::l1_pages(1), 1);
+    }
+
+    /// Checks a region of `n` vCPUs: blocks apart from each other and from the domain
+    /// part, each one's IDT, TSS and GDT its own, and the shim mapping every block page.
+    fn check_blocks(n: u32) {
+        let (mem, region) = built(0x20_0000, 1024, n);
+        let image = ShimImage::embedded().unwrap();
+        let hdr = image.header();
+        assert_eq!(region.nr_vcpus(), n);
+        assert!(region.vcpu(n).is_none());
+        let domain = [
+            region.shared_info_gpa..region.shared_info_gpa + 0x1000,
+            region.grant_table_gpa..region.grant_table_gpa + layout::GRANT_FRAMES * 0x1000,
+            region.gpa + layout::pagetables(n)..region.gpa + layout::size(n),
+            region.m2p_gpa..region.gpa + region.size,
+        ];
+        let blocks: Vec<_> = region
+            .vcpus()
+            .iter()
+            .map(|v| v.block_gpa..v.block_gpa + layout::VCPU_STRIDE)
+            .collect();
+        for (i, b) in blocks.iter().enumerate() {
+            assert!(b.end <= region.gpa + layout::pagetables(n));
+            for (j, other) in blocks.iter().enumerate().filter(|&(j, _)| j != i) {
+                assert!(b.end <= other.start || other.end <= b.start, "{i} and {j}");
+            }
+            for d in &domain {
+                assert!(b.end <= d.start || d.end <= b.start, "block {i} and {d:x?}");
+            }
+        }
+
+        for (i, v) in region.vcpus().iter().enumerate() {
+            assert_eq!(v.id, i as u32);
+            assert_eq!(v.block_gpa, region.gpa + layout::vcpu_block(v.id));
+            let block_va = SHIM_VA_BASE + layout::vcpu_block(v.id);
+            let sregs = v.initial_sregs(Sregs::default(), 0x1000, false);
+            assert_eq!(sregs.gdt.base, block_va + layout::vcpu::GDT);
+            assert_eq!(sregs.idt.base, block_va + layout::vcpu::IDT);
+            assert_eq!(sregs.tr.base, block_va + layout::vcpu::TSS);
+            let lstar = v
+                .msrs()
+                .iter()
+                .find(|m| m.index == 0xc000_0082)
+                .unwrap()
+                .data;
+            assert_eq!(lstar, v.syscall_entry);
+            assert!(v.in_text(v.syscall_entry) && v.in_text(v.apply_entry));
+            assert!(v.in_text(v.syscall_doorbell_end));
+            assert_eq!(
+                v.va_to_gpa(v.syscall_entry),
+                region.va_to_gpa(v.syscall_entry)
+            );
+
+            // Every gate leads into this block's text copy, to the vector's stub.
+            for vector in 0..contract::NR_VECTORS {
+                let gate = v.block_gpa + layout::vcpu::IDT + 16 * vector as u64;
+                let (lo, hi) = (read_u64(&mem, gate), read_u64(&mem, gate + 8));
+                let handler = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | (hi << 32);
+                assert_eq!(handler, v.text_va + u64::from(hdr.vector_entry[vector]));
+                assert!(v.in_text(handler));
+            }
+            // The text copy is the image.
+            let mut text = vec![0u8; image.bytes.len()];
+            mem.read_slice(&mut text, GuestAddress(v.block_gpa))
+                .unwrap();
+            assert_eq!(text, image.bytes);
+
+            // rsp0 and IST1 are this block's stacks.
+            let tss = v.block_gpa + layout::vcpu::TSS;
+            assert_eq!(read_u64(&mem, tss + 4), v.stack_top);
+            assert_eq!(v.stack_top, block_va + layout::vcpu::STACK);
+            assert_eq!(read_u64(&mem, tss + 36), block_va + layout::vcpu::DF_STACK);
+
+            // The GDT's TSS descriptor is this block's TSS.
+            let desc = v.block_gpa + layout::vcpu::GDT + u64::from(shim_sel::TSS);
+            let (lo, hi) = (read_u64(&mem, desc), read_u64(&mem, desc + 8));
+            let base = ((lo >> 16) & 0xff_ffff) | (((lo >> 56) & 0xff) << 24) | (hi << 32);
+            assert_eq!(base, block_va + layout::vcpu::TSS);
+            assert_eq!(
+                read_u64(
+                    &mem,
+                    v.block_gpa + layout::vcpu::GDT + u64::from(shim_sel::HYPERVISOR_CS)
+                ),
+                descriptor(0xa09b)
+            );
+
+            let state = read_u64(&mem, v.guest_state_gpa);
+            let state = contract::GuestStatePage::read_from_bytes(&state.to_le_bytes()).unwrap();
+            assert_eq!((state.kernel_mode, state.nr_vcpus), (1, n));
+            assert_eq!(v.posted_gpa, v.block_gpa + layout::vcpu::POSTED);
+
+            // The shim maps each block page where it lies, with the part's flags, and
+            // leaves the guard pages unmapped.
+            let mut mapped = vec![None; (layout::VCPU_STRIDE >> 12) as usize];
+            for &(off, len, flags) in BLOCK_PAGES {
+                for page in (off..off + len).step_by(0x1000) {
+                    mapped[(page >> 12) as usize] = Some(flags);
+                }
+            }
+            for (page, want) in mapped.iter().enumerate() {
+                let off = page as u64 * 0x1000;
+                let got = shim_walk(&mem, &region, block_va + off);
+                assert_eq!(
+                    got,
+                    want.map(|f| (v.block_gpa + off, f)),
+                    "vCPU {i} page {page}"
+                );
+            }
+            assert_eq!(
+                shim_walk(&mem, &region, block_va + layout::vcpu::TEXT).map(|(_, f)| f),
+                Some(pte::P | pte::U | pte::A),
+                "text: read-only, user-executable"
+            );
+            assert_eq!(
+                shim_walk(&mem, &region, v.stack_top - 8).map(|(_, f)| f),
+                Some(pte::P | pte::RW | pte::A | pte::D | pte::NX)
+            );
+
+            // The entry set_gdt rewrites is the one that maps this GDT's page.
+            for page in [0usize, 13] {
+                let (l1, slot, value) = v.gdt_page_entry(page, Some(0x1234));
+                let gdt_va = v.gdt_page_va(page);
+                assert_eq!(gdt_va, block_va + layout::vcpu::GDT + page as u64 * 0x1000);
+                let entry = read_u64(&mem, (l1 << 12) + slot as u64 * 8);
+                let expect = (v.block_gpa + layout::vcpu::GDT + page as u64 * 0x1000)
+                    | pte::P
+                    | pte::RW
+                    | pte::A
+                    | pte::D
+                    | pte::NX;
+                assert_eq!(entry, expect);
+                assert_eq!(
+                    shim_walk(&mem, &region, gdt_va),
+                    Some((expect & pte::ADDR_MASK, expect & !pte::ADDR_MASK))
+                );
+                assert_eq!(value, (0x1234 << 12) | (expect & !pte::ADDR_MASK));
+                assert_eq!(v.gdt_page_entry(page, None).2, expect);
+            }
+        }
+        // shared_info stays mapped for the shim, the grant table does not.
+        let si = shim_walk(&mem, &region, SHIM_VA_BASE + layout::SHARED_INFO);
+        assert_eq!(si.map(|(a, _)| a), Some(region.shared_info_gpa));
+        assert!(shim_walk(&mem, &region, SHIM_VA_BASE + layout::GRANT_TABLE).is_none());
+        // Nothing past the last block.
+        assert!(shim_walk(&mem, &region, SHIM_VA_BASE + layout::vcpu_block(n)).is_none());
+        assert_eq!(
+            region.va_to_gpa(SHIM_VA_BASE + layout::vcpu_block(n) - 1),
+            Some(region.gpa + layout::vcpu_block(n) - 1)
+        );
+        assert_eq!(region.va_to_gpa(SHIM_VA_BASE + layout::size(n)), None);
+    }
+
+    #[test]
+    fn one_vcpu_gets_one_block() {
+        check_blocks(1);
+    }
+
+    #[test]
+    fn two_vcpus_get_two_blocks() {
+        check_blocks(2);
+    }
+
+    #[test]
+    fn five_vcpus_get_five_blocks() {
+        check_blocks(5);
+    }
+
+    #[test]
+    fn blocks_past_the_first_l1_are_mapped() {
+        // 12 blocks end past 2 MiB: the second L1 maps the rest.
+        assert!(layout::vcpu_block(12) > 1 << 21);
+        check_blocks(12);
     }
 
     #[test]
