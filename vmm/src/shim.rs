@@ -1,4 +1,4 @@
-//! The shim region: the domain's `shared_info` and grant frames, then per vCPU a block
+//! The shim region: the domain's grant frames and `shared_info`, then per vCPU a block
 //! with a copy of the ring-0 shim image and the data structures that vCPU's shim owns
 //! (GDT, IDT, TSS with its I/O bitmap, ring-0 stacks, guest-state page, posting area),
 //! then the shim's pagetables, the M2P table and the direct map; laid out at the offsets

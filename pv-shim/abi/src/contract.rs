@@ -78,8 +78,8 @@ pub const MAX_VCPUS: u32 = 128;
 /// Offsets of the shim region's parts from its base (the same for its guest-physical
 /// base and for [`SHIM_VA_BASE`]).
 ///
-/// The region is a domain part ([`SHARED_INFO`](layout::SHARED_INFO), the
-/// [`GRANT_TABLE`](layout::GRANT_TABLE) frames), then one block per vCPU at
+/// The region is a domain part (the [`GRANT_TABLE`](layout::GRANT_TABLE) frames, the
+/// [`SHARED_INFO`](layout::SHARED_INFO) page), then one block per vCPU at
 /// [`vcpu_block`](layout::vcpu_block) (its own copy of the shim text followed by that
 /// vCPU's guest-state page, GDT, IDT, TSS, stacks and posting area, at the offsets of
 /// [`layout::vcpu`]), then the shim's own pagetables, sized for the blocks built, at
@@ -144,16 +144,18 @@ pub mod layout {
         };
     }
 
-    /// The domain's `shared_info` page (a frame outside guest RAM, as on Xen).
-    pub const SHARED_INFO: u64 = 0x0_0000;
     /// The domain's grant table: [`GRANT_FRAMES`] hypervisor frames shared with the guest
     /// (not used by the shim; placed here so the region holds all of the domain's
     /// hypervisor-owned frames).
-    pub const GRANT_TABLE: u64 = 0x0_1000;
+    pub const GRANT_TABLE: u64 = 0x0_0000;
     /// Frames of the grant table (Xen's default `max_grant_frames`).
     pub const GRANT_FRAMES: u64 = 64;
+    /// The domain's `shared_info` page (a frame outside guest RAM, as on Xen). Its next
+    /// frame is vCPU 0's text, which the guest may not map (as on Xen, where it is
+    /// some frame of Xen's own; the hostile guest tests map it and expect a refusal).
+    pub const SHARED_INFO: u64 = GRANT_TABLE + GRANT_FRAMES * 0x1000;
     /// Block of vCPU 0; vCPU `i`'s is [`VCPU_STRIDE`] `* i` further.
-    pub const VCPU_BASE: u64 = GRANT_TABLE + GRANT_FRAMES * 0x1000;
+    pub const VCPU_BASE: u64 = SHARED_INFO + 0x1000;
     /// Distance between two vCPU blocks.
     pub const VCPU_STRIDE: u64 = vcpu::SIZE;
 
@@ -184,8 +186,8 @@ pub mod layout {
     // The parts must not overlap, and the mapped part of the largest region must fit
     // the one L2 of the shim's pagetables; checked when the crate compiles.
     const _: () = {
-        assert!(SHARED_INFO + 0x1000 <= GRANT_TABLE);
-        assert!(GRANT_TABLE + GRANT_FRAMES * 0x1000 <= VCPU_BASE);
+        assert!(GRANT_TABLE + GRANT_FRAMES * 0x1000 <= SHARED_INFO);
+        assert!(SHARED_INFO + 0x1000 <= VCPU_BASE);
         assert!(VCPU_BASE.is_multiple_of(0x1000) && VCPU_STRIDE.is_multiple_of(0x1000));
         assert!(l1_pages(super::MAX_VCPUS) <= 512);
     };
