@@ -15,7 +15,7 @@ use xen_abi::contract::{port, vector_has_error_code, TrapFrame};
 use xen_abi::xen::selector;
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::shim::ShimRegion;
+use crate::shim::VcpuShim;
 use crate::vstate::{Exit, Regs, Sregs};
 
 /// Access to the vCPU's registers at an exit.
@@ -317,8 +317,8 @@ pub struct Domain<'a> {
     pub stats: &'a mut Stats,
     /// Exit counters.
     pub exits: &'a mut ExitStats,
-    /// Where the shim is.
-    pub shim: &'a ShimRegion,
+    /// Where this vCPU's part of the shim is.
+    pub shim: &'a VcpuShim,
     /// Memory and console.
     pub platform: GuestPlatform<'a>,
     /// The guest GDT frames the shim maps now (to notice `set_gdt` changes).
@@ -748,7 +748,7 @@ fn start_apply(dom: &mut Domain<'_>) -> Result<(), String> {
     let queued = dom.platform.frames.posted.queued() as u64;
     dom.exits.posted_stores += queued;
     dom.exits.posted_peak = dom.exits.posted_peak.max(queued);
-    let area = crate::posted::area_gpa(dom.shim.gpa);
+    let area = dom.shim.posted_gpa;
     let p = &mut dom.platform;
     p.frames.posted.fill(p.flush, p.mem, area)
 }
@@ -764,7 +764,7 @@ fn apply_more(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, St
             Some(cpu),
         )));
     }
-    let area = crate::posted::area_gpa(dom.shim.gpa);
+    let area = dom.shim.posted_gpa;
     let p = &mut dom.platform;
     p.frames.posted.fill(p.flush, p.mem, area)?;
     Ok(Action::Resume)
@@ -1029,7 +1029,7 @@ pub fn diagnostic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shim::{pte, ShimImage};
+    use crate::shim::{pte, ShimImage, ShimRegion};
     use vm_memory::GuestMemoryMmap;
     use xen_abi::xen::hypercall as hc;
 
@@ -1088,13 +1088,18 @@ mod tests {
             (GuestAddress(0), RAM as usize),
             (
                 GuestAddress(shim_gpa),
-                crate::shim::region_size(RAM >> 12) as usize,
+                crate::shim::region_size(RAM >> 12, 1).unwrap() as usize,
             ),
         ])
         .unwrap();
-        let region =
-            crate::shim::build_region(&mem, shim_gpa, &ShimImage::embedded().unwrap(), RAM >> 12)
-                .unwrap();
+        let region = crate::shim::build_region(
+            &mem,
+            shim_gpa,
+            &ShimImage::embedded().unwrap(),
+            RAM >> 12,
+            1,
+        )
+        .unwrap();
         let w = |gpa: u64, v: u64| mem.write_obj(v, GuestAddress(gpa)).unwrap();
         let upper = pte::P | pte::RW | pte::U | pte::A;
         w(L4, 0x2000 | upper);
@@ -1153,7 +1158,7 @@ mod tests {
             pv_domain: &mut w.pv_domain,
             stats: &mut w.stats,
             exits: &mut w.exits,
-            shim: &w.region,
+            shim: w.region.vcpu0(),
             platform: GuestPlatform {
                 mem: &w.mem,
                 ram_bytes: RAM,
@@ -1313,8 +1318,8 @@ mod tests {
     /// Puts `frame` on the shim stack as an IDT stub leaves it; returns the stub's rsp
     /// and the frame's guest-physical address.
     fn push_trap_frame(w: &World, frame: &TrapFrame) -> (u64, u64) {
-        let rsp0 = w.region.stack_top - core::mem::size_of::<TrapFrame>() as u64;
-        let frame_gpa = w.region.va_to_gpa(rsp0).unwrap();
+        let rsp0 = w.region.vcpu0().stack_top - core::mem::size_of::<TrapFrame>() as u64;
+        let frame_gpa = w.region.vcpu0().va_to_gpa(rsp0).unwrap();
         w.mem
             .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
             .unwrap();
@@ -1331,7 +1336,7 @@ mod tests {
     #[test]
     fn a_hypercall_is_answered_and_resumes_after_the_syscall() {
         let mut w = world();
-        let mut cpu = cpu_at(w.region.syscall_doorbell_end);
+        let mut cpu = cpu_at(w.region.vcpu0().syscall_doorbell_end);
         cpu.regs.rax = hc::XEN_VERSION;
         cpu.regs.rdi = 0;
         cpu.regs.rcx = CODE + 2;
@@ -1353,7 +1358,7 @@ mod tests {
     fn on_hardware_virtualization_a_hypercall_from_the_cpl0_stub_resumes_at_cpl3() {
         let mut w = world();
         w.paths.syscall_entry = crate::host::SyscallEntry::StubAtCpl0;
-        let mut cpu = cpu_at(w.region.syscall_doorbell_end);
+        let mut cpu = cpu_at(w.region.vcpu0().syscall_doorbell_end);
         // What the CPU loaded from STAR: the shim's ring-0 selectors.
         cpu.sregs.cs.selector = xen_abi::contract::selector::HYPERVISOR_CS;
         cpu.sregs.cs.dpl = 0;
@@ -1376,7 +1381,7 @@ mod tests {
         // With the CPL3 path, the selectors the vCPU has after the doorbell are the
         // guest's own and are kept as they are.
         let mut w = world();
-        let mut cpu = cpu_at(w.region.syscall_doorbell_end);
+        let mut cpu = cpu_at(w.region.vcpu0().syscall_doorbell_end);
         cpu.regs.rax = hc::XEN_VERSION;
         cpu.regs.rcx = CODE + 2;
         assert_eq!(handle(&mut w, doorbell(), &mut cpu), Action::Resume);
@@ -1388,7 +1393,7 @@ mod tests {
     fn console_write_reaches_the_console_and_shutdown_ends_the_domain() {
         let mut w = world();
         w.mem.write_slice(b"hi\n", GuestAddress(0x9000)).unwrap();
-        let mut cpu = cpu_at(w.region.syscall_doorbell_end);
+        let mut cpu = cpu_at(w.region.vcpu0().syscall_doorbell_end);
         cpu.regs.rax = hc::CONSOLE_IO;
         cpu.regs.rdi = 0;
         cpu.regs.rsi = 3;
@@ -1396,7 +1401,7 @@ mod tests {
         assert_eq!(handle(&mut w, doorbell(), &mut cpu), Action::Resume);
         assert_eq!(w.console, b"hi\n");
         w.mem.write_obj(3u32, GuestAddress(0x9100)).unwrap();
-        let mut cpu = cpu_at(w.region.syscall_doorbell_end);
+        let mut cpu = cpu_at(w.region.vcpu0().syscall_doorbell_end);
         cpu.regs.rax = hc::SCHED_OP;
         cpu.regs.rdi = xen_abi::sched::SCHEDOP_SHUTDOWN;
         cpu.regs.rsi = 0x9100;

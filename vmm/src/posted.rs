@@ -11,7 +11,7 @@
 use pv_mm::{FlushSet, FrameAccess, Mfn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xen_abi::contract::{
-    layout, PostedHeader, PostedStore, DIRECTMAP_VA, MAX_POSTED_INVLPG, MAX_POSTED_STORES,
+    PostedHeader, PostedStore, DIRECTMAP_VA, MAX_POSTED_INVLPG, MAX_POSTED_STORES,
     POSTED_FLUSH_ALL, POSTED_MORE,
 };
 use zerocopy::{FromZeros, IntoBytes};
@@ -145,11 +145,6 @@ impl FrameAccess for VmmFrames<'_> {
                 .write_obj(pfn, GuestAddress(self.m2p_gpa + mfn * 8));
         }
     }
-}
-
-/// Guest-physical address of the posting area of a shim region at `region_gpa`.
-pub fn area_gpa(region_gpa: u64) -> u64 {
-    region_gpa + layout::POSTED
 }
 
 #[cfg(test)]

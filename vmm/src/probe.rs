@@ -510,9 +510,10 @@ impl ProbeVm {
         let shim_gpa = RAM;
         let vm = Vm::new(&[
             (0, RAM as usize),
-            (shim_gpa, shim::region_size(RAM >> 12) as usize),
+            (shim_gpa, shim::region_size(RAM >> 12, 1)? as usize),
         ])?;
-        let region = shim::build_region(vm.memory(), shim_gpa, &ShimImage::embedded()?, RAM >> 12)?;
+        let region =
+            shim::build_region(vm.memory(), shim_gpa, &ShimImage::embedded()?, RAM >> 12, 1)?;
         let mem = vm.memory();
         let w = |gpa: u64, v: u64| {
             mem.write_obj(v, GuestAddress(gpa))
@@ -543,7 +544,7 @@ impl ProbeVm {
         mem.write_slice(probe_code(), GuestAddress(CODE_GPA))
             .map_err(|_| shim::Error::Memory(CODE_GPA))?;
         // A second, available TSS descriptor for the ltr probe.
-        let gdt = region.gpa + layout::GDT;
+        let gdt = region.vcpu0().block_gpa + layout::vcpu::GDT;
         let mut tss = [0u8; 16];
         mem.read_slice(&mut tss, GuestAddress(gdt + u64::from(shim_sel::TSS)))
             .map_err(|_| shim::Error::Memory(gdt))?;
@@ -568,8 +569,8 @@ impl ProbeVm {
             .iter()
             .any(|e| e.function == 1 && e.ecx & (1 << 26) != 0);
         let sregs = vcpu.sregs()?;
-        vcpu.set_sregs_ioctl(&region.initial_sregs(sregs, L4, xsave))?;
-        vcpu.set_msrs(&region.msrs())?;
+        vcpu.set_sregs_ioctl(&region.vcpu0().initial_sregs(sregs, L4, xsave))?;
+        vcpu.set_msrs(&region.vcpu0().msrs())?;
         if xsave && vcpu.set_xcr0(XCR0_X87_SSE_AVX).is_err() {
             vcpu.set_xcr0(0b11)?;
         }
@@ -581,6 +582,7 @@ impl ProbeVm {
         let mut sregs = self.vcpu.sregs()?;
         let init = self
             .region
+            .vcpu0()
             .initial_sregs(sregs, L4, sregs.cr4 & (1 << 18) != 0);
         sregs.cs = init.cs;
         sregs.ss = init.ss;
@@ -592,7 +594,7 @@ impl ProbeVm {
         }
         self.vcpu.set_sregs_ioctl(&sregs)?;
         let rsp = if ring0 {
-            self.region.stack_top - 256
+            self.region.vcpu0().stack_top - 256
         } else {
             STACK_TOP
         };
@@ -627,7 +629,7 @@ impl ProbeVm {
                         self.vcpu.regs()?
                     };
                     match regs.rax {
-                        0 if regs.rip != self.region.syscall_doorbell_end => {}
+                        0 if regs.rip != self.region.vcpu0().syscall_doorbell_end => {}
                         0 | 2 => {
                             if regs.rax == 2 {
                                 on_request(self, 2);
@@ -833,7 +835,7 @@ pub fn run() -> Result<Report, Error> {
             "int3 -> ring-0 invlpg + iretq (in-VM page flush)",
         ),
     ] {
-        let idt3 = p.region.gpa + layout::IDT + 3 * 16;
+        let idt3 = p.region.vcpu0().block_gpa + layout::vcpu::IDT + 3 * 16;
         let mem = p.vm.memory();
         let mut gate = [0u8; 16];
         mem.read_slice(&mut gate, GuestAddress(idt3))
@@ -1117,7 +1119,7 @@ pub fn guest_tsc_offset() -> Result<i64, Error> {
 pub fn guest_gdt_selectors_honoured() -> Result<bool, Error> {
     let mut p = ProbeVm::new()?;
     let flat_data_dpl3 = 0x00cf_f300_0000_ffffu64;
-    let gdt = p.region.gpa + layout::GDT;
+    let gdt = p.region.vcpu0().block_gpa + layout::vcpu::GDT;
     p.vm.memory()
         .write_obj(flat_data_dpl3, GuestAddress(gdt + 16))
         .map_err(|_| shim::Error::Memory(gdt))?;

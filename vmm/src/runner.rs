@@ -425,12 +425,14 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
 
     let ram = cfg.memory & !0xfff;
     let shim_gpa = shim::region_gpa(ram >> 12);
+    // One vCPU until the runner starts more (issue 13).
+    let nr_vcpus = 1;
     let vm = Vm::new(&[
         (0, ram as usize),
-        (shim_gpa, shim::region_size(ram >> 12) as usize),
+        (shim_gpa, shim::region_size(ram >> 12, nr_vcpus)? as usize),
     ])?;
     let shim_image = ShimImage::embedded()?;
-    let mut region = shim::build_region(vm.memory(), shim_gpa, &shim_image, ram >> 12)?;
+    let mut region = shim::build_region(vm.memory(), shim_gpa, &shim_image, ram >> 12, nr_vcpus)?;
     if paths.m2p_at_abi {
         region.map_m2p_at_abi();
     }
@@ -486,8 +488,8 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     )?;
     let xsave = host_has_xsave(&vm) || xstate.control != crate::xstate::Xcr0Control::Hidden;
     let sregs = vcpu.sregs()?;
-    vcpu.set_sregs_ioctl(&region.initial_sregs(sregs, layout.l4_gpa, xsave))?;
-    vcpu.set_msrs(&region.msrs())?;
+    vcpu.set_sregs_ioctl(&region.vcpu0().initial_sregs(sregs, layout.l4_gpa, xsave))?;
+    vcpu.set_msrs(&region.vcpu0().msrs())?;
     if xsave {
         // The guest kernel raises it with xsetbv (x87|SSE as on Xen; where ring 3's is
         // fixed, KVM's copy is only bookkeeping).
@@ -1137,7 +1139,7 @@ fn initial_mm(
         shared_frames: core::iter::once(region.shared_info_gpa >> 12)
             .chain((0..GRANT_FRAMES).map(|i| (region.grant_table_gpa >> 12) + i))
             .collect(),
-        max_machine_frame: (region.gpa + shim::region_size(ram >> 12)) >> 12,
+        max_machine_frame: (region.gpa + region.size) >> 12,
     });
     let mut posted = Posted::default();
     let mut flush = pv_mm::FlushSet::default();
@@ -1224,8 +1226,8 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             let kernel = u32::from(pv_vcpu.mode == pv_engine::Mode::Kernel);
             if kernel != stub_kernel_mode {
                 vm.memory()
-                    .write_obj(kernel, GuestAddress(region.guest_state_gpa))
-                    .map_err(|_| shim::Error::Memory(region.guest_state_gpa))?;
+                    .write_obj(kernel, GuestAddress(region.vcpu0().guest_state_gpa))
+                    .map_err(|_| shim::Error::Memory(region.vcpu0().guest_state_gpa))?;
                 stub_kernel_mode = kernel;
             }
             vcpu.run()?
@@ -1245,7 +1247,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             pv_domain: &mut pv_domain,
             stats: &mut stats,
             exits: &mut exits,
-            shim: &region,
+            shim: region.vcpu0(),
             platform: GuestPlatform {
                 mem: vm.memory(),
                 ram_bytes: ram,

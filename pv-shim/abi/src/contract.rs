@@ -2,9 +2,12 @@
 //!
 //! The shim is a position-independent blob of entry stubs that the VMM copies into the
 //! shim region (guest-physical memory above guest RAM, owned by no guest frame number)
-//! and maps in the hypervisor hole at [`SHIM_VA_BASE`]. The VMM builds the shim's data
-//! structures (GDT, IDT, TSS with its I/O bitmap, ring-0 stacks, the shim's own
-//! pagetables) at the offsets in [`layout`] before the first vCPU runs.
+//! and maps in the hypervisor hole at [`SHIM_VA_BASE`], once per vCPU: each vCPU has a
+//! block of its own (the text copy, then its guest-state page, GDT, IDT, TSS with its I/O
+//! bitmap, ring-0 stacks and posting area), and the domain has one `shared_info`, one
+//! grant table and the shim's own pagetables. The VMM builds all of it at the offsets in
+//! [`layout`] before the first vCPU runs, and points each vCPU's GDTR, IDTR, TR and
+//! LSTAR into that vCPU's block.
 //!
 //! Two doorbells lead from the VM to the VMM, both `out %al, $port`:
 //! - [`port::HYPERCALL`]: executed at CPL3 by the `syscall` entry stub (LSTAR). On this
@@ -15,8 +18,8 @@
 //!   gets the #GP Xen would give it).
 //! - [`port::TRAP`]: executed at CPL0 by the per-vector IDT stubs after they push the
 //!   vector and an error code (0 when the CPU pushes none). The VMM reads the frame from
-//!   the ring-0 stack, may rewrite its iret part (to bounce to the guest or resume), and
-//!   the stub drops the two words and `iretq`s.
+//!   the vCPU's ring-0 stack, may rewrite its iret part (to bounce to the guest or
+//!   resume), and the stub drops the two words and `iretq`s.
 //!
 //! Bump [`CONTRACT_VERSION`] on any change of layout or meaning; the VMM refuses a shim
 //! whose header carries another version.
@@ -24,7 +27,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this contract; the shim header carries it.
-pub const CONTRACT_VERSION: u32 = 4;
+pub const CONTRACT_VERSION: u32 = 5;
 /// Magic at offset 0 of the shim image.
 pub const SHIM_MAGIC: [u8; 8] = *b"PVKVSHIM";
 /// Number of IDT vectors the shim provides stubs for.
@@ -69,80 +72,141 @@ pub mod selector {
     pub const TSS: u16 = 0xe040;
 }
 
+/// Most vCPUs a domain can have: the shim region holds one [`layout::vcpu`] block each.
+pub const MAX_VCPUS: u32 = 128;
+
 /// Offsets of the shim region's parts from its base (the same for its guest-physical
 /// base and for [`SHIM_VA_BASE`]).
+///
+/// The region is a domain part (the [`GRANT_TABLE`](layout::GRANT_TABLE) frames, the
+/// [`SHARED_INFO`](layout::SHARED_INFO) page), then one block per vCPU at
+/// [`vcpu_block`](layout::vcpu_block) (its own copy of the shim text followed by that
+/// vCPU's guest-state page, GDT, IDT, TSS, stacks and posting area, at the offsets of
+/// [`layout::vcpu`]), then the shim's own pagetables, sized for the blocks built, at
+/// [`pagetables`](layout::pagetables). The M2P table and the direct map's tables follow
+/// at [`size`](layout::size). The shim's code reaches its guest-state page and posting
+/// area rip-relatively, so every block's text copy finds its own vCPU's pages: the one
+/// image serves every vCPU.
 pub mod layout {
-    /// The shim image (header + stubs); mapped read-only and user-executable, because the
-    /// `syscall` stub runs at CPL3 on this host.
-    pub const TEXT: u64 = 0x0_0000;
-    /// Largest shim image.
-    pub const TEXT_SIZE: u64 = 0xf000;
-    /// The guest-state page the `syscall` stub reads at CPL3 ([`super::GuestStatePage`]):
-    /// mapped user-readable and read-only in the guest, written by the VMM.
-    pub const GUEST_STATE: u64 = 0xf000;
-    /// The 16-page GDT: pages 0-13 for the guest's `set_gdt` frames, 14-15 Xen's.
-    pub const GDT: u64 = 0x1_0000;
-    /// GDT size in bytes.
-    pub const GDT_SIZE: u64 = 0x1_0000;
-    /// The IDT (256 gates of 16 bytes).
-    pub const IDT: u64 = 0x2_0000;
-    /// The 64-bit TSS, followed at [`TSS_IOPB`] by its I/O permission bitmap.
-    pub const TSS: u64 = 0x2_1000;
-    /// Offset of the I/O bitmap from the TSS (`iomap_base`).
-    pub const TSS_IOPB: u64 = 0x68;
-    /// TSS limit: the TSS, 65536 port bits and the trailing all-ones byte.
-    pub const TSS_LIMIT: u64 = TSS_IOPB + 8192;
-    /// The domain's `shared_info` page (a frame outside guest RAM, as on Xen).
-    pub const SHARED_INFO: u64 = 0x2_4000;
-    /// The ring-0 stack of vCPU 0 ends here (grows down from the next page boundary).
-    pub const STACK: u64 = 0x2_a000;
-    /// Ring-0 stack size per vCPU.
-    pub const STACK_SIZE: u64 = 0x4000;
-    /// The double-fault (IST1) stack, so a broken ring-0 stack still reports.
-    pub const DF_STACK: u64 = 0x2_c000;
-    /// Size of the double-fault stack.
-    pub const DF_STACK_SIZE: u64 = 0x1000;
-    /// The posting area: a [`super::PostedHeader`] page, then [`super::PostedStore`]s.
-    pub const POSTED: u64 = 0x2_c000;
-    /// Size of the posting area.
-    pub const POSTED_SIZE: u64 = 0x4000;
-    /// The shim's own pagetables (L3, L2, L1s of the hole) start here.
-    pub const PAGETABLES: u64 = 0x3_0000;
+    /// Offsets inside one vCPU block, from the block's start.
+    pub mod vcpu {
+        /// The shim image (header + stubs); mapped read-only and user-executable,
+        /// because the `syscall` stub runs at CPL3 on this host.
+        pub const TEXT: u64 = 0x0_0000;
+        /// Largest shim image.
+        pub const TEXT_SIZE: u64 = 0xf000;
+        /// The guest-state page the `syscall` stub reads at CPL3
+        /// ([`crate::contract::GuestStatePage`]): mapped user-readable and read-only in the
+        /// guest, written by the VMM.
+        pub const GUEST_STATE: u64 = 0xf000;
+        /// The 16-page GDT: pages 0-13 for the guest's `set_gdt` frames, 14-15 Xen's.
+        pub const GDT: u64 = 0x1_0000;
+        /// GDT size in bytes.
+        pub const GDT_SIZE: u64 = 0x1_0000;
+        /// The IDT (256 gates of 16 bytes).
+        pub const IDT: u64 = 0x2_0000;
+        /// The 64-bit TSS, followed at [`TSS_IOPB`] by its I/O permission bitmap.
+        pub const TSS: u64 = 0x2_1000;
+        /// Offset of the I/O bitmap from the TSS (`iomap_base`).
+        pub const TSS_IOPB: u64 = 0x68;
+        /// TSS limit: the TSS, 65536 port bits and the trailing all-ones byte.
+        pub const TSS_LIMIT: u64 = TSS_IOPB + 8192;
+        /// Pages of the TSS with its bitmap.
+        pub const TSS_PAGES: u64 = (TSS_LIMIT + 1).div_ceil(0x1000);
+        /// The ring-0 stack ends here (grows down from this page boundary); the unmapped
+        /// pages below it catch an overflow (a double fault, on its own stack).
+        pub const STACK: u64 = 0x2_a000;
+        /// Ring-0 stack size.
+        pub const STACK_SIZE: u64 = 0x4000;
+        /// The double-fault (IST1) stack, so a broken ring-0 stack still reports; an
+        /// unmapped page lies between it and the ring-0 stack.
+        pub const DF_STACK: u64 = 0x2_c000;
+        /// Size of the double-fault stack.
+        pub const DF_STACK_SIZE: u64 = 0x1000;
+        /// The posting area: a [`crate::contract::PostedHeader`] page, then
+        /// [`crate::contract::PostedStore`]s.
+        pub const POSTED: u64 = 0x2_c000;
+        /// Size of the posting area.
+        pub const POSTED_SIZE: u64 = 0x4000;
+        /// Size of one block.
+        pub const SIZE: u64 = 0x3_0000;
+
+        // The parts must not overlap; checked when the crate compiles.
+        const _: () = {
+            assert!(TEXT + TEXT_SIZE <= GUEST_STATE);
+            assert!(GUEST_STATE + 0x1000 <= GDT);
+            assert!(GDT + GDT_SIZE <= IDT);
+            assert!(IDT + 0x1000 <= TSS);
+            assert!(TSS + TSS_PAGES * 0x1000 < STACK - STACK_SIZE);
+            assert!(STACK < DF_STACK - DF_STACK_SIZE);
+            assert!(DF_STACK <= POSTED);
+            assert!(POSTED + POSTED_SIZE <= SIZE);
+        };
+    }
+
     /// The domain's grant table: [`GRANT_FRAMES`] hypervisor frames shared with the guest
     /// (not used by the shim; placed here so the region holds all of the domain's
     /// hypervisor-owned frames).
-    pub const GRANT_TABLE: u64 = 0x4_0000;
+    pub const GRANT_TABLE: u64 = 0x0_0000;
     /// Frames of the grant table (Xen's default `max_grant_frames`).
     pub const GRANT_FRAMES: u64 = 64;
-    /// Size of the shim region without the M2P table.
-    pub const SIZE: u64 = GRANT_TABLE + GRANT_FRAMES * 0x1000;
+    /// The domain's `shared_info` page (a frame outside guest RAM, as on Xen). Its next
+    /// frame is vCPU 0's text, which the guest may not map (as on Xen, where it is
+    /// some frame of Xen's own; the hostile guest tests map it and expect a refusal).
+    pub const SHARED_INFO: u64 = GRANT_TABLE + GRANT_FRAMES * 0x1000;
+    /// Block of vCPU 0; vCPU `i`'s is [`VCPU_STRIDE`] `* i` further.
+    pub const VCPU_BASE: u64 = SHARED_INFO + 0x1000;
+    /// Distance between two vCPU blocks.
+    pub const VCPU_STRIDE: u64 = vcpu::SIZE;
 
-    // The parts must not overlap; checked when the crate compiles.
+    /// Offset of vCPU `i`'s block (for `i` = the number of vCPUs: the end of the last).
+    pub const fn vcpu_block(i: u32) -> u64 {
+        VCPU_BASE + i as u64 * VCPU_STRIDE
+    }
+
+    /// L1 pages of the shim's pagetables for `nr_vcpus` blocks: one per 2 MiB of the
+    /// region up to the end of the last block (the part mapped at [`super::SHIM_VA_BASE`]).
+    pub const fn l1_pages(nr_vcpus: u32) -> u64 {
+        vcpu_block(nr_vcpus).div_ceil(1 << 21)
+    }
+
+    /// Offset of the shim's pagetables for `nr_vcpus` blocks: its L3, its L2, then
+    /// [`l1_pages`] L1s mapping the region from its base (right after the last block, so
+    /// that they grow with the blocks built and no block moves).
+    pub const fn pagetables(nr_vcpus: u32) -> u64 {
+        vcpu_block(nr_vcpus)
+    }
+
+    /// Size of a shim region of `nr_vcpus` blocks without the M2P table and the direct
+    /// map (which follow at this offset).
+    pub const fn size(nr_vcpus: u32) -> u64 {
+        pagetables(nr_vcpus) + (2 + l1_pages(nr_vcpus)) * 0x1000
+    }
+
+    // The parts must not overlap, and the mapped part of the largest region must fit
+    // the one L2 of the shim's pagetables; checked when the crate compiles.
     const _: () = {
-        assert!(TEXT + TEXT_SIZE <= GUEST_STATE);
-        assert!(GUEST_STATE + 0x1000 <= GDT);
-        assert!(GDT + GDT_SIZE <= IDT);
-        assert!(IDT + 0x1000 <= TSS);
-        assert!(TSS + TSS_LIMIT < SHARED_INFO);
-        assert!(SHARED_INFO + 0x1000 <= STACK - STACK_SIZE);
-        assert!(STACK <= DF_STACK - DF_STACK_SIZE);
-        assert!(DF_STACK <= POSTED);
-        assert!(POSTED + POSTED_SIZE <= PAGETABLES);
-        assert!(PAGETABLES + 0x4000 <= GRANT_TABLE);
+        assert!(GRANT_TABLE + GRANT_FRAMES * 0x1000 <= SHARED_INFO);
+        assert!(SHARED_INFO + 0x1000 <= VCPU_BASE);
+        assert!(VCPU_BASE.is_multiple_of(0x1000) && VCPU_STRIDE.is_multiple_of(0x1000));
+        assert!(l1_pages(super::MAX_VCPUS) <= 512);
     };
 }
 
-/// The page at [`layout::GUEST_STATE`]: what the `syscall` stub needs to answer, at CPL3
+/// The page at [`layout::vcpu::GUEST_STATE`] of each vCPU block (each vCPU's stub reads
+/// its own: `kernel_mode` is per vCPU): what the `syscall` stub needs to answer, at CPL3
 /// and without an exit, the one hypercall Linux makes thousands of times with a fixed
 /// answer: `VCPUOP_is_up` for each vCPU the domain does not have (it probes every
 /// possible CPU at boot, 8192 of them in Debian's build). -ENOENT, as Xen answers.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GuestStatePage {
-    /// 1 while the guest kernel runs, 0 in guest user mode (a user `syscall` must reach
-    /// the guest kernel, never the fast path). The VMM writes it on every change.
+    /// 1 while this vCPU's guest kernel runs, 0 in guest user mode (a user `syscall`
+    /// must reach the guest kernel, never the fast path). The VMM writes it on every
+    /// change.
     pub kernel_mode: u32,
-    /// vCPUs of the domain: `is_up` for an id at or above it is -ENOENT.
+    /// vCPUs of the domain: `is_up` for an id at or above it is -ENOENT. The same in
+    /// every block.
     pub nr_vcpus: u32,
 }
 
@@ -208,7 +272,7 @@ pub struct TrapFrame {
 
 /// Stores the VMM posts: the apply routine performs them, in order, from inside the VM,
 /// so the host's shadow MMU sees every pagetable change (docs/host-kvm.md).
-pub const MAX_POSTED_STORES: usize = ((layout::POSTED_SIZE - 0x1000) / 16) as usize;
+pub const MAX_POSTED_STORES: usize = ((layout::vcpu::POSTED_SIZE - 0x1000) / 16) as usize;
 /// Single-address invalidations one apply can carry.
 pub const MAX_POSTED_INVLPG: usize = (0x1000 - 16) / 8;
 /// [`PostedHeader::flags`]: ring [`port::APPLY_MORE`] after the stores (more follow).

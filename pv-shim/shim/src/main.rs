@@ -198,10 +198,10 @@ apply_more_doorbell_end:
     domid_self = const xen_abi::xen::DOMID_SELF,
     gate_vector = const xen_abi::contract::FAST_GATE_VECTOR,
     enoent = const xen_abi::errno::ENOENT,
-    state = const xen_abi::contract::layout::GUEST_STATE - xen_abi::contract::layout::TEXT,
+    state = const xen_abi::contract::layout::vcpu::GUEST_STATE - xen_abi::contract::layout::vcpu::TEXT,
     trap_port = const xen_abi::contract::port::TRAP,
     apply_more_port = const xen_abi::contract::port::APPLY_MORE,
-    posted = const xen_abi::contract::layout::POSTED - xen_abi::contract::layout::TEXT,
+    posted = const xen_abi::contract::layout::vcpu::POSTED - xen_abi::contract::layout::vcpu::TEXT,
     more = const xen_abi::contract::POSTED_MORE,
     flush_all = const xen_abi::contract::POSTED_FLUSH_ALL,
     options(att_syntax)
