@@ -80,6 +80,10 @@ pub struct ExitStats {
     pub hypercall_doorbells: u64,
     /// Trap doorbells (exceptions).
     pub trap_doorbells: u64,
+    /// Exits whose flushes reached the other vCPUs' TLBs.
+    pub remote_flushes: u64,
+    /// Other vCPUs kicked out of the guest for those flushes.
+    pub remote_flush_kicks: u64,
     /// Interrupted runs.
     pub interrupted: u64,
     /// Interrupted runs that found a guest fault in flight and left event delivery to
@@ -105,6 +109,34 @@ pub struct ExitStats {
     pub trap_ns: u64,
     /// Other exits.
     pub other: u64,
+}
+
+impl ExitStats {
+    /// Adds another vCPU's counters to these (maxima stay maxima).
+    pub fn absorb(&mut self, o: &ExitStats) {
+        self.hypercall_doorbells += o.hypercall_doorbells;
+        self.trap_doorbells += o.trap_doorbells;
+        self.remote_flushes += o.remote_flushes;
+        self.remote_flush_kicks += o.remote_flush_kicks;
+        self.interrupted += o.interrupted;
+        self.kicks_with_fault_in_flight += o.kicks_with_fault_in_flight;
+        self.kicks_after_soft_trap += o.kicks_after_soft_trap;
+        self.apply_more += o.apply_more;
+        self.applies += o.applies;
+        self.posted_stores += o.posted_stores;
+        self.posted_peak = self.posted_peak.max(o.posted_peak);
+        self.hypercall_max_ns = self.hypercall_max_ns.max(o.hypercall_max_ns);
+        self.hypercall_ns += o.hypercall_ns;
+        self.trap_ns += o.trap_ns;
+        self.other += o.other;
+        if let (Some(mine), Some(theirs)) = (&mut self.profile, &o.profile) {
+            for (kind, t) in &theirs.by_kind {
+                let e = mine.by_kind.entry(*kind).or_default();
+                e.count += t.count;
+                e.ns += t.ns;
+            }
+        }
+    }
 }
 
 /// What an exit was, as finely as the profile tells exits apart.
@@ -195,6 +227,13 @@ pub struct GuestPlatform<'a> {
     /// by the run loop): past it, long hypercalls continue on the next entry. None: no
     /// time limit (tests).
     pub preempt_deadline: Option<std::time::Instant>,
+    /// The vCPU this exit is on.
+    pub vcpu_id: u32,
+    /// Every vCPU of the domain, to kick one an event is for.
+    pub peers: &'a [crate::smp::VcpuHandle],
+    /// This exit's flushes include the other vCPUs' TLBs: the run loop has them
+    /// flushed ([`crate::smp::flush_others`]) before this vCPU runs guest code again.
+    pub remote_flush: bool,
 }
 
 /// VMM work one exit may do before a long hypercall is preempted (Xen's
@@ -231,6 +270,30 @@ impl GuestPlatform<'_> {
     }
 }
 
+impl GuestPlatform<'_> {
+    /// Runs `op` on the aligned guest word at `gpa` as an atomic: the guest's vCPUs
+    /// change such words (event-channel bitmaps) with locked instructions while this
+    /// thread does too.
+    fn with_atomic_u64(
+        &self,
+        gpa: u64,
+        op: impl FnOnce(&std::sync::atomic::AtomicU64) -> u64,
+    ) -> Result<u64, pv_engine::PhysError> {
+        use vm_memory::{GuestMemoryBackend, VolatileMemory};
+        if !self.allowed(gpa, 8) || !gpa.is_multiple_of(8) {
+            return Err(pv_engine::PhysError::OutOfRange);
+        }
+        let slice = self
+            .mem
+            .get_slice(GuestAddress(gpa), 8)
+            .map_err(|_| pv_engine::PhysError::OutOfRange)?;
+        let word = slice
+            .get_atomic_ref::<std::sync::atomic::AtomicU64>(0)
+            .map_err(|_| pv_engine::PhysError::OutOfRange)?;
+        Ok(op(word))
+    }
+}
+
 impl Platform for GuestPlatform<'_> {
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), pv_engine::PhysError> {
         if !self.allowed(gpa, buf.len()) {
@@ -247,6 +310,24 @@ impl Platform for GuestPlatform<'_> {
         self.mem
             .write_slice(buf, GuestAddress(gpa))
             .map_err(|_| pv_engine::PhysError::OutOfRange)
+    }
+    fn atomic_or_u64(&mut self, gpa: u64, bits: u64) -> Result<u64, pv_engine::PhysError> {
+        self.with_atomic_u64(gpa, |w| {
+            w.fetch_or(bits, std::sync::atomic::Ordering::SeqCst)
+        })
+    }
+    fn atomic_and_u64(&mut self, gpa: u64, mask: u64) -> Result<u64, pv_engine::PhysError> {
+        self.with_atomic_u64(gpa, |w| {
+            w.fetch_and(mask, std::sync::atomic::Ordering::SeqCst)
+        })
+    }
+    fn kick_vcpu(&mut self, id: u32) {
+        // This vCPU looks for events before it resumes anyway.
+        if id != self.vcpu_id {
+            if let Some(v) = self.peers.get(id as usize) {
+                v.send(crate::runner::Wake::Look);
+            }
+        }
     }
     fn read_m2p(&self, offset: u64, buf: &mut [u8]) -> Result<(), pv_engine::PhysError> {
         // The table's own frames (in the shim region, so not reachable by read_phys): the
@@ -312,7 +393,7 @@ pub struct Domain<'a> {
     /// The engine's per-vCPU PV state.
     pub vcpu: &'a mut PvVcpu,
     /// The engine's domain state (shared with the other vCPUs, locked for this exit).
-    pub pv_domain: &'a mut pv_engine::Domain,
+    pub pv_domain: crate::smp::DomainLock<'a>,
     /// Engine counters.
     pub stats: &'a mut Stats,
     /// Exit counters.
@@ -570,7 +651,7 @@ fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Ac
     g.rflags = regs.r11;
     let outcome = pv_engine::syscall_entry(
         dom.vcpu,
-        dom.pv_domain,
+        dom.pv_domain.get(),
         &mut g,
         &mut dom.platform,
         dom.stats,
@@ -662,9 +743,15 @@ fn resume_at(
 /// when delivering failed.
 fn events_before_resume(dom: &mut Domain<'_>, g: &mut GuestRegs) -> Option<Outcome> {
     let now = pv_engine::Platform::system_time_ns(&dom.platform);
-    pv_engine::time::fire_timers(dom.vcpu, dom.pv_domain, &mut dom.platform, now);
-    pv_engine::evtchn::deliver_upcall(dom.vcpu, dom.pv_domain, g, &mut dom.platform, dom.stats)
-        .err()
+    pv_engine::time::fire_timers(dom.vcpu, dom.pv_domain.get(), &mut dom.platform, now);
+    pv_engine::evtchn::deliver_upcall(
+        dom.vcpu,
+        dom.pv_domain.get(),
+        g,
+        &mut dom.platform,
+        dom.stats,
+    )
+    .err()
 }
 
 /// The vCPU was kicked out of `KVM_RUN` (a timer, a backend, console input): if it was
@@ -705,7 +792,7 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
         let now = pv_engine::Platform::system_time_ns(&dom.platform);
         // Timers still fire (their events wait, pending, for the delivery), so the
         // timer deadline moves on and the second look below is a deadline of its own.
-        pv_engine::time::fire_timers(dom.vcpu, dom.pv_domain, &mut dom.platform, now);
+        pv_engine::time::fire_timers(dom.vcpu, dom.pv_domain.get(), &mut dom.platform, now);
         *dom.soft_trap = SoftTrapCheck {
             deferred_at: Some(regs.rip),
             recheck_at: Some(now.saturating_add(SOFT_TRAP_RECHECK_NS)),
@@ -738,6 +825,7 @@ fn pending(dom: &mut Domain<'_>) -> bool {
         if p.flush.local_all || p.flush.all_vcpus {
             mm.tlb_flushed();
         }
+        p.remote_flush |= p.flush.all_vcpus;
     }
     !p.frames.posted.nothing_waits(p.flush)
 }
@@ -844,7 +932,7 @@ fn denied_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, Str
     };
     let outcome = pv_engine::exception(
         dom.vcpu,
-        dom.pv_domain,
+        dom.pv_domain.get(),
         &mut g,
         trap,
         &mut dom.platform,
@@ -921,7 +1009,7 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
     }
     let mut outcome = pv_engine::exception(
         dom.vcpu,
-        dom.pv_domain,
+        dom.pv_domain.get(),
         &mut g,
         trap,
         &mut dom.platform,
@@ -1067,7 +1155,7 @@ mod tests {
         mem: GuestMemoryMmap,
         region: ShimRegion,
         vcpu: PvVcpu,
-        pv_domain: pv_engine::Domain,
+        pv_domain: std::sync::Mutex<pv_engine::Domain>,
         stats: Stats,
         exits: ExitStats,
         cpuid: crate::cpuid::CpuidTable,
@@ -1110,7 +1198,7 @@ mod tests {
             w(0x4000 + page * 8, (page << 12) | upper);
         }
         let vcpu = PvVcpu::new(0, L4, region.shared_info_gpa);
-        let pv_domain = pv_engine::Domain::new(region.shared_info_gpa, 1);
+        let pv_domain = std::sync::Mutex::new(pv_engine::Domain::new(region.shared_info_gpa, 1));
         let supported = kvm_bindings::CpuId::new(0).unwrap();
         World {
             mem,
@@ -1155,7 +1243,7 @@ mod tests {
     fn domain(w: &mut World) -> Domain<'_> {
         Domain {
             vcpu: &mut w.vcpu,
-            pv_domain: &mut w.pv_domain,
+            pv_domain: crate::smp::DomainLock::locked(&w.pv_domain),
             stats: &mut w.stats,
             exits: &mut w.exits,
             shim: w.region.vcpu0(),
@@ -1186,6 +1274,9 @@ mod tests {
                 m2p_gpa: w.region.m2p_gpa,
                 m2p_bytes: w.region.m2p_bytes,
                 preempt_deadline: None,
+                vcpu_id: 0,
+                peers: &[],
+                remote_flush: false,
             },
             mapped_gdt: &mut w.mapped_gdt,
             soft_trap: &mut w.soft_trap,

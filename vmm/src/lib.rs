@@ -18,6 +18,7 @@ pub mod posted;
 pub mod probe;
 pub mod runner;
 pub mod shim;
+pub mod smp;
 pub mod vstate;
 pub mod xenstore;
 pub mod xlcfg;

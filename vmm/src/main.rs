@@ -59,6 +59,13 @@ enum Command {
         /// Guest memory, e.g. 512M or 2G (default: the file's `memory`, else 512M).
         #[arg(long, value_parser = parse_size)]
         memory: Option<u64>,
+        /// vCPUs online at boot (default: the file's `vcpus`, else 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(xen_abi::contract::MAX_VCPUS)))]
+        vcpus: Option<u32>,
+        /// vCPUs the domain has, the ones past `--vcpus` offline until the guest brings
+        /// them up (default: the file's `maxvcpus`, else `--vcpus`).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(xen_abi::contract::MAX_VCPUS)))]
+        maxvcpus: Option<u32>,
         /// Stop the guest (exit status 124) after this many seconds (1 to 10 years' worth).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
         timeout: Option<u64>,
@@ -310,6 +317,8 @@ fn main() -> ExitCode {
             entry,
             cmdline,
             memory,
+            vcpus,
+            maxvcpus,
             timeout,
             stall_timeout,
             stats,
@@ -343,19 +352,6 @@ fn main() -> ExitCode {
                 .as_ref()
                 .map(|f| f.display().to_string())
                 .unwrap_or_default();
-            // pvkvm runs one vCPU; a file asking for more would get a different machine
-            // than it describes.
-            if let Some(l) = &loaded {
-                for (key, v) in [("vcpus", l.config.vcpus), ("maxvcpus", l.config.maxvcpus)] {
-                    if let Some(n) = v.filter(|&n| n > 1) {
-                        eprintln!(
-                            "pvkvm: {}: {key}={n} is not supported: pvkvm runs one vCPU (set {key} = 1)",
-                            l.place(key)
-                        );
-                        return ExitCode::from(2);
-                    }
-                }
-            }
             let dom = loaded.as_ref().map(|l| &l.config);
             let mut bootloader = dom.and_then(|d| d.bootloader.clone());
             if (pygrub || entry.is_some()) && bootloader.is_none() {
@@ -401,6 +397,30 @@ fn main() -> ExitCode {
                         .and_then(|m| m.checked_mul(1 << 20))
                 })
                 .unwrap_or(512 << 20);
+            // xl's rules: `vcpus` online at boot (default 1), `maxvcpus` the domain's
+            // vCPUs (default `vcpus`); the CLI overrides each.
+            let max_allowed = u64::from(xen_abi::contract::MAX_VCPUS);
+            let from_file = |key: &str, v: Option<u64>| -> Result<Option<u32>, String> {
+                match v {
+                    Some(n) if n > max_allowed => Err(format!(
+                        "{}: {key}={n} is more than the {max_allowed} vCPUs pvkvm runs",
+                        loaded.as_ref().map(|l| l.place(key)).unwrap_or_default()
+                    )),
+                    other => Ok(other.map(|n| n.max(1) as u32)),
+                }
+            };
+            let (file_vcpus, file_max) = match (
+                from_file("vcpus", dom.and_then(|d| d.vcpus)),
+                from_file("maxvcpus", dom.and_then(|d| d.maxvcpus)),
+            ) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("pvkvm: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let vcpus = vcpus.or(file_vcpus).unwrap_or(1);
+            let max_vcpus = maxvcpus.or(file_max).unwrap_or(vcpus).max(vcpus);
             let disks = merge_disks(dom.map(|d| d.disks.clone()).unwrap_or_default(), disks);
             let nets = if nets.is_empty() {
                 dom.map(|d| d.nets.clone()).unwrap_or_default()
@@ -440,6 +460,8 @@ fn main() -> ExitCode {
                 api_socket,
                 preloaded: None,
                 name: name.clone(),
+                vcpus,
+                max_vcpus,
             };
             let use_bootloader = bootloader.is_some() && cfg.kernel.as_os_str().is_empty();
             let cli_cmdline = cmdline_given;

@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::os::unix::thread::JoinHandleExt;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::backends::console::{ConsoleBackend, GuestRingPage, Output};
 use crate::backends::service::{
@@ -99,6 +98,9 @@ pub enum Error {
         #[source]
         source: crate::cpuid::DumpError,
     },
+    /// More vCPUs than pvkvm runs.
+    #[error("{0} vCPUs asked for; pvkvm runs 1 to {max}", max = xen_abi::contract::MAX_VCPUS)]
+    Vcpus(u32),
     /// A host fact makes pvkvm unsafe here.
     #[error(transparent)]
     HostRefused(#[from] crate::host::Refusal),
@@ -141,6 +143,11 @@ pub struct RunConfig {
     pub api_socket: Option<PathBuf>,
     /// The domain's name (an xl.cfg's `name`), for the control socket's `info`.
     pub name: Option<String>,
+    /// vCPUs online at boot (at least 1).
+    pub vcpus: u32,
+    /// vCPUs the domain has (at least `vcpus`); the others start offline, for the guest
+    /// to bring up (`cpu/N/availability` in xenstore says which).
+    pub max_vcpus: u32,
     /// Kernel and initrd already read (from the guest's disk by the bootloader): used
     /// instead of reading `kernel` and `initrd`, which then only name them.
     pub preloaded: Option<Preloaded>,
@@ -161,6 +168,8 @@ const STOP_TIMEOUT: u8 = 1;
 const STOP_STALL: u8 = 2;
 const STOP_DESTROY: u8 = 3;
 const STOP_DESTROY_API: u8 = 4;
+/// Another vCPU's end (shutdown, crash, fatal error) ended the domain.
+const STOP_DOMAIN_ENDED: u8 = 5;
 
 /// How long a guest asked to power off (SIGTERM) gets before it is destroyed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -425,8 +434,10 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
 
     let ram = cfg.memory & !0xfff;
     let shim_gpa = shim::region_gpa(ram >> 12);
-    // One vCPU until the runner starts more (issue 13).
-    let nr_vcpus = 1;
+    let nr_vcpus = cfg.max_vcpus.max(cfg.vcpus).max(1);
+    if nr_vcpus > xen_abi::contract::MAX_VCPUS {
+        return Err(Error::Vcpus(nr_vcpus));
+    }
     let vm = Vm::new(&[
         (0, ram as usize),
         (shim_gpa, shim::region_size(ram >> 12, nr_vcpus)? as usize),
@@ -457,15 +468,20 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         layout.l4_gpa
     );
 
-    // Events start masked, as Xen's builder leaves them.
-    vm.memory()
-        .write_obj(
-            1u8,
-            GuestAddress(region.shared_info_gpa + xen_abi::xen::vcpu_info::UPCALL_MASK),
-        )
-        .map_err(|_| shim::Error::Memory(region.shared_info_gpa))?;
+    // Events start masked on every vCPU, as Xen's toolstack leaves them.
+    for id in 0..nr_vcpus.min(pv_engine::domain::LEGACY_MAX_VCPUS) {
+        let at = region.shared_info_gpa
+            + u64::from(id) * xen_abi::xen::vcpu_info::SIZE
+            + xen_abi::xen::vcpu_info::UPCALL_MASK;
+        vm.memory()
+            .write_obj(1u8, GuestAddress(at))
+            .map_err(|_| shim::Error::Memory(at))?;
+    }
 
     let mut vcpu = vm.create_vcpu(0)?;
+    let mut secondaries = (1..nr_vcpus)
+        .map(|id| vm.create_vcpu(u64::from(id)))
+        .collect::<Result<Vec<_>, _>>()?;
     let xstate = paths.xstate;
     log::info!("extended state: {xstate:?}");
     let policy = crate::cpuid::PolicyOptions {
@@ -481,20 +497,29 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         Some(recorded) => CpuidTable::build_as(recorded, &host_cpuid, &policy),
         None => CpuidTable::build(&host_cpuid, &policy),
     };
-    vcpu.set_cpuid(
-        &cpuid
-            .to_kvm()
-            .ok_or(vstate::Error::Missing("room for the CPUID table"))?,
-    )?;
     let xsave = host_has_xsave(&vm) || xstate.control != crate::xstate::Xcr0Control::Hidden;
-    let sregs = vcpu.sregs()?;
-    vcpu.set_sregs_ioctl(&region.vcpu0().initial_sregs(sregs, layout.l4_gpa, xsave))?;
-    vcpu.set_msrs(&region.vcpu0().msrs())?;
-    if xsave {
-        // The guest kernel raises it with xsetbv (x87|SSE as on Xen; where ring 3's is
-        // fixed, KVM's copy is only bookkeeping).
-        if vcpu.set_xcr0(xstate.initial_xcr0()).is_err() {
-            vcpu.set_xcr0(0b11)?;
+    let kvm_cpuid = cpuid
+        .to_kvm()
+        .ok_or(vstate::Error::Missing("room for the CPUID table"))?;
+    // Every vCPU gets the shim's state for its own block; the secondaries' pagetable is
+    // the builder's until VCPUOP_initialise names theirs.
+    for (id, v) in core::iter::once(&mut vcpu)
+        .chain(secondaries.iter_mut())
+        .enumerate()
+    {
+        let shim = region
+            .vcpu(id as u32)
+            .ok_or(vstate::Error::Missing("the vCPU's shim block"))?;
+        v.set_cpuid(&kvm_cpuid)?;
+        let sregs = v.sregs()?;
+        v.set_sregs_ioctl(&shim.initial_sregs(sregs, layout.l4_gpa, xsave))?;
+        v.set_msrs(&shim.msrs())?;
+        if xsave {
+            // The guest kernel raises it with xsetbv (x87|SSE as on Xen; where ring 3's
+            // is fixed, KVM's copy is only bookkeeping).
+            if v.set_xcr0(xstate.initial_xcr0()).is_err() {
+                v.set_xcr0(0b11)?;
+            }
         }
     }
     let regs = Regs {
@@ -510,7 +535,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         .map_err(|e| Error::Thread(format!("cannot install the kick signal handler: {e}")))?;
     let stop = Arc::new(AtomicU8::new(STOP_NONE));
     let progress = Arc::new(AtomicU64::new(0));
-    let mut pv_domain = pv_engine::Domain::new(region.shared_info_gpa, 1);
+    let mut pv_domain = pv_engine::Domain::new(region.shared_info_gpa, nr_vcpus);
     pv_domain.gnttab =
         pv_engine::gnttab::GrantTable::new(region.grant_table_gpa >> 12, GRANT_FRAMES as u32);
     // The xenstore and console channels start_info names, connected to the backends.
@@ -543,7 +568,6 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             wall_at_zero,
         );
     }
-    let next_timer = Arc::new(AtomicU64::new(u64::MAX));
     // Raw mode while the guest owns the terminal; restored on every way out (Drop, the
     // panic hook, SIGTERM's path below).
     let _raw = match cfg.console {
@@ -572,10 +596,8 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let mut xenstore = Xenstore::with_config(&store_cfg);
     let router = crate::backends::xenbus::PortRouter::default();
     let grant_table_gpa = region.grant_table_gpa;
-    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
     let (request_tx, request_rx) = std::sync::mpsc::channel::<Request>();
     let backend_mem = vm.memory().clone();
-    let vcpu_requests = request_tx.clone();
     let profile = cfg.profile;
     let inject = cfg.inject;
     let check_mmu = cfg.check_mmu;
@@ -587,64 +609,86 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         })?,
     ));
     let grant_mm = mm.clone();
-    let vcpu_router = router.clone();
-    let thread_stop = stop.clone();
-    let thread_progress = progress.clone();
     let paused = Arc::new(AtomicBool::new(false));
-    let thread_paused = paused.clone();
-    let thread_timer = next_timer.clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<WatchNote>();
     let control_tx = done_tx.clone();
-    let handle = std::thread::Builder::new()
-        .name("vcpu0".into())
-        .spawn(move || {
-            let thread = VcpuThread {
-                vm,
-                vcpu,
-                region,
-                pv_vcpu,
-                pv_domain,
-                mm,
-                ram,
-                cpuid,
-                console,
-                clock,
-                paths,
-                wake: wake_rx,
-                backend_requests: vcpu_requests,
-                router: vcpu_router,
-                profile,
-                inject,
-                check_mmu,
-            };
-            let shared = Shared {
-                stop: &thread_stop,
-                progress: &thread_progress,
-                paused: &thread_paused,
-                next_timer: &thread_timer,
-                watchdog: &done_tx,
-            };
-            let report = vcpu_loop(thread, shared);
-            let _ = done_tx.send(WatchNote::VcpuEnded);
-            report
-        })
-        .map_err(|e| Error::Thread(e.to_string()))?;
+    // The domain's state every vCPU thread reaches: the engine's domain (locked per
+    // exit) and a handle per vCPU (kicks, remote flushes, timers).
+    let domain = Arc::new(SharedDomain {
+        pv: std::sync::Mutex::new(pv_domain),
+        vcpus: (0..nr_vcpus)
+            .map(|_| crate::smp::VcpuHandle::default())
+            .collect(),
+    });
+    let vm = Arc::new(vm);
+    let region = Arc::new(region);
+    let console: SharedConsole = Arc::new(std::sync::Mutex::new(console));
+    let mut first = Some(pv_vcpu);
+    let mut handles = Vec::new();
+    for (id, kvm_vcpu) in core::iter::once(vcpu).chain(secondaries).enumerate() {
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
+        domain.vcpus[id].set_wake(wake_tx);
+        let thread = VcpuThread {
+            id: id as u32,
+            vm: vm.clone(),
+            vcpu: kvm_vcpu,
+            region: region.clone(),
+            pv_vcpu: first.take(),
+            domain: domain.clone(),
+            mm: mm.clone(),
+            ram,
+            cpuid: cpuid.clone(),
+            console: console.clone(),
+            clock,
+            paths,
+            xsave,
+            wake: wake_rx,
+            backend_requests: request_tx.clone(),
+            router: router.clone(),
+            profile,
+            inject,
+            check_mmu,
+        };
+        let (stop, progress, paused, done_tx) = (
+            stop.clone(),
+            progress.clone(),
+            paused.clone(),
+            done_tx.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let domain = thread.domain.clone();
+                let id = thread.id;
+                let handle = &domain.vcpus[id as usize];
+                handle.set_thread();
+                let shared = Shared {
+                    stop: &stop,
+                    progress: &progress,
+                    paused: &paused,
+                    next_timer: &handle.next_timer,
+                    watchdog: &done_tx,
+                };
+                let report = vcpu_loop(thread, shared);
+                handle.clear_thread();
+                let _ = done_tx.send(WatchNote::VcpuEnded(id));
+                report
+            })
+            .map_err(|e| Error::Thread(e.to_string()))?;
+        handles.push(handle);
+    }
+    drop(done_tx);
 
     // The backends' thread raises its events on the vCPU thread: a message, then a kick
     // that takes the vCPU out of KVM_RUN (or a blocked vCPU's wait ends on the message).
-    let tid = handle.as_pthread_t();
-    let raise_tx = wake_tx.clone();
+    // (vCPU 0's thread takes them: any vCPU's thread may raise an event for any other.)
+    let raise_domain = domain.clone();
     let mut late_backends = cfg.inject.map(|seed| Injector::new(seed, 2));
     let raise: service::Raise = Box::new(move |port| {
         if let Some(delay) = late_backends.as_mut().and_then(Injector::backend_delay) {
             std::thread::sleep(delay);
         }
-        if raise_tx.send(Wake::BackendEvent(port)).is_ok() {
-            // SAFETY: pthread_kill with the vCPU thread's id, which stays valid until
-            // the thread is joined; it is joined only after this thread ended (below).
-            // The kick signal's handler only sets that thread's immediate-exit flag.
-            unsafe { libc::pthread_kill(tid, kick_signal()) };
-        }
+        raise_domain.vcpus[0].send(Wake::BackendEvent(port));
     });
     // The split-driver devices: directories in xenstore before the guest's first
     // xenstore request is served (the backends' thread is not running yet).
@@ -656,8 +700,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         ram >> 12,
     ));
     let channels = Arc::new(VcpuChannels {
-        wake: std::sync::Mutex::new(wake_tx.clone()),
-        tid,
+        domain: domain.clone(),
     });
     let mut xenbus = crate::backends::xenbus::Xenbus::new(
         u32::from(pv_engine::GUEST_DOMID),
@@ -744,6 +787,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let kicker = match cfg.inject {
         Some(seed) => {
             let stop = kicker_stop.clone();
+            let kicked = domain.clone();
             let mut injector = Injector::new(seed, 1);
             Some(
                 std::thread::Builder::new()
@@ -751,10 +795,9 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                     .spawn(move || {
                         while !stop.load(Ordering::SeqCst) {
                             std::thread::sleep(injector.next_kick());
-                            // SAFETY: pthread_kill with the vCPU thread's id, which stays
-                            // valid until that thread is joined; this thread is joined
-                            // first (below). The kick's handler only sets a flag.
-                            unsafe { libc::pthread_kill(tid, kick_signal()) };
+                            for v in &kicked.vcpus {
+                                v.signal();
+                            }
                         }
                     })
                     .map_err(|e| Error::Thread(e.to_string()))?,
@@ -778,33 +821,57 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         let _ = register_signal_handler(sig, on_ignored_signal);
     }
     let mut poweroff_asked: Option<Instant> = None;
-    // The timer deadline the vCPU was last kicked for: one kick per deadline (the vCPU
+    // The timer deadline each vCPU was last kicked for: one kick per deadline (the vCPU
     // fires timers on its next exit; kicking again would only keep it from running).
-    let mut kicked_for = u64::MAX;
+    let mut kicked_for = vec![u64::MAX; domain.vcpus.len()];
+    // The vCPU threads still running, and the one whose end is the domain's.
+    let mut running = domain.vcpus.len();
+    let mut first_ended: Option<u32> = None;
+    let kick_all = |w: fn() -> Wake| {
+        for v in &domain.vcpus {
+            v.send(w());
+        }
+    };
     loop {
-        // Wake every WATCH_INTERVAL to look at stop requests and the vCPU's progress, and
-        // when the guest's timer is due, to kick the vCPU out of the guest so it fires.
-        let timer_wait = match next_timer.load(Ordering::SeqCst) {
-            due if due == u64::MAX || due == kicked_for => WATCH_INTERVAL,
-            due => Duration::from_nanos(
-                due.saturating_sub(clock.ns(exit::guest_tsc(paths.tsc_offset))),
-            ),
-        };
+        // Wake every WATCH_INTERVAL to look at stop requests and the vCPUs' progress, and
+        // when a vCPU's timer is due, to kick it out of the guest so it fires.
+        let now_ns = clock.ns(exit::guest_tsc(paths.tsc_offset));
+        let timer_wait = domain
+            .vcpus
+            .iter()
+            .zip(&kicked_for)
+            .filter_map(|(v, &kicked)| {
+                let due = v.next_timer.load(Ordering::SeqCst);
+                (due != u64::MAX && due != kicked)
+                    .then(|| Duration::from_nanos(due.saturating_sub(now_ns)))
+            })
+            .min()
+            .unwrap_or(WATCH_INTERVAL);
         let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(WATCH_INTERVAL)
             .min(WATCH_INTERVAL)
             .min(timer_wait);
         match done_rx.recv_timeout(wait) {
-            Ok(WatchNote::VcpuEnded) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                break
+            Ok(WatchNote::VcpuEnded(id)) => {
+                // One vCPU's end (shutdown, crash, a fatal error) is the domain's: the
+                // others stop.
+                running -= 1;
+                first_ended.get_or_insert(id);
+                let _ = stop.compare_exchange(
+                    STOP_NONE,
+                    STOP_DOMAIN_ENDED,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                paused.store(false, Ordering::SeqCst);
+                kick_until_ended(&done_rx, &domain, &mut running)?;
+                break;
             }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Ok(WatchNote::Control(command, reply)) => {
                 use crate::api::{Command, Refusal};
-                let kick = || {
-                    let _ = wake_tx.send(Wake::Timer);
-                    let _ = handle.kill(kick_signal());
-                };
+                let kick = || kick_all(|| Wake::Timer);
                 let answer = match command {
                     Command::Info => Ok(Some(serde_json::json!({
                         "name": cfg.name,
@@ -812,7 +879,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                         "pid": std::process::id(),
                         "uptime_s": started.elapsed().as_secs_f64(),
                         "memory_mib": cfg.memory >> 20,
-                        "vcpus": 1,
+                        "vcpus": domain.vcpus.len(),
                         "kernel": cfg.kernel.display().to_string(),
                         "cmdline": cfg.cmdline,
                         "disks": cfg.disks.iter().map(|d| d.path.display().to_string()).collect::<Vec<_>>(),
@@ -847,7 +914,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 if command == Command::Destroy {
                     stop.store(STOP_DESTROY_API, Ordering::SeqCst);
                     paused.store(false, Ordering::SeqCst);
-                    kick_until_ended(&done_rx, &handle)?;
+                    kick_until_ended(&done_rx, &domain, &mut running)?;
                     break;
                 }
             }
@@ -863,17 +930,16 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                     terms >= 2 || poweroff_asked.is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);
                 if destroy {
                     stop.store(STOP_DESTROY, Ordering::SeqCst);
-                    kick_until_ended(&done_rx, &handle)?;
+                    kick_until_ended(&done_rx, &domain, &mut running)?;
                     break;
                 }
-                let due = next_timer.load(Ordering::SeqCst);
-                if due != u64::MAX
-                    && due != kicked_for
-                    && clock.ns(exit::guest_tsc(paths.tsc_offset)) >= due
-                {
-                    kicked_for = due;
-                    let _ = wake_tx.send(Wake::Timer);
-                    let _ = handle.kill(kick_signal());
+                let now_ns = clock.ns(exit::guest_tsc(paths.tsc_offset));
+                for (v, kicked) in domain.vcpus.iter().zip(kicked_for.iter_mut()) {
+                    let due = v.next_timer.load(Ordering::SeqCst);
+                    if due != u64::MAX && due != *kicked && now_ns >= due {
+                        *kicked = due;
+                        v.send(Wake::Timer);
+                    }
                 }
                 let now = Instant::now();
                 let exits = progress.load(Ordering::Relaxed);
@@ -893,7 +959,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 stop.store(reason, Ordering::SeqCst);
                 // Kick until the thread notices (a kick that lands just before KVM_RUN
                 // is lost; the next one is not).
-                kick_until_ended(&done_rx, &handle)?;
+                kick_until_ended(&done_rx, &domain, &mut running)?;
                 break;
             }
         }
@@ -916,15 +982,37 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             None
         }
     };
+    // The vCPU whose end ended the domain says how it ended (the others were stopped
+    // for it); when the watchdog stopped them all, vCPU 0 says it.
+    let mut ends = Vec::new();
+    for (id, h) in handles.into_iter().enumerate() {
+        let end = h
+            .join()
+            .map_err(|_| Error::Thread(format!("the thread of vCPU {id} panicked")))?;
+        ends.push(end);
+    }
+    let chosen = first_ended.map_or(0, |id| id as usize);
+    let mut others = ExitStats::default();
+    let mut all_stats = Vec::new();
+    for (id, end) in ends.iter().enumerate() {
+        if let Ok(t) = end {
+            if id != chosen {
+                others.absorb(&t.exits);
+                all_stats.push(t.stats.clone());
+            }
+        }
+    }
     let ThreadEnd {
         end,
-        exits,
-        stats,
+        mut exits,
+        mut stats,
         mmu_refusals,
         mmu_refusal_count,
-    } = handle
-        .join()
-        .map_err(|_| Error::Thread("the vCPU thread panicked".into()))??;
+    } = ends.swap_remove(chosen)?;
+    exits.absorb(&others);
+    for s in &all_stats {
+        stats.absorb(s);
+    }
     Ok(RunReport {
         end,
         elapsed: started.elapsed(),
@@ -1000,17 +1088,22 @@ struct ThreadEnd {
 
 /// Everything the vCPU thread owns.
 struct VcpuThread {
-    vm: Vm,
+    id: u32,
+    vm: Arc<Vm>,
     vcpu: vstate::Vcpu,
-    region: ShimRegion,
-    pv_vcpu: pv_engine::Vcpu,
-    pv_domain: pv_engine::Domain,
+    region: Arc<ShimRegion>,
+    /// The engine's state for this vCPU: vCPU 0's is the builder's; another vCPU's is
+    /// built by `VCPUOP_initialise` and taken when it first comes up.
+    pv_vcpu: Option<pv_engine::Vcpu>,
+    domain: Arc<SharedDomain>,
     mm: SharedMm,
     ram: u64,
     cpuid: CpuidTable,
-    console: Box<dyn Write + Send>,
+    console: SharedConsole,
     clock: pv_engine::time::PvClock,
     paths: crate::host::Paths,
+    /// The guest has XSAVE (the shim's initial CR4 says so).
+    xsave: bool,
     wake: std::sync::mpsc::Receiver<Wake>,
     backend_requests: service::RequestSender,
     router: crate::backends::xenbus::PortRouter,
@@ -1019,11 +1112,38 @@ struct VcpuThread {
     check_mmu: bool,
 }
 
+/// The domain's state the vCPU threads share.
+pub struct SharedDomain {
+    /// The engine's domain state (event channels, grant table, vCPU slots); a vCPU
+    /// thread holds it while it handles an exit, before the frame table's lock.
+    pub pv: std::sync::Mutex<pv_engine::Domain>,
+    /// Each vCPU as the others reach it.
+    pub vcpus: Vec<crate::smp::VcpuHandle>,
+}
+
+/// The console writer every vCPU thread's `CONSOLEIO_write` goes to.
+type SharedConsole = Arc<std::sync::Mutex<Box<dyn Write + Send>>>;
+
+/// One vCPU thread's view of the shared console.
+struct ConsoleWriter<'a>(&'a std::sync::Mutex<Box<dyn Write + Send>>);
+
+impl Write for ConsoleWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
 /// What the other threads tell the vCPU thread (each message comes with a kick).
 #[derive(Debug)]
 pub enum Wake {
     /// The guest's timer is due.
     Timer,
+    /// Look at this vCPU's state: an event became pending for it, another vCPU brought
+    /// it up or took it down, or asked for a TLB flush.
+    Look,
     /// A backend owes the guest an event on its end of this backend port.
     BackendEvent(u32),
     /// A device backend binds to the guest's unbound port (a frontend connected).
@@ -1044,8 +1164,8 @@ enum WatchNote {
     /// The guest's next timer deadline changed: the watchdog sleeps until the earliest
     /// one to kick the vCPU out of the guest for it, so it must not sleep past a new one.
     TimerMoved,
-    /// The vCPU thread is ending.
-    VcpuEnded,
+    /// This vCPU's thread is ending.
+    VcpuEnded(u32),
     /// A control-socket command, and where its answer goes.
     Control(
         crate::api::Command,
@@ -1053,35 +1173,41 @@ enum WatchNote {
     ),
 }
 
-/// Kicks the vCPU thread until it ends (a kick that lands just before `KVM_RUN` is lost;
-/// the next one is not).
-fn kick_until_ended<T>(
+/// Kicks every vCPU thread until all have ended (a kick that lands just before
+/// `KVM_RUN` is lost; the next one is not). `running` counts the threads not ended yet.
+fn kick_until_ended(
     notes: &std::sync::mpsc::Receiver<WatchNote>,
-    vcpu: &std::thread::JoinHandle<T>,
+    domain: &SharedDomain,
+    running: &mut usize,
 ) -> Result<(), Error> {
     let started = Instant::now();
-    loop {
+    for v in &domain.vcpus {
+        v.send(Wake::Timer);
+    }
+    while *running > 0 {
         match notes.recv_timeout(Duration::from_millis(50)) {
-            Ok(WatchNote::VcpuEnded) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Ok(())
-            }
+            Ok(WatchNote::VcpuEnded(_)) => *running -= 1,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             Ok(WatchNote::Control(_, reply)) => {
                 let _ = reply.send(Err(crate::api::Refusal::new(409, "the domain is ending")));
             }
             Ok(WatchNote::TimerMoved) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                // Every exit path of the vCPU thread is bounded (long hypercalls are
+                // Every exit path of the vCPU threads is bounded (long hypercalls are
                 // preempted); one that is not is a pvkvm bug, and the stop request must
                 // still end pvkvm rather than hang it.
                 if started.elapsed() >= VCPU_STOP_LIMIT {
                     return Err(Error::Thread(format!(
-                        "the vCPU thread did not stop within {} s of the stop request (a pvkvm bug); giving up on the domain",
+                        "a vCPU thread did not stop within {} s of the stop request (a pvkvm bug); giving up on the domain",
                         VCPU_STOP_LIMIT.as_secs()
                     )));
                 }
-                let _ = vcpu.kill(kick_signal());
+                for v in &domain.vcpus {
+                    v.send(Wake::Timer);
+                }
             }
         }
     }
+    Ok(())
 }
 
 /// How long a stopped vCPU thread may take to notice.
@@ -1177,17 +1303,19 @@ fn load_xstate(
 
 fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let VcpuThread {
+        id,
         vm,
         mut vcpu,
         region,
-        mut pv_vcpu,
-        mut pv_domain,
+        pv_vcpu,
+        domain,
         mm,
         ram,
         cpuid,
-        mut console,
+        console,
         clock,
         paths,
+        xsave,
         wake,
         backend_requests,
         router,
@@ -1196,9 +1324,32 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         check_mmu,
     } = t;
     let mut mmu_checked = Instant::now();
-    let mut injector = inject.map(|seed| Injector::new(seed, 0));
+    let mut injector = inject.map(|seed| Injector::new(seed, 3 + u64::from(id)));
     vcpu.install_kick_target();
+    let shim = region
+        .vcpu(id)
+        .ok_or_else(|| Error::Thread(format!("vCPU {id} has no shim block")))?;
+    let me = &domain.vcpus[id as usize];
+    let mut console = ConsoleWriter(&console);
     let mut stats = pv_engine::Stats::new();
+    // vCPU 0 starts as the builder left it; another waits until the guest brings it up.
+    let mut pv_vcpu = match pv_vcpu {
+        Some(v) => v,
+        None => match await_bringup(id, &domain, &wake, &shared, &clock, &paths)? {
+            Some(new) => {
+                load_new_vcpu(&mut vcpu, shim, &new, xsave)?;
+                new.vcpu
+            }
+            None => {
+                return Ok(thread_end(
+                    DomainEnd::Fatal(format!("vCPU {id} stopped before the guest brought it up")),
+                    ExitStats::default(),
+                    stats,
+                    (Vec::new(), 0),
+                ))
+            }
+        },
+    };
     let mut posted = Posted::default();
     let mut flush = pv_mm::FlushSet::default();
     let mut mapped_gdt = [0u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE];
@@ -1211,12 +1362,15 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let mut msr_writes: Vec<(u32, u64)> = Vec::new();
     let mut msr_refused: Vec<u32> = Vec::new();
     let mut blocked = false;
+    // Down (VCPUOP_down, by itself or another vCPU): runs no guest code until up again.
+    let mut down = false;
     let mut stub_kernel_mode = 1u32;
     loop {
-        // Paused through the control socket (a blocked vCPU waits for its pause where
-        // it waits for events).
-        let paused = !blocked && shared.paused.load(Ordering::SeqCst);
-        let exit = if blocked || paused {
+        // Paused through the control socket (a blocked or down vCPU waits for its pause
+        // where it waits anyway).
+        let paused = !blocked && !down && shared.paused.load(Ordering::SeqCst);
+        let waiting = blocked || down || paused;
+        let exit = if waiting {
             // SCHEDOP_block: wait, outside the guest, for an event (a timer, a backend,
             // console input) or the watchdog.
             vstate::Exit::Interrupted
@@ -1226,11 +1380,19 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             let kernel = u32::from(pv_vcpu.mode == pv_engine::Mode::Kernel);
             if kernel != stub_kernel_mode {
                 vm.memory()
-                    .write_obj(kernel, GuestAddress(region.vcpu0().guest_state_gpa))
-                    .map_err(|_| shim::Error::Memory(region.vcpu0().guest_state_gpa))?;
+                    .write_obj(kernel, GuestAddress(shim.guest_state_gpa))
+                    .map_err(|_| shim::Error::Memory(shim.guest_state_gpa))?;
                 stub_kernel_mode = kernel;
             }
-            vcpu.run()?
+            // A remote TLB flush asked of this vCPU keeps it out of the guest until it
+            // performed it (this exit's apply does).
+            if me.enter_guest() {
+                let exit = vcpu.run();
+                me.left_guest();
+                exit?
+            } else {
+                vstate::Exit::Interrupted
+            }
         };
         if exit != vstate::Exit::Interrupted {
             shared.progress.fetch_add(1, Ordering::Relaxed);
@@ -1240,20 +1402,26 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         // The domain's frame table is shared with the backends (their grant mappings
         // take page references): held while an exit is handled, never while the vCPU
         // runs or waits blocked.
-        let mut mm_guard = (!blocked && !paused).then(|| lock_mm(&mm));
+        // The engine's domain state first, then the frame table.
+        let pv_domain = if waiting {
+            crate::smp::DomainLock::new(&domain.pv)
+        } else {
+            crate::smp::DomainLock::locked(&domain.pv)
+        };
+        let mut mm_guard = (!waiting).then(|| lock_mm(&mm));
         let mut mm_after_wait;
         let mut dom = Domain {
             vcpu: &mut pv_vcpu,
-            pv_domain: &mut pv_domain,
+            pv_domain,
             stats: &mut stats,
             exits: &mut exits,
-            shim: region.vcpu0(),
+            shim,
             platform: GuestPlatform {
                 mem: vm.memory(),
                 ram_bytes: ram,
                 shared_info_gpa: region.shared_info_gpa,
                 cpuid: &cpuid,
-                console: &mut *console,
+                console: &mut console,
                 mm: mm_guard.as_deref_mut(),
                 frames: VmmFrames {
                     mem: vm.memory(),
@@ -1271,22 +1439,39 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 m2p_gpa: region.m2p_gpa,
                 m2p_bytes: region.m2p_bytes,
                 preempt_deadline: None,
+                vcpu_id: id,
+                peers: &domain.vcpus,
+                remote_flush: false,
             },
             mapped_gdt: &mut mapped_gdt,
             paths,
             soft_trap: &mut soft_trap,
         };
+        if !waiting && me.take_flush_request() {
+            // Another vCPU changed what this one may cache: flush before running on.
+            dom.platform.flush.local_all = true;
+        }
         let action = if paused {
             let action = wait_while_paused(&mut dom, &wake, &shared, &clock);
+            dom.pv_domain.get();
             mm_after_wait = Some(lock_mm(&mm));
             dom.platform.mm = mm_after_wait.as_deref_mut();
             action
-        } else if blocked {
-            let action = wait_for_event(&mut dom, &wake, &shared, &clock);
+        } else if blocked || down {
+            let action = if down {
+                wait_until_up(&mut dom, &wake, &shared, &clock)
+            } else {
+                wait_for_event(&mut dom, &wake, &shared, &clock)
+            };
+            dom.pv_domain.get();
             mm_after_wait = Some(lock_mm(&mm));
             dom.platform.mm = mm_after_wait.as_deref_mut();
+            if me.take_flush_request() {
+                dom.platform.flush.local_all = true;
+            }
             if action == Action::Resume {
                 blocked = false;
+                down = false;
                 dom.platform.preempt_deadline = Some(Instant::now() + exit::EXIT_BUDGET);
                 match exit::interrupted(&mut vcpu, &mut dom) {
                     Ok(Action::Interrupted) => Action::Resume,
@@ -1358,6 +1543,22 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 "pvkvm: cannot load the guest's extended state: {e}"
             )),
         };
+        // Another vCPU took this one down (VCPUOP_down names any vCPU): it stops here.
+        let action = match action {
+            Action::Resume | Action::Interrupted
+                if shared.stop.load(Ordering::SeqCst) == STOP_NONE
+                    && dom.pv_domain.get().vcpu(id).is_some_and(|s| !s.up) =>
+            {
+                Action::Down
+            }
+            other => other,
+        };
+        // Flushes this exit asked of the other vCPUs are done before this vCPU runs on
+        // (its own is in its apply).
+        if dom.platform.remote_flush {
+            dom.exits.remote_flush_kicks += crate::smp::flush_others(&domain.vcpus, id) as u64;
+            dom.exits.remote_flushes += 1;
+        }
         // Backends the guest notified work on their own thread; their answers come back
         // as Wake::BackendEvent.
         if !dom.platform.notified.is_empty() {
@@ -1372,23 +1573,25 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         }
         match action {
             Action::Resume => {}
-            // The engine ends the domain when its last vCPU goes down, and this
-            // domain has one.
+            // Offline until another vCPU brings it up (the engine powers the domain off
+            // when its last vCPU goes down instead).
             Action::Down => {
-                let refusals = mm_refusals(dom.platform.mm.as_deref());
-                return Ok(thread_end(
-                    DomainEnd::Fatal("pvkvm: the only vCPU went down".into()),
-                    exits,
-                    stats,
-                    refusals,
-                ));
+                down = true;
+                let now = clock.ns(exit::guest_tsc(paths.tsc_offset));
+                pv_engine::vcpu_op::runstate_change(
+                    dom.vcpu,
+                    dom.pv_domain.get(),
+                    &mut dom.platform,
+                    pv_engine::vcpu_op::runstate::OFFLINE,
+                    now,
+                );
             }
             Action::Block => {
                 blocked = true;
                 let now = clock.ns(exit::guest_tsc(paths.tsc_offset));
                 pv_engine::vcpu_op::runstate_change(
                     dom.vcpu,
-                    dom.pv_domain,
+                    dom.pv_domain.get(),
                     &mut dom.platform,
                     pv_engine::vcpu_op::runstate::BLOCKED,
                     now,
@@ -1400,6 +1603,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                     STOP_STALL => "the guest stopped making progress: no trap for --stall-timeout seconds (watchdog)",
                     STOP_DESTROY => "the guest was destroyed: a second stop request (SIGTERM, SIGINT, SIGHUP, SIGQUIT), or it did not power off within 30 s of the first",
                     STOP_DESTROY_API => "the guest was destroyed through the control socket",
+                    STOP_DOMAIN_ENDED => "another vCPU ended the domain",
                     _ => continue,
                 };
                 let diag = exit::diagnostic(what, &dom, None, Some(&mut vcpu as &mut dyn CpuState));
@@ -1412,10 +1616,12 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                     DomainEnd::Timeout(diag)
                 };
                 let refusals = mm_refusals(dom.platform.mm.as_deref());
+                drop(dom);
                 return Ok(thread_end(end, exits, stats, refusals));
             }
             Action::Shutdown(reason) => {
                 let refusals = mm_refusals(dom.platform.mm.as_deref());
+                drop(dom);
                 return Ok(thread_end(
                     DomainEnd::Shutdown(reason),
                     exits,
@@ -1425,6 +1631,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             }
             Action::Fatal(diag) => {
                 let refusals = mm_refusals(dom.platform.mm.as_deref());
+                drop(dom);
                 return Ok(thread_end(DomainEnd::Fatal(diag), exits, stats, refusals));
             }
         }
@@ -1483,10 +1690,10 @@ fn apply_msr_writes(vcpu: &mut vstate::Vcpu, writes: &mut Vec<(u32, u64)>, refus
 /// One message from another thread.
 fn handle_wake(dom: &mut Domain<'_>, w: Wake) {
     match w {
-        // Timers are looked at on every resume.
-        Wake::Timer => {}
+        // Timers, events and the vCPU's state are looked at on every resume.
+        Wake::Timer | Wake::Look => {}
         Wake::BackendEvent(port) => {
-            pv_engine::evtchn::backend_notify(dom.pv_domain, &mut dom.platform, port);
+            pv_engine::evtchn::backend_notify(dom.pv_domain.get(), &mut dom.platform, port);
         }
         Wake::BindBackend {
             guest_port,
@@ -1495,16 +1702,18 @@ fn handle_wake(dom: &mut Domain<'_>, w: Wake) {
         } => {
             let r = dom
                 .pv_domain
+                .get()
                 .evtchn
                 .bind_backend_to_unbound(guest_port, backend_port);
             let _ = reply.send(r);
         }
-        Wake::UnbindBackend(port) => dom.pv_domain.evtchn.unbind_backend(port),
+        Wake::UnbindBackend(port) => dom.pv_domain.get().evtchn.unbind_backend(port),
     }
 }
 
 /// The vCPU is blocked: waits until an event is pending for it (or its poll ends).
 /// Returns `Resume` when one is, `Interrupted` when the watchdog wants the thread.
+/// The domain's state is held only to look, never while sleeping.
 fn wait_for_event(
     dom: &mut Domain<'_>,
     wake: &std::sync::mpsc::Receiver<Wake>,
@@ -1513,11 +1722,11 @@ fn wait_for_event(
 ) -> Action {
     loop {
         let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
-        pv_engine::time::fire_timers(dom.vcpu, dom.pv_domain, &mut dom.platform, now);
-        if pv_engine::hypercall::unblock_due(dom.vcpu, dom.pv_domain, &dom.platform, now) {
+        pv_engine::time::fire_timers(dom.vcpu, dom.pv_domain.get(), &mut dom.platform, now);
+        if pv_engine::hypercall::unblock_due(dom.vcpu, dom.pv_domain.get(), &dom.platform, now) {
             pv_engine::vcpu_op::runstate_change(
                 dom.vcpu,
-                dom.pv_domain,
+                dom.pv_domain.get(),
                 &mut dom.platform,
                 pv_engine::vcpu_op::runstate::RUNNING,
                 now,
@@ -1526,6 +1735,10 @@ fn wait_for_event(
         }
         if shared.stop.load(Ordering::SeqCst) != STOP_NONE {
             return Action::Interrupted;
+        }
+        // Taken down by another vCPU while blocked: wait for up instead.
+        if dom.pv_domain.get().vcpu(dom.vcpu.id).is_some_and(|s| !s.up) {
+            return Action::Resume;
         }
         if shared.paused.load(Ordering::SeqCst) {
             if wait_while_paused(dom, wake, shared, clock) == Action::Interrupted {
@@ -1541,9 +1754,80 @@ fn wait_for_event(
             }
             None => Duration::from_millis(200),
         };
+        dom.pv_domain.release();
         if let Ok(w) = wake.recv_timeout(wait) {
             handle_wake(dom, w);
         }
+    }
+}
+
+/// The vCPU is down (`VCPUOP_down`): waits, offline, until the domain says it is up
+/// again. Returns `Resume` then, `Interrupted` when the watchdog wants the thread.
+fn wait_until_up(
+    dom: &mut Domain<'_>,
+    wake: &std::sync::mpsc::Receiver<Wake>,
+    shared: &Shared<'_>,
+    clock: &pv_engine::time::PvClock,
+) -> Action {
+    loop {
+        if dom.pv_domain.get().vcpu(dom.vcpu.id).is_some_and(|s| s.up) {
+            let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
+            pv_engine::vcpu_op::runstate_change(
+                dom.vcpu,
+                dom.pv_domain.get(),
+                &mut dom.platform,
+                pv_engine::vcpu_op::runstate::RUNNING,
+                now,
+            );
+            return Action::Resume;
+        }
+        if shared.stop.load(Ordering::SeqCst) != STOP_NONE {
+            return Action::Interrupted;
+        }
+        // A vCPU the guest took offline is not a stalled guest.
+        shared.progress.fetch_add(1, Ordering::Relaxed);
+        dom.pv_domain.release();
+        if let Ok(w) = wake.recv_timeout(Duration::from_millis(200)) {
+            handle_wake(dom, w);
+        }
+    }
+}
+
+/// A vCPU other than 0, before the guest first brings it up: waits until
+/// `VCPUOP_initialise` and `VCPUOP_up` have made it runnable and takes the state they
+/// built. None when the domain ends first.
+fn await_bringup(
+    id: u32,
+    domain: &SharedDomain,
+    wake: &std::sync::mpsc::Receiver<Wake>,
+    shared: &Shared<'_>,
+    clock: &pv_engine::time::PvClock,
+    paths: &crate::host::Paths,
+) -> Result<Option<pv_engine::vcpu_context::NewVcpu>, Error> {
+    loop {
+        {
+            let mut d = domain.pv.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = d.vcpu_mut(id).filter(|s| s.up) {
+                if let Some(new) = slot.new_vcpu.take() {
+                    let mut new = *new;
+                    // Offline from the domain's start until now, running from now.
+                    let now = clock.ns(exit::guest_tsc(paths.tsc_offset));
+                    new.vcpu.runstate = pv_engine::vcpu_op::RunstateInfo {
+                        state: pv_engine::vcpu_op::runstate::RUNNING,
+                        state_entry_time: now,
+                        time: [0, 0, 0, now],
+                        ..Default::default()
+                    };
+                    slot.runstate = new.vcpu.runstate;
+                    return Ok(Some(new));
+                }
+            }
+        }
+        if shared.stop.load(Ordering::SeqCst) != STOP_NONE {
+            return Ok(None);
+        }
+        shared.progress.fetch_add(1, Ordering::Relaxed);
+        let _ = wake.recv_timeout(Duration::from_millis(200));
     }
 }
 
@@ -1562,7 +1846,7 @@ fn wait_while_paused(
     let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
     runstate_change(
         dom.vcpu,
-        dom.pv_domain,
+        dom.pv_domain.get(),
         &mut dom.platform,
         runstate::OFFLINE,
         now,
@@ -1570,17 +1854,74 @@ fn wait_while_paused(
     while shared.paused.load(Ordering::SeqCst) && shared.stop.load(Ordering::SeqCst) == STOP_NONE {
         // A paused guest is not a stalled one.
         shared.progress.fetch_add(1, Ordering::Relaxed);
+        dom.pv_domain.release();
         if let Ok(w) = wake.recv_timeout(Duration::from_millis(200)) {
             handle_wake(dom, w);
         }
     }
     let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
-    runstate_change(dom.vcpu, dom.pv_domain, &mut dom.platform, before, now);
+    runstate_change(
+        dom.vcpu,
+        dom.pv_domain.get(),
+        &mut dom.platform,
+        before,
+        now,
+    );
     if shared.stop.load(Ordering::SeqCst) == STOP_NONE {
         Action::Resume
     } else {
         Action::Interrupted
     }
+}
+
+/// Loads the state `VCPUOP_initialise` built into a vCPU that comes up for the first
+/// time: its shim block's descriptor tables with the guest's pagetable and segment
+/// bases, then its registers.
+fn load_new_vcpu(
+    vcpu: &mut vstate::Vcpu,
+    shim: &shim::VcpuShim,
+    new: &pv_engine::vcpu_context::NewVcpu,
+    xsave: bool,
+) -> Result<(), Error> {
+    let hw = new.vcpu.hw_state();
+    let mut sregs = shim.initial_sregs(vcpu.sregs()?, hw.cr3, xsave);
+    sregs.fs.base = hw.fs_base;
+    sregs.gs.base = hw.gs_base;
+    if hw.cr0_ts {
+        sregs.cr0 |= 1 << 3;
+    }
+    vcpu.set_sregs_ioctl(&sregs)?;
+    if new.fpu.is_some() {
+        // The FXSAVE image of a VGCF_i387_valid context: Linux never sends one for a
+        // secondary CPU, so pvkvm starts the vCPU with the reset FPU state instead.
+        log::warn!(
+            "pvkvm: vCPU {} starts with a reset FPU; the context's FXSAVE image is not loaded",
+            new.vcpu.id
+        );
+    }
+    let g = &new.regs;
+    let regs = Regs {
+        rax: g.rax,
+        rbx: g.rbx,
+        rcx: g.rcx,
+        rdx: g.rdx,
+        rsi: g.rsi,
+        rdi: g.rdi,
+        rsp: g.rsp,
+        rbp: g.rbp,
+        r8: g.r8,
+        r9: g.r9,
+        r10: g.r10,
+        r11: g.r11,
+        r12: g.r12,
+        r13: g.r13,
+        r14: g.r14,
+        r15: g.r15,
+        rip: g.rip,
+        rflags: (g.rflags & !(3 << 12)) | 0x202,
+    };
+    vcpu.set_regs_ioctl(&regs)?;
+    Ok(())
 }
 
 /// Hands the guest's notifies to the backends' thread; the guest runs on at once.
@@ -1598,28 +1939,15 @@ fn notify_backends(
     }
 }
 
-/// The guest's event channels as the device backends reach them: through the vCPU
-/// thread, which owns them (a message and a kick).
+/// The guest's event channels as the device backends reach them: through vCPU 0's
+/// thread (a message and a kick), which holds the domain's state while it handles them.
 struct VcpuChannels {
-    wake: std::sync::Mutex<std::sync::mpsc::Sender<Wake>>,
-    tid: libc::pthread_t,
+    domain: Arc<SharedDomain>,
 }
 
 impl VcpuChannels {
     fn send(&self, w: Wake) -> bool {
-        let sent = self
-            .wake
-            .lock()
-            .map(|tx| tx.send(w).is_ok())
-            .unwrap_or(false);
-        if sent {
-            // SAFETY: pthread_kill with the vCPU thread's id, which stays valid until
-            // that thread is joined; it is joined only after the backends' thread, which
-            // stops every device thread first, has ended. The kick's handler only sets
-            // a flag.
-            unsafe { libc::pthread_kill(self.tid, kick_signal()) };
-        }
-        sent
+        self.domain.vcpus[0].send(w)
     }
 }
 

@@ -95,6 +95,25 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Adds another vCPU's counters to these (the recent-hypercall ring stays this
+    /// vCPU's).
+    pub fn absorb(&mut self, other: &Stats) {
+        let add = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        add(&mut self.hypercalls, &other.hypercalls);
+        self.hypercalls_out_of_range += other.hypercalls_out_of_range;
+        add(&mut self.enosys, &other.enosys);
+        self.enosys_total += other.enosys_total;
+        self.mmuext_unimplemented += other.mmuext_unimplemented;
+        add(&mut self.bounces, &other.bounces);
+        self.syscall_bounces += other.syscall_bounces;
+        self.upcalls += other.upcalls;
+        add(&mut self.mmu_update_batches, &other.mmu_update_batches);
+        add(&mut self.mmuext_cmds, &other.mmuext_cmds);
+        add(&mut self.emulated, &other.emulated);
+        self.continuations += other.continuations;
+        add(&mut self.continued, &other.continued);
+    }
+
     /// All counters zero.
     pub const fn new() -> Self {
         Self {

@@ -10,7 +10,7 @@
 //! Xen does on a context switch. Time the host thread is descheduled is not visible to
 //! the VMM and counts as running (a later refinement could report it as `runnable`).
 
-use xen_abi::errno::{EBUSY, EFAULT, EINVAL, ENOENT, ENOSYS};
+use xen_abi::errno::{EFAULT, EINVAL, ENOENT, ENOSYS};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::{guest, Domain, Outcome, Platform, Vcpu};
@@ -279,8 +279,10 @@ fn register_vcpu_info(
     let Some(slot) = dom.vcpu(id) else {
         return -ENOENT;
     };
+    // Xen 4.17 (the version the engine answers as) says -EINVAL to a second one;
+    // later versions say -EBUSY.
     if slot.vcpu_info_registered {
-        return -EBUSY;
+        return -EINVAL;
     }
     if u64::from(info.offset) + size > 0x1000 || info.offset % 8 != 0 || info.mfn >= (1 << 40) {
         return -EINVAL;
