@@ -920,6 +920,9 @@ mod tests {
                 assert_eq!(v.gdt_page_entry(page, None).2, expect);
             }
         }
+        // shared_info's next frame is no grant frame (the guest may map those; the
+        // hostile guest tests expect that neighbour refused).
+        assert_eq!(region.shared_info_gpa + 0x1000, region.vcpu0().block_gpa);
         // shared_info stays mapped for the shim, the grant table does not.
         let si = shim_walk(&mem, &region, SHIM_VA_BASE + layout::SHARED_INFO);
         assert_eq!(si.map(|(a, _)| a), Some(region.shared_info_gpa));
