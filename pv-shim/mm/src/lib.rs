@@ -44,6 +44,8 @@ pub use mm::{Mm, MmConfig, MmStats};
 pub use refusal::{EntryCause, MmOp, Refusal, WritableMapping, REFUSAL_LOG_LEN};
 
 #[cfg(test)]
+mod concurrent_tests;
+#[cfg(test)]
 mod restart_tests;
 #[cfg(test)]
 mod tests;
