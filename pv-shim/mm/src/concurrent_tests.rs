@@ -628,3 +628,132 @@ fn coverage() {
     assert!(t.two_deferred > 0, "{t:?}");
     assert!(t.two_inflight > 0, "{t:?}");
 }
+
+// ------------------------------------------------------------- flush scope, per vCPU
+
+mod scope {
+    use super::*;
+    use crate::fuzz::model::{L1S as M_L1S, L3, L4, USER_L4};
+
+    fn upd(h: &mut Harness, table: Mfn, slot: usize, v: u64, roots: &[Mfn]) -> FlushSet {
+        h.mm.mod_entry(&mut h.mem, table, slot, v, false, roots)
+            .unwrap_or_else(|e| panic!("update refused: {e:?}"))
+    }
+
+    #[test]
+    fn flush_set_scope_methods() {
+        let none = FlushSet::default();
+        assert!(none.is_empty() && !none.needs_local() && !none.needs_remote());
+        let local = FlushSet {
+            local_all: true,
+            ..FlushSet::default()
+        };
+        assert!(local.needs_local() && !local.needs_remote());
+        let one = FlushSet {
+            invlpg: vec![0x1000],
+            ..FlushSet::default()
+        };
+        assert!(one.needs_local() && !one.needs_remote());
+        let all = FlushSet {
+            all_vcpus: true,
+            ..FlushSet::default()
+        };
+        assert!(all.needs_local() && all.needs_remote());
+        let mut m = local.clone();
+        m.merge(one.clone());
+        m.merge(all);
+        assert!(m.local_all && m.needs_remote() && m.invlpg == vec![0x1000]);
+    }
+
+    /// A type change that may leave a stale TLB entry on any CPU the domain ran on
+    /// (Xen: `_get_page_type` flushing `d->dirty_cpumask`) is remote, whichever vCPU
+    /// caused it.
+    #[test]
+    fn type_change_flush_is_remote() {
+        let mut h = Harness::model_guest();
+        h.mm.set_current_vcpu(2);
+        // Data frame 9 loses its RW mapping, then becomes an L1.
+        let fl = upd(&mut h, M_L1S[0], 9, pte(9, RO), &[]);
+        assert!(
+            !fl.needs_remote(),
+            "the guest's own L1 update: its own invalidation"
+        );
+        h.mem.set(9, 0, 0);
+        let fl = h.mm.pin_table(&mut h.mem, 9, Level::L1).unwrap();
+        assert!(fl.needs_remote());
+        // A retired pagetable becoming writable data: remote too.
+        h.mm.unpin_table(&mut h.mem, 9).unwrap();
+        h.mm.clear_page(&mut h.mem, 9).unwrap();
+        assert!(h.mm.take_pending_flush().needs_remote());
+    }
+
+    /// An L4 update: local when only this vCPU has it loaded (and the pin), remote when
+    /// another vCPU has it loaded (Xen's `sync_guest`), nothing when nobody does.
+    #[test]
+    fn l4_update_flush_scope_follows_the_vcpus_that_loaded_it() {
+        let mut h = Harness::model_guest(); // L4 pinned, loaded on vCPU 0.
+        let fl = upd(&mut h, L4, 3, pte(L3, LINK), &[L4]);
+        assert!(fl.local_all && !fl.needs_remote());
+        // vCPU 1 updates vCPU 0's root: vCPU 0 must flush.
+        h.mm.set_current_vcpu(1);
+        let fl = upd(&mut h, L4, 4, pte(L3, LINK), &[]);
+        assert!(fl.needs_remote(), "{fl:?}");
+        assert!(!fl.local_all);
+        // Both have it loaded.
+        h.mm.set_root(&mut h.mem, None, Some(L4)).unwrap();
+        assert_eq!(h.mm.loaded_roots_of(1), &[L4]);
+        let fl = upd(&mut h, L4, 5, pte(L3, LINK), &[L4]);
+        assert!(fl.local_all && fl.needs_remote());
+        // Only vCPU 1 now: an update from vCPU 1 is local.
+        h.mm.set_current_vcpu(0);
+        h.mm.set_root(&mut h.mem, Some(L4), None).unwrap();
+        assert!(h.mm.loaded_roots_of(0).is_empty());
+        h.mm.set_current_vcpu(1);
+        let fl = upd(&mut h, L4, 6, pte(L3, LINK), &[L4]);
+        assert!(fl.local_all && !fl.needs_remote(), "{fl:?}");
+        // Loaded by a caller that tracks roots itself (no set_root on this engine's
+        // books): the type count still shows the other use.
+        h.mm.pin_table(&mut h.mem, USER_L4, Level::L4).unwrap();
+        h.mm.get_page_and_type(&mut h.mem, USER_L4, PageType::L4)
+            .unwrap();
+        let fl = upd(&mut h, USER_L4, 3, pte(L3, LINK), &[]);
+        assert!(fl.needs_remote());
+        // Pinned only: nobody to flush.
+        h.mm.put_page_and_type(&mut h.mem, USER_L4);
+        let fl = upd(&mut h, USER_L4, 4, pte(L3, LINK), &[]);
+        assert!(fl.is_empty(), "{fl:?}");
+    }
+
+    /// Deferred puts belong to the vCPU whose operation left them (Xen's
+    /// `v->arch.old_guest_table`): another vCPU neither sees nor finishes them.
+    #[test]
+    fn deferred_puts_are_per_vcpu() {
+        let mut h = domain();
+        h.mm.set_current_vcpu(1);
+        h.mm.pin_table(&mut h.mem, L4S[2], Level::L4).unwrap();
+        h.mm.set_preempt_budget(Some(1));
+        h.mm.unpin_table(&mut h.mem, L4S[2]).unwrap();
+        assert!(h.mm.has_deferred_put());
+        assert!(h.mm.has_deferred_put_of(1) && h.mm.any_deferred_put());
+        let mine: Vec<Mfn> = h.mm.deferred_puts().collect();
+        assert!(!mine.is_empty());
+        // vCPU 0 (the default, as for single-vCPU callers): nothing of its own.
+        h.mm.set_current_vcpu(0);
+        assert!(!h.mm.has_deferred_put() && !h.mm.has_deferred_put_of(0));
+        assert_eq!(h.mm.put_old_guest_table(&mut h.mem), Ok(()));
+        assert_eq!(h.mm.deferred_puts_of(1).collect::<Vec<_>>(), mine);
+        // vCPU 1 finishes its own.
+        h.mm.set_current_vcpu(1);
+        let mut n = 0;
+        while h.mm.put_old_guest_table(&mut h.mem) == Err(MmError::Restart) {
+            h.mm.check_invariants(&h.mem).unwrap();
+            n += 1;
+            assert!(n < 10_000);
+        }
+        assert!(!h.mm.any_deferred_put());
+        h.mm.check_invariants(&h.mem).unwrap();
+        for m in 0..NR {
+            assert_eq!(h.mm.page_info(m).unwrap().type_count, 0, "mfn {m}");
+        }
+    }
+}
