@@ -122,6 +122,9 @@ enum Op {
     DescPut,
     Budget(Option<u32>),
     TlbFlushed,
+    /// The vCPU goes offline (Xen's `vcpu_destroy_pagetables`): drops both base
+    /// pointers and its GDT frames, finishing its deferred puts first.
+    Offline,
     /// Issues nothing new: only a continuation or deferred puts run (not generated).
     Idle,
 }
@@ -136,6 +139,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(user, new)| Op::SetRoot { user, new }),
         1 => proptest::sample::select(SPARE.to_vec()).prop_map(Op::DescGet),
         1 => Just(Op::DescPut),
+        1 => Just(Op::Offline),
         1 => proptest::option::weighted(
                 0.85,
                 proptest::sample::select(vec![1u32, 300, 600, 1100, 1700, 2500]),
@@ -320,6 +324,23 @@ impl Smp {
                     "{op:?} on vCPU {v} refused ({e:?}); Xen accepts it"
                 ));
             }
+            // A refusal changes nothing (up to sticky types), unless it met a partial
+            // state (a failure found while resuming undoes that whole validation).
+            let any_partial = before
+                .0
+                .iter()
+                .any(|p| matches!(p.validation, Validation::Partial { .. }));
+            if !any_partial {
+                for m in 0..NR {
+                    let (a, b) = (before.0[m as usize].normalized(), self.info(m).normalized());
+                    if a != b {
+                        return Err(format!(
+                            "{op:?} on vCPU {v} refused ({e:?}) but changed mfn {m:#x}: \
+                             {a:?} -> {b:?}"
+                        ));
+                    }
+                }
+            }
             return Ok(FlushSet::default());
         }
         let fl = r.unwrap_or_default();
@@ -402,8 +423,23 @@ impl Smp {
             }
             _ => {}
         }
+        let lists: Vec<Vec<Mfn>> = (0..self.v.len())
+            .map(|w| self.h.mm.deferred_puts_of(w).collect())
+            .collect();
+        let r = self.step_inner(v, op);
+        for (w, o) in lists.iter().enumerate() {
+            let now: Vec<Mfn> = self.h.mm.deferred_puts_of(w).collect();
+            if w != v && &now != o {
+                return Err(format!("vCPU {v}'s step changed vCPU {w}'s deferred puts"));
+            }
+        }
+        r?;
+        self.check()
+    }
+
+    fn step_inner(&mut self, v: usize, op: &Op) -> Result<(), String> {
         if !self.deferred(v)? {
-            return self.check();
+            return Ok(());
         }
         let issued = if let Some(i) = self.v[v].inflight.clone() {
             Some(i)
@@ -424,13 +460,33 @@ impl Smp {
                     }
                     None
                 }
+                Op::Offline => {
+                    for user in [false, true] {
+                        let c = &self.v[v];
+                        let old = if user { c.user_root } else { c.root };
+                        if old.is_some() {
+                            self.issue(
+                                v,
+                                &Issued::SetRoot {
+                                    user,
+                                    old,
+                                    new: None,
+                                },
+                            )?;
+                        }
+                    }
+                    while let Some(m) = self.v[v].gdt.pop() {
+                        self.h.mm.put_segdesc_page(&mut self.h.mem, m);
+                    }
+                    None
+                }
                 Op::Budget(_) | Op::TlbFlushed | Op::Idle => None,
             }
         };
         if let Some(i) = issued {
             self.issue(v, &i)?;
         }
-        self.check()
+        Ok(())
     }
 
     fn check(&self) -> Result<(), String> {
