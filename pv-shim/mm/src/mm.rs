@@ -40,7 +40,8 @@
 //! `next_slot` still held. A child that stops inside its parent's teardown takes the
 //! parent's slot references into its own partial state (no `PTF_partial_set`). Every
 //! frame so stopped is queued in the deferred-put list (Xen's `curr->arch.
-//! old_guest_table`; per vCPU in Xen, one here as pv-mm serves one vCPU), and the
+//! old_guest_table`; per vCPU as in Xen: the list of the vCPU set with
+//! [`Mm::set_current_vcpu`], vCPU 0 unless set), and the
 //! operation that started the put still succeeds: the unpin (the pin is cleared first,
 //! so it is never redone), the base-pointer switch, the entry update (Xen's
 //! `PTF_defer`). [`Mm::put_old_guest_table`] finishes the queue under the budget
@@ -48,6 +49,17 @@
 //! and ends a batch before the record after one that queued work. Meanwhile a frame in
 //! teardown answers as any partial frame: a same-type get resumes its validation (the
 //! queued put then finds nothing to do), anything else is refused.
+//!
+//! Several vCPUs (docs/mmu-invariants.md, "Several vCPUs"): operations run one at a
+//! time (the VMM's domain lock) but interleave between hypercalls, so a vCPU's
+//! operation may meet tables another vCPU left partial. The frame table is shared and
+//! a partial state is nobody's: whoever gets the frame as its type resumes it, and a
+//! deferred put of any vCPU continues the teardown of whatever partial frame it finds
+//! (Xen's `put_old_guest_table` with `PTF_partial_set`). What is per vCPU is what Xen
+//! keeps in `struct vcpu`: the deferred-put list and the base pointers
+//! ([`Mm::set_current_vcpu`], [`Mm::loaded_roots_of`]), so a vCPU's hypercall never
+//! waits for nor does another vCPU's deferred work, and an L4 update knows which
+//! vCPUs' TLBs it concerns ([`FlushSet::needs_remote`]).
 //!
 //! Deviations from Xen (also listed in the crate docs):
 //! - Xen defers the old target of every L2..L4 entry update to `old_guest_table`; here
@@ -316,7 +328,8 @@ impl Mm {
     }
 
     /// Tells the engine that every vCPU's TLB was fully flushed (global entries
-    /// included). Type changes of frames whose last type reference was dropped before
+    /// included): with several vCPUs, all of them, not only the current one (a local
+    /// flush leaves other vCPUs' stale entries; the epoch is global). Type changes of frames whose last type reference was dropped before
     /// this point no longer need a flush (Xen's `tlbflush_filter`). Never calling it is
     /// safe: every such type change then asks for a flush.
     pub fn tlb_flushed(&mut self) {
