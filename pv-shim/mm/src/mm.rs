@@ -344,6 +344,21 @@ impl Mm {
         core::mem::take(&mut self.pending)
     }
 
+    /// An operation's flush work: returned when it succeeds; when it stops with
+    /// `Restart` or is refused, what its type changes already needed (a child validated
+    /// before a sibling ran out of budget keeps its new type) goes to
+    /// [`Mm::take_pending_flush`] instead of being lost with the error (Xen flushes
+    /// inside `_get_page_type`, whatever the operation's outcome).
+    fn flush_or_pend(&mut self, r: Result<(), MmError>, fl: FlushSet) -> Result<FlushSet, MmError> {
+        match r {
+            Ok(()) => Ok(fl),
+            Err(e) => {
+                self.pend(fl);
+                Err(e)
+            }
+        }
+    }
+
     fn pend(&mut self, fl: FlushSet) {
         self.pending.local_all |= fl.local_all;
         self.pending.all_vcpus |= fl.all_vcpus;
@@ -1210,7 +1225,7 @@ impl Mm {
         if r.is_ok() && !self.is_shared(mfn) {
             self.held_mut(mfn).typed += 1;
         }
-        let r = r.map(|()| fl);
+        let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::GetPageType, mfn, None, None, r)
     }
 
@@ -1245,7 +1260,7 @@ impl Mm {
             h.general += 1;
             h.typed += 1;
         }
-        let r = r.map(|()| fl);
+        let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::GetPageType, mfn, None, None, r)
     }
 
@@ -1376,7 +1391,8 @@ impl Mm {
     ) -> Result<FlushSet, MmError> {
         self.begin();
         let mut fl = FlushSet::default();
-        let r = self.pin_inner(mem, mfn, level, &mut fl).map(|()| fl);
+        let r = self.pin_inner(mem, mfn, level, &mut fl);
+        let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::PinTable(level), mfn, None, None, r)
     }
 
@@ -1438,7 +1454,8 @@ impl Mm {
         self.begin();
         let mut fl = FlushSet::default();
         let frame = new.or(old).unwrap_or(0);
-        let r = self.set_root_inner(mem, old, new, &mut fl).map(|()| fl);
+        let r = self.set_root_inner(mem, old, new, &mut fl);
+        let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::SetRoot, frame, None, None, r)
     }
 
@@ -1507,9 +1524,8 @@ impl Mm {
     ) -> Result<FlushSet, MmError> {
         self.begin();
         let mut fl = FlushSet::default();
-        let r = self
-            .mod_entry_inner(mem, table, slot, new, preserve_ad, vcpu_roots, &mut fl)
-            .map(|()| fl);
+        let r = self.mod_entry_inner(mem, table, slot, new, preserve_ad, vcpu_roots, &mut fl);
+        let r = self.flush_or_pend(r, fl);
         let s = u16::try_from(slot).ok();
         self.finish(mem, MmOp::ModEntry, table, s, Some(new), r)
     }
