@@ -183,6 +183,13 @@ struct Smp {
     restarts: u64,
     orphans: u64,
     seen: Seen,
+    /// Flush work reported by the current step (returned or pending).
+    step_fl: FlushSet,
+    /// Steps that reported a remote flush so far.
+    remote_flushes: u64,
+    /// Per frame: `remote_flushes` when it was last seen with a writable mapping (a
+    /// type reference of `Writable`), until a remote flush or `tlb_flushed` after it.
+    writable_seen: Vec<Option<u64>>,
 }
 
 /// How often the interleavings this test is about happened (see `coverage`).
@@ -217,6 +224,9 @@ impl Smp {
             restarts: 0,
             orphans: 0,
             seen: Seen::default(),
+            step_fl: FlushSet::default(),
+            remote_flushes: 0,
+            writable_seen: vec![None; NR as usize],
         }
     }
 
@@ -280,6 +290,9 @@ impl Smp {
                     .map(|()| h.mm.take_pending_flush())
             }
         };
+        if let Ok(f) = &r {
+            self.step_fl.merge(f.clone());
+        }
         if r == Err(MmError::Restart) {
             self.restarts += 1;
             self.v[v].inflight = Some(op.clone());
@@ -419,6 +432,12 @@ impl Smp {
             }
             Op::TlbFlushed => {
                 self.h.mm.tlb_flushed();
+                for m in 0..NR {
+                    let p = self.info(m);
+                    if !(p.ty == PageType::Writable && p.type_count > 0) {
+                        self.writable_seen[m as usize] = None;
+                    }
+                }
                 return self.check();
             }
             _ => {}
@@ -434,7 +453,38 @@ impl Smp {
             }
         }
         r?;
+        self.check_type_change_flushes()?;
         self.check()
+    }
+
+    /// A frame seen with a writable mapping that is now a pagetable or descriptor page
+    /// (partially validated included) must have had a remote flush reported since (Xen:
+    /// `_get_page_type` flushes `d->dirty_cpumask` on the type change), unless every
+    /// vCPU flushed meanwhile (`tlb_flushed`).
+    fn check_type_change_flushes(&mut self) -> Result<(), String> {
+        let fl = core::mem::take(&mut self.step_fl);
+        let pending = self.h.mm.take_pending_flush();
+        if fl.needs_remote() || pending.needs_remote() {
+            self.remote_flushes += 1;
+        }
+        for m in 0..NR {
+            let p = self.info(m);
+            let i = m as usize;
+            if p.ty == PageType::Writable && p.type_count > 0 {
+                self.writable_seen[i] = Some(self.remote_flushes);
+            } else if p.type_count > 0 && p.ty.needs_validation() {
+                if let Some(e) = self.writable_seen[i] {
+                    if self.remote_flushes <= e {
+                        return Err(format!(
+                            "mfn {m:#x} was mapped writable and is now {p:?} without a \
+                             remote flush"
+                        ));
+                    }
+                    self.writable_seen[i] = None;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn step_inner(&mut self, v: usize, op: &Op) -> Result<(), String> {
@@ -741,6 +791,55 @@ mod scope {
         h.mm.unpin_table(&mut h.mem, 9).unwrap();
         h.mm.clear_page(&mut h.mem, 9).unwrap();
         assert!(h.mm.take_pending_flush().needs_remote());
+    }
+
+    /// A type change inside an operation that then stops with `Restart` (or is
+    /// refused) still needs its flush: it goes to `take_pending_flush` (it used to be
+    /// dropped with the error). Found by the model test.
+    #[test]
+    fn flush_of_a_preempted_operation_is_not_lost() {
+        let mut h = Harness::model_guest();
+        // The tables-to-be lose their writable mappings before a full flush, data
+        // frame 9 after it: only 9's type change needs a flush.
+        for f in [10, 11] {
+            let l1 = M_L1S[(f % 3) as usize];
+            upd(&mut h, l1, f as usize, pte(f, RO), &[]);
+        }
+        h.mm.tlb_flushed();
+        upd(&mut h, M_L1S[0], 9, pte(9, RO), &[]);
+        h.mem.set(10, 0, pte(9, LINK));
+        h.mem.set(10, 1, pte(11, LINK));
+        // L3 10: slot 0 makes data frame 9 an L2 (1 + 512 entries), then the budget
+        // stops the L3 before slot 1.
+        h.mm.set_preempt_budget(Some(513));
+        assert_eq!(
+            h.mm.pin_table(&mut h.mem, 10, Level::L3),
+            Err(MmError::Restart)
+        );
+        assert_eq!(h.mm.page_info(9).unwrap().ty, PageType::L2);
+        assert!(h.mm.take_pending_flush().needs_remote());
+        h.mm.check_invariants(&h.mem).unwrap();
+        // Same through a base-pointer load.
+        let mut g = Harness::model_guest();
+        // The tables-to-be lose their writable mappings before a full flush, data
+        // frame 9 after it: only 9's type change needs a flush.
+        for f in [10, 11, 12] {
+            let l1 = M_L1S[(f % 3) as usize];
+            upd(&mut g, l1, f as usize, pte(f, RO), &[]);
+        }
+        g.mm.tlb_flushed();
+        upd(&mut g, M_L1S[0], 9, pte(9, RO), &[]);
+        g.mem.set(12, 0, pte(10, LINK)); // 12: an L4 whose slot 0 is L3 10
+        g.mem.set(10, 0, pte(9, LINK));
+        g.mem.set(10, 1, pte(11, LINK));
+        g.mm.set_preempt_budget(Some(514));
+        let _ = g.mm.take_pending_flush();
+        assert_eq!(
+            g.mm.set_root(&mut g.mem, None, Some(12)),
+            Err(MmError::Restart)
+        );
+        assert!(g.mm.take_pending_flush().needs_remote());
+        g.mm.check_invariants(&g.mem).unwrap();
     }
 
     /// An L4 update: local when only this vCPU has it loaded (and the pin), remote when
