@@ -14,7 +14,9 @@
 //!   validated table (outside the L4 hole), a GDT load of a descriptor page: never
 //!   refused; `NotValidated` (the "validate locked" answer) never reaches the guest;
 //! - a vCPU's `put_old_guest_table` never touches another vCPU's list;
-//! - an L4 update while another vCPU has that L4 loaded asks every vCPU to flush.
+//! - an L4 update while another vCPU has that L4 loaded asks every vCPU to flush;
+//! - a frame seen mapped writable becomes a table or descriptor page only after a
+//!   remote flush was reported (returned or pending), or every vCPU flushed.
 //!
 //! At the end every vCPU finishes its continuation and deferred puts, drops its base
 //! pointers and GDT frames, every pin is dropped: no frame keeps a reference.
