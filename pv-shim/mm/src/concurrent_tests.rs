@@ -87,6 +87,15 @@ fn tables() -> impl Strategy<Value = Mfn> {
     ]
 }
 
+/// Mostly the L4s and L3s: what base pointers and big unpins use.
+fn upper() -> impl Strategy<Value = Mfn> {
+    prop_oneof![
+        3 => proptest::sample::select(L4S.to_vec()),
+        1 => proptest::sample::select(L3S.to_vec()),
+        1 => tables(),
+    ]
+}
+
 fn any_frame() -> impl Strategy<Value = Mfn> {
     prop_oneof![
         4 => tables(),
@@ -134,10 +143,10 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (tables(), level()).prop_map(|(m, l)| Op::Pin(m, l)),
-        3 => tables().prop_map(Op::Unpin),
+        3 => upper().prop_map(Op::Unpin),
         6 => (tables(), prop_oneof![0usize..4, Just(256usize)], entry())
             .prop_map(|(table, slot, value)| Op::Mod { table, slot, value }),
-        4 => (any::<bool>(), proptest::option::weighted(0.8, tables()))
+        4 => (any::<bool>(), proptest::option::weighted(0.8, upper()))
             .prop_map(|(user, new)| Op::SetRoot { user, new }),
         1 => proptest::sample::select(SPARE.to_vec()).prop_map(Op::DescGet),
         1 => Just(Op::DescPut),
@@ -197,7 +206,8 @@ struct Smp {
 /// How often the interleavings this test is about happened (see `coverage`).
 #[derive(Clone, Copy, Debug, Default)]
 struct Seen {
-    /// An operation met a frame left `Partial` (validation or teardown).
+    /// An operation met (on its first issue) a frame left `Partial` by another
+    /// operation (validation or teardown, often another vCPU's).
     on_partial: u64,
     /// A base-pointer load of an L4 in partial validation or teardown.
     root_to_partial: u64,
@@ -258,7 +268,9 @@ impl Smp {
             Issued::Mod { table, .. } => Some(table),
             Issued::SetRoot { new, .. } => new,
         };
-        if target.is_some_and(|t| t < NR && partial(t)) {
+        // First issues only (a continuation meets its own partial tables).
+        let first = self.v[v].inflight.is_none();
+        if first && target.is_some_and(|t| t < NR && partial(t)) {
             self.seen.on_partial += 1;
             if matches!(op, Issued::SetRoot { .. }) {
                 self.seen.root_to_partial += 1;
@@ -729,8 +741,8 @@ fn coverage() {
         t.orphans += s.orphans;
     }
     std::println!("{t:?}");
-    assert!(t.on_partial > 100, "{t:?}");
-    assert!(t.root_to_partial > 0, "{t:?}");
+    assert!(t.on_partial > 50, "{t:?}");
+    assert!(t.root_to_partial > 10, "{t:?}");
     assert!(t.unpin_other_root > 10, "{t:?}");
     assert!(t.mod_other_root > 10, "{t:?}");
     assert!(t.two_deferred > 0, "{t:?}");
