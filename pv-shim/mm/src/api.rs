@@ -40,10 +40,40 @@ pub trait FrameAccess {
 #[must_use = "a pagetable change whose flush is dropped leaves stale TLB entries"]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlushSet {
-    /// Flush the whole TLB of this vCPU.
+    /// Flush the whole TLB of this vCPU (the one the operation ran for).
     pub local_all: bool,
-    /// Flush the TLBs of all vCPUs (single vCPU for now: the same as local).
+    /// Flush the whole TLB of every vCPU of the domain, this one included (Xen:
+    /// `flush_tlb_mask(d->dirty_cpumask)`): set for type changes that may leave stale
+    /// entries on any CPU the domain ran on (a frame becoming a pagetable or descriptor
+    /// page while a writable TLB entry may survive, a former table's paging-structure
+    /// caches), and for an L4 update while another vCPU may have that L4 loaded.
     pub all_vcpus: bool,
-    /// Single addresses to invalidate on this vCPU.
+    /// Single addresses to invalidate on this vCPU only.
     pub invlpg: Vec<u64>,
+}
+
+impl FlushSet {
+    /// Other vCPUs than the one the operation ran for must flush (and this one too):
+    /// the host kicks every vCPU of the domain (Xen's `d->dirty_cpumask`) before any of
+    /// them runs guest code again.
+    pub fn needs_remote(&self) -> bool {
+        self.all_vcpus
+    }
+
+    /// This vCPU has TLB work (a full flush or single addresses).
+    pub fn needs_local(&self) -> bool {
+        self.local_all || self.all_vcpus || !self.invlpg.is_empty()
+    }
+
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        !self.needs_local()
+    }
+
+    /// Adds `other`'s work to this set.
+    pub fn merge(&mut self, other: FlushSet) {
+        self.local_all |= other.local_all;
+        self.all_vcpus |= other.all_vcpus;
+        self.invlpg.extend(other.invlpg);
+    }
 }

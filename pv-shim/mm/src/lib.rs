@@ -22,6 +22,12 @@
 //! one error for non-RAM L1 targets, `u32` counts, a global TLB-flush epoch). `copy_page`, `clear_page`, `update_descriptor` and
 //! `get_segdesc_page` keep their `Result<(), _>` signatures; the flush a type change there
 //! may need (Xen's `_get_page_type`) is collected with `Mm::take_pending_flush`.
+//!
+//! Several vCPUs: operations run one at a time (the caller's domain lock) and may
+//! interleave between vCPUs; [`Mm::set_current_vcpu`] (default 0) selects whose
+//! deferred-put list and base pointers an operation uses, as Xen's `current`, and
+//! [`FlushSet::needs_remote`] says when every vCPU must flush (docs/mmu-invariants.md,
+//! "Several vCPUs").
 #![no_std]
 #![forbid(unsafe_code)]
 extern crate alloc;
@@ -43,6 +49,8 @@ pub use frame::{FrameState, PageInfo, PageType, Validation};
 pub use mm::{Mm, MmConfig, MmStats};
 pub use refusal::{EntryCause, MmOp, Refusal, WritableMapping, REFUSAL_LOG_LEN};
 
+#[cfg(test)]
+mod concurrent_tests;
 #[cfg(test)]
 mod restart_tests;
 #[cfg(test)]

@@ -40,7 +40,8 @@
 //! `next_slot` still held. A child that stops inside its parent's teardown takes the
 //! parent's slot references into its own partial state (no `PTF_partial_set`). Every
 //! frame so stopped is queued in the deferred-put list (Xen's `curr->arch.
-//! old_guest_table`; per vCPU in Xen, one here as pv-mm serves one vCPU), and the
+//! old_guest_table`; per vCPU as in Xen: the list of the vCPU set with
+//! [`Mm::set_current_vcpu`], vCPU 0 unless set), and the
 //! operation that started the put still succeeds: the unpin (the pin is cleared first,
 //! so it is never redone), the base-pointer switch, the entry update (Xen's
 //! `PTF_defer`). [`Mm::put_old_guest_table`] finishes the queue under the budget
@@ -48,6 +49,17 @@
 //! and ends a batch before the record after one that queued work. Meanwhile a frame in
 //! teardown answers as any partial frame: a same-type get resumes its validation (the
 //! queued put then finds nothing to do), anything else is refused.
+//!
+//! Several vCPUs (docs/mmu-invariants.md, "Several vCPUs"): operations run one at a
+//! time (the VMM's domain lock) but interleave between hypercalls, so a vCPU's
+//! operation may meet tables another vCPU left partial. The frame table is shared and
+//! a partial state is nobody's: whoever gets the frame as its type resumes it, and a
+//! deferred put of any vCPU continues the teardown of whatever partial frame it finds
+//! (Xen's `put_old_guest_table` with `PTF_partial_set`). What is per vCPU is what Xen
+//! keeps in `struct vcpu`: the deferred-put list and the base pointers
+//! ([`Mm::set_current_vcpu`], [`Mm::loaded_roots_of`]), so a vCPU's hypercall never
+//! waits for nor does another vCPU's deferred work, and an L4 update knows which
+//! vCPUs' TLBs it concerns ([`FlushSet::needs_remote`]).
 //!
 //! Deviations from Xen (also listed in the crate docs):
 //! - Xen defers the old target of every L2..L4 entry update to `old_guest_table`; here
@@ -167,8 +179,15 @@ pub struct Mm {
     /// next MMU operation, innermost first. Each is `Partial` with its type reference and
     /// one general reference held by the partial state; the list holds no reference of
     /// its own, so an entry whose frame is no longer partial (its validation was resumed
-    /// by a getter meanwhile) is simply dropped. Per vCPU in Xen; pv-mm serves one vCPU.
-    old_guest_table: VecDeque<Mfn>,
+    /// by a getter meanwhile) is simply dropped. Per vCPU, as Xen's `v->arch.
+    /// old_guest_table`: indexed by vCPU id, each list queued by and finished by that
+    /// vCPU's own operations (see [`Mm::set_current_vcpu`]).
+    old_guest_table: Vec<VecDeque<Mfn>>,
+    /// The vCPU the next operations run for (Xen's `current`); 0 unless set.
+    cur_vcpu: usize,
+    /// Per vCPU: the base pointers it loaded through [`Mm::set_root`] (kernel and user,
+    /// a multiset), to tell this vCPU's uses of an L4 from other vCPUs' for TLB flushes.
+    loaded_roots: Vec<Vec<Mfn>>,
 }
 
 /// Reads a guest entry; `slot` is always < 512 here.
@@ -199,7 +218,9 @@ impl Mm {
             preempt_budget: None,
             work: 0,
             busy: Vec::with_capacity(4),
-            old_guest_table: VecDeque::new(),
+            old_guest_table: Vec::new(),
+            cur_vcpu: 0,
+            loaded_roots: Vec::new(),
         }
     }
 
@@ -307,7 +328,8 @@ impl Mm {
     }
 
     /// Tells the engine that every vCPU's TLB was fully flushed (global entries
-    /// included). Type changes of frames whose last type reference was dropped before
+    /// included): with several vCPUs, all of them, not only the current one (a local
+    /// flush leaves other vCPUs' stale entries; the epoch is global). Type changes of frames whose last type reference was dropped before
     /// this point no longer need a flush (Xen's `tlbflush_filter`). Never calling it is
     /// safe: every such type change then asks for a flush.
     pub fn tlb_flushed(&mut self) {
@@ -320,6 +342,21 @@ impl Mm {
     /// after every batch that used them.
     pub fn take_pending_flush(&mut self) -> FlushSet {
         core::mem::take(&mut self.pending)
+    }
+
+    /// An operation's flush work: returned when it succeeds; when it stops with
+    /// `Restart` or is refused, what its type changes already needed (a child validated
+    /// before a sibling ran out of budget keeps its new type) goes to
+    /// [`Mm::take_pending_flush`] instead of being lost with the error (Xen flushes
+    /// inside `_get_page_type`, whatever the operation's outcome).
+    fn flush_or_pend(&mut self, r: Result<(), MmError>, fl: FlushSet) -> Result<FlushSet, MmError> {
+        match r {
+            Ok(()) => Ok(fl),
+            Err(e) => {
+                self.pend(fl);
+                Err(e)
+            }
+        }
     }
 
     fn pend(&mut self, fl: FlushSet) {
@@ -611,8 +648,14 @@ impl Mm {
                 if let Some(p) = self.info_mut(mfn) {
                     p.validation = Validation::Partial { next_slot };
                 }
-                if !self.old_guest_table.contains(&mfn) {
-                    self.old_guest_table.push_back(mfn);
+                let v = self.cur_vcpu;
+                if self.old_guest_table.len() <= v {
+                    self.old_guest_table.resize_with(v + 1, VecDeque::new);
+                }
+                if let Some(q) = self.old_guest_table.get_mut(v) {
+                    if !q.contains(&mfn) {
+                        q.push_back(mfn);
+                    }
                 }
                 return Err(MmError::Restart);
             }
@@ -1182,7 +1225,7 @@ impl Mm {
         if r.is_ok() && !self.is_shared(mfn) {
             self.held_mut(mfn).typed += 1;
         }
-        let r = r.map(|()| fl);
+        let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::GetPageType, mfn, None, None, r)
     }
 
@@ -1217,7 +1260,7 @@ impl Mm {
             h.general += 1;
             h.typed += 1;
         }
-        let r = r.map(|()| fl);
+        let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::GetPageType, mfn, None, None, r)
     }
 
@@ -1244,13 +1287,57 @@ impl Mm {
     /// Whether a teardown was left part-way and must be finished with
     /// [`Mm::put_old_guest_table`] (Xen: `curr->arch.old_guest_table != NULL`). An MMU
     /// hypercall batch stops (continuation) before its next record while this holds.
+    /// Asks about the current vCPU's list ([`Mm::set_current_vcpu`]; vCPU 0 unless set).
     pub fn has_deferred_put(&self) -> bool {
-        !self.old_guest_table.is_empty()
+        self.has_deferred_put_of(self.cur_vcpu)
     }
 
-    /// The frames whose teardown is deferred, in the order they will be continued.
+    /// The frames whose teardown is deferred on the current vCPU, in the order they will
+    /// be continued.
     pub fn deferred_puts(&self) -> impl Iterator<Item = Mfn> + '_ {
-        self.old_guest_table.iter().copied()
+        self.deferred_puts_of(self.cur_vcpu)
+    }
+
+    /// [`Mm::has_deferred_put`] of vCPU `vcpu` (Xen: `v->arch.old_guest_table != NULL`).
+    pub fn has_deferred_put_of(&self, vcpu: usize) -> bool {
+        self.old_guest_table
+            .get(vcpu)
+            .is_some_and(|q| !q.is_empty())
+    }
+
+    /// [`Mm::deferred_puts`] of vCPU `vcpu`.
+    pub fn deferred_puts_of(&self, vcpu: usize) -> impl Iterator<Item = Mfn> + '_ {
+        self.old_guest_table
+            .get(vcpu)
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+
+    /// Whether any vCPU has a deferred teardown left (for domain teardown, which
+    /// finishes every vCPU's list as Xen's `vcpu_destroy_pagetables` does).
+    pub fn any_deferred_put(&self) -> bool {
+        self.old_guest_table.iter().any(|q| !q.is_empty())
+    }
+
+    /// Sets the vCPU later operations run for (Xen's `current`): an operation whose
+    /// teardown runs out of budget queues the rest on this vCPU's deferred-put list,
+    /// [`Mm::put_old_guest_table`] and [`Mm::has_deferred_put`] work on this vCPU's
+    /// list, and [`Mm::set_root`] records the base pointers as this vCPU's (TLB flush
+    /// scope of L4 updates). 0 until set: single-vCPU callers never call it.
+    pub fn set_current_vcpu(&mut self, vcpu: usize) {
+        self.cur_vcpu = vcpu;
+    }
+
+    /// The vCPU set with [`Mm::set_current_vcpu`].
+    pub fn current_vcpu(&self) -> usize {
+        self.cur_vcpu
+    }
+
+    /// The base pointers vCPU `vcpu` holds through [`Mm::set_root`] (kernel and user, in
+    /// load order).
+    pub fn loaded_roots_of(&self, vcpu: usize) -> &[Mfn] {
+        self.loaded_roots.get(vcpu).map_or(&[], |r| r.as_slice())
     }
 
     /// `put_old_guest_table`: finishes the teardowns an unpin, base-pointer switch or
@@ -1258,16 +1345,20 @@ impl Mm {
     /// calls it first on entry to every MMU hypercall; `Restart` means work is left and
     /// the hypercall is to be continued (re-entered) before it does anything else.
     /// Never refused. Each call makes progress: a resumed teardown always releases at
-    /// least one entry.
+    /// least one entry. Works on the current vCPU's list only ([`Mm::set_current_vcpu`]):
+    /// as in Xen, a vCPU never finishes (or waits for) another vCPU's deferred puts.
     pub fn put_old_guest_table(&mut self, mem: &mut dyn FrameAccess) -> Result<(), MmError> {
         self.begin();
+        let v = self.cur_vcpu;
         let mut did = false;
-        while let Some(&m) = self.old_guest_table.front() {
+        while let Some(m) = self.old_guest_table.get(v).and_then(|q| q.front().copied()) {
             if did && self.preempt_due() {
                 self.stats.restarts += 1;
                 return Err(MmError::Restart);
             }
-            self.old_guest_table.pop_front();
+            if let Some(q) = self.old_guest_table.get_mut(v) {
+                q.pop_front();
+            }
             let partial = self.info(m).is_some_and(|p| {
                 matches!(p.validation, Validation::Partial { .. })
                     && p.type_count == 1
@@ -1300,7 +1391,8 @@ impl Mm {
     ) -> Result<FlushSet, MmError> {
         self.begin();
         let mut fl = FlushSet::default();
-        let r = self.pin_inner(mem, mfn, level, &mut fl).map(|()| fl);
+        let r = self.pin_inner(mem, mfn, level, &mut fl);
+        let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::PinTable(level), mfn, None, None, r)
     }
 
@@ -1362,7 +1454,8 @@ impl Mm {
         self.begin();
         let mut fl = FlushSet::default();
         let frame = new.or(old).unwrap_or(0);
-        let r = self.set_root_inner(mem, old, new, &mut fl).map(|()| fl);
+        let r = self.set_root_inner(mem, old, new, &mut fl);
+        let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::SetRoot, frame, None, None, r)
     }
 
@@ -1389,10 +1482,24 @@ impl Mm {
             h.general += 1;
             h.typed += 1;
         }
+        let v = self.cur_vcpu;
+        if self.loaded_roots.len() <= v {
+            self.loaded_roots.resize_with(v + 1, Vec::new);
+        }
+        if let Some(r) = self.loaded_roots.get_mut(v) {
+            if let Some(o) = old {
+                if let Some(k) = r.iter().position(|&x| x == o) {
+                    r.remove(k);
+                }
+            }
+            if let Some(n) = new {
+                r.push(n);
+            }
+        }
         if let Some(o) = old {
             self.held_drop(o, true, true);
-            // Restart: the old tree's teardown is deferred (`old_guest_table`); the new
-            // base is loaded either way.
+            // Restart: the old tree's teardown is deferred (`old_guest_table` of this
+            // vCPU); the new base is loaded either way.
             let _ = self.put_page_and_type_preemptible(mem, o);
         }
         Ok(())
@@ -1402,7 +1509,9 @@ impl Mm {
     /// (`do_mmu_update`): dispatches on the table frame's type. A validated pagetable
     /// goes to `mod_lN_entry`; a writable page, or any frame that can take a transient
     /// `Writable` type reference, gets a plain write; a descriptor page is refused.
-    /// `vcpu_roots` are the L4s currently loaded on any vCPU (kernel and user).
+    /// `vcpu_roots` are the L4s loaded on the current vCPU (kernel and user); other
+    /// vCPUs' base pointers are known from their [`Mm::set_root`] calls and, beyond
+    /// that, from the type count (see [`FlushSet::needs_remote`]).
     #[allow(clippy::too_many_arguments)]
     pub fn mod_entry(
         &mut self,
@@ -1415,9 +1524,8 @@ impl Mm {
     ) -> Result<FlushSet, MmError> {
         self.begin();
         let mut fl = FlushSet::default();
-        let r = self
-            .mod_entry_inner(mem, table, slot, new, preserve_ad, vcpu_roots, &mut fl)
-            .map(|()| fl);
+        let r = self.mod_entry_inner(mem, table, slot, new, preserve_ad, vcpu_roots, &mut fl);
+        let r = self.flush_or_pend(r, fl);
         let s = u16::try_from(slot).ok();
         self.finish(mem, MmOp::ModEntry, table, s, Some(new), r)
     }
@@ -1575,9 +1683,11 @@ impl Mm {
         Ok(())
     }
 
-    /// After an L4 update: if the L4 is loaded, report a flush (Xen's `do_mmu_update`
-    /// sets `flush_root_pt_local` for the current vCPU's root and `flush_root_pt_others`
-    /// when the type count shows uses beyond the pin and this vCPU's roots).
+    /// After an L4 update (Xen's `do_mmu_update`, `PGT_l4_page_table` case): this
+    /// vCPU's TLB if it has the L4 loaded (`flush_root_pt_local`), and every vCPU's when
+    /// the L4 has uses beyond the pin and this vCPU's base pointers (`sync_guest`: type
+    /// count > pinned + local uses; Xen adds 1 for its page lock) or another vCPU is
+    /// known to have it loaded.
     fn root_flush(
         &self,
         table: Mfn,
@@ -1590,15 +1700,20 @@ impl Mm {
         if level != Level::L4 || old == written {
             return;
         }
-        let uses = roots.iter().filter(|&&r| r == table).count() as u64;
-        if uses == 0 {
-            return;
+        let local = roots.iter().filter(|&&r| r == table).count() as u64;
+        let elsewhere = self
+            .loaded_roots
+            .iter()
+            .enumerate()
+            .any(|(v, r)| v != self.cur_vcpu && r.contains(&table));
+        let beyond = self
+            .info(table)
+            .is_some_and(|p| u64::from(p.type_count) > local + u64::from(p.pinned));
+        if local > 0 {
+            fl.local_all = true;
         }
-        fl.local_all = true;
-        if let Some(p) = self.info(table) {
-            if u64::from(p.type_count) > uses + u64::from(p.pinned) {
-                fl.all_vcpus = true;
-            }
+        if elsewhere || beyond {
+            fl.all_vcpus = true;
         }
     }
 
