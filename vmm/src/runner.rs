@@ -567,6 +567,15 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             &clock,
             wall_at_zero,
         );
+        // Every other vCPU's vcpu_info in shared_info gets its pvclock too (a guest
+        // reads another CPU's before that CPU runs; one that moves its vcpu_info
+        // carries it along, and the vCPU publishes again when it comes up).
+        for id in 1..nr_vcpus {
+            if let Some(gpa) = pv_domain.vcpu_info_gpa(id) {
+                let v = pv_engine::Vcpu::new(id, 0, gpa);
+                pv_engine::time::publish(&v, &pv_domain, &mut boot_platform, &clock, wall_at_zero);
+            }
+        }
     }
     // Raw mode while the guest owns the terminal; restored on every way out (Drop, the
     // panic hook, SIGTERM's path below).
@@ -642,6 +651,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             clock,
             paths,
             xsave,
+            wall_at_zero,
             wake: wake_rx,
             backend_requests: request_tx.clone(),
             router: router.clone(),
@@ -1002,6 +1012,19 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             }
         }
     }
+    // A watchdog stop describes every vCPU, each where it was.
+    let others_said: Vec<String> = ends
+        .iter()
+        .enumerate()
+        .filter(|&(id, _)| id != chosen)
+        .filter_map(|(id, e)| match e {
+            Ok(ThreadEnd {
+                end: DomainEnd::Timeout(d) | DomainEnd::Destroyed(d),
+                ..
+            }) => Some(format!("vCPU {id}: {d}")),
+            _ => None,
+        })
+        .collect();
     let ThreadEnd {
         end,
         mut exits,
@@ -1010,6 +1033,15 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         mmu_refusal_count,
     } = ends.swap_remove(chosen)?;
     exits.absorb(&others);
+    let end = match end {
+        DomainEnd::Timeout(d) if !others_said.is_empty() => {
+            DomainEnd::Timeout(format!("vCPU 0: {d}\n{}", others_said.join("\n")))
+        }
+        DomainEnd::Destroyed(d) if !others_said.is_empty() => {
+            DomainEnd::Destroyed(format!("vCPU 0: {d}\n{}", others_said.join("\n")))
+        }
+        other => other,
+    };
     for s in &all_stats {
         stats.absorb(s);
     }
@@ -1104,6 +1136,8 @@ struct VcpuThread {
     paths: crate::host::Paths,
     /// The guest has XSAVE (the shim's initial CR4 says so).
     xsave: bool,
+    /// Real time at system time 0 (ns since the epoch), for the pvclock it publishes.
+    wall_at_zero: u64,
     wake: std::sync::mpsc::Receiver<Wake>,
     backend_requests: service::RequestSender,
     router: crate::backends::xenbus::PortRouter,
@@ -1316,6 +1350,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         clock,
         paths,
         xsave,
+        wall_at_zero,
         wake,
         backend_requests,
         router,
@@ -1338,6 +1373,15 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         None => match await_bringup(id, &domain, &wake, &shared, &clock, &paths)? {
             Some(new) => {
                 load_new_vcpu(&mut vcpu, shim, &new, xsave)?;
+                let d = domain.pv.lock().unwrap_or_else(|e| e.into_inner());
+                pv_engine::time::publish(
+                    &new.vcpu,
+                    &d,
+                    &mut BootPlatform(vm.memory()),
+                    &clock,
+                    wall_at_zero,
+                );
+                drop(d);
                 new.vcpu
             }
             None => {
