@@ -5,12 +5,14 @@
 mod common;
 
 /// First command of every run: a wide terminal (long commands echo on one line) and no
-/// job-control notices (the answers are the last lines).
-const QUIET: &str = "stty cols 4000; set +m; echo ready";
+/// job-control notices or kernel messages on the console (the answers are the last
+/// lines).
+const QUIET: &str = "stty cols 4000; set +m; dmesg -n 1; echo ready";
 
 /// What the kernel says when something went wrong: an oops, a BUG, a warning, a
 /// panic, an RCU stall or a soft lockup.
-const TROUBLE: &str = "dmesg | grep -c -E 'BUG:|Oops|WARNING: CPU:|Kernel panic|rcu.*stall|soft lockup|hung_task'";
+const TROUBLE: &str =
+    "dmesg | grep -c -E 'BUG:|Oops|WARNING: CPU:|Kernel panic|rcu.*stall|soft lockup|hung_task'";
 
 /// One checksum job per CPU, in parallel; prints how many finished with the right sum
 /// (64 MiB of zeros each).
