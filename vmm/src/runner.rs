@@ -598,6 +598,8 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let mut store_cfg = crate::xenstore::DomainConfig::new(u32::from(pv_engine::GUEST_DOMID));
     store_cfg.memory_target_kib = ram >> 10;
     store_cfg.memory_static_max_kib = ram >> 10;
+    store_cfg.vcpus = cfg.vcpus.clamp(1, nr_vcpus);
+    store_cfg.max_vcpus = nr_vcpus;
     store_cfg.store_port = STORE_EVTCHN;
     store_cfg.store_ring_ref = layout.store_gfn;
     store_cfg.console_port = CONSOLE_EVTCHN;
@@ -1093,6 +1095,14 @@ pub fn lock_mm(mm: &std::sync::Mutex<pv_mm::Mm>) -> std::sync::MutexGuard<'_, pv
     mm.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Locks the frame table for vCPU `id`'s exit: its operations are that vCPU's (base
+/// pointers, deferred teardowns, as Xen keeps them per vCPU).
+fn lock_mm_for(mm: &std::sync::Mutex<pv_mm::Mm>, id: u32) -> std::sync::MutexGuard<'_, pv_mm::Mm> {
+    let mut guard = lock_mm(mm);
+    guard.set_current_vcpu(id as usize);
+    guard
+}
+
 /// Opens every disk and NIC of `cfg` (each image locked, each host side attached).
 fn open_devices(
     cfg: &RunConfig,
@@ -1452,7 +1462,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         } else {
             crate::smp::DomainLock::locked(&domain.pv)
         };
-        let mut mm_guard = (!waiting).then(|| lock_mm(&mm));
+        let mut mm_guard = (!waiting).then(|| lock_mm_for(&mm, id));
         let mut mm_after_wait;
         let mut dom = Domain {
             vcpu: &mut pv_vcpu,
@@ -1498,7 +1508,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         let action = if paused {
             let action = wait_while_paused(&mut dom, &wake, &shared, &clock);
             dom.pv_domain.get();
-            mm_after_wait = Some(lock_mm(&mm));
+            mm_after_wait = Some(lock_mm_for(&mm, id));
             dom.platform.mm = mm_after_wait.as_deref_mut();
             action
         } else if blocked || down {
@@ -1508,7 +1518,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 wait_for_event(&mut dom, &wake, &shared, &clock)
             };
             dom.pv_domain.get();
-            mm_after_wait = Some(lock_mm(&mm));
+            mm_after_wait = Some(lock_mm_for(&mm, id));
             dom.platform.mm = mm_after_wait.as_deref_mut();
             if me.take_flush_request() {
                 dom.platform.flush.local_all = true;

@@ -82,3 +82,37 @@ fn a_vcpu_goes_offline_and_online_again() {
     );
     assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
 }
+
+/// `vcpus = 4` in an xl.cfg gives a guest that uses four vCPUs, as `--vcpus 4` does.
+#[test]
+fn an_xl_config_with_four_vcpus() {
+    let Some(kernel) = common::debian_kernel() else {
+        return;
+    };
+    let initrd = common::repo_root().join("guest-images/cache/initramfs-default.cpio.gz");
+    let dir = std::env::temp_dir().join(format!("pvkvm-smp-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("smp.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"smp\"\ntype = \"pv\"\nmemory = 512\nvcpus = 4\nkernel = \"{}\"\n\
+             ramdisk = \"{}\"\nextra = \"console=hvc0\"\n",
+            kernel.display(),
+            initrd.display()
+        ),
+    )
+    .unwrap();
+    let run = common::debian_shell_args(
+        &[cfg.to_str().unwrap(), "--timeout", "300"],
+        &[QUIET, "nproc", TROUBLE],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        run.answers,
+        ["ready", "4", "0"],
+        "expected [nproc, kernel warnings]; console:\n{}",
+        run.console
+    );
+    assert_eq!(run.status, Some(0), "pvkvm:\n{}", run.stderr);
+}

@@ -681,6 +681,9 @@ pub fn initialise(caller: &Vcpu, dom: &mut Domain, p: &mut dyn Platform, id: u32
         undo_gdt(&mut vcpu, p);
         return -xen_abi::errno::ENOSYS;
     };
+    // The references are the new vCPU's base pointers, not the caller's.
+    let caller_id = ctx_mm.mm.current_vcpu();
+    ctx_mm.mm.set_current_vcpu(id as usize);
     let roots = match ctx_mm.mm.set_root(ctx_mm.mem, None, Some(c.cr3_pfn)) {
         Ok(f) => {
             crate::mmu::merge_flush(ctx_mm.flush, f);
@@ -703,6 +706,7 @@ pub fn initialise(caller: &Vcpu, dom: &mut Domain, p: &mut dyn Platform, id: u32
         }
         Err(e) => Err(e),
     };
+    ctx_mm.mm.set_current_vcpu(caller_id);
     if let Err(e) = roots {
         undo_gdt(&mut vcpu, p);
         return if e.errno() == -ERESTART {

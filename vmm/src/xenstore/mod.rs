@@ -142,8 +142,12 @@ pub struct DomainConfig {
     pub memory_target_kib: u64,
     /// `memory/static-max` in KiB.
     pub memory_static_max_kib: u64,
-    /// vCPUs: `cpu/<n>/availability` = `online`.
+    /// vCPUs online at boot: `cpu/<n>/availability` = `online` below it.
     pub vcpus: u32,
+    /// vCPUs the domain has (`maxvcpus`): `cpu/<n>/availability` = `offline` from
+    /// `vcpus` up to it, as xl writes them (the guest brings such a vCPU up itself when
+    /// the entry says `online`).
+    pub max_vcpus: u32,
     /// `store/port`.
     pub store_port: u32,
     /// `store/ring-ref` (frame of the xenstore page).
@@ -165,6 +169,7 @@ impl DomainConfig {
             memory_target_kib: 256 * 1024,
             memory_static_max_kib: 256 * 1024,
             vcpus: 1,
+            max_vcpus: 1,
             store_port: 0,
             store_ring_ref: 0,
             console_port: 0,
@@ -271,8 +276,9 @@ impl Xenstore {
         let _ = self.write(&format!("{dom}/name"), cfg.name.as_bytes());
         let _ = self.write(&format!("{dom}/domid"), d.to_string().as_bytes());
         mknod(self, &format!("{dom}/cpu"), &ro);
-        for i in 0..cfg.vcpus.min(4096) {
-            let _ = self.write(&format!("{dom}/cpu/{i}/availability"), b"online");
+        for i in 0..cfg.max_vcpus.max(cfg.vcpus).min(4096) {
+            let state: &[u8] = if i < cfg.vcpus { b"online" } else { b"offline" };
+            let _ = self.write(&format!("{dom}/cpu/{i}/availability"), state);
         }
         mknod(self, &format!("{dom}/memory"), &ro);
         let _ = self.write(

@@ -226,10 +226,25 @@ pub fn debian_shell_with(
     extra: &[&str],
     commands: &[&str],
 ) -> ShellRun {
+    require_kvm();
+    shell_session(
+        DebianConsole::spawn(kernel, initrd, cmdline, extra),
+        commands,
+    )
+}
+
+/// `pvkvm run ARGS...` (an xl.cfg, say) to a shell, then as [`debian_shell`].
+#[allow(dead_code)]
+pub fn debian_shell_args(args: &[&str], commands: &[&str]) -> ShellRun {
+    require_kvm();
+    shell_session(DebianConsole::spawn_args(args), commands)
+}
+
+/// Waits for the shell on `console`, runs `commands` (one answer line each), then
+/// `poweroff -f`.
+fn shell_session(mut console: DebianConsole, commands: &[&str]) -> ShellRun {
     use std::time::Duration;
 
-    require_kvm();
-    let mut console = DebianConsole::spawn(kernel, initrd, cmdline, extra);
     let Some(prompt) = console.wait_for_from("~ # ", 0, Duration::from_secs(240)) else {
         let (console, stderr) = console.kill_with_stderr();
         panic!("no shell prompt within 240 s; console:\n{console}\n--- pvkvm ---\n{stderr}");
