@@ -87,6 +87,12 @@ impl Events {
         Events { shinfo_va: va }
     }
 
+    /// The `shared_info` this kernel already mapped at `va` (for a second vCPU, which
+    /// must not map it again).
+    pub fn mapped_at(va: u64) -> Self {
+        Events { shinfo_va: va }
+    }
+
     /// Xen system time in ns (the pvclock of `vcpu_info[0]`).
     pub fn now_ns(&self) -> u64 {
         let t = self.shinfo_va + xen_abi::xen::vcpu_info::TIME;

@@ -610,3 +610,67 @@ fn smp_bringup_of_a_second_vcpu() {
         failure.unwrap_or("no result line")
     );
 }
+
+/// The SMP cost kernel `bench_smp` (benches/smp.py runs it at scale) with 2 vCPUs and a
+/// small iteration count: it completes, and every figure (null hypercall, local flush,
+/// IPI round trips to a spinning and a blocked vCPU, remote flushes to a vCPU in the
+/// guest, blocked and down) is reported with a positive median and mean. No thresholds:
+/// these hosts are too noisy for timing assertions.
+#[test]
+fn bench_smp_reports_every_figure() {
+    common::require_kvm();
+    let out = common::pvkvm(&[
+        "run",
+        "--kernel",
+        common::kernel("bench_smp").to_str().unwrap(),
+        "--vcpus",
+        "2",
+        "--timeout",
+        "60",
+        "--cmdline",
+        "iters=20",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "Test result: SUCCESS"),
+        "bench_smp did not pass (status {:?}):\n--- console ---\n{stdout}\n--- pvkvm ---\n{stderr}",
+        out.status.code()
+    );
+    // A numeric `key=value` field of a `bench row=...` line.
+    let num = |line: &str, key: &str| -> f64 {
+        let pat = format!(" {key}=");
+        let at = line
+            .find(&pat)
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            + pat.len();
+        line[at..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} is not a number in {line:?}"))
+    };
+    for row in [
+        "null_hypercall",
+        "local_flush",
+        "ipi_rtt_spin",
+        "ipi_rtt_blocked",
+        "flush_multi_guest",
+        "flush_all_guest",
+        "flush_multi_blocked",
+        "flush_all_blocked",
+        "flush_multi_down",
+        "flush_all_down",
+    ] {
+        let prefix = format!("bench row={row} ");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no figure {row}:\n{stdout}"));
+        assert_eq!(num(line, "samples"), 20.0, "{line}");
+        for key in ["median_ns", "mean_ns", "min_ns"] {
+            assert!(num(line, key) > 0.0, "{key} of {row} not positive: {line}");
+        }
+    }
+}
