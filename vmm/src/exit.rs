@@ -64,6 +64,9 @@ pub enum Action {
     Interrupted,
     /// `SCHEDOP_block`: do not enter the guest until an event is pending for it.
     Block,
+    /// `SCHEDOP_yield`: enter the guest again after letting other threads (the other
+    /// vCPUs on an overcommitted host) run.
+    Yield,
     /// The vCPU is down (`VCPUOP_down`): do not enter the guest until the domain says
     /// it is up again.
     Down,
@@ -557,7 +560,8 @@ fn apply_hw_state(
 
 fn outcome_to_action(outcome: Outcome, dom: &Domain<'_>, regs: &GuestRegs) -> Action {
     match outcome {
-        Outcome::Resume | Outcome::Yield => Action::Resume,
+        Outcome::Resume => Action::Resume,
+        Outcome::Yield => Action::Yield,
         Outcome::Block => Action::Block,
         Outcome::Down => Action::Down,
         Outcome::Shutdown(reason) => Action::Shutdown(reason),

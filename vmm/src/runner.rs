@@ -1576,7 +1576,10 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         if !dom.platform.msr_writes.is_empty() {
             apply_msr_writes(&mut vcpu, dom.platform.msr_writes, &mut msr_refused);
         }
-        let ending = !matches!(action, Action::Resume | Action::Block | Action::Interrupted);
+        let ending = !matches!(
+            action,
+            Action::Resume | Action::Yield | Action::Block | Action::Down | Action::Interrupted
+        );
         let action = if check_mmu && (ending || mmu_checked.elapsed() >= MMU_CHECK_EVERY) {
             mmu_checked = Instant::now();
             match mmu_invariants(&mut dom) {
@@ -1599,7 +1602,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         };
         // Another vCPU took this one down (VCPUOP_down names any vCPU): it stops here.
         let action = match action {
-            Action::Resume | Action::Interrupted
+            Action::Resume | Action::Yield | Action::Interrupted
                 if shared.stop.load(Ordering::SeqCst) == STOP_NONE
                     && dom.pv_domain.get().vcpu(id).is_some_and(|s| !s.up) =>
             {
@@ -1627,6 +1630,10 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         }
         match action {
             Action::Resume => {}
+            Action::Yield => {
+                drop(dom);
+                std::thread::yield_now();
+            }
             // Offline until another vCPU brings it up (the engine powers the domain off
             // when its last vCPU goes down instead).
             Action::Down => {

@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::runner::{kick_signal, Wake};
@@ -72,6 +72,10 @@ pub struct VcpuHandle {
     tid: AtomicU64,
     in_guest: AtomicBool,
     flush_requested: AtomicBool,
+    /// Threads waiting for this vCPU to leave the guest, and where they sleep: a waiter
+    /// must not spin, because on a busy host the vCPU it waits for may need its CPU.
+    waiters: AtomicU64,
+    left: (Mutex<()>, Condvar),
     /// Guest system time of this vCPU's next timer (u64::MAX: none), for the watchdog.
     pub next_timer: AtomicU64,
     /// Kicks this vCPU took to flush its TLB for another vCPU.
@@ -85,6 +89,8 @@ impl Default for VcpuHandle {
             tid: AtomicU64::new(0),
             in_guest: AtomicBool::new(false),
             flush_requested: AtomicBool::new(false),
+            waiters: AtomicU64::new(0),
+            left: (Mutex::new(()), Condvar::new()),
             next_timer: AtomicU64::new(u64::MAX),
             remote_flushes: AtomicU64::new(0),
         }
@@ -151,6 +157,37 @@ impl VcpuHandle {
     /// Called by the vCPU thread as soon as `KVM_RUN` returns.
     pub fn left_guest(&self) {
         self.in_guest.store(false, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            // Taking the lock orders this with a waiter between its check and its sleep.
+            let _held = self.left.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.left.1.notify_all();
+        }
+    }
+
+    /// Waits until the vCPU has left the guest, kicking it again every `rekick`; false
+    /// when it did not within `limit`.
+    fn wait_left(&self, rekick: Duration, limit: Duration) -> bool {
+        let start = Instant::now();
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.left.0.lock().unwrap_or_else(|e| e.into_inner());
+        let left = loop {
+            if !self.in_guest() {
+                break true;
+            }
+            if start.elapsed() >= limit {
+                break false;
+            }
+            held = match self.left.1.wait_timeout(held, rekick) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+            if self.in_guest() {
+                self.signal();
+            }
+        };
+        drop(held);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        left
     }
 
     /// Takes a remote flush asked of this vCPU (the thread performs it before it runs
@@ -192,18 +229,8 @@ pub fn flush_others(vcpus: &[VcpuHandle], me: u32) -> usize {
         kicked += 1;
         v.remote_flushes.fetch_add(1, Ordering::Relaxed);
         v.signal();
-        let start = Instant::now();
-        let mut kicked_at = start;
-        while v.in_guest() {
-            if kicked_at.elapsed() >= REKICK_AFTER {
-                v.signal();
-                kicked_at = Instant::now();
-            }
-            if start.elapsed() >= FLUSH_WAIT_LIMIT {
-                log::warn!("pvkvm: vCPU {id} did not leave the guest for a remote TLB flush within {FLUSH_WAIT_LIMIT:?}");
-                break;
-            }
-            std::thread::yield_now();
+        if !v.wait_left(REKICK_AFTER, FLUSH_WAIT_LIMIT) {
+            log::warn!("pvkvm: vCPU {id} did not leave the guest for a remote TLB flush within {FLUSH_WAIT_LIMIT:?}");
         }
     }
     kicked
