@@ -118,8 +118,13 @@ pub fn format_report(report: &RunReport) -> String {
     let total = e.hypercall_doorbells + e.trap_doorbells + e.apply_more + e.interrupted + e.other;
     let _ = writeln!(
         s,
-        "pvkvm stats: {:.3} s, {total} VM exits",
-        report.elapsed.as_secs_f64()
+        "pvkvm stats: {:.3} s, {total} VM exits{}",
+        report.elapsed.as_secs_f64(),
+        if report.vcpus > 1 {
+            format!(" on {} vCPUs", report.vcpus)
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         s,
@@ -144,6 +149,13 @@ pub fn format_report(report: &RunReport) -> String {
         "  posted pagetable stores: {} in {} applies inside the VM, at most {} in one",
         e.posted_stores, e.applies, e.posted_peak
     );
+    if e.remote_flushes > 0 {
+        let _ = writeln!(
+            s,
+            "  remote TLB flushes: {} (other vCPUs kicked out of the guest for them: {})",
+            e.remote_flushes, e.remote_flush_kicks
+        );
+    }
     let st = &report.stats;
     let _ = writeln!(
         s,

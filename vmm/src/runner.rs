@@ -245,6 +245,8 @@ pub struct RunReport {
     pub mmu_refusals: Vec<String>,
     /// All refusals the MMU engine made.
     pub mmu_refusal_count: u64,
+    /// vCPUs the domain had (the counters are all of theirs).
+    pub vcpus: u32,
     /// The guest console line that best says why it ended (its last panic, BUG or oops
     /// line, else its last line), for the crash report.
     pub guest_last_words: Option<String>,
@@ -1048,6 +1050,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         stats.absorb(s);
     }
     Ok(RunReport {
+        vcpus: nr_vcpus,
         end,
         elapsed: started.elapsed(),
         exits,
