@@ -803,4 +803,79 @@ mod tests {
             -EFAULT
         );
     }
+
+    #[test]
+    fn an_ipi_reaches_the_vcpu_it_is_bound_to() {
+        let (mut v, _, mut p) = setup();
+        let mut d = Domain::new(SHARED_INFO, 3);
+        let vi1 = d.vcpu_info_gpa(1).unwrap();
+        // vCPU 0 binds an IPI port for vCPU 1 and a timer VIRQ for vCPU 2.
+        let mut ipi = BindIpi { vcpu: 1, port: 0 };
+        assert_eq!(op(&mut v, &mut d, &mut p, op::BIND_IPI, &mut ipi), 0);
+        let mut virq = BindVirq {
+            virq: VIRQ_TIMER,
+            vcpu: 2,
+            port: 0,
+        };
+        assert_eq!(op(&mut v, &mut d, &mut p, op::BIND_VIRQ, &mut virq), 0);
+        assert_eq!(d.evtchn.virq_port(2, VIRQ_TIMER), Some(virq.port));
+        assert_eq!(d.evtchn.virq_port(0, VIRQ_TIMER), None, "per vCPU");
+        // A global VIRQ binds to vCPU 0 only; a vCPU past the last is -ENOENT.
+        let mut global = BindVirq {
+            virq: 2,
+            vcpu: 1,
+            port: 0,
+        };
+        assert_eq!(
+            op(&mut v, &mut d, &mut p, op::BIND_VIRQ, &mut global),
+            -EINVAL
+        );
+        let mut past = BindIpi { vcpu: 3, port: 0 };
+        assert_eq!(op(&mut v, &mut d, &mut p, op::BIND_IPI, &mut past), -ENOENT);
+
+        let mut port = ipi.port;
+        assert_eq!(op(&mut v, &mut d, &mut p, op::SEND, &mut port), 0);
+        assert!(pending(&p, ipi.port));
+        let sel = read_bit(&p, vi1 + vcpu_info::PENDING_SEL, ipi.port / 64);
+        assert_eq!(sel, Some(true), "vCPU 1's selector");
+        let mut flag = [0u8];
+        p.read_phys(vi1 + vcpu_info::UPCALL_PENDING, &mut flag)
+            .unwrap();
+        assert_eq!(flag[0], 1, "vCPU 1's upcall is pending");
+        assert_eq!(p.kicked, [1], "and vCPU 1 is kicked");
+        assert_eq!(
+            read_bit(&p, SHARED_INFO + vcpu_info::PENDING_SEL, ipi.port / 64),
+            Some(false),
+            "vCPU 0 is not told"
+        );
+        let mut s = Status {
+            dom: DOMID_SELF,
+            port: ipi.port,
+            ..Default::default()
+        };
+        assert_eq!(op(&mut v, &mut d, &mut p, op::STATUS, &mut s), 0);
+        assert_eq!((s.status, s.vcpu), (stat::IPI, 1));
+
+        // An IPI port stays with its vCPU; an unbound one moves.
+        #[repr(C)]
+        #[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+        struct BindVcpu {
+            port: u32,
+            vcpu: u32,
+        }
+        let mut mv = BindVcpu {
+            port: ipi.port,
+            vcpu: 2,
+        };
+        assert_eq!(op(&mut v, &mut d, &mut p, op::BIND_VCPU, &mut mv), -EINVAL);
+        let mut a = AllocUnbound {
+            dom: DOMID_SELF,
+            remote_dom: 0,
+            port: 0,
+        };
+        assert_eq!(op(&mut v, &mut d, &mut p, op::ALLOC_UNBOUND, &mut a), 0);
+        mv.port = a.port;
+        assert_eq!(op(&mut v, &mut d, &mut p, op::BIND_VCPU, &mut mv), 0);
+        assert_eq!(d.evtchn.notify_vcpu(a.port), 2);
+    }
 }

@@ -662,6 +662,31 @@ mod tests {
     use xen_abi::xen::DOMID_SELF;
 
     #[test]
+    fn a_vcpu_mask_asks_for_this_and_the_other_vcpus_tlbs() {
+        let (mut v, _, mut p) = setup();
+        let at = |p: &mut crate::testutil::FakePlatform, v: &Vcpu, words: &[u64]| {
+            for (i, w) in words.iter().enumerate() {
+                guest::write_obj(v, p, DATA_VA + i as u64 * 8, w).unwrap();
+            }
+        };
+        at(&mut p, &v, &[0b10]);
+        let f = mask_flush(&v, 2, &p, DATA_VA).unwrap();
+        assert!(f.all_vcpus && !f.local_all, "vCPU 1 only");
+        at(&mut p, &v, &[0b01]);
+        let f = mask_flush(&v, 2, &p, DATA_VA).unwrap();
+        assert!(!f.all_vcpus && f.local_all, "this vCPU only");
+        // Bits past the domain's vCPUs mean nothing.
+        at(&mut p, &v, &[!0b11]);
+        assert_eq!(mask_flush(&v, 2, &p, DATA_VA).unwrap(), FlushSet::default());
+        // vCPU 65 of a domain of 70 sits in the second word.
+        v.id = 65;
+        at(&mut p, &v, &[1, 0b10]);
+        let f = mask_flush(&v, 70, &p, DATA_VA).unwrap();
+        assert!(f.all_vcpus && f.local_all);
+        assert_eq!(mask_flush(&v, 70, &p, 0xdead_0000_0000), Err(-EFAULT));
+    }
+
+    #[test]
     fn a_record_that_answers_erestart_is_continued_not_counted() {
         let (mut v, _, mut p) = setup();
         let pdone = DATA_VA + 0xf00;

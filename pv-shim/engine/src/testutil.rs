@@ -62,6 +62,8 @@ pub struct FakePlatform {
     pub preempt_after: Option<u64>,
     /// Checks since the last true answer.
     preempt_run: u64,
+    /// vCPUs the engine kicked, in order.
+    pub kicked: Vec<u32>,
     /// All preemption checks asked so far.
     pub preempt_checks: u64,
     /// The pagetable engine over `mem`, when a test enabled it ([`FakePlatform::enable_mm`]).
@@ -119,6 +121,9 @@ impl pv_mm::FrameAccess for FakeMem {
 }
 
 impl Platform for FakePlatform {
+    fn kick_vcpu(&mut self, id: u32) {
+        self.kicked.push(id);
+    }
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PhysError> {
         let start = usize::try_from(gpa).map_err(|_| PhysError::OutOfRange)?;
         let end = start.checked_add(buf.len()).ok_or(PhysError::OutOfRange)?;
@@ -219,6 +224,7 @@ impl FakePlatform {
             xcr0_refused: false,
             preempt_after: None,
             preempt_run: 0,
+            kicked: Vec::new(),
             preempt_checks: 0,
             mmstate: None,
         }
