@@ -88,6 +88,15 @@ impl Domain {
                     .then(|| shared_info_gpa + u64::from(id) * xen_abi::xen::vcpu_info::SIZE),
                 up: id == 0,
                 initialised: id == 0,
+                // Down from the start: offline in the runstate others read.
+                runstate: RunstateInfo {
+                    state: if id == 0 {
+                        crate::vcpu_op::runstate::RUNNING
+                    } else {
+                        crate::vcpu_op::runstate::OFFLINE
+                    },
+                    ..RunstateInfo::default()
+                },
                 ..VcpuSlot::default()
             })
             .collect();
