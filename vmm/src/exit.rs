@@ -432,6 +432,11 @@ pub struct SoftTrapCheck {
     pub deferred_at: Option<u64>,
     /// Guest system time (ns) of the kick that looks again.
     pub recheck_at: Option<u64>,
+    /// The guest was entered since the kick was left alone: only then would a queued
+    /// trap have been delivered, so only then does finding the same rip prove there was
+    /// none (the run loop sets it; a second kick that lands before the next entry makes
+    /// `KVM_RUN` return without entering, and the trap is still queued).
+    pub entered_since: bool,
 }
 
 /// How long a kick left alone for a possible software trap waits for its second look.
@@ -791,7 +796,8 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
     if sregs.cs.dpl != 3 || dom.shim.in_text(regs.rip) {
         return Ok(Action::Interrupted);
     }
-    if dom.soft_trap.deferred_at != Some(regs.rip) && may_follow_soft_trap(dom, regs.rip) {
+    let looked_before = dom.soft_trap.deferred_at == Some(regs.rip) && dom.soft_trap.entered_since;
+    if !looked_before && may_follow_soft_trap(dom, regs.rip) {
         dom.exits.kicks_after_soft_trap += 1;
         let now = pv_engine::Platform::system_time_ns(&dom.platform);
         // Timers still fire (their events wait, pending, for the delivery), so the
@@ -800,6 +806,7 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
         *dom.soft_trap = SoftTrapCheck {
             deferred_at: Some(regs.rip),
             recheck_at: Some(now.saturating_add(SOFT_TRAP_RECHECK_NS)),
+            entered_since: false,
         };
         return Ok(Action::Interrupted);
     }
@@ -1644,6 +1651,18 @@ mod tests {
             assert_eq!(w.soft_trap.deferred_at, Some(CODE + 7));
             assert!(w.soft_trap.recheck_at.is_some(), "a second look is due");
 
+            // A second kick before the guest was entered again: a queued trap may still
+            // wait for delivery, so the vCPU is left alone again.
+            interrupted(&mut cpu, &mut domain(&mut w)).unwrap();
+            assert_eq!(
+                cpu.regs.rip,
+                CODE + 7,
+                "{insn:02x?}: not entered, left alone"
+            );
+            assert_eq!(w.exits.kicks_after_soft_trap, 2);
+
+            // Entered since: the same rip proves no trap was queued.
+            w.soft_trap.entered_since = true;
             interrupted(&mut cpu, &mut domain(&mut w)).unwrap();
             assert_eq!(cpu.regs.rip, CODE + 0x200, "{insn:02x?}: delivered");
             assert_eq!(w.stats.upcalls, 1);
@@ -1670,6 +1689,7 @@ mod tests {
         w.soft_trap = SoftTrapCheck {
             deferred_at: Some(CODE + 7),
             recheck_at: Some(1),
+            entered_since: true,
         };
         let mut cpu = cpu_at(CODE + 7);
         let _ = handle(

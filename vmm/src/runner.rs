@@ -1446,6 +1446,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             if me.enter_guest() {
                 let exit = vcpu.run();
                 me.left_guest();
+                soft_trap.entered_since |= vcpu.entered_guest();
                 exit?
             } else {
                 vstate::Exit::Interrupted

@@ -185,6 +185,7 @@ impl Vm {
             regs_dirty: false,
             sregs_dirty: false,
             synced: false,
+            entered: false,
         })
     }
 }
@@ -258,6 +259,8 @@ pub struct Vcpu {
     /// The sync-regs area holds the state of the last exit (false before the first run
     /// and after a direct set ioctl).
     synced: bool,
+    /// The last `run` entered the guest (see [`Vcpu::entered_guest`]).
+    entered: bool,
 }
 
 impl Drop for Vcpu {
@@ -272,9 +275,19 @@ impl Drop for Vcpu {
 }
 
 impl Vcpu {
+    /// Whether the last [`Vcpu::run`] entered the guest: false when a kick had already
+    /// asked it to return at once. (A kick landing between this check and the entry
+    /// also keeps the guest out, unseen here: the window is a few instructions wide.)
+    pub fn entered_guest(&self) -> bool {
+        self.entered
+    }
+
     /// Runs the vCPU until its next exit.
     pub fn run(&mut self) -> Result<Exit> {
         self.flush()?;
+        // A kick that landed before this call makes KVM_RUN return without entering
+        // the guest (and without delivering what KVM had queued for it).
+        self.entered = self.fd.get_kvm_run().immediate_exit == 0;
         self.regs = None;
         self.sregs = None;
         self.synced = self.sync_regs;
