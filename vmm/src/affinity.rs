@@ -75,8 +75,9 @@ pub enum Error {
     },
 }
 
-/// A set of host CPUs, numbered from 0 to [`CPU_SETSIZE`] - 1.
-#[derive(Clone, PartialEq, Eq)]
+/// A set of host CPUs, numbered from 0 to [`CPU_SETSIZE`] - 1. Two sets are equal when
+/// they have the same CPUs, however written.
+#[derive(Clone)]
 pub struct CpuSet {
     bits: [u64; WORDS],
     /// The highest CPU named by number (not by `all`), for the host check.
@@ -191,6 +192,14 @@ impl CpuSet {
     }
 }
 
+impl PartialEq for CpuSet {
+    fn eq(&self, other: &CpuSet) -> bool {
+        self.bits == other.bits
+    }
+}
+
+impl Eq for CpuSet {}
+
 impl Default for CpuSet {
     fn default() -> CpuSet {
         CpuSet::new()
@@ -278,19 +287,20 @@ impl CpuAffinity {
         .filter(|s| !s.is_all())
     }
 
-    /// The sets named, for checks.
-    fn sets(&self) -> &[CpuSet] {
+    /// The sets of the first `vcpus` vCPUs (as xl, list items past them are ignored).
+    fn sets(&self, vcpus: usize) -> &[CpuSet] {
         match self {
             CpuAffinity::All => &[],
             CpuAffinity::Same(set) => std::slice::from_ref(set),
-            CpuAffinity::PerVcpu(sets) => sets,
+            CpuAffinity::PerVcpu(sets) => &sets[..sets.len().min(vcpus)],
         }
     }
 
     /// Refuses a CPU number the host does not have (`host`: its CPUs, from
-    /// [`host_cpus`]): every CPU named, added or removed, must exist.
-    pub fn check_host(&self, host: &CpuSet) -> Result<(), Error> {
-        for set in self.sets() {
+    /// [`host_cpus`]) in the sets of a domain of `vcpus` vCPUs: every CPU named, added or
+    /// removed, must exist.
+    pub fn check_host(&self, host: &CpuSet, vcpus: usize) -> Result<(), Error> {
+        for set in self.sets(vcpus) {
             let Some(highest) = set.highest_named() else {
                 continue;
             };
@@ -448,14 +458,17 @@ mod tests {
     #[test]
     fn host_check() {
         let host = CpuSet::parse("0-3").unwrap();
-        assert!(CpuAffinity::parse("0-3").unwrap().check_host(&host).is_ok());
+        assert!(CpuAffinity::parse("0-3")
+            .unwrap()
+            .check_host(&host, 4)
+            .is_ok());
         assert!(CpuAffinity::parse("all,^2")
             .unwrap()
-            .check_host(&host)
+            .check_host(&host, 4)
             .is_ok());
         let e = CpuAffinity::parse("1,7")
             .unwrap()
-            .check_host(&host)
+            .check_host(&host, 4)
             .unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -464,14 +477,19 @@ mod tests {
         // A removed CPU is named too: a typo there is caught as well.
         let e = CpuAffinity::parse("all,^9")
             .unwrap()
-            .check_host(&host)
+            .check_host(&host, 4)
             .unwrap_err();
         assert!(e.to_string().starts_with("CPU 9 "), "{e}");
         let e = CpuAffinity::parse_per_vcpu(&["0", "5"])
             .unwrap()
-            .check_host(&host)
+            .check_host(&host, 4)
             .unwrap_err();
         assert!(e.to_string().starts_with("CPU 5 "), "{e}");
+        // Items past the domain's vCPUs are ignored, as xl ignores them.
+        assert!(CpuAffinity::parse_per_vcpu(&["0", "5"])
+            .unwrap()
+            .check_host(&host, 1)
+            .is_ok());
     }
 
     #[test]
