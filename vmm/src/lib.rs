@@ -5,6 +5,7 @@
 //! turns VM exits into engine calls, [`runner`] drives a domain, [`probe`] measures
 //! the host, [`metrics`] reports counters.
 
+pub mod affinity;
 pub mod api;
 pub mod backends;
 pub mod bootloader;

@@ -66,6 +66,10 @@ enum Command {
         /// them up (default: the file's `maxvcpus`, else `--vcpus`).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(xen_abi::contract::MAX_VCPUS)))]
         maxvcpus: Option<u32>,
+        /// Pin every vCPU's thread to these host CPUs, in xl's syntax: `0-3,5`,
+        /// `0-7,^3`, `all` (default: the file's `cpus`, else not pinned).
+        #[arg(long, value_name = "LIST", value_parser = pvkvm::affinity::CpuAffinity::parse)]
+        cpus: Option<pvkvm::affinity::CpuAffinity>,
         /// Stop the guest (exit status 124) after this many seconds (1 to 10 years' worth).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
         timeout: Option<u64>,
@@ -319,6 +323,7 @@ fn main() -> ExitCode {
             memory,
             vcpus,
             maxvcpus,
+            cpus,
             timeout,
             stall_timeout,
             stats,
@@ -421,6 +426,7 @@ fn main() -> ExitCode {
             };
             let vcpus = vcpus.or(file_vcpus).unwrap_or(1);
             let max_vcpus = maxvcpus.or(file_max).unwrap_or(vcpus).max(vcpus);
+            let cpus = cpus.or_else(|| dom.and_then(|d| d.cpus.clone()));
             let disks = merge_disks(dom.map(|d| d.disks.clone()).unwrap_or_default(), disks);
             let nets = if nets.is_empty() {
                 dom.map(|d| d.nets.clone()).unwrap_or_default()
@@ -462,6 +468,7 @@ fn main() -> ExitCode {
                 name: name.clone(),
                 vcpus,
                 max_vcpus,
+                cpus,
             };
             let use_bootloader = bootloader.is_some() && cfg.kernel.as_os_str().is_empty();
             let cli_cmdline = cmdline_given;

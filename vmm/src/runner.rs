@@ -101,6 +101,9 @@ pub enum Error {
     /// More vCPUs than pvkvm runs.
     #[error("{0} vCPUs asked for; pvkvm runs 1 to {max}", max = xen_abi::contract::MAX_VCPUS)]
     Vcpus(u32),
+    /// The vCPUs' host CPUs (`cpus`, `--cpus`) name a CPU this host lacks.
+    #[error("cpus: {0}")]
+    Affinity(#[source] crate::affinity::Error),
     /// A host fact makes pvkvm unsafe here.
     #[error(transparent)]
     HostRefused(#[from] crate::host::Refusal),
@@ -148,6 +151,9 @@ pub struct RunConfig {
     /// vCPUs the domain has (at least `vcpus`); the others start offline, for the guest
     /// to bring up (`cpu/N/availability` in xenstore says which).
     pub max_vcpus: u32,
+    /// The host CPUs each vCPU's thread is pinned to (`cpus`, `--cpus`); None: not
+    /// pinned.
+    pub cpus: Option<crate::affinity::CpuAffinity>,
     /// Kernel and initrd already read (from the guest's disk by the bootloader): used
     /// instead of reading `kernel` and `initrd`, which then only name them.
     pub preloaded: Option<Preloaded>,
@@ -374,6 +380,13 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     let started = Instant::now();
     if !(16 << 20..=64 << 30).contains(&cfg.memory) {
         return Err(Error::MemorySize(cfg.memory >> 20));
+    }
+    // A CPU the host lacks is a typo: refused before anything is built or booted.
+    if let Some(cpus) = &cfg.cpus {
+        let vcpus = cfg.max_vcpus.max(cfg.vcpus).max(1) as usize;
+        crate::affinity::host_cpus()
+            .and_then(|host| cpus.check_host(&host, vcpus))
+            .map_err(Error::Affinity)?;
     }
     let kernel_bytes = match &cfg.preloaded {
         Some(p) => std::borrow::Cow::Borrowed(p.kernel.as_slice()),
@@ -663,6 +676,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             inject,
             check_mmu,
         };
+        let pin = cfg.cpus.as_ref().and_then(|c| c.for_vcpu(id)).cloned();
         let (stop, progress, paused, done_tx) = (
             stop.clone(),
             progress.clone(),
@@ -676,6 +690,12 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                 let id = thread.id;
                 let handle = &domain.vcpus[id as usize];
                 handle.set_thread();
+                if let Some(set) = &pin {
+                    // Not fatal: the host may restrict affinity (a cgroup cpuset).
+                    if let Err(e) = crate::affinity::apply_to_current_thread(set) {
+                        log::warn!("vCPU {id}: {e}; its thread runs unpinned");
+                    }
+                }
                 let shared = Shared {
                     stop: &stop,
                     progress: &progress,

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::affinity::CpuAffinity;
 use crate::backends::blk::DiskSpec;
 use crate::backends::net::NetSpec;
 pub use disk::DiskError;
@@ -170,6 +171,9 @@ pub enum SettingError {
         #[source]
         source: VifError,
     },
+    /// A `cpus` list is refused.
+    #[error("cpus: {0}")]
+    Cpus(#[source] crate::affinity::Error),
     /// A `bootloader_args` option that takes a value has none.
     #[error("bootloader_args: `{0}` needs a value")]
     BootloaderArgValue(String),
@@ -268,6 +272,8 @@ pub struct DomainConfig {
     pub vcpus: Option<u64>,
     /// `maxvcpus`.
     pub maxvcpus: Option<u64>,
+    /// `cpus`: the host CPUs each vCPU's thread runs on.
+    pub cpus: Option<CpuAffinity>,
     /// `kernel`, to boot directly (None with a bootloader: it went to
     /// [`Bootloader::kernel`]).
     pub kernel: Option<PathBuf>,
@@ -344,6 +350,7 @@ const KNOWN: &[&str] = &[
     "maxmem",
     "vcpus",
     "maxvcpus",
+    "cpus",
     "kernel",
     "ramdisk",
     "cmdline",
@@ -565,6 +572,7 @@ impl Builder<'_> {
             .number("vcpus", i64::MIN, 4096)?
             .map(|(v, _)| v.max(1) as u64);
         let maxvcpus = self.number("maxvcpus", 1, 4096)?.map(|(v, _)| v as u64);
+        let cpus = self.cpus()?;
 
         let kernel = self.string("kernel")?;
         let ramdisk = self.string("ramdisk")?;
@@ -595,6 +603,7 @@ impl Builder<'_> {
             maxmem_mib: maxmem.map(|(m, _)| m as u64),
             vcpus,
             maxvcpus,
+            cpus,
             kernel,
             ramdisk,
             cmdline,
@@ -755,6 +764,31 @@ impl Builder<'_> {
             }
         }
         Ok(Some(b))
+    }
+
+    /// `cpus`: a string for every vCPU, or a list with one item per vCPU (as xl:
+    /// `cpus = "0-3,^1"`, `cpus = ["2", "3-4"]`).
+    fn cpus(&self) -> Result<Option<CpuAffinity>, Error> {
+        let Some(s) = self.settings.get("cpus") else {
+            return Ok(None);
+        };
+        let refused = |line, e| self.err(line, SettingError::Cpus(e));
+        match &s.value {
+            Value::Atom { text, .. } => CpuAffinity::parse(text)
+                .map(Some)
+                .map_err(|e| refused(s.line, e)),
+            Value::List { .. } => {
+                let items = self.list("cpus")?;
+                // Each item on its own first, for the line of a bad one.
+                for (item, line) in &items {
+                    crate::affinity::CpuSet::parse(item).map_err(|e| refused(*line, e))?;
+                }
+                let lists: Vec<&str> = items.iter().map(|(i, _)| i.as_str()).collect();
+                CpuAffinity::parse_per_vcpu(&lists)
+                    .map(Some)
+                    .map_err(|e| refused(s.line, e))
+            }
+        }
     }
 
     fn disks(&mut self) -> Result<Vec<DiskSpec>, Error> {

@@ -376,7 +376,7 @@ fn types_memory_and_actions() {
 #[test]
 fn unknown_keys_warn_once_each() {
     let l = load_ok(
-        "name = 'x'\nvfb = ['vnc=1']\npci = []\nvfb = []\ncpus = '0-3'\nuuid = 'a'\nlocaltime = 1\n",
+        "name = 'x'\nvfb = ['vnc=1']\npci = []\nvfb = []\ncpus_soft = '0-3'\nuuid = 'a'\nlocaltime = 1\n",
     );
     let w: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
     assert_eq!(
@@ -384,11 +384,67 @@ fn unknown_keys_warn_once_each() {
         [
             "guest.cfg:3: 'pci' is not supported; ignored",
             "guest.cfg:4: 'vfb' is not supported; ignored",
-            "guest.cfg:5: 'cpus' is not supported; ignored",
+            "guest.cfg:5: 'cpus_soft' is not supported; ignored",
             "guest.cfg:6: 'uuid' is not supported; ignored",
             "guest.cfg:7: 'localtime' is not supported; ignored",
         ]
     );
+}
+
+/// `cpus`: a string for every vCPU, a list per vCPU, either quote style; refusals at
+/// the setting's (or the list item's) line.
+#[test]
+fn cpus_affinity() {
+    use crate::affinity::{CpuAffinity, CpuSet};
+    let set = |s: &str| CpuSet::parse(s).unwrap();
+    assert_eq!(load_ok("vcpus = 2").config.cpus, None);
+    let l = load_ok("cpus = \"0-3,^1\"");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(l.config.cpus, Some(CpuAffinity::Same(set("0,2-3"))));
+    assert_eq!(
+        load_ok("cpus = '5'").config.cpus,
+        Some(CpuAffinity::Same(set("5")))
+    );
+    assert_eq!(
+        load_ok("cpus = 5").config.cpus,
+        Some(CpuAffinity::Same(set("5")))
+    );
+    assert_eq!(load_ok("cpus = 'all'").config.cpus, Some(CpuAffinity::All));
+    let l = load_ok("vcpus = 3\ncpus = [\"2\", '3-4,^4', \"0,1\"]");
+    let c = l.config.cpus.unwrap();
+    assert_eq!(
+        c,
+        CpuAffinity::PerVcpu(vec![set("2"), set("3"), set("0-1")])
+    );
+    assert_eq!(c.for_vcpu(2).map(|s| s.to_string()).as_deref(), Some("0-1"));
+    assert_eq!(c.for_vcpu(3), None, "past the list: not pinned");
+    assert_eq!(load_ok("cpus = []").config.cpus, Some(CpuAffinity::All));
+    // `+=` extends a list, as for the other list keys.
+    assert_eq!(
+        load_ok("cpus = ['1']\ncpus += ['2']").config.cpus,
+        Some(CpuAffinity::PerVcpu(vec![set("1"), set("2")]))
+    );
+
+    assert_eq!(
+        load_err("name = 'x'\ncpus = 'nodes:0'"),
+        "guest.cfg:2: cpus: \"nodes:0\" names NUMA nodes, which pvkvm does not place guests by; name host CPUs instead (such as \"0-3\")"
+    );
+    assert_eq!(
+        load_err("cpus = '0-7,^0-7'"),
+        "guest.cfg:1: cpus: \"0-7,^0-7\" leaves no CPU to run on"
+    );
+    assert_eq!(
+        load_err("cpus = '4096'"),
+        "guest.cfg:1: cpus: CPU 4096 is beyond the 1024 CPUs an affinity mask can name"
+    );
+    assert!(load_err("cpus = '3-1'").starts_with("guest.cfg:1: cpus: the range \"3-1\""));
+    // A bad list item is reported at its own line.
+    let e = load_err("cpus = [\n  '0',\n  'x',\n]");
+    assert!(
+        e.starts_with("guest.cfg:3: cpus: \"x\" is not a CPU number"),
+        "{e}"
+    );
+    assert!(load_err("cpus = ['0', ['1']]").contains("the items of 'cpus' must be strings"));
 }
 
 #[test]
