@@ -494,7 +494,7 @@ fn to_guest_regs(r: &Regs) -> GuestRegs {
 }
 
 /// Copies the general-purpose registers (not rsp, rip, rflags) back.
-fn copy_gprs(g: &GuestRegs, r: &mut Regs) {
+pub(crate) fn copy_gprs(g: &GuestRegs, r: &mut Regs) {
     r.rax = g.rax;
     r.rbx = g.rbx;
     r.rcx = g.rcx;

@@ -1809,14 +1809,7 @@ fn wait_for_event(
         let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
         pv_engine::time::fire_timers(dom.vcpu, dom.pv_domain.get(), &mut dom.platform, now);
         if pv_engine::hypercall::unblock_due(dom.vcpu, dom.pv_domain.get(), &dom.platform, now) {
-            pv_engine::vcpu_op::runstate_change(
-                dom.vcpu,
-                dom.pv_domain.get(),
-                &mut dom.platform,
-                pv_engine::vcpu_op::runstate::RUNNING,
-                now,
-            );
-            return Action::Resume;
+            return running_again(dom, now);
         }
         if shared.stop.load(Ordering::SeqCst) != STOP_NONE {
             return Action::Interrupted;
@@ -1846,6 +1839,18 @@ fn wait_for_event(
     }
 }
 
+/// The end of a wait: the vCPU runs again from system time `now`.
+fn running_again(dom: &mut Domain<'_>, now: u64) -> Action {
+    pv_engine::vcpu_op::runstate_change(
+        dom.vcpu,
+        dom.pv_domain.get(),
+        &mut dom.platform,
+        pv_engine::vcpu_op::runstate::RUNNING,
+        now,
+    );
+    Action::Resume
+}
+
 /// The vCPU is down (`VCPUOP_down`): waits, offline, until the domain says it is up
 /// again. Returns `Resume` then, `Interrupted` when the watchdog wants the thread.
 fn wait_until_up(
@@ -1857,14 +1862,7 @@ fn wait_until_up(
     loop {
         if dom.pv_domain.get().vcpu(dom.vcpu.id).is_some_and(|s| s.up) {
             let now = clock.ns(exit::guest_tsc(dom.paths.tsc_offset));
-            pv_engine::vcpu_op::runstate_change(
-                dom.vcpu,
-                dom.pv_domain.get(),
-                &mut dom.platform,
-                pv_engine::vcpu_op::runstate::RUNNING,
-                now,
-            );
-            return Action::Resume;
+            return running_again(dom, now);
         }
         if shared.stop.load(Ordering::SeqCst) != STOP_NONE {
             return Action::Interrupted;
@@ -1984,27 +1982,11 @@ fn load_new_vcpu(
             new.vcpu.id
         );
     }
-    let g = &new.regs;
-    let regs = Regs {
-        rax: g.rax,
-        rbx: g.rbx,
-        rcx: g.rcx,
-        rdx: g.rdx,
-        rsi: g.rsi,
-        rdi: g.rdi,
-        rsp: g.rsp,
-        rbp: g.rbp,
-        r8: g.r8,
-        r9: g.r9,
-        r10: g.r10,
-        r11: g.r11,
-        r12: g.r12,
-        r13: g.r13,
-        r14: g.r14,
-        r15: g.r15,
-        rip: g.rip,
-        rflags: (g.rflags & !(3 << 12)) | 0x202,
-    };
+    let mut regs = Regs::default();
+    exit::copy_gprs(&new.regs, &mut regs);
+    regs.rip = new.regs.rip;
+    regs.rsp = new.regs.rsp;
+    regs.rflags = (new.regs.rflags & !(3 << 12)) | 0x202;
     vcpu.set_regs_ioctl(&regs)?;
     Ok(())
 }
