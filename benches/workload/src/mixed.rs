@@ -15,9 +15,10 @@
 //!   -type d | wc -l`, `find -type f -exec stat -c %s {} +` summed with awk, `grep -rl`
 //!   for the keyword, `du -sk`; the counts are checked.
 //! - `mixed_procs`: a shell script of many short-lived processes: `seq 1 procs | xargs
-//!   -n 1 /bin/expr 2 '*'` summed with awk (one fork+exec per number), then procs/2
-//!   iterations of `v=$(echo $i | /bin/tr 0-9 a-j)` (a subshell and a two-process
-//!   pipeline each, one exec); the results are checked.
+//!   -n 1 expr 2 '*'` summed with awk (one fork+exec per number), then procs/2
+//!   iterations of `v=$(echo $i | tr 0-9 a-j)` (a subshell and a two-process
+//!   pipeline each, one exec); the results are checked. expr, tr, gzip and the others
+//!   are run by their path (busybox applets all): a real fork+exec each time.
 //! - `mixed_total`: launch of the first phase to the end of the last (with the untimed
 //!   set-up and clean-up between them, which is small).
 //!
@@ -45,13 +46,13 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    /// `mib=32,dirs=40,files=50,procs=100` (keys left out keep these defaults).
+    /// `mib=32,dirs=40,files=50,procs=80` (keys left out keep these defaults).
     pub fn parse(spec: &str) -> Result<Sizes, String> {
         let mut s = Sizes {
             mib: 32,
             dirs: 40,
             files: 50,
-            procs: 100,
+            procs: 80,
         };
         for kv in spec.split(',').filter(|k| !k.is_empty() && *k != "default") {
             let (k, v) = kv
@@ -175,6 +176,16 @@ fn stream(mib: u64, mut w: impl Write) -> Result<(), String> {
             .map_err(|e| format!("writing the data set: {e}"))?;
     }
     Ok(())
+}
+
+/// The path of the applet or program `name` on PATH (busybox puts some in /bin, some in
+/// /usr/bin), so that the scripts exec it by path: a real fork+exec, never one of
+/// busybox sh's in-process shortcuts for applets.
+fn which(name: &str) -> String {
+    PATH.split(':')
+        .map(|d| format!("{d}/{name}"))
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| name.to_string())
 }
 
 fn sh(script: &str) -> Command {
@@ -357,7 +368,7 @@ fn phases(r: &mut Runner, s: &Sizes, dir: &str) -> bool {
     }
     let ok = phase(r, "mixed_gzip", || {
         let out = std::fs::File::create(&gz).map_err(|e| format!("create {gz}: {e}"))?;
-        let mut c = Command::new("/bin/gzip");
+        let mut c = Command::new(which("gzip"));
         c.arg("-c").env("PATH", PATH);
         // run() pipes stdout; gzip writes the file directly instead.
         c.stdout(out);
@@ -382,7 +393,7 @@ fn phases(r: &mut Runner, s: &Sizes, dir: &str) -> bool {
     }
     let mut reference = String::new();
     if !phase(r, "mixed_sha256", || {
-        let out = run(Command::new("/bin/sha256sum"), Some(mib), "sha256sum")?;
+        let out = run(Command::new(which("sha256sum")), Some(mib), "sha256sum")?;
         reference = out.split_whitespace().next().unwrap_or("").to_string();
         if reference.len() != 64 {
             return Err(format!("sha256sum printed {out:?}"));
@@ -394,7 +405,11 @@ fn phases(r: &mut Runner, s: &Sizes, dir: &str) -> bool {
     info("mixed_sha256", &reference);
     if !phase(r, "mixed_gunzip", || {
         let out = run(
-            sh(&format!("/bin/gunzip -c {gz} | /bin/sha256sum")),
+            sh(&format!(
+                "{} -c {gz} | {}",
+                which("gunzip"),
+                which("sha256sum")
+            )),
             None,
             "gunzip | sha256sum",
         )?;
@@ -449,10 +464,11 @@ fn phases(r: &mut Runner, s: &Sizes, dir: &str) -> bool {
     }
     let n = s.procs;
     let loops = n / 2;
+    let (expr, tr) = (which("expr"), which("tr"));
     phase(r, "mixed_procs", || {
         let script = format!(
-            "seq 1 {n} | xargs -n 1 /bin/expr 2 '*' | awk '{{s += $1}} END {{print s}}' && \
-             i=0 && v= && while [ $i -lt {loops} ]; do v=$(echo $i | /bin/tr 0-9 a-j); i=$((i + 1)); done && \
+            "seq 1 {n} | xargs -n 1 {expr} 2 '*' | awk '{{s += $1}} END {{print s}}' && \
+             i=0 && v= && while [ $i -lt {loops} ]; do v=$(echo $i | {tr} 0-9 a-j); i=$((i + 1)); done && \
              echo $v"
         );
         let out = run(sh(&script), None, "procs")?;
