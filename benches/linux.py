@@ -22,7 +22,7 @@ unpacked, never installed). Python 3 standard library only.
 
   benches/linux.py [--json PATH] [--markdown PATH] [--platforms pvkvm,qemu-tcg,xen-tcg,qemu-kvm]
                    [--pvkvm-exits] [--no-disk] [--no-net] [--xen-tcg-disk]
-                   [--mixed | --mixed-only] [--mixed-sizes mib=32,dirs=40,files=50,procs=80]
+                   [--mixed | --mixed-only] [--mixed-sizes mib=32,dirs=40,files=50,procs=60,cc=8]
 
 Disk and TCP figures (issue 11; --no-disk, --no-net leave them out): each guest gets a
 scratch raw image (256 MiB, sparse, in the work directory, deleted after the boot) as its
@@ -41,9 +41,12 @@ benchmark initramfs adds virtio_blk and virtio_net (modules.py, from the kernel'
 --mixed adds the mixed user workload (issue 14): one more boot per platform that runs only
 `pvkvm-workload --mixed SIZES` (benches/workload/src/mixed.rs: generate N MiB of text,
 gzip it, sha256sum it, gunzip and compare, build a tree of small files in tmpfs and
-traverse it with find/stat/grep/du, then a few hundred short-lived processes through
-xargs and a shell loop), the same SIZES (--mixed-sizes) everywhere, wall time per phase.
---mixed-only runs just those boots.
+traverse it with find/stat/grep/du, a few hundred short-lived processes through xargs
+and a shell loop, then compile a small C program with Debian's tcc and run it), the same
+SIZES (--mixed-sizes) everywhere, wall time per phase. --mixed-only runs just those
+boots. Their initramfs is the benchmark's plus a third archive: tcc, the glibc it runs
+with (libc6, the headers the program needs from libc6-dev and linux-libc-dev; apt-get
+download into guest-images/cache/, only unpacked) and the program's source.
 """
 
 import argparse
@@ -127,7 +130,7 @@ XEN_NET_REASON = ("not run: QEMU's NIC in dom0 would take the same PCI path as i
                   "no interrupt there (see the disk figures); Xen's own netback needs a domU toolstack")
 
 # The mixed workload (--mixed): its phases in order, what each does, and the default sizes.
-MIXED_SIZES = "mib=32,dirs=40,files=50,procs=80"
+MIXED_SIZES = "mib=32,dirs=40,files=50,procs=60,cc=8"
 MIXED_PHASES = [
     ("mixed_gen", "generate the MIB MiB of text in the benchmark (discarded): the generator's share below"),
     ("mixed_gzip", "generated text | gzip -c (level 6) > tmpfs"),
@@ -136,11 +139,12 @@ MIXED_PHASES = [
     ("mixed_mktree", "create DIRS directories x FILES files (256 B-2.3 KiB) in tmpfs"),
     ("mixed_find", "find | wc (files, dirs), find -exec stat + awk, grep -rl, du -sk; checked"),
     ("mixed_procs", "seq PROCS | xargs -n 1 expr (fork+exec each) + PROCS/2 x $(echo | tr)"),
+    ("mixed_cc", "CC x tcc -O2 -c wordstat.c (130 lines), link, run on 1 MiB; checked"),
     ("mixed_total", "all phases, first start to last end"),
 ]
 # Time limit of a mixed boot at the default sizes (scaled up with larger sizes); the
-# runs here take about pvkvm 60 s, QEMU TCG 120 s, Xen in TCG 150 s.
-MIXED_LIMITS = {"pvkvm": 300, "qemu-tcg": 480, "xen-tcg": 600, "qemu-kvm": 150}
+# boots here take about pvkvm 95 s (30 s of it to boot), QEMU TCG 45 s, Xen in TCG 75 s.
+MIXED_LIMITS = {"pvkvm": 300, "qemu-tcg": 300, "xen-tcg": 400, "qemu-kvm": 150}
 
 T0 = time.monotonic()
 
@@ -346,6 +350,98 @@ def build_all(work, pvkvm=None):
     initrd.write_bytes(default_initrd.read_bytes() + (stage / "overlay.cpio.gz").read_bytes())
     say("kernel %s, benchmark initramfs %s (%d bytes)" % (kernel, initrd, initrd.stat().st_size))
     return pvkvm, kernel, initrd
+
+
+# --- the C toolchain of the mixed workload -----------------------------------------------
+
+# Debian packages whose files the mixed workload's initramfs takes (apt-get download into
+# guest-images/cache/, only unpacked): the Tiny C Compiler, the C library it and the
+# programs it builds run with, and (only the headers wordstat.c needs) the C headers.
+CC_PACKAGES = ["tcc", "libc6", "libc6-dev", "linux-libc-dev"]
+CC_RUNTIME = ["lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "lib/x86_64-linux-gnu/libc.so.6",
+              "lib/x86_64-linux-gnu/libm.so.6", "lib/x86_64-linux-gnu/libpthread.so.0",
+              "lib/x86_64-linux-gnu/libdl.so.2", "usr/bin/tcc", "usr/lib/x86_64-linux-gnu/tcc/libtcc1.a",
+              "usr/lib/x86_64-linux-gnu/crt1.o", "usr/lib/x86_64-linux-gnu/crti.o",
+              "usr/lib/x86_64-linux-gnu/crtn.o", "usr/lib/x86_64-linux-gnu/libc.so",
+              "usr/lib/x86_64-linux-gnu/libc_nonshared.a"]
+WORDSTAT = WORKLOAD / "wordstat.c"
+
+
+def fetch_deb(pkg):
+    """The cached .deb of pkg's candidate version (apt-get download), or raises OSError."""
+    version = apt_ensure_known(pkg)
+    if not version:
+        raise OSError("apt has no candidate for %s" % pkg)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    deb = CACHE / ("%s_%s_amd64.deb" % (pkg, version.replace(":", "%3a")))
+    if not deb.exists():
+        say("downloading %s %s" % (pkg, version))
+        r = subprocess.run(["apt-get", "download", "-qq", "%s=%s" % (pkg, version)], cwd=CACHE,
+                           stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        if not deb.exists():
+            raise OSError("apt-get download %s failed: %s" % (pkg, r.stderr.strip()[-300:]))
+    return deb
+
+
+def cc_archive(work):
+    """A cpio archive (to append to the benchmark initramfs) with tcc, the C library
+    (runtime, crt files, libc.so), the headers wordstat.c includes (found by running the
+    unpacked tcc on the host with -MD) and /usr/share/pvkvm/wordstat.c; (path, None) or
+    (None, reason)."""
+    root = (work / "cc-root").resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    try:
+        for pkg in CC_PACKAGES:
+            subprocess.run(["dpkg-deb", "-x", str(fetch_deb(pkg)), str(root)], check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        return None, "no C toolchain: %s" % e
+    inc = [root / "usr/lib/x86_64-linux-gnu/tcc/include", root / "usr/include/x86_64-linux-gnu",
+           root / "usr/include"]
+    deps = work / "wordstat.d"
+    cmd = [str(root / "usr/bin/tcc"), "-nostdinc"] + ["-I%s" % d for d in inc] + [
+        "-c", str(WORDSTAT), "-o", str(work / "wordstat.o"), "-MD", "-MF", str(deps)]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0 or not deps.exists():
+        return None, "tcc on the host (to list wordstat.c's headers) failed: %s" % r.stdout.strip()[-300:]
+    headers = set()
+    for tok in deps.read_text().replace("\\\n", " ").split():
+        p = Path(tok).resolve()
+        if tok.endswith(".h") and p.is_relative_to(root):
+            headers.add(str(p.relative_to(root)))
+    # All of tcc's own headers (small), then what wordstat.c needs from the C library's.
+    headers |= {str(p.relative_to(root)) for p in (root / "usr/lib/x86_64-linux-gnu/tcc/include").rglob("*.h")}
+    files = []  # (path in the guest, host file)
+    for rel in CC_RUNTIME + sorted(headers):
+        src = root / rel
+        if not src.exists():
+            return None, "the C toolchain packages have no /%s" % rel
+        files.append(("/" + rel, src.resolve()))
+    files.append(("/usr/share/pvkvm/wordstat.c", WORDSTAT))
+    stage = work / "cc-stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    dirs, manifest = set(), ""
+    for guest, _ in files:
+        parts = guest.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in dirs:
+                dirs.add(d)
+                manifest += "dir %s 0755\n" % d
+    manifest += "dir /lib64 0755\nslink /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 0777\n"
+    for i, (guest, src) in enumerate(files):
+        name = "f%03d" % i
+        shutil.copy(src, stage / name)
+        mode = "0755" if guest.startswith("/usr/bin/") or ".so" in guest else "0644"
+        manifest += "file %s %s %s\n" % (guest, name, mode)
+    r = subprocess.run([sys.executable, str(REPO / "guest-images" / "initramfs" / "newc.py"), "create",
+                        "cc.cpio.gz"], cwd=stage, input=manifest, text=True)
+    if r.returncode != 0:
+        return None, "newc.py failed to write the C toolchain archive"
+    say("C toolchain for the mixed workload: %d files, %d headers, %d bytes compressed" % (
+        len(files), len(headers), (stage / "cc.cpio.gz").stat().st_size))
+    return stage / "cc.cpio.gz", None
 
 
 # --- the host's TCP peer ---------------------------------------------------------------
@@ -833,13 +929,22 @@ def main():
     if a.mixed or a.mixed_only:
         spec = ",".join("%s=%d" % kv for kv in mixed_sizes.items())
         report["mixed"] = {"sizes": mixed_sizes, "phases": dict(MIXED_PHASES), "platforms": {}}
+        cc, cc_reason = cc_archive(work)
+        mixed_initrd = initrd
+        if cc:
+            mixed_initrd = work / "initramfs-bench-mixed.cpio.gz"
+            mixed_initrd.write_bytes(initrd.read_bytes() + cc.read_bytes())
+            report["mixed"]["initramfs"] = str(mixed_initrd)
+        else:
+            say("mixed workload without its compile phase: %s" % cc_reason)
+            report["mixed"]["cc_missing"] = cc_reason
         for name in plats:
             reason = unavailable(name)
             if reason:
                 say("%s mixed: not run: %s" % (name, reason))
                 report["mixed"]["platforms"][name] = {"status": "failed", "reason": reason}
                 continue
-            res = mixed_boot(name, work, pvkvm, kernel, initrd, qemu, xen, spec, mixed_sizes)
+            res = mixed_boot(name, work, pvkvm, kernel, mixed_initrd, qemu, xen, spec, mixed_sizes)
             report["mixed"]["platforms"][name] = res
             say("%s mixed: %s%s" % (name, res["status"], "" if res["status"] == "ok" else " (%s)" % res.get("reason")))
             for ph, sec in res.get("phases", {}).items():
@@ -879,7 +984,7 @@ def parse_sizes(spec):
 def mixed_boot(name, work, pvkvm, kernel, initrd, qemu, xen, spec, sizes):
     """One boot running only the mixed workload; its result with the phases in seconds."""
     base = parse_sizes(MIXED_SIZES)
-    scale = max([1.0] + [sizes[k] / base[k] for k in ("mib", "procs")] +
+    scale = max([1.0] + [sizes[k] / base[k] for k in ("mib", "procs", "cc")] +
                 [sizes["dirs"] * sizes["files"] / (base["dirs"] * base["files"])])
     limit = int(MIXED_LIMITS[name] * scale)
     b = platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, mixed=spec, limit=limit).run()
@@ -914,6 +1019,7 @@ def mixed_markdown(report):
     for ph, what in MIXED_PHASES:
         what = (what.replace("MIB", str(sz["mib"])).replace("DIRS", str(sz["dirs"]))
                 .replace("FILES", str(sz["files"])).replace("PROCS/2", str(sz["procs"] // 2))
+                .replace("CC", str(sz["cc"]))
                 .replace("PROCS", str(sz["procs"])))
         row = ["`%s`: %s" % (ph, what.replace("|", "\\|")), fmt_s(base.get(ph))]
         for o in others:
@@ -927,6 +1033,11 @@ def mixed_markdown(report):
                 n, p.get("boot_s") or 0, p.get("wall_s") or 0, p.get("limit_s") or 0))
         else:
             out.append("- %s: **failed**: %s" % (n, p.get("reason")))
+        for ph, err in (p.get("phase_errors") or {}).items():
+            if ph != "mixed_total":
+                out.append("  - `%s` failed: %s" % (ph, err))
+    if mx.get("cc_missing"):
+        out.append("- no compile phase: %s" % mx["cc_missing"])
     out.append("")
     return "\n".join(out) + "\n"
 

@@ -19,6 +19,13 @@
 //!   iterations of `v=$(echo $i | tr 0-9 a-j)` (a subshell and a two-process
 //!   pipeline each, one exec); the results are checked. expr, tr, gzip and the others
 //!   are run by their path (busybox applets all): a real fork+exec each time.
+//! - `mixed_cc`: compiles wordstat.c (benches/workload/wordstat.c, in the initramfs as
+//!   /usr/share/pvkvm/wordstat.c; ~130 lines: word counts, a hash table, FNV-1a) `cc`
+//!   times with Debian's tcc (`tcc -c`, dynamically linked against the glibc that
+//!   benches/linux.py adds with it), links it once and runs it on 1 MiB of the generated
+//!   text; its output is checked against the same figures computed here. Without tcc in
+//!   the initramfs this phase is reported as failed (`wl-fail`, not failing the run) and
+//!   the total leaves it out.
 //! - `mixed_total`: launch of the first phase to the end of the last (with the untimed
 //!   set-up and clean-up between them, which is small).
 //!
@@ -43,16 +50,19 @@ pub struct Sizes {
     pub files: u64,
     /// fork+exec of `expr` by xargs; the shell loop runs procs/2 iterations.
     pub procs: u64,
+    /// Compilations of wordstat.c with tcc.
+    pub cc: u64,
 }
 
 impl Sizes {
-    /// `mib=32,dirs=40,files=50,procs=80` (keys left out keep these defaults).
+    /// `mib=32,dirs=40,files=50,procs=60,cc=8` (keys left out keep these defaults).
     pub fn parse(spec: &str) -> Result<Sizes, String> {
         let mut s = Sizes {
             mib: 32,
             dirs: 40,
             files: 50,
-            procs: 80,
+            procs: 60,
+            cc: 8,
         };
         for kv in spec.split(',').filter(|k| !k.is_empty() && *k != "default") {
             let (k, v) = kv
@@ -66,14 +76,15 @@ impl Sizes {
                 "dirs" => s.dirs = v,
                 "files" => s.files = v,
                 "procs" => s.procs = v,
+                "cc" => s.cc = v,
                 _ => {
                     return Err(format!(
-                        "unknown mixed size {k:?} (mib, dirs, files, procs)"
+                        "unknown mixed size {k:?} (mib, dirs, files, procs, cc)"
                     ))
                 }
             }
         }
-        if s.mib == 0 || s.dirs == 0 || s.files == 0 || s.procs < 2 {
+        if s.mib == 0 || s.dirs == 0 || s.files == 0 || s.procs < 2 || s.cc == 0 {
             return Err("mixed sizes must be positive (procs at least 2)".into());
         }
         Ok(s)
@@ -318,8 +329,8 @@ pub fn run_mixed(r: &mut Runner, s: &Sizes) {
     info(
         "mixed_sizes",
         &format!(
-            "mib={},dirs={},files={},procs={}",
-            s.mib, s.dirs, s.files, s.procs
+            "mib={},dirs={},files={},procs={},cc={}",
+            s.mib, s.dirs, s.files, s.procs, s.cc
         ),
     );
     let dir = match workdir() {
@@ -465,7 +476,7 @@ fn phases(r: &mut Runner, s: &Sizes, dir: &str) -> bool {
     let n = s.procs;
     let loops = n / 2;
     let (expr, tr) = (which("expr"), which("tr"));
-    phase(r, "mixed_procs", || {
+    let ok = phase(r, "mixed_procs", || {
         let script = format!(
             "seq 1 {n} | xargs -n 1 {expr} 2 '*' | awk '{{s += $1}} END {{print s}}' && \
              i=0 && v= && while [ $i -lt {loops} ]; do v=$(echo $i | {tr} 0-9 a-j); i=$((i + 1)); done && \
@@ -481,6 +492,64 @@ fn phases(r: &mut Runner, s: &Sizes, dir: &str) -> bool {
         let want = [(n * (n + 1)).to_string(), last];
         if got.len() != 2 || got[0] != want[0] || got[1] != want[1] {
             return Err(format!("printed {got:?}, expected {want:?}"));
+        }
+        Ok(())
+    });
+    ok && cc_phase(r, s, dir)
+}
+
+const WORDSTAT: &str = "/usr/share/pvkvm/wordstat.c";
+
+/// What wordstat prints for `input`: lines, words, bytes, distinct words, FNV-1a 64.
+fn wordstat(input: &[u8]) -> String {
+    let mut h: u64 = 1_469_598_103_934_665_603;
+    for &b in input {
+        h ^= b as u64;
+        h = h.wrapping_mul(1_099_511_628_211);
+    }
+    let lines = input.iter().filter(|&&b| b == b'\n').count();
+    let mut distinct = std::collections::HashSet::new();
+    let mut words = 0;
+    for w in input
+        .split(|&b| b == b' ' || b == b'\t' || b == b'\n')
+        .filter(|w| !w.is_empty())
+    {
+        words += 1;
+        distinct.insert(&w[..w.len().min(256)]);
+    }
+    format!("{lines} {words} {} {} {h}", input.len(), distinct.len())
+}
+
+/// The compile phase (see the module's comment); false only when it ran and failed.
+fn cc_phase(r: &mut Runner, s: &Sizes, dir: &str) -> bool {
+    let tcc = which("tcc");
+    if !std::path::Path::new(WORDSTAT).exists() || !tcc.starts_with('/') {
+        r.fail_soft(
+            "mixed_cc",
+            "no tcc or no /usr/share/pvkvm/wordstat.c in the initramfs (benches/linux.py adds them)",
+        );
+        return true;
+    }
+    let mut input = Vec::new();
+    let _ = stream(1, &mut input);
+    let want = wordstat(&input);
+    let (obj, exe) = (format!("{dir}/wordstat.o"), format!("{dir}/wordstat"));
+    phase(r, "mixed_cc", || {
+        for _ in 0..s.cc {
+            let mut c = Command::new(&tcc);
+            c.args(["-O2", "-c", WORDSTAT, "-o", &obj])
+                .env("PATH", PATH);
+            run(c, None, "tcc -c")?;
+        }
+        let mut c = Command::new(&tcc);
+        c.args([obj.as_str(), "-o", &exe]).env("PATH", PATH);
+        run(c, None, "tcc (link)")?;
+        let out = run(Command::new(&exe), Some(1), "wordstat")?;
+        if out.trim() != want {
+            return Err(format!(
+                "wordstat printed {:?}, expected {want:?}",
+                out.trim()
+            ));
         }
         Ok(())
     })
