@@ -33,7 +33,7 @@
 //! per MiB, in samples of 4 MiB (up to 16 MiB). These figures' failures are reported
 //! (`wl-fail`) without failing the run.
 //!
-//! With `--mixed SIZES` (`mib=32,dirs=40,files=50,procs=60`, or `default`), the mixed
+//! With `--mixed SIZES` (`mib=32,dirs=40,files=50,procs=60,cc=8`, or `default`), the mixed
 //! user workload after the other figures (see mixed.rs): one `wl` line per phase
 //! (`mixed_gen`, `mixed_gzip`, `mixed_sha256`, `mixed_gunzip`, `mixed_mktree`,
 //! `mixed_find`, `mixed_procs`) and `mixed_total`, each one operation of one sample.

@@ -1,7 +1,7 @@
 //! The mixed user workload (issue 14, item 5): ordinary command-line work done by the
 //! guest's own busybox userland, timed phase by phase with the wall clock
 //! (CLOCK_MONOTONIC). Every platform runs the same work for the same sizes
-//! (`--mixed mib=N,dirs=N,files=N,procs=N`), in a tmpfs mounted for it:
+//! (`--mixed mib=N,dirs=N,files=N,procs=N,cc=N`), in a tmpfs mounted for it:
 //!
 //! - `mixed_gen`: generates the data set in this process only (deterministic
 //!   pseudo-random text, about 3:1 compressible with gzip) and throws it away: the
