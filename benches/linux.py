@@ -437,6 +437,9 @@ def cc_archive(work):
         manifest += "file %s %s %s\n" % (guest, name, mode)
     r = subprocess.run([sys.executable, str(REPO / "guest-images" / "initramfs" / "newc.py"), "create",
                         "cc.cpio.gz"], cwd=stage, input=manifest, text=True)
+    shutil.rmtree(root, ignore_errors=True)
+    for f in ("wordstat.d", "wordstat.o"):
+        (work / f).unlink(missing_ok=True)
     if r.returncode != 0:
         return None, "newc.py failed to write the C toolchain archive"
     say("C toolchain for the mixed workload: %d files, %d headers, %d bytes compressed" % (
@@ -841,7 +844,18 @@ def io_markdown(report):
 
 
 def host_facts():
-    facts = {"cpus": os.cpu_count(), "kernel": os.uname().release}
+    facts = {"cpus": os.cpu_count(), "kernel": os.uname().release,
+             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    try:
+        with open("/proc/cpuinfo") as f:
+            facts["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        with open("/proc/loadavg") as f:
+            facts["loadavg_at_start"] = f.read().split()[:3]
+    except OSError:
+        pass
     kvm = "absent"
     if os.path.exists("/dev/kvm"):
         kvm = "present"
@@ -1011,10 +1025,15 @@ def mixed_markdown(report):
     head = ["phase", "pvkvm"]
     for o in others:
         head += [o, "pvkvm/" + o]
+    host = report.get("host", {})
     out = ["### Mixed user workload", "",
            "One boot per platform running only `pvkvm-workload --mixed %s` (busybox userland of the "
-           "benchmark initramfs, files in a tmpfs); wall time per phase in seconds (CLOCK_MONOTONIC in "
-           "the guest); ratio > 1 means pvkvm is slower." % ",".join("%s=%d" % kv for kv in sz.items()), "",
+           "benchmark initramfs plus tcc and glibc, files in a tmpfs); wall time per phase in seconds "
+           "(CLOCK_MONOTONIC in the guest); ratio > 1 means pvkvm is slower. Kernel `%s`; host: %s, %s CPUs, "
+           "kernel %s, /dev/kvm %s, load average %s at the start; %s." % (
+               ",".join("%s=%d" % kv for kv in sz.items()), report.get("kernel"), host.get("cpu"),
+               host.get("cpus"), host.get("kernel"), host.get("kvm"),
+               " ".join(host.get("loadavg_at_start") or ["?"]), host.get("date")), "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ph, what in MIXED_PHASES:
         what = (what.replace("MIB", str(sz["mib"])).replace("DIRS", str(sz["dirs"]))
@@ -1029,8 +1048,10 @@ def mixed_markdown(report):
     out.append("")
     for n, p in plats.items():
         if p.get("status") == "ok":
-            out.append("- %s: ok, launch to workload %.1f s, boot wall time %.1f s (limit %d s)" % (
-                n, p.get("boot_s") or 0, p.get("wall_s") or 0, p.get("limit_s") or 0))
+            exits = (p.get("counters") or {}).get("vm_exits")
+            out.append("- %s: ok, launch to workload %.1f s, boot wall time %.1f s (limit %d s)%s" % (
+                n, p.get("boot_s") or 0, p.get("wall_s") or 0, p.get("limit_s") or 0,
+                "; %d VM exits in the whole boot (boot included)" % exits if exits else ""))
         else:
             out.append("- %s: **failed**: %s" % (n, p.get("reason")))
         for ph, err in (p.get("phase_errors") or {}).items():
