@@ -22,6 +22,7 @@ unpacked, never installed). Python 3 standard library only.
 
   benches/linux.py [--json PATH] [--markdown PATH] [--platforms pvkvm,qemu-tcg,xen-tcg,qemu-kvm]
                    [--pvkvm-exits] [--no-disk] [--no-net] [--xen-tcg-disk]
+                   [--mixed | --mixed-only] [--mixed-sizes mib=32,dirs=40,files=50,procs=60,cc=8]
 
 Disk and TCP figures (issue 11; --no-disk, --no-net leave them out): each guest gets a
 scratch raw image (256 MiB, sparse, in the work directory, deleted after the boot) as its
@@ -36,6 +37,16 @@ benchmark initramfs adds virtio_blk and virtio_net (modules.py, from the kernel'
 
 --pvkvm-exits adds, for pvkvm, the VM exits and hypercalls per operation of each figure
 (one boot per figure, from `pvkvm run --stats`).
+
+--mixed adds the mixed user workload (issue 14): one more boot per platform that runs only
+`pvkvm-workload --mixed SIZES` (benches/workload/src/mixed.rs: generate N MiB of text,
+gzip it, sha256sum it, gunzip and compare, build a tree of small files in tmpfs and
+traverse it with find/stat/grep/du, a few hundred short-lived processes through xargs
+and a shell loop, then compile a small C program with Debian's tcc and run it), the same
+SIZES (--mixed-sizes) everywhere, wall time per phase. --mixed-only runs just those
+boots. Their initramfs is the benchmark's plus a third archive: tcc, the glibc it runs
+with (libc6, the headers the program needs from libc6-dev and linux-libc-dev; apt-get
+download into guest-images/cache/, only unpacked) and the program's source.
 """
 
 import argparse
@@ -117,6 +128,23 @@ XEN_DISK_REASON = ("not run: QEMU's virtio disk in dom0 gets no interrupt (the c
                    "whole boot with it; --xen-tcg-disk tries anyway")
 XEN_NET_REASON = ("not run: QEMU's NIC in dom0 would take the same PCI path as its disk, which gets "
                   "no interrupt there (see the disk figures); Xen's own netback needs a domU toolstack")
+
+# The mixed workload (--mixed): its phases in order, what each does, and the default sizes.
+MIXED_SIZES = "mib=32,dirs=40,files=50,procs=60,cc=8"
+MIXED_PHASES = [
+    ("mixed_gen", "generate the MIB MiB of text in the benchmark (discarded): the generator's share below"),
+    ("mixed_gzip", "generated text | gzip -c (level 6) > tmpfs"),
+    ("mixed_sha256", "generated text | sha256sum"),
+    ("mixed_gunzip", "gunzip -c | sha256sum, digest compared"),
+    ("mixed_mktree", "create DIRS directories x FILES files (256 B-2.3 KiB) in tmpfs"),
+    ("mixed_find", "find | wc (files, dirs), find -exec stat + awk, grep -rl, du -sk; checked"),
+    ("mixed_procs", "seq PROCS | xargs -n 1 expr (fork+exec each) + PROCS/2 x $(echo | tr)"),
+    ("mixed_cc", "CC x tcc -O2 -c wordstat.c (130 lines), link, run on 1 MiB; checked"),
+    ("mixed_total", "all phases, first start to last end"),
+]
+# Time limit of a mixed boot at the default sizes (scaled up with larger sizes); the
+# boots here take about pvkvm 95 s (30 s of it to boot), QEMU TCG 45 s, Xen in TCG 75 s.
+MIXED_LIMITS = {"pvkvm": 300, "qemu-tcg": 300, "xen-tcg": 400, "qemu-kvm": 150}
 
 T0 = time.monotonic()
 
@@ -322,6 +350,101 @@ def build_all(work, pvkvm=None):
     initrd.write_bytes(default_initrd.read_bytes() + (stage / "overlay.cpio.gz").read_bytes())
     say("kernel %s, benchmark initramfs %s (%d bytes)" % (kernel, initrd, initrd.stat().st_size))
     return pvkvm, kernel, initrd
+
+
+# --- the C toolchain of the mixed workload -----------------------------------------------
+
+# Debian packages whose files the mixed workload's initramfs takes (apt-get download into
+# guest-images/cache/, only unpacked): the Tiny C Compiler, the C library it and the
+# programs it builds run with, and (only the headers wordstat.c needs) the C headers.
+CC_PACKAGES = ["tcc", "libc6", "libc6-dev", "linux-libc-dev"]
+CC_RUNTIME = ["lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "lib/x86_64-linux-gnu/libc.so.6",
+              "lib/x86_64-linux-gnu/libm.so.6", "lib/x86_64-linux-gnu/libpthread.so.0",
+              "lib/x86_64-linux-gnu/libdl.so.2", "usr/bin/tcc", "usr/lib/x86_64-linux-gnu/tcc/libtcc1.a",
+              "usr/lib/x86_64-linux-gnu/crt1.o", "usr/lib/x86_64-linux-gnu/crti.o",
+              "usr/lib/x86_64-linux-gnu/crtn.o", "usr/lib/x86_64-linux-gnu/libc.so",
+              "usr/lib/x86_64-linux-gnu/libc_nonshared.a"]
+WORDSTAT = WORKLOAD / "wordstat.c"
+
+
+def fetch_deb(pkg):
+    """The cached .deb of pkg's candidate version (apt-get download), or raises OSError."""
+    version = apt_ensure_known(pkg)
+    if not version:
+        raise OSError("apt has no candidate for %s" % pkg)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    deb = CACHE / ("%s_%s_amd64.deb" % (pkg, version.replace(":", "%3a")))
+    if not deb.exists():
+        say("downloading %s %s" % (pkg, version))
+        r = subprocess.run(["apt-get", "download", "-qq", "%s=%s" % (pkg, version)], cwd=CACHE,
+                           stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        if not deb.exists():
+            raise OSError("apt-get download %s failed: %s" % (pkg, r.stderr.strip()[-300:]))
+    return deb
+
+
+def cc_archive(work):
+    """A cpio archive (to append to the benchmark initramfs) with tcc, the C library
+    (runtime, crt files, libc.so), the headers wordstat.c includes (found by running the
+    unpacked tcc on the host with -MD) and /usr/share/pvkvm/wordstat.c; (path, None) or
+    (None, reason)."""
+    root = (work / "cc-root").resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    try:
+        for pkg in CC_PACKAGES:
+            subprocess.run(["dpkg-deb", "-x", str(fetch_deb(pkg)), str(root)], check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        return None, "no C toolchain: %s" % e
+    inc = [root / "usr/lib/x86_64-linux-gnu/tcc/include", root / "usr/include/x86_64-linux-gnu",
+           root / "usr/include"]
+    deps = work / "wordstat.d"
+    cmd = [str(root / "usr/bin/tcc"), "-nostdinc"] + ["-I%s" % d for d in inc] + [
+        "-c", str(WORDSTAT), "-o", str(work / "wordstat.o"), "-MD", "-MF", str(deps)]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0 or not deps.exists():
+        return None, "tcc on the host (to list wordstat.c's headers) failed: %s" % r.stdout.strip()[-300:]
+    headers = set()
+    for tok in deps.read_text().replace("\\\n", " ").split():
+        p = Path(tok).resolve()
+        if tok.endswith(".h") and p.is_relative_to(root):
+            headers.add(str(p.relative_to(root)))
+    # All of tcc's own headers (small), then what wordstat.c needs from the C library's.
+    headers |= {str(p.relative_to(root)) for p in (root / "usr/lib/x86_64-linux-gnu/tcc/include").rglob("*.h")}
+    files = []  # (path in the guest, host file)
+    for rel in CC_RUNTIME + sorted(headers):
+        src = root / rel
+        if not src.exists():
+            return None, "the C toolchain packages have no /%s" % rel
+        files.append(("/" + rel, src.resolve()))
+    files.append(("/usr/share/pvkvm/wordstat.c", WORDSTAT))
+    stage = work / "cc-stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    dirs, manifest = set(), ""
+    for guest, _ in files:
+        parts = guest.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in dirs:
+                dirs.add(d)
+                manifest += "dir %s 0755\n" % d
+    manifest += "dir /lib64 0755\nslink /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 0777\n"
+    for i, (guest, src) in enumerate(files):
+        name = "f%03d" % i
+        shutil.copy(src, stage / name)
+        mode = "0755" if guest.startswith("/usr/bin/") or ".so" in guest else "0644"
+        manifest += "file %s %s %s\n" % (guest, name, mode)
+    r = subprocess.run([sys.executable, str(REPO / "guest-images" / "initramfs" / "newc.py"), "create",
+                        "cc.cpio.gz"], cwd=stage, input=manifest, text=True)
+    shutil.rmtree(root, ignore_errors=True)
+    for f in ("wordstat.d", "wordstat.o"):
+        (work / f).unlink(missing_ok=True)
+    if r.returncode != 0:
+        return None, "newc.py failed to write the C toolchain archive"
+    say("C toolchain for the mixed workload: %d files, %d headers, %d bytes compressed" % (
+        len(files), len(headers), (stage / "cc.cpio.gz").stat().st_size))
+    return stage / "cc.cpio.gz", None
 
 
 # --- the host's TCP peer ---------------------------------------------------------------
@@ -540,11 +663,17 @@ def qemu_escape(s):
     return s.replace(",", ",,")
 
 
-def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None, disk=None, net_port=None):
+def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None, disk=None, net_port=None,
+                  mixed=None, limit=None):
     """The platform's Boot. disk: a scratch raw image for the disk figures (destroyed);
-    net_port: the host peer's port on 127.0.0.1 for the TCP figures."""
+    net_port: the host peer's port on 127.0.0.1 for the TCP figures; mixed: the mixed
+    workload's sizes (then only that runs, with the time limit `limit`)."""
     log = work / ("%s.log" % name)
     args = "quiet pvkvm.bench=1"
+    if mixed:
+        only = None
+        log = work / ("%s-mixed.log" % name)
+        args += " pvkvm.bench_only=none pvkvm.bench_mixed=" + mixed
     if only:
         log = work / ("%s-only-%s.log" % (name, only))
         args += " pvkvm.bench_only=" + only
@@ -557,9 +686,10 @@ def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None, disk=
             extra += ["--disk", "%s,format=raw,vdev=xvda" % disk]
         if net_port:
             extra += ["--net", "user"]
+        lim = limit or 180
         argv = [pvkvm, "run", "--kernel", kernel, "--initrd", initrd, "--cmdline", "console=hvc0 " + args,
-                "--stats", "--timeout", "170"] + extra
-        return Boot(name, argv, 180, log, fatal=["Kernel panic"])
+                "--stats", "--timeout", str(lim - 10)] + extra
+        return Boot(name, argv, lim, log, fatal=["Kernel panic"])
     if name in ("qemu-tcg", "qemu-kvm"):
         accel = ["-accel", "tcg"] if name == "qemu-tcg" else ["-enable-kvm"]
         extra = []
@@ -575,7 +705,7 @@ def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None, disk=
                                  "none"] + extra
         # Under kvm_pvm an HVM guest runs (slowly) until KVM cannot emulate an
         # instruction; 150 s is well past where that happens on this host.
-        limit = 150 if name == "qemu-kvm" else 120
+        limit = limit or (150 if name == "qemu-kvm" else 120)
         return Boot(name, argv, limit, log,
                     fatal=["KVM internal error", "failed to initialize kvm", "Could not access KVM",
                            "Kernel panic"])
@@ -595,7 +725,7 @@ def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None, disk=
             argv[argv.index("-initrd") + 1] = modules
             argv += ["-drive", "file=%s,if=virtio,format=raw,cache=writeback" % qemu_escape(str(disk))]
         argv += ["-nic", "none"]
-        return Boot(name, argv, 180, log, fatal=["Dom0 crashed", "Panic on CPU", "Kernel panic"],
+        return Boot(name, argv, limit or 180, log, fatal=["Dom0 crashed", "Panic on CPU", "Kernel panic"],
                     stopped=["Hardware Dom0 halted", "Hardware Dom0 shutdown"])
     raise ValueError(name)
 
@@ -714,7 +844,18 @@ def io_markdown(report):
 
 
 def host_facts():
-    facts = {"cpus": os.cpu_count(), "kernel": os.uname().release}
+    facts = {"cpus": os.cpu_count(), "kernel": os.uname().release,
+             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    try:
+        with open("/proc/cpuinfo") as f:
+            facts["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        with open("/proc/loadavg") as f:
+            facts["loadavg_at_start"] = f.read().split()[:3]
+    except OSError:
+        pass
     kvm = "absent"
     if os.path.exists("/dev/kvm"):
         kvm = "present"
@@ -743,7 +884,17 @@ def main():
                          "no interrupt; the boot then ends at its time limit)")
     ap.add_argument("--no-net", action="store_true",
                     help="skip the TCP figures (no host peer, no NIC given to the guests)")
+    ap.add_argument("--mixed", action="store_true",
+                    help="also run the mixed user workload (one more boot per platform)")
+    ap.add_argument("--mixed-only", action="store_true",
+                    help="run only the mixed user workload (no figure boots)")
+    ap.add_argument("--mixed-sizes", default=MIXED_SIZES,
+                    help="the mixed workload's sizes, the same on every platform (default %s)" % MIXED_SIZES)
     a = ap.parse_args()
+    try:
+        mixed_sizes = parse_sizes(a.mixed_sizes)
+    except ValueError as e:
+        die("--mixed-sizes: %s" % e)
     plats = [p.strip() for p in a.platforms.split(",") if p.strip()]
     for p in plats:
         if p not in ALL_PLATFORMS:
@@ -759,14 +910,18 @@ def main():
         xen, xen_reason = ensure_xen()
 
     report = {"kernel": kernel.name, "initramfs": str(initrd), "host": host_facts(), "platforms": {}}
-    for name in plats:
-        reason = None
+
+    def unavailable(name):
         if name != "pvkvm" and not qemu:
-            reason = qemu_reason
-        elif name == "xen-tcg" and not xen:
-            reason = xen_reason
-        elif name in ("pvkvm", "qemu-kvm") and not os.path.exists("/dev/kvm"):
-            reason = "no /dev/kvm on this host"
+            return qemu_reason
+        if name == "xen-tcg" and not xen:
+            return xen_reason
+        if name in ("pvkvm", "qemu-kvm") and not os.path.exists("/dev/kvm"):
+            return "no /dev/kvm on this host"
+        return None
+
+    for name in ([] if a.mixed_only else plats):
+        reason = unavailable(name)
         if reason:
             say("%s: not run: %s" % (name, reason))
             report["platforms"][name] = {"status": "failed", "reason": reason, "boot_s": None, "figures": {},
@@ -785,20 +940,131 @@ def main():
                                                    fmt_ns(f["p90_ns"]), fmt_rate(f)))
             elif fig in dict((n, 1) for n, _, _ in IO_FIGURES):
                 say("  %-18s %s" % (fig, f.get("error")))
+    if a.mixed or a.mixed_only:
+        spec = ",".join("%s=%d" % kv for kv in mixed_sizes.items())
+        report["mixed"] = {"sizes": mixed_sizes, "phases": dict(MIXED_PHASES), "platforms": {}}
+        cc, cc_reason = cc_archive(work)
+        mixed_initrd = initrd
+        if cc:
+            mixed_initrd = work / "initramfs-bench-mixed.cpio.gz"
+            mixed_initrd.write_bytes(initrd.read_bytes() + cc.read_bytes())
+            report["mixed"]["initramfs"] = str(mixed_initrd)
+        else:
+            say("mixed workload without its compile phase: %s" % cc_reason)
+            report["mixed"]["cc_missing"] = cc_reason
+        for name in plats:
+            reason = unavailable(name)
+            if reason:
+                say("%s mixed: not run: %s" % (name, reason))
+                report["mixed"]["platforms"][name] = {"status": "failed", "reason": reason}
+                continue
+            res = mixed_boot(name, work, pvkvm, kernel, mixed_initrd, qemu, xen, spec, mixed_sizes)
+            report["mixed"]["platforms"][name] = res
+            say("%s mixed: %s%s" % (name, res["status"], "" if res["status"] == "ok" else " (%s)" % res.get("reason")))
+            for ph, sec in res.get("phases", {}).items():
+                say("  %-14s %8.2f s" % (ph, sec))
     exits_md = ""
-    if a.pvkvm_exits and os.path.exists("/dev/kvm"):
+    if a.pvkvm_exits and os.path.exists("/dev/kvm") and not a.mixed_only:
         prof = exit_profile(work, pvkvm, kernel, initrd)
         report["pvkvm_exit_profile"] = prof
         exits_md = "\n" + exit_markdown(prof)
     report["script_s"] = round(time.monotonic() - T0, 1)
-    md = markdown(report) + exits_md
+    md = (markdown(report) if report["platforms"] else "") + exits_md
+    if "mixed" in report:
+        md += ("\n" if md else "") + mixed_markdown(report)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
     if a.markdown:
         Path(a.markdown).write_text(md)
     sys.stdout.write(md)
     say("done in %.0f s" % report["script_s"])
-    return 0 if report["platforms"].get("pvkvm", {}).get("status") == "ok" or "pvkvm" not in plats else 1
+    runs = report["mixed"]["platforms"] if a.mixed_only else report["platforms"]
+    return 0 if runs.get("pvkvm", {}).get("status") == "ok" or "pvkvm" not in plats else 1
+
+
+def parse_sizes(spec):
+    """The mixed workload's sizes (as benches/workload/src/mixed.rs parses them)."""
+    sizes = dict((k, int(v)) for k, v in (kv.split("=") for kv in MIXED_SIZES.split(",")))
+    for kv in spec.split(","):
+        if not kv.strip() or kv == "default":
+            continue
+        k, sep, v = kv.partition("=")
+        if not sep or k not in sizes or not v.isdigit() or int(v) <= 0:
+            raise ValueError("%r: expected key=positive number, keys %s" % (kv, ", ".join(sizes)))
+        sizes[k] = int(v)
+    return sizes
+
+
+def mixed_boot(name, work, pvkvm, kernel, initrd, qemu, xen, spec, sizes):
+    """One boot running only the mixed workload; its result with the phases in seconds."""
+    base = parse_sizes(MIXED_SIZES)
+    scale = max([1.0] + [sizes[k] / base[k] for k in ("mib", "procs", "cc")] +
+                [sizes["dirs"] * sizes["files"] / (base["dirs"] * base["files"])])
+    limit = int(MIXED_LIMITS[name] * scale)
+    b = platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, mixed=spec, limit=limit).run()
+    res = b.result()
+    res["limit_s"] = limit
+    res["phases"] = {ph: round(f["median_ns"] / 1e9, 3) for ph, f in res["figures"].items()
+                     if ph.startswith("mixed_") and "median_ns" in f}
+    fails = {ph: f["error"] for ph, f in res["figures"].items() if "error" in f}
+    if fails:
+        res["phase_errors"] = fails
+    if name == "pvkvm":
+        res["counters"] = parse_stats(t for _, t in platform_stats_lines(b.log_path))
+    return res
+
+
+def mixed_markdown(report):
+    """The mixed workload's table: seconds per phase on each platform, ratio pvkvm/other."""
+    mx = report["mixed"]
+    plats = mx["platforms"]
+    sz = mx["sizes"]
+    ok = [n for n, p in plats.items() if p.get("phases")]
+    others = [n for n in ok if n != "pvkvm"]
+    base = plats.get("pvkvm", {}).get("phases", {})
+    head = ["phase", "pvkvm"]
+    for o in others:
+        head += [o, "pvkvm/" + o]
+    host = report.get("host", {})
+    out = ["### Mixed user workload", "",
+           "One boot per platform running only `pvkvm-workload --mixed %s` (busybox userland of the "
+           "benchmark initramfs plus tcc and glibc, files in a tmpfs); wall time per phase in seconds "
+           "(CLOCK_MONOTONIC in the guest); ratio > 1 means pvkvm is slower. Kernel `%s`; host: %s, %s CPUs, "
+           "kernel %s, /dev/kvm %s, load average %s at the start; %s." % (
+               ",".join("%s=%d" % kv for kv in sz.items()), report.get("kernel"), host.get("cpu"),
+               host.get("cpus"), host.get("kernel"), host.get("kvm"),
+               " ".join(host.get("loadavg_at_start") or ["?"]), host.get("date")), "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for ph, what in MIXED_PHASES:
+        what = (what.replace("MIB", str(sz["mib"])).replace("DIRS", str(sz["dirs"]))
+                .replace("FILES", str(sz["files"])).replace("PROCS/2", str(sz["procs"] // 2))
+                .replace("CC", str(sz["cc"]))
+                .replace("PROCS", str(sz["procs"])))
+        row = ["`%s`: %s" % (ph, what.replace("|", "\\|")), fmt_s(base.get(ph))]
+        for o in others:
+            v = plats[o]["phases"].get(ph)
+            row += [fmt_s(v), fmt_ratio(base.get(ph), v)]
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    for n, p in plats.items():
+        if p.get("status") == "ok":
+            exits = (p.get("counters") or {}).get("vm_exits")
+            out.append("- %s: ok, launch to workload %.1f s, boot wall time %.1f s (limit %d s)%s" % (
+                n, p.get("boot_s") or 0, p.get("wall_s") or 0, p.get("limit_s") or 0,
+                "; %d VM exits in the whole boot (boot included)" % exits if exits else ""))
+        else:
+            out.append("- %s: **failed**: %s" % (n, p.get("reason")))
+        for ph, err in (p.get("phase_errors") or {}).items():
+            if ph != "mixed_total":
+                out.append("  - `%s` failed: %s" % (ph, err))
+    if mx.get("cc_missing"):
+        out.append("- no compile phase: %s" % mx["cc_missing"])
+    out.append("")
+    return "\n".join(out) + "\n"
+
+
+def fmt_s(v):
+    return "-" if v is None else ("%.2f s" % v if v < 100 else "%.0f s" % v)
 
 
 def io_boot(name, work, pvkvm, kernel, initrd, qemu, xen, want_disk, want_net, xen_disk=False):

@@ -2,7 +2,7 @@
 """pvkvm's benchmark report (issue 5, part 4): one command runs everything and writes
 JSON plus a markdown table.
 
-    python3 benches/report.py [--out benches/results] [--skip-linux] [--scale 0.5]
+    python3 benches/report.py [--out benches/results] [--skip-linux] [--no-mixed] [--scale 0.5]
 
 Parts, in order (each part's failure is recorded in the report, the rest still runs):
   1. `pvkvm probe --json`: the host KVM kind and the trap floors;
@@ -11,9 +11,11 @@ Parts, in order (each part's failure is recorded in the report, the rest still r
   3. a boot profile of the default guest (Debian cloud kernel + busybox initramfs):
      launch to shell prompt, then `pvkvm run --stats` (exits by hypercall, sub-op, trap
      vector and reason, with the VMM's time);
-  4. benches/linux.py --pvkvm-exits: the Linux workload program on pvkvm and on the
-     alternatives (QEMU TCG, Xen under QEMU TCG, QEMU with KVM where that boots), with
-     the VM exits each pvkvm figure costs, unless --skip-linux.
+  4. benches/linux.py --pvkvm-exits --mixed: the Linux workload program on pvkvm and on
+     the alternatives (QEMU TCG, Xen under QEMU TCG, QEMU with KVM where that boots), with
+     the VM exits each pvkvm figure costs, and the mixed user workload (gzip, sha256sum,
+     find, short-lived processes, tcc; one more boot per platform, ~4 min more), unless
+     --skip-linux (--no-mixed leaves out only the mixed workload).
 
 Writes <out>/report.json and <out>/report.md (machine, host KVM kind, host kernel,
 guest kernel, commit, date, then every part's table). Python 3 standard library only;
@@ -151,6 +153,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results"))
     ap.add_argument("--skip-linux", action="store_true",
                     help="leave out the Linux workloads and the alternatives")
+    ap.add_argument("--no-mixed", action="store_true",
+                    help="leave out the mixed user workload of benches/linux.py")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiply the microbenchmarks' iteration counts")
     args = ap.parse_args()
@@ -181,7 +185,7 @@ def main():
 
     def linux():
         r = run([sys.executable, "benches/linux.py", "--pvkvm-exits", "--json", linux_json,
-                 "--markdown", linux_md])
+                 "--markdown", linux_md] + ([] if args.no_mixed else ["--mixed"]))
         if r.returncode != 0:
             return {"status": "failed", "reason": r.stderr[-4000:]}
         with open(linux_json) as f:
@@ -212,6 +216,7 @@ def markdown(report, micro_md, linux_md):
         f"- host KVM: {report['host_kvm']}",
         f"- guest kernel: {report['guest_kernel']}",
         f"- commit {m['commit']}, {m['date']}; the whole run took {report['total_s']} s",
+    ] + mixed_summary(report) + [
         "",
         "## Trap floors (`pvkvm probe`)",
         "",
@@ -246,6 +251,21 @@ def markdown(report, micro_md, linux_md):
         out.append(f"Linux workloads {report['linux'].get('status')}: "
                    f"{report['linux'].get('reason', '')}")
     return "\n".join(out) + "\n"
+
+
+def mixed_summary(report):
+    """One line with the mixed user workload's total per platform (the table itself is in
+    the Linux workloads section, from linux.md)."""
+    mixed = (report.get("linux", {}).get("result") or {}).get("mixed")
+    if not mixed:
+        return []
+    cells = []
+    for name, p in mixed["platforms"].items():
+        total = (p.get("phases") or {}).get("mixed_total")
+        cells.append(f"{name} {total:.1f} s" if total is not None else f"{name} failed")
+    return ["- mixed user workload (`benches/linux.py --mixed`, "
+            + ",".join(f"{k}={v}" for k, v in mixed["sizes"].items()) + "), total: "
+            + ", ".join(cells)]
 
 
 if __name__ == "__main__":

@@ -33,8 +33,17 @@
 //! per MiB, in samples of 4 MiB (up to 16 MiB). These figures' failures are reported
 //! (`wl-fail`) without failing the run.
 //!
+//! With `--mixed SIZES` (`mib=32,dirs=40,files=50,procs=60,cc=8`, or `default`), the mixed
+//! user workload after the other figures (see mixed.rs): one `wl` line per phase
+//! (`mixed_gen`, `mixed_gzip`, `mixed_sha256`, `mixed_gunzip`, `mixed_mktree`,
+//! `mixed_find`, `mixed_procs`) and `mixed_total`, each one operation of one sample.
+//! `--only` does not select these: `--only none --mixed ...` runs only them.
+//!
 //! Usage: pvkvm-workload [--budget-ms N] [--only NAME,...] [--disk DEV] [--net HOST:PORT]
-//! (per-figure time budget, default 2000 ms; only the named figures, `none` for none)
+//! [--mixed SIZES] (per-figure time budget, default 2000 ms; only the named figures,
+//! `none` for none)
+
+mod mixed;
 
 use std::ffi::CString;
 use std::io::Write;
@@ -667,6 +676,7 @@ fn main() {
     let mut only: Option<Vec<String>> = None;
     let mut disk: Option<String> = None;
     let mut net: Option<String> = None;
+    let mut mixed_sizes: Option<mixed::Sizes> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -678,6 +688,13 @@ fn main() {
             }
             "--disk" => disk = args.next(),
             "--net" => net = args.next(),
+            "--mixed" => match mixed::Sizes::parse(&args.next().unwrap_or_default()) {
+                Ok(s) => mixed_sizes = Some(s),
+                Err(e) => {
+                    eprintln!("pvkvm-workload: --mixed: {e}");
+                    std::process::exit(2)
+                }
+            },
             // Comma-separated figure names; "none" runs no figure (a baseline).
             "--only" => {
                 only = Some(
@@ -690,7 +707,7 @@ fn main() {
                 )
             }
             _ => {
-                eprintln!("pvkvm-workload: unknown argument {a:?}; usage: pvkvm-workload [--budget-ms N] [--only NAME,...] [--disk DEV] [--net HOST:PORT]");
+                eprintln!("pvkvm-workload: unknown argument {a:?}; usage: pvkvm-workload [--budget-ms N] [--only NAME,...] [--disk DEV] [--net HOST:PORT] [--mixed SIZES]");
                 std::process::exit(2)
             }
         }
@@ -816,6 +833,9 @@ fn main() {
     }
     if let Some(addr) = &net {
         net_figures(&mut r, addr);
+    }
+    if let Some(s) = &mixed_sizes {
+        mixed::run_mixed(&mut r, s);
     }
 
     let total_ms = (now_ns() - t_start) / 1_000_000;
