@@ -124,6 +124,13 @@ impl FrameAccess for VmmFrames<'_> {
         self.store((mfn << 12) + (slot as u64 & 511) * 8, value);
     }
 
+    fn write_entry_unwalked(&mut self, mfn: Mfn, slot: usize, value: u64) {
+        // No walk has used the frame as a table, so the host holds no shadow of it: the
+        // first walk that reaches it reads memory (pv-mm's contract for this call).
+        let gpa = (mfn << 12) + (slot as u64 & 511) * 8;
+        let _ = self.mem.write_obj(value, GuestAddress(gpa));
+    }
+
     fn copy_frame(&mut self, dst: Mfn, src: Mfn) {
         for slot in 0..512 {
             let v = self.read_entry(src, slot);
@@ -194,6 +201,22 @@ mod tests {
         let first: u64 = m.read_obj(GuestAddress(area + 0x1000)).unwrap();
         assert_eq!(first, DIRECTMAP_VA + 3 * 4096 + 7 * 8);
         assert!(posted.nothing_waits(&flush));
+    }
+
+    #[test]
+    fn unwalked_stores_reach_memory_and_are_not_posted() {
+        let m = mem();
+        let mut posted = Posted::default();
+        let mut frames = VmmFrames {
+            mem: &m,
+            posted: &mut posted,
+            m2p_gpa: 0,
+            m2p_frames: 0,
+        };
+        frames.write_entry_unwalked(5, 3, 0x1234);
+        assert_eq!(frames.read_entry(5, 3), 0x1234);
+        frames.write_entry(5, 4, 0x5678);
+        assert_eq!(posted.queued(), 1, "only the ordinary store is posted");
     }
 
     #[test]

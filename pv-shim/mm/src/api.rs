@@ -27,6 +27,15 @@ pub trait FrameAccess {
     fn read_entry(&self, mfn: Mfn, slot: usize) -> u64;
     /// Writes entry `slot` of frame `mfn` (a pagetable store).
     fn write_entry(&mut self, mfn: Mfn, slot: usize, value: u64);
+    /// Writes entry `slot` of frame `mfn`, a table that no hardware walk has ever used:
+    /// pv-mm calls it only while it validates a frame that has never before been typed
+    /// as a pagetable (Xen's `adjust_guest_lNe` write-backs and an L4's hole slots), so
+    /// no translation through the frame can be cached anywhere and the first walk that
+    /// reaches it (after its validation ends) reads memory. The host may therefore skip
+    /// what `write_entry` does to reach hardware walks. Default: `write_entry`.
+    fn write_entry_unwalked(&mut self, mfn: Mfn, slot: usize, value: u64) {
+        self.write_entry(mfn, slot, value);
+    }
     /// Copies a whole frame (for copy_page).
     fn copy_frame(&mut self, dst: Mfn, src: Mfn);
     /// Zeroes a whole frame (for clear_page).

@@ -117,10 +117,17 @@ pub struct PageInfo {
     pub refcount: u32,
     /// Pinned (`PGT_pinned`): the pin holds one general and one type reference.
     pub pinned: bool,
+    /// The frame has been a validated pagetable (any level) at some time since the
+    /// domain was built, so hardware walks (and a host's shadow of them) may have used
+    /// it. Never cleared. Until it is set, no walk can have reached the frame as a table:
+    /// a walk follows only validated tables (base pointers and their entries). Not Xen
+    /// state: it lets the VMM skip posting the stores of a first validation.
+    pub was_pagetable: bool,
 }
 
 impl PageInfo {
-    /// The state without history: a frame with no type references reads as untyped.
+    /// The state without history: a frame with no type references reads as untyped, and
+    /// `was_pagetable` reads as false.
     /// (The sticky type of an unreferenced frame only decides whether a later type
     /// change needs a TLB flush.) Used to check that refused operations change nothing.
     pub fn normalized(&self) -> PageInfo {
@@ -128,10 +135,14 @@ impl PageInfo {
             PageInfo {
                 ty: PageType::None,
                 validation: Validation::Unvalidated,
+                was_pagetable: false,
                 ..*self
             }
         } else {
-            *self
+            PageInfo {
+                was_pagetable: false,
+                ..*self
+            }
         }
     }
 }
@@ -144,6 +155,7 @@ impl Default for PageInfo {
             validation: Validation::Unvalidated,
             refcount: 0,
             pinned: false,
+            was_pagetable: false,
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct VecMem {
     pub m2p: BTreeMap<Mfn, u64>,
     /// Number of `write_entry` calls (to check that refused operations write nothing).
     pub writes: u64,
+    /// Number of `write_entry_unwalked` calls (stores the host need not post).
+    pub unwalked_writes: u64,
 }
 
 impl VecMem {
@@ -33,6 +35,7 @@ impl VecMem {
             frames: vec![vec![0; ENTRIES]; n],
             m2p: BTreeMap::new(),
             writes: 0,
+            unwalked_writes: 0,
         }
     }
 
@@ -62,6 +65,10 @@ impl FrameAccess for VecMem {
     }
     fn write_entry(&mut self, mfn: Mfn, slot: usize, value: u64) {
         self.writes += 1;
+        self.set(mfn, slot, value);
+    }
+    fn write_entry_unwalked(&mut self, mfn: Mfn, slot: usize, value: u64) {
+        self.unwalked_writes += 1;
         self.set(mfn, slot, value);
     }
     fn copy_frame(&mut self, dst: Mfn, src: Mfn) {

@@ -67,6 +67,13 @@ impl Mm {
                     "mfn {mfn:#x} is an unreferenced but validated table: {p:?}"
                 ));
             }
+            // Walks reach validated tables, so every one must be marked: an unmarked
+            // one would have its later write-backs go unposted.
+            if p.ty.is_pagetable() && p.validation == Validation::Valid && !p.was_pagetable {
+                return Err(format!(
+                    "mfn {mfn:#x} is a validated table not marked as ever walked: {p:?}"
+                ));
+            }
             if p.pinned {
                 if !p.ty.is_pagetable() || p.type_count == 0 {
                     return Err(format!("mfn {mfn:#x} pinned but not a live table: {p:?}"));

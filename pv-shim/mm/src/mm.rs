@@ -557,6 +557,9 @@ impl Mm {
                 }
                 if let Some(p) = self.info_mut(mfn) {
                     p.validation = Validation::Valid;
+                    // From now on a base pointer or a parent entry can make walks reach
+                    // the frame as a table.
+                    p.was_pagetable |= ty.is_pagetable();
                 }
                 if ty.is_pagetable() {
                     self.stats.promotions += 1;
@@ -851,6 +854,19 @@ impl Mm {
         fl: &mut FlushSet,
     ) -> Result<(), MmError> {
         let preemptible = matches!(level, Level::L2 | Level::L3);
+        // A frame never validated as a pagetable cannot be reached by any walk until
+        // this validation ends (walks follow validated tables only), so its write-backs
+        // need not be made visible to walks now: the VMM then writes memory only instead
+        // of posting each store for the shim (the bulk of a large guest's boot: Linux's
+        // direct map is 512 fresh L1 entries per 2 MiB, every one adjusted).
+        let unwalked = self.info(mfn).is_some_and(|p| !p.was_pagetable);
+        let write = |mem: &mut dyn FrameAccess, slot: usize, value: u64| {
+            if unwalked {
+                mem.write_entry_unwalked(mfn, slot, value);
+            } else {
+                mem.write_entry(mfn, slot, value);
+            }
+        };
         for slot in start..ENTRIES {
             if let Some(p) = self.info_mut(mfn) {
                 p.validation = Validation::Partial {
@@ -882,14 +898,14 @@ impl Mm {
             }
             let adj = adjust_guest_entry(level, e);
             if adj != e {
-                mem.write_entry(mfn, slot, adj);
+                write(mem, slot, adj);
             }
         }
         if level == Level::L4 {
             for (k, slot) in HOLE_L4_SLOTS.enumerate() {
                 let want = self.cfg.hole_l4.get(k).copied().unwrap_or(0);
                 if rd(mem, mfn, slot) != want {
-                    mem.write_entry(mfn, slot, want);
+                    write(mem, slot, want);
                 }
             }
         }

@@ -156,6 +156,89 @@ fn adjust_guest_l1e_kernel_and_user() {
     );
 }
 
+// ------------------------------------------------- first validation (unwalked stores)
+
+#[test]
+fn initial_tables_count_as_walked() {
+    let h = h();
+    for t in [L4, L3, L2, L1S[0], L1S[1], L1S[2]] {
+        assert!(info(&h, t).was_pagetable, "mfn {t}");
+    }
+    assert!(!info(&h, DATA0).was_pagetable);
+}
+
+#[test]
+fn first_validation_writes_unwalked_and_later_ones_post() {
+    let mut h = h();
+    // Frame 9 is data mapped RW by L1S[0] slot 9: unmap it, then fill it as Linux fills
+    // a fresh direct-map L1 (kernel entries, without U) while no table points at it.
+    upd(&mut h, L1S[0], 9, 0).unwrap();
+    for slot in 0..3 {
+        h.mem.set(9, slot, pte(DATA0 + 3 + slot as u64, RO));
+    }
+    let (w, u) = (h.mem.writes, h.mem.unwalked_writes);
+    h.mm.pin_table(&mut h.mem, 9, Level::L1).unwrap();
+    h.mm.check_invariants(&h.mem).unwrap();
+    // The same adjusted entries as ever, none of them posted.
+    assert_eq!(h.mem.unwalked_writes - u, 3);
+    assert_eq!(h.mem.writes, w);
+    for slot in 0..3 {
+        assert_eq!(
+            h.mem.read_entry(9, slot),
+            pte(DATA0 + 3 + slot as u64, RO | PAGE_USER | PAGE_GUEST_KERNEL)
+        );
+    }
+    assert!(info(&h, 9).was_pagetable);
+    // Unpinned it stays "walked" (a host may still hold a shadow of it): a new kernel
+    // entry written while it is not a table is adjusted by a posted store.
+    h.mm.unpin_table(&mut h.mem, 9).unwrap();
+    assert_eq!(info(&h, 9).type_count, 0);
+    assert!(info(&h, 9).was_pagetable);
+    h.mem.set(9, 7, pte(DATA0 + 4, RO));
+    let (w, u) = (h.mem.writes, h.mem.unwalked_writes);
+    h.mm.pin_table(&mut h.mem, 9, Level::L1).unwrap();
+    assert_eq!((h.mem.writes - w, h.mem.unwalked_writes - u), (1, 0));
+    assert_eq!(
+        h.mem.read_entry(9, 7),
+        pte(DATA0 + 4, RO | PAGE_USER | PAGE_GUEST_KERNEL)
+    );
+}
+
+#[test]
+fn a_refused_first_validation_leaves_the_frame_unwalked() {
+    let mut h = h();
+    upd(&mut h, L1S[0], 9, 0).unwrap();
+    h.mem.set(9, 0, pte(DATA0 + 3, RO));
+    // Slot 1 maps a frame outside RAM: the validation fails after slot 0's write-back.
+    h.mem.set(9, 1, pte(35, RO));
+    assert_eq!(
+        h.mm.pin_table(&mut h.mem, 9, Level::L1).unwrap_err(),
+        MmError::ForeignMapping
+    );
+    h.mm.check_invariants(&h.mem).unwrap();
+    assert!(!info(&h, 9).was_pagetable, "no walk can have reached it");
+    h.mem.set(9, 1, 0);
+    let w = h.mem.writes;
+    h.mm.pin_table(&mut h.mem, 9, Level::L1).unwrap();
+    assert_eq!(h.mem.writes, w, "still a first validation: nothing posted");
+    assert!(info(&h, 9).was_pagetable);
+}
+
+#[test]
+fn a_fresh_l4_gets_its_hole_slots_unwalked() {
+    let mut h = h();
+    // Frame 10 (data, mapped RW by L1S[1] slot 10) becomes an empty L4.
+    upd(&mut h, L1S[1], 10, 0).unwrap();
+    let (w, u) = (h.mem.writes, h.mem.unwalked_writes);
+    h.mm.pin_table(&mut h.mem, 10, Level::L4).unwrap();
+    h.mm.check_invariants(&h.mem).unwrap();
+    assert_eq!((h.mem.writes - w, h.mem.unwalked_writes - u), (0, 16));
+    let hole = test_hole();
+    for (k, slot) in HOLE_L4_SLOTS.enumerate() {
+        assert_eq!(h.mem.read_entry(10, slot), hole[k]);
+    }
+}
+
 #[test]
 fn rw_mapping_of_a_pagetable_is_refused() {
     let mut h = h();
