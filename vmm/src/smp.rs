@@ -168,6 +168,15 @@ impl VcpuHandle {
     /// when it did not within `limit`.
     fn wait_left(&self, rekick: Duration, limit: Duration) -> bool {
         let start = Instant::now();
+        // A vCPU on another host CPU leaves within tens of microseconds: spin that
+        // long (waking from a sleep costs about as much again), then sleep, so that a
+        // vCPU sharing this thread's CPU gets it.
+        while start.elapsed() < SPIN_BEFORE_SLEEP {
+            if !self.in_guest() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let mut held = self.left.0.lock().unwrap_or_else(|e| e.into_inner());
         let left = loop {
@@ -213,6 +222,8 @@ impl VcpuHandle {
 /// How long a remote flush waits for a vCPU to leave the guest before it kicks again
 /// (a kick landing just before `KVM_RUN` is not lost, but a second one costs nothing).
 const REKICK_AFTER: Duration = Duration::from_millis(1);
+/// How long a remote flush spins for the target to leave the guest before it sleeps.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(150);
 /// How long a remote flush waits at most: a vCPU thread that does not leave the guest
 /// within this is stuck in the host, and the asker goes on rather than hang.
 const FLUSH_WAIT_LIMIT: Duration = Duration::from_secs(2);
