@@ -39,6 +39,9 @@ pub struct HostFacts {
     /// What XCR0 and PKRU guest ring 3 runs with and who answers its CPUID leaves 1
     /// and 7 (None: the measurement failed, and extended state is hidden).
     pub xstate: Option<crate::probe::XstateHost>,
+    /// What a VM exit and an in-VM transition cost here (None: the measurement failed,
+    /// and every answer that needs a ring-0 transition goes through the engine).
+    pub floors: Option<probe::TransitionFloors>,
 }
 
 /// How a guest `syscall` reaches the VMM.
@@ -73,6 +76,30 @@ pub struct Paths {
     /// 256): where guest ring 3 can use that slot. Elsewhere the engine emulates reads
     /// there.
     pub m2p_at_abi: bool,
+    /// The answers the shim gives inside the VM (`xen_abi::contract::in_vm` bits): each
+    /// only where the host's measured costs make it cheaper than the exit it saves.
+    pub in_vm: u32,
+}
+
+/// Round trips per kind and batch [`HostFacts::probe`] times for the transition floors
+/// (three batches each: ~20 ms on a software-KVM host, far less with hardware
+/// virtualization).
+const FLOOR_ROUND_TRIPS: u64 = 50;
+
+/// The in-VM answers worth giving on a host with these floors.
+///
+/// `VCPUOP_is_up` runs ring-3 instructions only and is always cheaper than any exit.
+/// The local page flush enters ring 0 inside the VM; it pays where that round trip is
+/// cheaper than the hypercall exit it replaces (about a third of it on kvm_pvm; with
+/// hardware virtualization a native ring-0 round trip against a 1-2 us exit). Without
+/// floors (the measurement failed) it stays with the engine, which is always right.
+pub fn in_vm_paths(floors: Option<&probe::TransitionFloors>) -> u32 {
+    use xen_abi::contract::in_vm;
+    let mut bits = in_vm::IS_UP;
+    if floors.is_some_and(|f| f.in_vm_flush_us < f.exit_us) {
+        bits |= in_vm::INVLPG_LOCAL;
+    }
+    bits
 }
 
 /// Why pvkvm refuses to run on this host.
@@ -117,6 +144,15 @@ impl HostFacts {
                     None
                 }
             },
+            floors: match probe::transition_floors(FLOOR_ROUND_TRIPS) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    log::warn!(
+                        "cannot measure this host's transition costs ({e}); the shim's in-VM flush is off"
+                    );
+                    None
+                }
+            },
         })
     }
 
@@ -146,6 +182,7 @@ impl HostFacts {
             ),
             guest_tsc_aux: self.guest_tsc_aux,
             m2p_at_abi: self.m2p_slot_usable,
+            in_vm: in_vm_paths(self.floors.as_ref()),
         })
     }
 }
@@ -160,6 +197,7 @@ impl Default for Paths {
             xstate: crate::xstate::XstatePlan::HIDDEN,
             guest_tsc_aux: false,
             m2p_at_abi: false,
+            in_vm: xen_abi::contract::in_vm::ALL,
         }
     }
 }
@@ -175,6 +213,7 @@ impl HostFacts {
                 "ring3_cpuid_intercepted": p.ring3_cpuid_intercepted,
                 "xstate": format!("{:?}", p.xstate),
                 "guest_tsc_aux": p.guest_tsc_aux,
+                "in_vm": p.in_vm,
             }),
             Err(refusal) => serde_json::json!({ "refused": refusal.to_string() }),
         };
@@ -189,6 +228,8 @@ impl HostFacts {
             "tsc_offset": self.tsc_offset,
             "m2p_slot_usable": self.m2p_slot_usable,
             "guest_tsc_aux": self.guest_tsc_aux,
+            "exit_round_trip_us": self.floors.map(|f| f.exit_us),
+            "in_vm_flush_us": self.floors.map(|f| f.in_vm_flush_us),
             "paths": paths,
         })
     }
@@ -200,7 +241,7 @@ impl HostFacts {
             Err(r) => format!("REFUSED: {r}"),
         };
         format!(
-            "\nhost facts the runner uses\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  paths: {paths}\n",
+            "\nhost facts the runner uses\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  paths: {paths}\n",
             "syscall lands at CPL",
             self.syscall_cpl,
             "ring-3 CPUID leaf 0x40000000 from pvkvm's table",
@@ -215,6 +256,11 @@ impl HostFacts {
             self.hardware_virt,
             "ring-3 rdtscp reads the vCPU's TSC_AUX",
             self.guest_tsc_aux,
+            "exit / in-VM flush round trip (us)",
+            self.floors.map_or("not measured".into(), |f| format!(
+                "{:.1} / {:.1}",
+                f.exit_us, f.in_vm_flush_us
+            )),
         )
     }
 }
@@ -246,6 +292,11 @@ mod tests {
             m2p_slot_usable: false,
             guest_tsc_aux: false,
             xstate: None,
+            // This host kind's figures (AMD EPYC, kvm_pvm).
+            floors: Some(probe::TransitionFloors {
+                exit_us: 63.0,
+                in_vm_flush_us: 31.5,
+            }),
         }
     }
 
@@ -258,6 +309,12 @@ mod tests {
             tsc_offset: -123_456_789_000,
             m2p_slot_usable: true,
             guest_tsc_aux: true,
+            // What hardware virtualization gives: exits of a microsecond or two, native
+            // ring-0 round trips.
+            floors: Some(probe::TransitionFloors {
+                exit_us: 1.5,
+                in_vm_flush_us: 0.1,
+            }),
             ..software()
         }
     }
@@ -290,6 +347,24 @@ mod tests {
         let mut f = software();
         f.immediate_exit = false;
         assert_eq!(f.paths(), Err(Refusal::NoImmediateExit));
+    }
+
+    #[test]
+    fn in_vm_answers_follow_the_measured_costs() {
+        use xen_abi::contract::in_vm;
+        assert_eq!(software().paths().unwrap().in_vm, in_vm::ALL);
+        assert_eq!(hardware().paths().unwrap().in_vm, in_vm::ALL);
+        // A host where ring 0 inside the VM costs more than an exit keeps the flush in
+        // the engine; the ring-3 answer stays.
+        let mut f = software();
+        f.floors = Some(probe::TransitionFloors {
+            exit_us: 20.0,
+            in_vm_flush_us: 45.0,
+        });
+        assert_eq!(f.paths().unwrap().in_vm, in_vm::IS_UP);
+        // Unmeasured: only what needs no ring-0 transition.
+        f.floors = None;
+        assert_eq!(f.paths().unwrap().in_vm, in_vm::IS_UP);
     }
 
     #[test]

@@ -123,6 +123,11 @@ enum Command {
         /// and at the end; a violation ends the domain (exit status 1).
         #[arg(long, hide = true)]
         check_mmu: bool,
+        /// Which answers the shim gives inside the VM, without a VM exit: `auto` (those
+        /// the host's measured costs favour) or `off` (every one through the engine in
+        /// the VMM, for comparisons).
+        #[arg(long, value_name = "auto|off", default_value = "auto", value_parser = ["auto", "off"])]
+        in_vm: String,
     },
     /// Show a kernel's Xen notes and the layout the domain builder would make.
     Inspect {
@@ -333,6 +338,7 @@ fn main() -> ExitCode {
             cpu_policy,
             inject,
             check_mmu,
+            in_vm,
             disks,
             nets,
             api_socket,
@@ -461,6 +467,7 @@ fn main() -> ExitCode {
                 cpu_policy,
                 inject,
                 check_mmu,
+                in_vm: in_vm == "auto",
                 disks,
                 nets,
                 api_socket,

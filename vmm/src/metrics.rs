@@ -111,6 +111,14 @@ fn format_profile(s: &mut String, report: &RunReport, profile: &Profile) {
     );
 }
 
+fn on_off(bit: u32) -> &'static str {
+    if bit != 0 {
+        "in the VM"
+    } else {
+        "through the engine"
+    }
+}
+
 /// Formats the counters of a finished run.
 pub fn format_report(report: &RunReport) -> String {
     let mut s = String::new();
@@ -136,6 +144,13 @@ pub fn format_report(report: &RunReport) -> String {
         e.other,
         e.kicks_with_fault_in_flight,
         e.kicks_after_soft_trap
+    );
+    let _ = writeln!(
+        s,
+        "  in-VM answers: {:#x} (is_up {}, local page flush {})",
+        report.in_vm,
+        on_off(report.in_vm & xen_abi::contract::in_vm::IS_UP),
+        on_off(report.in_vm & xen_abi::contract::in_vm::INVLPG_LOCAL)
     );
     let per = |ns: u64, n: u64| ns as f64 / n.max(1) as f64 / 1000.0;
     let _ = writeln!(

@@ -690,6 +690,116 @@ impl ProbeVm {
         expect(step, &end, want)?;
         Ok(r.rbx as f64 / n as f64)
     }
+
+    /// Cycles per ring-3 `int3` whose #BP gate points, for this measurement only, at the
+    /// first place in the shim's #BP entry holding `tail`'s bytes: an exception round
+    /// trip that never leaves the VM (with the shim's in-VM flush when `tail` has one).
+    fn in_vm_round_trip(&mut self, tail: InVmTail, n: u64) -> Result<f64, Error> {
+        let pattern = tail.bytes();
+        let idt3 = self.region.vcpu0().block_gpa + layout::vcpu::IDT + 3 * 16;
+        let mut gate = [0u8; 16];
+        self.vm
+            .memory()
+            .read_slice(&mut gate, GuestAddress(idt3))
+            .map_err(|_| shim::Error::Memory(idt3))?;
+        let stub = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
+            | (u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16)
+            | (u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]])) << 32);
+        let mut code = [0u8; 64];
+        let stub_gpa = self
+            .region
+            .va_to_gpa(stub)
+            .ok_or(Error::Step("int3 in-VM", "stub outside the shim".into()))?;
+        self.vm
+            .memory()
+            .read_slice(&mut code, GuestAddress(stub_gpa))
+            .map_err(|_| shim::Error::Memory(stub_gpa))?;
+        let at = code
+            .windows(pattern.len())
+            .position(|w| w == pattern)
+            .ok_or(Error::Step(
+                "int3 in-VM",
+                format!("no {pattern:02x?} in the #BP entry"),
+            ))?;
+        let target = stub + at as u64;
+        let mut g2 = gate;
+        g2[0..2].copy_from_slice(&(target as u16).to_le_bytes());
+        g2[6..8].copy_from_slice(&((target >> 16) as u16).to_le_bytes());
+        g2[8..12].copy_from_slice(&((target >> 32) as u32).to_le_bytes());
+        self.vm
+            .memory()
+            .write_slice(&g2, GuestAddress(idt3))
+            .map_err(|_| shim::Error::Memory(idt3))?;
+        let measured = self
+            .start(Snippet::probe_r3_int3, false, n)
+            .and_then(|()| self.run(|_: &mut ProbeVm, _: u64| {}, false));
+        // The gate goes back whatever happened, so the VM can measure on.
+        self.vm
+            .memory()
+            .write_slice(&gate, GuestAddress(idt3))
+            .map_err(|_| shim::Error::Memory(idt3))?;
+        let (end, r) = measured?;
+        expect("int3 in-VM", &end, End::Doorbell)?;
+        Ok(r.rbx as f64 / n as f64)
+    }
+}
+
+/// What the ring-0 side of an in-VM round trip runs before returning.
+#[derive(Clone, Copy, Debug)]
+enum InVmTail {
+    /// `iretq` only: the bare cost of an exception that stays in the VM.
+    Iretq,
+    /// `invlpg (%rax); iretq`: the shim's in-VM page flush (the tail of its #BP gate).
+    InvlpgIretq,
+}
+
+impl InVmTail {
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            Self::Iretq => &[0x48, 0xcf],
+            Self::InvlpgIretq => &[0x0f, 0x01, 0x38, 0x48, 0xcf],
+        }
+    }
+}
+
+/// What a guest transition costs on this host, in microseconds: the VM exit an in-VM
+/// path saves against the in-VM path itself. Measured at every start (a few hundred
+/// round trips, ~30 ms on a software-KVM host); `host::Paths` chooses from them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TransitionFloors {
+    /// A hypercall `syscall` -> VMM -> guest round trip (the exit the engine's answer
+    /// costs).
+    pub exit_us: f64,
+    /// A ring-3 `int3` -> ring-0 `invlpg` + `iretq`, no VMM: the shim's in-VM flush.
+    pub in_vm_flush_us: f64,
+}
+
+/// Measures [`TransitionFloors`] with `n` round trips of each kind (the median of three
+/// batches, so one descheduling of the thread does not decide).
+pub fn transition_floors(n: u64) -> Result<TransitionFloors, Error> {
+    let mhz = tsc_mhz_quick();
+    let mut p = ProbeVm::new()?;
+    let mut exits = Vec::new();
+    let mut flushes = Vec::new();
+    for _ in 0..3 {
+        exits.push(p.timed(
+            Snippet::probe_r3_syscall,
+            false,
+            n,
+            false,
+            "syscall doorbell",
+            End::Doorbell,
+        )?);
+        flushes.push(p.in_vm_round_trip(InVmTail::InvlpgIretq, n)?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(TransitionFloors {
+        exit_us: median(&mut exits) / mhz,
+        in_vm_flush_us: median(&mut flushes) / mhz,
+    })
 }
 
 /// One measured figure.
@@ -730,11 +840,22 @@ fn tsc_mhz() -> f64 {
     (t1 - t0) as f64 / i0.elapsed().as_secs_f64() / 1e6
 }
 
+/// The TSC rate in MHz over 20 ms: good to a few parts in a thousand, which is all a
+/// comparison of two costs needs.
+fn tsc_mhz_quick() -> f64 {
+    // SAFETY: rdtsc has no memory effects; it is available on every x86_64 CPU.
+    let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+    let i0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(20));
+    // SAFETY: as above.
+    let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+    (t1 - t0) as f64 / i0.elapsed().as_secs_f64() / 1e6
+}
+
 /// Runs all probes.
 pub fn run() -> Result<Report, Error> {
     let (_kvm, host) = vstate::host_kvm()?;
     let mhz = tsc_mhz();
-    let us = |cycles: u64, n: u64| cycles as f64 / n as f64 / mhz;
     let mut figures = Vec::new();
     let mut facts = Vec::new();
     let no_req = |_: &mut ProbeVm, _: u64| {};
@@ -828,52 +949,17 @@ pub fn run() -> Result<Report, Error> {
     // The same exception with a ring-0 handler that only iretqs (no VMM), then with one
     // that does the shim's in-VM page flush (`invlpg (%rax); iretq`, the tail of its #BP
     // gate): what an exception costs inside the VM, and what an in-VM flush costs.
-    for (pattern, name) in [
-        (&[0x48u8, 0xcf][..], "int3 -> ring-0 iretq (no VMM)"),
+    for (tail, name) in [
+        (InVmTail::Iretq, "int3 -> ring-0 iretq (no VMM)"),
         (
-            &[0x0f, 0x01, 0x38, 0x48, 0xcf][..],
+            InVmTail::InvlpgIretq,
             "int3 -> ring-0 invlpg + iretq (in-VM page flush)",
         ),
     ] {
-        let idt3 = p.region.vcpu0().block_gpa + layout::vcpu::IDT + 3 * 16;
-        let mem = p.vm.memory();
-        let mut gate = [0u8; 16];
-        mem.read_slice(&mut gate, GuestAddress(idt3))
-            .map_err(|_| shim::Error::Memory(idt3))?;
-        let stub = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
-            | (u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16)
-            | (u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]])) << 32);
-        // Point the gate at the first place in the shim's #BP entry with those bytes.
-        let mut code = [0u8; 64];
-        let stub_gpa = p
-            .region
-            .va_to_gpa(stub)
-            .ok_or(Error::Step("int3 in-VM", "stub outside the shim".into()))?;
-        mem.read_slice(&mut code, GuestAddress(stub_gpa))
-            .map_err(|_| shim::Error::Memory(stub_gpa))?;
-        let at = code
-            .windows(pattern.len())
-            .position(|w| w == pattern)
-            .ok_or(Error::Step(
-                "int3 in-VM",
-                format!("no {pattern:02x?} in the #BP entry"),
-            ))?;
-        let target = stub + at as u64;
-        let mut g2 = gate;
-        g2[0..2].copy_from_slice(&(target as u16).to_le_bytes());
-        g2[6..8].copy_from_slice(&((target >> 16) as u16).to_le_bytes());
-        g2[8..12].copy_from_slice(&((target >> 32) as u32).to_le_bytes());
-        mem.write_slice(&g2, GuestAddress(idt3))
-            .map_err(|_| shim::Error::Memory(idt3))?;
-        p.start(Snippet::probe_r3_int3, false, nt)?;
-        let (end, r) = p.run(no_req, false)?;
-        p.vm.memory()
-            .write_slice(&gate, GuestAddress(idt3))
-            .map_err(|_| shim::Error::Memory(idt3))?;
-        expect("int3 in-VM", &end, End::Doorbell)?;
+        let cycles = p.in_vm_round_trip(tail, nt)?;
         figures.push(Figure {
             name,
-            value: us(r.rbx, nt),
+            value: cycles / mhz,
             unit: "us",
         });
     }

@@ -138,6 +138,9 @@ pub struct RunConfig {
     /// Testing: recompute the MMU engine's reference and type counts once a second and
     /// when the domain ends; a violation ends the domain with a diagnostic.
     pub check_mmu: bool,
+    /// Let the shim give the in-VM answers the host's costs favour (false: every case
+    /// through the engine, for comparisons).
+    pub in_vm: bool,
     /// Virtual disks (`--disk`), in order.
     pub disks: Vec<crate::backends::blk::DiskSpec>,
     /// Virtual NICs (`--net`), in order (`vif0`, `vif1`, ...).
@@ -253,6 +256,8 @@ pub struct RunReport {
     pub mmu_refusal_count: u64,
     /// vCPUs the domain had (the counters are all of theirs).
     pub vcpus: u32,
+    /// The in-VM answers the shim gave (`xen_abi::contract::in_vm` bits).
+    pub in_vm: u32,
     /// The guest console line that best says why it ended (its last panic, BUG or oops
     /// line, else its last line), for the crash report.
     pub guest_last_words: Option<String>,
@@ -462,6 +467,9 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     if paths.m2p_at_abi {
         region.map_m2p_at_abi();
     }
+    let in_vm = if cfg.in_vm { paths.in_vm } else { 0 };
+    region.set_in_vm(vm.memory(), in_vm)?;
+    log::info!("in-VM answers: {in_vm:#x} (xen_abi::contract::in_vm bits)");
 
     let dom_cfg = DomainConfig {
         mem_bytes: ram,
@@ -1071,6 +1079,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     }
     Ok(RunReport {
         vcpus: nr_vcpus,
+        in_vm,
         end,
         elapsed: started.elapsed(),
         exits,

@@ -199,6 +199,16 @@ impl ShimRegion {
         &self.vcpus[0]
     }
 
+    /// Tells every vCPU's stubs which answers they may give inside the VM
+    /// (`xen_abi::contract::in_vm` bits; the others go through the engine).
+    pub fn set_in_vm(&self, mem: &GuestMemoryMmap, bits: u32) -> Result<()> {
+        let at = core::mem::offset_of!(contract::GuestStatePage, in_vm) as u64;
+        for v in &self.vcpus {
+            write(mem, v.guest_state_gpa + at, &bits.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
     /// Every vCPU's part, in id order.
     pub fn vcpus(&self) -> &[VcpuShim] {
         &self.vcpus
@@ -585,10 +595,12 @@ fn build_block(
     bitmap[p / 8] &= !(1 << (p % 8));
     write(mem, tss + layout::vcpu::TSS_IOPB, &bitmap)?;
 
-    // The syscall stub's view of the guest: the kernel runs first.
+    // The syscall stub's view of the guest: the kernel runs first. Every in-VM answer
+    // is on until the VMM chooses ([`ShimRegion::set_in_vm`]).
     let state = xen_abi::contract::GuestStatePage {
         kernel_mode: 1,
         nr_vcpus,
+        in_vm: contract::in_vm::ALL,
     };
     let guest_state_gpa = block_gpa + layout::vcpu::GUEST_STATE;
     write(mem, guest_state_gpa, state.as_bytes())?;
@@ -867,9 +879,14 @@ mod tests {
                 descriptor(0xa09b)
             );
 
-            let state = read_u64(&mem, v.guest_state_gpa);
-            let state = contract::GuestStatePage::read_from_bytes(&state.to_le_bytes()).unwrap();
-            assert_eq!((state.kernel_mode, state.nr_vcpus), (1, n));
+            let mut state = [0u8; core::mem::size_of::<contract::GuestStatePage>()];
+            mem.read_slice(&mut state, GuestAddress(v.guest_state_gpa))
+                .unwrap();
+            let state = contract::GuestStatePage::read_from_bytes(&state).unwrap();
+            assert_eq!(
+                (state.kernel_mode, state.nr_vcpus, state.in_vm),
+                (1, n, contract::in_vm::ALL)
+            );
             assert_eq!(v.posted_gpa, v.block_gpa + layout::vcpu::POSTED);
 
             // The shim maps each block page where it lies, with the part's flags, and

@@ -27,7 +27,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this contract; the shim header carries it.
-pub const CONTRACT_VERSION: u32 = 5;
+pub const CONTRACT_VERSION: u32 = 6;
 /// Magic at offset 0 of the shim image.
 pub const SHIM_MAGIC: [u8; 8] = *b"PVKVSHIM";
 /// Number of IDT vectors the shim provides stubs for.
@@ -208,6 +208,24 @@ pub struct GuestStatePage {
     /// vCPUs of the domain: `is_up` for an id at or above it is -ENOENT. The same in
     /// every block.
     pub nr_vcpus: u32,
+    /// Which answers the shim may give inside the VM ([`in_vm`] bits); a clear bit sends
+    /// that case through the doorbell to the engine. The VMM chooses them once, from the
+    /// host's measured costs (an in-VM path is only worth it where it is cheaper than the
+    /// VM exit it saves), and writes the same value in every block.
+    pub in_vm: u32,
+}
+
+/// Bits of [`GuestStatePage::in_vm`]: the shim's in-VM answers, each of which the VMM
+/// may turn off (the engine then answers the same case through a VM exit).
+pub mod in_vm {
+    /// `VCPUOP_is_up` for a vCPU the domain does not have, answered at CPL3 by the
+    /// `syscall` stub (ring-3 instructions only).
+    pub const IS_UP: u32 = 1 << 0;
+    /// `mmuext_op` with one `MMUEXT_INVLPG_LOCAL`, done through the ring-0 gate (an
+    /// in-VM exception round trip).
+    pub const INVLPG_LOCAL: u32 = 1 << 1;
+    /// Every bit this contract version defines.
+    pub const ALL: u32 = IS_UP | INVLPG_LOCAL;
 }
 
 /// The IDT vector the `syscall` stub enters ring 0 through, for the one thing it cannot

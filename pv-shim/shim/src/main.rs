@@ -16,6 +16,8 @@
 //!   at ring 0, entered by an `int3` whose #BP gate checks where it came from, and
 //!   answers 0; its reads of the op
 //!   are in a fixup range the VMM knows, so a bad pointer falls back to the doorbell.
+//!   Each fast path runs only while its bit of `GuestStatePage::in_vm` is set: the VMM
+//!   turns off the ones the host's measured costs do not favour.
 //! - one IDT stub per vector: push an error code (0 where the CPU pushes none) and the
 //!   vector, ring the trap doorbell, drop both words and `iretq` to the frame the VMM may
 //!   have rewritten. Five emulated instructions per trap.
@@ -74,6 +76,8 @@ syscall_doorbell_end:
     // vcpu_op(VCPUOP_is_up, id) for an id the domain does not have: -ENOENT.
 10: cmpl ${is_up}, %edi
     jne syscall_slow_path
+    testl ${in_vm_is_up}, (shim_header + {state} + 8)(%rip)
+    jz syscall_slow_path
     cmpl (shim_header + {state} + 4)(%rip), %esi
     jb syscall_slow_path
     cmpl $0, (shim_header + {state})(%rip)
@@ -90,6 +94,8 @@ syscall_doorbell_end:
     // the VMM then resumes at syscall_slow_path with every register as it was.
 20: cmpl $1, %esi
     jne syscall_slow_path
+    testl ${in_vm_invlpg}, (shim_header + {state} + 8)(%rip)
+    jz syscall_slow_path
     testq %rdx, %rdx
     jne syscall_slow_path
     cmpl ${domid_self}, %r10d
@@ -198,6 +204,8 @@ apply_more_doorbell_end:
     domid_self = const xen_abi::xen::DOMID_SELF,
     gate_vector = const xen_abi::contract::FAST_GATE_VECTOR,
     enoent = const xen_abi::errno::ENOENT,
+    in_vm_is_up = const xen_abi::contract::in_vm::IS_UP,
+    in_vm_invlpg = const xen_abi::contract::in_vm::INVLPG_LOCAL,
     state = const xen_abi::contract::layout::vcpu::GUEST_STATE - xen_abi::contract::layout::vcpu::TEXT,
     trap_port = const xen_abi::contract::port::TRAP,
     apply_more_port = const xen_abi::contract::port::APPLY_MORE,
