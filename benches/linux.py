@@ -86,6 +86,7 @@ FIGURES = [
     ("cpu", "1M rounds of xorshift (no syscalls)"),
     ("fault", "first write to an anonymous page"),
     ("mmap_cycle", "mmap + touch + munmap, per page (64 pages)"),
+    ("memfill", "fill 1 MiB of fresh anonymous memory (mmap 4 MiB, memset, munmap)"),
     ("mprotect", "mprotect of 16 present pages"),
     ("pipe", "pipe ping-pong round trip (2 processes)"),
     ("fork_exit", "fork + _exit + waitpid"),
@@ -1132,6 +1133,9 @@ def fmt_rate(f):
 
 STAT_EXITS_RE = re.compile(r"pvkvm stats: [\d.]+ s, (\d+) VM exits")
 STAT_KINDS_RE = re.compile(r"exits: hypercall doorbell (\d+), trap doorbell (\d+)")
+# The other exit kinds (a separate pattern: older builds print only the first two).
+STAT_MORE_KINDS_RE = re.compile(r"exits: hypercall doorbell \d+, trap doorbell \d+, apply refill (\d+), "
+                                r"interrupted (\d+), other (\d+)")
 STAT_HC_RE = re.compile(r"^\s*(\w+) \((\d+)\)\s+(\d+)\s+enosys (\d+)")
 STAT_SYSCALLS_RE = re.compile(r"guest-user syscalls bounced: (\d+)")
 STAT_EXC_RE = re.compile(r"exception\s+(\d+) bounced (\d+)")
@@ -1143,6 +1147,7 @@ def parse_stats(lines):
     c = {}
     for text in lines:
         for rx, keys in ((STAT_EXITS_RE, ["vm_exits"]), (STAT_KINDS_RE, ["hypercall_doorbells", "trap_doorbells"]),
+                         (STAT_MORE_KINDS_RE, ["refill_exits", "interrupted_exits", "other_exits"]),
                          (STAT_SYSCALLS_RE, ["syscalls_bounced"]), (STAT_STORES_RE, ["pagetable_stores"])):
             m = rx.search(text)
             if m:
