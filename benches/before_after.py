@@ -38,6 +38,7 @@ import linux  # noqa: E402  (benches/linux.py: the benchmark initramfs, boots, -
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAG_RATIO = 1.3
+NO_BEFORE = "no before binary"
 
 # The figures of the comparison: (key, workload figure or None, label, unit). Workload
 # figures are ns per operation in the guest; "MiB/s" figures are shown as a rate (1 MiB /
@@ -314,7 +315,7 @@ def floor_ns(per_op, native_ns, rt):
 def summarize(side, fig, native_ns, rt):
     vals = side.values.get(fig)
     if not vals:
-        return {"error": side.errors.get(fig, side.errors.get("baseline", "not measured"))}
+        return {"error": side.errors.get(fig) or side.errors.get("baseline") or "not measured"}
     per_op_rounds = side.per_op[fig]
     keys = set().union(*per_op_rounds)
     per_op = {k: statistics.median(r.get(k, 0.0) for r in per_op_rounds) for k in keys}
@@ -328,13 +329,17 @@ def summarize(side, fig, native_ns, rt):
     return out
 
 
-def compare(before, after, native, native_reason, rt, rounds, rev_info):
-    """The JSON of the comparison."""
+def compare(before, after, native, native_reason, rt, rounds, rev_info, not_run=()):
+    """The JSON of the comparison; `not_run`: figures left out on purpose (the mixed
+    workload with --no-mixed)."""
     rows = []
     for key, wf, label, unit in FIGURES:
         nat = native.get(wf) if wf else None
-        b = summarize(before, key, nat, rt) if before else {"error": "no before binary"}
-        a = summarize(after, key, nat, rt)
+        if key in not_run:
+            b = a = {"not_run": True}
+        else:
+            b = summarize(before, key, nat, rt) if before else {"error": NO_BEFORE}
+            a = summarize(after, key, nat, rt)
         row = {"figure": key, "label": label, "unit": unit, "native_ns": nat, "before": b, "after": a}
         if "value_ns" in b and "value_ns" in a:
             row["speedup"] = b["value_ns"] / a["value_ns"]
@@ -385,8 +390,7 @@ def markdown(cmp):
         floors = " / ".join(fmt_value((s.get("floor") or {}).get("total_ns"), unit) for s in (b, a))
         out.append("| " + " | ".join([
             f"`{row['figure']}`: {row['label']}",
-            fmt_value(b.get("value_ns"), unit) if "value_ns" in b else "failed",
-            fmt_value(a.get("value_ns"), unit) if "value_ns" in a else "failed",
+            cell_value(b, unit), cell_value(a, unit),
             fmt_num(row.get("speedup"), 2) + "x" if row.get("speedup") else "-",
             f"{fmt_num(b.get('exits_per_op'))} / {fmt_num(a.get('exits_per_op'))}",
             fmt_num(a.get("in_vm_per_op"), 0),
@@ -395,8 +399,14 @@ def markdown(cmp):
     out.append("")
     for row in cmp["rows"]:
         for side in ("before", "after"):
-            if "error" in row[side]:
-                out.append(f"- `{row['figure']}` {side}: {row[side]['error']}")
+            # A before side that was never built is said once, below.
+            if "error" in row[side] and not (side == "before" and info.get("error")):
+                out.append(f"- `{row['figure']}` {side} failed: {row[side]['error']}")
+    not_run = [row["figure"] for row in cmp["rows"] if row["after"].get("not_run")]
+    if not_run:
+        out.append(f"- not run: {', '.join(not_run)} (`--no-mixed` or `--quick`).")
+    out.append("- MiB/s rows: the floor is the highest rate the model allows; the ratio is "
+               "still time over floor time (floor rate / rate).")
     if info.get("error"):
         out.append(f"- before: **{info['error']}**")
     out += [f"- in-VM/op: {cmp['in_vm_note']}.", f"- {cmp['native_note']}.",
@@ -404,6 +414,14 @@ def markdown(cmp):
             "running none, over the operations (warm-up sample included); boot: all exits to "
             "power-off; mixed: the mixed boot minus the boot running none.", ""]
     return "\n".join(out) + "\n"
+
+
+def cell_value(side, unit):
+    if side.get("not_run"):
+        return "not run"
+    if side.get("error") == NO_BEFORE:
+        return "not built"
+    return fmt_value(side["value_ns"], unit) if "value_ns" in side else "failed"
 
 
 def fmt_ratio(r, flag):
