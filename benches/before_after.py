@@ -214,10 +214,10 @@ class Side:
         res["counters"] = linux.parse_stats(t for _, t in b.lines)
         return res
 
-    def record(self, fig, value_ns, counters, ops):
-        """Keeps a round's value and its counters per operation (minus the baseline boot's)."""
+    def record(self, fig, value_ns, counters, ops, baseline=None):
+        """Keeps a round's value and its counters per operation (minus `baseline`'s)."""
         self.values.setdefault(fig, []).append(value_ns)
-        base = self.baseline or {}
+        base = baseline or {}
         self.per_op.setdefault(fig, []).append(
             {k: (v - base.get(k, 0)) / ops for k, v in counters.items()})
 
@@ -234,7 +234,7 @@ def measure_workload_figure(side, fig, kernel, initrd):
         return
     # The counters cover the timed operations and the untimed warm-up sample (one batch).
     ops = f["ops"] + f["ops"] // f["samples"]
-    side.record(fig, f["median_ns"], res["counters"], ops)
+    side.record(fig, f["median_ns"], res["counters"], ops, side.baseline)
     say(f"{side.name} {fig}: {linux.fmt_ns(f['median_ns'])}")
 
 
@@ -256,9 +256,7 @@ def measure_boot(side, boot_profile, kernel, initrd):
         side.fail("boot", res.get("reason"))
         return
     counters = linux.parse_stats(res["stats"].splitlines())
-    saved, side.baseline = side.baseline, None  # the whole boot is the operation
-    side.record("boot", res["boot_to_prompt_s"] * 1e9, counters, 1)
-    side.baseline = saved
+    side.record("boot", res["boot_to_prompt_s"] * 1e9, counters, 1)  # the whole boot is the operation
     say(f"{side.name} boot: {res['boot_to_prompt_s']} s")
 
 
@@ -268,7 +266,7 @@ def measure_mixed(side, kernel, initrd, spec, sizes):
     if res["status"] != "ok" or total is None:
         side.fail("mixed", res.get("reason") or "no mixed_total")
         return
-    side.record("mixed", total * 1e9, res.get("counters") or {}, 1)
+    side.record("mixed", total * 1e9, res.get("counters") or {}, 1, side.baseline)
     say(f"{side.name} mixed: {total:.1f} s")
 
 
