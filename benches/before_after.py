@@ -38,6 +38,9 @@ import linux  # noqa: E402  (benches/linux.py: the benchmark initramfs, boots, -
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAG_RATIO = 1.3
+# Time limit of a benchmark boot running one figure (or none): they take ~35 s here; a
+# boot that hangs (a bug of the build under test) should not cost linux.py's 180 s.
+FIGURE_BOOT_LIMIT_S = 120
 NO_BEFORE = "no before binary"
 
 # The figures of the comparison: (key, workload figure or None, label, unit). Workload
@@ -204,20 +207,25 @@ class Side:
         self.errors = {}    # figure -> last error
         self.baseline = None  # this round's counters of a boot that runs no figure
 
-    def boot_workload(self, only=None, mixed=None, kernel=None, initrd=None, sizes=None):
+    def boot_workload(self, only=None, mixed=None, kernel=None, initrd=None, sizes=None, limit=None):
         """A benchmark boot; its result with the parsed --stats counters."""
         if mixed:
             res = linux.mixed_boot("pvkvm", self.work, self.pvkvm, kernel, initrd, None, None, mixed, sizes)
             return res
-        b = linux.platform_boot("pvkvm", self.work, self.pvkvm, kernel, initrd, None, None, only=only).run()
+        b = linux.platform_boot("pvkvm", self.work, self.pvkvm, kernel, initrd, None, None, only=only,
+                                limit=limit).run()
         res = b.result()
         res["counters"] = linux.parse_stats(t for _, t in b.lines)
         return res
 
-    def record(self, fig, value_ns, counters, ops, baseline=None):
-        """Keeps a round's value and its counters per operation (minus `baseline`'s)."""
+    def record(self, fig, value_ns, counters, ops, baseline=None, subtract=True):
+        """Keeps a round's value and its counters per operation, minus `baseline`'s when
+        `subtract`; without a baseline to subtract the counters say nothing per operation
+        (the boot's exits would swamp them) and only the value is kept."""
         self.values.setdefault(fig, []).append(value_ns)
-        base = baseline or {}
+        if subtract and baseline is None:
+            return
+        base = baseline if subtract else {}
         self.per_op.setdefault(fig, []).append(
             {k: (v - base.get(k, 0)) / ops for k, v in counters.items()})
 
@@ -227,7 +235,7 @@ class Side:
 
 
 def measure_workload_figure(side, fig, kernel, initrd):
-    res = side.boot_workload(only=fig, kernel=kernel, initrd=initrd)
+    res = side.boot_workload(only=fig, kernel=kernel, initrd=initrd, limit=FIGURE_BOOT_LIMIT_S)
     f = res["figures"].get(fig) or {}
     if res["status"] != "ok" or "median_ns" not in f:
         side.fail(fig, res.get("reason") or f.get("error") or "no figure")
@@ -239,13 +247,16 @@ def measure_workload_figure(side, fig, kernel, initrd):
 
 
 def measure_baseline(side, kernel, initrd):
-    """A boot that runs no figure: the counters every figure boot has besides its own."""
-    res = side.boot_workload(only="none", kernel=kernel, initrd=initrd)
-    if res["status"] != "ok" or not res["counters"]:
-        side.baseline = None
-        side.fail("baseline", res.get("reason", "no --stats counters"))
-        return
-    side.baseline = res["counters"]
+    """A boot that runs no figure: the counters every figure boot has besides its own.
+    Tried twice (a boot can hang: a build's bug); without it the side's figures are still
+    measured, but not their exits."""
+    side.baseline = None
+    for attempt in (1, 2):
+        res = side.boot_workload(only="none", kernel=kernel, initrd=initrd, limit=FIGURE_BOOT_LIMIT_S)
+        if res["status"] == "ok" and res["counters"]:
+            side.baseline = res["counters"]
+            return
+        side.fail("baseline", f"attempt {attempt}: {res.get('reason', 'no --stats counters')}")
 
 
 def measure_boot(side, boot_profile, kernel, initrd):
@@ -256,7 +267,8 @@ def measure_boot(side, boot_profile, kernel, initrd):
         side.fail("boot", res.get("reason"))
         return
     counters = linux.parse_stats(res["stats"].splitlines())
-    side.record("boot", res["boot_to_prompt_s"] * 1e9, counters, 1)  # the whole boot is the operation
+    # The whole boot is the operation: nothing to subtract.
+    side.record("boot", res["boot_to_prompt_s"] * 1e9, counters, 1, subtract=False)
     say(f"{side.name} boot: {res['boot_to_prompt_s']} s")
 
 
@@ -281,14 +293,12 @@ def run_rounds(sides, rounds, kernel, initrd, default_kernel, default_initrd, bo
             measure_baseline(s, kernel, initrd)
         for fig in WORKLOAD_FIGURES:
             for s in order:
-                if s.baseline is not None:
-                    measure_workload_figure(s, fig, kernel, initrd)
+                measure_workload_figure(s, fig, kernel, initrd)
         for s in order:
             measure_boot(s, boot_profile, default_kernel, default_initrd)
         if mixed_spec:
             for s in order:
-                if s.baseline is not None:
-                    measure_mixed(s, kernel, mixed_initrd, mixed_spec, mixed_sizes)
+                measure_mixed(s, kernel, mixed_initrd, mixed_spec, mixed_sizes)
 
 
 # --- the floor and the summary -------------------------------------------------------------
@@ -314,12 +324,15 @@ def summarize(side, fig, native_ns, rt):
     vals = side.values.get(fig)
     if not vals:
         return {"error": side.errors.get(fig) or side.errors.get("baseline") or "not measured"}
-    per_op_rounds = side.per_op[fig]
+    per_op_rounds = side.per_op.get(fig) or [{}]
     keys = set().union(*per_op_rounds)
     per_op = {k: statistics.median(r.get(k, 0.0) for r in per_op_rounds) for k in keys}
     value = statistics.median(vals)
     out = {"value_ns": value, "rounds_ns": vals, "exits_per_op": per_op.get("vm_exits"),
            "in_vm_per_op": per_op.get("in_vm_transitions", 0.0), "per_op": per_op}
+    if "vm_exits" not in per_op:
+        out["exits_note"] = "no exits: " + (side.errors.get("baseline") or "no --stats counters")
+        return out
     fl = floor_ns(per_op, native_ns, rt)
     if fl:
         out["floor"] = fl
@@ -399,7 +412,9 @@ def markdown(cmp):
         for side in ("before", "after"):
             # A before side that was never built is said once, below.
             if "error" in row[side] and not (side == "before" and info.get("error")):
-                out.append(f"- `{row['figure']}` {side} failed: {row[side]['error']}")
+                out.append(f"- `{row['figure']}` {side} failed: {shorten(row[side]['error'])}")
+            elif "exits_note" in row[side]:
+                out.append(f"- `{row['figure']}` {side}: {shorten(row[side]['exits_note'])}")
     not_run = [row["figure"] for row in cmp["rows"] if row["after"].get("not_run")]
     if not_run:
         out.append(f"- not run: {', '.join(not_run)} (`--no-mixed` or `--quick`).")
@@ -412,6 +427,12 @@ def markdown(cmp):
             "running none, over the operations (warm-up sample included); boot: all exits to "
             "power-off; mixed: the mixed boot minus the boot running none.", ""]
     return "\n".join(out) + "\n"
+
+
+def shorten(text, n=300):
+    """A failure reason cut for the table's notes (the JSON keeps it whole)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[:n] + " ..."
 
 
 def cell_value(side, unit):
