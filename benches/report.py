@@ -3,7 +3,7 @@
 JSON plus a markdown table.
 
     python3 benches/report.py [--out benches/results] [--skip-linux] [--no-mixed] [--scale 0.5]
-                              [--before REV | --no-before] [--rounds N] [--quick]
+                              [--before REV | --no-before] [--rounds N] [--quick [--mixed]]
 
 Parts, in order (each part's failure is recorded in the report, the rest still runs):
   1. `pvkvm probe --json`: the host KVM kind and the trap floors;
@@ -23,7 +23,8 @@ Parts, in order (each part's failure is recorded in the report, the rest still r
      prompt, the mixed workload unless --no-mixed) with both binaries, interleaved, with
      exits per operation, each figure's floor and its ratio to it; unless --no-before.
      --quick runs only this part (and the probe its floors come from), one round, no mixed
-     workload: a smoke run of ~15 minutes on this host once REV is built.
+     workload (--quick --mixed keeps it): a smoke run of ~10-15 minutes on this host once
+     REV is built.
 
 Writes <out>/report.json and <out>/report.md (machine, host KVM kind, host kernel,
 guest kernel, commit, date, then every part's table). Python 3 standard library only;
@@ -214,8 +215,10 @@ def main():
                     help="before/after rounds (boots per figure and side; default 3, 1 with --quick)")
     ap.add_argument("--quick", action="store_true",
                     help="only the probe and the before/after part, one round, no mixed workload")
+    ap.add_argument("--mixed", action="store_true",
+                    help="with --quick: keep the mixed workload (one more boot per side, ~2 x 95 s)")
     args = ap.parse_args()
-    if args.quick:
+    if args.quick and not args.mixed:
         args.no_mixed = True
     rounds = args.rounds or (1 if args.quick else 3)
     os.makedirs(args.out, exist_ok=True)
