@@ -272,7 +272,7 @@ def main():
     if report["before_after"].get("status") == "ok":
         md += "\n" + before_after.markdown(report["before_after"]["result"])
     elif report["before_after"].get("status") != "skipped":
-        md += "\n## Before and after\n\nfailed: %s\n" % report["before_after"].get("reason")
+        md += "\n## Before and after\n\n" + not_ok("before/after", report["before_after"]) + "\n"
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(md)
     print(md)
@@ -300,14 +300,13 @@ def markdown(report, micro_md, linux_md):
         for t in probe["timings"]:
             out.append(f"| {t['name']} | {t['value']:.2f} {t['unit']} |")
     else:
-        out.append(f"probe {probe.get('status')}: {probe.get('reason', '')}")
+        out.append(not_ok("probe", probe))
     out += ["", "## Microbenchmarks (`benches/micro.py`)", ""]
     if report["micro"].get("status") == "ok" and os.path.exists(micro_md):
         with open(micro_md) as f:
             out.append(f.read().strip())
     else:
-        out.append(f"microbenchmarks {report['micro'].get('status')}: "
-                   f"{report['micro'].get('reason', '')}")
+        out.append(not_ok("microbenchmarks", report["micro"]))
     out += ["", "## Default guest boot (`pvkvm run --stats`)", ""]
     boot = report["boot"]
     if boot.get("status") == "ok":
@@ -315,15 +314,20 @@ def markdown(report, micro_md, linux_md):
                 f"{boot['vm_exits']} VM exits to poweroff.", "", "```", boot["stats"].rstrip(),
                 "```"]
     else:
-        out.append(f"boot {boot.get('status')}: {boot.get('reason', '')}")
+        out.append(not_ok("boot", boot))
     out += ["", "## Linux workloads and the alternatives (`benches/linux.py`)", ""]
     if report["linux"].get("status") == "ok" and os.path.exists(linux_md):
         with open(linux_md) as f:
             out.append(f.read().strip())
     else:
-        out.append(f"Linux workloads {report['linux'].get('status')}: "
-                   f"{report['linux'].get('reason', '')}")
+        out.append(not_ok("Linux workloads", report["linux"]))
     return "\n".join(out) + "\n"
+
+
+def not_ok(name, result):
+    """The line for a part that failed or was skipped, with its reason if it has one."""
+    reason = result.get("reason")
+    return f"{name} {result.get('status')}" + (f": {reason}" if reason else ".")
 
 
 def mixed_summary(report):
