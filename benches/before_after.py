@@ -181,6 +181,12 @@ def probe_floors(probe_report):
             if t.get("unit") in scale}
 
 
+def median_floors(probes):
+    """Per timing, the median over several probes' round trips."""
+    names = set().union(*probes) if probes else set()
+    return {n: statistics.median(p[n] for p in probes if n in p) for n in names}
+
+
 def native_figures(wl_binary):
     """The workload figures run natively on this host (the same static binary as in the
     guest): ns per operation by figure, or {} with the reason."""
@@ -282,12 +288,19 @@ def measure_mixed(side, kernel, initrd, spec, sizes):
 
 
 def run_rounds(sides, rounds, kernel, initrd, default_kernel, default_initrd, boot_profile,
-               mixed_initrd=None, mixed_spec=None, mixed_sizes=None):
+               mixed_initrd=None, mixed_spec=None, mixed_sizes=None, probe=None, probes=None):
     """Every figure on every side, interleaved: per figure, one boot of each side in turn,
-    the order reversed every round, so that host noise (other jobs, thermal) hits both."""
+    the order reversed every round, so that host noise (other jobs, thermal) hits both.
+    With `probe` (a function returning `pvkvm probe --json`'s report), the floors are
+    measured again at the start of every round and appended to `probes`: one probe taken
+    when the host was calm would not match figures measured when it was not."""
     for rnd in range(rounds):
         order = sides if rnd % 2 == 0 else list(reversed(sides))
         say(f"round {rnd + 1}/{rounds}: {' then '.join(s.name for s in order)}")
+        if probe is not None:
+            rt = probe_floors(probe())
+            if rt:
+                probes.append(rt)
         for s in order:
             measure_baseline(s, kernel, initrd)
         for fig in WORKLOAD_FIGURES:
@@ -339,9 +352,11 @@ def summarize(side, fig, native_ns, rt):
     return out
 
 
-def compare(before, after, native, native_reason, rt, rounds, rev_info, not_run=()):
-    """The JSON of the comparison; `not_run`: figures left out on purpose (the mixed
-    workload with --no-mixed)."""
+def compare(before, after, native, native_reason, probes, rounds, rev_info, not_run=()):
+    """The JSON of the comparison; `probes`: the round trips of each probe run (their
+    median is charged); `not_run`: figures left out on purpose (the mixed workload with
+    --no-mixed)."""
+    rt = median_floors(probes)
     rows = []
     for key, wf, label, unit in FIGURES:
         nat = native.get(wf) if wf else None
@@ -357,6 +372,8 @@ def compare(before, after, native, native_reason, rt, rounds, rev_info, not_run=
     return {"before": rev_info, "rounds": rounds, "flag_ratio": FLAG_RATIO,
             "probe_round_trips_ns": {k: rt.get(k) for k in
                                      (PROBE_HYPERCALL, PROBE_TRAP, PROBE_REFILL, PROBE_IN_VM)},
+            "probe_runs": [{k: p.get(k) for k in (PROBE_HYPERCALL, PROBE_TRAP, PROBE_REFILL, PROBE_IN_VM)}
+                           for p in probes],
             "in_vm_note": IN_VM_NOTE,
             "native_note": ("native: the same workload binary run on this host (figures); "
                             "omitted for boot and the mixed workload" +
@@ -386,7 +403,9 @@ def markdown(cmp):
            f"Before: `{info.get('rev')}` ({info.get('sha', '?')[:12]}); after: this tree "
            f"({info.get('after')}). Same guest kernel, benchmark initramfs and host; boots "
            f"interleaved per figure, {cmp['rounds']} round(s), median over rounds. Floor per "
-           f"operation = exits/op x the probe's round trip of their kind (hypercall {us(PROBE_HYPERCALL)} us, "
+           f"operation = exits/op x the probe's round trip of their kind (median of "
+           f"{len(cmp.get('probe_runs', []))} probe runs, one before the report and one per round: "
+           f"hypercall {us(PROBE_HYPERCALL)} us, "
            f"trap {us(PROBE_TRAP)} us, refill {us(PROBE_REFILL)} us) + in-VM transitions/op x "
            f"{us(PROBE_IN_VM)} us (in-VM exception) + native work; ratio = value / floor, "
            f"**bold** above {cmp['flag_ratio']}x. Speed-up = before / after time (> 1: after "

@@ -172,7 +172,8 @@ def before_after_part(rev, rounds, mixed, report, default_kernel, default_initrd
             log(f"mixed workload without its compile phase: {why}")
     wl = linux.WORKLOAD / "target" / linux.TARGET / "release" / "pvkvm-workload"
     native, native_reason = before_after.native_figures(wl)
-    rt = before_after.probe_floors(report.get("probe", {}))
+    # The report's own probe (part 1), then one per round (run_rounds).
+    probes = [p for p in [before_after.probe_floors(report.get("probe", {}))] if p]
     with before_after.BeforeBuild(rev) as bb:
         info = {"rev": rev, "sha": bb.sha or "?", "after": report["machine"]["commit"]}
         if bb.error:
@@ -182,9 +183,9 @@ def before_after_part(rev, rounds, mixed, report, default_kernel, default_initrd
         before = before_after.Side("before", bb.pvkvm, work / "before") if bb.pvkvm else None
         sides = [s for s in (before, after) if s]
         before_after.run_rounds(sides, rounds, kernel, initrd, default_kernel, default_initrd,
-                                boot_profile, mixed_initrd, spec, sizes)
+                                boot_profile, mixed_initrd, spec, sizes, probe=probe, probes=probes)
     return {"status": "ok",
-            "result": before_after.compare(before, after, native, native_reason, rt, rounds, info,
+            "result": before_after.compare(before, after, native, native_reason, probes, rounds, info,
                                            not_run=() if mixed else ("mixed",))}
 
 
