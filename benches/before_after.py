@@ -439,7 +439,7 @@ def markdown(cmp):
     out.append("- MiB/s rows: the floor is the highest rate the model allows; the ratio is "
                "still time over floor time (floor rate / rate).")
     if info.get("error"):
-        out.append(f"- before: **{info['error']}**")
+        out.append(f"- before: **{shorten(info['error'], 600)}** (whole in the JSON)")
     out += [f"- in-VM/op: {cmp['in_vm_note']}.", f"- {cmp['native_note']}.",
             "- exits/op: `pvkvm run --stats` of a boot running only that figure minus a boot "
             "running none, over the operations (warm-up sample included); boot: all exits to "
