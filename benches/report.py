@@ -23,8 +23,8 @@ Parts, in order (each part's failure is recorded in the report, the rest still r
      prompt, the mixed workload unless --no-mixed) with both binaries, interleaved, with
      exits per operation, each figure's floor and its ratio to it; unless --no-before.
      --quick runs only this part (and the probe its floors come from), one round, no mixed
-     workload (--quick --mixed keeps it): a smoke run of ~10-15 minutes on this host once
-     REV is built.
+     workload (--quick --mixed keeps it): a smoke run of 6-7 minutes (10 with --mixed) on
+     this host once REV is built.
 
 Writes <out>/report.json and <out>/report.md (machine, host KVM kind, host kernel,
 guest kernel, commit, date, then every part's table). Python 3 standard library only;
