@@ -86,6 +86,7 @@ FIGURES = [
     ("cpu", "1M rounds of xorshift (no syscalls)"),
     ("fault", "first write to an anonymous page"),
     ("mmap_cycle", "mmap + touch + munmap, per page (64 pages)"),
+    ("memfill", "fill 1 MiB of fresh anonymous memory (mmap 4 MiB, memset, munmap)"),
     ("mprotect", "mprotect of 16 present pages"),
     ("pipe", "pipe ping-pong round trip (2 processes)"),
     ("fork_exit", "fork + _exit + waitpid"),
@@ -561,37 +562,41 @@ class Boot:
             reader = threading.Thread(target=self._reader, args=(proc.stdout, t_launch, log), daemon=True)
             reader.start()
             self.end_reason = None
-            deadline = t_launch + self.limit_s
-            grace_until = None
-            seen = 0
-            while True:
-                if proc.poll() is not None:
-                    self.end_reason = "exited with status %d" % proc.returncode
-                    break
-                now = time.monotonic()
-                with self.lock:
-                    new = self.lines[seen:]
-                    seen = len(self.lines)
-                for _, text in new:
-                    if grace_until is None and END_RE.search(text):
-                        grace_until = now + 20  # time to power off by itself
-                    for pat in self.fatal:
-                        if pat in text and not self.end_reason:
-                            self.end_reason = "fatal: " + text.strip()
-                    for pat in self.stopped:
-                        if pat in text:
-                            grace_until = min(grace_until or now + 2, now + 2)
-                if self.end_reason:
-                    time.sleep(1)  # the rest of the diagnostic
-                    break
-                if grace_until is not None and now > grace_until:
-                    self.end_reason = "stopped after the benchmark ended"
-                    break
-                if now > deadline:
-                    self.end_reason = "time limit of %d s reached" % self.limit_s
-                    break
-                time.sleep(0.1)
-            self._stop(proc)
+            try:
+                deadline = t_launch + self.limit_s
+                grace_until = None
+                seen = 0
+                while True:
+                    if proc.poll() is not None:
+                        self.end_reason = "exited with status %d" % proc.returncode
+                        break
+                    now = time.monotonic()
+                    with self.lock:
+                        new = self.lines[seen:]
+                        seen = len(self.lines)
+                    for _, text in new:
+                        if grace_until is None and END_RE.search(text):
+                            grace_until = now + 20  # time to power off by itself
+                        for pat in self.fatal:
+                            if pat in text and not self.end_reason:
+                                self.end_reason = "fatal: " + text.strip()
+                        for pat in self.stopped:
+                            if pat in text:
+                                grace_until = min(grace_until or now + 2, now + 2)
+                    if self.end_reason:
+                        time.sleep(1)  # the rest of the diagnostic
+                        break
+                    if grace_until is not None and now > grace_until:
+                        self.end_reason = "stopped after the benchmark ended"
+                        break
+                    if now > deadline:
+                        self.end_reason = "time limit of %d s reached" % self.limit_s
+                        break
+                    time.sleep(0.1)
+            finally:
+                # Also on Ctrl-C: the guest runs in its own session, so it would not get
+                # the terminal's SIGINT and would run on until its own time limit.
+                self._stop(proc)
             reader.join(5)
             self.returncode = proc.returncode
             self.wall_s = time.monotonic() - t_launch
@@ -1132,6 +1137,9 @@ def fmt_rate(f):
 
 STAT_EXITS_RE = re.compile(r"pvkvm stats: [\d.]+ s, (\d+) VM exits")
 STAT_KINDS_RE = re.compile(r"exits: hypercall doorbell (\d+), trap doorbell (\d+)")
+# The other exit kinds (a separate pattern: older builds print only the first two).
+STAT_MORE_KINDS_RE = re.compile(r"exits: hypercall doorbell \d+, trap doorbell \d+, apply refill (\d+), "
+                                r"interrupted (\d+), other (\d+)")
 STAT_HC_RE = re.compile(r"^\s*(\w+) \((\d+)\)\s+(\d+)\s+enosys (\d+)")
 STAT_SYSCALLS_RE = re.compile(r"guest-user syscalls bounced: (\d+)")
 STAT_EXC_RE = re.compile(r"exception\s+(\d+) bounced (\d+)")
@@ -1143,6 +1151,7 @@ def parse_stats(lines):
     c = {}
     for text in lines:
         for rx, keys in ((STAT_EXITS_RE, ["vm_exits"]), (STAT_KINDS_RE, ["hypercall_doorbells", "trap_doorbells"]),
+                         (STAT_MORE_KINDS_RE, ["refill_exits", "interrupted_exits", "other_exits"]),
                          (STAT_SYSCALLS_RE, ["syscalls_bounced"]), (STAT_STORES_RE, ["pagetable_stores"])):
             m = rx.search(text)
             if m:

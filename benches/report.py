@@ -3,6 +3,7 @@
 JSON plus a markdown table.
 
     python3 benches/report.py [--out benches/results] [--skip-linux] [--no-mixed] [--scale 0.5]
+                              [--before REV | --no-before] [--rounds N] [--quick [--mixed]]
 
 Parts, in order (each part's failure is recorded in the report, the rest still runs):
   1. `pvkvm probe --json`: the host KVM kind and the trap floors;
@@ -15,7 +16,15 @@ Parts, in order (each part's failure is recorded in the report, the rest still r
      the alternatives (QEMU TCG, Xen under QEMU TCG, QEMU with KVM where that boots), with
      the VM exits each pvkvm figure costs, and the mixed user workload (gzip, sha256sum,
      find, short-lived processes, tcc; one more boot per platform, ~4 min more), unless
-     --skip-linux (--no-mixed leaves out only the mixed workload).
+     --skip-linux (--no-mixed leaves out only the mixed workload);
+  5. before and after (benches/before_after.py): pvkvm built from REV (--before, default
+     HEAD~1, in a temporary git worktree) and this tree's, the same figures (getppid, page
+     fault, mmap-touch, fork+exit, fork+exec, pipe round trip, memory fill rate, boot to
+     prompt, the mixed workload unless --no-mixed) with both binaries, interleaved, with
+     exits per operation, each figure's floor and its ratio to it; unless --no-before.
+     --quick runs only this part (and the probe its floors come from), one round, no mixed
+     workload (--quick --mixed keeps it): a smoke run of 6-7 minutes (10 with --mixed) on
+     this host once REV is built.
 
 Writes <out>/report.json and <out>/report.md (machine, host KVM kind, host kernel,
 guest kernel, commit, date, then every part's table). Python 3 standard library only;
@@ -32,6 +41,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+import before_after  # noqa: E402
+import linux  # noqa: E402
 PVKVM = os.path.join(ROOT, "target", "release", "pvkvm")
 
 
@@ -72,12 +84,13 @@ def machine():
     }
 
 
-def build():
-    # The test kernels build from their own directory (its .cargo/config.toml).
-    for cmd, cwd in (
-        (["cargo", "build", "--release", "--quiet", "-p", "pvkvm"], ROOT),
-        (["cargo", "build", "--release", "--quiet"], os.path.join(ROOT, "guest-images")),
-    ):
+def build(test_kernels=True):
+    # The test kernels build from their own directory (its .cargo/config.toml); only the
+    # microbenchmarks need them.
+    steps = [(["cargo", "build", "--release", "--quiet", "-p", "pvkvm"], ROOT)]
+    if test_kernels:
+        steps.append((["cargo", "build", "--release", "--quiet"], os.path.join(ROOT, "guest-images")))
+    for cmd, cwd in steps:
         r = run(cmd, cwd=cwd)
         if r.returncode != 0:
             sys.exit(f"report: {' '.join(cmd)} failed:\n{r.stderr}")
@@ -95,11 +108,11 @@ def probe():
     return json.loads(r.stdout)
 
 
-def boot_profile(kernel, initrd, timeout=240):
+def boot_profile(kernel, initrd, timeout=240, pvkvm=PVKVM):
     """Boots the default guest to its prompt, powers it off, returns the figures."""
-    cmd = [PVKVM, "run", "--kernel", kernel, "--initrd", initrd,
+    cmd = [str(pvkvm), "run", "--kernel", kernel, "--initrd", initrd,
            "--cmdline", "console=hvc0 quiet", "--stats", "--timeout", str(timeout)]
-    log("$ " + " ".join(cmd))
+    log("$ " + " ".join(map(str, cmd)))
     start = time.monotonic()
     p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
@@ -137,6 +150,45 @@ def boot_profile(kernel, initrd, timeout=240):
             "stats": err[err.find("pvkvm stats:"):]}
 
 
+def before_after_part(rev, rounds, mixed, report, default_kernel, default_initrd):
+    """Builds pvkvm at `rev` and runs the comparison (benches/before_after.py) against
+    this tree's build; a `rev` that does not build still gives the after side."""
+    work = linux.Path(ROOT) / "target" / "report-ab"
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        # The benchmark initramfs (benches/workload of this tree) for both sides.
+        _, kernel, initrd = linux.build_all(work, linux.Path(PVKVM))
+    except SystemExit as e:  # linux.py dies on a failed build
+        return {"status": "failed", "reason": f"building the benchmark initramfs failed ({e})"}
+    spec = sizes = mixed_initrd = None
+    if mixed:
+        spec, sizes = linux.MIXED_SIZES, linux.parse_sizes(linux.MIXED_SIZES)
+        cc, why = linux.cc_archive(work)
+        mixed_initrd = initrd
+        if cc:
+            mixed_initrd = work / "initramfs-bench-mixed.cpio.gz"
+            mixed_initrd.write_bytes(initrd.read_bytes() + cc.read_bytes())
+        else:
+            log(f"mixed workload without its compile phase: {why}")
+    wl = linux.WORKLOAD / "target" / linux.TARGET / "release" / "pvkvm-workload"
+    native, native_reason = before_after.native_figures(wl)
+    # The report's own probe (part 1), then one per round (run_rounds).
+    probes = [p for p in [before_after.probe_floors(report.get("probe", {}))] if p]
+    with before_after.BeforeBuild(rev) as bb:
+        info = {"rev": rev, "sha": bb.sha or "?", "after": report["machine"]["commit"]}
+        if bb.error:
+            info["error"] = bb.error
+            log(bb.error)
+        after = before_after.Side("after", linux.Path(PVKVM), work / "after")
+        before = before_after.Side("before", bb.pvkvm, work / "before") if bb.pvkvm else None
+        sides = [s for s in (before, after) if s]
+        before_after.run_rounds(sides, rounds, kernel, initrd, default_kernel, default_initrd,
+                                boot_profile, mixed_initrd, spec, sizes, probe=probe, probes=probes)
+    return {"status": "ok",
+            "result": before_after.compare(before, after, native, native_reason, probes, rounds, info,
+                                           not_run=() if mixed else ("mixed",))}
+
+
 def part(name, fn):
     log(f"--- {name}")
     t0 = time.monotonic()
@@ -157,10 +209,22 @@ def main():
                     help="leave out the mixed user workload of benches/linux.py")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiply the microbenchmarks' iteration counts")
+    ap.add_argument("--before", default="HEAD~1", metavar="REV",
+                    help="compare with pvkvm built from this revision (default HEAD~1)")
+    ap.add_argument("--no-before", action="store_true", help="leave out the before/after part")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="before/after rounds (boots per figure and side; default 3, 1 with --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="only the probe and the before/after part, one round, no mixed workload")
+    ap.add_argument("--mixed", action="store_true",
+                    help="with --quick: keep the mixed workload (one more boot per side, ~2 x 95 s)")
     args = ap.parse_args()
+    if args.quick and not args.mixed:
+        args.no_mixed = True
+    rounds = args.rounds or (1 if args.quick else 3)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.monotonic()
-    kernel, initrd = build()
+    kernel, initrd = build(test_kernels=not args.quick)
     report = {"machine": machine(), "guest_kernel": os.path.basename(kernel)}
     report["probe"] = part("probe", probe)
     report["host_kvm"] = report["probe"].get("kind", "unknown") + " (" + \
@@ -177,13 +241,14 @@ def main():
         with open(micro_json) as f:
             return {"status": "ok", "rows": json.load(f)}
 
-    report["micro"] = part("microbenchmarks", micro)
-    report["boot"] = part("boot profile", lambda: boot_profile(kernel, initrd))
+    skipped = {"status": "skipped (--quick)"}
+    report["micro"] = skipped if args.quick else part("microbenchmarks", micro)
+    report["boot"] = skipped if args.quick else part("boot profile", lambda: boot_profile(kernel, initrd))
 
     linux_json = os.path.join(args.out, "linux.json")
     linux_md = os.path.join(args.out, "linux.md")
 
-    def linux():
+    def linux_part():
         r = run([sys.executable, "benches/linux.py", "--pvkvm-exits", "--json", linux_json,
                  "--markdown", linux_md] + ([] if args.no_mixed else ["--mixed"]))
         if r.returncode != 0:
@@ -191,15 +256,24 @@ def main():
         with open(linux_json) as f:
             return {"status": "ok", "result": json.load(f)}
 
-    if args.skip_linux:
+    if args.skip_linux or args.quick:
         report["linux"] = {"status": "skipped"}
     else:
-        report["linux"] = part("Linux workloads", linux)
+        report["linux"] = part("Linux workloads", linux_part)
+    if args.no_before:
+        report["before_after"] = {"status": "skipped"}
+    else:
+        report["before_after"] = part("before and after", lambda: before_after_part(
+            args.before, rounds, not args.no_mixed, report, kernel, initrd))
     report["total_s"] = round(time.monotonic() - t0, 1)
 
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     md = markdown(report, micro_md, linux_md)
+    if report["before_after"].get("status") == "ok":
+        md += "\n" + before_after.markdown(report["before_after"]["result"])
+    elif report["before_after"].get("status") != "skipped":
+        md += "\n## Before and after\n\n" + not_ok("before/after", report["before_after"]) + "\n"
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(md)
     print(md)
@@ -227,14 +301,13 @@ def markdown(report, micro_md, linux_md):
         for t in probe["timings"]:
             out.append(f"| {t['name']} | {t['value']:.2f} {t['unit']} |")
     else:
-        out.append(f"probe {probe.get('status')}: {probe.get('reason', '')}")
+        out.append(not_ok("probe", probe))
     out += ["", "## Microbenchmarks (`benches/micro.py`)", ""]
     if report["micro"].get("status") == "ok" and os.path.exists(micro_md):
         with open(micro_md) as f:
             out.append(f.read().strip())
     else:
-        out.append(f"microbenchmarks {report['micro'].get('status')}: "
-                   f"{report['micro'].get('reason', '')}")
+        out.append(not_ok("microbenchmarks", report["micro"]))
     out += ["", "## Default guest boot (`pvkvm run --stats`)", ""]
     boot = report["boot"]
     if boot.get("status") == "ok":
@@ -242,15 +315,20 @@ def markdown(report, micro_md, linux_md):
                 f"{boot['vm_exits']} VM exits to poweroff.", "", "```", boot["stats"].rstrip(),
                 "```"]
     else:
-        out.append(f"boot {boot.get('status')}: {boot.get('reason', '')}")
+        out.append(not_ok("boot", boot))
     out += ["", "## Linux workloads and the alternatives (`benches/linux.py`)", ""]
     if report["linux"].get("status") == "ok" and os.path.exists(linux_md):
         with open(linux_md) as f:
             out.append(f.read().strip())
     else:
-        out.append(f"Linux workloads {report['linux'].get('status')}: "
-                   f"{report['linux'].get('reason', '')}")
+        out.append(not_ok("Linux workloads", report["linux"]))
     return "\n".join(out) + "\n"
+
+
+def not_ok(name, result):
+    """The line for a part that failed or was skipped, with its reason if it has one."""
+    reason = result.get("reason")
+    return f"{name} {result.get('status')}" + (f": {reason}" if reason else ".")
 
 
 def mixed_summary(report):

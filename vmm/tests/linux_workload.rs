@@ -9,12 +9,13 @@ mod common;
 
 use std::process::Command;
 
-const FIGURES: [&str; 10] = [
+const FIGURES: [&str; 11] = [
     "clock",
     "getppid",
     "cpu",
     "fault",
     "mmap_cycle",
+    "memfill",
     "mprotect",
     "pipe",
     "fork_exit",

@@ -19,7 +19,8 @@
 //! `ops` is the number of operations timed (samples x batch). Figures:
 //! clock (one clock_gettime), getppid (one raw syscall), cpu (1M rounds of xorshift,
 //! no syscalls), fault (first write to an anonymous page, per page), mmap_cycle (mmap 64
-//! pages + touch each + munmap, per page), mprotect (16 present pages, RO<->RW, per
+//! pages + touch each + munmap, per page), memfill (mmap 4 MiB, write every byte,
+//! munmap, per MiB: the memory fill rate), mprotect (16 present pages, RO<->RW, per
 //! call), pipe (1-byte ping-pong between two processes, per round trip), fork_exit
 //! (fork, child _exits, parent waits), fork_exec (fork, child execs a 129-byte static ELF
 //! that only exits), fork_exec_busybox (same with busybox `true`, when /bin/true exists).
@@ -768,6 +769,22 @@ fn main() {
         let p = map_anon(FAULT_PAGES)?;
         touch(p, FAULT_PAGES);
         unmap(p, FAULT_PAGES)?;
+        Ok(now_ns() - t0)
+    });
+
+    // Memory fill rate: per MiB, a fresh anonymous mapping of FILL_MIB MiB written in
+    // full (every byte, as a program filling a new buffer does), then unmapped: the first
+    // write of each page faults it in, so the rate is the page faults' cost plus the
+    // stores. 1 MiB / median is the rate (MiB/s).
+    const FILL_MIB: usize = 4;
+    r.figure("memfill", Plan::new(FILL_MIB as u64, 5, 31), |_| {
+        let pages = FILL_MIB * 256;
+        let t0 = now_ns();
+        let p = map_anon(pages)?;
+        // SAFETY: p maps `pages` writable pages, all of them written here.
+        unsafe { ptr::write_bytes(p, 0xa5, pages * PAGE) };
+        black_box(p);
+        unmap(p, pages)?;
         Ok(now_ns() - t0)
     });
 
