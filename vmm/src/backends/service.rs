@@ -33,6 +33,32 @@ const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_millis(10
 /// Rounds a xenstore ring that the guest keeps full is served in, per notify.
 const XENSTORE_SLICES: usize = 64;
 
+/// What the reconcile tick last saw of the xenstore ring: whether replies waited unread
+/// and the guest's consumer index then.
+#[derive(Debug, Default)]
+struct StoreTick {
+    /// The request producer index while requests waited unread.
+    requests_at: Option<u32>,
+    /// The response consumer index while replies waited unread.
+    unread_at: Option<u32>,
+    /// Times the tick found work no notify had announced (logged the first time).
+    missed: u64,
+}
+
+impl StoreTick {
+    /// Takes this tick's look at the ring; returns whether requests waited unread, and
+    /// whether replies waited unread, since the last tick with the same indices (the
+    /// guest produced nothing new, resp. consumed nothing, in between).
+    fn observe(&mut self, look: Option<crate::xenstore::ring::RingLook>) -> (bool, bool) {
+        let unannounced =
+            look.is_some_and(|l| l.requests_unread && self.requests_at == Some(l.req_prod));
+        let stale = look.is_some_and(|l| l.responses_unread && self.unread_at == Some(l.rsp_cons));
+        self.requests_at = look.and_then(|l| l.requests_unread.then_some(l.req_prod));
+        self.unread_at = look.and_then(|l| l.responses_unread.then_some(l.rsp_cons));
+        (unannounced, stale)
+    }
+}
+
 /// Work for the backend thread.
 #[derive(Debug)]
 pub enum Request {
@@ -141,6 +167,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("backends".into())
         .spawn(move || {
+            let mut tick = StoreTick::default();
             loop {
                 let req = match requests.recv_timeout(RECONCILE_EVERY) {
                     Ok(req) => req,
@@ -148,10 +175,37 @@ pub fn spawn(
                     // broke closes its backend, and no frontend change can be missed.
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                         let moved = backends.xenbus.reconcile(&mut backends.xenstore);
-                        if moved || backends.xenstore.needs_poll() {
+                        // The ring itself is looked at too: a request that waited a whole
+                        // tick with no notify is served, and replies the guest left unread
+                        // for a whole tick are announced again. Either means an event was
+                        // lost on its way (or the guest did not run for that long), and
+                        // a guest waiting for xenstore would wait forever; a spare event
+                        // is harmless, as on Xen.
+                        let look = {
+                            let mut page =
+                                GuestRingPage::new(&mem, GuestAddress(backends.store_gpa));
+                            backends.xenstore.look(&mut page)
+                        };
+                        let (unannounced, stale) = tick.observe(look);
+                        if unannounced || stale {
+                            tick.missed += 1;
+                            if tick.missed == 1 {
+                                log::warn!(
+                                    "pvkvm: xenstore: {} (a lost event, or a guest that did not run)",
+                                    if unannounced {
+                                        "a request waited 100 ms with no notify; served from the ring"
+                                    } else {
+                                        "replies waited unread for 100 ms; the guest was notified again"
+                                    }
+                                );
+                            }
+                        }
+                        if moved || backends.xenstore.needs_poll() || unannounced {
                             if let Some(port) = backends.serve_xenstore(&mem) {
                                 raise(port);
                             }
+                        } else if stale {
+                            raise(BACKEND_PORT_XENSTORE);
                         }
                         continue;
                     }
@@ -165,6 +219,12 @@ pub fn spawn(
                     raise(port);
                 }
             }
+            if tick.missed > 0 {
+                log::warn!(
+                    "pvkvm: xenstore: the ring check found unannounced work {} times",
+                    tick.missed
+                );
+            }
             // The devices finish what they took and give their grants back.
             backends.xenbus.shutdown();
             backends.flush_console(&mem);
@@ -175,3 +235,39 @@ pub fn spawn(
 
 /// A [`Sender`] of requests, as the vCPU thread holds it.
 pub type RequestSender = Sender<Request>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xenstore::ring::RingLook;
+
+    fn look(
+        requests_unread: bool,
+        req_prod: u32,
+        responses_unread: bool,
+        rsp_cons: u32,
+    ) -> Option<RingLook> {
+        Some(RingLook {
+            requests_unread,
+            req_prod,
+            rsp_cons,
+            responses_unread,
+        })
+    }
+
+    #[test]
+    fn the_ring_check_finds_work_only_when_it_waited_a_whole_tick() {
+        let mut t = StoreTick::default();
+        // Fresh work is the notify's to announce.
+        assert_eq!(t.observe(look(true, 10, true, 4)), (false, false));
+        // The same indices a tick later: nobody announced or read it.
+        assert_eq!(t.observe(look(true, 10, true, 4)), (true, true));
+        // The guest produced more and consumed some: in flight again, not stale.
+        assert_eq!(t.observe(look(true, 12, true, 6)), (false, false));
+        // Served and read: nothing waits.
+        assert_eq!(t.observe(look(false, 12, false, 8)), (false, false));
+        assert_eq!(t.observe(look(false, 12, false, 8)), (false, false));
+        // A broken connection is not looked at.
+        assert_eq!(t.observe(None), (false, false));
+    }
+}

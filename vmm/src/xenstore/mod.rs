@@ -19,7 +19,7 @@
 //! changes; notify the guest's xenstore event channel when it returns `true`; call it
 //! again later while [`Xenstore::needs_poll`] is `true`.
 
-mod ring;
+pub mod ring;
 mod store;
 pub mod wire;
 
@@ -356,6 +356,12 @@ impl Xenstore {
     /// The `error` value the connection was broken with, if it was.
     pub fn broken(&self) -> Option<u32> {
         self.broken
+    }
+
+    /// A look at the ring's indices (see [`ring::look`]); None once the connection is
+    /// broken (the page is left alone then).
+    pub fn look(&self, page: &mut dyn RingPage) -> Option<ring::RingLook> {
+        self.broken.is_none().then(|| ring::look(page))
     }
 
     /// True when [`Xenstore::process`] should be called again without waiting for

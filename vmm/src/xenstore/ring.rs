@@ -21,6 +21,34 @@ fn indexes_ok(cons: u32, prod: u32) -> bool {
 
 const MASK: u32 = XENSTORE_RING_SIZE as u32 - 1;
 
+/// What waits in the two rings, from their indices alone (nothing is consumed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingLook {
+    /// Request bytes the guest produced that xenstored has not read.
+    pub requests_unread: bool,
+    /// The guest's producer index of the request ring.
+    pub req_prod: u32,
+    /// The guest's consumer index of the response ring.
+    pub rsp_cons: u32,
+    /// Response bytes xenstored produced that the guest has not read.
+    pub responses_unread: bool,
+}
+
+/// Reads the four indices once; inconsistent ones say nothing waits (the next real
+/// access breaks the connection for them).
+pub fn look(page: &mut dyn RingPage) -> RingLook {
+    let req_cons = read_u32(page, OFF_REQ_CONS);
+    let req_prod = read_u32(page, OFF_REQ_PROD);
+    let rsp_cons = read_u32(page, OFF_RSP_CONS);
+    let rsp_prod = read_u32(page, OFF_RSP_PROD);
+    RingLook {
+        requests_unread: req_prod != req_cons && indexes_ok(req_cons, req_prod),
+        req_prod,
+        rsp_cons,
+        responses_unread: rsp_prod != rsp_cons && indexes_ok(rsp_cons, rsp_prod),
+    }
+}
+
 /// Copies up to `buf.len()` request bytes out of the ring and advances `req_cons`.
 /// Returns the number of bytes taken (0: the ring is empty).
 pub fn read_requests(page: &mut dyn RingPage, buf: &mut [u8]) -> Result<usize, BadIndex> {

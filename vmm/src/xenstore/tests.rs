@@ -1361,3 +1361,27 @@ fn xenstore_c_parsers() {
     assert_eq!(onearg(b"a\0b"), None);
     assert_eq!(get_strings(b"a\0b\0c"), vec![&b"a"[..], &b"b"[..]]);
 }
+
+#[test]
+fn a_look_at_the_ring_reads_only_indices() {
+    let mut page = vec![0u8; 4096];
+    assert_eq!(
+        ring::look(&mut page),
+        ring::RingLook {
+            requests_unread: false,
+            req_prod: 0,
+            rsp_cons: 0,
+            responses_unread: false,
+        }
+    );
+    ring::write_u32(&mut page, OFF_REQ_PROD, 19);
+    ring::write_u32(&mut page, OFF_RSP_PROD, 7);
+    ring::write_u32(&mut page, OFF_RSP_CONS, 3);
+    let l = ring::look(&mut page);
+    assert!(l.requests_unread && l.responses_unread);
+    assert_eq!((l.req_prod, l.rsp_cons), (19, 3));
+    // Inconsistent indices say nothing waits (the next real access breaks the
+    // connection).
+    ring::write_u32(&mut page, OFF_REQ_PROD, 5000);
+    assert!(!ring::look(&mut page).requests_unread);
+}
