@@ -44,6 +44,10 @@ const UPCALL_ONE_IN: u64 = 6;
 const PREEMPT_ONE_IN: u64 = 4;
 /// One in this many exits sends its stores in short chunks.
 const SHORT_APPLY_ONE_IN: u64 = 3;
+/// A short chunk holds 1 to this many stores. Small on purpose: most exits post only
+/// one or two stores (a first validation writes its entries unposted), and a chunk as
+/// large as the posting area would almost never make the shim ask for more.
+const SHORT_APPLY_MAX: u64 = 4;
 /// Kicks come after 20 us to this many microseconds.
 const KICK_MAX_US: u64 = 400;
 /// One in this many backend events is late, by up to this many microseconds.
@@ -81,7 +85,7 @@ impl Injector {
         let preempt = self.one_in(PREEMPT_ONE_IN);
         let apply_chunk = self
             .one_in(SHORT_APPLY_ONE_IN)
-            .then(|| 1 + (self.next() % max_chunk.max(1) as u64) as usize);
+            .then(|| 1 + (self.next() % SHORT_APPLY_MAX.min(max_chunk.max(1) as u64)) as usize);
         AtExit {
             upcall,
             preempt,
@@ -136,7 +140,7 @@ mod tests {
             up += u64::from(d.upcall);
             pre += u64::from(d.preempt);
             if let Some(c) = d.apply_chunk {
-                assert!((1..=200).contains(&c));
+                assert!((1..=SHORT_APPLY_MAX as usize).contains(&c));
                 short += 1;
             }
         }
