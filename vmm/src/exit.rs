@@ -95,6 +95,8 @@ pub struct ExitStats {
     /// Interrupted runs left alone because the guest had just executed what may be a
     /// software trap (see [`SoftTrapCheck`]).
     pub kicks_after_soft_trap: u64,
+    /// Protection-key faults answered by resetting PKRU (see [`PkruReset`]).
+    pub pkru_resets: u64,
     /// Refills of the posting area during one apply.
     pub apply_more: u64,
     /// Applies of posted stores and flushes (entries into the shim's apply routine).
@@ -124,6 +126,7 @@ impl ExitStats {
         self.interrupted += o.interrupted;
         self.kicks_with_fault_in_flight += o.kicks_with_fault_in_flight;
         self.kicks_after_soft_trap += o.kicks_after_soft_trap;
+        self.pkru_resets += o.pkru_resets;
         self.apply_more += o.apply_more;
         self.applies += o.applies;
         self.posted_stores += o.posted_stores;
@@ -411,7 +414,23 @@ pub struct Domain<'a> {
     pub paths: crate::host::Paths,
     /// A kick left alone because a software trap may be in flight (see [`SoftTrapCheck`]).
     pub soft_trap: &'a mut SoftTrapCheck,
+    /// The guest state saved while the shim's PKRU-reset trampoline runs.
+    pub pkru_reset: &'a mut Option<PkruReset>,
 }
+
+/// What the PKRU-reset trampoline clobbers, restored at its doorbell: the guest's rax,
+/// rcx, rdx, flags, and the instruction to run again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PkruReset {
+    rax: u64,
+    rcx: u64,
+    rdx: u64,
+    rflags: u64,
+    rip: u64,
+}
+
+/// The protection-key bit of a #PF error code.
+const PF_PK: u64 = 1 << 5;
 
 /// A kick can cut `KVM_RUN` short after the CPU executed a software trap (`int3`,
 /// `into`, `int n`) and before KVM delivered it to the shim. KVM keeps such an event
@@ -641,7 +660,20 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
 }
 
 fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
-    let regs = cpu.regs()?;
+    let mut regs = cpu.regs()?;
+    if regs.rip == dom.shim.pkru_reset_doorbell_end {
+        if let Some(saved) = dom.pkru_reset.take() {
+            // The trampoline wrote PKRU 0: the guest's registers back, and the faulting
+            // instruction again.
+            regs.rax = saved.rax;
+            regs.rcx = saved.rcx;
+            regs.rdx = saved.rdx;
+            regs.rflags = saved.rflags;
+            regs.rip = saved.rip;
+            cpu.set_regs(&regs);
+            return Ok(Action::Resume);
+        }
+    }
     let sregs = cpu.sregs()?;
     let mut g = to_guest_regs(&regs);
     (g.cs, g.ss) = syscall_origin_selectors(&sregs, dom.paths);
@@ -773,6 +805,11 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
     // first instruction. Let the fault reach the shim; its trap exit delivers events.
     if cpu.event_in_flight()? {
         dom.exits.kicks_with_fault_in_flight += 1;
+        return Ok(Action::Interrupted);
+    }
+    // The PKRU-reset trampoline runs with the guest's registers saved: events wait for
+    // its doorbell (four instructions later).
+    if dom.pkru_reset.is_some() {
         return Ok(Action::Interrupted);
     }
     let regs = cpu.regs()?;
@@ -986,6 +1023,35 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
             .map_err(|e| e.to_string())?;
         return Ok(Action::Resume);
     }
+    if vector == 14
+        && frame.error_code & PF_PK != 0
+        && frame.cs & 3 == 3
+        && dom.platform.xstate.reset_pkru
+        && dom.pkru_reset.is_none()
+    {
+        // A protection-key fault: the policy offers no PKU, so every guest PTE carries
+        // key 0 and the fault is a guest process's PKRU that this host let reach the
+        // kernel or another process (KVM's XSAVE image does not carry it). Only ring 3
+        // can change PKRU here: run the shim's trampoline, then this instruction again.
+        *dom.pkru_reset = Some(PkruReset {
+            rax: regs.rax,
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            rflags: frame.rflags,
+            rip: frame.rip,
+        });
+        regs.rax = 0;
+        regs.rcx = 0;
+        regs.rdx = 0;
+        cpu.set_regs(&regs);
+        frame.rip = dom.shim.pkru_reset;
+        dom.platform
+            .mem
+            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
+            .map_err(|e| e.to_string())?;
+        dom.exits.pkru_resets += 1;
+        return Ok(Action::Resume);
+    }
     if frame.cs & 3 != 3 || matches!(vector, 2 | 8 | 18) {
         let what = format!(
             "exception {vector} (error code {:#x}) in the shim itself at rip {:#x}, cr2 {:#x}",
@@ -1178,6 +1244,7 @@ mod tests {
         paths: crate::host::Paths,
         msr_writes: Vec<(u32, u64)>,
         soft_trap: SoftTrapCheck,
+        pkru_reset: Option<PkruReset>,
     }
 
     /// Guest RAM with the low 4 MiB identity-mapped (user, writable) and the shim region.
@@ -1224,6 +1291,7 @@ mod tests {
             flush: pv_mm::FlushSet::default(),
             mapped_gdt: [0; 14],
             soft_trap: SoftTrapCheck::default(),
+            pkru_reset: None,
             notified: Vec::new(),
             paths: crate::host::Paths::default(),
             msr_writes: Vec::new(),
@@ -1291,6 +1359,7 @@ mod tests {
             },
             mapped_gdt: &mut w.mapped_gdt,
             soft_trap: &mut w.soft_trap,
+            pkru_reset: &mut w.pkru_reset,
             paths: w.paths,
         }
     }
@@ -1701,6 +1770,63 @@ mod tests {
             &mut cpu,
         );
         assert_eq!(w.soft_trap, SoftTrapCheck::default());
+    }
+
+    /// A protection-key fault where PKRU can only change at ring 3: the trampoline runs
+    /// with the guest's registers saved, events wait, and its doorbell puts everything
+    /// back at the faulting instruction; no bounce to the guest.
+    #[test]
+    fn a_protection_key_fault_runs_the_pkru_trampoline_and_retries() {
+        let mut w = world();
+        let frame = TrapFrame {
+            vector: 14,
+            error_code: PF_PK | 0x6,
+            rip: CODE + 0x40,
+            cs: 0xe033,
+            rflags: 0x246,
+            rsp: 0x8_0000,
+            ss: 0xe02b,
+        };
+        let (rsp0, frame_gpa) = push_trap_frame(&w, &frame);
+        let mut cpu = cpu_at(0xffff_8100_0000_0500);
+        cpu.regs.rsp = rsp0;
+        (cpu.regs.rax, cpu.regs.rcx, cpu.regs.rdx) = (0xa, 0xc, 0xd);
+        let trap = Exit::IoOut {
+            port: port::TRAP,
+            value: 0,
+        };
+        let action = {
+            let mut d = domain(&mut w);
+            d.platform.xstate.reset_pkru = true;
+            handle_exit(&trap, &mut cpu, &mut d)
+        };
+        assert_eq!(action, Action::Resume);
+        let mut raw = [0u8; core::mem::size_of::<TrapFrame>()];
+        w.mem.read_slice(&mut raw, GuestAddress(frame_gpa)).unwrap();
+        let after = TrapFrame::read_from_bytes(&raw).unwrap();
+        assert_eq!(after.rip, w.region.vcpu0().pkru_reset);
+        assert_eq!((cpu.regs.rax, cpu.regs.rcx, cpu.regs.rdx), (0, 0, 0));
+        assert!(w.pkru_reset.is_some());
+        assert_eq!(w.exits.pkru_resets, 1);
+
+        // The trampoline's doorbell: the guest's registers and the faulting rip again.
+        cpu.regs.rip = w.region.vcpu0().pkru_reset_doorbell_end;
+        cpu.regs.rflags = 0x2;
+        let door = Exit::IoOut {
+            port: port::HYPERCALL,
+            value: 0,
+        };
+        assert_eq!(handle(&mut w, door, &mut cpu), Action::Resume);
+        assert_eq!((cpu.regs.rax, cpu.regs.rcx, cpu.regs.rdx), (0xa, 0xc, 0xd));
+        assert_eq!((cpu.regs.rip, cpu.regs.rflags), (CODE + 0x40, 0x246));
+        assert!(w.pkru_reset.is_none());
+
+        // Without the host need (KVM switches PKRU itself), the fault is the guest's.
+        let (rsp0, _) = push_trap_frame(&w, &frame);
+        cpu.regs.rsp = rsp0;
+        let _ = handle(&mut w, trap, &mut cpu);
+        assert!(w.pkru_reset.is_none());
+        assert_eq!(w.exits.pkru_resets, 1);
     }
 
     #[test]

@@ -145,6 +145,13 @@ pub fn format_report(report: &RunReport) -> String {
         e.kicks_with_fault_in_flight,
         e.kicks_after_soft_trap
     );
+    if e.pkru_resets > 0 {
+        let _ = writeln!(
+            s,
+            "  protection-key faults answered by resetting PKRU: {}",
+            e.pkru_resets
+        );
+    }
     let _ = writeln!(
         s,
         "  in-VM answers: {:#x} (is_up {}, local page flush {})",

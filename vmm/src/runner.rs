@@ -1440,6 +1440,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let mut flush = pv_mm::FlushSet::default();
     let mut mapped_gdt = [0u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE];
     let mut soft_trap = exit::SoftTrapCheck::default();
+    let mut pkru_reset: Option<exit::PkruReset> = None;
     let mut exits = ExitStats {
         profile: profile.then(crate::metrics::Profile::default),
         ..ExitStats::default()
@@ -1533,6 +1534,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             mapped_gdt: &mut mapped_gdt,
             paths,
             soft_trap: &mut soft_trap,
+            pkru_reset: &mut pkru_reset,
         };
         if !waiting && me.take_flush_request() {
             // Another vCPU changed what this one may cache: flush before running on.

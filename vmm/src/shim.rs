@@ -156,6 +156,10 @@ pub struct VcpuShim {
     pub syscall_fixup: core::ops::Range<u64>,
     /// The `syscall` stub's doorbell.
     pub syscall_slow_path: u64,
+    /// The CPL3 PKRU-reset trampoline.
+    pub pkru_reset: u64,
+    /// Where rip points when the trampoline rings its doorbell.
+    pub pkru_reset_doorbell_end: u64,
     /// The apply routine (see `xen_abi::contract::ShimHeader::apply_entry`).
     pub apply_entry: u64,
     /// Where rip points when the apply routine rings `APPLY_MORE`.
@@ -614,6 +618,8 @@ fn build_block(
         syscall_fixup: text + u64::from(hdr.syscall_fixup_start)
             ..text + u64::from(hdr.syscall_fixup_end),
         syscall_slow_path: text + u64::from(hdr.syscall_slow_path),
+        pkru_reset: text + u64::from(hdr.pkru_reset),
+        pkru_reset_doorbell_end: text + u64::from(hdr.pkru_reset_doorbell_end),
         apply_entry: text + u64::from(hdr.apply_entry),
         apply_more_doorbell_end: text + u64::from(hdr.apply_more_doorbell_end),
         stack_top: va(layout::vcpu::STACK),

@@ -27,7 +27,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this contract; the shim header carries it.
-pub const CONTRACT_VERSION: u32 = 6;
+pub const CONTRACT_VERSION: u32 = 7;
 /// Magic at offset 0 of the shim image.
 pub const SHIM_MAGIC: [u8; 8] = *b"PVKVSHIM";
 /// Number of IDT vectors the shim provides stubs for.
@@ -265,6 +265,12 @@ pub struct ShimHeader {
     pub syscall_slow_path: u32,
     /// Entry of the IDT stub of each vector.
     pub vector_entry: [u32; NR_VECTORS],
+    /// A CPL3 trampoline that writes PKRU 0 (`wrpkru` with eax, ecx and edx cleared)
+    /// and rings the hypercall doorbell: the VMM runs it, with the guest's registers
+    /// saved, where only guest ring 3 can change PKRU (see docs/host-kvm.md).
+    pub pkru_reset: u32,
+    /// Address just after the trampoline's doorbell `out`.
+    pub pkru_reset_doorbell_end: u32,
 }
 
 /// Words the IDT stub pushes on the ring-0 stack below the CPU's interrupt frame: at the

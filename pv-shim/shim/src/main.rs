@@ -60,6 +60,8 @@ shim_header:
     .endif
     .set vec, vec + 1
     .endr
+    .long pkru_reset - shim_header
+    .long pkru_reset_doorbell_end - shim_header
 header_end:
 
     .balign 16
@@ -117,6 +119,18 @@ syscall_gate_return:
 90: pushq %r11
     popfq
     jmp *%rcx
+
+    // PKRU 0 from guest ring 3 (the only place some hosts let PKRU change): run by the
+    // VMM with the guest's rax, rcx, rdx and flags saved, which it restores at the
+    // doorbell. wrpkru needs ecx = edx = 0; eax is the value.
+pkru_reset:
+    xor %eax, %eax
+    xor %ecx, %ecx
+    xor %edx, %edx
+    .byte 0x0f, 0x01, 0xef
+    out %al, ${hypercall_port}
+pkru_reset_doorbell_end:
+    ud2
 
     // The ring-0 gate (the #BP gate): only for the int3 just above; any other int3 is
     // the guest's and takes the vector's ordinary stub.
