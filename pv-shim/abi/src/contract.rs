@@ -341,7 +341,9 @@ mod tests {
 
     #[test]
     fn header_and_frame_sizes() {
-        assert_eq!(core::mem::size_of::<ShimHeader>(), 44 + 4 * NR_VECTORS);
+        // magic (8), seven u32 offsets before the vector table (28), version and
+        // header_size (8), the vector table, then the two PKRU trampoline offsets (8).
+        assert_eq!(core::mem::size_of::<ShimHeader>(), 44 + 4 * NR_VECTORS + 8);
         assert_eq!(core::mem::size_of::<PostedHeader>(), 0x1000);
         assert_eq!(core::mem::size_of::<TrapFrame>(), 56);
     }
