@@ -169,9 +169,21 @@ elif [[ -z $stressors ]]; then
 else
     check stress-ng-status fail "$got of $expected runs reported; non-zero: $(tr '\n' ';' <<<"$bad_results")"
 fi
-ng_fail=$(grep -E 'stress-ng: fail:|unsuccessful run|skipping the stressor|No stress workers|bit errors' <<<"$text" | head -n 5 || true)
+# stress-ng 0.15's pipe stressor reports its final "stop" write failing with EINTR (it
+# retries EINTR in its main loop but tolerates only EPIPE there): a signal of its own
+# shutdown arriving while that write blocks on a pipe the reader stopped draining. The
+# stressor still exits 0 and no data is checked by that write; stress-ng's race, so the
+# line is counted, not failed. Any other fail line (a --verify mismatch) still fails.
+ng_race='pipe: termination write failed, errno=4 '
+ng_lines=$(grep -E 'stress-ng: fail:|unsuccessful run|skipping the stressor|No stress workers|bit errors' <<<"$text" || true)
+ng_fail=$(grep -vF "$ng_race" <<<"$ng_lines" | grep . | head -n 5 || true)
+ng_races=$(grep -cF "$ng_race" <<<"$ng_lines" || true)
+ng_note=""
+if [[ ${ng_races:-0} -gt 0 ]]; then
+    ng_note=" ($ng_races of the pipe stressor's shutdown race, EINTR on its final write)"
+fi
 if [[ -z $ng_fail ]]; then
-    check stress-ng-fail pass "no fail lines, nothing skipped"
+    check stress-ng-fail pass "no fail lines, nothing skipped$ng_note"
 else
     check stress-ng-fail fail "$(tr '\n' ';' <<<"$ng_fail")"
 fi

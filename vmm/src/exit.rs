@@ -1023,6 +1023,17 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
             .map_err(|e| e.to_string())?;
         return Ok(Action::Resume);
     }
+    if matches!(vector, 13 | 14) && frame.cs & 3 == 0 && dom.shim.gp_fixup.contains(&frame.rip) {
+        // The #GP stub's look at the guest's instruction byte faulted (the page went away
+        // since the #GP, e.g. another vCPU unmapped it): the stub goes on on its ordinary
+        // path, so the engine looks at the #GP itself.
+        frame.rip = dom.shim.gp_fixup_resume;
+        dom.platform
+            .mem
+            .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
+            .map_err(|e| e.to_string())?;
+        return Ok(Action::Resume);
+    }
     if vector == 14
         && frame.error_code & PF_PK != 0
         && frame.cs & 3 == 3
@@ -1775,6 +1786,57 @@ mod tests {
     /// A protection-key fault where PKRU can only change at ring 3: the trampoline runs
     /// with the guest's registers saved, events wait, and its doorbell puts everything
     /// back at the faulting instruction; no bounce to the guest.
+    #[test]
+    fn a_fault_in_the_gp_stubs_look_at_the_guest_resumes_its_ordinary_path() {
+        let mut w = world();
+        let fixup = w.region.vcpu0().gp_fixup.clone();
+        assert!(!fixup.is_empty());
+        // The #GP stub's read of the instruction byte faulted at ring 0 (a page another
+        // vCPU unmapped since the #GP): the nested frame returns to the stub's fallback.
+        for vector in [14u64, 13] {
+            let frame = TrapFrame {
+                vector,
+                error_code: 0,
+                rip: fixup.start,
+                cs: u64::from(xen_abi::contract::selector::HYPERVISOR_CS),
+                rflags: 0x2,
+                rsp: w.region.vcpu0().stack_top - 0x100,
+                ss: u64::from(xen_abi::contract::selector::HYPERVISOR_DS),
+            };
+            let (rsp0, frame_gpa) = push_trap_frame(&w, &frame);
+            let mut cpu = cpu_at(0xffff_8100_0000_0500);
+            cpu.regs.rsp = rsp0;
+            let trap = Exit::IoOut {
+                port: port::TRAP,
+                value: 0,
+            };
+            assert_eq!(handle(&mut w, trap, &mut cpu), Action::Resume);
+            let mut raw = [0u8; core::mem::size_of::<TrapFrame>()];
+            w.mem.read_slice(&mut raw, GuestAddress(frame_gpa)).unwrap();
+            let after = TrapFrame::read_from_bytes(&raw).unwrap();
+            assert_eq!(after.rip, w.region.vcpu0().gp_fixup_resume);
+            assert_eq!((after.cs, after.rsp), (frame.cs, frame.rsp));
+        }
+        // The same fault anywhere else in the shim is the shim's own: fatal.
+        let frame = TrapFrame {
+            vector: 14,
+            error_code: 0,
+            rip: fixup.end,
+            cs: u64::from(xen_abi::contract::selector::HYPERVISOR_CS),
+            rflags: 0x2,
+            rsp: w.region.vcpu0().stack_top - 0x100,
+            ss: u64::from(xen_abi::contract::selector::HYPERVISOR_DS),
+        };
+        let (rsp0, _) = push_trap_frame(&w, &frame);
+        let mut cpu = cpu_at(0xffff_8100_0000_0500);
+        cpu.regs.rsp = rsp0;
+        let trap = Exit::IoOut {
+            port: port::TRAP,
+            value: 0,
+        };
+        assert!(matches!(handle(&mut w, trap, &mut cpu), Action::Fatal(_)));
+    }
+
     #[test]
     fn a_protection_key_fault_runs_the_pkru_trampoline_and_retries() {
         let mut w = world();

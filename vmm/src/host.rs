@@ -95,7 +95,10 @@ const FLOOR_ROUND_TRIPS: u64 = 50;
 /// floors (the measurement failed) it stays with the engine, which is always right.
 pub fn in_vm_paths(floors: Option<&probe::TransitionFloors>) -> u32 {
     use xen_abi::contract::in_vm;
-    let mut bits = in_vm::IS_UP;
+    // `is_up` needs only ring-3 instructions; cli/sti and port I/O add a few dozen
+    // ring-0 instructions to a #GP stub that runs anyway, in place of the exit that
+    // follows it: cheaper on every host.
+    let mut bits = in_vm::IS_UP | in_vm::IOPL_OPS;
     if floors.is_some_and(|f| f.in_vm_flush_us < f.exit_us) {
         bits |= in_vm::INVLPG_LOCAL;
     }
@@ -355,16 +358,17 @@ mod tests {
         assert_eq!(software().paths().unwrap().in_vm, in_vm::ALL);
         assert_eq!(hardware().paths().unwrap().in_vm, in_vm::ALL);
         // A host where ring 0 inside the VM costs more than an exit keeps the flush in
-        // the engine; the ring-3 answer stays.
+        // the engine; the ring-3 answer and cli/sti and port I/O (inside a ring-0 stub
+        // that runs anyway) stay.
         let mut f = software();
         f.floors = Some(probe::TransitionFloors {
             exit_us: 20.0,
             in_vm_flush_us: 45.0,
         });
-        assert_eq!(f.paths().unwrap().in_vm, in_vm::IS_UP);
-        // Unmeasured: only what needs no ring-0 transition.
+        assert_eq!(f.paths().unwrap().in_vm, in_vm::IS_UP | in_vm::IOPL_OPS);
+        // Unmeasured: only what needs no ring-0 transition of its own.
         f.floors = None;
-        assert_eq!(f.paths().unwrap().in_vm, in_vm::IS_UP);
+        assert_eq!(f.paths().unwrap().in_vm, in_vm::IS_UP | in_vm::IOPL_OPS);
     }
 
     #[test]

@@ -154,10 +154,11 @@ pub fn format_report(report: &RunReport) -> String {
     }
     let _ = writeln!(
         s,
-        "  in-VM answers: {:#x} (is_up {}, local page flush {})",
+        "  in-VM answers: {:#x} (is_up {}, local page flush {}, cli/sti and port I/O {})",
         report.in_vm,
         on_off(report.in_vm & xen_abi::contract::in_vm::IS_UP),
-        on_off(report.in_vm & xen_abi::contract::in_vm::INVLPG_LOCAL)
+        on_off(report.in_vm & xen_abi::contract::in_vm::INVLPG_LOCAL),
+        on_off(report.in_vm & xen_abi::contract::in_vm::IOPL_OPS)
     );
     let per = |ns: u64, n: u64| ns as f64 / n.max(1) as f64 / 1000.0;
     let _ = writeln!(

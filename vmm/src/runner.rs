@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::backends::console::{ConsoleBackend, GuestRingPage, Output};
@@ -1451,7 +1451,16 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let mut blocked = false;
     // Down (VCPUOP_down, by itself or another vCPU): runs no guest code until up again.
     let mut down = false;
-    let mut stub_kernel_mode = 1u32;
+    // The guest-state page's mode-dependent words as written (the builder's values) and
+    // as the vCPU's PV state wants them (recomputed after every exit).
+    let mut stub_written = StubView {
+        kernel_mode: 1,
+        kernel_io_ok: 0,
+    };
+    let mut stub_wanted = StubView {
+        kernel_mode: u32::from(pv_vcpu.mode == pv_engine::Mode::Kernel),
+        kernel_io_ok: 0,
+    };
     loop {
         // Paused through the control socket (a blocked or down vCPU waits for its pause
         // where it waits anyway).
@@ -1462,14 +1471,11 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             // console input) or the watchdog.
             vstate::Exit::Interrupted
         } else {
-            // The syscall stub answers some hypercalls itself, only for the guest kernel:
-            // tell it which mode the guest resumes in.
-            let kernel = u32::from(pv_vcpu.mode == pv_engine::Mode::Kernel);
-            if kernel != stub_kernel_mode {
-                vm.memory()
-                    .write_obj(kernel, GuestAddress(shim.guest_state_gpa))
-                    .map_err(|_| shim::Error::Memory(shim.guest_state_gpa))?;
-                stub_kernel_mode = kernel;
+            // The stubs answer some hypercalls, cli/sti and port I/O themselves, only for
+            // the guest kernel: tell them what the guest resumes in.
+            if stub_wanted != stub_written {
+                stub_wanted.write(vm.memory(), shim.guest_state_gpa)?;
+                stub_written = stub_wanted;
             }
             // A remote TLB flush asked of this vCPU keeps it out of the guest until it
             // performed it (this exit's apply does).
@@ -1635,6 +1641,13 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 "pvkvm: cannot load the guest's extended state: {e}"
             )),
         };
+        stub_wanted = StubView {
+            kernel_mode: u32::from(dom.vcpu.mode == pv_engine::Mode::Kernel),
+            kernel_io_ok: u32::from(pv_engine::emulate::kernel_io_ok(
+                dom.vcpu,
+                dom.pv_domain.get(),
+            )),
+        };
         // Another vCPU took this one down (VCPUOP_down names any vCPU): it stops here.
         let action = match action {
             Action::Resume | Action::Yield | Action::Interrupted
@@ -1731,6 +1744,32 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 return Ok(thread_end(DomainEnd::Fatal(diag), exits, stats, refusals));
             }
         }
+    }
+}
+
+/// The words of a vCPU's `GuestStatePage` that follow its PV state (the others are
+/// the domain's, written once).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct StubView {
+    kernel_mode: u32,
+    kernel_io_ok: u32,
+}
+
+const STATE_KERNEL_MODE: u64 =
+    core::mem::offset_of!(xen_abi::contract::GuestStatePage, kernel_mode) as u64;
+const STATE_KERNEL_IO_OK: u64 =
+    core::mem::offset_of!(xen_abi::contract::GuestStatePage, kernel_io_ok) as u64;
+
+impl StubView {
+    fn write(&self, mem: &GuestMemoryMmap, state_gpa: u64) -> Result<(), shim::Error> {
+        for (off, value) in [
+            (STATE_KERNEL_MODE, self.kernel_mode),
+            (STATE_KERNEL_IO_OK, self.kernel_io_ok),
+        ] {
+            mem.write_obj(value, GuestAddress(state_gpa + off))
+                .map_err(|_| shim::Error::Memory(state_gpa + off))?;
+        }
+        Ok(())
     }
 }
 

@@ -160,6 +160,11 @@ pub struct VcpuShim {
     pub pkru_reset: u64,
     /// Where rip points when the trampoline rings its doorbell.
     pub pkru_reset_doorbell_end: u64,
+    /// The #GP stub's read of the guest's instruction byte (a fault there resumes the
+    /// stub at `gp_fixup_resume`, which takes the ordinary path to the engine).
+    pub gp_fixup: core::ops::Range<u64>,
+    /// Where the #GP stub goes on after a fault in `gp_fixup`.
+    pub gp_fixup_resume: u64,
     /// The apply routine (see `xen_abi::contract::ShimHeader::apply_entry`).
     pub apply_entry: u64,
     /// Where rip points when the apply routine rings `APPLY_MORE`.
@@ -605,6 +610,7 @@ fn build_block(
         kernel_mode: 1,
         nr_vcpus,
         in_vm: contract::in_vm::ALL,
+        kernel_io_ok: 0,
     };
     let guest_state_gpa = block_gpa + layout::vcpu::GUEST_STATE;
     write(mem, guest_state_gpa, state.as_bytes())?;
@@ -620,6 +626,8 @@ fn build_block(
         syscall_slow_path: text + u64::from(hdr.syscall_slow_path),
         pkru_reset: text + u64::from(hdr.pkru_reset),
         pkru_reset_doorbell_end: text + u64::from(hdr.pkru_reset_doorbell_end),
+        gp_fixup: text + u64::from(hdr.gp_fixup_start)..text + u64::from(hdr.gp_fixup_end),
+        gp_fixup_resume: text + u64::from(hdr.gp_fixup_resume),
         apply_entry: text + u64::from(hdr.apply_entry),
         apply_more_doorbell_end: text + u64::from(hdr.apply_more_doorbell_end),
         stack_top: va(layout::vcpu::STACK),

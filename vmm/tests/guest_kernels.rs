@@ -145,6 +145,29 @@ fn single_page_flushes_are_answered_inside_the_vm() {
             "the run names its choice and the engine answered each flush; stats:\n{stderr}"
         );
     }
+    // Port I/O and cli/sti under the kernel's IOPL: the #GP stub finishes the one-byte
+    // forms on every host (1000 `in al` + 5 other one-byte `in`/`out` + 200 cli/sti),
+    // the engine the two `66`-prefixed ones, the IOPL-0 `in` and whatever else the
+    // kernel raises.
+    assert!(
+        stderr.contains("cli/sti and port I/O in the VM"),
+        "the run names the choice; stats:\n{stderr}"
+    );
+    let gp = trap_exits(&stderr, 13);
+    assert!(gp < 20, "{gp} #GP exits; stats:\n{stderr}");
+}
+
+/// Trap doorbells of `vector` in `--stats`' exit profile (0 when none).
+fn trap_exits(stats: &str, vector: u8) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() > 3 && w[0] == "trap" && w[1] == "vector" && w[2] == vector.to_string())
+                .then(|| w[3].parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0)
 }
 
 /// `--in-vm off`: every flush goes through the engine (one exit each) and every answer
@@ -158,6 +181,8 @@ fn in_vm_answers_can_be_turned_off() {
     );
     let exits = hypercalls(&stderr, "mmuext_op (26)");
     assert!(exits >= 1000, "{exits} mmuext_op exits; stats:\n{stderr}");
+    let gp = trap_exits(&stderr, 13);
+    assert!(gp >= 1200, "{gp} #GP exits; stats:\n{stderr}");
 }
 
 /// Xen's M2P address (`MACH2PHYS_VIRT_START`, L4 slot 256), read directly as guests other

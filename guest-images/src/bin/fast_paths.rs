@@ -11,11 +11,18 @@
 //!   (0, done 1), another domain (-ESRCH), another command (`TLB_FLUSH_LOCAL`: 0).
 //! - The guest's own `int3` (the shim enters ring 0 through the #BP gate for the flush):
 //!   still a #BP to the guest's handler, with the rip after the `int3`.
+//! - Under a virtual IOPL of 1 (`PHYSDEVOP_set_iopl`; the shim's #GP stub finishes the
+//!   one-byte forms, the engine the others): `in` from a port reads all ones, only in
+//!   al (8-bit), zero-extended into rax (32-bit), only in ax (16-bit, `66` prefix) for
+//!   immediate and dx ports, 1000 times each for `in al, imm8` (the host test checks these
+//!   cost no VM exit); `out` changes no register; `cli`/`sti` are skipped and leave the
+//!   event mask as it was. Under IOPL 0 the same `in` is a #GP to the guest's handler at
+//!   the instruction.
 #![no_std]
 #![no_main]
 
 use core::arch::asm;
-use pv_test_kernels::hypercall::{hypercall4, MmuextOp};
+use pv_test_kernels::hypercall::{hypercall2, hypercall4, MmuextOp};
 use pv_test_kernels::mm;
 use pv_test_kernels::traps::{install_trap_table, last_trap};
 use pv_test_kernels::xen_abi::errno::{EFAULT, ESRCH};
@@ -67,6 +74,125 @@ fn own_int3_is_a_breakpoint() {
     }
     check_eq!("int3: vector", t.vector, 3u64);
     check_eq!("int3: rip (after the int3)", t.rip, insn);
+}
+
+/// PHYSDEVOP_set_iopl.
+fn set_iopl(iopl: u32) {
+    const PHYSDEVOP_SET_IOPL: u64 = 6;
+    let arg = iopl;
+    // SAFETY: the argument is a live u32.
+    let rc = unsafe {
+        hypercall2(
+            hc::PHYSDEV_OP,
+            PHYSDEVOP_SET_IOPL,
+            &arg as *const u32 as u64,
+        )
+    };
+    check_rc!("PHYSDEVOP_set_iopl", rc, 0);
+}
+
+/// Runs one port-I/O or cli/sti instruction (`$insn`, Intel syntax) with rax = `rax`
+/// and dx = 0x42; returns rax after it.
+macro_rules! with_rax {
+    ($insn:literal, $rax:expr) => {{
+        let mut rax: u64 = $rax;
+        // SAFETY: under the IOPL set above the instruction only reads all ones into
+        // rax (or nothing); the domain has no ports.
+        unsafe {
+            asm!($insn, inout("rax") rax, in("rdx") 0x42u64, options(nostack));
+        }
+        rax
+    }};
+}
+
+const PATTERN: u64 = 0x1122_3344_5566_7788;
+
+fn port_io_under_iopl(si: &StartInfo) {
+    set_iopl(1);
+    for _ in 0..1000 {
+        check_eq!(
+            "in al, 0x42",
+            with_rax!("in al, 0x42", PATTERN),
+            0x1122_3344_5566_77ffu64
+        );
+    }
+    check_eq!(
+        "in eax, 0x42",
+        with_rax!("in eax, 0x42", PATTERN),
+        0xffff_ffffu64
+    );
+    check_eq!(
+        "in ax, 0x42",
+        with_rax!("in ax, 0x42", PATTERN),
+        0x1122_3344_5566_ffffu64
+    );
+    check_eq!(
+        "in al, dx",
+        with_rax!("in al, dx", PATTERN),
+        0x1122_3344_5566_77ffu64
+    );
+    check_eq!(
+        "in eax, dx",
+        with_rax!("in eax, dx", PATTERN),
+        0xffff_ffffu64
+    );
+    check_eq!(
+        "in ax, dx",
+        with_rax!("in ax, dx", PATTERN),
+        0x1122_3344_5566_ffffu64
+    );
+    check_eq!("out 0x80, al", with_rax!("out 0x80, al", PATTERN), PATTERN);
+    check_eq!(
+        "out 0x80, eax",
+        with_rax!("out 0x80, eax", PATTERN),
+        PATTERN
+    );
+    check_eq!("out dx, al", with_rax!("out dx, al", PATTERN), PATTERN);
+    check_eq!("out dx, ax", with_rax!("out dx, ax", PATTERN), PATTERN);
+    println!("IOPL 1: in reads all ones (al, ax, eax zero-extended), out changes nothing");
+
+    let sh = mm::slack_va(si, 2);
+    mm::map_shared_info(si, sh);
+    let mask = mm::rd8(sh + mm::VCPU_INFO_UPCALL_MASK);
+    for _ in 0..100 {
+        check_eq!("cli", with_rax!("cli", PATTERN), PATTERN);
+        check_eq!("sti", with_rax!("sti", PATTERN), PATTERN);
+    }
+    check_eq!(
+        "event mask after cli/sti",
+        mm::rd8(sh + mm::VCPU_INFO_UPCALL_MASK),
+        mask
+    );
+    println!("IOPL 1: cli/sti skipped, event mask still {mask}");
+
+    set_iopl(0);
+    let before = last_trap().count;
+    let at: u64;
+    // SAFETY: the #GP handler resumes at label 3 with all registers intact; the record
+    // is disarmed afterwards either way.
+    unsafe {
+        asm!(
+            "lea {a}, [rip + 3f]",
+            "lea {i}, [rip + 2f]",
+            "mov [rip + PVT_TRAP + 72], {a}",
+            "mov qword ptr [rip + PVT_TRAP + 64], 1",
+            "2:",
+            "in al, 0x42",
+            "3:",
+            "mov qword ptr [rip + PVT_TRAP + 64], 0",
+            "mov qword ptr [rip + PVT_TRAP + 72], 0",
+            a = out(reg) _,
+            i = out(reg) at,
+            out("rax") _,
+        );
+    }
+    let t = last_trap();
+    if t.count != before + 1 {
+        fail!("in al, 0x42 under IOPL 0 raised no exception");
+    }
+    check_eq!("IOPL 0: vector", t.vector, 13u64);
+    check_eq!("IOPL 0: rip (the in)", t.rip, at);
+    println!("IOPL 0: in is a #GP to the guest at the instruction");
 }
 
 fn main(si: &'static StartInfo) {
@@ -123,4 +249,6 @@ fn main(si: &'static StartInfo) {
 
     own_int3_is_a_breakpoint();
     println!("the kernel's own int3: #BP after the int3");
+
+    port_io_under_iopl(si);
 }

@@ -27,7 +27,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this contract; the shim header carries it.
-pub const CONTRACT_VERSION: u32 = 7;
+pub const CONTRACT_VERSION: u32 = 8;
 /// Magic at offset 0 of the shim image.
 pub const SHIM_MAGIC: [u8; 8] = *b"PVKVSHIM";
 /// Number of IDT vectors the shim provides stubs for.
@@ -213,6 +213,11 @@ pub struct GuestStatePage {
     /// host's measured costs (an in-VM path is only worth it where it is cheaper than the
     /// VM exit it saves), and writes the same value in every block.
     pub in_vm: u32,
+    /// 1 while this vCPU's guest kernel runs with a virtual IOPL that lets it execute
+    /// `cli`/`sti` and port I/O (Xen's `iopl_ok` in guest kernel mode): the engine then
+    /// skips `cli`/`sti` and answers port reads with all ones (the domain has no ports),
+    /// and so may the #GP stub ([`in_vm::IOPL_OPS`]). The VMM writes it on every change.
+    pub kernel_io_ok: u32,
 }
 
 /// Bits of [`GuestStatePage::in_vm`]: the shim's in-VM answers, each of which the VMM
@@ -224,8 +229,14 @@ pub mod in_vm {
     /// `mmuext_op` with one `MMUEXT_INVLPG_LOCAL`, done through the ring-0 gate (an
     /// in-VM exception round trip).
     pub const INVLPG_LOCAL: u32 = 1 << 1;
+    /// `cli`/`sti` (skipped) and one-byte-opcode port I/O (`in` reads all ones, `out`
+    /// is dropped) from the guest kernel under its virtual IOPL, finished by the #GP
+    /// stub (a look at the faulting instruction's first byte, a few dozen ring-0
+    /// instructions on a path the #GP enters anyway) instead of ringing the trap
+    /// doorbell. Other forms go to the engine.
+    pub const IOPL_OPS: u32 = 1 << 2;
     /// Every bit this contract version defines.
-    pub const ALL: u32 = IS_UP | INVLPG_LOCAL;
+    pub const ALL: u32 = IS_UP | INVLPG_LOCAL | IOPL_OPS;
 }
 
 /// The IDT vector the `syscall` stub enters ring 0 through, for the one thing it cannot
@@ -271,6 +282,15 @@ pub struct ShimHeader {
     pub pkru_reset: u32,
     /// Address just after the trampoline's doorbell `out`.
     pub pkru_reset_doorbell_end: u32,
+    /// The #GP stub's read of the byte at the guest's rip (its [`in_vm::IOPL_OPS`] check) lies in
+    /// `gp_fixup_start..gp_fixup_end`: a #PF or #GP there (a page another vCPU just
+    /// unmapped) is no guest fault; the VMM resumes the stub at `gp_fixup_resume`, which
+    /// takes the ordinary #GP path to the engine.
+    pub gp_fixup_start: u32,
+    /// End of the fixup range.
+    pub gp_fixup_end: u32,
+    /// Where the VMM resumes the #GP stub after a fault in its fixup range.
+    pub gp_fixup_resume: u32,
 }
 
 /// Words the IDT stub pushes on the ring-0 stack below the CPU's interrupt frame: at the
@@ -342,8 +362,13 @@ mod tests {
     #[test]
     fn header_and_frame_sizes() {
         // magic (8), seven u32 offsets before the vector table (28), version and
-        // header_size (8), the vector table, then the two PKRU trampoline offsets (8).
-        assert_eq!(core::mem::size_of::<ShimHeader>(), 44 + 4 * NR_VECTORS + 8);
+        // header_size (8), the vector table, then the two PKRU trampoline offsets (8)
+        // and the #GP stub's fixup range and resume point (12).
+        assert_eq!(
+            core::mem::size_of::<ShimHeader>(),
+            44 + 4 * NR_VECTORS + 8 + 12
+        );
+        assert_eq!(core::mem::size_of::<GuestStatePage>(), 16);
         assert_eq!(core::mem::size_of::<PostedHeader>(), 0x1000);
         assert_eq!(core::mem::size_of::<TrapFrame>(), 56);
     }

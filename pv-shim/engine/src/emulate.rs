@@ -140,6 +140,14 @@ fn emulate_mov_cr(vcpu: &mut Vcpu, regs: &mut GuestRegs, bytes: [u8; 4]) -> Opti
     Some(len)
 }
 
+/// Whether this vCPU, now, has `cli`/`sti` skipped and port I/O answered rather than
+/// bounced as #GP: guest kernel mode under a virtual IOPL that allows them (the shim's
+/// #GP stub may then finish the one-byte forms without an exit; the VMM tells it this
+/// on every change).
+pub fn kernel_io_ok(vcpu: &Vcpu, dom: &Domain) -> bool {
+    vcpu.mode == Mode::Kernel && iopl_ok(vcpu, dom)
+}
+
 /// Xen's `iopl_ok`: whether the guest's virtual IOPL allows port I/O from where it runs
 /// (guest kernel mode counts as ring 1, or ring 0 with the `architectural_iopl` assist).
 fn iopl_ok(vcpu: &Vcpu, dom: &Domain) -> bool {
