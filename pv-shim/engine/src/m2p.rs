@@ -19,7 +19,7 @@
 //! access is, the write/fetch bits of the access, never the reserved-bit the host
 //! reported); the bounce path sets the user bit from the guest mode as for any #PF.
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 use xen_abi::xen::selector::FLAT_RING3_CS32;
 use xen_abi::xen::{MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START};
 
@@ -146,7 +146,7 @@ struct Load {
 /// Decodes the instruction in `insn` (at `regs.rip`) as one of the loads this module
 /// performs; None for anything else.
 fn decode(insn: &[u8], regs: &GuestRegs, fs_base: u64, gs_base: u64) -> Option<Load> {
-    let mut decoder = Decoder::with_ip(64, insn, regs.rip, DecoderOptions::NONE);
+    let mut decoder = ptwr::decoder64(insn, regs.rip)?;
     let instr = decoder.decode();
     if instr.is_invalid() || instr.has_lock_prefix() || instr.op_count() != 2 {
         return None;

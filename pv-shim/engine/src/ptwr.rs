@@ -155,7 +155,9 @@ pub struct PtwrOp {
 /// writing to linear address `cr2`, given the current value `old` of the 8-byte entry
 /// containing `cr2`. Returns the operation, or why it cannot be emulated.
 pub fn decode(insn: &[u8], regs: &GuestRegs, cr2: u64, old: u64) -> Result<PtwrOp, PtwrError> {
-    let mut decoder = Decoder::with_ip(64, insn, regs.rip, DecoderOptions::NONE);
+    let Some(mut decoder) = decoder64(insn, regs.rip) else {
+        return Err(PtwrError::BadInstruction);
+    };
     let instr = decoder.decode();
     if instr.is_invalid() {
         return Err(match decoder.last_error() {
@@ -341,22 +343,39 @@ pub(crate) fn width_mask(width: u8) -> u64 {
     }
 }
 
+/// A 64-bit decoder of `insn` at `ip`. Not iced's `Decoder::with_ip`: it unwraps
+/// `try_with_ip`, and the error type owns heap memory, which would link a panic and an
+/// allocator into the shim (the link check finds it). 64 is a valid bitness, so there is
+/// no error; were there one, it is forgotten rather than dropped, for the same reason.
+pub(crate) fn decoder64(insn: &[u8], ip: u64) -> Option<Decoder<'_>> {
+    match Decoder::try_with_ip(64, insn, ip, DecoderOptions::NONE) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            core::mem::forget(e);
+            None
+        }
+    }
+}
+
 /// The source operand (operand 1): a general register or an immediate, as the
 /// instruction uses it (immediates sign-extended to the operand width by the decoder).
 pub(crate) fn source(instr: &Instruction, regs: &GuestRegs) -> Result<u64, PtwrError> {
     if instr.op_count() < 2 {
         return Err(PtwrError::Unsupported("no source operand"));
     }
+    // The kind's own getter, as iced's `immediate(1)` would pick it (signed forms
+    // sign-extended to 64 bits): `immediate()` goes through `try_immediate()`, whose
+    // error type owns heap memory, so it would link an allocator into the shim.
     match instr.op1_kind() {
         OpKind::Register => Ok(read_gpr(regs, gpr_operand(instr, 1)?)),
-        OpKind::Immediate8
-        | OpKind::Immediate16
-        | OpKind::Immediate32
-        | OpKind::Immediate64
-        | OpKind::Immediate8to16
-        | OpKind::Immediate8to32
-        | OpKind::Immediate8to64
-        | OpKind::Immediate32to64 => Ok(instr.immediate(1)),
+        OpKind::Immediate8 => Ok(u64::from(instr.immediate8())),
+        OpKind::Immediate16 => Ok(u64::from(instr.immediate16())),
+        OpKind::Immediate32 => Ok(u64::from(instr.immediate32())),
+        OpKind::Immediate64 => Ok(instr.immediate64()),
+        OpKind::Immediate8to16 => Ok(instr.immediate8to16() as u64),
+        OpKind::Immediate8to32 => Ok(instr.immediate8to32() as u64),
+        OpKind::Immediate8to64 => Ok(instr.immediate8to64() as u64),
+        OpKind::Immediate32to64 => Ok(instr.immediate32to64() as u64),
         _ => Err(PtwrError::Unsupported("source operand kind")),
     }
 }

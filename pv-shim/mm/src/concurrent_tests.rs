@@ -762,19 +762,19 @@ mod scope {
 
     #[test]
     fn flush_set_scope_methods() {
-        let none = FlushSet::default();
+        let none: FlushSet = FlushSet::default();
         assert!(none.is_empty() && !none.needs_local() && !none.needs_remote());
-        let local = FlushSet {
+        let local: FlushSet = FlushSet {
             local_all: true,
             ..FlushSet::default()
         };
         assert!(local.needs_local() && !local.needs_remote());
-        let one = FlushSet {
-            invlpg: vec![0x1000],
+        let one: FlushSet = FlushSet {
+            invlpg: crate::InvlpgList::one(0x1000),
             ..FlushSet::default()
         };
         assert!(one.needs_local() && !one.needs_remote());
-        let all = FlushSet {
+        let all: FlushSet = FlushSet {
             all_vcpus: true,
             ..FlushSet::default()
         };
@@ -782,7 +782,7 @@ mod scope {
         let mut m = local.clone();
         m.merge(one.clone());
         m.merge(all);
-        assert!(m.local_all && m.needs_remote() && m.invlpg == vec![0x1000]);
+        assert!(m.local_all && m.needs_remote() && m.invlpg[..] == [0x1000]);
     }
 
     /// A type change that may leave a stale TLB entry on any CPU the domain ran on

@@ -83,16 +83,63 @@
 //! - Type-change TLB flushes use a single global epoch instead of per-CPU timestamps
 //!   (see [`Mm::tlb_flushed`]).
 
-use alloc::collections::{BTreeMap, VecDeque};
-use alloc::vec;
-use alloc::vec::Vec;
-
 use crate::api::{FlushSet, FrameAccess, Level, Mfn};
 use crate::desc::check_descriptor;
 use crate::error::MmError;
 use crate::frame::{child_level, parent_level, FrameState, PageInfo, PageType, Validation};
 use crate::pte::*;
 use crate::refusal::{EntryCause, MmOp, Refusal, WritableMapping, REFUSAL_LOG_LEN};
+use crate::storage::{FrameList, FrameSlot, FrameTable, Held, SharedFrames, MAX_VCPUS};
+
+/// Tables one operation validates at once (at most one per level; room to spare).
+const BUSY_MAX: usize = 8;
+/// Deferred puts one vCPU may have queued. A teardown stops part-way only while the
+/// list has room for it and the tables that stop under it; otherwise it runs to its
+/// end, as an unpreempted one would (see `put_type`), so the list never overflows and
+/// the end state is the same. (The property tests reach 13 entries unbounded; 8 makes
+/// them take the run-to-the-end path too.)
+pub const OLD_GUEST_TABLE_MAX: usize = 8;
+/// Base pointers one vCPU holds through `set_root` (kernel and user; room to spare).
+/// Past it the vCPU's roots are no longer told apart and every L4 update flushes all
+/// vCPUs (see `root_flush`).
+pub const LOADED_ROOTS_MAX: usize = 4;
+
+/// The last [`REFUSAL_LOG_LEN`] refusals, a ring.
+#[derive(Clone, Debug)]
+struct RefusalLog {
+    ring: [Option<Refusal>; REFUSAL_LOG_LEN],
+    /// Index of the oldest record.
+    head: usize,
+    len: usize,
+}
+
+impl RefusalLog {
+    const EMPTY: Self = Self {
+        ring: [None; REFUSAL_LOG_LEN],
+        head: 0,
+        len: 0,
+    };
+
+    fn push(&mut self, r: Refusal) {
+        let at = (self.head + self.len) % REFUSAL_LOG_LEN;
+        if let Some(slot) = self.ring.get_mut(at) {
+            *slot = Some(r);
+        }
+        if self.len == REFUSAL_LOG_LEN {
+            self.head = (self.head + 1) % REFUSAL_LOG_LEN;
+        } else {
+            self.len += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Refusal> {
+        (0..self.len).filter_map(move |k| {
+            self.ring
+                .get((self.head + k) % REFUSAL_LOG_LEN)
+                .and_then(|r| r.as_ref())
+        })
+    }
+}
 
 /// What the engine is given about the domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,7 +151,7 @@ pub struct MmConfig {
     pub hole_l4: [u64; 16],
     /// Frames outside RAM the guest may map (shared_info): RW mappings allowed, never
     /// typed as pagetables, no refcounts.
-    pub shared_frames: Vec<Mfn>,
+    pub shared_frames: SharedFrames,
     /// Machine frames that exist at all (RAM and the hypervisor's own memory). An L1
     /// mapping of a frame at or above this is I/O space, which an unprivileged domain may
     /// not map (Xen: -EPERM); below it but not the domain's is another owner's (-EBUSY).
@@ -130,14 +177,6 @@ pub struct MmStats {
     pub restarts: u64,
 }
 
-/// References the engine holds through the public API (base pointers, GDT frames, direct
-/// `get_page*` calls), so releases can be checked.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Held {
-    general: u32,
-    typed: u32,
-}
-
 /// Context of the innermost failure while an operation runs.
 #[derive(Clone, Copy, Debug)]
 struct FailCtx {
@@ -145,18 +184,19 @@ struct FailCtx {
     wmap: Option<WritableMapping>,
 }
 
-/// The PV MMU engine: the frame table and everything else.
-#[derive(Clone, Debug)]
+/// The PV MMU engine: the frame table and everything else. Its storage is fixed but
+/// for the frame table (see the `storage` module): no operation allocates.
+#[derive(Debug)]
+#[cfg_attr(feature = "alloc", derive(Clone))]
 pub struct Mm {
     cfg: MmConfig,
-    frames: Vec<PageInfo>,
-    /// Per frame: the epoch at which its type count last dropped to 0 (Xen's
-    /// `tlbflush_timestamp`): a stale TLB entry may exist until a flush after it.
-    stamps: Vec<u64>,
+    /// Per RAM frame: the frame-table entry, its TLB-flush stamp, the references the
+    /// engine holds on it through the public API (base pointers, GDT frames, direct
+    /// `get_page*` calls, so releases can be checked) and whether it was released.
+    frames: FrameTable,
     epoch: u64,
     last_flush: u64,
-    held: BTreeMap<Mfn, Held>,
-    refusals: VecDeque<Refusal>,
+    refusals: RefusalLog,
     refusal_count: u64,
     rip: u64,
     fail: Option<FailCtx>,
@@ -164,16 +204,13 @@ pub struct Mm {
     /// Flushes needed by operations whose signature returns no `FlushSet` (copy/clear
     /// page, set_gdt, update_descriptor); see [`Mm::take_pending_flush`].
     pending: FlushSet,
-    /// Frames the guest gave back (`XENMEM_decrease_reservation`): not its own until
-    /// `reclaim_frame` hands them out again.
-    released: Vec<bool>,
     /// Entries one operation may check before it is preempted (None: never).
     preempt_budget: Option<u32>,
     /// Entries the current operation has checked.
     work: u32,
     /// Tables whose validation runs in the current operation, outermost first (Xen's
     /// "validate locked" state; at most one per level).
-    busy: Vec<Mfn>,
+    busy: FrameList<BUSY_MAX>,
     /// Deferred puts (Xen's `curr->arch.old_guest_table`): tables whose teardown stopped
     /// with `Restart` and is to be finished by [`Mm::put_old_guest_table`] before the
     /// next MMU operation, innermost first. Each is `Partial` with its type reference and
@@ -182,12 +219,15 @@ pub struct Mm {
     /// by a getter meanwhile) is simply dropped. Per vCPU, as Xen's `v->arch.
     /// old_guest_table`: indexed by vCPU id, each list queued by and finished by that
     /// vCPU's own operations (see [`Mm::set_current_vcpu`]).
-    old_guest_table: Vec<VecDeque<Mfn>>,
+    old_guest_table: [FrameList<OLD_GUEST_TABLE_MAX>; MAX_VCPUS],
     /// The vCPU the next operations run for (Xen's `current`); 0 unless set.
     cur_vcpu: usize,
     /// Per vCPU: the base pointers it loaded through [`Mm::set_root`] (kernel and user,
     /// a multiset), to tell this vCPU's uses of an L4 from other vCPUs' for TLB flushes.
-    loaded_roots: Vec<Vec<Mfn>>,
+    loaded_roots: [FrameList<LOADED_ROOTS_MAX>; MAX_VCPUS],
+    /// Some vCPU loaded more base pointers than `loaded_roots` holds: roots are no longer
+    /// told apart by vCPU (every L4 update flushes all vCPUs).
+    roots_overflow: bool,
 }
 
 /// Reads a guest entry; `slot` is always < 512 here.
@@ -196,32 +236,87 @@ fn rd(mem: &dyn FrameAccess, mfn: Mfn, slot: usize) -> u64 {
 }
 
 impl Mm {
-    /// A fresh engine: every frame untyped, unreferenced, unpinned.
+    /// A fresh engine: every frame untyped, unreferenced, unpinned; the frame table is
+    /// allocated here, once.
+    #[cfg(feature = "alloc")]
     pub fn new(cfg: MmConfig) -> Self {
         let n = usize::try_from(cfg.nr_frames).unwrap_or(usize::MAX);
-        let frames = vec![PageInfo::default(); n];
-        let stamps = vec![0; n];
+        Self::over(cfg, FrameTable::Owned(alloc::vec![FrameSlot::EMPTY; n]))
+    }
+
+    /// A fresh engine over the host's storage for the frame table (one slot per RAM
+    /// frame, `cfg.nr_frames` of them; frames past the storage's end are not the
+    /// domain's). The slots are reset here; nothing is allocated, now or later.
+    pub fn with_storage(cfg: MmConfig, frames: &'static mut [FrameSlot]) -> Self {
+        frames.fill(FrameSlot::EMPTY);
+        Self::over(cfg, FrameTable::Borrowed(frames))
+    }
+
+    fn over(cfg: MmConfig, frames: FrameTable) -> Self {
         Mm {
             cfg,
             frames,
-            stamps,
-            epoch: 0,
-            last_flush: 0,
-            held: BTreeMap::new(),
-            refusals: VecDeque::with_capacity(REFUSAL_LOG_LEN),
-            refusal_count: 0,
-            rip: 0,
-            fail: None,
-            stats: MmStats::default(),
-            pending: FlushSet::default(),
-            released: vec![false; n],
-            preempt_budget: None,
-            work: 0,
-            busy: Vec::with_capacity(4),
-            old_guest_table: Vec::new(),
-            cur_vcpu: 0,
-            loaded_roots: Vec::new(),
+            ..Self::EMPTY
         }
+    }
+
+    /// An engine of no frames, as a constant: a host that keeps the engine in static
+    /// storage (it is tens of KiB: per-vCPU lists, the refusal ring) starts from it and
+    /// builds it in place with [`Mm::reset_with_storage`].
+    pub const EMPTY: Self = Mm {
+        cfg: MmConfig {
+            nr_frames: 0,
+            hole_l4: [0; 16],
+            shared_frames: SharedFrames::EMPTY,
+            max_machine_frame: 0,
+        },
+        frames: FrameTable::Empty,
+        epoch: 0,
+        last_flush: 0,
+        refusals: RefusalLog::EMPTY,
+        refusal_count: 0,
+        rip: 0,
+        fail: None,
+        stats: MmStats {
+            fast_path: 0,
+            slow_path: 0,
+            plain_writes: 0,
+            promotions: 0,
+            teardowns: 0,
+            type_change_flushes: 0,
+            restarts: 0,
+        },
+        pending: FlushSet::EMPTY,
+        preempt_budget: None,
+        work: 0,
+        busy: FrameList::EMPTY,
+        old_guest_table: [FrameList::EMPTY; MAX_VCPUS],
+        cur_vcpu: 0,
+        loaded_roots: [FrameList::EMPTY; MAX_VCPUS],
+        roots_overflow: false,
+    };
+
+    /// [`Mm::with_storage`] in place: this engine becomes a fresh one over `frames`
+    /// (reset here), with nothing of its previous state kept and nothing moved by value.
+    pub fn reset_with_storage(&mut self, cfg: MmConfig, frames: &'static mut [FrameSlot]) {
+        frames.fill(FrameSlot::EMPTY);
+        self.cfg = cfg;
+        self.frames = FrameTable::Borrowed(frames);
+        self.epoch = 0;
+        self.last_flush = 0;
+        self.refusals = RefusalLog::EMPTY;
+        self.refusal_count = 0;
+        self.rip = 0;
+        self.fail = None;
+        self.stats = MmStats::default();
+        self.pending.clear();
+        self.preempt_budget = None;
+        self.work = 0;
+        self.busy = FrameList::EMPTY;
+        self.old_guest_table.fill(FrameList::EMPTY);
+        self.cur_vcpu = 0;
+        self.loaded_roots.fill(FrameList::EMPTY);
+        self.roots_overflow = false;
     }
 
     /// Sets how many entries one operation (`pin_table`, `set_root`, `mod_entry`,
@@ -265,14 +360,15 @@ impl Mm {
     /// Linux's balloon driver does).
     pub fn release_frame(&mut self, mfn: Mfn) -> Result<(), MmError> {
         let i = self.idx(mfn).ok_or(MmError::NotOwned)?;
-        let info = self.frames.get(i).ok_or(MmError::NotOwned)?;
-        if info.refcount != 0 || info.type_count != 0 || info.pinned || self.held.contains_key(&mfn)
+        let slot = self.frames.get(i).ok_or(MmError::NotOwned)?;
+        let info = slot.info;
+        if info.refcount != 0 || info.type_count != 0 || info.pinned || slot.held != Held::default()
         {
             return Err(MmError::InUse);
         }
-        if let (Some(r), Some(f)) = (self.released.get_mut(i), self.frames.get_mut(i)) {
-            *r = true;
-            *f = PageInfo::default();
+        if let Some(f) = self.frames.get_mut(i) {
+            f.released = true;
+            f.info = PageInfo::default();
         }
         Ok(())
     }
@@ -280,16 +376,16 @@ impl Mm {
     /// `XENMEM_populate_physmap` of one frame: hands a released frame back to the domain,
     /// fresh (untyped, unreferenced). None when no frame was released.
     pub fn reclaim_frame(&mut self) -> Option<Mfn> {
-        let i = self.released.iter().position(|&r| r)?;
-        if let Some(r) = self.released.get_mut(i) {
-            *r = false;
+        let i = self.frames.iter().position(|f| f.released)?;
+        if let Some(f) = self.frames.get_mut(i) {
+            f.released = false;
         }
         Some(i as Mfn)
     }
 
     /// Frames the domain owns now (`XENMEM_current_reservation`).
     pub fn owned_frames(&self) -> u64 {
-        self.cfg.nr_frames - self.released.iter().filter(|&&r| r).count() as u64
+        self.cfg.nr_frames - self.frames.iter().filter(|f| f.released).count() as u64
     }
 
     /// The configuration.
@@ -304,7 +400,9 @@ impl Mm {
 
     /// State of a RAM frame (None outside RAM).
     pub fn page_info(&self, mfn: Mfn) -> Option<&PageInfo> {
-        self.idx(mfn).and_then(|i| self.frames.get(i))
+        self.idx(mfn)
+            .and_then(|i| self.frames.get(i))
+            .map(|f| &f.info)
     }
 
     /// Whether `mfn` is a configured shared frame.
@@ -360,16 +458,14 @@ impl Mm {
     }
 
     fn pend(&mut self, fl: FlushSet) {
-        self.pending.local_all |= fl.local_all;
-        self.pending.all_vcpus |= fl.all_vcpus;
-        self.pending.invlpg.extend(fl.invlpg);
+        self.pending.merge(fl);
     }
 
     fn idx(&self, mfn: Mfn) -> Option<usize> {
         if mfn < self.cfg.nr_frames {
-            usize::try_from(mfn).ok().filter(|&i| {
-                i < self.frames.len() && !self.released.get(i).copied().unwrap_or(true)
-            })
+            usize::try_from(mfn)
+                .ok()
+                .filter(|&i| self.frames.get(i).is_some_and(|f| !f.released))
         } else {
             None
         }
@@ -377,7 +473,7 @@ impl Mm {
 
     fn info_mut(&mut self, mfn: Mfn) -> Option<&mut PageInfo> {
         let i = self.idx(mfn)?;
-        self.frames.get_mut(i)
+        self.frames.get_mut(i).map(|f| &mut f.info)
     }
 
     fn info(&self, mfn: Mfn) -> Option<PageInfo> {
@@ -396,8 +492,8 @@ impl Mm {
         // set_tlbflush_timestamp(): a TLB entry through the dropped use may be stale.
         self.epoch = self.epoch.wrapping_add(1);
         let e = self.epoch;
-        if let Some(s) = self.idx(mfn).and_then(|i| self.stamps.get_mut(i)) {
-            *s = e;
+        if let Some(f) = self.idx(mfn).and_then(|i| self.frames.get_mut(i)) {
+            f.stamp = e;
         }
     }
 
@@ -446,7 +542,7 @@ impl Mm {
             };
         }
         let i = self.idx(mfn).ok_or(MmError::NotOwned)?;
-        let pi = *self.frames.get(i).ok_or(MmError::NotOwned)?;
+        let pi = self.frames.get(i).ok_or(MmError::NotOwned)?.info;
         if pi.type_count > 0 {
             if pi.ty != ty {
                 return Err(MmError::BadType {
@@ -457,8 +553,8 @@ impl Mm {
             return match pi.validation {
                 Validation::Valid => {
                     let c = pi.type_count.checked_add(1).ok_or(MmError::CountOverflow)?;
-                    if let Some(p) = self.frames.get_mut(i) {
-                        p.type_count = c;
+                    if let Some(f) = self.frames.get_mut(i) {
+                        f.info.type_count = c;
                     }
                     Ok(())
                 }
@@ -476,9 +572,9 @@ impl Mm {
         // TLB entries (a writable mapping of a future pagetable, or paging-structure
         // caches of a former one): flush unless a flush happened since the last drop.
         let changed = pi.ty != ty;
-        let stale = self.stamps.get(i).copied().unwrap_or(0) > self.last_flush;
+        let stale = self.frames.get(i).map_or(0, |f| f.stamp) > self.last_flush;
         let before = pi;
-        if let Some(p) = self.frames.get_mut(i) {
+        if let Some(p) = self.frames.get_mut(i).map(|f| &mut f.info) {
             p.type_count = 1;
             if changed {
                 p.ty = ty;
@@ -486,7 +582,7 @@ impl Mm {
             }
         }
         let needs = ty.needs_validation()
-            && self.frames.get(i).map(|p| p.validation) != Some(Validation::Valid);
+            && self.frames.get(i).map(|f| f.info.validation) != Some(Validation::Valid);
         if needs {
             match self.validate(mem, mfn, ty, 0, false, fl) {
                 Ok(()) => {}
@@ -504,7 +600,7 @@ impl Mm {
                     // validate_page() failure: the frame returns to its previous state
                     // (Xen resets type_info to 0; restoring is the same up to sticky
                     // types).
-                    if let Some(p) = self.frames.get_mut(i) {
+                    if let Some(p) = self.frames.get_mut(i).map(|f| &mut f.info) {
                         *p = PageInfo {
                             refcount: p.refcount,
                             pinned: p.pinned,
@@ -515,8 +611,8 @@ impl Mm {
                 }
             }
         }
-        if let Some(p) = self.frames.get_mut(i) {
-            p.validation = Validation::Valid;
+        if let Some(f) = self.frames.get_mut(i) {
+            f.info.validation = Validation::Valid;
         }
         if changed && stale {
             self.stats.type_change_flushes += 1;
@@ -541,7 +637,10 @@ impl Mm {
         resumed: bool,
         fl: &mut FlushSet,
     ) -> Result<(), MmError> {
-        self.busy.push(mfn);
+        if !self.busy.push(mfn) {
+            // Deeper than any pagetable tree: refused rather than tracked partly.
+            return Err(MmError::NotValidated);
+        }
         let r = match ty {
             PageType::SegDesc => self.validate_segdesc_page(mem, mfn),
             _ => match ty.level() {
@@ -637,6 +736,15 @@ impl Mm {
             return Ok(());
         }
         if let Some(level) = pi.ty.level() {
+            // A teardown may stop part-way only when the vCPU's deferred-put list (fixed
+            // size) has room for the frame and for the tables below it that stop with
+            // it (one chain: an L4 stops with an L3 and an L2 under it); otherwise it
+            // runs to its end, as an unpreempted one.
+            let chain = level as usize - 1;
+            let preemptible = preemptible
+                && self.old_guest_table.get(self.cur_vcpu).is_some_and(|q| {
+                    q.contains(&mfn) || q.len().saturating_add(chain) <= OLD_GUEST_TABLE_MAX
+                });
             let upto = match pi.validation {
                 Validation::Valid => ENTRIES,
                 Validation::Partial { next_slot } => usize::from(next_slot),
@@ -652,12 +760,10 @@ impl Mm {
                     p.validation = Validation::Partial { next_slot };
                 }
                 let v = self.cur_vcpu;
-                if self.old_guest_table.len() <= v {
-                    self.old_guest_table.resize_with(v + 1, VecDeque::new);
-                }
                 if let Some(q) = self.old_guest_table.get_mut(v) {
                     if !q.contains(&mfn) {
-                        q.push_back(mfn);
+                        // Room was checked before the teardown was allowed to stop.
+                        let _ = q.push(mfn);
                     }
                 }
                 return Err(MmError::Restart);
@@ -1136,10 +1242,7 @@ impl Mm {
             cause: ctx.map(|c| c.cause),
             writable_mapping: wmap,
         };
-        if self.refusals.len() >= REFUSAL_LOG_LEN {
-            self.refusals.pop_front();
-        }
-        self.refusals.push_back(r);
+        self.refusals.push(r);
     }
 
     /// Wraps an operation: clears the failure context, records a refusal on error.
@@ -1174,24 +1277,29 @@ impl Mm {
     // Public Xen-named core (references held by the engine; kept in the ledger).
     // ------------------------------------------------------------------------------
 
-    fn held_mut(&mut self, mfn: Mfn) -> &mut Held {
-        self.held.entry(mfn).or_default()
+    /// Counts `general` and `typed` references held through the public API on `mfn`
+    /// (a RAM frame of the domain: every caller has just taken the references, which
+    /// only such a frame gives).
+    fn hold(&mut self, mfn: Mfn, general: u32, typed: u32) {
+        if let Some(f) = self.idx(mfn).and_then(|i| self.frames.get_mut(i)) {
+            f.held.general += general;
+            f.held.typed += typed;
+        }
     }
 
     fn held_get(&self, mfn: Mfn) -> Held {
-        self.held.get(&mfn).copied().unwrap_or_default()
+        self.idx(mfn)
+            .and_then(|i| self.frames.get(i))
+            .map_or_else(Held::default, |f| f.held)
     }
 
     fn held_drop(&mut self, mfn: Mfn, general: bool, typed: bool) {
-        if let Some(h) = self.held.get_mut(&mfn) {
+        if let Some(f) = self.idx(mfn).and_then(|i| self.frames.get_mut(i)) {
             if general {
-                h.general = h.general.saturating_sub(1);
+                f.held.general = f.held.general.saturating_sub(1);
             }
             if typed {
-                h.typed = h.typed.saturating_sub(1);
-            }
-            if h.general == 0 && h.typed == 0 {
-                self.held.remove(&mfn);
+                f.held.typed = f.held.typed.saturating_sub(1);
             }
         }
     }
@@ -1202,7 +1310,7 @@ impl Mm {
         self.begin();
         let r = self.get_page_raw(mfn);
         if r.is_ok() && !self.is_shared(mfn) {
-            self.held_mut(mfn).general += 1;
+            self.hold(mfn, 1, 0);
         }
         let Err(e) = r else { return Ok(()) };
         // No memory access needed to describe this refusal.
@@ -1239,7 +1347,7 @@ impl Mm {
         let mut fl = FlushSet::default();
         let r = self.get_type_raw(mem, mfn, ty, &mut fl);
         if r.is_ok() && !self.is_shared(mfn) {
-            self.held_mut(mfn).typed += 1;
+            self.hold(mfn, 0, 1);
         }
         let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::GetPageType, mfn, None, None, r)
@@ -1272,9 +1380,7 @@ impl Mm {
         let mut fl = FlushSet::default();
         let r = self.get_page_and_type_raw(mem, mfn, ty, &mut fl);
         if r.is_ok() && !self.is_shared(mfn) {
-            let h = self.held_mut(mfn);
-            h.general += 1;
-            h.typed += 1;
+            self.hold(mfn, 1, 1);
         }
         let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::GetPageType, mfn, None, None, r)
@@ -1325,8 +1431,8 @@ impl Mm {
     pub fn deferred_puts_of(&self, vcpu: usize) -> impl Iterator<Item = Mfn> + '_ {
         self.old_guest_table
             .get(vcpu)
-            .into_iter()
-            .flatten()
+            .map_or(&[][..], |q| q.as_slice())
+            .iter()
             .copied()
     }
 
@@ -1367,13 +1473,13 @@ impl Mm {
         self.begin();
         let v = self.cur_vcpu;
         let mut did = false;
-        while let Some(m) = self.old_guest_table.get(v).and_then(|q| q.front().copied()) {
+        while let Some(m) = self.old_guest_table.get(v).and_then(|q| q.first().copied()) {
             if did && self.preempt_due() {
                 self.stats.restarts += 1;
                 return Err(MmError::Restart);
             }
             if let Some(q) = self.old_guest_table.get_mut(v) {
-                q.pop_front();
+                q.remove(0);
             }
             let partial = self.info(m).is_some_and(|p| {
                 matches!(p.validation, Validation::Partial { .. })
@@ -1494,23 +1600,23 @@ impl Mm {
         }
         if let Some(n) = new {
             self.get_page_and_type_raw(mem, n, PageType::L4, fl)?;
-            let h = self.held_mut(n);
-            h.general += 1;
-            h.typed += 1;
+            self.hold(n, 1, 1);
         }
         let v = self.cur_vcpu;
-        if self.loaded_roots.len() <= v {
-            self.loaded_roots.resize_with(v + 1, Vec::new);
-        }
-        if let Some(r) = self.loaded_roots.get_mut(v) {
-            if let Some(o) = old {
-                if let Some(k) = r.iter().position(|&x| x == o) {
-                    r.remove(k);
+        match self.loaded_roots.get_mut(v) {
+            Some(r) => {
+                if let Some(o) = old {
+                    if let Some(k) = r.iter().position(|&x| x == o) {
+                        r.remove(k);
+                    }
+                }
+                if let Some(n) = new {
+                    if !r.push(n) {
+                        self.roots_overflow = true;
+                    }
                 }
             }
-            if let Some(n) = new {
-                r.push(n);
-            }
+            None => self.roots_overflow |= new.is_some(),
         }
         if let Some(o) = old {
             self.held_drop(o, true, true);
@@ -1717,11 +1823,12 @@ impl Mm {
             return;
         }
         let local = roots.iter().filter(|&&r| r == table).count() as u64;
-        let elsewhere = self
-            .loaded_roots
-            .iter()
-            .enumerate()
-            .any(|(v, r)| v != self.cur_vcpu && r.contains(&table));
+        let elsewhere = self.roots_overflow
+            || self
+                .loaded_roots
+                .iter()
+                .enumerate()
+                .any(|(v, r)| v != self.cur_vcpu && r.contains(&table));
         let beyond = self
             .info(table)
             .is_some_and(|p| u64::from(p.type_count) > local + u64::from(p.pinned));
@@ -1759,9 +1866,7 @@ impl Mm {
         let mut fl = FlushSet::default();
         let r = self.get_page_and_type_raw(mem, mfn, PageType::SegDesc, &mut fl);
         if r.is_ok() {
-            let h = self.held_mut(mfn);
-            h.general += 1;
-            h.typed += 1;
+            self.hold(mfn, 1, 1);
         }
         self.pend(fl);
         self.finish(mem, MmOp::SetGdt, mfn, None, None, r)
@@ -1875,16 +1980,22 @@ impl Mm {
     }
 
     // Accessors for the invariant checker.
-    pub(crate) fn frames(&self) -> &[PageInfo] {
-        &self.frames
+    #[cfg(feature = "alloc")]
+    pub(crate) fn frames(&self) -> impl ExactSizeIterator<Item = &PageInfo> + '_ {
+        self.frames.iter().map(|f| &f.info)
     }
 
+    #[cfg(feature = "alloc")]
     pub(crate) fn held_refs(&self) -> impl Iterator<Item = (Mfn, u32, u32)> + '_ {
-        self.held.iter().map(|(&m, h)| (m, h.general, h.typed))
+        (0u64..)
+            .zip(self.frames.iter())
+            .filter(|(_, f)| f.held != Held::default())
+            .map(|(m, f)| (m, f.held.general, f.held.typed))
     }
 
+    #[cfg(feature = "alloc")]
     pub(crate) fn refusal_log_len(&self) -> usize {
-        self.refusals.len()
+        self.refusals.len
     }
 }
 
