@@ -25,7 +25,7 @@
 //!
 //! Several vCPUs: operations run one at a time (the caller's domain lock) and may
 //! interleave between vCPUs; [`Mm::set_current_vcpu`] (default 0) selects whose
-//! deferred-put list and base pointers an operation uses, as Xen's `current`, and
+//! `old_guest_table` slot and base pointers an operation uses, as Xen's `current`, and
 //! [`FlushSet::needs_remote`] says when every vCPU must flush (docs/mmu-invariants.md,
 //! "Several vCPUs").
 //!
@@ -55,7 +55,7 @@ pub use api::{FlushSet, FrameAccess, InvlpgList, Level, Mfn};
 pub use desc::check_descriptor;
 pub use error::MmError;
 pub use frame::{FrameState, PageInfo, PageType, Validation};
-pub use mm::{Mm, MmConfig, MmStats, LOADED_ROOTS_MAX, OLD_GUEST_TABLE_MAX};
+pub use mm::{Mm, MmConfig, MmStats, LOADED_ROOTS_MAX};
 pub use refusal::{EntryCause, MmOp, Refusal, WritableMapping, REFUSAL_LOG_LEN};
 pub use storage::{FrameList, FrameSlot, SharedFrames, MAX_SHARED_FRAMES, MAX_VCPUS};
 

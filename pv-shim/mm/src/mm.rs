@@ -38,17 +38,23 @@
 //! preempted validation (Xen's `PGT_partial` does not record a direction either): type
 //! count still 1, the dropped general reference now the partial state's, slots below
 //! `next_slot` still held. A child that stops inside its parent's teardown takes the
-//! parent's slot references into its own partial state (no `PTF_partial_set`). Every
-//! frame so stopped is queued in the deferred-put list (Xen's `curr->arch.
-//! old_guest_table`; per vCPU as in Xen: the list of the vCPU set with
-//! [`Mm::set_current_vcpu`], vCPU 0 unless set), and the
-//! operation that started the put still succeeds: the unpin (the pin is cleared first,
-//! so it is never redone), the base-pointer switch, the entry update (Xen's
-//! `PTF_defer`). [`Mm::put_old_guest_table`] finishes the queue under the budget
-//! (`Restart` while work is left); the engine calls it on entry to every MMU hypercall
-//! and ends a batch before the record after one that queued work. Meanwhile a frame in
-//! teardown answers as any partial frame: a same-type get resumes its validation (the
-//! queued put then finds nothing to do), anything else is refused.
+//! parent's slot references into its own partial state, and the parent records that it
+//! stopped there (`partial_set`, Xen's `PTF_partial_set`): its resumed teardown
+//! continues that child first. So a stopped teardown is one table, the topmost, and
+//! that table goes to the vCPU's one `old_guest_table` slot (Xen's `v->arch.
+//! old_guest_table`; the vCPU set with [`Mm::set_current_vcpu`], vCPU 0 unless set),
+//! while the operation that started the put still succeeds: the unpin (the pin is
+//! cleared first, so it is never redone), the base-pointer switch, the entry update
+//! (Xen's `PTF_defer`). [`Mm::put_old_guest_table`] continues it under the budget
+//! (`Restart` while work is left), and every operation that may start a teardown (pin,
+//! unpin, base-pointer switch, entry update) does the same first and, if the slot's
+//! teardown does not finish within the budget, returns `Restart` having done nothing
+//! else: the guest's continuation comes back until it does. Every call is thus bounded
+//! by the budget and nothing is capped, however large the tree. The engine also calls
+//! it on entry to every MMU hypercall and ends a batch before the record after one that
+//! filled the slot. Meanwhile a frame in teardown answers as any partial frame: a
+//! same-type get resumes its validation (the slot or the parent's `partial_set` then
+//! finds nothing to do), anything else is refused.
 //!
 //! Several vCPUs (docs/mmu-invariants.md, "Several vCPUs"): operations run one at a
 //! time (the VMM's domain lock) but interleave between hypercalls, so a vCPU's
@@ -56,7 +62,7 @@
 //! a partial state is nobody's: whoever gets the frame as its type resumes it, and a
 //! deferred put of any vCPU continues the teardown of whatever partial frame it finds
 //! (Xen's `put_old_guest_table` with `PTF_partial_set`). What is per vCPU is what Xen
-//! keeps in `struct vcpu`: the deferred-put list and the base pointers
+//! keeps in `struct vcpu`: the `old_guest_table` slot and the base pointers
 //! ([`Mm::set_current_vcpu`], [`Mm::loaded_roots_of`]), so a vCPU's hypercall never
 //! waits for nor does another vCPU's deferred work, and an L4 update knows which
 //! vCPUs' TLBs it concerns ([`FlushSet::needs_remote`]).
@@ -93,16 +99,20 @@ use crate::storage::{FrameList, FrameSlot, FrameTable, Held, SharedFrames, MAX_V
 
 /// Tables one operation validates at once (at most one per level; room to spare).
 const BUSY_MAX: usize = 8;
-/// Deferred puts one vCPU may have queued. A teardown stops part-way only while the
-/// list has room for it and the tables that stop under it; otherwise it runs to its
-/// end, as an unpreempted one would (see `put_type`), so the list never overflows and
-/// the end state is the same. (The property tests reach 13 entries unbounded; 8 makes
-/// them take the run-to-the-end path too.)
-pub const OLD_GUEST_TABLE_MAX: usize = 8;
 /// Base pointers one vCPU holds through `set_root` (kernel and user; room to spare).
-/// Past it the vCPU's roots are no longer told apart and every L4 update flushes all
-/// vCPUs (see `root_flush`).
+/// Past it the vCPUs' roots are no longer told apart and from then on every L4 update
+/// flushes all vCPUs (a degradation, always correct: see `root_flush`).
 pub const LOADED_ROOTS_MAX: usize = 4;
+
+/// Where a preemptible teardown stopped (`demote_table`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stop {
+    /// Slots below it still hold their references.
+    next_slot: u16,
+    /// The child at `next_slot` stopped in its own teardown and holds that slot's
+    /// references in its partial state (the frame's `partial_set`).
+    in_child: bool,
+}
 
 /// The last [`REFUSAL_LOG_LEN`] refusals, a ring.
 #[derive(Clone, Debug)]
@@ -211,15 +221,17 @@ pub struct Mm {
     /// Tables whose validation runs in the current operation, outermost first (Xen's
     /// "validate locked" state; at most one per level).
     busy: FrameList<BUSY_MAX>,
-    /// Deferred puts (Xen's `curr->arch.old_guest_table`): tables whose teardown stopped
-    /// with `Restart` and is to be finished by [`Mm::put_old_guest_table`] before the
-    /// next MMU operation, innermost first. Each is `Partial` with its type reference and
-    /// one general reference held by the partial state; the list holds no reference of
-    /// its own, so an entry whose frame is no longer partial (its validation was resumed
-    /// by a getter meanwhile) is simply dropped. Per vCPU, as Xen's `v->arch.
-    /// old_guest_table`: indexed by vCPU id, each list queued by and finished by that
-    /// vCPU's own operations (see [`Mm::set_current_vcpu`]).
-    old_guest_table: [FrameList<OLD_GUEST_TABLE_MAX>; MAX_VCPUS],
+    /// Per vCPU, Xen's `v->arch.old_guest_table`: the one table whose teardown an unpin,
+    /// base-pointer switch or entry update of that vCPU left part-way (`Restart`), to be
+    /// finished by [`Mm::put_old_guest_table`] before any other operation of that vCPU
+    /// does anything. Only the topmost table of the stopped teardown: the tables it
+    /// stopped in are reached through its `partial_set` entry (Xen's
+    /// `PTF_partial_set`). The frame is `Partial` with its type reference and one
+    /// general reference held by the partial state; the slot holds no reference of its
+    /// own, so a frame that is no longer in teardown (a getter resumed its validation
+    /// meanwhile and took those references over) is simply forgotten. Indexed by vCPU
+    /// id (see [`Mm::set_current_vcpu`]).
+    old_guest_table: [Option<Mfn>; MAX_VCPUS],
     /// The vCPU the next operations run for (Xen's `current`); 0 unless set.
     cur_vcpu: usize,
     /// Per vCPU: the base pointers it loaded through [`Mm::set_root`] (kernel and user,
@@ -290,7 +302,7 @@ impl Mm {
         preempt_budget: None,
         work: 0,
         busy: FrameList::EMPTY,
-        old_guest_table: [FrameList::EMPTY; MAX_VCPUS],
+        old_guest_table: [None; MAX_VCPUS],
         cur_vcpu: 0,
         loaded_roots: [FrameList::EMPTY; MAX_VCPUS],
         roots_overflow: false,
@@ -313,7 +325,7 @@ impl Mm {
         self.preempt_budget = None;
         self.work = 0;
         self.busy = FrameList::EMPTY;
-        self.old_guest_table.fill(FrameList::EMPTY);
+        self.old_guest_table.fill(None);
         self.cur_vcpu = 0;
         self.loaded_roots.fill(FrameList::EMPTY);
         self.roots_overflow = false;
@@ -562,6 +574,12 @@ impl Mm {
                 // validate on from where it stopped. A table whose validation runs in
                 // this very operation is "validate locked" instead.
                 Validation::Partial { next_slot } if !self.busy.contains(&mfn) => {
+                    // A stopped teardown's child at `next_slot` (`partial_set`) is
+                    // re-got by the validation like any entry from `next_slot` on: its
+                    // partial state is taken over there if still there.
+                    if let Some(f) = self.frames.get_mut(i) {
+                        f.partial_set = false;
+                    }
                     self.validate(mem, mfn, ty, usize::from(next_slot), true, fl)
                 }
                 _ => Err(MmError::NotValidated),
@@ -712,11 +730,13 @@ impl Mm {
     /// pagetable is torn down from its last held slot down to slot 0; a preemptible
     /// teardown that runs out of budget (or whose child's teardown did) stops with
     /// `Restart`, leaving the frame `Partial { next_slot }` (slots below `next_slot` still
-    /// hold their references) with its type count still 1, and queues the frame in the
-    /// deferred-put list (Xen's `old_guest_table`). The caller's general reference then
+    /// hold their references; `partial_set` when it stopped inside the child at
+    /// `next_slot`) with its type count still 1. The caller's general reference then
     /// becomes the partial state's own (Xen's `get_page_light`): on `Restart` the caller
-    /// must not drop it. A frame already `Partial` is continued from its `next_slot`; the
-    /// caller's general reference is then the partial state's.
+    /// must not drop it, and the outermost caller keeps the frame in the vCPU's
+    /// `old_guest_table` ([`Mm::put_deferred`]). A frame already `Partial` is continued
+    /// (its stopped child first, then from its `next_slot` down); the caller's general
+    /// reference is then the partial state's.
     fn put_type(
         &mut self,
         mem: &mut dyn FrameAccess,
@@ -736,15 +756,6 @@ impl Mm {
             return Ok(());
         }
         if let Some(level) = pi.ty.level() {
-            // A teardown may stop part-way only when the vCPU's deferred-put list (fixed
-            // size) has room for the frame and for the tables below it that stop with
-            // it (one chain: an L4 stops with an L3 and an L2 under it); otherwise it
-            // runs to its end, as an unpreempted one.
-            let chain = level as usize - 1;
-            let preemptible = preemptible
-                && self.old_guest_table.get(self.cur_vcpu).is_some_and(|q| {
-                    q.contains(&mfn) || q.len().saturating_add(chain) <= OLD_GUEST_TABLE_MAX
-                });
             let upto = match pi.validation {
                 Validation::Valid => ENTRIES,
                 Validation::Partial { next_slot } => usize::from(next_slot),
@@ -755,16 +766,12 @@ impl Mm {
             if let Some(p) = self.info_mut(mfn) {
                 p.validation = Validation::Unvalidated;
             }
-            if let Err(next_slot) = self.demote_table(mem, mfn, level, upto, preemptible) {
-                if let Some(p) = self.info_mut(mfn) {
-                    p.validation = Validation::Partial { next_slot };
-                }
-                let v = self.cur_vcpu;
-                if let Some(q) = self.old_guest_table.get_mut(v) {
-                    if !q.contains(&mfn) {
-                        // Room was checked before the teardown was allowed to stop.
-                        let _ = q.push(mfn);
-                    }
+            if let Err(stop) = self.demote_table(mem, mfn, level, upto, preemptible) {
+                if let Some(f) = self.idx(mfn).and_then(|i| self.frames.get_mut(i)) {
+                    f.info.validation = Validation::Partial {
+                        next_slot: stop.next_slot,
+                    };
+                    f.partial_set = stop.in_child;
                 }
                 return Err(MmError::Restart);
             }
@@ -777,8 +784,9 @@ impl Mm {
     }
 
     /// `put_page_and_type_preemptible`: as [`Mm::put_page_and_type_raw`], but a
-    /// teardown may stop with `Restart` (the frame is then left partial and queued for
-    /// [`Mm::put_old_guest_table`], and the general reference stays with it).
+    /// teardown may stop with `Restart` (the frame is then left partial, and the general
+    /// reference stays with it; the outermost caller remembers it, see
+    /// [`Mm::put_deferred`]).
     fn put_page_and_type_preemptible(
         &mut self,
         mem: &mut dyn FrameAccess,
@@ -790,6 +798,39 @@ impl Mm {
         self.put_type(mem, mfn, true)?;
         self.put_page_raw(mfn);
         Ok(())
+    }
+
+    /// Xen's `PTF_defer` put of an old table (the unpinned table, the old base pointer,
+    /// an entry update's old target): `put_page_and_type_preemptible`, and a teardown
+    /// that stops part-way goes to the current vCPU's `old_guest_table` slot, to be
+    /// finished by [`Mm::put_old_guest_table`]; the operation itself is done. The slot
+    /// is empty here: every operation that can get here finished it first
+    /// ([`Mm::old_guest_table_first`]), and each puts at most one old table. Were it not
+    /// (an engine bug), the put runs to its end rather than lose the slot's table.
+    fn put_deferred(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) {
+        let v = self.cur_vcpu;
+        if self.old_guest_table.get(v).is_none_or(|s| s.is_some()) {
+            self.put_page_and_type_raw(mem, mfn);
+            return;
+        }
+        if self.put_page_and_type_preemptible(mem, mfn) == Err(MmError::Restart) {
+            if let Some(s) = self.old_guest_table.get_mut(v) {
+                *s = Some(mfn);
+            }
+        }
+    }
+
+    /// A table in teardown whose partial state nobody has taken over: `Partial`, type
+    /// count 1 (the partial state's own reference), a pagetable, unpinned, and not being
+    /// validated in this very operation. Such a frame's type and general references are
+    /// its partial state's, and continuing its teardown puts them.
+    fn teardown_claimable(&self, mfn: Mfn) -> bool {
+        self.info(mfn).is_some_and(|p| {
+            matches!(p.validation, Validation::Partial { .. })
+                && p.type_count == 1
+                && p.ty.is_pagetable()
+                && !p.pinned
+        }) && !self.busy.contains(&mfn)
     }
 
     /// `get_page_and_type`.
@@ -1029,9 +1070,13 @@ impl Mm {
     /// `preemptible`, an L2 or L3 checks the budget between entries (never before its
     /// first one in this call, so every call makes progress) and a child table whose own
     /// teardown stopped stops this one too (so does an L4, which, as Xen's, does not check
-    /// the budget itself). `Err(n)`: stopped, slots `< n` still hold their references (a
-    /// child that stopped in slot `n` took that slot's references into its partial
-    /// state). An L1 counts its 512 entries whole and never stops.
+    /// the budget itself). `Err(stop)`: stopped, slots `< stop.next_slot` still hold
+    /// their references; `stop.in_child`: a child that stopped in slot `next_slot` took
+    /// that slot's references into its partial state (the frame's `partial_set`). A
+    /// frame whose `partial_set` is set continues that child first (Xen's
+    /// `PTF_partial_set` on the resumed slot), if it is still in teardown (a getter may
+    /// have taken its partial state over meanwhile: then the slot holds nothing more).
+    /// An L1 counts its 512 entries whole and never stops.
     fn demote_table(
         &mut self,
         mem: &mut dyn FrameAccess,
@@ -1039,16 +1084,42 @@ impl Mm {
         level: Level,
         upto: usize,
         preemptible: bool,
-    ) -> Result<(), u16> {
+    ) -> Result<(), Stop> {
         let can_stop = preemptible && matches!(level, Level::L2 | Level::L3);
         if level == Level::L1 {
             self.tick(ENTRIES as u32);
         }
         let mut slot = upto.min(ENTRIES);
         let mut first = true;
+        let partial_set = self
+            .idx(mfn)
+            .and_then(|i| self.frames.get_mut(i))
+            .map(|f| core::mem::take(&mut f.partial_set))
+            .unwrap_or(false);
+        if partial_set && level != Level::L1 && slot < ENTRIES {
+            let e = rd(mem, mfn, slot);
+            let child = entry_mfn(e);
+            if present(e) && child != mfn && self.teardown_claimable(child) {
+                self.tick(1);
+                if preemptible {
+                    if self.put_page_and_type_preemptible(mem, child).is_err() {
+                        return Err(Stop {
+                            next_slot: slot as u16,
+                            in_child: true,
+                        });
+                    }
+                } else {
+                    self.put_page_and_type_raw(mem, child);
+                }
+                first = false;
+            }
+        }
         while slot > 0 {
             if can_stop && !first && self.preempt_due() {
-                return Err(slot as u16);
+                return Err(Stop {
+                    next_slot: slot as u16,
+                    in_child: false,
+                });
             }
             first = false;
             slot -= 1;
@@ -1063,7 +1134,10 @@ impl Mm {
                     if !preemptible {
                         self.put_page_from_upper(mem, mfn, e);
                     } else if self.put_page_from_upper_preemptible(mem, mfn, e).is_err() {
-                        return Err(slot as u16);
+                        return Err(Stop {
+                            next_slot: slot as u16,
+                            in_child: true,
+                        });
                     }
                 }
             }
@@ -1409,43 +1483,47 @@ impl Mm {
     /// Whether a teardown was left part-way and must be finished with
     /// [`Mm::put_old_guest_table`] (Xen: `curr->arch.old_guest_table != NULL`). An MMU
     /// hypercall batch stops (continuation) before its next record while this holds.
-    /// Asks about the current vCPU's list ([`Mm::set_current_vcpu`]; vCPU 0 unless set).
+    /// Asks about the current vCPU's slot ([`Mm::set_current_vcpu`]; vCPU 0 unless set).
     pub fn has_deferred_put(&self) -> bool {
         self.has_deferred_put_of(self.cur_vcpu)
     }
 
-    /// The frames whose teardown is deferred on the current vCPU, in the order they will
-    /// be continued.
+    /// The current vCPU's `old_guest_table`: the table whose teardown is left part-way.
+    pub fn old_guest_table(&self) -> Option<Mfn> {
+        self.old_guest_table_of(self.cur_vcpu)
+    }
+
+    /// vCPU `vcpu`'s `old_guest_table` (Xen's `v->arch.old_guest_table`).
+    pub fn old_guest_table_of(&self, vcpu: usize) -> Option<Mfn> {
+        self.old_guest_table.get(vcpu).copied().flatten()
+    }
+
+    /// The frames whose teardown is deferred on the current vCPU: its `old_guest_table`
+    /// (at most one; the tables the teardown stopped in are reached through it).
     pub fn deferred_puts(&self) -> impl Iterator<Item = Mfn> + '_ {
         self.deferred_puts_of(self.cur_vcpu)
     }
 
     /// [`Mm::has_deferred_put`] of vCPU `vcpu` (Xen: `v->arch.old_guest_table != NULL`).
     pub fn has_deferred_put_of(&self, vcpu: usize) -> bool {
-        self.old_guest_table
-            .get(vcpu)
-            .is_some_and(|q| !q.is_empty())
+        self.old_guest_table_of(vcpu).is_some()
     }
 
     /// [`Mm::deferred_puts`] of vCPU `vcpu`.
     pub fn deferred_puts_of(&self, vcpu: usize) -> impl Iterator<Item = Mfn> + '_ {
-        self.old_guest_table
-            .get(vcpu)
-            .map_or(&[][..], |q| q.as_slice())
-            .iter()
-            .copied()
+        self.old_guest_table_of(vcpu).into_iter()
     }
 
     /// Whether any vCPU has a deferred teardown left (for domain teardown, which
-    /// finishes every vCPU's list as Xen's `vcpu_destroy_pagetables` does).
+    /// finishes every vCPU's slot as Xen's `vcpu_destroy_pagetables` does).
     pub fn any_deferred_put(&self) -> bool {
-        self.old_guest_table.iter().any(|q| !q.is_empty())
+        self.old_guest_table.iter().any(Option::is_some)
     }
 
     /// Sets the vCPU later operations run for (Xen's `current`): an operation whose
-    /// teardown runs out of budget queues the rest on this vCPU's deferred-put list,
+    /// teardown runs out of budget leaves it in this vCPU's `old_guest_table` slot,
     /// [`Mm::put_old_guest_table`] and [`Mm::has_deferred_put`] work on this vCPU's
-    /// list, and [`Mm::set_root`] records the base pointers as this vCPU's (TLB flush
+    /// slot, and [`Mm::set_root`] records the base pointers as this vCPU's (TLB flush
     /// scope of L4 updates). 0 until set: single-vCPU callers never call it.
     pub fn set_current_vcpu(&mut self, vcpu: usize) {
         self.cur_vcpu = vcpu;
@@ -1471,33 +1549,33 @@ impl Mm {
     /// as in Xen, a vCPU never finishes (or waits for) another vCPU's deferred puts.
     pub fn put_old_guest_table(&mut self, mem: &mut dyn FrameAccess) -> Result<(), MmError> {
         self.begin();
+        let r = self.old_guest_table_first(mem);
+        if r.is_err() {
+            self.stats.restarts += 1;
+        }
+        r
+    }
+
+    /// The body of [`Mm::put_old_guest_table`], under the current operation's budget:
+    /// every operation that may start a teardown, or may meet the tables of one, calls
+    /// it first and, on `Restart`, returns `Restart` having done nothing else (Xen's MMU
+    /// hypercalls and `arch_set_info_guest` call `put_old_guest_table(curr)` first). So
+    /// a vCPU has at most one teardown left part-way, and the work of every call is
+    /// bounded by the budget, however large the tree being torn down.
+    fn old_guest_table_first(&mut self, mem: &mut dyn FrameAccess) -> Result<(), MmError> {
         let v = self.cur_vcpu;
-        let mut did = false;
-        while let Some(m) = self.old_guest_table.get(v).and_then(|q| q.first().copied()) {
-            if did && self.preempt_due() {
-                self.stats.restarts += 1;
-                return Err(MmError::Restart);
-            }
-            if let Some(q) = self.old_guest_table.get_mut(v) {
-                q.remove(0);
-            }
-            let partial = self.info(m).is_some_and(|p| {
-                matches!(p.validation, Validation::Partial { .. })
-                    && p.type_count == 1
-                    && p.ty.is_pagetable()
-                    && !p.pinned
-            });
-            if !partial {
-                // Its validation was resumed and completed meanwhile (the getter took
-                // the partial state's references over), or it was finished already.
-                continue;
-            }
-            did = true;
-            // The partial state's type and general references are the ones put here.
-            if self.put_page_and_type_preemptible(mem, m).is_err() {
-                self.stats.restarts += 1;
-                return Err(MmError::Restart);
-            }
+        let Some(m) = self.old_guest_table_of(v) else {
+            return Ok(());
+        };
+        // The partial state's type and general references are the ones put here; a
+        // frame no longer in teardown (its validation was resumed and completed
+        // meanwhile, the getter taking those references over, or another vCPU's
+        // teardown finished it through a parent) holds nothing for the slot.
+        if self.teardown_claimable(m) && self.put_page_and_type_preemptible(mem, m).is_err() {
+            return Err(MmError::Restart);
+        }
+        if let Some(s) = self.old_guest_table.get_mut(v) {
+            *s = None;
         }
         Ok(())
     }
@@ -1513,7 +1591,9 @@ impl Mm {
     ) -> Result<FlushSet, MmError> {
         self.begin();
         let mut fl = FlushSet::default();
-        let r = self.pin_inner(mem, mfn, level, &mut fl);
+        let r = self
+            .old_guest_table_first(mem)
+            .and_then(|()| self.pin_inner(mem, mfn, level, &mut fl));
         let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::PinTable(level), mfn, None, None, r)
     }
@@ -1547,6 +1627,9 @@ impl Mm {
         mfn: Mfn,
     ) -> Result<FlushSet, MmError> {
         self.begin();
+        if let Err(e) = self.old_guest_table_first(mem) {
+            return self.finish(mem, MmOp::UnpinTable, mfn, None, None, Err(e));
+        }
         let r = match self.info_mut(mfn) {
             None => Err(MmError::NotOwned),
             Some(p) if !p.pinned => Err(MmError::NotPinned),
@@ -1555,8 +1638,9 @@ impl Mm {
                 // teardown that stops part-way is finished by `put_old_guest_table`,
                 // never by unpinning again.
                 p.pinned = false;
-                // Restart: deferred (queued in `old_guest_table`); the unpin is done.
-                let _ = self.put_page_and_type_preemptible(mem, mfn);
+                // A teardown that stops part-way goes to `old_guest_table`; the unpin
+                // is done.
+                self.put_deferred(mem, mfn);
                 Ok(FlushSet::default())
             }
         };
@@ -1576,7 +1660,9 @@ impl Mm {
         self.begin();
         let mut fl = FlushSet::default();
         let frame = new.or(old).unwrap_or(0);
-        let r = self.set_root_inner(mem, old, new, &mut fl);
+        let r = self
+            .old_guest_table_first(mem)
+            .and_then(|()| self.set_root_inner(mem, old, new, &mut fl));
         let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::SetRoot, frame, None, None, r)
     }
@@ -1620,9 +1706,9 @@ impl Mm {
         }
         if let Some(o) = old {
             self.held_drop(o, true, true);
-            // Restart: the old tree's teardown is deferred (`old_guest_table` of this
-            // vCPU); the new base is loaded either way.
-            let _ = self.put_page_and_type_preemptible(mem, o);
+            // A teardown that stops part-way goes to this vCPU's `old_guest_table`; the
+            // new base is loaded either way.
+            self.put_deferred(mem, o);
         }
         Ok(())
     }
@@ -1646,7 +1732,9 @@ impl Mm {
     ) -> Result<FlushSet, MmError> {
         self.begin();
         let mut fl = FlushSet::default();
-        let r = self.mod_entry_inner(mem, table, slot, new, preserve_ad, vcpu_roots, &mut fl);
+        let r = self.old_guest_table_first(mem).and_then(|()| {
+            self.mod_entry_inner(mem, table, slot, new, preserve_ad, vcpu_roots, &mut fl)
+        });
         let r = self.flush_or_pend(r, fl);
         let s = u16::try_from(slot).ok();
         self.finish(mem, MmOp::ModEntry, table, s, Some(new), r)
@@ -1800,7 +1888,9 @@ impl Mm {
         self.stats.slow_path += 1;
         // Xen's PTF_defer: the old target's teardown may be left to `old_guest_table`;
         // the update itself is done.
-        let _ = self.put_page_from_upper_preemptible(mem, table, old);
+        if present(old) && entry_mfn(old) != table {
+            self.put_deferred(mem, entry_mfn(old));
+        }
         self.root_flush(table, level, old, written, vcpu_roots, fl);
         Ok(())
     }
@@ -1823,6 +1913,16 @@ impl Mm {
             return;
         }
         let local = roots.iter().filter(|&&r| r == table).count() as u64;
+        // `loaded_roots` only narrows the remote flush. Once a vCPU loaded more roots
+        // than its list holds (`roots_overflow`, sticky until `reset`), the lists no
+        // longer say who has which L4 loaded: the overflowing vCPU's list misses the
+        // root it could not record, and a later drop of a duplicate may remove the
+        // recorded copy instead. So any L4 update then counts as "loaded elsewhere" and
+        // asks every vCPU to flush its whole TLB before it runs guest code again
+        // (`all_vcpus`, as Xen's `sync_guest` flushes `d->dirty_cpumask`): a superset of
+        // the vCPUs that really have it loaded, so no stale translation survives; only
+        // kicks are added. The local flush (`local`, from the caller's own base
+        // pointers) and the type-count test (`beyond`) do not read the lists.
         let elsewhere = self.roots_overflow
             || self
                 .loaded_roots

@@ -4,8 +4,8 @@
 //! lives in storage the host gives ([`Mm::with_storage`]: a `&'static mut [FrameSlot]`,
 //! e.g. a region the shim reserves for it) or, with the `alloc` feature, in a vector
 //! [`Mm::new`] allocates once. Everything else is fixed-size: the refusal ring, the
-//! validation stack, and per vCPU (up to [`MAX_VCPUS`]) the deferred-put list and the
-//! loaded base pointers.
+//! validation stack, and per vCPU (up to [`MAX_VCPUS`]) the one `old_guest_table` slot
+//! and the loaded base pointers.
 //!
 //! [`Mm::with_storage`]: crate::Mm::with_storage
 //! [`Mm::new`]: crate::Mm::new
@@ -42,6 +42,12 @@ pub struct FrameSlot {
     /// The guest gave it back (`XENMEM_decrease_reservation`): not its own until
     /// `reclaim_frame` hands it out again.
     pub(crate) released: bool,
+    /// Xen's `partial_flags` (`PTF_partial_set`) of a table whose teardown stopped: it
+    /// stopped inside the table its entry at `next_slot` points at, whose own teardown
+    /// stopped and which took that entry's references into its partial state. A resumed
+    /// teardown continues that child first (if it is still in teardown), so only the
+    /// topmost table of a stopped teardown is remembered per vCPU (`old_guest_table`).
+    pub(crate) partial_set: bool,
 }
 
 impl FrameSlot {
@@ -54,6 +60,7 @@ impl FrameSlot {
             typed: 0,
         },
         released: false,
+        partial_set: false,
     };
 }
 
@@ -107,7 +114,7 @@ impl Clone for FrameTable {
 }
 
 /// A fixed-capacity list of frames (a stack or a FIFO queue), for the bounded lists
-/// pv-mm keeps: the tables under validation, a vCPU's deferred puts and base pointers,
+/// pv-mm keeps: the tables under validation, a vCPU's base pointers,
 /// the shared frames.
 #[derive(Clone, Copy)]
 pub struct FrameList<const N: usize> {
