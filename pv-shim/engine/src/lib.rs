@@ -27,6 +27,7 @@ pub mod guest;
 #[cfg(test)]
 mod hostile;
 pub mod hypercall;
+mod insn;
 pub mod m2p;
 pub mod memory;
 pub mod mmu;
