@@ -5,9 +5,9 @@
 #  1. allocation: the image's global allocator references a symbol nothing defines, so
 #     the link succeeds only when no allocation is reachable from the engine's entry
 #     points. When it fails, the image is linked again with undefined symbols allowed
-#     and reach.py names the paths from pv-engine/pv-mm into the allocator: one-time
-#     lazy initialisation (iced-x86's decoder tables) and the paths listed in
-#     known-allocations.txt (work still to do) are reported, any other path fails;
+#     and reach.py names the paths from pv-engine/pv-mm into the allocator: those
+#     listed in known-allocations.txt (work still to do; none today) are reported, any
+#     other path fails, one-time lazy initialisation included;
 #  2. the engine's dispatch and pv-mm are really in the image (the check is not vacuous);
 #  3. the image holds no SSE/AVX/MMX instruction.
 set -euo pipefail

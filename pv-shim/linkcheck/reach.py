@@ -3,14 +3,15 @@
 
 Reads `objdump -d` output of an image linked with undefined symbols allowed, builds the
 reference graph (calls, jumps and address-taking, e.g. vtables built in code), and walks
-it backwards from the allocator shims. One-time lazy initialisation is not followed:
-a path through `spin::once::Once::try_call_once_slow` (iced-x86 builds its decoder
-tables that way on the first decode) allocates once per image, never per trap; it is
-reported apart. Prints the frontier: functions of pv-engine, pv-mm or the check itself
-whose next step towards the allocator is outside them. Frontier functions matching a
-pattern of the file given second (known-allocations.txt: regular expressions on the
-mangled names, one a line, `#` comments) are known and listed as such. Exit status 1
-when any other per-call path exists, 0 otherwise.
+it backwards from the allocator shims. Paths through one-time lazy initialisation
+(`spin::once::Once::try_call_once_slow`, as iced-x86 built its decoder tables on the
+first decode before the engine had its own decoder) are reported apart. Prints the
+frontier: functions of pv-engine, pv-mm or the check itself whose next step towards the
+allocator is outside them. Per-call frontier functions matching a pattern of the file
+given second (known-allocations.txt: regular expressions on the mangled names, one a
+line, `#` comments; empty today) are known and listed as such. Exit status 1 when any
+other path exists, one-time ones included (the shim has no allocator even for one
+allocation), 0 otherwise.
 """
 import collections
 import re
@@ -79,5 +80,6 @@ for s, p in sorted(per_call.items()):
         new = True
 for s, p in sorted(once.items()):
     if s not in per_call:
-        print(f"one-time: {s} -> {p}")
+        print(f"NEW (one-time): {s} -> {p}")
+        new = True
 sys.exit(1 if new else 0)

@@ -1,17 +1,18 @@
 //! An allocation-free x86-64 decoder for exactly the instruction forms the engine
 //! emulates on a trapped guest access: the stores [`crate::ptwr`] performs on a
-//! read-only pagetable entry. Everything else is refused, which leads the caller to
-//! bounce the fault as before.
+//! read-only pagetable entry ([`decode_store`]) and the loads [`crate::m2p`] performs
+//! from the M2P table ([`decode_load`]). Everything else is refused, which leads the
+//! caller to bounce the fault as before.
 //!
 //! The engine used a general decoder (iced-x86) here; it allocates (its tables on first
 //! use, its instruction-info operand lists on every call), which the engine cannot do in
 //! the shim (docs/architecture.md, "The engine in the VM"). The forms are few, so they
 //! are decoded here with fixed storage, and a differential property test
-//! (`tests::same_as_iced`) holds this decoder to iced's answers for random bytes and for
-//! every accepted form with random prefixes, REX, ModRM, SIB, displacements and
-//! immediates.
+//! (`tests::same_as_iced_*` here and in `m2p`) holds this decoder to iced's answers for
+//! random bytes and for every accepted form with random prefixes, REX, ModRM, SIB,
+//! displacements and immediates.
 //!
-//! Accepted (64-bit code; the memory operand is the destination, `mod != 3`):
+//! Stores accepted (64-bit code; the memory operand is the destination, `mod != 3`):
 //! - `mov` r/m8,r8 (88), r/m,r (89), r/m8,imm8 (C6 /0), r/m,imm (C7 /0), moffs8,al (A2),
 //!   moffs,rAX (A3), `movnti` m32/m64,r (0F C3);
 //! - `xchg` r/m8,r8 (86), r/m,r (87);
@@ -436,6 +437,152 @@ pub(crate) fn decode_store(bytes: &[u8]) -> Result<Store, InsnError> {
         width,
         lock: p.lock,
         src,
+    })
+}
+
+/// What a decoded load does with the value it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LoadOp {
+    /// `mov`, `movzx`: the register receives the value, zero-extended.
+    Load,
+    /// `movsx`, `movsxd`: the register receives the value, sign-extended.
+    SignExtend,
+    /// `reg op= mem` (`dst`: false for `cmp`, which keeps only the flags).
+    RegOpMem { op: AluOp, dst: bool },
+    /// `cmp`/`test` with the memory operand first: flags of `mem op src`.
+    MemOpSrc { op: AluOp },
+}
+
+/// A decoded load from memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LoadInsn {
+    /// Instruction length in bytes.
+    pub(crate) len: u8,
+    /// The operation.
+    pub(crate) op: LoadOp,
+    /// Width of the memory operand in bytes: 1, 2, 4 or 8.
+    pub(crate) size: u8,
+    /// The register operand (`Load`, `SignExtend`, `RegOpMem`), or the source of a
+    /// `MemOpSrc` when it is a register.
+    pub(crate) src: Src,
+    /// The memory operand.
+    pub(crate) mem: Mem,
+}
+
+/// Decodes `bytes` (64-bit code) as one of the loads the M2P emulation performs
+/// ([`crate::m2p`]): `mov` r,m (8A, 8B, A0, A1), `movzx` (0F B6, 0F B7), `movsx`
+/// (0F BE, 0F BF), `movsxd` (63), `add`/`or`/`and`/`sub`/`xor`/`cmp` r,m (02/03, 0A/0B,
+/// 22/23, 2A/2B, 32/33, 3A/3B), `cmp` m,r and m,imm (38/39, 80/81/83 /7), `test` m,r
+/// and m,imm (84/85, F6/F7 /0 and its alias /1). No `lock`.
+pub(crate) fn decode_load(bytes: &[u8]) -> Result<LoadInsn, InsnError> {
+    let mut c = Cursor { bytes, pos: 0 };
+    let (p, opcode) = prefixes(&mut c)?;
+    if p.lock {
+        return Err(InsnError::NotHandled);
+    }
+    let vsize = p.vsize();
+    let reg_op = |c: &mut Cursor<'_>, op: AluOp, dst: bool, size: u8| {
+        let m = modrm_mem(c, &p)?;
+        Ok::<_, InsnError>((
+            LoadOp::RegOpMem { op, dst },
+            size,
+            Src::Reg(reg_of(&m, size, &p)),
+            m.mem,
+        ))
+    };
+    let (op, size, src, mem) = match opcode {
+        0x8a | 0x8b => {
+            let size = if opcode == 0x8a { 1 } else { vsize };
+            let m = modrm_mem(&mut c, &p)?;
+            (LoadOp::Load, size, Src::Reg(reg_of(&m, size, &p)), m.mem)
+        }
+        0xa0 | 0xa1 => {
+            let size = if opcode == 0xa0 { 1 } else { vsize };
+            let mem = moffs(&mut c, &p)?;
+            let acc = Gpr {
+                num: 0,
+                size,
+                high8: false,
+            };
+            (LoadOp::Load, size, Src::Reg(acc), mem)
+        }
+        0x63 => {
+            // movsxd Gv, Ed (Ew with 0x66 and no REX.W).
+            let m = modrm_mem(&mut c, &p)?;
+            let size = if vsize == 2 { 2 } else { 4 };
+            (
+                LoadOp::SignExtend,
+                size,
+                Src::Reg(reg_of(&m, vsize, &p)),
+                m.mem,
+            )
+        }
+        0x02 | 0x0a | 0x22 | 0x2a | 0x32 | 0x3a => {
+            let op = if opcode == 0x3a {
+                AluOp::Sub
+            } else {
+                alu_of_opcode(opcode & !3)
+            };
+            reg_op(&mut c, op, opcode != 0x3a, 1)?
+        }
+        0x03 | 0x0b | 0x23 | 0x2b | 0x33 | 0x3b => {
+            let op = if opcode == 0x3b {
+                AluOp::Sub
+            } else {
+                alu_of_opcode(opcode & !3)
+            };
+            reg_op(&mut c, op, opcode != 0x3b, vsize)?
+        }
+        0x38 | 0x39 | 0x84 | 0x85 => {
+            let size = if opcode & 1 == 0 { 1 } else { vsize };
+            let op = if opcode < 0x80 {
+                AluOp::Sub
+            } else {
+                AluOp::And
+            };
+            let m = modrm_mem(&mut c, &p)?;
+            (
+                LoadOp::MemOpSrc { op },
+                size,
+                Src::Reg(reg_of(&m, size, &p)),
+                m.mem,
+            )
+        }
+        0x80 | 0x81 | 0x83 | 0xf6 | 0xf7 => {
+            let size = if opcode & 1 == 0 { 1 } else { vsize };
+            let m = modrm_mem(&mut c, &p)?;
+            let op = match (opcode, m.reg) {
+                (0x80 | 0x81 | 0x83, 7) => AluOp::Sub,
+                (0xf6 | 0xf7, 0 | 1) => AluOp::And, // /1: an alias of test
+                _ => return Err(InsnError::NotHandled),
+            };
+            let imm = match opcode {
+                0x80 | 0xf6 => c.uint(1)?,
+                0x83 => imm_b_sx(&mut c)?,
+                _ => imm_z(&mut c, size)?,
+            };
+            (LoadOp::MemOpSrc { op }, size, Src::Imm(imm), m.mem)
+        }
+        0x0f => {
+            let op2 = c.byte()?;
+            let (op, size) = match op2 {
+                0xb6 => (LoadOp::Load, 1),
+                0xb7 => (LoadOp::Load, 2),
+                0xbe => (LoadOp::SignExtend, 1),
+                0xbf => (LoadOp::SignExtend, 2),
+                _ => return Err(InsnError::NotHandled),
+            };
+            let m = modrm_mem(&mut c, &p)?;
+            (op, size, Src::Reg(reg_of(&m, vsize, &p)), m.mem)
+        }
+        _ => return Err(InsnError::NotHandled),
+    };
+    Ok(LoadInsn {
+        len: c.pos as u8,
+        op,
+        size,
+        src,
+        mem,
     })
 }
 

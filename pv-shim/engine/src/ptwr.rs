@@ -36,8 +36,6 @@
 //! 8 bytes are emulated, and a narrower write is merged into the entry's other bytes.
 //! Instructions are decoded as 64-bit code.
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
-
 use crate::insn::{self, InsnError, Src, StoreOp};
 use crate::GuestRegs;
 
@@ -296,84 +294,6 @@ pub(crate) fn width_mask(width: u8) -> u64 {
     }
 }
 
-/// A 64-bit decoder of `insn` at `ip`. Not iced's `Decoder::with_ip`: it unwraps
-/// `try_with_ip`, and the error type owns heap memory, which would link a panic and an
-/// allocator into the shim (the link check finds it). 64 is a valid bitness, so there is
-/// no error; were there one, it is forgotten rather than dropped, for the same reason.
-pub(crate) fn decoder64(insn: &[u8], ip: u64) -> Option<Decoder<'_>> {
-    match Decoder::try_with_ip(64, insn, ip, DecoderOptions::NONE) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            core::mem::forget(e);
-            None
-        }
-    }
-}
-
-/// The source operand (operand 1): a general register or an immediate, as the
-/// instruction uses it (immediates sign-extended to the operand width by the decoder).
-pub(crate) fn source(instr: &Instruction, regs: &GuestRegs) -> Result<u64, PtwrError> {
-    if instr.op_count() < 2 {
-        return Err(PtwrError::Unsupported("no source operand"));
-    }
-    // The kind's own getter, as iced's `immediate(1)` would pick it (signed forms
-    // sign-extended to 64 bits): `immediate()` goes through `try_immediate()`, whose
-    // error type owns heap memory, so it would link an allocator into the shim.
-    match instr.op1_kind() {
-        OpKind::Register => Ok(read_gpr(regs, gpr_operand(instr, 1)?)),
-        OpKind::Immediate8 => Ok(u64::from(instr.immediate8())),
-        OpKind::Immediate16 => Ok(u64::from(instr.immediate16())),
-        OpKind::Immediate32 => Ok(u64::from(instr.immediate32())),
-        OpKind::Immediate64 => Ok(instr.immediate64()),
-        OpKind::Immediate8to16 => Ok(instr.immediate8to16() as u64),
-        OpKind::Immediate8to32 => Ok(instr.immediate8to32() as u64),
-        OpKind::Immediate8to64 => Ok(instr.immediate8to64() as u64),
-        OpKind::Immediate32to64 => Ok(instr.immediate32to64() as u64),
-        _ => Err(PtwrError::Unsupported("source operand kind")),
-    }
-}
-
-/// Operand `n` as a general register.
-pub(crate) fn gpr_operand(instr: &Instruction, n: u32) -> Result<Gpr, PtwrError> {
-    if instr.op_count() <= n || instr.op_kind(n) != OpKind::Register {
-        return Err(PtwrError::Unsupported("operand is not a register"));
-    }
-    let r = instr.op_register(n);
-    if !r.is_gpr() {
-        return Err(PtwrError::Unsupported("operand is not a general register"));
-    }
-    let num = gpr_number(r.full_register())
-        .ok_or(PtwrError::Unsupported("operand is not a general register"))?;
-    Ok(Gpr {
-        num,
-        size: r.size() as u8,
-        high8: matches!(r, Register::AH | Register::CH | Register::DH | Register::BH),
-    })
-}
-
-/// x86 number (0 = rax ... 15 = r15) of a full 64-bit general register.
-pub(crate) fn gpr_number(full: Register) -> Option<u8> {
-    Some(match full {
-        Register::RAX => 0,
-        Register::RCX => 1,
-        Register::RDX => 2,
-        Register::RBX => 3,
-        Register::RSP => 4,
-        Register::RBP => 5,
-        Register::RSI => 6,
-        Register::RDI => 7,
-        Register::R8 => 8,
-        Register::R9 => 9,
-        Register::R10 => 10,
-        Register::R11 => 11,
-        Register::R12 => 12,
-        Register::R13 => 13,
-        Register::R14 => 14,
-        Register::R15 => 15,
-        _ => return None,
-    })
-}
-
 /// The [`GuestRegs`] slot of full register number `num` (0 = rax ... 15 = r15).
 fn slot(regs: &mut GuestRegs, num: u8) -> &mut u64 {
     regs.gpr_mut(num)
@@ -489,7 +409,87 @@ fn bit_op(op: BitOp, value: u64, bit: u32) -> u64 {
 #[cfg(test)]
 pub(crate) mod iced_reference {
     use super::*;
-    use iced_x86::{DecoderError, InstructionInfoFactory, Mnemonic, OpAccess};
+    use iced_x86::{
+        Decoder, DecoderError, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic,
+        OpAccess, OpKind, Register,
+    };
+    /// A 64-bit decoder of `insn` at `ip`. Not iced's `Decoder::with_ip`: it unwraps
+    /// `try_with_ip`, and the error type owns heap memory, which would link a panic and an
+    /// allocator into the shim (the link check finds it). 64 is a valid bitness, so there is
+    /// no error; were there one, it is forgotten rather than dropped, for the same reason.
+    pub(crate) fn decoder64(insn: &[u8], ip: u64) -> Option<Decoder<'_>> {
+        match Decoder::try_with_ip(64, insn, ip, DecoderOptions::NONE) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                core::mem::forget(e);
+                None
+            }
+        }
+    }
+
+    /// The source operand (operand 1): a general register or an immediate, as the
+    /// instruction uses it (immediates sign-extended to the operand width by the decoder).
+    pub(crate) fn source(instr: &Instruction, regs: &GuestRegs) -> Result<u64, PtwrError> {
+        if instr.op_count() < 2 {
+            return Err(PtwrError::Unsupported("no source operand"));
+        }
+        // The kind's own getter, as iced's `immediate(1)` would pick it (signed forms
+        // sign-extended to 64 bits): `immediate()` goes through `try_immediate()`, whose
+        // error type owns heap memory, so it would link an allocator into the shim.
+        match instr.op1_kind() {
+            OpKind::Register => Ok(read_gpr(regs, gpr_operand(instr, 1)?)),
+            OpKind::Immediate8 => Ok(u64::from(instr.immediate8())),
+            OpKind::Immediate16 => Ok(u64::from(instr.immediate16())),
+            OpKind::Immediate32 => Ok(u64::from(instr.immediate32())),
+            OpKind::Immediate64 => Ok(instr.immediate64()),
+            OpKind::Immediate8to16 => Ok(instr.immediate8to16() as u64),
+            OpKind::Immediate8to32 => Ok(instr.immediate8to32() as u64),
+            OpKind::Immediate8to64 => Ok(instr.immediate8to64() as u64),
+            OpKind::Immediate32to64 => Ok(instr.immediate32to64() as u64),
+            _ => Err(PtwrError::Unsupported("source operand kind")),
+        }
+    }
+
+    /// Operand `n` as a general register.
+    pub(crate) fn gpr_operand(instr: &Instruction, n: u32) -> Result<Gpr, PtwrError> {
+        if instr.op_count() <= n || instr.op_kind(n) != OpKind::Register {
+            return Err(PtwrError::Unsupported("operand is not a register"));
+        }
+        let r = instr.op_register(n);
+        if !r.is_gpr() {
+            return Err(PtwrError::Unsupported("operand is not a general register"));
+        }
+        let num = gpr_number(r.full_register())
+            .ok_or(PtwrError::Unsupported("operand is not a general register"))?;
+        Ok(Gpr {
+            num,
+            size: r.size() as u8,
+            high8: matches!(r, Register::AH | Register::CH | Register::DH | Register::BH),
+        })
+    }
+
+    /// x86 number (0 = rax ... 15 = r15) of a full 64-bit general register.
+    pub(crate) fn gpr_number(full: Register) -> Option<u8> {
+        Some(match full {
+            Register::RAX => 0,
+            Register::RCX => 1,
+            Register::RDX => 2,
+            Register::RBX => 3,
+            Register::RSP => 4,
+            Register::RBP => 5,
+            Register::RSI => 6,
+            Register::RDI => 7,
+            Register::R8 => 8,
+            Register::R9 => 9,
+            Register::R10 => 10,
+            Register::R11 => 11,
+            Register::R12 => 12,
+            Register::R13 => 13,
+            Register::R14 => 14,
+            Register::R15 => 15,
+            _ => return None,
+        })
+    }
 
     /// Decodes the instruction `insn` (up to 15 bytes fetched at `regs.rip`) that faulted
     /// writing to linear address `cr2`, given the current value `old` of the 8-byte entry
