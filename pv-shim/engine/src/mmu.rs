@@ -222,6 +222,22 @@ fn batch<T: FromBytes + IntoBytes>(
             [va, u64::from(left), pdone, u64::from(foreigndom), a[4]],
         );
     }
+    if deferred_put_pending(p) {
+        // Xen's do_mmu_update/do_mmuext_op: the last record left a teardown in this
+        // vCPU's old_guest_table, so the call ends in a continuation that finishes it
+        // (on entry, above) before the guest runs on, carrying the final result in
+        // `foreigndom`.
+        return Action::cont(
+            nr,
+            [
+                0,
+                u64::from(MMU_UPDATE_PREEMPTED),
+                0,
+                u64::from(rc as i32 as u32),
+                a[4],
+            ],
+        );
+    }
     Action::Ret(rc)
 }
 
@@ -613,7 +629,9 @@ pub fn ptwr_emulate(
     }
     let roots = roots(vcpu);
     let root = vcpu.hw_state().cr3 >> 12;
-    let Some(ctx) = p.mm() else { return false };
+    let Some(ctx) = p.mm().map(budgeted) else {
+        return false;
+    };
     let Some((l1, slot)) = l1_slot_of(ctx.mem, root, cr2) else {
         return false;
     };
@@ -652,6 +670,13 @@ pub fn ptwr_emulate(
             op.complete(regs, old, true);
             true
         }
+        // This vCPU's old_guest_table is being finished first (pv-mm does that before
+        // any entry update) and did not finish within the budget: the write is not
+        // done, and the guest re-executes the instruction, which traps again and goes
+        // on with it (an MMU hypercall ends in a continuation until the slot is empty,
+        // so only guest code that runs between two of those, an event upcall, gets
+        // here).
+        Err(MmError::Restart) => true,
         Err(_) => false,
     }
 }

@@ -625,3 +625,38 @@ fn update_va_mapping_finishes_a_deferred_teardown_first() {
     assert_eq!(mm.page_info(l4).unwrap().type_count, 0);
     mm.check_invariants(&p.mem).unwrap();
 }
+
+/// Xen's do_mmuext_op: an unpin that is the call's last record and leaves its teardown
+/// in old_guest_table does not return to the guest with it: the call ends in a
+/// continuation (null list, `MMU_UPDATE_PREEMPTED`, the final result in `foreigndom`)
+/// that finishes the teardown, one budget per entry, before the guest runs on.
+#[test]
+fn the_last_records_deferred_teardown_ends_in_a_continuation() {
+    use xen_abi::xen::mmuext::{self, MmuextOp, MMU_UPDATE_PREEMPTED};
+    let (mut v, mut d, mut p) = setup();
+    let (l4, _) = big_tree(&mut p);
+    let pdone = DATA_VA + 0xf00;
+    let ops = [MmuextOp {
+        cmd: mmuext::UNPIN_TABLE,
+        arg1: l4,
+        ..Default::default()
+    }];
+    put(&mut p, &v, DATA_VA, ops.as_bytes());
+    put(&mut p, &v, pdone, &0u32.to_le_bytes());
+    let mut s = Stats::new();
+    let a = [DATA_VA, 1, pdone, u64::from(DOMID_SELF), 0];
+    let (out, r, conts) = until_done(&mut v, &mut d, &mut p, &mut s, hc::MMUEXT_OP, a);
+    assert_eq!(out, Outcome::Resume);
+    assert_eq!(r.rax, 0, "the unpin succeeds");
+    assert_eq!(guest::read_obj::<u32>(&v, &p, pdone), Ok(1));
+    // 65K entries at 16K a call.
+    assert!(conts.len() >= 3, "{} continuations", conts.len());
+    for c in &conts {
+        assert_eq!((c.rdi, c.rsi), (0, u64::from(MMU_UPDATE_PREEMPTED)));
+        assert_eq!(c.r10, 0, "the final result travels in foreigndom");
+    }
+    let (mm, _) = p.mmstate.as_ref().unwrap();
+    assert!(!mm.has_deferred_put());
+    assert_eq!(mm.page_info(l4).unwrap().type_count, 0);
+    mm.check_invariants(&p.mem).unwrap();
+}
