@@ -5,13 +5,15 @@
 # pvkvm uses no other toolchain or target.
 set -euo pipefail
 
-# binutils: readelf, which build-soak-initramfs.sh resolves stress-ng's libraries with.
+# binutils: readelf, which build-soak-initramfs.sh resolves stress-ng's libraries with;
+# objdump, nm and c++filt, which the engine link check reads its image with (python3
+# for its reach.py).
 # passt: the user-mode network (`--net user`) and its netback test.
 # e2fsprogs: mkfs.ext4 -d, which make-ext4-image.sh makes guest disk images with (and
 # debugfs, which extract-boot.sh reads them with).
 # mmdebstrap, fdisk (sfdisk): build-debian-image.sh's Debian 12 PV disk image;
 # openssh-client: the test that logs in to it over ssh.
-need_apt=(gcc libc6-dev make dpkg ca-certificates binutils passt e2fsprogs mmdebstrap fdisk openssh-client)
+need_apt=(gcc libc6-dev make dpkg ca-certificates binutils python3 passt e2fsprogs mmdebstrap fdisk openssh-client)
 
 if [[ $(id -u) -eq 0 ]]; then
     echo "install-deps: apt-get update" >&2
@@ -19,7 +21,7 @@ if [[ $(id -u) -eq 0 ]]; then
     echo "install-deps: apt-get install ${need_apt[*]}" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
 else
-    for tool in gcc dpkg-deb apt-get readelf passt; do
+    for tool in gcc dpkg-deb apt-get readelf objdump python3 passt; do
         command -v "$tool" >/dev/null || { echo "install-deps: $tool is missing and this is not root; install: ${need_apt[*]}" >&2; exit 1; }
     done
 fi

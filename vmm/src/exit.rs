@@ -209,7 +209,7 @@ pub struct GuestPlatform<'a> {
     /// Guest frames for the engine; its stores are queued for the shim.
     pub frames: crate::posted::VmmFrames<'a>,
     /// TLB work queued with the stores.
-    pub flush: &'a mut pv_mm::FlushSet,
+    pub flush: &'a mut pv_engine::mmu::BatchFlush,
     /// The domain's clock.
     pub clock: pv_engine::time::PvClock,
     /// Guest TSC minus host TSC ([`crate::host::Paths::tsc_offset`]).
@@ -333,6 +333,11 @@ impl Platform for GuestPlatform<'_> {
             if let Some(v) = self.peers.get(id as usize) {
                 v.send(crate::runner::Wake::Look);
             }
+        }
+    }
+    fn vcpu_initialised(&mut self, id: u32, new: &pv_engine::vcpu_context::NewVcpu) {
+        if let Some(v) = self.peers.get(id as usize) {
+            *v.new_vcpu.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(new.clone()));
         }
     }
     fn read_m2p(&self, offset: u64, buf: &mut [u8]) -> Result<(), pv_engine::PhysError> {
@@ -922,7 +927,7 @@ fn sync_gdt(dom: &mut Domain<'_>) {
         pv_engine::mmu::merge_flush(
             dom.platform.flush,
             pv_mm::FlushSet {
-                invlpg: vec![dom.shim.gdt_page_va(page)],
+                invlpg: pv_mm::InvlpgList::one(dom.shim.gdt_page_va(page)),
                 ..Default::default()
             },
         );
@@ -1249,7 +1254,7 @@ mod tests {
         cpuid: crate::cpuid::CpuidTable,
         console: Vec<u8>,
         posted: crate::posted::Posted,
-        flush: pv_mm::FlushSet,
+        flush: pv_engine::mmu::BatchFlush,
         mapped_gdt: [u64; 14],
         notified: Vec<u32>,
         paths: crate::host::Paths,
@@ -1299,7 +1304,7 @@ mod tests {
             cpuid: crate::cpuid::CpuidTable::pv_policy(&supported),
             console: Vec::new(),
             posted: crate::posted::Posted::default(),
-            flush: pv_mm::FlushSet::default(),
+            flush: pv_engine::mmu::BatchFlush::default(),
             mapped_gdt: [0; 14],
             soft_trap: SoftTrapCheck::default(),
             pkru_reset: None,

@@ -8,7 +8,8 @@
 //! map, followed by the flushes. Chunks larger than the posting area go through the
 //! `APPLY_MORE` doorbell.
 
-use pv_mm::{FlushSet, FrameAccess, Mfn};
+use pv_engine::mmu::BatchFlush as FlushSet;
+use pv_mm::{FrameAccess, Mfn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xen_abi::contract::{
     PostedHeader, PostedStore, DIRECTMAP_VA, MAX_POSTED_INVLPG, MAX_POSTED_STORES,
@@ -34,7 +35,7 @@ impl Posted {
 
     /// Whether nothing waits: no store and no flush.
     pub fn nothing_waits(&self, flush: &FlushSet) -> bool {
-        self.stores.is_empty() && *flush == FlushSet::default()
+        self.stores.is_empty() && flush.is_empty()
     }
 
     /// Sends the next applies in chunks of at most `limit` stores (fault injection: the
@@ -53,7 +54,7 @@ impl Posted {
     pub fn discard(&mut self, flush: &mut FlushSet) {
         self.stores.clear();
         self.sent = 0;
-        *flush = FlushSet::default();
+        flush.clear();
     }
 
     /// Writes the next chunk into the posting area at `area_gpa`. The last chunk carries
@@ -190,7 +191,7 @@ mod tests {
             2,
             "the M2P write is data, not a posted store"
         );
-        flush.invlpg.push(0x4000);
+        assert!(flush.invlpg.try_push(0x4000));
         let area = 0x9_0000;
         posted.fill(&mut flush, &m, area).unwrap();
         let h = header(&m, area);

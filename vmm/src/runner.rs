@@ -1325,6 +1325,46 @@ impl pv_engine::Platform for BootPlatform<'_> {
     fn cpuid(&self, _leaf: u32, _subleaf: u32) -> [u32; 4] {
         [0; 4]
     }
+    // Boot-time writes run before any vCPU does, on the builder's thread: nothing else
+    // touches guest memory, no vCPU can be kicked or initialised, no hypercall runs.
+    fn atomic_or_u64(&mut self, gpa: u64, bits: u64) -> Result<u64, pv_engine::PhysError> {
+        pv_engine::plain_or_u64(self, gpa, bits)
+    }
+    fn atomic_and_u64(&mut self, gpa: u64, mask: u64) -> Result<u64, pv_engine::PhysError> {
+        pv_engine::plain_and_u64(self, gpa, mask)
+    }
+    fn kick_vcpu(&mut self, _id: u32) {}
+    fn vcpu_initialised(&mut self, _id: u32, _new: &pv_engine::vcpu_context::NewVcpu) {}
+    fn set_xcr0(&mut self, _xcr0: u64) -> bool {
+        false
+    }
+    fn arch_capabilities(&self) -> u64 {
+        0
+    }
+    fn mm(&mut self) -> Option<pv_engine::MmCtx<'_>> {
+        None
+    }
+    fn notify_backend(&mut self, _remote_port: u32) {}
+    fn system_time_ns(&self) -> u64 {
+        0
+    }
+    fn msr_effect(&mut self, _effect: pv_engine::msr::MsrEffect) {}
+    fn read_m2p(&self, _offset: u64, _buf: &mut [u8]) -> Result<(), pv_engine::PhysError> {
+        Err(pv_engine::PhysError::OutOfRange)
+    }
+}
+
+/// The frames outside RAM the guest maps: `shared_info` and the grant table.
+fn shared_frames(region: &ShimRegion) -> pv_mm::SharedFrames {
+    const NR: usize = 1 + GRANT_FRAMES as usize;
+    const _: () = assert!(NR <= pv_mm::MAX_SHARED_FRAMES);
+    let mut mfns = [0; NR];
+    mfns[0] = region.shared_info_gpa >> 12;
+    for (i, m) in (0..).zip(mfns[1..].iter_mut()) {
+        *m = (region.grant_table_gpa >> 12) + i;
+    }
+    // Fits: asserted above.
+    pv_mm::SharedFrames::from_slice(&mfns).unwrap_or_default()
 }
 
 /// The frame table as Xen's domain builder leaves it: the bootstrap L4 pinned and in
@@ -1338,13 +1378,11 @@ fn initial_mm(
     let mut mm = pv_mm::Mm::new(pv_mm::MmConfig {
         nr_frames: ram >> 12,
         hole_l4: region.hole_l4,
-        shared_frames: core::iter::once(region.shared_info_gpa >> 12)
-            .chain((0..GRANT_FRAMES).map(|i| (region.grant_table_gpa >> 12) + i))
-            .collect(),
+        shared_frames: shared_frames(region),
         max_machine_frame: (region.gpa + region.size) >> 12,
     });
     let mut posted = Posted::default();
-    let mut flush = pv_mm::FlushSet::default();
+    let mut flush = pv_engine::mmu::BatchFlush::default();
     let mut frames = VmmFrames {
         mem: vm.memory(),
         posted: &mut posted,
@@ -1437,7 +1475,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         },
     };
     let mut posted = Posted::default();
-    let mut flush = pv_mm::FlushSet::default();
+    let mut flush = pv_engine::mmu::BatchFlush::default();
     let mut mapped_gdt = [0u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE];
     let mut soft_trap = exit::SoftTrapCheck::default();
     let mut pkru_reset: Option<exit::PkruReset> = None;
@@ -1940,8 +1978,11 @@ fn await_bringup(
     loop {
         {
             let mut d = domain.pv.lock().unwrap_or_else(|e| e.into_inner());
+            let handoff = domain.vcpus.get(id as usize).map(|h| &h.new_vcpu);
             if let Some(slot) = d.vcpu_mut(id).filter(|s| s.up) {
-                if let Some(new) = slot.new_vcpu.take() {
+                let taken =
+                    handoff.and_then(|m| m.lock().unwrap_or_else(|e| e.into_inner()).take());
+                if let Some(new) = taken {
                     let mut new = *new;
                     // Offline from the domain's start until now, running from now.
                     let now = clock.ns(exit::guest_tsc(paths.tsc_offset));

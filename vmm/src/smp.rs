@@ -80,6 +80,10 @@ pub struct VcpuHandle {
     pub next_timer: AtomicU64,
     /// Kicks this vCPU took to flush its TLB for another vCPU.
     pub remote_flushes: AtomicU64,
+    /// The state `VCPUOP_initialise` built for this vCPU, until its thread takes it up
+    /// (`Platform::vcpu_initialised` puts it here under the domain lock; the thread
+    /// takes it under the same lock).
+    pub new_vcpu: Mutex<Option<Box<pv_engine::vcpu_context::NewVcpu>>>,
 }
 
 impl Default for VcpuHandle {
@@ -93,6 +97,7 @@ impl Default for VcpuHandle {
             left: (Mutex::new(()), Condvar::new()),
             next_timer: AtomicU64::new(u64::MAX),
             remote_flushes: AtomicU64::new(0),
+            new_vcpu: Mutex::new(None),
         }
     }
 }

@@ -9,8 +9,10 @@
 //! initialised, the context `VCPUOP_initialise` gave it, its registered runstate area
 //! and a copy of its runstate. Xen guards the same fields of `struct vcpu` with the
 //! domain lock or atomics.
-
-use alloc::vec::Vec;
+//!
+//! The domain's storage is fixed: one slot for each of the most vCPUs a domain may have
+//! ([`MAX_VCPUS`]), so no path allocates, and a host that keeps the domain in static
+//! storage builds it in place ([`Domain::EMPTY`], then [`Domain::reset`]).
 
 use crate::evtchn::EvtchnTable;
 use crate::gnttab::GrantTable;
@@ -20,6 +22,10 @@ use crate::vcpu_op::RunstateInfo;
 /// (`XEN_LEGACY_MAX_VCPUS`); a vCPU above them has none and cannot be initialised
 /// before `VCPUOP_register_vcpu_info`.
 pub const LEGACY_MAX_VCPUS: u32 = 32;
+
+/// The most vCPUs a domain has: the VMM<->shim contract's limit, which sizes the
+/// domain's per-vCPU arrays.
+pub const MAX_VCPUS: usize = xen_abi::contract::MAX_VCPUS as usize;
 
 /// What the domain knows of one of its vCPUs.
 #[derive(Clone, Debug, Default)]
@@ -40,12 +46,32 @@ pub struct VcpuSlot {
     /// `is_initialised`: it has a context (the builder's for vCPU 0, else
     /// `VCPUOP_initialise`'s).
     pub initialised: bool,
-    /// The state `VCPUOP_initialise` built, until the vCPU's host thread takes it.
-    pub new_vcpu: Option<alloc::boxed::Box<crate::vcpu_context::NewVcpu>>,
     /// Changes another vCPU asked for, taken up by this vCPU at its next exit.
     pub requests: VcpuRequests,
     /// Blocked in `SCHEDOP_poll`: any newly pending port kicks it to look at its set.
     pub polling: bool,
+}
+
+impl VcpuSlot {
+    /// A slot of a vCPU that is down, uninitialised and has no `vcpu_info`.
+    pub const EMPTY: Self = Self {
+        vcpu_info_gpa: None,
+        vcpu_info_registered: false,
+        runstate_area: 0,
+        runstate: RunstateInfo {
+            state: 0,
+            _pad: 0,
+            state_entry_time: 0,
+            time: [0; 4],
+        },
+        up: false,
+        initialised: false,
+        requests: VcpuRequests {
+            periodic_ns: None,
+            time_area: None,
+        },
+        polling: false,
+    };
 }
 
 /// What another vCPU changed of a vCPU's own state with `vcpu_op` (the owner applies it
@@ -74,17 +100,63 @@ pub struct Domain {
     pub shutdown_code: Option<u8>,
     /// Guest-physical address of `shared_info`.
     pub shared_info_gpa: u64,
-    vcpus: Vec<VcpuSlot>,
+    vcpus: [VcpuSlot; MAX_VCPUS],
+    /// How many of `vcpus` the domain has (`d->max_vcpus`).
+    nr_vcpus: u32,
+    /// Where `VCPUOP_initialise` reads the guest's 5 KiB `vcpu_guest_context` (a fixed
+    /// buffer of the domain's, so that neither a stack nor an allocator holds it).
+    vcpu_context: [u64; VCPU_CONTEXT_WORDS],
 }
 
+/// Words of a `vcpu_guest_context`.
+const VCPU_CONTEXT_WORDS: usize = core::mem::size_of::<xen_abi::vcpu::VcpuGuestContext>() / 8;
+const _: () = assert!(core::mem::size_of::<xen_abi::vcpu::VcpuGuestContext>().is_multiple_of(8));
+const _: () = assert!(core::mem::align_of::<xen_abi::vcpu::VcpuGuestContext>() <= 8);
+
 impl Domain {
-    /// A domain of `nr_vcpus` vCPUs as the builder leaves it: vCPU 0 initialised and
-    /// up, the others down and uninitialised, vCPUs below [`LEGACY_MAX_VCPUS`] with
-    /// their `vcpu_info` in `shared_info`.
+    /// A domain of one vCPU with nothing set up, as a constant: a host that keeps the
+    /// domain in static storage starts from it and calls [`Domain::reset`] in place
+    /// (the domain is tens of KiB: it is never built on a stack there).
+    pub const EMPTY: Self = Self {
+        evtchn: EvtchnTable::EMPTY,
+        gnttab: GrantTable {
+            first_mfn: 0,
+            max_frames: 0,
+            nr_frames: 0,
+        },
+        vm_assist: 0,
+        pirq_eoi_mfn: None,
+        shutdown_code: None,
+        shared_info_gpa: 0,
+        vcpus: [VcpuSlot::EMPTY; MAX_VCPUS],
+        nr_vcpus: 1,
+        vcpu_context: [0; VCPU_CONTEXT_WORDS],
+    };
+
+    /// The domain's buffer for a `vcpu_guest_context`, as one (its previous contents
+    /// are whatever the last `VCPUOP_initialise` read). None cannot happen (the buffer
+    /// is sized and aligned for it at compile time) but is not unwrapped.
+    pub(crate) fn vcpu_context_scratch(&mut self) -> Option<&mut xen_abi::vcpu::VcpuGuestContext> {
+        use zerocopy::{FromBytes, IntoBytes};
+        xen_abi::vcpu::VcpuGuestContext::mut_from_bytes(self.vcpu_context.as_mut_bytes()).ok()
+    }
+
+    /// A domain of `nr_vcpus` vCPUs as the builder leaves it (see [`Domain::reset`]).
     pub fn new(shared_info_gpa: u64, nr_vcpus: u32) -> Self {
-        let vcpus = (0..nr_vcpus.max(1))
-            .map(|id| VcpuSlot {
-                vcpu_info_gpa: (id < LEGACY_MAX_VCPUS)
+        let mut d = Self::EMPTY;
+        d.reset(shared_info_gpa, nr_vcpus);
+        d
+    }
+
+    /// Makes this domain, in place, one of `nr_vcpus` vCPUs (clamped to 1 to
+    /// [`MAX_VCPUS`]) as the builder leaves it: vCPU 0 initialised and up, the others
+    /// down and uninitialised, vCPUs below [`LEGACY_MAX_VCPUS`] with their `vcpu_info`
+    /// in `shared_info`.
+    pub fn reset(&mut self, shared_info_gpa: u64, nr_vcpus: u32) {
+        let nr_vcpus = nr_vcpus.clamp(1, MAX_VCPUS as u32);
+        for (id, slot) in (0u32..).zip(self.vcpus.iter_mut()) {
+            *slot = VcpuSlot {
+                vcpu_info_gpa: (id < LEGACY_MAX_VCPUS && id < nr_vcpus)
                     .then(|| shared_info_gpa + u64::from(id) * xen_abi::xen::vcpu_info::SIZE),
                 up: id == 0,
                 initialised: id == 0,
@@ -97,33 +169,38 @@ impl Domain {
                     },
                     ..RunstateInfo::default()
                 },
-                ..VcpuSlot::default()
-            })
-            .collect();
-        Self {
-            evtchn: EvtchnTable::new(nr_vcpus),
-            gnttab: GrantTable::default(),
-            vm_assist: 0,
-            pirq_eoi_mfn: None,
-            shutdown_code: None,
-            shared_info_gpa,
-            vcpus,
+                ..VcpuSlot::EMPTY
+            };
         }
+        self.evtchn.reset(nr_vcpus);
+        self.gnttab = GrantTable::default();
+        self.vm_assist = 0;
+        self.pirq_eoi_mfn = None;
+        self.shutdown_code = None;
+        self.shared_info_gpa = shared_info_gpa;
+        self.nr_vcpus = nr_vcpus;
     }
 
     /// vCPUs of the domain (`d->max_vcpus`).
     pub fn nr_vcpus(&self) -> u32 {
-        self.vcpus.len() as u32
+        self.nr_vcpus
+    }
+
+    /// The domain's vCPUs' slots.
+    fn slots(&self) -> &[VcpuSlot] {
+        self.vcpus.get(..self.nr_vcpus as usize).unwrap_or(&[])
     }
 
     /// vCPU `id`'s slot; None when the domain has no such vCPU.
     pub fn vcpu(&self, id: u32) -> Option<&VcpuSlot> {
-        self.vcpus.get(id as usize)
+        self.slots().get(id as usize)
     }
 
     /// vCPU `id`'s slot, to change; None when the domain has no such vCPU.
     pub fn vcpu_mut(&mut self, id: u32) -> Option<&mut VcpuSlot> {
-        self.vcpus.get_mut(id as usize)
+        self.vcpus
+            .get_mut(..self.nr_vcpus as usize)?
+            .get_mut(id as usize)
     }
 
     /// Where vCPU `id`'s `vcpu_info` is, if it has one.
@@ -133,7 +210,7 @@ impl Domain {
 
     /// vCPUs blocked in `SCHEDOP_poll`.
     pub fn vcpus_polling(&self) -> impl Iterator<Item = u32> + '_ {
-        self.vcpus
+        self.slots()
             .iter()
             .enumerate()
             .filter(|(_, s)| s.polling)
@@ -142,7 +219,7 @@ impl Domain {
 
     /// vCPUs that are up.
     pub fn vcpus_up(&self) -> impl Iterator<Item = u32> + '_ {
-        self.vcpus
+        self.slots()
             .iter()
             .enumerate()
             .filter(|(_, s)| s.up)

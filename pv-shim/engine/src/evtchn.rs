@@ -19,8 +19,6 @@ use xen_abi::xen::{shared_info, vcpu_info, DOMID_SELF};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::bounce::{create_bounce_frame, TrapBounce};
-use alloc::vec;
-use alloc::vec::Vec;
 
 use crate::{guest, Domain, GuestRegs, Outcome, Platform, Stats, Vcpu};
 
@@ -86,8 +84,11 @@ pub struct EvtchnTable {
     ports: [PortState; NR_PORTS],
     /// The vCPU each port notifies (`notify_vcpu_id`).
     notify_vcpu: [u16; NR_PORTS],
-    /// Per vCPU, the port bound to each VIRQ (0: none; Xen's `v->virq_to_evtchn`).
-    virq_port: Vec<[u32; NR_VIRQS as usize]>,
+    /// Per vCPU, the port bound to each VIRQ (0: none; Xen's `v->virq_to_evtchn`): a
+    /// fixed array for the most vCPUs a domain may have, of which the first `nr_vcpus`
+    /// are the domain's (no allocator on any event-channel path).
+    virq_port: [[u32; NR_VIRQS as usize]; crate::domain::MAX_VCPUS],
+    nr_vcpus: usize,
 }
 
 impl Default for EvtchnTable {
@@ -97,13 +98,41 @@ impl Default for EvtchnTable {
 }
 
 impl EvtchnTable {
-    /// The channels of a domain of `nr_vcpus` vCPUs, all free.
+    /// The channels of a domain of `nr_vcpus` vCPUs (1 to [`crate::domain::MAX_VCPUS`]),
+    /// all free.
     pub fn new(nr_vcpus: u32) -> Self {
-        Self {
-            ports: [PortState::Free; NR_PORTS],
-            notify_vcpu: [0; NR_PORTS],
-            virq_port: vec![[0; NR_VIRQS as usize]; nr_vcpus.max(1) as usize],
+        let mut t = Self::EMPTY;
+        t.reset(nr_vcpus);
+        t
+    }
+
+    /// A table for one vCPU, all free, as a constant: a host that keeps the domain in
+    /// static storage starts from it and calls [`EvtchnTable::reset`] in place.
+    pub const EMPTY: Self = Self {
+        ports: [PortState::Free; NR_PORTS],
+        notify_vcpu: [0; NR_PORTS],
+        virq_port: [[0; NR_VIRQS as usize]; crate::domain::MAX_VCPUS],
+        nr_vcpus: 1,
+    };
+
+    /// Frees every channel, in place, for a domain of `nr_vcpus` vCPUs (clamped to 1 to
+    /// [`crate::domain::MAX_VCPUS`]).
+    pub fn reset(&mut self, nr_vcpus: u32) {
+        self.ports.fill(PortState::Free);
+        self.notify_vcpu.fill(0);
+        for v in self.virq_port.iter_mut() {
+            v.fill(0);
         }
+        self.nr_vcpus = (nr_vcpus as usize).clamp(1, crate::domain::MAX_VCPUS);
+    }
+
+    /// The domain's vCPUs' VIRQ bindings.
+    fn virq_ports(&self) -> &[[u32; NR_VIRQS as usize]] {
+        &self.virq_port[..self.nr_vcpus]
+    }
+
+    fn virq_ports_mut(&mut self) -> &mut [[u32; NR_VIRQS as usize]] {
+        &mut self.virq_port[..self.nr_vcpus]
     }
 
     /// State of `port`.
@@ -158,7 +187,7 @@ impl EvtchnTable {
 
     /// The port vCPU `vcpu` bound to `virq`, if any.
     pub fn virq_port(&self, vcpu: u32, virq: u32) -> Option<u32> {
-        self.virq_port
+        self.virq_ports()
             .get(vcpu as usize)?
             .get(virq as usize)
             .copied()
@@ -446,7 +475,7 @@ pub fn do_event_channel_op(
             let Some(port) = dom.evtchn.alloc(PortState::Virq { virq: b.virq }, b.vcpu) else {
                 return -ENOSPC;
             };
-            dom.evtchn.virq_port[b.vcpu as usize][b.virq as usize] = port;
+            dom.evtchn.virq_ports_mut()[b.vcpu as usize][b.virq as usize] = port;
             b.port = port;
             write_back!(b);
             0
@@ -593,7 +622,7 @@ fn close(dom: &mut Domain, p: &mut dyn Platform, port: u32) -> i64 {
             let vcpu = dom.evtchn.notify_vcpu(port) as usize;
             if let Some(v) = dom
                 .evtchn
-                .virq_port
+                .virq_ports_mut()
                 .get_mut(vcpu)
                 .and_then(|ports| ports.get_mut(virq as usize))
             {

@@ -15,8 +15,6 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
-extern crate alloc;
-
 #[cfg(test)]
 extern crate std;
 
@@ -29,6 +27,7 @@ pub mod guest;
 #[cfg(test)]
 mod hostile;
 pub mod hypercall;
+mod insn;
 pub mod m2p;
 pub mod memory;
 pub mod mmu;
@@ -67,28 +66,23 @@ pub trait Platform {
     fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), PhysError>;
     /// Atomically ORs `bits` into the 8-byte word at `gpa` and returns the word as it
     /// was, as a locked instruction of the guest would (other vCPUs change the same
-    /// event-channel words while they run). The default is a plain read and write,
-    /// enough for a host that runs one vCPU.
-    fn atomic_or_u64(&mut self, gpa: u64, bits: u64) -> Result<u64, PhysError> {
-        let mut b = [0u8; 8];
-        self.read_phys(gpa, &mut b)?;
-        let old = u64::from_le_bytes(b);
-        self.write_phys(gpa, &(old | bits).to_le_bytes())?;
-        Ok(old)
-    }
+    /// event-channel words while they run). A host that runs one vCPU may read and
+    /// write ([`plain_or_u64`]); no default, so that a host with several cannot get the
+    /// racy one by leaving it out.
+    fn atomic_or_u64(&mut self, gpa: u64, bits: u64) -> Result<u64, PhysError>;
     /// Atomically ANDs the 8-byte word at `gpa` with `mask` and returns the word as it
-    /// was (see [`Platform::atomic_or_u64`]).
-    fn atomic_and_u64(&mut self, gpa: u64, mask: u64) -> Result<u64, PhysError> {
-        let mut b = [0u8; 8];
-        self.read_phys(gpa, &mut b)?;
-        let old = u64::from_le_bytes(b);
-        self.write_phys(gpa, &(old & mask).to_le_bytes())?;
-        Ok(old)
-    }
+    /// was (see [`Platform::atomic_or_u64`]; [`plain_and_u64`] for one vCPU).
+    fn atomic_and_u64(&mut self, gpa: u64, mask: u64) -> Result<u64, PhysError>;
     /// An event became pending for vCPU `id` (or a vCPU polls): the host makes it look,
     /// waking it when it is blocked and interrupting it when it runs guest code (Xen's
     /// `vcpu_kick`). The calling vCPU looks anyway before it resumes.
-    fn kick_vcpu(&mut self, _id: u32) {}
+    fn kick_vcpu(&mut self, id: u32);
+    /// `VCPUOP_initialise` built vCPU `id`'s state (its pagetables and GDT frames
+    /// already hold their references): the host keeps a copy where that vCPU takes it
+    /// up when it is first brought up (the VMM: beside the vCPU's thread; in the shim:
+    /// the vCPU's own storage). Called once per vCPU, under the domain lock, before
+    /// the vCPU is kicked.
+    fn vcpu_initialised(&mut self, id: u32, new: &vcpu_context::NewVcpu);
     /// Writes bytes the guest sent with `CONSOLEIO_write`.
     fn console_write(&mut self, bytes: &[u8]);
     /// Reads pending console input for `CONSOLEIO_read`; returns how many bytes it gave.
@@ -107,39 +101,48 @@ pub trait Platform {
     /// The guest kernel set XCR0 with `xsetbv` (already checked against the policy and
     /// Xen's rules): the host makes guest ring 3 run with it from the next entry, or
     /// returns false when it cannot give ring 3 exactly that state (the guest then gets
-    /// #GP). The default accepts and does nothing.
-    fn set_xcr0(&mut self, _xcr0: u64) -> bool {
-        true
-    }
+    /// #GP).
+    fn set_xcr0(&mut self, xcr0: u64) -> bool;
     /// `MSR_ARCH_CAPABILITIES` as the CPU policy gives it (the bits of the host's value
     /// Xen's PV default offers; read only where CPUID leaf 7 EDX ARCH_CAPS is offered).
-    fn arch_capabilities(&self) -> u64 {
-        0
-    }
+    fn arch_capabilities(&self) -> u64;
     /// The domain's pagetable engine with the host's frame access and the flush set the
     /// host carries out before the guest runs again; None where the host has none.
-    fn mm(&mut self) -> Option<MmCtx<'_>> {
-        None
-    }
+    fn mm(&mut self) -> Option<MmCtx<'_>>;
     /// The guest sent on a channel whose other end is backend port `remote_port` of the
     /// host (xenstore, console, ...). The host returns at once; the backend does its work.
-    fn notify_backend(&mut self, _remote_port: u32) {}
+    fn notify_backend(&mut self, remote_port: u32);
     /// Current system time (ns since the domain started), from the same pvclock the guest
     /// reads.
-    fn system_time_ns(&self) -> u64 {
-        0
-    }
+    fn system_time_ns(&self) -> u64;
     /// A guest MSR write that must happen in hardware too (a barrier or flush now, or a
     /// speculation control / TSC_AUX the vCPU runs with); see [`msr::MsrEffect`]. Where
-    /// the host cannot, the guest goes on without it (the default does nothing).
-    fn msr_effect(&mut self, _effect: msr::MsrEffect) {}
+    /// the host cannot, the guest goes on without it.
+    fn msr_effect(&mut self, effect: msr::MsrEffect);
     /// Reads the read-only M2P table at byte `offset` (the table's own contents, with
     /// every `MMU_MACHPHYS_UPDATE` applied), for guest reads of Xen's ABI address that
     /// the host cannot map (see [`m2p`]). The table is whole pages: an offset past its
     /// last page is `OutOfRange`, as is any read where the host has no table.
-    fn read_m2p(&self, _offset: u64, _buf: &mut [u8]) -> Result<(), PhysError> {
-        Err(PhysError::OutOfRange)
-    }
+    fn read_m2p(&self, offset: u64, buf: &mut [u8]) -> Result<(), PhysError>;
+}
+
+/// [`Platform::atomic_or_u64`] for a host that runs one vCPU: a plain read and write
+/// through [`Platform::read_phys`] and [`Platform::write_phys`].
+pub fn plain_or_u64(p: &mut dyn Platform, gpa: u64, bits: u64) -> Result<u64, PhysError> {
+    let mut b = [0u8; 8];
+    p.read_phys(gpa, &mut b)?;
+    let old = u64::from_le_bytes(b);
+    p.write_phys(gpa, &(old | bits).to_le_bytes())?;
+    Ok(old)
+}
+
+/// [`Platform::atomic_and_u64`] for a host that runs one vCPU (see [`plain_or_u64`]).
+pub fn plain_and_u64(p: &mut dyn Platform, gpa: u64, mask: u64) -> Result<u64, PhysError> {
+    let mut b = [0u8; 8];
+    p.read_phys(gpa, &mut b)?;
+    let old = u64::from_le_bytes(b);
+    p.write_phys(gpa, &(old & mask).to_le_bytes())?;
+    Ok(old)
 }
 
 /// The domain id the guest has (the VMM's backends are domain 0).
@@ -158,7 +161,7 @@ pub struct MmCtx<'a> {
     /// Guest frames, as the host reads and writes them.
     pub mem: &'a mut dyn pv_mm::FrameAccess,
     /// TLB work accumulated until the guest runs again.
-    pub flush: &'a mut pv_mm::FlushSet,
+    pub flush: &'a mut mmu::BatchFlush,
 }
 
 /// What the host does after the engine handled a trap.

@@ -36,6 +36,11 @@ use crate::{Domain, MmCtx, Platform, Vcpu};
 /// (`xen_abi::contract::MAX_POSTED_INVLPG`).
 pub const MAX_INVLPG: usize = xen_abi::contract::MAX_POSTED_INVLPG;
 
+/// The flush set a host accumulates until the guest runs again ([`MmCtx::flush`]): up to
+/// [`MAX_INVLPG`] single addresses in a fixed array (4 KiB), so it lives in the host's
+/// storage (one per vCPU) and is only ever passed by reference.
+pub type BatchFlush = FlushSet<MAX_INVLPG>;
+
 /// `mmu_update` commands (low two bits of `ptr`).
 pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
 /// Update the M2P entry of the frame `ptr >> 12` to `val`.
@@ -78,18 +83,14 @@ pub(crate) fn get_writable_page(ctx: MmCtx<'_>, mfn: u64) -> bool {
 /// Merges `more` into `into`. A full flush makes single-address invalidations moot; more
 /// than [`MAX_INVLPG`] of them become a full flush, so a flush set never grows beyond
 /// that bound.
-pub fn merge_flush(into: &mut FlushSet, more: FlushSet) {
+pub fn merge_flush(into: &mut BatchFlush, more: FlushSet) {
     into.local_all |= more.local_all;
     into.all_vcpus |= more.all_vcpus;
-    if !into.local_all && !into.all_vcpus {
-        if into.invlpg.len().saturating_add(more.invlpg.len()) > MAX_INVLPG {
-            into.local_all = true;
-        } else {
-            into.invlpg.extend(more.invlpg);
-        }
+    if !into.local_all && !into.all_vcpus && !into.invlpg.try_extend(&more.invlpg) {
+        into.local_all = true;
     }
     if into.local_all || into.all_vcpus {
-        into.invlpg = alloc::vec::Vec::new();
+        into.invlpg.clear();
     }
 }
 
@@ -219,6 +220,22 @@ fn batch<T: FromBytes + IntoBytes>(
         return Action::cont(
             nr,
             [va, u64::from(left), pdone, u64::from(foreigndom), a[4]],
+        );
+    }
+    if deferred_put_pending(p) {
+        // Xen's do_mmu_update/do_mmuext_op: the last record left a teardown in this
+        // vCPU's old_guest_table, so the call ends in a continuation that finishes it
+        // (on entry, above) before the guest runs on, carrying the final result in
+        // `foreigndom`.
+        return Action::cont(
+            nr,
+            [
+                0,
+                u64::from(MMU_UPDATE_PREEMPTED),
+                0,
+                u64::from(rc as i32 as u32),
+                a[4],
+            ],
         );
     }
     Action::Ret(rc)
@@ -374,7 +391,7 @@ fn mmuext_one(vcpu: &mut Vcpu, nr_vcpus: u32, p: &mut dyn Platform, op: &MmuextO
         mmuext::INVLPG_LOCAL | mmuext::INVLPG_ALL => {
             if guest_va_ok(op.arg1) {
                 Ok(FlushSet {
-                    invlpg: alloc::vec![op.arg1],
+                    invlpg: pv_mm::InvlpgList::one(op.arg1),
                     all_vcpus: op.cmd == mmuext::INVLPG_ALL && nr_vcpus > 1,
                     ..Default::default()
                 })
@@ -386,9 +403,9 @@ fn mmuext_one(vcpu: &mut Vcpu, nr_vcpus: u32, p: &mut dyn Platform, op: &MmuextO
         mmuext::INVLPG_MULTI => Ok(match flush_multi {
             Some(named) if guest_va_ok(op.arg1) => FlushSet {
                 invlpg: if named.local_all {
-                    alloc::vec![op.arg1]
+                    pv_mm::InvlpgList::one(op.arg1)
                 } else {
-                    alloc::vec![]
+                    pv_mm::InvlpgList::new()
                 },
                 all_vcpus: named.all_vcpus,
                 ..Default::default()
@@ -490,7 +507,7 @@ pub fn do_update_va_mapping(
                         ..Default::default()
                     },
                     UVMF_INVLPG => FlushSet {
-                        invlpg: alloc::vec![va],
+                        invlpg: pv_mm::InvlpgList::one(va),
                         ..Default::default()
                     },
                     _ => return -EINVAL,
@@ -612,7 +629,9 @@ pub fn ptwr_emulate(
     }
     let roots = roots(vcpu);
     let root = vcpu.hw_state().cr3 >> 12;
-    let Some(ctx) = p.mm() else { return false };
+    let Some(ctx) = p.mm().map(budgeted) else {
+        return false;
+    };
     let Some((l1, slot)) = l1_slot_of(ctx.mem, root, cr2) else {
         return false;
     };
@@ -651,6 +670,13 @@ pub fn ptwr_emulate(
             op.complete(regs, old, true);
             true
         }
+        // This vCPU's old_guest_table is being finished first (pv-mm does that before
+        // any entry update) and did not finish within the budget: the write is not
+        // done, and the guest re-executes the instruction, which traps again and goes
+        // on with it (an MMU hypercall ends in a continuation until the slot is empty,
+        // so only guest code that runs between two of those, an event upcall, gets
+        // here).
+        Err(MmError::Restart) => true,
         Err(_) => false,
     }
 }
@@ -755,12 +781,12 @@ mod tests {
 
     #[test]
     fn a_flush_set_holds_at_most_max_invlpg_addresses() {
-        let mut f = FlushSet::default();
+        let mut f = BatchFlush::default();
         for k in 0..MAX_INVLPG as u64 {
             merge_flush(
                 &mut f,
                 FlushSet {
-                    invlpg: alloc::vec![k << 12],
+                    invlpg: pv_mm::InvlpgList::one(k << 12),
                     ..Default::default()
                 },
             );
@@ -769,7 +795,7 @@ mod tests {
         merge_flush(
             &mut f,
             FlushSet {
-                invlpg: alloc::vec![0x1234_5000],
+                invlpg: pv_mm::InvlpgList::one(0x1234_5000),
                 ..Default::default()
             },
         );
@@ -777,16 +803,14 @@ mod tests {
         merge_flush(
             &mut f,
             FlushSet {
-                invlpg: alloc::vec![0x1000],
+                invlpg: pv_mm::InvlpgList::one(0x1000),
                 ..Default::default()
             },
         );
         assert!(f.invlpg.is_empty(), "nothing to add to a full flush");
         // A full flush arriving later drops the addresses gathered so far.
-        let mut f = FlushSet {
-            invlpg: alloc::vec![0x1000, 0x2000],
-            ..Default::default()
-        };
+        let mut f = BatchFlush::default();
+        assert!(f.invlpg.try_extend(&[0x1000, 0x2000]));
         merge_flush(
             &mut f,
             FlushSet {

@@ -625,3 +625,86 @@ fn update_va_mapping_finishes_a_deferred_teardown_first() {
     assert_eq!(mm.page_info(l4).unwrap().type_count, 0);
     mm.check_invariants(&p.mem).unwrap();
 }
+
+/// Xen's do_mmuext_op: an unpin that is the call's last record and leaves its teardown
+/// in old_guest_table does not return to the guest with it: the call ends in a
+/// continuation (null list, `MMU_UPDATE_PREEMPTED`, the final result in `foreigndom`)
+/// that finishes the teardown, one budget per entry, before the guest runs on.
+#[test]
+fn the_last_records_deferred_teardown_ends_in_a_continuation() {
+    use xen_abi::xen::mmuext::{self, MmuextOp, MMU_UPDATE_PREEMPTED};
+    let (mut v, mut d, mut p) = setup();
+    let (l4, _) = big_tree(&mut p);
+    let pdone = DATA_VA + 0xf00;
+    let ops = [MmuextOp {
+        cmd: mmuext::UNPIN_TABLE,
+        arg1: l4,
+        ..Default::default()
+    }];
+    put(&mut p, &v, DATA_VA, ops.as_bytes());
+    put(&mut p, &v, pdone, &0u32.to_le_bytes());
+    let mut s = Stats::new();
+    let a = [DATA_VA, 1, pdone, u64::from(DOMID_SELF), 0];
+    let (out, r, conts) = until_done(&mut v, &mut d, &mut p, &mut s, hc::MMUEXT_OP, a);
+    assert_eq!(out, Outcome::Resume);
+    assert_eq!(r.rax, 0, "the unpin succeeds");
+    assert_eq!(guest::read_obj::<u32>(&v, &p, pdone), Ok(1));
+    // 65K entries at 16K a call.
+    assert!(conts.len() >= 3, "{} continuations", conts.len());
+    for c in &conts {
+        assert_eq!((c.rdi, c.rsi), (0, u64::from(MMU_UPDATE_PREEMPTED)));
+        assert_eq!(c.r10, 0, "the final result travels in foreigndom");
+    }
+    let (mm, _) = p.mmstate.as_ref().unwrap();
+    assert!(!mm.has_deferred_put());
+    assert_eq!(mm.page_info(l4).unwrap().type_count, 0);
+    mm.check_invariants(&p.mem).unwrap();
+}
+
+/// A trapped PTE write (ptwr) that meets an unfinished old_guest_table: pv-mm continues
+/// the teardown first and, while it does not finish within the budget, the write is not
+/// done and the instruction is not completed (rip stays: the guest re-executes it and
+/// traps again), never bounced to the guest; once the teardown is over, the write is.
+#[test]
+fn a_trapped_pte_write_waits_for_old_guest_table_without_a_bounce() {
+    use xen_abi::xen::vmassist::TYPE_WRITABLE_PAGETABLES;
+    let (mut v, mut d, mut p) = setup();
+    let (l4, _) = big_tree(&mut p);
+    d.vm_assist |= 1 << TYPE_WRITABLE_PAGETABLES;
+    // The frame RO_VA maps (read-only) becomes a pinned L1 with an empty slot 0.
+    let table = (DATA_GPA + 0x1000) >> 12;
+    p.w64(table << 12, 0);
+    let (mm, _) = p.mmstate.as_mut().unwrap();
+    mm.set_preempt_budget(Some(crate::mmu::MM_PREEMPT_ENTRIES));
+    let _ = mm.pin_table(&mut p.mem, table, pv_mm::Level::L1).unwrap();
+    // The unpin leaves the tree's teardown in this vCPU's old_guest_table.
+    let _ = mm.unpin_table(&mut p.mem, l4).unwrap();
+    assert!(mm.has_deferred_put());
+    // mov [rdi], rax: a read-only mapping of a RAM frame into slot 0.
+    let insn_va = DATA_VA + 0x800;
+    put(&mut p, &v, insn_va, &[0x48, 0x89, 0x07]);
+    let new = DATA_GPA2 | P;
+    let mut r = distinct_regs();
+    (r.rip, r.rdi, r.rax, r.cs) = (insn_va, RO_VA, new, 0xe033);
+    let mut retries = 0;
+    loop {
+        let before = r;
+        assert!(crate::mmu::ptwr_emulate(
+            &mut v, &d, &mut r, RO_VA, 3, &mut p
+        ));
+        if r.rip != insn_va {
+            break;
+        }
+        assert_eq!(r, before, "nothing done while the teardown goes on");
+        assert_eq!(p.r64(table << 12), 0);
+        retries += 1;
+        assert!(retries < 100, "no progress");
+    }
+    assert!(retries >= 2, "{retries}");
+    assert_eq!(r.rip, insn_va + 3);
+    // Written (with the bits Xen's adjust_guest_l1e adds).
+    assert_eq!(p.r64(table << 12) & 0x000f_ffff_ffff_f003, new);
+    let (mm, _) = p.mmstate.as_ref().unwrap();
+    assert!(!mm.has_deferred_put());
+    mm.check_invariants(&p.mem).unwrap();
+}

@@ -36,11 +36,7 @@
 //! 8 bytes are emulated, and a narrower write is merged into the entry's other bytes.
 //! Instructions are decoded as 64-bit code.
 
-use iced_x86::{
-    Decoder, DecoderError, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
-    OpKind, Register,
-};
-
+use crate::insn::{self, InsnError, Src, StoreOp};
 use crate::GuestRegs;
 
 /// RFLAGS.CF.
@@ -62,16 +58,14 @@ pub(crate) const ARITH_FLAGS: u64 = CF | PF | AF | ZF | SF | OF;
 /// #PF to the guest, as Xen does when `x86_emulate` returns `X86EMUL_UNHANDLEABLE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PtwrError {
-    /// The instruction does not write memory (Xen's `pv_emul_is_mem_write` check).
-    NotAWrite,
-    /// The instruction writes memory in a way this module does not emulate.
+    /// Not one of the stores this module emulates (`crate::insn`): an instruction that
+    /// does not write memory (Xen's `pv_emul_is_mem_write` check), writes it in another
+    /// way, or is not valid.
     Unsupported(&'static str),
     /// The access is not naturally aligned (Xen: "bad access").
     Misaligned,
     /// The access runs past the end of the 8-byte entry containing CR2.
     CrossesEntry,
-    /// The bytes do not decode to a valid instruction.
-    BadInstruction,
     /// The bytes end before the instruction does (fetch up to 15 bytes).
     Truncated,
 }
@@ -88,7 +82,7 @@ pub(crate) enum AluOp {
 
 /// A bit-test-and-modify operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BitOp {
+pub(crate) enum BitOp {
     Set,
     Reset,
     Complement,
@@ -98,11 +92,11 @@ enum BitOp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Gpr {
     /// Encoding number of the full register: 0 = rax ... 15 = r15.
-    num: u8,
+    pub(crate) num: u8,
     /// Width in bytes (1, 2, 4 or 8).
     pub(crate) size: u8,
     /// ah, ch, dh or bh: bits 8..16 of the full register.
-    high8: bool,
+    pub(crate) high8: bool,
 }
 
 /// What the instruction does, beyond the store itself.
@@ -153,105 +147,76 @@ pub struct PtwrOp {
 
 /// Decodes the instruction `insn` (up to 15 bytes fetched at `regs.rip`) that faulted
 /// writing to linear address `cr2`, given the current value `old` of the 8-byte entry
-/// containing `cr2`. Returns the operation, or why it cannot be emulated.
+/// containing `cr2`. Returns the operation, or why it cannot be emulated. Allocates
+/// nothing: the instruction forms are decoded by [`crate::insn`].
 pub fn decode(insn: &[u8], regs: &GuestRegs, cr2: u64, old: u64) -> Result<PtwrOp, PtwrError> {
-    let mut decoder = Decoder::with_ip(64, insn, regs.rip, DecoderOptions::NONE);
-    let instr = decoder.decode();
-    if instr.is_invalid() {
-        return Err(match decoder.last_error() {
-            DecoderError::NoMoreBytes => PtwrError::Truncated,
-            _ => PtwrError::BadInstruction,
-        });
-    }
-
-    if !writes_memory(&instr) {
-        return Err(PtwrError::NotAWrite);
-    }
-    if instr.op_count() == 0 || instr.op0_kind() != OpKind::Memory {
-        return Err(PtwrError::Unsupported(
-            "memory write not through an explicit destination operand",
-        ));
-    }
-
-    let width = instr.memory_size().size();
-    let mnemonic = instr.mnemonic();
-    if mnemonic == Mnemonic::Cmpxchg16b {
-        // Xen's ptwr cmpxchg hook refuses writes wider than one entry.
-        return Err(PtwrError::Unsupported("cmpxchg16b spans two entries"));
-    }
-    if !matches!(width, 1 | 2 | 4 | 8) {
-        return Err(PtwrError::Unsupported("operand width"));
-    }
+    let store = match insn::decode_store(insn) {
+        Ok(s) => s,
+        Err(InsnError::Truncated) => return Err(PtwrError::Truncated),
+        Err(InsnError::NotHandled) => {
+            return Err(PtwrError::Unsupported("not one of the emulated stores"))
+        }
+    };
+    let width = u64::from(store.width);
     let offset = cr2 & 7;
-    if offset + width as u64 > 8 {
+    if offset + width > 8 {
         return Err(PtwrError::CrossesEntry);
     }
-    if cr2 & (width as u64 - 1) != 0 {
+    if cr2 & (width - 1) != 0 {
         return Err(PtwrError::Misaligned);
     }
     let shift = (offset * 8) as u32;
-    let mask = width_mask(width as u8);
+    let mask = width_mask(store.width);
     let cur = (old >> shift) & mask;
     let merge = |v: u64| (old & !(mask << shift)) | ((v & mask) << shift);
+    let source = || match store.src {
+        Src::Reg(r) => read_gpr(regs, r),
+        Src::Imm(v) => v,
+        Src::None => 0,
+    };
 
-    let locked = instr.has_lock_prefix();
-    let (kind, value, conditional, write) = match mnemonic {
-        Mnemonic::Mov | Mnemonic::Movnti => {
-            let v = source(&instr, regs)?;
-            (Kind::Mov, v, false, true)
-        }
-        Mnemonic::Xchg => {
-            let reg = gpr_operand(&instr, 1)?;
+    let (kind, value, conditional, write) = match store.op {
+        StoreOp::Mov => (Kind::Mov, source(), false, true),
+        StoreOp::Xchg => {
+            let Src::Reg(reg) = store.src else {
+                return Err(PtwrError::Unsupported("xchg without a register"));
+            };
             let v = read_gpr(regs, reg);
             // A memory xchg is implicitly locked.
             (Kind::Xchg { reg }, v, true, v != cur)
         }
-        Mnemonic::And | Mnemonic::Or | Mnemonic::Xor | Mnemonic::Add | Mnemonic::Sub => {
-            let op = match mnemonic {
-                Mnemonic::And => AluOp::And,
-                Mnemonic::Or => AluOp::Or,
-                Mnemonic::Xor => AluOp::Xor,
-                Mnemonic::Add => AluOp::Add,
-                _ => AluOp::Sub,
-            };
-            let src = source(&instr, regs)? & mask;
-            let (r, _) = alu(op, cur, src, width as u8);
-            (Kind::Alu { op, src }, r, locked, r != cur)
+        StoreOp::Alu(op) => {
+            let src = source() & mask;
+            let (r, _) = alu(op, cur, src, store.width);
+            (Kind::Alu { op, src }, r, store.lock, r != cur)
         }
-        Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => {
-            let op = match mnemonic {
-                Mnemonic::Bts => BitOp::Set,
-                Mnemonic::Btr => BitOp::Reset,
-                _ => BitOp::Complement,
-            };
+        StoreOp::Bit(op) => {
             // CR2 is where the CPU accessed the bit string, so a register bit offset
             // selects the bit within the accessed operand modulo its width.
-            let bit = (source(&instr, regs)? & (width as u64 * 8 - 1)) as u32;
+            let bit = (source() & (width * 8 - 1)) as u32;
             let r = bit_op(op, cur, bit);
-            (Kind::Bit { op, bit }, r, locked, r != cur)
+            (Kind::Bit { op, bit }, r, store.lock, r != cur)
         }
-        Mnemonic::Cmpxchg => {
-            let src = gpr_operand(&instr, 1)?;
+        StoreOp::Cmpxchg => {
             let acc = regs.rax & mask;
-            let v = read_gpr(regs, src);
+            let v = source();
             // Like Xen: a comparison that fails against the value read stores nothing.
             (Kind::Cmpxchg { acc }, v, true, acc == cur)
         }
-        Mnemonic::Cmpxchg8b => {
+        StoreOp::Cmpxchg8b => {
             let expected = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
             let v = (regs.rcx << 32) | (regs.rbx & 0xffff_ffff);
             (Kind::Cmpxchg8b, v, true, expected == old)
         }
-        _ => return Err(PtwrError::Unsupported("instruction not emulated")),
     };
 
     Ok(PtwrOp {
         pte_addr: cr2 & !7,
         new: if write { merge(value) } else { old },
         cmpxchg_old: conditional.then_some(old),
-        insn_len: instr.len() as u64,
+        insn_len: u64::from(store.len),
         write,
-        width: width as u8,
+        width: store.width,
         shift,
         kind,
     })
@@ -320,18 +285,6 @@ impl PtwrOp {
     }
 }
 
-/// Whether the instruction writes memory at all, explicitly or implicitly.
-fn writes_memory(instr: &Instruction) -> bool {
-    let mut factory = InstructionInfoFactory::new();
-    let info = factory.info(instr);
-    info.used_memory().iter().any(|m| {
-        matches!(
-            m.access(),
-            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
-        )
-    })
-}
-
 /// All ones in the low `width` bytes.
 pub(crate) fn width_mask(width: u8) -> u64 {
     if width >= 8 {
@@ -339,67 +292,6 @@ pub(crate) fn width_mask(width: u8) -> u64 {
     } else {
         (1u64 << (width * 8)) - 1
     }
-}
-
-/// The source operand (operand 1): a general register or an immediate, as the
-/// instruction uses it (immediates sign-extended to the operand width by the decoder).
-pub(crate) fn source(instr: &Instruction, regs: &GuestRegs) -> Result<u64, PtwrError> {
-    if instr.op_count() < 2 {
-        return Err(PtwrError::Unsupported("no source operand"));
-    }
-    match instr.op1_kind() {
-        OpKind::Register => Ok(read_gpr(regs, gpr_operand(instr, 1)?)),
-        OpKind::Immediate8
-        | OpKind::Immediate16
-        | OpKind::Immediate32
-        | OpKind::Immediate64
-        | OpKind::Immediate8to16
-        | OpKind::Immediate8to32
-        | OpKind::Immediate8to64
-        | OpKind::Immediate32to64 => Ok(instr.immediate(1)),
-        _ => Err(PtwrError::Unsupported("source operand kind")),
-    }
-}
-
-/// Operand `n` as a general register.
-pub(crate) fn gpr_operand(instr: &Instruction, n: u32) -> Result<Gpr, PtwrError> {
-    if instr.op_count() <= n || instr.op_kind(n) != OpKind::Register {
-        return Err(PtwrError::Unsupported("operand is not a register"));
-    }
-    let r = instr.op_register(n);
-    if !r.is_gpr() {
-        return Err(PtwrError::Unsupported("operand is not a general register"));
-    }
-    let num = gpr_number(r.full_register())
-        .ok_or(PtwrError::Unsupported("operand is not a general register"))?;
-    Ok(Gpr {
-        num,
-        size: r.size() as u8,
-        high8: matches!(r, Register::AH | Register::CH | Register::DH | Register::BH),
-    })
-}
-
-/// x86 number (0 = rax ... 15 = r15) of a full 64-bit general register.
-pub(crate) fn gpr_number(full: Register) -> Option<u8> {
-    Some(match full {
-        Register::RAX => 0,
-        Register::RCX => 1,
-        Register::RDX => 2,
-        Register::RBX => 3,
-        Register::RSP => 4,
-        Register::RBP => 5,
-        Register::RSI => 6,
-        Register::RDI => 7,
-        Register::R8 => 8,
-        Register::R9 => 9,
-        Register::R10 => 10,
-        Register::R11 => 11,
-        Register::R12 => 12,
-        Register::R13 => 13,
-        Register::R14 => 14,
-        Register::R15 => 15,
-        _ => return None,
-    })
 }
 
 /// The [`GuestRegs`] slot of full register number `num` (0 = rax ... 15 = r15).
@@ -508,6 +400,223 @@ fn bit_op(op: BitOp, value: u64, bit: u32) -> u64 {
         BitOp::Set => value | (1 << bit),
         BitOp::Reset => value & !(1 << bit),
         BitOp::Complement => value ^ (1 << bit),
+    }
+}
+
+/// The decoder this module used before [`crate::insn`] (iced-x86 with its
+/// instruction-info factory, which allocates): the reference the differential property
+/// test holds the new one to.
+#[cfg(test)]
+pub(crate) mod iced_reference {
+    use super::*;
+    use iced_x86::{
+        Decoder, DecoderError, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic,
+        OpAccess, OpKind, Register,
+    };
+    /// A 64-bit decoder of `insn` at `ip`. Not iced's `Decoder::with_ip`: it unwraps
+    /// `try_with_ip`, and the error type owns heap memory, which would link a panic and an
+    /// allocator into the shim (the link check finds it). 64 is a valid bitness, so there is
+    /// no error; were there one, it is forgotten rather than dropped, for the same reason.
+    pub(crate) fn decoder64(insn: &[u8], ip: u64) -> Option<Decoder<'_>> {
+        match Decoder::try_with_ip(64, insn, ip, DecoderOptions::NONE) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                core::mem::forget(e);
+                None
+            }
+        }
+    }
+
+    /// The source operand (operand 1): a general register or an immediate, as the
+    /// instruction uses it (immediates sign-extended to the operand width by the decoder).
+    pub(crate) fn source(instr: &Instruction, regs: &GuestRegs) -> Result<u64, PtwrError> {
+        if instr.op_count() < 2 {
+            return Err(PtwrError::Unsupported("no source operand"));
+        }
+        // The kind's own getter, as iced's `immediate(1)` would pick it (signed forms
+        // sign-extended to 64 bits): `immediate()` goes through `try_immediate()`, whose
+        // error type owns heap memory, so it would link an allocator into the shim.
+        match instr.op1_kind() {
+            OpKind::Register => Ok(read_gpr(regs, gpr_operand(instr, 1)?)),
+            OpKind::Immediate8 => Ok(u64::from(instr.immediate8())),
+            OpKind::Immediate16 => Ok(u64::from(instr.immediate16())),
+            OpKind::Immediate32 => Ok(u64::from(instr.immediate32())),
+            OpKind::Immediate64 => Ok(instr.immediate64()),
+            OpKind::Immediate8to16 => Ok(instr.immediate8to16() as u64),
+            OpKind::Immediate8to32 => Ok(instr.immediate8to32() as u64),
+            OpKind::Immediate8to64 => Ok(instr.immediate8to64() as u64),
+            OpKind::Immediate32to64 => Ok(instr.immediate32to64() as u64),
+            _ => Err(PtwrError::Unsupported("source operand kind")),
+        }
+    }
+
+    /// Operand `n` as a general register.
+    pub(crate) fn gpr_operand(instr: &Instruction, n: u32) -> Result<Gpr, PtwrError> {
+        if instr.op_count() <= n || instr.op_kind(n) != OpKind::Register {
+            return Err(PtwrError::Unsupported("operand is not a register"));
+        }
+        let r = instr.op_register(n);
+        if !r.is_gpr() {
+            return Err(PtwrError::Unsupported("operand is not a general register"));
+        }
+        let num = gpr_number(r.full_register())
+            .ok_or(PtwrError::Unsupported("operand is not a general register"))?;
+        Ok(Gpr {
+            num,
+            size: r.size() as u8,
+            high8: matches!(r, Register::AH | Register::CH | Register::DH | Register::BH),
+        })
+    }
+
+    /// x86 number (0 = rax ... 15 = r15) of a full 64-bit general register.
+    pub(crate) fn gpr_number(full: Register) -> Option<u8> {
+        Some(match full {
+            Register::RAX => 0,
+            Register::RCX => 1,
+            Register::RDX => 2,
+            Register::RBX => 3,
+            Register::RSP => 4,
+            Register::RBP => 5,
+            Register::RSI => 6,
+            Register::RDI => 7,
+            Register::R8 => 8,
+            Register::R9 => 9,
+            Register::R10 => 10,
+            Register::R11 => 11,
+            Register::R12 => 12,
+            Register::R13 => 13,
+            Register::R14 => 14,
+            Register::R15 => 15,
+            _ => return None,
+        })
+    }
+
+    /// Decodes the instruction `insn` (up to 15 bytes fetched at `regs.rip`) that faulted
+    /// writing to linear address `cr2`, given the current value `old` of the 8-byte entry
+    /// containing `cr2`. Returns the operation, or why it cannot be emulated.
+    pub(crate) fn decode_iced(
+        insn: &[u8],
+        regs: &GuestRegs,
+        cr2: u64,
+        old: u64,
+    ) -> Result<PtwrOp, PtwrError> {
+        let Some(mut decoder) = decoder64(insn, regs.rip) else {
+            return Err(PtwrError::Unsupported("decoder"));
+        };
+        let instr = decoder.decode();
+        if instr.is_invalid() {
+            return Err(match decoder.last_error() {
+                DecoderError::NoMoreBytes => PtwrError::Truncated,
+                _ => PtwrError::Unsupported("invalid"),
+            });
+        }
+
+        if !writes_memory(&instr) {
+            return Err(PtwrError::Unsupported("not a write"));
+        }
+        if instr.op_count() == 0 || instr.op0_kind() != OpKind::Memory {
+            return Err(PtwrError::Unsupported(
+                "memory write not through an explicit destination operand",
+            ));
+        }
+
+        let width = instr.memory_size().size();
+        let mnemonic = instr.mnemonic();
+        if mnemonic == Mnemonic::Cmpxchg16b {
+            // Xen's ptwr cmpxchg hook refuses writes wider than one entry.
+            return Err(PtwrError::Unsupported("cmpxchg16b spans two entries"));
+        }
+        if !matches!(width, 1 | 2 | 4 | 8) {
+            return Err(PtwrError::Unsupported("operand width"));
+        }
+        let offset = cr2 & 7;
+        if offset + width as u64 > 8 {
+            return Err(PtwrError::CrossesEntry);
+        }
+        if cr2 & (width as u64 - 1) != 0 {
+            return Err(PtwrError::Misaligned);
+        }
+        let shift = (offset * 8) as u32;
+        let mask = width_mask(width as u8);
+        let cur = (old >> shift) & mask;
+        let merge = |v: u64| (old & !(mask << shift)) | ((v & mask) << shift);
+
+        let locked = instr.has_lock_prefix();
+        let (kind, value, conditional, write) = match mnemonic {
+            Mnemonic::Mov | Mnemonic::Movnti => {
+                let v = source(&instr, regs)?;
+                (Kind::Mov, v, false, true)
+            }
+            Mnemonic::Xchg => {
+                let reg = gpr_operand(&instr, 1)?;
+                let v = read_gpr(regs, reg);
+                // A memory xchg is implicitly locked.
+                (Kind::Xchg { reg }, v, true, v != cur)
+            }
+            Mnemonic::And | Mnemonic::Or | Mnemonic::Xor | Mnemonic::Add | Mnemonic::Sub => {
+                let op = match mnemonic {
+                    Mnemonic::And => AluOp::And,
+                    Mnemonic::Or => AluOp::Or,
+                    Mnemonic::Xor => AluOp::Xor,
+                    Mnemonic::Add => AluOp::Add,
+                    _ => AluOp::Sub,
+                };
+                let src = source(&instr, regs)? & mask;
+                let (r, _) = alu(op, cur, src, width as u8);
+                (Kind::Alu { op, src }, r, locked, r != cur)
+            }
+            Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => {
+                let op = match mnemonic {
+                    Mnemonic::Bts => BitOp::Set,
+                    Mnemonic::Btr => BitOp::Reset,
+                    _ => BitOp::Complement,
+                };
+                // CR2 is where the CPU accessed the bit string, so a register bit offset
+                // selects the bit within the accessed operand modulo its width.
+                let bit = (source(&instr, regs)? & (width as u64 * 8 - 1)) as u32;
+                let r = bit_op(op, cur, bit);
+                (Kind::Bit { op, bit }, r, locked, r != cur)
+            }
+            Mnemonic::Cmpxchg => {
+                let src = gpr_operand(&instr, 1)?;
+                let acc = regs.rax & mask;
+                let v = read_gpr(regs, src);
+                // Like Xen: a comparison that fails against the value read stores nothing.
+                (Kind::Cmpxchg { acc }, v, true, acc == cur)
+            }
+            Mnemonic::Cmpxchg8b => {
+                let expected = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+                let v = (regs.rcx << 32) | (regs.rbx & 0xffff_ffff);
+                (Kind::Cmpxchg8b, v, true, expected == old)
+            }
+            _ => return Err(PtwrError::Unsupported("instruction not emulated")),
+        };
+
+        Ok(PtwrOp {
+            pte_addr: cr2 & !7,
+            new: if write { merge(value) } else { old },
+            cmpxchg_old: conditional.then_some(old),
+            insn_len: instr.len() as u64,
+            write,
+            width: width as u8,
+            shift,
+            kind,
+        })
+    }
+
+    /// Whether the instruction writes memory at all, explicitly or implicitly.
+    fn writes_memory(instr: &Instruction) -> bool {
+        let mut factory = InstructionInfoFactory::new();
+        let info = factory.info(instr);
+        info.used_memory().iter().any(|m| {
+            matches!(
+                m.access(),
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
+            )
+        })
     }
 }
 
@@ -1021,21 +1130,32 @@ mod tests {
             &[0x48, 0x85, 0x07][..],             // test [rdi], rax
             &[0x0f, 0x0b][..],                   // ud2
         ] {
-            assert_eq!(decode(insn, &regs(), BASE, PTE), Err(PtwrError::NotAWrite));
+            assert!(
+                matches!(
+                    decode(insn, &regs(), BASE, PTE),
+                    Err(PtwrError::Unsupported(_))
+                ),
+                "{insn:x?}"
+            );
         }
     }
 
     #[test]
     fn ptwr_bad_and_unsupported_instructions() {
-        // lock mov: #UD encoding
-        assert_eq!(
-            decode(&[0xf0, 0x48, 0x89, 0x07], &regs(), BASE, PTE),
-            Err(PtwrError::BadInstruction)
-        );
-        assert_eq!(
-            decode(&[0xff, 0xff], &regs(), BASE, PTE),
-            Err(PtwrError::BadInstruction)
-        );
+        // lock mov: #UD encoding; 16 bytes of prefixes: too long
+        for insn in [
+            &[0xf0, 0x48, 0x89, 0x07][..],
+            &[0xff, 0xff][..],
+            &[0x66; 16][..],
+        ] {
+            assert!(
+                matches!(
+                    decode(insn, &regs(), BASE, PTE),
+                    Err(PtwrError::Unsupported(_))
+                ),
+                "{insn:x?}"
+            );
+        }
         assert_eq!(
             decode(&[0x48, 0x89], &regs(), BASE, PTE),
             Err(PtwrError::Truncated)

@@ -67,7 +67,9 @@ pub struct FakePlatform {
     /// All preemption checks asked so far.
     pub preempt_checks: u64,
     /// The pagetable engine over `mem`, when a test enabled it ([`FakePlatform::enable_mm`]).
-    pub mmstate: Option<(pv_mm::Mm, pv_mm::FlushSet)>,
+    pub mmstate: Option<(pv_mm::Mm, crate::mmu::BatchFlush)>,
+    /// The vCPUs `VCPUOP_initialise` built, in order.
+    pub initialised: Vec<(u32, crate::vcpu_context::NewVcpu)>,
 }
 
 /// Guest memory as the pagetable engine reads and writes it (plain stores: the fake
@@ -123,6 +125,25 @@ impl pv_mm::FrameAccess for FakeMem {
 impl Platform for FakePlatform {
     fn kick_vcpu(&mut self, id: u32) {
         self.kicked.push(id);
+    }
+    // The fake host runs the engine on one thread: plain read-modify-write is atomic
+    // enough.
+    fn atomic_or_u64(&mut self, gpa: u64, bits: u64) -> Result<u64, PhysError> {
+        crate::plain_or_u64(self, gpa, bits)
+    }
+    fn atomic_and_u64(&mut self, gpa: u64, mask: u64) -> Result<u64, PhysError> {
+        crate::plain_and_u64(self, gpa, mask)
+    }
+    fn vcpu_initialised(&mut self, id: u32, new: &crate::vcpu_context::NewVcpu) {
+        self.initialised.push((id, new.clone()));
+    }
+    fn arch_capabilities(&self) -> u64 {
+        0
+    }
+    // No backends here: a notification goes nowhere.
+    fn notify_backend(&mut self, _remote_port: u32) {}
+    fn system_time_ns(&self) -> u64 {
+        0
     }
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PhysError> {
         let start = usize::try_from(gpa).map_err(|_| PhysError::OutOfRange)?;
@@ -227,6 +248,7 @@ impl FakePlatform {
             kicked: Vec::new(),
             preempt_checks: 0,
             mmstate: None,
+            initialised: Vec::new(),
         }
     }
     /// Gives the platform a pagetable engine over its memory: the domain owns every
@@ -235,10 +257,10 @@ impl FakePlatform {
         let mm = pv_mm::Mm::new(pv_mm::MmConfig {
             nr_frames: (MEM_SIZE / 4096) as u64,
             hole_l4: [0; 16],
-            shared_frames: Vec::new(),
+            shared_frames: pv_mm::SharedFrames::EMPTY,
             max_machine_frame: (MEM_SIZE / 4096) as u64,
         });
-        self.mmstate = Some((mm, pv_mm::FlushSet::default()));
+        self.mmstate = Some((mm, crate::mmu::BatchFlush::default()));
     }
     /// Sets the CPUID policy to `vendor` (a 12-byte leaf-0 string) with `features`, and
     /// maximum leaves covering every leaf the MSR table reads.

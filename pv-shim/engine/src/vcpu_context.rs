@@ -26,8 +26,8 @@ use xen_abi::xen::{vmassist, TrapInfo};
 use crate::bounce::{X86_EFLAGS_IF, X86_EFLAGS_IOPL, X86_EFLAGS_VM};
 use crate::guest::is_canonical;
 use crate::hypercall::{addr_ok, DR6_DEFAULT, DR7_DEFAULT};
-use alloc::boxed::Box;
 use xen_abi::errno::{EEXIST, ERESTART};
+use zerocopy::IntoBytes;
 
 use crate::{guest, Callback, Domain, GuestRegs, Mode, Platform, Vcpu};
 
@@ -633,8 +633,9 @@ mod tests {
     }
 }
 
-/// A vCPU as `VCPUOP_initialise` built it, waiting in the domain for the vCPU's host
-/// thread to take it when the vCPU first comes up.
+/// A vCPU as `VCPUOP_initialise` built it, handed to the host
+/// ([`crate::Platform::vcpu_initialised`]) for the vCPU to take up when it first comes
+/// up.
 #[derive(Clone, Debug)]
 pub struct NewVcpu {
     /// The engine's state for the vCPU (its pagetables and GDT frames already hold
@@ -658,14 +659,19 @@ pub fn initialise(caller: &Vcpu, dom: &mut Domain, p: &mut dyn Platform, id: u32
     let Some(vcpu_info_gpa) = dom.vcpu_info_gpa(id) else {
         return -EINVAL;
     };
-    let ctx: Box<VcpuGuestContext> = match guest::read_obj(caller, p, arg) {
-        Ok(c) => Box::new(c),
-        Err(_) => return -xen_abi::errno::EFAULT,
+    // The 5 KiB context is read in place into the domain's scratch (held under the
+    // domain lock like the rest of the domain), not onto the stack or a heap box.
+    let Some(ctx) = dom.vcpu_context_scratch() else {
+        return -xen_abi::errno::EFAULT;
     };
+    if guest::copy_from_guest(caller, p, arg, ctx.as_mut_bytes()).is_err() {
+        return -xen_abi::errno::EFAULT;
+    }
+    let c = validate(id, ctx);
     if dom.vcpu(id).is_some_and(|s| s.initialised) {
         return -EEXIST;
     }
-    let c = match validate(id, &ctx) {
+    let c = match c {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -743,7 +749,7 @@ pub fn initialise(caller: &Vcpu, dom: &mut Domain, p: &mut dyn Platform, id: u32
     };
     if let Some(slot) = dom.vcpu_mut(id) {
         slot.initialised = true;
-        slot.new_vcpu = Some(Box::new(new));
+        p.vcpu_initialised(id, &new);
         if c.online {
             slot.up = true;
             p.kick_vcpu(id);

@@ -1,7 +1,5 @@
 //! The API the rest of pvkvm programs against. Keep these names and meanings.
 
-use alloc::vec::Vec;
-
 /// A machine frame number (== guest-physical frame number: identity p2m).
 pub type Mfn = u64;
 
@@ -44,11 +42,104 @@ pub trait FrameAccess {
     fn write_m2p(&mut self, mfn: Mfn, pfn: u64);
 }
 
+/// Single addresses a [`FlushSet`] may carry without an allocator: a fixed array of
+/// `N` entries and a count. What does not fit becomes a full flush (see
+/// [`FlushSet::merge`]), as Xen turns a flush of too many pages into a full one.
+#[derive(Clone)]
+pub struct InvlpgList<const N: usize> {
+    va: [u64; N],
+    len: usize,
+}
+
+impl<const N: usize> InvlpgList<N> {
+    /// No addresses.
+    pub const fn new() -> Self {
+        Self { va: [0; N], len: 0 }
+    }
+
+    /// One address (none when `N` is 0).
+    pub fn one(va: u64) -> Self {
+        let mut l = Self::new();
+        let _ = l.try_push(va);
+        l
+    }
+
+    /// Adds `va`; false (and nothing added) when the list is full.
+    pub fn try_push(&mut self, va: u64) -> bool {
+        match self.va.get_mut(self.len) {
+            Some(slot) => {
+                *slot = va;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds all of `more`, or nothing (false) when they do not all fit.
+    pub fn try_extend(&mut self, more: &[u64]) -> bool {
+        match self
+            .va
+            .get_mut(self.len..self.len.saturating_add(more.len()))
+        {
+            Some(dst) => {
+                dst.copy_from_slice(more);
+                self.len += more.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every address.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The addresses.
+    pub fn as_slice(&self) -> &[u64] {
+        &self.va[..self.len]
+    }
+}
+
+impl<const N: usize> Default for InvlpgList<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> core::ops::Deref for InvlpgList<N> {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        self.as_slice()
+    }
+}
+
+impl<const N: usize, const M: usize> PartialEq<InvlpgList<M>> for InvlpgList<N> {
+    fn eq(&self, other: &InvlpgList<M>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<const N: usize> Eq for InvlpgList<N> {}
+
+impl<const N: usize> core::fmt::Debug for InvlpgList<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
 /// TLB work an operation leaves to do before the guest runs again. Every mutator returns
 /// one; dropping it unused is a compiler warning.
+///
+/// `N` is how many single addresses it carries before it becomes a full flush. pv-mm's
+/// own operations never name single addresses, and a hypercall names at most one per
+/// operation, so the sets operations return are small (`N` = 1, the default); the set a
+/// host accumulates over a batch is larger (the engine's `BatchFlush`) and lives in the
+/// host's storage, never moved by value.
 #[must_use = "a pagetable change whose flush is dropped leaves stale TLB entries"]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FlushSet {
+pub struct FlushSet<const N: usize = 1> {
     /// Flush the whole TLB of this vCPU (the one the operation ran for).
     pub local_all: bool,
     /// Flush the whole TLB of every vCPU of the domain, this one included (Xen:
@@ -58,10 +149,17 @@ pub struct FlushSet {
     /// caches), and for an L4 update while another vCPU may have that L4 loaded.
     pub all_vcpus: bool,
     /// Single addresses to invalidate on this vCPU only.
-    pub invlpg: Vec<u64>,
+    pub invlpg: InvlpgList<N>,
 }
 
-impl FlushSet {
+impl<const N: usize> FlushSet<N> {
+    /// Nothing to do (usable in a `static` initialiser).
+    pub const EMPTY: Self = Self {
+        local_all: false,
+        all_vcpus: false,
+        invlpg: InvlpgList::new(),
+    };
+
     /// Other vCPUs than the one the operation ran for must flush (and this one too):
     /// the host kicks every vCPU of the domain (Xen's `d->dirty_cpumask`) before any of
     /// them runs guest code again.
@@ -79,10 +177,21 @@ impl FlushSet {
         !self.needs_local()
     }
 
-    /// Adds `other`'s work to this set.
-    pub fn merge(&mut self, other: FlushSet) {
+    /// Forgets all work, in place.
+    pub fn clear(&mut self) {
+        self.local_all = false;
+        self.all_vcpus = false;
+        self.invlpg.clear();
+    }
+
+    /// Adds `other`'s work to this set. Single addresses that do not fit make it a full
+    /// flush of this vCPU (the addresses are then dropped: the full flush covers them).
+    pub fn merge<const M: usize>(&mut self, other: FlushSet<M>) {
         self.local_all |= other.local_all;
         self.all_vcpus |= other.all_vcpus;
-        self.invlpg.extend(other.invlpg);
+        if !self.invlpg.try_extend(&other.invlpg) {
+            self.local_all = true;
+            self.invlpg.clear();
+        }
     }
 }

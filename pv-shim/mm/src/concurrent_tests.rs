@@ -1,6 +1,6 @@
 //! Several vCPUs: a model of 2-4 vCPUs whose MMU operations interleave between
 //! hypercalls (the VMM's domain lock runs one operation at a time). Each vCPU holds its
-//! own kernel and user base pointers (`set_root`), its own deferred-put list (Xen's
+//! own kernel and user base pointers (`set_root`), its own `old_guest_table` slot (Xen's
 //! `v->arch.old_guest_table`) and at most one operation in flight: one that returned
 //! `Restart` and that only this vCPU's continuation issues again, until it ends. A small
 //! preemption budget leaves tables `Partial` (in validation or in teardown) while the
@@ -587,6 +587,21 @@ impl Smp {
         Ok(())
     }
 
+    /// Issues `op` on vCPU `v` again until it is no longer in flight (a vCPU's operation
+    /// first finishes that vCPU's `old_guest_table`, and returns `Restart` having done
+    /// nothing else while it does not finish).
+    fn issue_to_end(&mut self, v: usize, op: &Issued) -> Result<(), String> {
+        self.h.mm.set_current_vcpu(v);
+        for _ in 0..200_000 {
+            self.issue(v, op)?;
+            self.check()?;
+            if self.v[v].inflight.is_none() {
+                return Ok(());
+            }
+        }
+        Err(format!("vCPU {v}: {op:?} makes no progress"))
+    }
+
     /// Every vCPU finishes what it has in flight and lets go of everything; then nothing
     /// may hold a reference.
     fn drain(&mut self) -> Result<(), String> {
@@ -607,7 +622,7 @@ impl Smp {
                 let c = &self.v[v];
                 let old = if user { c.user_root } else { c.root };
                 if old.is_some() {
-                    self.issue(
+                    self.issue_to_end(
                         v,
                         &Issued::SetRoot {
                             user,
@@ -615,7 +630,6 @@ impl Smp {
                             new: None,
                         },
                     )?;
-                    self.check()?;
                 }
             }
             while let Some(m) = self.v[v].gdt.pop() {
@@ -625,8 +639,7 @@ impl Smp {
         self.h.mm.set_current_vcpu(0);
         for m in 0..NR {
             if self.info(m).pinned {
-                self.issue(0, &Issued::Unpin(m))?;
-                self.check()?;
+                self.issue_to_end(0, &Issued::Unpin(m))?;
             }
         }
         for v in 0..n {
@@ -663,7 +676,7 @@ impl Smp {
                     }
                 }
                 if self.info(m).pinned {
-                    self.issue(0, &Issued::Unpin(m))?;
+                    self.issue_to_end(0, &Issued::Unpin(m))?;
                 }
                 while !self.deferred(0)? {
                     guard += 1;
@@ -762,19 +775,19 @@ mod scope {
 
     #[test]
     fn flush_set_scope_methods() {
-        let none = FlushSet::default();
+        let none: FlushSet = FlushSet::default();
         assert!(none.is_empty() && !none.needs_local() && !none.needs_remote());
-        let local = FlushSet {
+        let local: FlushSet = FlushSet {
             local_all: true,
             ..FlushSet::default()
         };
         assert!(local.needs_local() && !local.needs_remote());
-        let one = FlushSet {
-            invlpg: vec![0x1000],
+        let one: FlushSet = FlushSet {
+            invlpg: crate::InvlpgList::one(0x1000),
             ..FlushSet::default()
         };
         assert!(one.needs_local() && !one.needs_remote());
-        let all = FlushSet {
+        let all: FlushSet = FlushSet {
             all_vcpus: true,
             ..FlushSet::default()
         };
@@ -782,7 +795,7 @@ mod scope {
         let mut m = local.clone();
         m.merge(one.clone());
         m.merge(all);
-        assert!(m.local_all && m.needs_remote() && m.invlpg == vec![0x1000]);
+        assert!(m.local_all && m.needs_remote() && m.invlpg[..] == [0x1000]);
     }
 
     /// A type change that may leave a stale TLB entry on any CPU the domain ran on
@@ -891,6 +904,44 @@ mod scope {
         h.mm.put_page_and_type(&mut h.mem, USER_L4);
         let fl = upd(&mut h, USER_L4, 4, pte(L3, LINK), &[]);
         assert!(fl.is_empty(), "{fl:?}");
+    }
+
+    /// Past `LOADED_ROOTS_MAX` roots on one vCPU, the per-vCPU lists no longer tell who
+    /// has an L4 loaded: every L4 update from then on asks every vCPU to flush (the
+    /// degraded path, a superset of the flush the lists would narrow it to).
+    #[test]
+    fn l4_update_flushes_every_vcpu_once_a_vcpu_overflows_its_roots() {
+        // L4 pinned, loaded on vCPU 0.
+        let mut h = Harness::model_guest();
+        // vCPU 2 loads the user L4 as often as its list holds: still told apart.
+        h.mm.set_current_vcpu(2);
+        for _ in 0..crate::LOADED_ROOTS_MAX {
+            h.mm.set_root(&mut h.mem, None, Some(USER_L4)).unwrap();
+        }
+        assert_eq!(h.mm.loaded_roots_of(2).len(), crate::LOADED_ROOTS_MAX);
+        h.mm.set_current_vcpu(0);
+        let fl = upd(&mut h, L4, 3, pte(L3, LINK), &[L4]);
+        assert!(fl.local_all && !fl.needs_remote(), "{fl:?}");
+        // One more: the list overflows, and vCPU 0's update of its own L4, which no
+        // other vCPU has loaded, flushes every vCPU.
+        h.mm.set_current_vcpu(2);
+        h.mm.set_root(&mut h.mem, None, Some(USER_L4)).unwrap();
+        assert_eq!(h.mm.loaded_roots_of(2).len(), crate::LOADED_ROOTS_MAX);
+        h.mm.set_current_vcpu(0);
+        let fl = upd(&mut h, L4, 4, pte(L3, LINK), &[L4]);
+        assert!(fl.local_all && fl.needs_remote(), "{fl:?}");
+        // Sticky: after vCPU 2 dropped every root, still a full flush of all vCPUs.
+        h.mm.set_current_vcpu(2);
+        for _ in 0..=crate::LOADED_ROOTS_MAX {
+            h.mm.set_root(&mut h.mem, Some(USER_L4), None).unwrap();
+        }
+        h.mm.set_current_vcpu(0);
+        let fl = upd(&mut h, L4, 5, pte(L3, LINK), &[L4]);
+        assert!(fl.needs_remote(), "{fl:?}");
+        // An unchanged entry needs no flush at all, degraded or not.
+        let fl = upd(&mut h, L4, 5, pte(L3, LINK), &[L4]);
+        assert!(fl.is_empty(), "{fl:?}");
+        h.mm.check_invariants(&h.mem).unwrap();
     }
 
     /// Deferred puts belong to the vCPU whose operation left them (Xen's

@@ -147,16 +147,21 @@ impl PageInfo {
     }
 }
 
+impl PageInfo {
+    /// A frame never typed or referenced.
+    pub const UNTYPED: Self = PageInfo {
+        ty: PageType::None,
+        type_count: 0,
+        validation: Validation::Unvalidated,
+        refcount: 0,
+        pinned: false,
+        was_pagetable: false,
+    };
+}
+
 impl Default for PageInfo {
     fn default() -> Self {
-        PageInfo {
-            ty: PageType::None,
-            type_count: 0,
-            validation: Validation::Unvalidated,
-            refcount: 0,
-            pinned: false,
-            was_pagetable: false,
-        }
+        Self::UNTYPED
     }
 }
 

@@ -166,7 +166,7 @@ impl Harness {
         let cfg = MmConfig {
             nr_frames: nr,
             hole_l4: test_hole(),
-            shared_frames: vec![model::SHARED],
+            shared_frames: crate::SharedFrames::from_slice(&[model::SHARED]).unwrap_or_default(),
             max_machine_frame: model::SHARED + 1,
         };
         Harness {

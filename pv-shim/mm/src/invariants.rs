@@ -30,8 +30,7 @@ use crate::refusal::REFUSAL_LOG_LEN;
 impl Mm {
     /// Checks every invariant; returns a description of the first violation.
     pub fn check_invariants(&self, mem: &dyn FrameAccess) -> Result<(), String> {
-        let frames = self.frames();
-        let n = frames.len();
+        let n = self.frames().len();
         let mut refs: Vec<u64> = vec![0; n];
         let mut types: Vec<u64> = vec![0; n];
         let bump = |v: &mut Vec<u64>, m: Mfn| {
@@ -40,7 +39,7 @@ impl Mm {
             }
         };
 
-        for (i, p) in frames.iter().enumerate() {
+        for (i, p) in self.frames().enumerate() {
             let mfn = i as Mfn;
             let mut held_slots = ENTRIES;
             if let Validation::Partial { next_slot } = p.validation {
@@ -170,7 +169,7 @@ impl Mm {
             }
         }
 
-        for (i, p) in frames.iter().enumerate() {
+        for (i, p) in self.frames().enumerate() {
             let (r, t) = (refs.get(i).copied(), types.get(i).copied());
             if r != Some(u64::from(p.refcount)) {
                 return Err(format!(

@@ -25,29 +25,39 @@
 //!
 //! Several vCPUs: operations run one at a time (the caller's domain lock) and may
 //! interleave between vCPUs; [`Mm::set_current_vcpu`] (default 0) selects whose
-//! deferred-put list and base pointers an operation uses, as Xen's `current`, and
+//! `old_guest_table` slot and base pointers an operation uses, as Xen's `current`, and
 //! [`FlushSet::needs_remote`] says when every vCPU must flush (docs/mmu-invariants.md,
 //! "Several vCPUs").
+//!
+//! Storage: no operation allocates. The frame table is the host's ([`Mm::with_storage`])
+//! or allocated once by [`Mm::new`] (the `alloc` feature, on by default, which also
+//! gives the invariant checker and the fuzzing model); everything else is fixed-size
+//! (`storage` module).
 #![no_std]
 #![forbid(unsafe_code)]
+#[cfg(feature = "alloc")]
 extern crate alloc;
 
 pub mod api;
 mod desc;
 mod error;
 mod frame;
+#[cfg(feature = "alloc")]
 pub mod fuzz;
+#[cfg(feature = "alloc")]
 mod invariants;
 mod mm;
 pub mod pte;
 mod refusal;
+mod storage;
 
-pub use api::{FlushSet, FrameAccess, Level, Mfn};
+pub use api::{FlushSet, FrameAccess, InvlpgList, Level, Mfn};
 pub use desc::check_descriptor;
 pub use error::MmError;
 pub use frame::{FrameState, PageInfo, PageType, Validation};
-pub use mm::{Mm, MmConfig, MmStats};
+pub use mm::{Mm, MmConfig, MmStats, LOADED_ROOTS_MAX};
 pub use refusal::{EntryCause, MmOp, Refusal, WritableMapping, REFUSAL_LOG_LEN};
+pub use storage::{FrameList, FrameSlot, SharedFrames, MAX_SHARED_FRAMES, MAX_VCPUS};
 
 #[cfg(test)]
 mod concurrent_tests;

@@ -38,17 +38,23 @@
 //! preempted validation (Xen's `PGT_partial` does not record a direction either): type
 //! count still 1, the dropped general reference now the partial state's, slots below
 //! `next_slot` still held. A child that stops inside its parent's teardown takes the
-//! parent's slot references into its own partial state (no `PTF_partial_set`). Every
-//! frame so stopped is queued in the deferred-put list (Xen's `curr->arch.
-//! old_guest_table`; per vCPU as in Xen: the list of the vCPU set with
-//! [`Mm::set_current_vcpu`], vCPU 0 unless set), and the
-//! operation that started the put still succeeds: the unpin (the pin is cleared first,
-//! so it is never redone), the base-pointer switch, the entry update (Xen's
-//! `PTF_defer`). [`Mm::put_old_guest_table`] finishes the queue under the budget
-//! (`Restart` while work is left); the engine calls it on entry to every MMU hypercall
-//! and ends a batch before the record after one that queued work. Meanwhile a frame in
-//! teardown answers as any partial frame: a same-type get resumes its validation (the
-//! queued put then finds nothing to do), anything else is refused.
+//! parent's slot references into its own partial state, and the parent records that it
+//! stopped there (`partial_set`, Xen's `PTF_partial_set`): its resumed teardown
+//! continues that child first. So a stopped teardown is one table, the topmost, and
+//! that table goes to the vCPU's one `old_guest_table` slot (Xen's `v->arch.
+//! old_guest_table`; the vCPU set with [`Mm::set_current_vcpu`], vCPU 0 unless set),
+//! while the operation that started the put still succeeds: the unpin (the pin is
+//! cleared first, so it is never redone), the base-pointer switch, the entry update
+//! (Xen's `PTF_defer`). [`Mm::put_old_guest_table`] continues it under the budget
+//! (`Restart` while work is left), and every operation that may start a teardown (pin,
+//! unpin, base-pointer switch, entry update) does the same first and, if the slot's
+//! teardown does not finish within the budget, returns `Restart` having done nothing
+//! else: the guest's continuation comes back until it does. Every call is thus bounded
+//! by the budget and nothing is capped, however large the tree. The engine also calls
+//! it on entry to every MMU hypercall and ends a batch before the record after one that
+//! filled the slot. Meanwhile a frame in teardown answers as any partial frame: a
+//! same-type get resumes its validation (the slot or the parent's `partial_set` then
+//! finds nothing to do), anything else is refused.
 //!
 //! Several vCPUs (docs/mmu-invariants.md, "Several vCPUs"): operations run one at a
 //! time (the VMM's domain lock) but interleave between hypercalls, so a vCPU's
@@ -56,7 +62,7 @@
 //! a partial state is nobody's: whoever gets the frame as its type resumes it, and a
 //! deferred put of any vCPU continues the teardown of whatever partial frame it finds
 //! (Xen's `put_old_guest_table` with `PTF_partial_set`). What is per vCPU is what Xen
-//! keeps in `struct vcpu`: the deferred-put list and the base pointers
+//! keeps in `struct vcpu`: the `old_guest_table` slot and the base pointers
 //! ([`Mm::set_current_vcpu`], [`Mm::loaded_roots_of`]), so a vCPU's hypercall never
 //! waits for nor does another vCPU's deferred work, and an L4 update knows which
 //! vCPUs' TLBs it concerns ([`FlushSet::needs_remote`]).
@@ -83,16 +89,67 @@
 //! - Type-change TLB flushes use a single global epoch instead of per-CPU timestamps
 //!   (see [`Mm::tlb_flushed`]).
 
-use alloc::collections::{BTreeMap, VecDeque};
-use alloc::vec;
-use alloc::vec::Vec;
-
 use crate::api::{FlushSet, FrameAccess, Level, Mfn};
 use crate::desc::check_descriptor;
 use crate::error::MmError;
 use crate::frame::{child_level, parent_level, FrameState, PageInfo, PageType, Validation};
 use crate::pte::*;
 use crate::refusal::{EntryCause, MmOp, Refusal, WritableMapping, REFUSAL_LOG_LEN};
+use crate::storage::{FrameList, FrameSlot, FrameTable, Held, SharedFrames, MAX_VCPUS};
+
+/// Tables one operation validates at once (at most one per level; room to spare).
+const BUSY_MAX: usize = 8;
+/// Base pointers one vCPU holds through `set_root` (kernel and user; room to spare).
+/// Past it the vCPUs' roots are no longer told apart and from then on every L4 update
+/// flushes all vCPUs (a degradation, always correct: see `root_flush`).
+pub const LOADED_ROOTS_MAX: usize = 4;
+
+/// Where a preemptible teardown stopped (`demote_table`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stop {
+    /// Slots below it still hold their references.
+    next_slot: u16,
+    /// The child at `next_slot` stopped in its own teardown and holds that slot's
+    /// references in its partial state (the frame's `partial_set`).
+    in_child: bool,
+}
+
+/// The last [`REFUSAL_LOG_LEN`] refusals, a ring.
+#[derive(Clone, Debug)]
+struct RefusalLog {
+    ring: [Option<Refusal>; REFUSAL_LOG_LEN],
+    /// Index of the oldest record.
+    head: usize,
+    len: usize,
+}
+
+impl RefusalLog {
+    const EMPTY: Self = Self {
+        ring: [None; REFUSAL_LOG_LEN],
+        head: 0,
+        len: 0,
+    };
+
+    fn push(&mut self, r: Refusal) {
+        let at = (self.head + self.len) % REFUSAL_LOG_LEN;
+        if let Some(slot) = self.ring.get_mut(at) {
+            *slot = Some(r);
+        }
+        if self.len == REFUSAL_LOG_LEN {
+            self.head = (self.head + 1) % REFUSAL_LOG_LEN;
+        } else {
+            self.len += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Refusal> {
+        (0..self.len).filter_map(move |k| {
+            self.ring
+                .get((self.head + k) % REFUSAL_LOG_LEN)
+                .and_then(|r| r.as_ref())
+        })
+    }
+}
 
 /// What the engine is given about the domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,7 +161,7 @@ pub struct MmConfig {
     pub hole_l4: [u64; 16],
     /// Frames outside RAM the guest may map (shared_info): RW mappings allowed, never
     /// typed as pagetables, no refcounts.
-    pub shared_frames: Vec<Mfn>,
+    pub shared_frames: SharedFrames,
     /// Machine frames that exist at all (RAM and the hypervisor's own memory). An L1
     /// mapping of a frame at or above this is I/O space, which an unprivileged domain may
     /// not map (Xen: -EPERM); below it but not the domain's is another owner's (-EBUSY).
@@ -130,14 +187,6 @@ pub struct MmStats {
     pub restarts: u64,
 }
 
-/// References the engine holds through the public API (base pointers, GDT frames, direct
-/// `get_page*` calls), so releases can be checked.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Held {
-    general: u32,
-    typed: u32,
-}
-
 /// Context of the innermost failure while an operation runs.
 #[derive(Clone, Copy, Debug)]
 struct FailCtx {
@@ -145,18 +194,19 @@ struct FailCtx {
     wmap: Option<WritableMapping>,
 }
 
-/// The PV MMU engine: the frame table and everything else.
-#[derive(Clone, Debug)]
+/// The PV MMU engine: the frame table and everything else. Its storage is fixed but
+/// for the frame table (see the `storage` module): no operation allocates.
+#[derive(Debug)]
+#[cfg_attr(feature = "alloc", derive(Clone))]
 pub struct Mm {
     cfg: MmConfig,
-    frames: Vec<PageInfo>,
-    /// Per frame: the epoch at which its type count last dropped to 0 (Xen's
-    /// `tlbflush_timestamp`): a stale TLB entry may exist until a flush after it.
-    stamps: Vec<u64>,
+    /// Per RAM frame: the frame-table entry, its TLB-flush stamp, the references the
+    /// engine holds on it through the public API (base pointers, GDT frames, direct
+    /// `get_page*` calls, so releases can be checked) and whether it was released.
+    frames: FrameTable,
     epoch: u64,
     last_flush: u64,
-    held: BTreeMap<Mfn, Held>,
-    refusals: VecDeque<Refusal>,
+    refusals: RefusalLog,
     refusal_count: u64,
     rip: u64,
     fail: Option<FailCtx>,
@@ -164,30 +214,32 @@ pub struct Mm {
     /// Flushes needed by operations whose signature returns no `FlushSet` (copy/clear
     /// page, set_gdt, update_descriptor); see [`Mm::take_pending_flush`].
     pending: FlushSet,
-    /// Frames the guest gave back (`XENMEM_decrease_reservation`): not its own until
-    /// `reclaim_frame` hands them out again.
-    released: Vec<bool>,
     /// Entries one operation may check before it is preempted (None: never).
     preempt_budget: Option<u32>,
     /// Entries the current operation has checked.
     work: u32,
     /// Tables whose validation runs in the current operation, outermost first (Xen's
     /// "validate locked" state; at most one per level).
-    busy: Vec<Mfn>,
-    /// Deferred puts (Xen's `curr->arch.old_guest_table`): tables whose teardown stopped
-    /// with `Restart` and is to be finished by [`Mm::put_old_guest_table`] before the
-    /// next MMU operation, innermost first. Each is `Partial` with its type reference and
-    /// one general reference held by the partial state; the list holds no reference of
-    /// its own, so an entry whose frame is no longer partial (its validation was resumed
-    /// by a getter meanwhile) is simply dropped. Per vCPU, as Xen's `v->arch.
-    /// old_guest_table`: indexed by vCPU id, each list queued by and finished by that
-    /// vCPU's own operations (see [`Mm::set_current_vcpu`]).
-    old_guest_table: Vec<VecDeque<Mfn>>,
+    busy: FrameList<BUSY_MAX>,
+    /// Per vCPU, Xen's `v->arch.old_guest_table`: the one table whose teardown an unpin,
+    /// base-pointer switch or entry update of that vCPU left part-way (`Restart`), to be
+    /// finished by [`Mm::put_old_guest_table`] before any other operation of that vCPU
+    /// does anything. Only the topmost table of the stopped teardown: the tables it
+    /// stopped in are reached through its `partial_set` entry (Xen's
+    /// `PTF_partial_set`). The frame is `Partial` with its type reference and one
+    /// general reference held by the partial state; the slot holds no reference of its
+    /// own, so a frame that is no longer in teardown (a getter resumed its validation
+    /// meanwhile and took those references over) is simply forgotten. Indexed by vCPU
+    /// id (see [`Mm::set_current_vcpu`]).
+    old_guest_table: [Option<Mfn>; MAX_VCPUS],
     /// The vCPU the next operations run for (Xen's `current`); 0 unless set.
     cur_vcpu: usize,
     /// Per vCPU: the base pointers it loaded through [`Mm::set_root`] (kernel and user,
     /// a multiset), to tell this vCPU's uses of an L4 from other vCPUs' for TLB flushes.
-    loaded_roots: Vec<Vec<Mfn>>,
+    loaded_roots: [FrameList<LOADED_ROOTS_MAX>; MAX_VCPUS],
+    /// Some vCPU loaded more base pointers than `loaded_roots` holds: roots are no longer
+    /// told apart by vCPU (every L4 update flushes all vCPUs).
+    roots_overflow: bool,
 }
 
 /// Reads a guest entry; `slot` is always < 512 here.
@@ -196,32 +248,87 @@ fn rd(mem: &dyn FrameAccess, mfn: Mfn, slot: usize) -> u64 {
 }
 
 impl Mm {
-    /// A fresh engine: every frame untyped, unreferenced, unpinned.
+    /// A fresh engine: every frame untyped, unreferenced, unpinned; the frame table is
+    /// allocated here, once.
+    #[cfg(feature = "alloc")]
     pub fn new(cfg: MmConfig) -> Self {
         let n = usize::try_from(cfg.nr_frames).unwrap_or(usize::MAX);
-        let frames = vec![PageInfo::default(); n];
-        let stamps = vec![0; n];
+        Self::over(cfg, FrameTable::Owned(alloc::vec![FrameSlot::EMPTY; n]))
+    }
+
+    /// A fresh engine over the host's storage for the frame table (one slot per RAM
+    /// frame, `cfg.nr_frames` of them; frames past the storage's end are not the
+    /// domain's). The slots are reset here; nothing is allocated, now or later.
+    pub fn with_storage(cfg: MmConfig, frames: &'static mut [FrameSlot]) -> Self {
+        frames.fill(FrameSlot::EMPTY);
+        Self::over(cfg, FrameTable::Borrowed(frames))
+    }
+
+    fn over(cfg: MmConfig, frames: FrameTable) -> Self {
         Mm {
             cfg,
             frames,
-            stamps,
-            epoch: 0,
-            last_flush: 0,
-            held: BTreeMap::new(),
-            refusals: VecDeque::with_capacity(REFUSAL_LOG_LEN),
-            refusal_count: 0,
-            rip: 0,
-            fail: None,
-            stats: MmStats::default(),
-            pending: FlushSet::default(),
-            released: vec![false; n],
-            preempt_budget: None,
-            work: 0,
-            busy: Vec::with_capacity(4),
-            old_guest_table: Vec::new(),
-            cur_vcpu: 0,
-            loaded_roots: Vec::new(),
+            ..Self::EMPTY
         }
+    }
+
+    /// An engine of no frames, as a constant: a host that keeps the engine in static
+    /// storage (it is tens of KiB: per-vCPU lists, the refusal ring) starts from it and
+    /// builds it in place with [`Mm::reset_with_storage`].
+    pub const EMPTY: Self = Mm {
+        cfg: MmConfig {
+            nr_frames: 0,
+            hole_l4: [0; 16],
+            shared_frames: SharedFrames::EMPTY,
+            max_machine_frame: 0,
+        },
+        frames: FrameTable::Empty,
+        epoch: 0,
+        last_flush: 0,
+        refusals: RefusalLog::EMPTY,
+        refusal_count: 0,
+        rip: 0,
+        fail: None,
+        stats: MmStats {
+            fast_path: 0,
+            slow_path: 0,
+            plain_writes: 0,
+            promotions: 0,
+            teardowns: 0,
+            type_change_flushes: 0,
+            restarts: 0,
+        },
+        pending: FlushSet::EMPTY,
+        preempt_budget: None,
+        work: 0,
+        busy: FrameList::EMPTY,
+        old_guest_table: [None; MAX_VCPUS],
+        cur_vcpu: 0,
+        loaded_roots: [FrameList::EMPTY; MAX_VCPUS],
+        roots_overflow: false,
+    };
+
+    /// [`Mm::with_storage`] in place: this engine becomes a fresh one over `frames`
+    /// (reset here), with nothing of its previous state kept and nothing moved by value.
+    pub fn reset_with_storage(&mut self, cfg: MmConfig, frames: &'static mut [FrameSlot]) {
+        frames.fill(FrameSlot::EMPTY);
+        self.cfg = cfg;
+        self.frames = FrameTable::Borrowed(frames);
+        self.epoch = 0;
+        self.last_flush = 0;
+        self.refusals = RefusalLog::EMPTY;
+        self.refusal_count = 0;
+        self.rip = 0;
+        self.fail = None;
+        self.stats = MmStats::default();
+        self.pending.clear();
+        self.preempt_budget = None;
+        self.work = 0;
+        self.busy = FrameList::EMPTY;
+        self.old_guest_table.fill(None);
+        self.cur_vcpu = 0;
+        self.loaded_roots.fill(FrameList::EMPTY);
+        self.roots_overflow = false;
     }
 
     /// Sets how many entries one operation (`pin_table`, `set_root`, `mod_entry`,
@@ -265,14 +372,15 @@ impl Mm {
     /// Linux's balloon driver does).
     pub fn release_frame(&mut self, mfn: Mfn) -> Result<(), MmError> {
         let i = self.idx(mfn).ok_or(MmError::NotOwned)?;
-        let info = self.frames.get(i).ok_or(MmError::NotOwned)?;
-        if info.refcount != 0 || info.type_count != 0 || info.pinned || self.held.contains_key(&mfn)
+        let slot = self.frames.get(i).ok_or(MmError::NotOwned)?;
+        let info = slot.info;
+        if info.refcount != 0 || info.type_count != 0 || info.pinned || slot.held != Held::default()
         {
             return Err(MmError::InUse);
         }
-        if let (Some(r), Some(f)) = (self.released.get_mut(i), self.frames.get_mut(i)) {
-            *r = true;
-            *f = PageInfo::default();
+        if let Some(f) = self.frames.get_mut(i) {
+            f.released = true;
+            f.info = PageInfo::default();
         }
         Ok(())
     }
@@ -280,16 +388,16 @@ impl Mm {
     /// `XENMEM_populate_physmap` of one frame: hands a released frame back to the domain,
     /// fresh (untyped, unreferenced). None when no frame was released.
     pub fn reclaim_frame(&mut self) -> Option<Mfn> {
-        let i = self.released.iter().position(|&r| r)?;
-        if let Some(r) = self.released.get_mut(i) {
-            *r = false;
+        let i = self.frames.iter().position(|f| f.released)?;
+        if let Some(f) = self.frames.get_mut(i) {
+            f.released = false;
         }
         Some(i as Mfn)
     }
 
     /// Frames the domain owns now (`XENMEM_current_reservation`).
     pub fn owned_frames(&self) -> u64 {
-        self.cfg.nr_frames - self.released.iter().filter(|&&r| r).count() as u64
+        self.cfg.nr_frames - self.frames.iter().filter(|f| f.released).count() as u64
     }
 
     /// The configuration.
@@ -304,7 +412,9 @@ impl Mm {
 
     /// State of a RAM frame (None outside RAM).
     pub fn page_info(&self, mfn: Mfn) -> Option<&PageInfo> {
-        self.idx(mfn).and_then(|i| self.frames.get(i))
+        self.idx(mfn)
+            .and_then(|i| self.frames.get(i))
+            .map(|f| &f.info)
     }
 
     /// Whether `mfn` is a configured shared frame.
@@ -360,16 +470,14 @@ impl Mm {
     }
 
     fn pend(&mut self, fl: FlushSet) {
-        self.pending.local_all |= fl.local_all;
-        self.pending.all_vcpus |= fl.all_vcpus;
-        self.pending.invlpg.extend(fl.invlpg);
+        self.pending.merge(fl);
     }
 
     fn idx(&self, mfn: Mfn) -> Option<usize> {
         if mfn < self.cfg.nr_frames {
-            usize::try_from(mfn).ok().filter(|&i| {
-                i < self.frames.len() && !self.released.get(i).copied().unwrap_or(true)
-            })
+            usize::try_from(mfn)
+                .ok()
+                .filter(|&i| self.frames.get(i).is_some_and(|f| !f.released))
         } else {
             None
         }
@@ -377,7 +485,7 @@ impl Mm {
 
     fn info_mut(&mut self, mfn: Mfn) -> Option<&mut PageInfo> {
         let i = self.idx(mfn)?;
-        self.frames.get_mut(i)
+        self.frames.get_mut(i).map(|f| &mut f.info)
     }
 
     fn info(&self, mfn: Mfn) -> Option<PageInfo> {
@@ -396,8 +504,8 @@ impl Mm {
         // set_tlbflush_timestamp(): a TLB entry through the dropped use may be stale.
         self.epoch = self.epoch.wrapping_add(1);
         let e = self.epoch;
-        if let Some(s) = self.idx(mfn).and_then(|i| self.stamps.get_mut(i)) {
-            *s = e;
+        if let Some(f) = self.idx(mfn).and_then(|i| self.frames.get_mut(i)) {
+            f.stamp = e;
         }
     }
 
@@ -446,7 +554,7 @@ impl Mm {
             };
         }
         let i = self.idx(mfn).ok_or(MmError::NotOwned)?;
-        let pi = *self.frames.get(i).ok_or(MmError::NotOwned)?;
+        let pi = self.frames.get(i).ok_or(MmError::NotOwned)?.info;
         if pi.type_count > 0 {
             if pi.ty != ty {
                 return Err(MmError::BadType {
@@ -457,8 +565,8 @@ impl Mm {
             return match pi.validation {
                 Validation::Valid => {
                     let c = pi.type_count.checked_add(1).ok_or(MmError::CountOverflow)?;
-                    if let Some(p) = self.frames.get_mut(i) {
-                        p.type_count = c;
+                    if let Some(f) = self.frames.get_mut(i) {
+                        f.info.type_count = c;
                     }
                     Ok(())
                 }
@@ -466,6 +574,12 @@ impl Mm {
                 // validate on from where it stopped. A table whose validation runs in
                 // this very operation is "validate locked" instead.
                 Validation::Partial { next_slot } if !self.busy.contains(&mfn) => {
+                    // A stopped teardown's child at `next_slot` (`partial_set`) is
+                    // re-got by the validation like any entry from `next_slot` on: its
+                    // partial state is taken over there if still there.
+                    if let Some(f) = self.frames.get_mut(i) {
+                        f.partial_set = false;
+                    }
                     self.validate(mem, mfn, ty, usize::from(next_slot), true, fl)
                 }
                 _ => Err(MmError::NotValidated),
@@ -476,9 +590,9 @@ impl Mm {
         // TLB entries (a writable mapping of a future pagetable, or paging-structure
         // caches of a former one): flush unless a flush happened since the last drop.
         let changed = pi.ty != ty;
-        let stale = self.stamps.get(i).copied().unwrap_or(0) > self.last_flush;
+        let stale = self.frames.get(i).map_or(0, |f| f.stamp) > self.last_flush;
         let before = pi;
-        if let Some(p) = self.frames.get_mut(i) {
+        if let Some(p) = self.frames.get_mut(i).map(|f| &mut f.info) {
             p.type_count = 1;
             if changed {
                 p.ty = ty;
@@ -486,7 +600,7 @@ impl Mm {
             }
         }
         let needs = ty.needs_validation()
-            && self.frames.get(i).map(|p| p.validation) != Some(Validation::Valid);
+            && self.frames.get(i).map(|f| f.info.validation) != Some(Validation::Valid);
         if needs {
             match self.validate(mem, mfn, ty, 0, false, fl) {
                 Ok(()) => {}
@@ -504,7 +618,7 @@ impl Mm {
                     // validate_page() failure: the frame returns to its previous state
                     // (Xen resets type_info to 0; restoring is the same up to sticky
                     // types).
-                    if let Some(p) = self.frames.get_mut(i) {
+                    if let Some(p) = self.frames.get_mut(i).map(|f| &mut f.info) {
                         *p = PageInfo {
                             refcount: p.refcount,
                             pinned: p.pinned,
@@ -515,8 +629,8 @@ impl Mm {
                 }
             }
         }
-        if let Some(p) = self.frames.get_mut(i) {
-            p.validation = Validation::Valid;
+        if let Some(f) = self.frames.get_mut(i) {
+            f.info.validation = Validation::Valid;
         }
         if changed && stale {
             self.stats.type_change_flushes += 1;
@@ -541,7 +655,10 @@ impl Mm {
         resumed: bool,
         fl: &mut FlushSet,
     ) -> Result<(), MmError> {
-        self.busy.push(mfn);
+        if !self.busy.push(mfn) {
+            // Deeper than any pagetable tree: refused rather than tracked partly.
+            return Err(MmError::NotValidated);
+        }
         let r = match ty {
             PageType::SegDesc => self.validate_segdesc_page(mem, mfn),
             _ => match ty.level() {
@@ -613,11 +730,13 @@ impl Mm {
     /// pagetable is torn down from its last held slot down to slot 0; a preemptible
     /// teardown that runs out of budget (or whose child's teardown did) stops with
     /// `Restart`, leaving the frame `Partial { next_slot }` (slots below `next_slot` still
-    /// hold their references) with its type count still 1, and queues the frame in the
-    /// deferred-put list (Xen's `old_guest_table`). The caller's general reference then
+    /// hold their references; `partial_set` when it stopped inside the child at
+    /// `next_slot`) with its type count still 1. The caller's general reference then
     /// becomes the partial state's own (Xen's `get_page_light`): on `Restart` the caller
-    /// must not drop it. A frame already `Partial` is continued from its `next_slot`; the
-    /// caller's general reference is then the partial state's.
+    /// must not drop it, and the outermost caller keeps the frame in the vCPU's
+    /// `old_guest_table` ([`Mm::put_deferred`]). A frame already `Partial` is continued
+    /// (its stopped child first, then from its `next_slot` down); the caller's general
+    /// reference is then the partial state's.
     fn put_type(
         &mut self,
         mem: &mut dyn FrameAccess,
@@ -647,18 +766,12 @@ impl Mm {
             if let Some(p) = self.info_mut(mfn) {
                 p.validation = Validation::Unvalidated;
             }
-            if let Err(next_slot) = self.demote_table(mem, mfn, level, upto, preemptible) {
-                if let Some(p) = self.info_mut(mfn) {
-                    p.validation = Validation::Partial { next_slot };
-                }
-                let v = self.cur_vcpu;
-                if self.old_guest_table.len() <= v {
-                    self.old_guest_table.resize_with(v + 1, VecDeque::new);
-                }
-                if let Some(q) = self.old_guest_table.get_mut(v) {
-                    if !q.contains(&mfn) {
-                        q.push_back(mfn);
-                    }
+            if let Err(stop) = self.demote_table(mem, mfn, level, upto, preemptible) {
+                if let Some(f) = self.idx(mfn).and_then(|i| self.frames.get_mut(i)) {
+                    f.info.validation = Validation::Partial {
+                        next_slot: stop.next_slot,
+                    };
+                    f.partial_set = stop.in_child;
                 }
                 return Err(MmError::Restart);
             }
@@ -671,8 +784,9 @@ impl Mm {
     }
 
     /// `put_page_and_type_preemptible`: as [`Mm::put_page_and_type_raw`], but a
-    /// teardown may stop with `Restart` (the frame is then left partial and queued for
-    /// [`Mm::put_old_guest_table`], and the general reference stays with it).
+    /// teardown may stop with `Restart` (the frame is then left partial, and the general
+    /// reference stays with it; the outermost caller remembers it, see
+    /// [`Mm::put_deferred`]).
     fn put_page_and_type_preemptible(
         &mut self,
         mem: &mut dyn FrameAccess,
@@ -684,6 +798,39 @@ impl Mm {
         self.put_type(mem, mfn, true)?;
         self.put_page_raw(mfn);
         Ok(())
+    }
+
+    /// Xen's `PTF_defer` put of an old table (the unpinned table, the old base pointer,
+    /// an entry update's old target): `put_page_and_type_preemptible`, and a teardown
+    /// that stops part-way goes to the current vCPU's `old_guest_table` slot, to be
+    /// finished by [`Mm::put_old_guest_table`]; the operation itself is done. The slot
+    /// is empty here: every operation that can get here finished it first
+    /// ([`Mm::old_guest_table_first`]), and each puts at most one old table. Were it not
+    /// (an engine bug), the put runs to its end rather than lose the slot's table.
+    fn put_deferred(&mut self, mem: &mut dyn FrameAccess, mfn: Mfn) {
+        let v = self.cur_vcpu;
+        if self.old_guest_table.get(v).is_none_or(|s| s.is_some()) {
+            self.put_page_and_type_raw(mem, mfn);
+            return;
+        }
+        if self.put_page_and_type_preemptible(mem, mfn) == Err(MmError::Restart) {
+            if let Some(s) = self.old_guest_table.get_mut(v) {
+                *s = Some(mfn);
+            }
+        }
+    }
+
+    /// A table in teardown whose partial state nobody has taken over: `Partial`, type
+    /// count 1 (the partial state's own reference), a pagetable, unpinned, and not being
+    /// validated in this very operation. Such a frame's type and general references are
+    /// its partial state's, and continuing its teardown puts them.
+    fn teardown_claimable(&self, mfn: Mfn) -> bool {
+        self.info(mfn).is_some_and(|p| {
+            matches!(p.validation, Validation::Partial { .. })
+                && p.type_count == 1
+                && p.ty.is_pagetable()
+                && !p.pinned
+        }) && !self.busy.contains(&mfn)
     }
 
     /// `get_page_and_type`.
@@ -923,9 +1070,13 @@ impl Mm {
     /// `preemptible`, an L2 or L3 checks the budget between entries (never before its
     /// first one in this call, so every call makes progress) and a child table whose own
     /// teardown stopped stops this one too (so does an L4, which, as Xen's, does not check
-    /// the budget itself). `Err(n)`: stopped, slots `< n` still hold their references (a
-    /// child that stopped in slot `n` took that slot's references into its partial
-    /// state). An L1 counts its 512 entries whole and never stops.
+    /// the budget itself). `Err(stop)`: stopped, slots `< stop.next_slot` still hold
+    /// their references; `stop.in_child`: a child that stopped in slot `next_slot` took
+    /// that slot's references into its partial state (the frame's `partial_set`). A
+    /// frame whose `partial_set` is set continues that child first (Xen's
+    /// `PTF_partial_set` on the resumed slot), if it is still in teardown (a getter may
+    /// have taken its partial state over meanwhile: then the slot holds nothing more).
+    /// An L1 counts its 512 entries whole and never stops.
     fn demote_table(
         &mut self,
         mem: &mut dyn FrameAccess,
@@ -933,16 +1084,42 @@ impl Mm {
         level: Level,
         upto: usize,
         preemptible: bool,
-    ) -> Result<(), u16> {
+    ) -> Result<(), Stop> {
         let can_stop = preemptible && matches!(level, Level::L2 | Level::L3);
         if level == Level::L1 {
             self.tick(ENTRIES as u32);
         }
         let mut slot = upto.min(ENTRIES);
         let mut first = true;
+        let partial_set = self
+            .idx(mfn)
+            .and_then(|i| self.frames.get_mut(i))
+            .map(|f| core::mem::take(&mut f.partial_set))
+            .unwrap_or(false);
+        if partial_set && level != Level::L1 && slot < ENTRIES {
+            let e = rd(mem, mfn, slot);
+            let child = entry_mfn(e);
+            if present(e) && child != mfn && self.teardown_claimable(child) {
+                self.tick(1);
+                if preemptible {
+                    if self.put_page_and_type_preemptible(mem, child).is_err() {
+                        return Err(Stop {
+                            next_slot: slot as u16,
+                            in_child: true,
+                        });
+                    }
+                } else {
+                    self.put_page_and_type_raw(mem, child);
+                }
+                first = false;
+            }
+        }
         while slot > 0 {
             if can_stop && !first && self.preempt_due() {
-                return Err(slot as u16);
+                return Err(Stop {
+                    next_slot: slot as u16,
+                    in_child: false,
+                });
             }
             first = false;
             slot -= 1;
@@ -957,7 +1134,10 @@ impl Mm {
                     if !preemptible {
                         self.put_page_from_upper(mem, mfn, e);
                     } else if self.put_page_from_upper_preemptible(mem, mfn, e).is_err() {
-                        return Err(slot as u16);
+                        return Err(Stop {
+                            next_slot: slot as u16,
+                            in_child: true,
+                        });
                     }
                 }
             }
@@ -1136,10 +1316,7 @@ impl Mm {
             cause: ctx.map(|c| c.cause),
             writable_mapping: wmap,
         };
-        if self.refusals.len() >= REFUSAL_LOG_LEN {
-            self.refusals.pop_front();
-        }
-        self.refusals.push_back(r);
+        self.refusals.push(r);
     }
 
     /// Wraps an operation: clears the failure context, records a refusal on error.
@@ -1174,24 +1351,29 @@ impl Mm {
     // Public Xen-named core (references held by the engine; kept in the ledger).
     // ------------------------------------------------------------------------------
 
-    fn held_mut(&mut self, mfn: Mfn) -> &mut Held {
-        self.held.entry(mfn).or_default()
+    /// Counts `general` and `typed` references held through the public API on `mfn`
+    /// (a RAM frame of the domain: every caller has just taken the references, which
+    /// only such a frame gives).
+    fn hold(&mut self, mfn: Mfn, general: u32, typed: u32) {
+        if let Some(f) = self.idx(mfn).and_then(|i| self.frames.get_mut(i)) {
+            f.held.general += general;
+            f.held.typed += typed;
+        }
     }
 
     fn held_get(&self, mfn: Mfn) -> Held {
-        self.held.get(&mfn).copied().unwrap_or_default()
+        self.idx(mfn)
+            .and_then(|i| self.frames.get(i))
+            .map_or_else(Held::default, |f| f.held)
     }
 
     fn held_drop(&mut self, mfn: Mfn, general: bool, typed: bool) {
-        if let Some(h) = self.held.get_mut(&mfn) {
+        if let Some(f) = self.idx(mfn).and_then(|i| self.frames.get_mut(i)) {
             if general {
-                h.general = h.general.saturating_sub(1);
+                f.held.general = f.held.general.saturating_sub(1);
             }
             if typed {
-                h.typed = h.typed.saturating_sub(1);
-            }
-            if h.general == 0 && h.typed == 0 {
-                self.held.remove(&mfn);
+                f.held.typed = f.held.typed.saturating_sub(1);
             }
         }
     }
@@ -1202,7 +1384,7 @@ impl Mm {
         self.begin();
         let r = self.get_page_raw(mfn);
         if r.is_ok() && !self.is_shared(mfn) {
-            self.held_mut(mfn).general += 1;
+            self.hold(mfn, 1, 0);
         }
         let Err(e) = r else { return Ok(()) };
         // No memory access needed to describe this refusal.
@@ -1239,7 +1421,7 @@ impl Mm {
         let mut fl = FlushSet::default();
         let r = self.get_type_raw(mem, mfn, ty, &mut fl);
         if r.is_ok() && !self.is_shared(mfn) {
-            self.held_mut(mfn).typed += 1;
+            self.hold(mfn, 0, 1);
         }
         let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::GetPageType, mfn, None, None, r)
@@ -1272,9 +1454,7 @@ impl Mm {
         let mut fl = FlushSet::default();
         let r = self.get_page_and_type_raw(mem, mfn, ty, &mut fl);
         if r.is_ok() && !self.is_shared(mfn) {
-            let h = self.held_mut(mfn);
-            h.general += 1;
-            h.typed += 1;
+            self.hold(mfn, 1, 1);
         }
         let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::GetPageType, mfn, None, None, r)
@@ -1303,43 +1483,47 @@ impl Mm {
     /// Whether a teardown was left part-way and must be finished with
     /// [`Mm::put_old_guest_table`] (Xen: `curr->arch.old_guest_table != NULL`). An MMU
     /// hypercall batch stops (continuation) before its next record while this holds.
-    /// Asks about the current vCPU's list ([`Mm::set_current_vcpu`]; vCPU 0 unless set).
+    /// Asks about the current vCPU's slot ([`Mm::set_current_vcpu`]; vCPU 0 unless set).
     pub fn has_deferred_put(&self) -> bool {
         self.has_deferred_put_of(self.cur_vcpu)
     }
 
-    /// The frames whose teardown is deferred on the current vCPU, in the order they will
-    /// be continued.
+    /// The current vCPU's `old_guest_table`: the table whose teardown is left part-way.
+    pub fn old_guest_table(&self) -> Option<Mfn> {
+        self.old_guest_table_of(self.cur_vcpu)
+    }
+
+    /// vCPU `vcpu`'s `old_guest_table` (Xen's `v->arch.old_guest_table`).
+    pub fn old_guest_table_of(&self, vcpu: usize) -> Option<Mfn> {
+        self.old_guest_table.get(vcpu).copied().flatten()
+    }
+
+    /// The frames whose teardown is deferred on the current vCPU: its `old_guest_table`
+    /// (at most one; the tables the teardown stopped in are reached through it).
     pub fn deferred_puts(&self) -> impl Iterator<Item = Mfn> + '_ {
         self.deferred_puts_of(self.cur_vcpu)
     }
 
     /// [`Mm::has_deferred_put`] of vCPU `vcpu` (Xen: `v->arch.old_guest_table != NULL`).
     pub fn has_deferred_put_of(&self, vcpu: usize) -> bool {
-        self.old_guest_table
-            .get(vcpu)
-            .is_some_and(|q| !q.is_empty())
+        self.old_guest_table_of(vcpu).is_some()
     }
 
     /// [`Mm::deferred_puts`] of vCPU `vcpu`.
     pub fn deferred_puts_of(&self, vcpu: usize) -> impl Iterator<Item = Mfn> + '_ {
-        self.old_guest_table
-            .get(vcpu)
-            .into_iter()
-            .flatten()
-            .copied()
+        self.old_guest_table_of(vcpu).into_iter()
     }
 
     /// Whether any vCPU has a deferred teardown left (for domain teardown, which
-    /// finishes every vCPU's list as Xen's `vcpu_destroy_pagetables` does).
+    /// finishes every vCPU's slot as Xen's `vcpu_destroy_pagetables` does).
     pub fn any_deferred_put(&self) -> bool {
-        self.old_guest_table.iter().any(|q| !q.is_empty())
+        self.old_guest_table.iter().any(Option::is_some)
     }
 
     /// Sets the vCPU later operations run for (Xen's `current`): an operation whose
-    /// teardown runs out of budget queues the rest on this vCPU's deferred-put list,
+    /// teardown runs out of budget leaves it in this vCPU's `old_guest_table` slot,
     /// [`Mm::put_old_guest_table`] and [`Mm::has_deferred_put`] work on this vCPU's
-    /// list, and [`Mm::set_root`] records the base pointers as this vCPU's (TLB flush
+    /// slot, and [`Mm::set_root`] records the base pointers as this vCPU's (TLB flush
     /// scope of L4 updates). 0 until set: single-vCPU callers never call it.
     pub fn set_current_vcpu(&mut self, vcpu: usize) {
         self.cur_vcpu = vcpu;
@@ -1365,33 +1549,33 @@ impl Mm {
     /// as in Xen, a vCPU never finishes (or waits for) another vCPU's deferred puts.
     pub fn put_old_guest_table(&mut self, mem: &mut dyn FrameAccess) -> Result<(), MmError> {
         self.begin();
+        let r = self.old_guest_table_first(mem);
+        if r.is_err() {
+            self.stats.restarts += 1;
+        }
+        r
+    }
+
+    /// The body of [`Mm::put_old_guest_table`], under the current operation's budget:
+    /// every operation that may start a teardown, or may meet the tables of one, calls
+    /// it first and, on `Restart`, returns `Restart` having done nothing else (Xen's MMU
+    /// hypercalls and `arch_set_info_guest` call `put_old_guest_table(curr)` first). So
+    /// a vCPU has at most one teardown left part-way, and the work of every call is
+    /// bounded by the budget, however large the tree being torn down.
+    fn old_guest_table_first(&mut self, mem: &mut dyn FrameAccess) -> Result<(), MmError> {
         let v = self.cur_vcpu;
-        let mut did = false;
-        while let Some(m) = self.old_guest_table.get(v).and_then(|q| q.front().copied()) {
-            if did && self.preempt_due() {
-                self.stats.restarts += 1;
-                return Err(MmError::Restart);
-            }
-            if let Some(q) = self.old_guest_table.get_mut(v) {
-                q.pop_front();
-            }
-            let partial = self.info(m).is_some_and(|p| {
-                matches!(p.validation, Validation::Partial { .. })
-                    && p.type_count == 1
-                    && p.ty.is_pagetable()
-                    && !p.pinned
-            });
-            if !partial {
-                // Its validation was resumed and completed meanwhile (the getter took
-                // the partial state's references over), or it was finished already.
-                continue;
-            }
-            did = true;
-            // The partial state's type and general references are the ones put here.
-            if self.put_page_and_type_preemptible(mem, m).is_err() {
-                self.stats.restarts += 1;
-                return Err(MmError::Restart);
-            }
+        let Some(m) = self.old_guest_table_of(v) else {
+            return Ok(());
+        };
+        // The partial state's type and general references are the ones put here; a
+        // frame no longer in teardown (its validation was resumed and completed
+        // meanwhile, the getter taking those references over, or another vCPU's
+        // teardown finished it through a parent) holds nothing for the slot.
+        if self.teardown_claimable(m) && self.put_page_and_type_preemptible(mem, m).is_err() {
+            return Err(MmError::Restart);
+        }
+        if let Some(s) = self.old_guest_table.get_mut(v) {
+            *s = None;
         }
         Ok(())
     }
@@ -1407,7 +1591,9 @@ impl Mm {
     ) -> Result<FlushSet, MmError> {
         self.begin();
         let mut fl = FlushSet::default();
-        let r = self.pin_inner(mem, mfn, level, &mut fl);
+        let r = self
+            .old_guest_table_first(mem)
+            .and_then(|()| self.pin_inner(mem, mfn, level, &mut fl));
         let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::PinTable(level), mfn, None, None, r)
     }
@@ -1441,6 +1627,9 @@ impl Mm {
         mfn: Mfn,
     ) -> Result<FlushSet, MmError> {
         self.begin();
+        if let Err(e) = self.old_guest_table_first(mem) {
+            return self.finish(mem, MmOp::UnpinTable, mfn, None, None, Err(e));
+        }
         let r = match self.info_mut(mfn) {
             None => Err(MmError::NotOwned),
             Some(p) if !p.pinned => Err(MmError::NotPinned),
@@ -1449,8 +1638,9 @@ impl Mm {
                 // teardown that stops part-way is finished by `put_old_guest_table`,
                 // never by unpinning again.
                 p.pinned = false;
-                // Restart: deferred (queued in `old_guest_table`); the unpin is done.
-                let _ = self.put_page_and_type_preemptible(mem, mfn);
+                // A teardown that stops part-way goes to `old_guest_table`; the unpin
+                // is done.
+                self.put_deferred(mem, mfn);
                 Ok(FlushSet::default())
             }
         };
@@ -1470,7 +1660,9 @@ impl Mm {
         self.begin();
         let mut fl = FlushSet::default();
         let frame = new.or(old).unwrap_or(0);
-        let r = self.set_root_inner(mem, old, new, &mut fl);
+        let r = self
+            .old_guest_table_first(mem)
+            .and_then(|()| self.set_root_inner(mem, old, new, &mut fl));
         let r = self.flush_or_pend(r, fl);
         self.finish(mem, MmOp::SetRoot, frame, None, None, r)
     }
@@ -1494,29 +1686,29 @@ impl Mm {
         }
         if let Some(n) = new {
             self.get_page_and_type_raw(mem, n, PageType::L4, fl)?;
-            let h = self.held_mut(n);
-            h.general += 1;
-            h.typed += 1;
+            self.hold(n, 1, 1);
         }
         let v = self.cur_vcpu;
-        if self.loaded_roots.len() <= v {
-            self.loaded_roots.resize_with(v + 1, Vec::new);
-        }
-        if let Some(r) = self.loaded_roots.get_mut(v) {
-            if let Some(o) = old {
-                if let Some(k) = r.iter().position(|&x| x == o) {
-                    r.remove(k);
+        match self.loaded_roots.get_mut(v) {
+            Some(r) => {
+                if let Some(o) = old {
+                    if let Some(k) = r.iter().position(|&x| x == o) {
+                        r.remove(k);
+                    }
+                }
+                if let Some(n) = new {
+                    if !r.push(n) {
+                        self.roots_overflow = true;
+                    }
                 }
             }
-            if let Some(n) = new {
-                r.push(n);
-            }
+            None => self.roots_overflow |= new.is_some(),
         }
         if let Some(o) = old {
             self.held_drop(o, true, true);
-            // Restart: the old tree's teardown is deferred (`old_guest_table` of this
-            // vCPU); the new base is loaded either way.
-            let _ = self.put_page_and_type_preemptible(mem, o);
+            // A teardown that stops part-way goes to this vCPU's `old_guest_table`; the
+            // new base is loaded either way.
+            self.put_deferred(mem, o);
         }
         Ok(())
     }
@@ -1540,7 +1732,9 @@ impl Mm {
     ) -> Result<FlushSet, MmError> {
         self.begin();
         let mut fl = FlushSet::default();
-        let r = self.mod_entry_inner(mem, table, slot, new, preserve_ad, vcpu_roots, &mut fl);
+        let r = self.old_guest_table_first(mem).and_then(|()| {
+            self.mod_entry_inner(mem, table, slot, new, preserve_ad, vcpu_roots, &mut fl)
+        });
         let r = self.flush_or_pend(r, fl);
         let s = u16::try_from(slot).ok();
         self.finish(mem, MmOp::ModEntry, table, s, Some(new), r)
@@ -1694,7 +1888,9 @@ impl Mm {
         self.stats.slow_path += 1;
         // Xen's PTF_defer: the old target's teardown may be left to `old_guest_table`;
         // the update itself is done.
-        let _ = self.put_page_from_upper_preemptible(mem, table, old);
+        if present(old) && entry_mfn(old) != table {
+            self.put_deferred(mem, entry_mfn(old));
+        }
         self.root_flush(table, level, old, written, vcpu_roots, fl);
         Ok(())
     }
@@ -1717,11 +1913,22 @@ impl Mm {
             return;
         }
         let local = roots.iter().filter(|&&r| r == table).count() as u64;
-        let elsewhere = self
-            .loaded_roots
-            .iter()
-            .enumerate()
-            .any(|(v, r)| v != self.cur_vcpu && r.contains(&table));
+        // `loaded_roots` only narrows the remote flush. Once a vCPU loaded more roots
+        // than its list holds (`roots_overflow`, sticky until `reset`), the lists no
+        // longer say who has which L4 loaded: the overflowing vCPU's list misses the
+        // root it could not record, and a later drop of a duplicate may remove the
+        // recorded copy instead. So any L4 update then counts as "loaded elsewhere" and
+        // asks every vCPU to flush its whole TLB before it runs guest code again
+        // (`all_vcpus`, as Xen's `sync_guest` flushes `d->dirty_cpumask`): a superset of
+        // the vCPUs that really have it loaded, so no stale translation survives; only
+        // kicks are added. The local flush (`local`, from the caller's own base
+        // pointers) and the type-count test (`beyond`) do not read the lists.
+        let elsewhere = self.roots_overflow
+            || self
+                .loaded_roots
+                .iter()
+                .enumerate()
+                .any(|(v, r)| v != self.cur_vcpu && r.contains(&table));
         let beyond = self
             .info(table)
             .is_some_and(|p| u64::from(p.type_count) > local + u64::from(p.pinned));
@@ -1759,9 +1966,7 @@ impl Mm {
         let mut fl = FlushSet::default();
         let r = self.get_page_and_type_raw(mem, mfn, PageType::SegDesc, &mut fl);
         if r.is_ok() {
-            let h = self.held_mut(mfn);
-            h.general += 1;
-            h.typed += 1;
+            self.hold(mfn, 1, 1);
         }
         self.pend(fl);
         self.finish(mem, MmOp::SetGdt, mfn, None, None, r)
@@ -1875,16 +2080,22 @@ impl Mm {
     }
 
     // Accessors for the invariant checker.
-    pub(crate) fn frames(&self) -> &[PageInfo] {
-        &self.frames
+    #[cfg(feature = "alloc")]
+    pub(crate) fn frames(&self) -> impl ExactSizeIterator<Item = &PageInfo> + '_ {
+        self.frames.iter().map(|f| &f.info)
     }
 
+    #[cfg(feature = "alloc")]
     pub(crate) fn held_refs(&self) -> impl Iterator<Item = (Mfn, u32, u32)> + '_ {
-        self.held.iter().map(|(&m, h)| (m, h.general, h.typed))
+        (0u64..)
+            .zip(self.frames.iter())
+            .filter(|(_, f)| f.held != Held::default())
+            .map(|(m, f)| (m, f.held.general, f.held.typed))
     }
 
+    #[cfg(feature = "alloc")]
     pub(crate) fn refusal_log_len(&self) -> usize {
-        self.refusals.len()
+        self.refusals.len
     }
 }
 

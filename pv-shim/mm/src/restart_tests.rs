@@ -423,9 +423,23 @@ fn a_large_unpin_finishes_across_restarts_as_an_unpreempted_one() {
     h.mm.check_invariants(&h.mem).unwrap();
     assert!(h.mm.has_deferred_put());
     assert!(!h.mm.page_info(t.l4).unwrap().pinned);
-    // Unpinning again is refused: the continuation finishes the put, not the guest.
+    // Another vCPU unpinning it again is refused: the continuation finishes the put,
+    // not the guest.
+    h.mm.set_current_vcpu(1);
     assert_eq!(h.mm.unpin_table(&mut h.mem, t.l4), Err(MmError::NotPinned));
-    let restarts = finish_deferred(&mut h);
+    h.mm.set_current_vcpu(0);
+    // This vCPU's next operation first continues the teardown (Xen's
+    // put_old_guest_table on entry) and, as the budget runs out before it ends, does
+    // nothing else: its continuation comes back.
+    let before = *h.mm.page_info(t.l4).unwrap();
+    assert_eq!(
+        h.mm.unpin_table(&mut h.mem, t.l4),
+        Err(MmError::Restart),
+        "the slot is finished first"
+    );
+    assert_eq!(h.mm.page_info(t.l4).unwrap().pinned, before.pinned);
+    h.mm.check_invariants(&h.mem).unwrap();
+    let restarts = 1 + finish_deferred(&mut h);
     std::println!("unpin of 65K entries: {restarts} deferred restarts at budget {BUDGET}");
     assert!(
         restarts as u64 >= 128 * 512 / u64::from(BUDGET + 512),
@@ -539,7 +553,10 @@ fn operations_on_a_table_in_teardown_get_xens_answers() {
         Validation::Partial { .. }
     ));
     assert_eq!(h.mm.page_info(l2).unwrap().type_count, 1);
-    // Another type: -EINVAL; a writable mapping of it: refused; unpin: not pinned.
+    // From another vCPU (this one's next operation would first continue its
+    // old_guest_table): another type: -EINVAL; a writable mapping of it: refused;
+    // unpin: not pinned.
+    h.mm.set_current_vcpu(1);
     let e = h.mm.pin_table(&mut h.mem, l2, Level::L1).unwrap_err();
     assert_eq!(e.errno(), -22);
     let e =
@@ -549,6 +566,7 @@ fn operations_on_a_table_in_teardown_get_xens_answers() {
     assert_eq!(h.mm.unpin_table(&mut h.mem, t.l4), Err(MmError::NotPinned));
     h.mm.check_invariants(&h.mem).unwrap();
     // Once the teardown is finished, the same requests succeed.
+    h.mm.set_current_vcpu(0);
     finish_deferred(&mut h);
     h.mm.set_preempt_budget(None);
     assert_eq!(h.mm.page_info(l2).unwrap().type_count, 0);
@@ -569,8 +587,113 @@ fn a_same_type_get_resumes_validation_of_a_table_in_teardown() {
     h.mm.unpin_table(&mut h.mem, t.l4).unwrap();
     assert!(h.mm.has_deferred_put());
     h.mm.set_preempt_budget(None);
+    // Another vCPU pins it (this one would finish its own old_guest_table first).
+    h.mm.set_current_vcpu(1);
     h.mm.pin_table(&mut h.mem, t.l4, Level::L4).unwrap();
     h.mm.check_invariants(&h.mem).unwrap();
+    h.mm.set_current_vcpu(0);
+    assert!(h.mm.has_deferred_put());
     finish_deferred(&mut h);
+    assert!(!h.mm.has_deferred_put());
     assert_eq!(snapshot(&h), snapshot(&whole));
+}
+
+/// Xen's discipline for a vCPU's deferred teardown: one `old_guest_table` slot. A
+/// teardown that stops deep in the tree (inside an L3, inside an L2 of it) leaves only
+/// the topmost table in the slot; the tables it stopped in are continued through it
+/// (`partial_set`). Every continuation is bounded by the budget (plus one L1, counted
+/// whole, and the handful of upper entries on the way down), nothing is capped, and the
+/// end state is the unpreempted one.
+#[test]
+fn a_teardown_stopped_deep_in_the_tree_is_one_old_guest_table() {
+    let t = tree(3, 4, 16);
+    let mut whole = pinned(&t);
+    whole.mm.unpin_table(&mut whole.mem, t.l4).unwrap();
+    let mut h = pinned(&t);
+    // Past the L4's, the last L3's and its last L2's empty slots (about 1500) into
+    // that L2's L1s.
+    const BUDGET: u32 = 2100;
+    const BOUND: u32 = BUDGET + 512 + 8;
+    h.mm.set_preempt_budget(Some(BUDGET));
+    h.mm.unpin_table(&mut h.mem, t.l4).unwrap();
+    assert!(
+        h.mm.entries_checked() <= BOUND,
+        "{}",
+        h.mm.entries_checked()
+    );
+    assert_eq!(h.mm.deferred_puts().collect::<Vec<_>>(), alloc::vec![t.l4]);
+    let partial = |h: &Harness| {
+        (0..h.mem.frames.len() as u64)
+            .filter(|&m| {
+                matches!(
+                    h.mm.page_info(m).unwrap().validation,
+                    Validation::Partial { .. }
+                )
+            })
+            .count()
+    };
+    // Stopped in an L2 under an L3 under the L4: three tables in teardown, one slot.
+    assert_eq!(partial(&h), 3);
+    let mut calls = 0u32;
+    let mut most_partial = 0;
+    loop {
+        let r = h.mm.put_old_guest_table(&mut h.mem);
+        h.mm.check_invariants(&h.mem).unwrap();
+        assert!(
+            h.mm.entries_checked() <= BOUND,
+            "{}",
+            h.mm.entries_checked()
+        );
+        assert!(h.mm.deferred_puts().count() <= 1);
+        most_partial = most_partial.max(partial(&h));
+        match r {
+            Ok(()) => break,
+            Err(MmError::Restart) => calls += 1,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(calls < 10_000, "no progress");
+    }
+    assert!(
+        calls as u64 >= 3 * 4 * 16 * 512 / u64::from(BOUND),
+        "{calls}"
+    );
+    assert!(most_partial <= 3, "{most_partial}");
+    assert!(!h.mm.has_deferred_put());
+    assert_eq!(snapshot(&h).0, snapshot(&whole).0);
+}
+
+/// Before anything else, an operation of a vCPU finishes that vCPU's `old_guest_table`
+/// under the same budget; while it does not finish, the operation returns `Restart`
+/// having done nothing (the guest's continuation comes back). Other vCPUs' operations
+/// are not held up.
+#[test]
+fn every_operation_finishes_old_guest_table_first() {
+    let t = tree(2, 4, 16);
+    let mut h = pinned(&t);
+    h.mm.set_preempt_budget(Some(700));
+    h.mm.unpin_table(&mut h.mem, t.l4).unwrap();
+    assert_eq!(h.mm.old_guest_table(), Some(t.l4));
+    let spare = t.data;
+    let before = h.mem.frames[t.l1[0] as usize][0];
+    // An entry update of an L1 that is already torn down: not done while the slot's
+    // teardown goes on.
+    let mut restarts = 0;
+    loop {
+        match h
+            .mm
+            .mod_entry(&mut h.mem, t.l1[0], 0, pte(spare, RW), false, &[])
+        {
+            Err(MmError::Restart) => {
+                restarts += 1;
+                assert_eq!(h.mem.frames[t.l1[0] as usize][0], before);
+            }
+            Ok(_) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(restarts < 10_000);
+    }
+    assert!(restarts > 5, "{restarts}");
+    assert_eq!(h.mm.old_guest_table(), None);
+    assert_eq!(h.mem.frames[t.l1[0] as usize][0], pte(spare, RW));
+    h.mm.check_invariants(&h.mem).unwrap();
 }

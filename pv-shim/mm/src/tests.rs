@@ -949,3 +949,29 @@ fn pending_flush_after_clearing_a_former_pagetable() {
     assert!(fl.all_vcpus);
     assert_eq!(h.mm.take_pending_flush(), FlushSet::default(), "taken once");
 }
+
+/// The engine over the host's storage, built in place from `Mm::EMPTY`, behaves as
+/// `Mm::new`'s: the model guest's root pins and loads to the same frame states, and a
+/// reset forgets everything (the slots are cleared, nothing is allocated).
+#[test]
+fn an_engine_over_host_storage_built_in_place_matches_mm_new() {
+    let reference = h();
+    let cfg = reference.mm.config().clone();
+    let slots: &'static mut [FrameSlot] =
+        std::boxed::Box::leak(std::vec![FrameSlot::EMPTY; NR_FRAMES as usize].into_boxed_slice());
+    let mut h = Harness::model_guest();
+    let mut mm = std::boxed::Box::new(Mm::EMPTY);
+    mm.reset_with_storage(cfg.clone(), slots);
+    assert_eq!(mm.owned_frames(), NR_FRAMES);
+    mm.pin_table(&mut h.mem, L4, Level::L4).unwrap();
+    mm.set_root(&mut h.mem, None, Some(L4)).unwrap();
+    for m in 0..NR_FRAMES {
+        assert_eq!(mm.page_info(m), reference.mm.page_info(m), "mfn {m}");
+    }
+    mm.check_invariants(&h.mem).unwrap();
+    let again: &'static mut [FrameSlot] =
+        std::boxed::Box::leak(std::vec![FrameSlot::EMPTY; NR_FRAMES as usize].into_boxed_slice());
+    mm.reset_with_storage(cfg, again);
+    assert!((0..NR_FRAMES).all(|m| mm.page_info(m) == Some(&PageInfo::UNTYPED)));
+    assert_eq!((mm.refusal_count(), mm.loaded_roots_of(0)), (0, &[][..]));
+}
