@@ -1364,6 +1364,7 @@ mod tests {
                     control: crate::xstate::Xcr0Control::Vcpu,
                     xcr0_mask: 0x7,
                     reset_pkru: false,
+                    reset_pkru_by_xsave: false,
                 },
                 xcr0_pending: None,
                 m2p_gpa: w.region.m2p_gpa,

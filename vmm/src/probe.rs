@@ -1511,6 +1511,14 @@ impl XstateHost {
         self.xgetbv_after_sse == Ring3::Value(sse) && avx_ok
     }
 
+    /// Whether KVM's XSAVE image carries guest PKRU both ways: the probe's ring-3
+    /// `wrpkru(8)` shows in `KVM_GET_XSAVE`, and a `KVM_SET_XSAVE` of 0x55555554 is
+    /// what ring 3 then reads.
+    pub fn pkru_in_xsave_image(&self) -> bool {
+        self.pkru_in_kvm_xsave == Some(8)
+            && self.rdpkru_after_set_xsave == Ring3::Value(0x5555_5554)
+    }
+
     /// Whether a guest process can change PKRU at ring 3 on this host.
     pub fn wrpkru_reachable(&self) -> bool {
         matches!(self.wrpkru_without_pke, Ring3::Value(_))

@@ -1409,7 +1409,10 @@ fn load_xstate(
             vcpu.set_xcr0(xcr0)?;
         }
     }
-    if dom.platform.xstate.reset_pkru && from_user && dom.vcpu.mode == pv_engine::Mode::Kernel {
+    if dom.platform.xstate.reset_pkru_by_xsave
+        && from_user
+        && dom.vcpu.mode == pv_engine::Mode::Kernel
+    {
         crate::xstate::reset_pkru(vcpu)?;
     }
     Ok(())

@@ -39,9 +39,17 @@ pub struct XstatePlan {
     pub control: Xcr0Control,
     /// Leaf 0xD.0 EDX:EAX the guest is offered (0 with XSAVE hidden).
     pub xcr0_mask: u64,
-    /// Reset PKRU to 0 whenever the guest enters its kernel from user mode (a guest
-    /// process can write PKRU at ring 3 on this host).
+    /// A guest process can write PKRU at ring 3 on this host: it must be 0 again
+    /// before the guest kernel (or another process) runs. A protection-key #PF then
+    /// runs the shim's PKRU trampoline (`exit::PkruReset`), which works on every such
+    /// host.
     pub reset_pkru: bool,
+    /// And KVM's XSAVE image carries PKRU both ways (a ring-3 `wrpkru` shows in
+    /// `KVM_GET_XSAVE`, a `KVM_SET_XSAVE` of it reaches ring 3): then the VMM also
+    /// clears it at every entry of the guest kernel from user mode, with no fault
+    /// first. Where the image does not carry it that read could never find it set,
+    /// so it is skipped (a `KVM_GET_XSAVE`, several us, on every such exit).
+    pub reset_pkru_by_xsave: bool,
 }
 
 impl XstatePlan {
@@ -50,11 +58,13 @@ impl XstatePlan {
         control: Xcr0Control::Hidden,
         xcr0_mask: 0,
         reset_pkru: false,
+        reset_pkru_by_xsave: false,
     };
 
     /// The plan for a host with these facts.
     pub fn for_host(x: &XstateHost) -> Self {
         let reset_pkru = x.wrpkru_reachable();
+        let reset_pkru_by_xsave = reset_pkru && x.pkru_in_xsave_image();
         let (control, xcr0_mask) = if x.kvm_xcr0_mask & 0x3 != 0x3 {
             (Xcr0Control::Hidden, 0)
         } else if x.xcr0_follows_vcpu() {
@@ -73,6 +83,7 @@ impl XstatePlan {
             control,
             xcr0_mask,
             reset_pkru,
+            reset_pkru_by_xsave,
         }
     }
 
@@ -207,5 +218,29 @@ mod tests {
         let mut x = host(Ring3::Value(7), Ring3::Value(7), Ring3::Value(0));
         x.wrpkru_without_pke = Ring3::Value(8);
         assert!(XstatePlan::for_host(&x).reset_pkru);
+    }
+
+    #[test]
+    fn pkru_is_reset_through_kvms_image_only_where_the_image_carries_it() {
+        let mut x = host(Ring3::Value(3), Ring3::Value(7), Ring3::Fault(6));
+        // No ring-3 wrpkru: nothing to reset.
+        let p = XstatePlan::for_host(&x);
+        assert!(!p.reset_pkru && !p.reset_pkru_by_xsave);
+        // wrpkru works and KVM's image carries PKRU both ways: reset at kernel entry.
+        x.wrpkru_without_pke = Ring3::Value(8);
+        x.pkru_in_kvm_xsave = Some(8);
+        x.rdpkru_after_set_xsave = Ring3::Value(0x5555_5554);
+        let p = XstatePlan::for_host(&x);
+        assert!(p.reset_pkru && p.reset_pkru_by_xsave);
+        // An AMD EPYC kvm_pvm host of this project: the image shows 0 after the guest's
+        // wrpkru and its PKRU never reaches ring 3: only the fault-driven trampoline.
+        x.pkru_in_kvm_xsave = Some(0);
+        x.rdpkru_after_set_xsave = Ring3::Value(8);
+        let p = XstatePlan::for_host(&x);
+        assert!(p.reset_pkru && !p.reset_pkru_by_xsave);
+        // Unknown either way: the trampoline alone (the image path could not help).
+        x.pkru_in_kvm_xsave = None;
+        x.rdpkru_after_set_xsave = Ring3::Value(0x5555_5554);
+        assert!(!XstatePlan::for_host(&x).reset_pkru_by_xsave);
     }
 }
