@@ -617,7 +617,7 @@ fn alu_of_opcode(o: u8) -> AluOp {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     extern crate std;
 
     use super::*;
@@ -728,16 +728,21 @@ mod tests {
         Ok(new.is_ok())
     }
 
-    /// An instruction of an accepted (or neighbouring) form: prefixes (legacy ones in any
-    /// order and number, REX before the opcode or, ignored, before a legacy prefix),
-    /// the opcode, then random ModRM, SIB, displacement and immediate bytes; cut to 15
-    /// bytes or, sometimes, shorter.
+    /// An instruction of an accepted (or neighbouring) form of `ptwr`.
     fn form() -> impl Strategy<Value = Vec<u8>> {
+        form_with(&OPCODES)
+    }
+
+    /// An instruction with one of `opcodes`: prefixes (legacy ones in any order and
+    /// number, REX before the opcode or, ignored, before a legacy prefix), the opcode,
+    /// then random ModRM, SIB, displacement and immediate bytes; cut to 15 bytes or,
+    /// sometimes, shorter. Shared by the decoders' differential tests.
+    pub(crate) fn form_with(opcodes: &'static [&'static [u8]]) -> impl Strategy<Value = Vec<u8>> {
         (
             proptest::collection::vec(proptest::sample::select(&LEGACY[..]), 0..5),
             proptest::option::of(0x40u8..=0x4f),
             proptest::option::of((0x40u8..=0x4f, 0usize..4)),
-            proptest::sample::select(&OPCODES[..]),
+            proptest::sample::select(opcodes),
             proptest::collection::vec(any::<u8>(), 12),
             prop_oneof![8 => Just(15usize), 2 => 0usize..15],
         )

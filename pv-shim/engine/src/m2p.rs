@@ -777,10 +777,6 @@ mod differential {
     use proptest::prelude::*;
     use std::vec::Vec;
 
-    const LEGACY: [u8; 11] = [
-        0xf0, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65, 0x66, 0x67,
-    ];
-
     /// Every accepted opcode, and neighbours that are not accepted.
     const OPCODES: [&[u8]; 42] = [
         &[0x8a],
@@ -829,25 +825,7 @@ mod differential {
     ];
 
     fn form() -> impl Strategy<Value = Vec<u8>> {
-        (
-            proptest::collection::vec(proptest::sample::select(&LEGACY[..]), 0..5),
-            proptest::option::of(0x40u8..=0x4f),
-            proptest::option::of((0x40u8..=0x4f, 0usize..4)),
-            proptest::sample::select(&OPCODES[..]),
-            proptest::collection::vec(any::<u8>(), 12),
-            prop_oneof![8 => Just(15usize), 2 => 0usize..15],
-        )
-            .prop_map(|(mut pre, rex, stray, op, tail, cut)| {
-                if let Some((r, at)) = stray {
-                    pre.insert(at.min(pre.len()), r);
-                }
-                let mut v = pre;
-                v.extend(rex);
-                v.extend_from_slice(op);
-                v.extend(tail);
-                v.truncate(cut);
-                v
-            })
+        crate::insn::tests::form_with(&OPCODES)
     }
 
     fn regs_from(v: &[u64; 16], rip: u64) -> GuestRegs {
