@@ -124,9 +124,10 @@ enum Command {
         #[arg(long, hide = true)]
         check_mmu: bool,
         /// Which answers the shim gives inside the VM, without a VM exit: `auto` (those
-        /// the host's measured costs favour) or `off` (every one through the engine in
-        /// the VMM, for comparisons).
-        #[arg(long, value_name = "auto|off", default_value = "auto", value_parser = ["auto", "off"])]
+        /// the host's measured costs favour), `off` (every one through the engine in
+        /// the VMM) or `all` (every one the shim has, whatever they cost here); the
+        /// last two for comparisons and tests.
+        #[arg(long, value_name = "auto|off|all", default_value = "auto", value_parser = ["auto", "off", "all"])]
         in_vm: String,
     },
     /// Show a kernel's Xen notes and the layout the domain builder would make.
@@ -467,7 +468,11 @@ fn main() -> ExitCode {
                 cpu_policy,
                 inject,
                 check_mmu,
-                in_vm: in_vm == "auto",
+                in_vm: match in_vm.as_str() {
+                    "off" => pvkvm::runner::InVmChoice::Off,
+                    "all" => pvkvm::runner::InVmChoice::All,
+                    _ => pvkvm::runner::InVmChoice::Auto,
+                },
                 disks,
                 nets,
                 api_socket,

@@ -138,9 +138,8 @@ pub struct RunConfig {
     /// Testing: recompute the MMU engine's reference and type counts once a second and
     /// when the domain ends; a violation ends the domain with a diagnostic.
     pub check_mmu: bool,
-    /// Let the shim give the in-VM answers the host's costs favour (false: every case
-    /// through the engine, for comparisons).
-    pub in_vm: bool,
+    /// Which in-VM answers the shim gives.
+    pub in_vm: InVmChoice,
     /// Virtual disks (`--disk`), in order.
     pub disks: Vec<crate::backends::blk::DiskSpec>,
     /// Virtual NICs (`--net`), in order (`vif0`, `vif1`, ...).
@@ -467,7 +466,11 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
     if paths.m2p_at_abi {
         region.map_m2p_at_abi();
     }
-    let in_vm = if cfg.in_vm { paths.in_vm } else { 0 };
+    let in_vm = match cfg.in_vm {
+        InVmChoice::Auto => paths.in_vm,
+        InVmChoice::Off => 0,
+        InVmChoice::All => xen_abi::contract::in_vm::ALL,
+    };
     region.set_in_vm(vm.memory(), in_vm)?;
     log::info!("in-VM answers: {in_vm:#x} (xen_abi::contract::in_vm bits)");
 
@@ -1786,6 +1789,18 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             }
         }
     }
+}
+
+/// Which of the shim's in-VM answers a run gives (`pvkvm run --in-vm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum InVmChoice {
+    /// Those the host's measured costs favour (`host::in_vm_paths`).
+    #[default]
+    Auto,
+    /// None: every case through the engine in the VMM.
+    Off,
+    /// Every one the shim has, whatever it costs on this host (tests, comparisons).
+    All,
 }
 
 /// The words of a vCPU's `GuestStatePage` that follow its PV state (the others are

@@ -45,6 +45,9 @@
 //! * `syscall_user`: `syscall` from guest user mode to the syscall callback and back
 //!   (`HYPERVISOR_iret` with `VGCF_in_syscall`), timed in user mode.
 //! * `multicall_uvm32`: one `multicall` of 32 `update_va_mapping` (no flush).
+//! * `port_read`: `in al, 0x42` from the guest kernel under a virtual IOPL of 1 (as
+//!   Linux's PIT calibration reads it on hosts without CPUID leaf 0x15): a #GP that the
+//!   shim's #GP stub finishes in the VM, or the engine through an exit (`--in-vm off`).
 #![no_std]
 #![no_main]
 
@@ -484,6 +487,7 @@ const BENCHES: &[&str] = &[
     "evtchn_send_self",
     "syscall_user",
     "multicall_uvm32",
+    "port_read",
 ];
 
 fn single(name: &'static str, unit: &'static str, per_sample: u64) -> Row {
@@ -556,6 +560,7 @@ fn main(si: &'static StartInfo) {
         "evtchn_send_self" => evtchn_send_self(&mut ctx),
         "syscall_user" => syscall_user(&mut ctx),
         "multicall_uvm32" => multicall_uvm32(&mut ctx),
+        "port_read" => port_read(&mut ctx),
         _ => unreachable!(),
     }
 }
@@ -591,6 +596,34 @@ fn null_hypercall(ctx: &mut Ctx) {
             timed(|| unsafe { hypercall::xen_version(XENVER_VERSION, core::ptr::null_mut()) });
         if rc <= 0 {
             fail!("xen_version(XENVER_version) returned {}", rc);
+        }
+        c
+    });
+}
+
+fn port_read(ctx: &mut Ctx) {
+    const PHYSDEVOP_SET_IOPL: u64 = 6;
+    let iopl: u32 = 1;
+    // SAFETY: the argument is a live u32.
+    let rc = unsafe {
+        hypercall::hypercall2(
+            nr::PHYSDEV_OP,
+            PHYSDEVOP_SET_IOPL,
+            &iopl as *const u32 as u64,
+        )
+    };
+    if rc != 0 {
+        fail!("PHYSDEVOP_set_iopl(1) returned {}", rc);
+    }
+    ctx.bench_single("port_read", "read", 1, 1, |_, _| {
+        let (c, al) = timed(|| {
+            let al: u8;
+            // SAFETY: under IOPL 1 the read only loads all ones into al (no ports).
+            unsafe { asm!("in al, 0x42", out("al") al, options(nostack)) };
+            al
+        });
+        if al != 0xff {
+            fail!("in al, 0x42 read {:#x}, expected all ones", al);
         }
         c
     });
