@@ -165,6 +165,9 @@ pub struct VcpuShim {
     pub gp_fixup: core::ops::Range<u64>,
     /// Where the #GP stub goes on after a fault in `gp_fixup`.
     pub gp_fixup_resume: u64,
+    /// The #GP gate's handler with the in-VM cli/sti and port I/O answers, and without.
+    gp_entry: u64,
+    gp_plain: u64,
     /// The apply routine (see `xen_abi::contract::ShimHeader::apply_entry`).
     pub apply_entry: u64,
     /// Where rip points when the apply routine rings `APPLY_MORE`.
@@ -210,10 +213,17 @@ impl ShimRegion {
 
     /// Tells every vCPU's stubs which answers they may give inside the VM
     /// (`xen_abi::contract::in_vm` bits; the others go through the engine).
+    /// Without `IOPL_OPS` the #GP gate goes straight to the ordinary stub.
     pub fn set_in_vm(&self, mem: &GuestMemoryMmap, bits: u32) -> Result<()> {
         let at = core::mem::offset_of!(contract::GuestStatePage, in_vm) as u64;
         for v in &self.vcpus {
             write(mem, v.guest_state_gpa + at, &bits.to_le_bytes())?;
+            let gp = if bits & contract::in_vm::IOPL_OPS != 0 {
+                v.gp_entry
+            } else {
+                v.gp_plain
+            };
+            write_gate(mem, v.block_gpa, 13, gp)?;
         }
         Ok(())
     }
@@ -534,6 +544,22 @@ const BLOCK_PAGES: &[(u64, u64, u64)] = &[
     ),
 ];
 
+/// Writes IDT gate `vector` of the block at `block_gpa`: an interrupt gate to `handler`;
+/// int3/into may be raised from ring 3 (DPL3); a double fault gets its own stack (IST1).
+fn write_gate(mem: &GuestMemoryMmap, block_gpa: u64, vector: usize, handler: u64) -> Result<()> {
+    let user_gate = matches!(vector, 3 | 4) || vector == usize::from(contract::FAST_GATE_VECTOR);
+    let dpl: u64 = if user_gate { 3 } else { 0 };
+    let ist: u64 = if vector == 8 { 1 } else { 0 };
+    let lo = (handler & 0xffff)
+        | (u64::from(shim_sel::HYPERVISOR_CS) << 16)
+        | (ist << 32)
+        | ((0x8e | (dpl << 5)) << 40)
+        | (((handler >> 16) & 0xffff) << 48);
+    let idt_entry = block_gpa + layout::vcpu::IDT + 16 * vector as u64;
+    write_u64(mem, idt_entry, lo)?;
+    write_u64(mem, idt_entry + 8, handler >> 32)
+}
+
 /// Writes vCPU `id`'s block of a region at `gpa` (its text copy, GDT, IDT, TSS and I/O
 /// bitmap, guest-state page) and returns where its parts are.
 fn build_block(
@@ -574,19 +600,12 @@ fn build_block(
     // be raised from ring 3 (DPL3); a double fault gets its own stack (IST1).
     let hdr = image.header();
     for vector in 0..contract::NR_VECTORS {
-        let handler = text + u64::from(hdr.vector_entry[vector]);
-        let user_gate =
-            matches!(vector, 3 | 4) || vector == usize::from(contract::FAST_GATE_VECTOR);
-        let dpl: u64 = if user_gate { 3 } else { 0 };
-        let ist: u64 = if vector == 8 { 1 } else { 0 };
-        let lo = (handler & 0xffff)
-            | (u64::from(shim_sel::HYPERVISOR_CS) << 16)
-            | (ist << 32)
-            | ((0x8e | (dpl << 5)) << 40)
-            | (((handler >> 16) & 0xffff) << 48);
-        let idt_entry = block_gpa + layout::vcpu::IDT + 16 * vector as u64;
-        write_u64(mem, idt_entry, lo)?;
-        write_u64(mem, idt_entry + 8, handler >> 32)?;
+        write_gate(
+            mem,
+            block_gpa,
+            vector,
+            text + u64::from(hdr.vector_entry[vector]),
+        )?;
     }
 
     // TSS: this vCPU's ring-0 stack, IST1, and an I/O bitmap that lets ring 3 reach
@@ -628,6 +647,8 @@ fn build_block(
         pkru_reset_doorbell_end: text + u64::from(hdr.pkru_reset_doorbell_end),
         gp_fixup: text + u64::from(hdr.gp_fixup_start)..text + u64::from(hdr.gp_fixup_end),
         gp_fixup_resume: text + u64::from(hdr.gp_fixup_resume),
+        gp_entry: text + u64::from(hdr.vector_entry[13]),
+        gp_plain: text + u64::from(hdr.gp_plain),
         apply_entry: text + u64::from(hdr.apply_entry),
         apply_more_doorbell_end: text + u64::from(hdr.apply_more_doorbell_end),
         stack_top: va(layout::vcpu::STACK),
@@ -807,6 +828,32 @@ mod tests {
             assert_eq!(grown, u64::from(n - 1) * layout::VCPU_STRIDE + l1s * 0x1000);
         }
         assert_eq!(layout::l1_pages(1), 1);
+    }
+
+    #[test]
+    fn the_gp_gate_follows_the_in_vm_choice() {
+        let (mem, region) = built(0x20_0000, 1024, 2);
+        let hdr = *ShimImage::embedded().unwrap().header();
+        let gate13 = |v: &VcpuShim| {
+            let gate = v.block_gpa + layout::vcpu::IDT + 16 * 13;
+            let (lo, hi) = (read_u64(&mem, gate), read_u64(&mem, gate + 8));
+            (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | (hi << 32)
+        };
+        region
+            .set_in_vm(&mem, contract::in_vm::IS_UP | contract::in_vm::INVLPG_LOCAL)
+            .unwrap();
+        for v in region.vcpus() {
+            // Straight to the doorbell stub, which is the 16-byte stub of vector 13.
+            assert_eq!(gate13(v), v.text_va + u64::from(hdr.gp_plain));
+            assert_eq!(
+                u64::from(hdr.gp_plain),
+                u64::from(hdr.vector_entry[12]) + 16
+            );
+        }
+        region.set_in_vm(&mem, contract::in_vm::ALL).unwrap();
+        for v in region.vcpus() {
+            assert_eq!(gate13(v), v.text_va + u64::from(hdr.vector_entry[13]));
+        }
     }
 
     /// Checks a region of `n` vCPUs: blocks apart from each other and from the domain

@@ -291,6 +291,10 @@ pub struct ShimHeader {
     pub gp_fixup_end: u32,
     /// Where the VMM resumes the #GP stub after a fault in its fixup range.
     pub gp_fixup_resume: u32,
+    /// The ordinary #GP stub (doorbell only): the VMM points the #GP gate here instead
+    /// of at `vector_entry[13]` when it turns [`in_vm::IOPL_OPS`] off, so a host where
+    /// the in-VM answer does not pay runs none of its checks either.
+    pub gp_plain: u32,
 }
 
 /// Words the IDT stub pushes on the ring-0 stack below the CPU's interrupt frame: at the
@@ -363,10 +367,10 @@ mod tests {
     fn header_and_frame_sizes() {
         // magic (8), seven u32 offsets before the vector table (28), version and
         // header_size (8), the vector table, then the two PKRU trampoline offsets (8)
-        // and the #GP stub's fixup range and resume point (12).
+        // and the #GP stub's fixup range, resume point and plain stub (16).
         assert_eq!(
             core::mem::size_of::<ShimHeader>(),
-            44 + 4 * NR_VECTORS + 8 + 12
+            44 + 4 * NR_VECTORS + 8 + 16
         );
         assert_eq!(core::mem::size_of::<GuestStatePage>(), 16);
         assert_eq!(core::mem::size_of::<PostedHeader>(), 0x1000);

@@ -72,6 +72,7 @@ shim_header:
     .long gp_fixup_start - shim_header
     .long gp_fixup_end - shim_header
     .long gp_fixup_resume - shim_header
+    .long vector_stubs - shim_header + 13 * 16
 header_end:
 
     .balign 16
