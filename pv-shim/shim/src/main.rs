@@ -161,9 +161,9 @@ fast_gate:
     // dx) reads all ones, al or eax (zero-extended), as the domain has no ports; `out`
     // (e6/e7, ee/ef) is dropped. The stack holds the error code, then the CPU's frame.
     // Anything else, or a doubt, takes the ordinary stub to the engine.
+    // The VMM points the #GP gate here only while `in_vm::IOPL_OPS` is on (otherwise
+    // at the ordinary stub, `ShimHeader::gp_plain`), so the bit needs no test.
 gp_entry:
-    testl ${in_vm_iopl_ops}, (shim_header + {state} + {state_in_vm})(%rip)
-    jz 9f
     cmpl $0, (shim_header + {state} + {state_kernel_io_ok})(%rip)
     je 9f
     testb $3, 16(%rsp)
@@ -282,8 +282,6 @@ apply_more_doorbell_end:
     enoent = const xen_abi::errno::ENOENT,
     in_vm_is_up = const xen_abi::contract::in_vm::IS_UP,
     in_vm_invlpg = const xen_abi::contract::in_vm::INVLPG_LOCAL,
-    in_vm_iopl_ops = const xen_abi::contract::in_vm::IOPL_OPS,
-    state_in_vm = const core::mem::offset_of!(xen_abi::contract::GuestStatePage, in_vm),
     state_kernel_io_ok = const core::mem::offset_of!(xen_abi::contract::GuestStatePage, kernel_io_ok),
     state = const xen_abi::contract::layout::vcpu::GUEST_STATE - xen_abi::contract::layout::vcpu::TEXT,
     trap_port = const xen_abi::contract::port::TRAP,
