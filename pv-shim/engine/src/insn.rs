@@ -689,7 +689,8 @@ pub(crate) mod tests {
         &[0x0f, 0xb8],
     ];
 
-    fn regs_from(v: &[u64; 16], rip: u64) -> GuestRegs {
+    /// Guest registers with these sixteen GPRs, in kernel mode at `rip`.
+    pub(crate) fn regs_from(v: &[u64; 16], rip: u64) -> GuestRegs {
         let mut r = GuestRegs {
             rip,
             rflags: 0x202,

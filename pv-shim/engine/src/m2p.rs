@@ -774,6 +774,7 @@ mod differential {
 
     use super::iced_reference::decode_iced;
     use super::*;
+    use crate::insn::tests::regs_from;
     use proptest::prelude::*;
     use std::vec::Vec;
 
@@ -826,20 +827,6 @@ mod differential {
 
     fn form() -> impl Strategy<Value = Vec<u8>> {
         crate::insn::tests::form_with(&OPCODES)
-    }
-
-    fn regs_from(v: &[u64; 16], rip: u64) -> GuestRegs {
-        let mut r = GuestRegs {
-            rip,
-            rflags: 0x202,
-            cs: 0xe033,
-            ss: 0xe02b,
-            ..GuestRegs::default()
-        };
-        for (k, &x) in v.iter().enumerate() {
-            *r.gpr_mut(k as u8) = x;
-        }
-        r
     }
 
     fn check(insn: &[u8], regs: &GuestRegs, fs: u64, gs: u64) -> Result<(), TestCaseError> {
