@@ -85,11 +85,11 @@ fi
 [[ -n $version ]] || die "apt offers no $pkg"
 
 # apt-get download names the file with the epoch's ':' as '%3a'.
-deb=$(find "$cache_dir" -maxdepth 1 -name "${pkg}_${version//:/%3a}_*.deb" -print -quit)
+deb=$(find -H "$cache_dir" -maxdepth 1 -name "${pkg}_${version//:/%3a}_*.deb" -print -quit)
 if [[ -z $deb ]]; then
     say "downloading $pkg $version"
     (cd "$cache_dir" && apt-get download -qq "$pkg=$version" >&2)
-    deb=$(find "$cache_dir" -maxdepth 1 -name "${pkg}_${version//:/%3a}_*.deb" -print -quit)
+    deb=$(find -H "$cache_dir" -maxdepth 1 -name "${pkg}_${version//:/%3a}_*.deb" -print -quit)
 fi
 [[ -n $deb ]] || die "apt-get download left no .deb for $pkg $version"
 arch=$(dpkg-deb -f "$deb" Architecture)
@@ -100,7 +100,7 @@ arch=$(dpkg-deb -f "$deb" Architecture)
 # fetch-debian-kernel.sh keeps the .deb it extracted the vmlinuz from in the cache.
 abi=$(basename "$kernel")
 abi=${abi#vmlinuz-}
-kernel_deb=$(find "$cache_dir" -maxdepth 1 -name "linux-image-${abi}_*_amd64.deb" -print \
+kernel_deb=$(find -H "$cache_dir" -maxdepth 1 -name "linux-image-${abi}_*_amd64.deb" -print \
     | sort -V | tail -n 1)
 if [[ -z $kernel_deb ]]; then
     say "no linux-image-${abi}_*.deb in $cache_dir: the initramfs gets no kernel modules" \

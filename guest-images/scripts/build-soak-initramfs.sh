@@ -84,7 +84,7 @@ done
 
 deb_of() { # pkg=version -> cached .deb path (empty when not downloaded)
     local pkg=${1%%=*} version=${1#*=}
-    find "$debs_dir" -maxdepth 1 -name "${pkg}_${version//:/%3a}_*.deb" -print -quit
+    find -H "$debs_dir" -maxdepth 1 -name "${pkg}_${version//:/%3a}_*.deb" -print -quit
 }
 missing=()
 for p in "${pinned[@]}"; do

@@ -116,12 +116,12 @@ vmlinuz="$cache_dir/boot/vmlinuz-$abi"
 
 if [[ ! -s "$vmlinuz" ]]; then
     deb_name="${pkg}_${version//:/%3a}_amd64.deb"
-    deb=$(find "$cache_dir" -maxdepth 1 -name "$deb_name" -print -quit)
+    deb=$(find -H "$cache_dir" -maxdepth 1 -name "$deb_name" -print -quit)
     if [[ -z "$deb" ]]; then
         say "downloading $pkg $version ($suite)"
         # apt-get download writes into the current directory.
         (cd "$cache_dir" && apt-get "${apt_opts[@]}" download -qq "$pkg=$version" >&2)
-        deb=$(find "$cache_dir" -maxdepth 1 -name "$deb_name" -print -quit)
+        deb=$(find -H "$cache_dir" -maxdepth 1 -name "$deb_name" -print -quit)
     fi
     [[ -n "$deb" ]] || die "apt-get download left no $deb_name"
     # Extract the whole package into a scratch dir and keep only boot/vmlinuz-*: the
