@@ -15,6 +15,7 @@ use xen_abi::contract::{port, vector_has_error_code, TrapFrame};
 use xen_abi::xen::selector;
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::posted::ShortApply;
 use crate::shim::VcpuShim;
 use crate::vstate::{Exit, Regs, Sregs};
 
@@ -742,7 +743,7 @@ fn resume_at(
     if pending(dom) {
         // Stores or flushes wait: enter the shim's apply routine at ring 0 on a
         // TrapFrame-shaped frame that returns to the guest where the engine said.
-        let frame = TrapFrame {
+        let mut frame = TrapFrame {
             vector: 0,
             error_code: 0,
             rip: g.rip,
@@ -756,13 +757,13 @@ fn resume_at(
             .shim
             .va_to_gpa(rsp0)
             .ok_or("the shim stack is outside the shim region")?;
+        let (entry, skip) = start_apply(dom, &mut frame, &mut regs)?;
         dom.platform
             .mem
             .write_slice(frame.as_bytes(), GuestAddress(gpa))
             .map_err(|e| e.to_string())?;
-        start_apply(dom)?;
-        regs.rip = dom.shim.apply_entry;
-        regs.rsp = rsp0;
+        regs.rip = entry;
+        regs.rsp = rsp0 + skip;
         regs.rflags = 0x2;
         cpu.set_regs(&regs);
         apply_hw_state(cpu, dom.vcpu, 0, 0, false)?;
@@ -883,15 +884,41 @@ fn pending(dom: &mut Domain<'_>) -> bool {
     !p.frames.posted.nothing_waits(p.flush)
 }
 
-/// Writes the first chunk of the queue into the posting area.
-fn start_apply(dom: &mut Domain<'_>) -> Result<(), String> {
+/// Starts the apply of what waits, for a return through `frame` (the `TrapFrame`-shaped
+/// words the shim's stack holds at its rsp, which the caller writes afterwards), with
+/// `regs` the guest's registers as they are to be resumed. A short shape gets its
+/// operands in registers and the guest's values of those registers in the frame's
+/// first two words (vector and error code), which the routine pops; anything else
+/// fills the posting area for the general routine. Returns the entry and how many
+/// bytes above the frame's start rsp must point at it.
+fn start_apply(
+    dom: &mut Domain<'_>,
+    frame: &mut TrapFrame,
+    regs: &mut Regs,
+) -> Result<(u64, u64), String> {
     dom.exits.applies += 1;
     let queued = dom.platform.frames.posted.queued() as u64;
     dom.exits.posted_stores += queued;
     dom.exits.posted_peak = dom.exits.posted_peak.max(queued);
     let area = dom.shim.posted_gpa;
     let p = &mut dom.platform;
-    p.frames.posted.fill(p.flush, p.mem, area)
+    match p.frames.posted.take_short(p.flush) {
+        Some(ShortApply::One { va, value }) => {
+            frame.vector = regs.rdi;
+            frame.error_code = regs.rax;
+            regs.rdi = va;
+            regs.rax = value;
+            Ok((dom.shim.apply_one, 0))
+        }
+        Some(ShortApply::FlushAll) => {
+            frame.error_code = regs.rax;
+            Ok((dom.shim.apply_flush_all, 8))
+        }
+        None => {
+            p.frames.posted.fill(p.flush, p.mem, area)?;
+            Ok((dom.shim.apply_entry, 0))
+        }
+    }
 }
 
 /// The apply routine asks for the next chunk.
@@ -1116,18 +1143,24 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
     frame.rflags = sanitize_rflags(g.rflags);
     frame.cs = g.cs | 3;
     frame.ss = g.ss | 3;
+    copy_gprs(&g, &mut regs);
+    sync_gdt(dom);
+    // rsp is the stub's, at the two words it pushed below the CPU's frame: the apply
+    // routine takes them as it is (the general one drops them at the end, the short
+    // ones hold the guest's values of their registers there); with nothing to apply,
+    // the vCPU resumes at an `iretq` with rsp at the CPU's frame.
+    if pending(dom) {
+        let (entry, skip) = start_apply(dom, &mut frame, &mut regs)?;
+        regs.rip = entry;
+        regs.rsp += skip;
+    } else {
+        regs.rip = dom.shim.trap_return;
+        regs.rsp += 16;
+    }
     dom.platform
         .mem
         .write_slice(frame.as_bytes(), GuestAddress(frame_gpa))
         .map_err(|e| e.to_string())?;
-    // rsp stays the stub's: it (or the apply routine, which ends the same way) drops
-    // two words and iretqs to the frame.
-    copy_gprs(&g, &mut regs);
-    sync_gdt(dom);
-    if pending(dom) {
-        start_apply(dom)?;
-        regs.rip = dom.shim.apply_entry;
-    }
     cpu.set_regs(&regs);
     apply_hw_state(cpu, dom.vcpu, 0, 0, false)?;
     Ok(outcome_to_action(outcome, dom, &g))
@@ -1940,12 +1973,169 @@ mod tests {
         // Xen's frame (rcx, r11, rip, cs, rflags, rsp, ss) right below the aligned rsp.
         assert_eq!((0x8_0000u64 & !15) - after.rsp, 7 * 8);
         assert_eq!(
-            cpu.regs.rip, 0xffff_8100_0000_0500,
-            "the stub's own rip is untouched"
+            (cpu.regs.rip, cpu.regs.rsp),
+            (w.region.vcpu0().trap_return, rsp0 + 16),
+            "nothing waits: straight to an iretq through the CPU's frame"
         );
-        assert_eq!(cpu.regs.rsp, rsp0, "the stub's own rsp is untouched");
         assert_eq!(cpu.regs.rbx, 0xb0b);
         assert_eq!(w.stats.bounces[3], 1);
+    }
+
+    /// What waits for the apply routine before a trap doorbell (a #BP the guest kernel
+    /// has a handler for).
+    enum Waiting {
+        Stores(usize),
+        FullFlush,
+        OneStoreAndInvlpg,
+    }
+
+    /// Rings the trap doorbell with `waiting` queued; returns the vCPU and the frame's
+    /// guest-physical address.
+    fn trap_with(w: &mut World, waiting: Waiting) -> (FakeCpu, u64, u64) {
+        w.vcpu.trap_table[3] = xen_abi::xen::TrapInfo {
+            vector: 3,
+            flags: 3,
+            cs: selector::FLAT_KERNEL_CS,
+            _pad: 0,
+            address: CODE + 0x100,
+        };
+        let frame = TrapFrame {
+            vector: 3,
+            error_code: 0,
+            rip: CODE + 1,
+            cs: 0xe033,
+            rflags: 0x202,
+            rsp: 0x8_0000,
+            ss: 0xe02b,
+        };
+        let (rsp0, frame_gpa) = push_trap_frame(w, &frame);
+        {
+            let mut p = platform(w);
+            match waiting {
+                Waiting::Stores(n) => {
+                    for i in 0..n {
+                        pv_mm::FrameAccess::write_entry(&mut p.frames, 5, i, 0x77 + i as u64);
+                    }
+                }
+                Waiting::FullFlush => p.flush.local_all = true,
+                Waiting::OneStoreAndInvlpg => {
+                    pv_mm::FrameAccess::write_entry(&mut p.frames, 5, 0, 0x77);
+                    assert!(p.flush.invlpg.try_push(0x4000));
+                }
+            }
+        }
+        let mut cpu = cpu_at(0xffff_8100_0000_0500);
+        cpu.regs.rsp = rsp0;
+        cpu.regs.rax = 0xaaaa;
+        cpu.regs.rdi = 0xd1d1;
+        cpu.regs.rbx = 0xb0b;
+        let exit = Exit::IoOut {
+            port: port::TRAP,
+            value: 0,
+        };
+        assert_eq!(handle(w, exit, &mut cpu), Action::Resume);
+        (cpu, rsp0, frame_gpa)
+    }
+
+    fn read_frame(w: &World, gpa: u64) -> TrapFrame {
+        let mut raw = [0u8; core::mem::size_of::<TrapFrame>()];
+        w.mem.read_slice(&mut raw, GuestAddress(gpa)).unwrap();
+        TrapFrame::read_from_bytes(&raw).unwrap()
+    }
+
+    #[test]
+    fn one_store_goes_to_the_short_apply_in_registers() {
+        let mut w = world();
+        let (cpu, rsp0, frame_gpa) = trap_with(&mut w, Waiting::Stores(1));
+        let shim = w.region.vcpu0();
+        assert_eq!((cpu.regs.rip, cpu.regs.rsp), (shim.apply_one, rsp0));
+        assert_eq!(
+            (cpu.regs.rdi, cpu.regs.rax),
+            (xen_abi::contract::DIRECTMAP_VA + 5 * 4096, 0x77)
+        );
+        let after = read_frame(&w, frame_gpa);
+        assert_eq!(
+            (after.vector, after.error_code),
+            (0xd1d1, 0xaaaa),
+            "the guest's rdi and rax, for the routine's pops"
+        );
+        assert_eq!(
+            after.rip,
+            CODE + 0x100,
+            "the CPU's frame, to the guest's handler"
+        );
+        assert_eq!(cpu.regs.rbx, 0xb0b);
+        assert!(w.posted.nothing_waits(&w.flush));
+        assert_eq!(w.exits.applies, 1);
+    }
+
+    #[test]
+    fn a_full_flush_alone_goes_to_the_short_flush() {
+        let mut w = world();
+        let (cpu, rsp0, frame_gpa) = trap_with(&mut w, Waiting::FullFlush);
+        let shim = w.region.vcpu0();
+        assert_eq!(
+            (cpu.regs.rip, cpu.regs.rsp),
+            (shim.apply_flush_all, rsp0 + 8)
+        );
+        assert_eq!((cpu.regs.rdi, cpu.regs.rax), (0xd1d1, 0xaaaa));
+        assert_eq!(
+            read_frame(&w, frame_gpa).error_code,
+            0xaaaa,
+            "the guest's rax"
+        );
+        assert!(w.posted.nothing_waits(&w.flush));
+    }
+
+    #[test]
+    fn other_shapes_go_to_the_general_apply_through_the_posting_area() {
+        for (waiting, stores, invlpg) in [
+            (Waiting::Stores(2), 2, 0),
+            (Waiting::OneStoreAndInvlpg, 1, 1),
+        ] {
+            let mut w = world();
+            let (cpu, rsp0, _) = trap_with(&mut w, waiting);
+            let shim = w.region.vcpu0();
+            assert_eq!((cpu.regs.rip, cpu.regs.rsp), (shim.apply_entry, rsp0));
+            assert_eq!((cpu.regs.rdi, cpu.regs.rax), (0xd1d1, 0xaaaa));
+            let mut raw = vec![0u8; 0x1000];
+            w.mem
+                .read_slice(&mut raw, GuestAddress(shim.posted_gpa))
+                .unwrap();
+            let h = xen_abi::contract::PostedHeader::read_from_bytes(&raw).unwrap();
+            assert_eq!((h.nr_stores, h.nr_invlpg, h.flags), (stores, invlpg, 0));
+            assert!(w.posted.nothing_waits(&w.flush));
+        }
+    }
+
+    #[test]
+    fn a_hypercall_with_one_store_waiting_enters_the_short_apply_at_ring_0() {
+        let mut w = world();
+        {
+            let mut p = platform(&mut w);
+            pv_mm::FrameAccess::write_entry(&mut p.frames, 5, 2, 0x99);
+        }
+        let mut cpu = cpu_at(w.region.vcpu0().syscall_doorbell_end);
+        cpu.regs.rax = hc::XEN_VERSION;
+        cpu.regs.rdi = 0;
+        cpu.regs.rcx = CODE + 2;
+        cpu.regs.r11 = 0x246;
+        assert_eq!(handle(&mut w, doorbell(), &mut cpu), Action::Resume);
+        let shim = w.region.vcpu0();
+        let rsp0 = shim.stack_top - core::mem::size_of::<TrapFrame>() as u64;
+        assert_eq!((cpu.regs.rip, cpu.regs.rsp), (shim.apply_one, rsp0));
+        assert_eq!(
+            (cpu.regs.rdi, cpu.regs.rax),
+            (xen_abi::contract::DIRECTMAP_VA + 5 * 4096 + 16, 0x99)
+        );
+        let frame = read_frame(&w, shim.va_to_gpa(rsp0).unwrap());
+        assert_eq!(
+            (frame.vector, frame.error_code),
+            (0, (4 << 16) | 17),
+            "the guest's rdi and its rax: the hypercall's result"
+        );
+        assert_eq!(frame.rip, CODE + 2);
+        assert_eq!(cpu.sregs.cs.dpl, 0, "the short apply runs at ring 0");
     }
 
     #[test]

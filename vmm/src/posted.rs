@@ -17,6 +17,23 @@ use xen_abi::contract::{
 };
 use zerocopy::{FromZeros, IntoBytes};
 
+/// What the next apply does, when it fits one of the shim's short routines: the VMM
+/// then hands the operands over in registers instead of the posting area, and the shim
+/// runs 4 ring-0 instructions instead of ~30 (each one emulated on a software-KVM host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShortApply {
+    /// One store and no flush (`xen_abi::contract::ShimHeader::apply_one`): `*va = value`.
+    One {
+        /// Direct-map address of the entry.
+        va: u64,
+        /// What to store there.
+        value: u64,
+    },
+    /// A full flush of this vCPU's TLB and no store
+    /// (`xen_abi::contract::ShimHeader::apply_flush_all`).
+    FlushAll,
+}
+
 /// The store queue of one vCPU (the flushes that go with it are the engine's
 /// [`FlushSet`], kept beside it).
 #[derive(Debug, Default)]
@@ -55,6 +72,28 @@ impl Posted {
         self.stores.clear();
         self.sent = 0;
         flush.clear();
+    }
+
+    /// Takes everything that waits (the queue and the flushes) when it is one of the
+    /// [`ShortApply`] shapes; otherwise takes nothing (the general routine then runs
+    /// from [`Posted::fill`]). A flush is never dropped: exactly the shapes `fill` would
+    /// have posted as one store with no flush, or no store with `POSTED_FLUSH_ALL`.
+    pub fn take_short(&mut self, flush: &mut FlushSet) -> Option<ShortApply> {
+        if self.sent != 0 {
+            return None;
+        }
+        let shape = match self.stores.as_slice() {
+            [only] if flush.is_empty() => ShortApply::One {
+                va: only.va,
+                value: only.value,
+            },
+            [] if flush.local_all || flush.all_vcpus || flush.invlpg.len() > MAX_POSTED_INVLPG => {
+                ShortApply::FlushAll
+            }
+            _ => return None,
+        };
+        self.discard(flush);
+        Some(shape)
     }
 
     /// Writes the next chunk into the posting area at `area_gpa`. The last chunk carries
@@ -247,5 +286,65 @@ mod tests {
         let h = header(&m, area);
         assert_eq!((h.nr_stores, h.flags), (5, POSTED_FLUSH_ALL));
         assert!(posted.nothing_waits(&flush));
+    }
+
+    #[test]
+    fn short_applies_take_exactly_their_shapes() {
+        let m = mem();
+        let mut posted = Posted::default();
+        let mut flush = FlushSet::default();
+        let mut frames = VmmFrames {
+            mem: &m,
+            posted: &mut posted,
+            m2p_gpa: 0,
+            m2p_frames: 0,
+        };
+        frames.write_entry(3, 7, 0xabc);
+        assert_eq!(
+            posted.take_short(&mut flush),
+            Some(ShortApply::One {
+                va: DIRECTMAP_VA + 3 * 4096 + 7 * 8,
+                value: 0xabc
+            })
+        );
+        assert!(posted.nothing_waits(&flush));
+
+        // A store with any flush, or two stores, is the general routine's: nothing taken.
+        let mut frames = VmmFrames {
+            mem: &m,
+            posted: &mut posted,
+            m2p_gpa: 0,
+            m2p_frames: 0,
+        };
+        frames.write_entry(3, 7, 1);
+        assert!(flush.invlpg.try_push(0x4000));
+        assert_eq!(posted.take_short(&mut flush), None);
+        assert_eq!((posted.queued(), flush.invlpg.len()), (1, 1));
+        posted.discard(&mut flush);
+        let mut frames = VmmFrames {
+            mem: &m,
+            posted: &mut posted,
+            m2p_gpa: 0,
+            m2p_frames: 0,
+        };
+        frames.write_entry(3, 7, 1);
+        frames.write_entry(3, 8, 2);
+        assert_eq!(posted.take_short(&mut flush), None);
+        assert_eq!(posted.queued(), 2);
+        posted.discard(&mut flush);
+
+        // Single addresses stay the general routine's; a full flush, of this vCPU or of
+        // all, is the short one.
+        assert!(flush.invlpg.try_push(0x4000));
+        assert_eq!(posted.take_short(&mut flush), None);
+        flush.clear();
+        for all_vcpus in [false, true] {
+            flush.local_all = !all_vcpus;
+            flush.all_vcpus = all_vcpus;
+            assert_eq!(posted.take_short(&mut flush), Some(ShortApply::FlushAll));
+            assert!(posted.nothing_waits(&flush));
+        }
+        // Nothing waits: nothing to take.
+        assert_eq!(posted.take_short(&mut flush), None);
     }
 }

@@ -172,6 +172,12 @@ pub struct VcpuShim {
     pub apply_entry: u64,
     /// Where rip points when the apply routine rings `APPLY_MORE`.
     pub apply_more_doorbell_end: u64,
+    /// The short apply of one store (`ShimHeader::apply_one`).
+    pub apply_one: u64,
+    /// The short apply of one full flush (`ShimHeader::apply_flush_all`).
+    pub apply_flush_all: u64,
+    /// An `iretq` a trap's doorbell resumes at when nothing waits (`ShimHeader::trap_return`).
+    pub trap_return: u64,
     /// Top of the vCPU's ring-0 stack (TSS rsp0).
     pub stack_top: u64,
     /// Guest-physical address of the `GuestStatePage` this vCPU's syscall stub reads.
@@ -651,6 +657,9 @@ fn build_block(
         gp_plain: text + u64::from(hdr.gp_plain),
         apply_entry: text + u64::from(hdr.apply_entry),
         apply_more_doorbell_end: text + u64::from(hdr.apply_more_doorbell_end),
+        apply_one: text + u64::from(hdr.apply_one),
+        apply_flush_all: text + u64::from(hdr.apply_flush_all),
+        trap_return: text + u64::from(hdr.trap_return),
         stack_top: va(layout::vcpu::STACK),
         guest_state_gpa,
         posted_gpa: block_gpa + layout::vcpu::POSTED,
@@ -901,6 +910,8 @@ mod tests {
                 .data;
             assert_eq!(lstar, v.syscall_entry);
             assert!(v.in_text(v.syscall_entry) && v.in_text(v.apply_entry));
+            assert!(v.in_text(v.apply_one) && v.in_text(v.apply_flush_all));
+            assert!(v.in_text(v.trap_return));
             assert!(v.in_text(v.syscall_doorbell_end));
             assert_eq!(
                 v.va_to_gpa(v.syscall_entry),

@@ -27,7 +27,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this contract; the shim header carries it.
-pub const CONTRACT_VERSION: u32 = 8;
+pub const CONTRACT_VERSION: u32 = 9;
 /// Magic at offset 0 of the shim image.
 pub const SHIM_MAGIC: [u8; 8] = *b"PVKVSHIM";
 /// Number of IDT vectors the shim provides stubs for.
@@ -295,6 +295,16 @@ pub struct ShimHeader {
     /// of at `vector_entry[13]` when it turns [`in_vm::IOPL_OPS`] off, so a host where
     /// the in-VM answer does not pay runs none of its checks either.
     pub gp_plain: u32,
+    /// One posted store and no flush: entered with rdi = the entry's direct-map address
+    /// and rax = its value, rsp at two words holding the guest's rdi and rax (in place
+    /// of a [`TrapFrame`]'s vector and error code), the CPU's frame above them.
+    pub apply_one: u32,
+    /// A full TLB flush and no store: entered with rsp at one word holding the guest's
+    /// rax (in place of a [`TrapFrame`]'s error code), the CPU's frame above it.
+    pub apply_flush_all: u32,
+    /// An `iretq`: where a trap's doorbell resumes, rsp at the CPU's frame, when nothing
+    /// waits for the apply routine.
+    pub trap_return: u32,
 }
 
 /// Words the IDT stub pushes on the ring-0 stack below the CPU's interrupt frame: at the
@@ -367,10 +377,11 @@ mod tests {
     fn header_and_frame_sizes() {
         // magic (8), seven u32 offsets before the vector table (28), version and
         // header_size (8), the vector table, then the two PKRU trampoline offsets (8)
-        // and the #GP stub's fixup range, resume point and plain stub (16).
+        // the #GP stub's fixup range, resume point and plain stub (16), and the two short
+        // applies and the trap return (12).
         assert_eq!(
             core::mem::size_of::<ShimHeader>(),
-            44 + 4 * NR_VECTORS + 8 + 16
+            44 + 4 * NR_VECTORS + 8 + 16 + 12
         );
         assert_eq!(core::mem::size_of::<GuestStatePage>(), 16);
         assert_eq!(core::mem::size_of::<PostedHeader>(), 0x1000);

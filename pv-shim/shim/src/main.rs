@@ -73,6 +73,9 @@ shim_header:
     .long gp_fixup_end - shim_header
     .long gp_fixup_resume - shim_header
     .long vector_stubs - shim_header + 13 * 16
+    .long apply_one - shim_header
+    .long apply_flush_all - shim_header
+    .long trap_return - shim_header
 header_end:
 
     .balign 16
@@ -269,6 +272,29 @@ apply_more_doorbell_end:
     pop %rcx
     pop %rax
     add $16, %rsp
+    iretq
+
+    // The two shapes nearly every apply has (one store and no flush: a Linux
+    // `set_pte`, a trapped PTE write; a full flush and no store), reduced to what they
+    // must do, because each ring-0 instruction is emulated here (~1 us): the VMM loads
+    // the operands into registers and writes the guest's values of those registers into
+    // the words below the CPU's frame (where a stub's vector and error code are), so
+    // the routine only stores (or flushes), pops them and returns. 4 and 4
+    // instructions instead of the general routine's 30 and 23.
+    // rdi = the entry's direct-map address, rax = its value; rsp -> [rdi][rax][frame].
+apply_one:
+    mov %rax, (%rdi)
+    pop %rdi
+    pop %rax
+    iretq
+    // rsp -> [rax][frame].
+apply_flush_all:
+    mov %cr3, %rax
+    mov %rax, %cr3
+    pop %rax
+    // rsp -> the CPU's frame: where the VMM resumes a stub whose doorbell needs nothing
+    // more (one instruction instead of dropping the two words first).
+trap_return:
     iretq
     "#,
     version = const xen_abi::contract::CONTRACT_VERSION,
