@@ -32,6 +32,9 @@ pub trait CpuState {
     /// Whether the CPU will deliver an exception (or interrupt) at the next entry, taken
     /// at the registers' current rip (see [`crate::vstate::Vcpu::event_in_flight`]).
     fn event_in_flight(&mut self) -> Result<bool, String>;
+    /// Makes the next entry only finish the instruction an I/O exit left half done
+    /// (KVM completes it, then returns as if kicked, running nothing further).
+    fn finish_io_then_stop(&mut self);
 }
 
 impl CpuState for crate::vstate::Vcpu {
@@ -49,6 +52,11 @@ impl CpuState for crate::vstate::Vcpu {
     }
     fn event_in_flight(&mut self) -> Result<bool, String> {
         crate::vstate::Vcpu::event_in_flight(self).map_err(|e| e.to_string())
+    }
+    fn finish_io_then_stop(&mut self) {
+        // KVM's API: a KVM_RUN with immediate_exit set completes a pending I/O or MMIO
+        // operation and returns -EINTR without running further instructions.
+        self.set_immediate_exit(true);
     }
 }
 
@@ -100,6 +108,8 @@ pub struct ExitStats {
     pub pkru_resets: u64,
     /// Refills of the posting area during one apply.
     pub apply_more: u64,
+    /// The guest kernel's own port I/O, through the I/O bitmap opened for it.
+    pub port_io: u64,
     /// Applies of posted stores and flushes (entries into the shim's apply routine).
     pub applies: u64,
     /// Pagetable stores the shim repeated inside the VM.
@@ -129,6 +139,7 @@ impl ExitStats {
         self.kicks_after_soft_trap += o.kicks_after_soft_trap;
         self.pkru_resets += o.pkru_resets;
         self.apply_more += o.apply_more;
+        self.port_io += o.port_io;
         self.applies += o.applies;
         self.posted_stores += o.posted_stores;
         self.posted_peak = self.posted_peak.max(o.posted_peak);
@@ -163,6 +174,8 @@ pub enum ExitKind {
     Trap(u8),
     /// The shim asked for more posted stores.
     ApplyRefill,
+    /// The guest kernel's own port I/O (see [`ExitStats::port_io`]).
+    PortIo,
     /// `KVM_RUN` returned for a kick (timer, backend event, watchdog).
     Interrupted,
     /// Anything else (guest port I/O, unexpected exits).
@@ -641,6 +654,13 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
             dom.exits.last = ExitKind::ApplyRefill;
             apply_more(cpu, dom)
         }
+        // Any other port reaches the VMM only through the bitmap opened for the guest
+        // kernel's port I/O (the shim's ring-0 doorbells stay closed to ring 3).
+        Exit::IoIn { port } | Exit::IoOut { port, .. }
+            if !matches!(*port, port::TRAP | port::APPLY_MORE) =>
+        {
+            Ok(guest_port_io(cpu, dom))
+        }
         Exit::Interrupted => {
             dom.exits.interrupted += 1;
             dom.exits.last = ExitKind::Interrupted;
@@ -978,6 +998,25 @@ fn io_insn_len(before: &[u8; 4], port_byte: u8) -> Option<u64> {
     Some(core + u64::from(matches!(prefix, 0x66 | 0xf3 | 0xf2)))
 }
 
+/// Port I/O the guest kernel executed itself, reaching the VMM through the I/O bitmap
+/// the VMM opens only while the engine would answer such I/O (guest kernel mode under
+/// its virtual IOPL: `shim::io_bitmap`), so it is answered as the engine answers it:
+/// the domain has no ports, a read gets the all-ones `vstate` put in its data, a write
+/// goes nowhere. KVM has the instruction half done and finishes it at the next entry
+/// (string forms included, as Xen emulates them), so nothing here may move the vCPU's
+/// registers first; when an event is due the entry only finishes the instruction, and
+/// the delivery follows as after a kick.
+fn guest_port_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Action {
+    dom.exits.port_io += 1;
+    dom.exits.last = ExitKind::PortIo;
+    let now = pv_engine::Platform::system_time_ns(&dom.platform);
+    let timer_due = pv_engine::time::next_deadline(dom.vcpu).is_some_and(|at| at <= now);
+    if timer_due || pv_engine::evtchn::upcall_due(dom.vcpu, &dom.platform) {
+        cpu.finish_io_then_stop();
+    }
+    Action::Resume
+}
+
 /// The guest itself touched the doorbell port (the I/O bitmap cannot tell the shim's
 /// stub from guest code): the port is not the guest's, so it gets the #GP(0) Xen gives
 /// for denied port I/O, at the instruction.
@@ -1256,6 +1295,7 @@ mod tests {
         sregs: Sregs,
         sregs_written: bool,
         fault_in_flight: bool,
+        io_finish_requested: bool,
     }
 
     impl CpuState for FakeCpu {
@@ -1274,6 +1314,9 @@ mod tests {
         }
         fn event_in_flight(&mut self) -> Result<bool, String> {
             Ok(self.fault_in_flight)
+        }
+        fn finish_io_then_stop(&mut self) {
+            self.io_finish_requested = true;
         }
     }
 
@@ -1364,6 +1407,7 @@ mod tests {
             sregs,
             sregs_written: false,
             fault_in_flight: false,
+            io_finish_requested: false,
         }
     }
 
@@ -1703,6 +1747,39 @@ mod tests {
             handle(&mut w, Exit::Interrupted, &mut cpu),
             Action::Interrupted
         );
+    }
+
+    /// The guest kernel's own port I/O through the opened bitmap: answered by leaving
+    /// the half-done instruction to KVM (no register touched); with an upcall due, the
+    /// next entry only finishes it, so the delivery follows at once.
+    #[test]
+    fn guest_port_io_leaves_the_instruction_to_kvm_and_events_to_the_kick_path() {
+        for due in [false, true] {
+            let mut w = world();
+            w.vcpu.event_callback.address = CODE + 0x200;
+            w.mem
+                .write_obj(u8::from(due), GuestAddress(w.vcpu.vcpu_info_gpa))
+                .unwrap();
+            for exit in [
+                Exit::IoIn { port: 0x42 },
+                Exit::IoOut {
+                    port: 0x80,
+                    value: 0,
+                },
+            ] {
+                let mut cpu = cpu_at(CODE + 2);
+                cpu.regs.rax = 0x1234;
+                let before = cpu.regs;
+                assert_eq!(handle(&mut w, exit, &mut cpu), Action::Resume);
+                assert_eq!(cpu.regs, before, "KVM finishes the instruction");
+                assert_eq!(cpu.io_finish_requested, due);
+            }
+            assert_eq!(w.exits.port_io, 2);
+            assert_eq!(
+                w.stats.upcalls, 0,
+                "delivered after the instruction, not here"
+            );
+        }
     }
 
     /// A kick that lands while the CPU holds a guest fault it has not delivered yet must

@@ -52,6 +52,7 @@ fn kind_name(kind: ExitKind) -> String {
         ExitKind::UserSyscall => "guest-user syscall".into(),
         ExitKind::Trap(v) => format!("trap vector {v}"),
         ExitKind::ApplyRefill => "apply refill".into(),
+        ExitKind::PortIo => "guest port I/O".into(),
         ExitKind::Interrupted => "interrupted (kick)".into(),
         ExitKind::Other => "other".into(),
     }
@@ -123,7 +124,12 @@ fn on_off(bit: u32) -> &'static str {
 pub fn format_report(report: &RunReport) -> String {
     let mut s = String::new();
     let e = &report.exits;
-    let total = e.hypercall_doorbells + e.trap_doorbells + e.apply_more + e.interrupted + e.other;
+    let total = e.hypercall_doorbells
+        + e.trap_doorbells
+        + e.apply_more
+        + e.port_io
+        + e.interrupted
+        + e.other;
     let _ = writeln!(
         s,
         "pvkvm stats: {:.3} s, {total} VM exits{}",
@@ -136,12 +142,13 @@ pub fn format_report(report: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  exits: hypercall doorbell {}, trap doorbell {}, apply refill {}, interrupted {}, other {}; kicks that found a guest fault in flight {}, kicks after a possible software trap {}",
+        "  exits: hypercall doorbell {}, trap doorbell {}, apply refill {}, interrupted {}, other {}, guest port I/O {}; kicks that found a guest fault in flight {}, kicks after a possible software trap {}",
         e.hypercall_doorbells,
         e.trap_doorbells,
         e.apply_more,
         e.interrupted,
         e.other,
+        e.port_io,
         e.kicks_with_fault_in_flight,
         e.kicks_after_soft_trap
     );

@@ -686,6 +686,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             profile,
             inject,
             check_mmu,
+            direct_port_io: in_vm & xen_abi::contract::in_vm::IOPL_OPS == 0,
         };
         let pin = cfg.cpus.as_ref().and_then(|c| c.for_vcpu(id)).cloned();
         let (stop, progress, paused, done_tx) = (
@@ -1189,6 +1190,10 @@ struct VcpuThread {
     profile: bool,
     inject: Option<u64>,
     check_mmu: bool,
+    /// The guest kernel's port I/O under its virtual IOPL reaches the VMM as plain I/O
+    /// exits (the TSS I/O bitmap opened while the engine would answer it), rather than
+    /// as #GP: true unless the shim's #GP stub answers it in the VM (`in_vm::IOPL_OPS`).
+    direct_port_io: bool,
 }
 
 /// The domain's state the vCPU threads share.
@@ -1443,6 +1448,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         profile,
         inject,
         check_mmu,
+        direct_port_io,
     } = t;
     let mut mmu_checked = Instant::now();
     let mut injector = inject.map(|seed| Injector::new(seed, 3 + u64::from(id)));
@@ -1500,10 +1506,12 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let mut stub_written = StubView {
         kernel_mode: 1,
         kernel_io_ok: 0,
+        ports_open: false,
     };
     let mut stub_wanted = StubView {
         kernel_mode: u32::from(pv_vcpu.mode == pv_engine::Mode::Kernel),
         kernel_io_ok: 0,
+        ports_open: false,
     };
     loop {
         // Paused through the control socket (a blocked or down vCPU waits for its pause
@@ -1519,6 +1527,9 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             // the guest kernel: tell them what the guest resumes in.
             if stub_wanted != stub_written {
                 stub_wanted.write(vm.memory(), shim.guest_state_gpa)?;
+                if stub_wanted.ports_open != stub_written.ports_open {
+                    shim.write_io_bitmap(vm.memory(), stub_wanted.ports_open)?;
+                }
                 stub_written = stub_wanted;
             }
             // A remote TLB flush asked of this vCPU keeps it out of the guest until it
@@ -1685,12 +1696,11 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 "pvkvm: cannot load the guest's extended state: {e}"
             )),
         };
+        let kernel_io_ok = pv_engine::emulate::kernel_io_ok(dom.vcpu, dom.pv_domain.get());
         stub_wanted = StubView {
             kernel_mode: u32::from(dom.vcpu.mode == pv_engine::Mode::Kernel),
-            kernel_io_ok: u32::from(pv_engine::emulate::kernel_io_ok(
-                dom.vcpu,
-                dom.pv_domain.get(),
-            )),
+            kernel_io_ok: u32::from(kernel_io_ok),
+            ports_open: direct_port_io && kernel_io_ok,
         };
         // Another vCPU took this one down (VCPUOP_down names any vCPU): it stops here.
         let action = match action {
@@ -1804,11 +1814,13 @@ pub enum InVmChoice {
 }
 
 /// The words of a vCPU's `GuestStatePage` that follow its PV state (the others are
-/// the domain's, written once).
+/// the domain's, written once), and whether its TSS I/O bitmap is open to the guest
+/// kernel's port I/O (`shim::io_bitmap`; written only when that changes).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct StubView {
     kernel_mode: u32,
     kernel_io_ok: u32,
+    ports_open: bool,
 }
 
 const STATE_KERNEL_MODE: u64 =

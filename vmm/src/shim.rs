@@ -566,6 +566,48 @@ fn write_gate(mem: &GuestMemoryMmap, block_gpa: u64, vector: usize, handler: u64
     write_u64(mem, idt_entry + 8, handler >> 32)
 }
 
+/// A vCPU's TSS I/O permission bitmap (65536 port bits, then the all-ones byte the CPU
+/// may read past the last one). Closed: ring 3 reaches only the hypercall doorbell, and
+/// any other port I/O raises #GP, which the engine (or the #GP stub) answers. Open:
+/// every port but the shim's ring-0 doorbells, so the guest kernel's own port I/O
+/// reaches the VMM as a plain I/O exit with nothing in between (half the cost of the #GP
+/// path on a software-KVM host; Linux on AMD reads the PIT 100,000 times per boot). The
+/// VMM opens it only while the engine would answer such I/O anyway (guest kernel mode
+/// under its virtual IOPL), so the exit needs no decision.
+pub fn io_bitmap(open: bool) -> &'static [u8] {
+    static BITMAPS: std::sync::OnceLock<[Vec<u8>; 2]> = std::sync::OnceLock::new();
+    &BITMAPS.get_or_init(|| [build_io_bitmap(false), build_io_bitmap(true)])[usize::from(open)]
+}
+
+fn build_io_bitmap(open: bool) -> Vec<u8> {
+    let mut bitmap = vec![if open { 0 } else { 0xff }; 8192 + 1];
+    bitmap[8192] = 0xff;
+    let mut set = |p: u16, allowed: bool| {
+        let (byte, bit) = (usize::from(p / 8), p % 8);
+        if allowed {
+            bitmap[byte] &= !(1 << bit);
+        } else {
+            bitmap[byte] |= 1 << bit;
+        }
+    };
+    set(port::HYPERCALL, true);
+    // Ring 3 must never ring these: the VMM trusts them to come from the shim's ring 0.
+    set(port::TRAP, false);
+    set(port::APPLY_MORE, false);
+    bitmap
+}
+
+impl VcpuShim {
+    /// Writes this vCPU's I/O bitmap, open or closed (see [`io_bitmap`]).
+    pub fn write_io_bitmap(&self, mem: &GuestMemoryMmap, open: bool) -> Result<()> {
+        write(
+            mem,
+            self.block_gpa + layout::vcpu::TSS + layout::vcpu::TSS_IOPB,
+            io_bitmap(open),
+        )
+    }
+}
+
 /// Writes vCPU `id`'s block of a region at `gpa` (its text copy, GDT, IDT, TSS and I/O
 /// bitmap, guest-state page) and returns where its parts are.
 fn build_block(
@@ -614,8 +656,8 @@ fn build_block(
         )?;
     }
 
-    // TSS: this vCPU's ring-0 stack, IST1, and an I/O bitmap that lets ring 3 reach
-    // only the hypercall doorbell.
+    // TSS: this vCPU's ring-0 stack, IST1, and the I/O bitmap (closed: ring 3 reaches
+    // only the hypercall doorbell).
     let tss = block_gpa + layout::vcpu::TSS;
     write_u64(mem, tss + 4, va(layout::vcpu::STACK))?;
     write_u64(mem, tss + 36, va(layout::vcpu::DF_STACK))?;
@@ -624,10 +666,7 @@ fn build_block(
         tss + 102,
         &(layout::vcpu::TSS_IOPB as u16).to_le_bytes(),
     )?;
-    let mut bitmap = vec![0xffu8; 8192 + 1];
-    let p = usize::from(port::HYPERCALL);
-    bitmap[p / 8] &= !(1 << (p % 8));
-    write(mem, tss + layout::vcpu::TSS_IOPB, &bitmap)?;
+    write(mem, tss + layout::vcpu::TSS_IOPB, io_bitmap(false))?;
 
     // The syscall stub's view of the guest: the kernel runs first. Every in-VM answer
     // is on until the VMM chooses ([`ShimRegion::set_in_vm`]).
@@ -803,6 +842,23 @@ mod tests {
             .collect();
         assert_eq!(open, vec![usize::from(port::HYPERCALL)]);
         assert_eq!(bitmap[8192], 0xff);
+
+        // Opened for the guest kernel's port I/O: every port but the ring-0 doorbells.
+        v.write_io_bitmap(&mem, true).unwrap();
+        mem.read_slice(&mut bitmap, GuestAddress(bitmap_gpa))
+            .unwrap();
+        let closed: Vec<usize> = (0..65536)
+            .filter(|p| bitmap[p / 8] & (1 << (p % 8)) != 0)
+            .collect();
+        assert_eq!(
+            closed,
+            vec![usize::from(port::TRAP), usize::from(port::APPLY_MORE)]
+        );
+        assert_eq!(bitmap[8192], 0xff);
+        v.write_io_bitmap(&mem, false).unwrap();
+        mem.read_slice(&mut bitmap, GuestAddress(bitmap_gpa))
+            .unwrap();
+        assert_eq!(bitmap, io_bitmap(false));
         assert_eq!(
             region.va_to_gpa(v.stack_top - 8),
             Some(v.block_gpa + layout::vcpu::STACK - 8)
