@@ -110,6 +110,9 @@ pub struct ExitStats {
     pub apply_more: u64,
     /// The guest kernel's own port I/O, through the I/O bitmap opened for it.
     pub port_io: u64,
+    /// Of those, the ones with an event due: the next entry only finished the
+    /// instruction, and the delivery followed as after a kick.
+    pub port_io_then_event: u64,
     /// Applies of posted stores and flushes (entries into the shim's apply routine).
     pub applies: u64,
     /// Pagetable stores the shim repeated inside the VM.
@@ -140,6 +143,7 @@ impl ExitStats {
         self.pkru_resets += o.pkru_resets;
         self.apply_more += o.apply_more;
         self.port_io += o.port_io;
+        self.port_io_then_event += o.port_io_then_event;
         self.applies += o.applies;
         self.posted_stores += o.posted_stores;
         self.posted_peak = self.posted_peak.max(o.posted_peak);
@@ -1012,6 +1016,7 @@ fn guest_port_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Action {
     let now = pv_engine::Platform::system_time_ns(&dom.platform);
     let timer_due = pv_engine::time::next_deadline(dom.vcpu).is_some_and(|at| at <= now);
     if timer_due || pv_engine::evtchn::upcall_due(dom.vcpu, &dom.platform) {
+        dom.exits.port_io_then_event += 1;
         cpu.finish_io_then_stop();
     }
     Action::Resume
@@ -1775,6 +1780,7 @@ mod tests {
                 assert_eq!(cpu.io_finish_requested, due);
             }
             assert_eq!(w.exits.port_io, 2);
+            assert_eq!(w.exits.port_io_then_event, if due { 2 } else { 0 });
             assert_eq!(
                 w.stats.upcalls, 0,
                 "delivered after the instruction, not here"

@@ -142,13 +142,14 @@ pub fn format_report(report: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  exits: hypercall doorbell {}, trap doorbell {}, apply refill {}, interrupted {}, other {}, guest port I/O {}; kicks that found a guest fault in flight {}, kicks after a possible software trap {}",
+        "  exits: hypercall doorbell {}, trap doorbell {}, apply refill {}, interrupted {}, other {}, guest port I/O {} ({} with an event due); kicks that found a guest fault in flight {}, kicks after a possible software trap {}",
         e.hypercall_doorbells,
         e.trap_doorbells,
         e.apply_more,
         e.interrupted,
         e.other,
         e.port_io,
+        e.port_io_then_event,
         e.kicks_with_fault_in_flight,
         e.kicks_after_soft_trap
     );
