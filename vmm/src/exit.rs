@@ -35,6 +35,9 @@ pub trait CpuState {
     /// Makes the next entry only finish the instruction an I/O exit left half done
     /// (KVM completes it, then returns as if kicked, running nothing further).
     fn finish_io_then_stop(&mut self);
+    /// The data of the port I/O the last exit stopped at: element width and elements
+    /// (see [`crate::vstate::Vcpu::io_data`]).
+    fn io_data(&mut self) -> Option<(u8, &mut [u8])>;
 }
 
 impl CpuState for crate::vstate::Vcpu {
@@ -57,6 +60,9 @@ impl CpuState for crate::vstate::Vcpu {
         // KVM's API: a KVM_RUN with immediate_exit set completes a pending I/O or MMIO
         // operation and returns -EINTR without running further instructions.
         self.set_immediate_exit(true);
+    }
+    fn io_data(&mut self) -> Option<(u8, &mut [u8])> {
+        crate::vstate::Vcpu::io_data(self)
     }
 }
 
@@ -660,10 +666,11 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
         }
         // Any other port reaches the VMM only through the bitmap opened for the guest
         // kernel's port I/O (the shim's ring-0 doorbells stay closed to ring 3).
-        Exit::IoIn { port } | Exit::IoOut { port, .. }
-            if !matches!(*port, port::TRAP | port::APPLY_MORE) =>
-        {
-            Ok(guest_port_io(cpu, dom))
+        Exit::IoIn { port } if !matches!(*port, port::TRAP | port::APPLY_MORE) => {
+            Ok(guest_port_io(cpu, dom, *port, true))
+        }
+        Exit::IoOut { port, .. } if !matches!(*port, port::TRAP | port::APPLY_MORE) => {
+            Ok(guest_port_io(cpu, dom, *port, false))
         }
         Exit::Interrupted => {
             dom.exits.interrupted += 1;
@@ -1004,16 +1011,31 @@ fn io_insn_len(before: &[u8; 4], port_byte: u8) -> Option<u64> {
 
 /// Port I/O the guest kernel executed itself, reaching the VMM through the I/O bitmap
 /// the VMM opens only while the engine would answer such I/O (guest kernel mode under
-/// its virtual IOPL: `shim::io_bitmap`), so it is answered as the engine answers it:
-/// the domain has no ports, a read gets the all-ones `vstate` put in its data, a write
-/// goes nowhere. KVM has the instruction half done and finishes it at the next entry
+/// its virtual IOPL: `shim::io_bitmap`), so it is answered as the engine answers it,
+/// from the domain's port space (`pv_engine::pit`: Xen's emulated PIT at 0x42, 0x43 and
+/// 0x61, all ones and dropped writes elsewhere), element by element for string forms. KVM has the instruction half done and finishes it at the next entry
 /// (string forms included, as Xen emulates them), so nothing here may move the vCPU's
 /// registers first; when an event is due the entry only finishes the instruction, and
 /// the delivery follows as after a kick.
-fn guest_port_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Action {
+fn guest_port_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>, port: u16, read: bool) -> Action {
     dom.exits.port_io += 1;
     dom.exits.last = ExitKind::PortIo;
     let now = pv_engine::Platform::system_time_ns(&dom.platform);
+    if let Some((width, data)) = cpu.io_data() {
+        let pit = &mut dom.pv_domain.get().pit;
+        let width = usize::from(width.clamp(1, 4));
+        for element in data.chunks_mut(width) {
+            let n = element.len() as u8;
+            if read {
+                let value = pv_engine::pit::port_in(pit, port, n, now);
+                element.copy_from_slice(&value.to_le_bytes()[..element.len()]);
+            } else {
+                let mut bytes = [0u8; 4];
+                bytes[..element.len()].copy_from_slice(element);
+                pv_engine::pit::port_out(pit, port, n, u32::from_le_bytes(bytes), now);
+            }
+        }
+    }
     let timer_due = pv_engine::time::next_deadline(dom.vcpu).is_some_and(|at| at <= now);
     if timer_due || pv_engine::evtchn::upcall_due(dom.vcpu, &dom.platform) {
         dom.exits.port_io_then_event += 1;
@@ -1301,6 +1323,8 @@ mod tests {
         sregs_written: bool,
         fault_in_flight: bool,
         io_finish_requested: bool,
+        /// The pending port I/O's element width and data.
+        io: Option<(u8, Vec<u8>)>,
     }
 
     impl CpuState for FakeCpu {
@@ -1322,6 +1346,9 @@ mod tests {
         }
         fn finish_io_then_stop(&mut self) {
             self.io_finish_requested = true;
+        }
+        fn io_data(&mut self) -> Option<(u8, &mut [u8])> {
+            self.io.as_mut().map(|(w, d)| (*w, d.as_mut_slice()))
         }
     }
 
@@ -1413,6 +1440,7 @@ mod tests {
             sregs_written: false,
             fault_in_flight: false,
             io_finish_requested: false,
+            io: None,
         }
     }
 
@@ -1786,6 +1814,35 @@ mod tests {
                 "delivered after the instruction, not here"
             );
         }
+    }
+
+    /// The data of a direct port-I/O exit comes from the domain's port space: the PIT at
+    /// 0x42/0x43/0x61 (programmed by the guest's `out`s), all ones elsewhere, element by
+    /// element for a string instruction.
+    #[test]
+    fn guest_port_io_answers_from_the_domains_pit() {
+        let mut w = world();
+        let io = |w: &mut World, exit: Exit, width: u8, data: Vec<u8>| -> Vec<u8> {
+            let mut cpu = cpu_at(CODE + 2);
+            cpu.io = Some((width, data));
+            assert_eq!(handle(w, exit, &mut cpu), Action::Resume);
+            cpu.io.unwrap().1
+        };
+        let out = |port: u16, value: u8| Exit::IoOut { port, value };
+        io(&mut w, out(0x61, 1), 1, vec![1]);
+        io(&mut w, out(0x43, 0xb0), 1, vec![0xb0]);
+        io(&mut w, out(0x42, 0xff), 1, vec![0xff]);
+        io(&mut w, out(0x42, 0xff), 1, vec![0xff]);
+        // `rep insb` of two elements: LSB then MSB of a count just below 0xffff.
+        let count = io(&mut w, Exit::IoIn { port: 0x42 }, 1, vec![0; 2]);
+        let count = u16::from_le_bytes([count[0], count[1]]);
+        assert!(count > 0xf000, "{count:#x}");
+        assert_eq!(io(&mut w, Exit::IoIn { port: 0x61 }, 1, vec![0])[0] & 3, 1);
+        // A 32-bit read at 0x80: all ones.
+        assert_eq!(
+            io(&mut w, Exit::IoIn { port: 0x80 }, 4, vec![0; 4]),
+            vec![0xff; 4]
+        );
     }
 
     /// A kick that lands while the CPU holds a guest fault it has not delivered yet must

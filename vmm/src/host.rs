@@ -94,13 +94,13 @@ const FLOOR_ROUND_TRIPS: u64 = 50;
 /// hardware virtualization a native ring-0 round trip against a 1-2 us exit). Without
 /// floors (the measurement failed) it stays with the engine, which is always right.
 ///
-/// The #GP stub's `cli`/`sti` and port I/O run about 25 ring-0 instructions more than
-/// its doorbell path, in a stub entered either way; the probe's flush round trip is an
+/// The #GP stub's `cli`/`sti` run about a dozen ring-0 instructions more than its
+/// doorbell path, in a stub entered either way; the probe's flush round trip is an
 /// entry, about eight instructions and an `iretq`, so their cost is taken as at most
 /// three such round trips, against the exit they save. On kvm_pvm every ring-0
-/// instruction is emulated and the in-VM answer loses (measured on an AMD EPYC host:
-/// `in al, 0x42` 66-71 us in the VM, 50-55 us through the engine; `bench_micro
-/// bench=port_read`); with hardware virtualization it wins by far.
+/// instruction is emulated and the in-VM answer loses (measured on an AMD EPYC host when
+/// the stub also answered port I/O, ~25 instructions: `in al, 0x42` 66-71 us in the VM,
+/// 50-55 us through the engine); with hardware virtualization it wins by far.
 pub fn in_vm_paths(floors: Option<&probe::TransitionFloors>) -> u32 {
     use xen_abi::contract::in_vm;
     let mut bits = in_vm::IS_UP;

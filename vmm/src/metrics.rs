@@ -162,7 +162,7 @@ pub fn format_report(report: &RunReport) -> String {
     }
     let _ = writeln!(
         s,
-        "  in-VM answers: {:#x} (is_up {}, local page flush {}, cli/sti and port I/O {})",
+        "  in-VM answers: {:#x} (is_up {}, local page flush {}, cli/sti {})",
         report.in_vm,
         on_off(report.in_vm & xen_abi::contract::in_vm::IS_UP),
         on_off(report.in_vm & xen_abi::contract::in_vm::INVLPG_LOCAL),

@@ -686,7 +686,6 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
             profile,
             inject,
             check_mmu,
-            direct_port_io: in_vm & xen_abi::contract::in_vm::IOPL_OPS == 0,
         };
         let pin = cfg.cpus.as_ref().and_then(|c| c.for_vcpu(id)).cloned();
         let (stop, progress, paused, done_tx) = (
@@ -1190,10 +1189,6 @@ struct VcpuThread {
     profile: bool,
     inject: Option<u64>,
     check_mmu: bool,
-    /// The guest kernel's port I/O under its virtual IOPL reaches the VMM as plain I/O
-    /// exits (the TSS I/O bitmap opened while the engine would answer it), rather than
-    /// as #GP: true unless the shim's #GP stub answers it in the VM (`in_vm::IOPL_OPS`).
-    direct_port_io: bool,
 }
 
 /// The domain's state the vCPU threads share.
@@ -1448,7 +1443,6 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         profile,
         inject,
         check_mmu,
-        direct_port_io,
     } = t;
     let mut mmu_checked = Instant::now();
     let mut injector = inject.map(|seed| Injector::new(seed, 3 + u64::from(id)));
@@ -1523,7 +1517,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             // console input) or the watchdog.
             vstate::Exit::Interrupted
         } else {
-            // The stubs answer some hypercalls, cli/sti and port I/O themselves, only for
+            // The stubs answer some hypercalls and cli/sti themselves, only for
             // the guest kernel: tell them what the guest resumes in.
             if stub_wanted != stub_written {
                 stub_wanted.write(vm.memory(), shim.guest_state_gpa)?;
@@ -1700,7 +1694,9 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         stub_wanted = StubView {
             kernel_mode: u32::from(dom.vcpu.mode == pv_engine::Mode::Kernel),
             kernel_io_ok: u32::from(kernel_io_ok),
-            ports_open: direct_port_io && kernel_io_ok,
+            // The guest kernel's port I/O under its virtual IOPL then reaches the VMM
+            // as plain I/O exits, not as #GP (`shim::io_bitmap`).
+            ports_open: kernel_io_ok,
         };
         // Another vCPU took this one down (VCPUOP_down names any vCPU): it stops here.
         let action = match action {

@@ -165,7 +165,7 @@ pub struct VcpuShim {
     pub gp_fixup: core::ops::Range<u64>,
     /// Where the #GP stub goes on after a fault in `gp_fixup`.
     pub gp_fixup_resume: u64,
-    /// The #GP gate's handler with the in-VM cli/sti and port I/O answers, and without.
+    /// The #GP gate's handler with the in-VM cli/sti answers, and without.
     gp_entry: u64,
     gp_plain: u64,
     /// The apply routine (see `xen_abi::contract::ShimHeader::apply_entry`).
@@ -571,9 +571,9 @@ fn write_gate(mem: &GuestMemoryMmap, block_gpa: u64, vector: usize, handler: u64
 /// any other port I/O raises #GP, which the engine (or the #GP stub) answers. Open:
 /// every port but the shim's ring-0 doorbells, so the guest kernel's own port I/O
 /// reaches the VMM as a plain I/O exit with nothing in between (half the cost of the #GP
-/// path on a software-KVM host; Linux on AMD reads the PIT 100,000 times per boot). The
-/// VMM opens it only while the engine would answer such I/O anyway (guest kernel mode
-/// under its virtual IOPL), so the exit needs no decision.
+/// path on a software-KVM host). The VMM opens it only while the engine would answer
+/// such I/O anyway (guest kernel mode under its virtual IOPL), so the exit needs no
+/// decision.
 pub fn io_bitmap(open: bool) -> &'static [u8] {
     static BITMAPS: std::sync::OnceLock<[Vec<u8>; 2]> = std::sync::OnceLock::new();
     &BITMAPS.get_or_init(|| [build_io_bitmap(false), build_io_bitmap(true)])[usize::from(open)]

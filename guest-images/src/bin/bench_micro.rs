@@ -45,9 +45,8 @@
 //! * `syscall_user`: `syscall` from guest user mode to the syscall callback and back
 //!   (`HYPERVISOR_iret` with `VGCF_in_syscall`), timed in user mode.
 //! * `multicall_uvm32`: one `multicall` of 32 `update_va_mapping` (no flush).
-//! * `port_read`: `in al, 0x42` from the guest kernel under a virtual IOPL of 1 (as
-//!   Linux's PIT calibration reads it on hosts without CPUID leaf 0x15): a #GP that the
-//!   shim's #GP stub finishes in the VM, or the engine through an exit (`--in-vm off`).
+//! * `port_read`: `in al, 0x80` (a port without a device) from the guest kernel under a
+//!   virtual IOPL of 1: a plain I/O exit through the TSS I/O bitmap pvkvm opens for it.
 #![no_std]
 #![no_main]
 
@@ -618,12 +617,12 @@ fn port_read(ctx: &mut Ctx) {
     ctx.bench_single("port_read", "read", 1, 1, |_, _| {
         let (c, al) = timed(|| {
             let al: u8;
-            // SAFETY: under IOPL 1 the read only loads all ones into al (no ports).
-            unsafe { asm!("in al, 0x42", out("al") al, options(nostack)) };
+            // SAFETY: under IOPL 1 the read only loads all ones into al (no device).
+            unsafe { asm!("in al, 0x80", out("al") al, options(nostack)) };
             al
         });
         if al != 0xff {
-            fail!("in al, 0x42 read {:#x}, expected all ones", al);
+            fail!("in al, 0x80 read {:#x}, expected all ones", al);
         }
         c
     });

@@ -11,13 +11,15 @@
 //!   (0, done 1), another domain (-ESRCH), another command (`TLB_FLUSH_LOCAL`: 0).
 //! - The guest's own `int3` (the shim enters ring 0 through the #BP gate for the flush):
 //!   still a #BP to the guest's handler, with the rip after the `int3`.
-//! - Under a virtual IOPL of 1 (`PHYSDEVOP_set_iopl`; the shim's #GP stub finishes the
-//!   one-byte forms, the engine the others): `in` from a port reads all ones, only in
-//!   al (8-bit), zero-extended into rax (32-bit), only in ax (16-bit, `66` prefix) for
-//!   immediate and dx ports, 1000 times each for `in al, imm8` (the host test checks these
-//!   cost no VM exit); `out` changes no register; `cli`/`sti` are skipped and leave the
-//!   event mask as it was. Under IOPL 0 the same `in` is a #GP to the guest's handler at
-//!   the instruction.
+//! - Under a virtual IOPL of 1 (`PHYSDEVOP_set_iopl`; port I/O then leaves the VM as plain
+//!   I/O exits, `cli`/`sti` go to the shim's #GP stub or the engine): `in` from a port
+//!   without a device (0x80) reads all ones, only in al (8-bit), zero-extended into rax
+//!   (32-bit), only in ax (16-bit, `66` prefix) for immediate and dx ports, 1000 times
+//!   for `in al, imm8` (the host test counts them as I/O exits, not #GP); `out` changes
+//!   no register; the PIT Xen emulates (channel 2 through ports 0x42/0x43, gated by 0x61)
+//!   counts down once programmed; `cli`/`sti` are skipped and leave the event mask as it
+//!   was (the host test checks these cost no VM exit where the stub answers them). Under
+//!   IOPL 0 the same `in` is a #GP to the guest's handler at the instruction.
 #![no_std]
 #![no_main]
 
@@ -92,17 +94,25 @@ fn set_iopl(iopl: u32) {
 }
 
 /// Runs one port-I/O or cli/sti instruction (`$insn`, Intel syntax) with rax = `rax`
-/// and dx = 0x42; returns rax after it.
+/// and dx = 0x80; returns rax after it.
 macro_rules! with_rax {
     ($insn:literal, $rax:expr) => {{
         let mut rax: u64 = $rax;
         // SAFETY: under the IOPL set above the instruction only reads all ones into
-        // rax (or nothing); the domain has no ports.
+        // rax (or nothing) or reaches the emulated PIT; the domain has no ports.
         unsafe {
-            asm!($insn, inout("rax") rax, in("rdx") 0x42u64, options(nostack));
+            asm!($insn, inout("rax") rax, in("rdx") 0x80u64, options(nostack));
         }
         rax
     }};
+}
+
+/// Channel 2's count: latched, then read LSB and MSB (as Linux's PIT code reads it).
+fn pit_count() -> u16 {
+    let _ = with_rax!("out 0x43, al", 0x80);
+    let lo = with_rax!("in al, 0x42", 0) as u16;
+    let hi = with_rax!("in al, 0x42", 0) as u16;
+    lo | hi << 8
 }
 
 const PATTERN: u64 = 0x1122_3344_5566_7788;
@@ -111,19 +121,19 @@ fn port_io_under_iopl(si: &StartInfo) {
     set_iopl(1);
     for _ in 0..1000 {
         check_eq!(
-            "in al, 0x42",
-            with_rax!("in al, 0x42", PATTERN),
+            "in al, 0x80",
+            with_rax!("in al, 0x80", PATTERN),
             0x1122_3344_5566_77ffu64
         );
     }
     check_eq!(
-        "in eax, 0x42",
-        with_rax!("in eax, 0x42", PATTERN),
+        "in eax, 0x80",
+        with_rax!("in eax, 0x80", PATTERN),
         0xffff_ffffu64
     );
     check_eq!(
-        "in ax, 0x42",
-        with_rax!("in ax, 0x42", PATTERN),
+        "in ax, 0x80",
+        with_rax!("in ax, 0x80", PATTERN),
         0x1122_3344_5566_ffffu64
     );
     check_eq!(
@@ -151,6 +161,35 @@ fn port_io_under_iopl(si: &StartInfo) {
     check_eq!("out dx, ax", with_rax!("out dx, ax", PATTERN), PATTERN);
     println!("IOPL 1: in reads all ones (al, ax, eax zero-extended), out changes nothing");
 
+    // The PIT Xen emulates for every domain: channel 2 programmed as Linux's
+    // quick_pit_calibrate does (gate on, speaker off; LSB then MSB, mode 0; 0xffff)
+    // counts down; port 0x61 shows the gate.
+    let _ = with_rax!("out 0x61, al", 1);
+    let _ = with_rax!("out 0x43, al", 0xb0);
+    let _ = with_rax!("out 0x42, al", 0xff);
+    let _ = with_rax!("out 0x42, al", 0xff);
+    let first = pit_count();
+    let mut last = first;
+    for _ in 0..20 {
+        last = pit_count();
+    }
+    if !(last < first && first <= 0xffff) {
+        fail!(
+            "PIT channel 2 did not count down: {:#x} then {:#x}",
+            first,
+            last
+        );
+    }
+    check_eq!(
+        "port 0x61 gate and speaker bits",
+        with_rax!("in al, 0x61", 0) & 3,
+        1u64
+    );
+    println!(
+        "IOPL 1: PIT channel 2 counts down ({:#x} -> {:#x})",
+        first, last
+    );
+
     let sh = mm::slack_va(si, 2);
     mm::map_shared_info(si, sh);
     let mask = mm::rd8(sh + mm::VCPU_INFO_UPCALL_MASK);
@@ -177,7 +216,7 @@ fn port_io_under_iopl(si: &StartInfo) {
             "mov [rip + PVT_TRAP + 72], {a}",
             "mov qword ptr [rip + PVT_TRAP + 64], 1",
             "2:",
-            "in al, 0x42",
+            "in al, 0x80",
             "3:",
             "mov qword ptr [rip + PVT_TRAP + 64], 0",
             "mov qword ptr [rip + PVT_TRAP + 72], 0",
@@ -188,7 +227,7 @@ fn port_io_under_iopl(si: &StartInfo) {
     }
     let t = last_trap();
     if t.count != before + 1 {
-        fail!("in al, 0x42 under IOPL 0 raised no exception");
+        fail!("in al, 0x80 under IOPL 0 raised no exception");
     }
     check_eq!("IOPL 0: vector", t.vector, 13u64);
     check_eq!("IOPL 0: rip (the in)", t.rip, at);

@@ -11,7 +11,7 @@
 //! (default 2) and `period_us=` (default 200) on the command line change the run.
 //!
 //! Then the same timer over port reads: under a virtual IOPL of 1 (`PHYSDEVOP_set_iopl`)
-//! the kernel runs `in al, 0x42` for `secs` seconds with a pattern in rax; every read
+//! the kernel runs `in al, 0x80` for `secs` seconds with a pattern in rax; every read
 //! must give al = 0xff with the rest of rax as it was, and upcalls must arrive meanwhile.
 //! (Where pvkvm lets such reads reach it as plain I/O exits, an event due at one waits
 //! for KVM to finish the half-done `in` first: moving rip before that would resume the
@@ -266,10 +266,10 @@ fn main(si: &'static StartInfo) {
             let pattern = 0x5a5a_0000_1234_0000 | (i << 8);
             let mut rax = pattern;
             // SAFETY: under IOPL 1 the read only loads all ones into al (no ports).
-            unsafe { asm!("in al, 0x42", inout("rax") rax, options(nostack)) };
+            unsafe { asm!("in al, 0x80", inout("rax") rax, options(nostack)) };
             if rax != pattern | 0xff {
                 fail!(
-                    "in al, 0x42 left rax {:#x}, expected {:#x} (read {})",
+                    "in al, 0x80 left rax {:#x}, expected {:#x} (read {})",
                     rax,
                     pattern | 0xff,
                     reads + i

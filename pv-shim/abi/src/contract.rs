@@ -215,8 +215,8 @@ pub struct GuestStatePage {
     pub in_vm: u32,
     /// 1 while this vCPU's guest kernel runs with a virtual IOPL that lets it execute
     /// `cli`/`sti` and port I/O (Xen's `iopl_ok` in guest kernel mode): the engine then
-    /// skips `cli`/`sti` and answers port reads with all ones (the domain has no ports),
-    /// and so may the #GP stub ([`in_vm::IOPL_OPS`]). The VMM writes it on every change.
+    /// skips `cli`/`sti`, and so may the #GP stub ([`in_vm::IOPL_OPS`]); port I/O then
+    /// leaves the VM through the opened I/O bitmap. The VMM writes it on every change.
     pub kernel_io_ok: u32,
 }
 
@@ -229,11 +229,11 @@ pub mod in_vm {
     /// `mmuext_op` with one `MMUEXT_INVLPG_LOCAL`, done through the ring-0 gate (an
     /// in-VM exception round trip).
     pub const INVLPG_LOCAL: u32 = 1 << 1;
-    /// `cli`/`sti` (skipped) and one-byte-opcode port I/O (`in` reads all ones, `out`
-    /// is dropped) from the guest kernel under its virtual IOPL, finished by the #GP
-    /// stub (a look at the faulting instruction's first byte, a few dozen ring-0
-    /// instructions on a path the #GP enters anyway) instead of ringing the trap
-    /// doorbell. Other forms go to the engine.
+    /// `cli`/`sti` from the guest kernel under its virtual IOPL, skipped by the #GP stub
+    /// (a look at the faulting instruction's first byte, a dozen ring-0 instructions on
+    /// a path the #GP enters anyway) instead of ringing the trap doorbell. Everything
+    /// else goes to the engine. (Port I/O under that IOPL raises no #GP: the VMM opens
+    /// the TSS I/O bitmap for it.)
     pub const IOPL_OPS: u32 = 1 << 2;
     /// Every bit this contract version defines.
     pub const ALL: u32 = IS_UP | INVLPG_LOCAL | IOPL_OPS;

@@ -100,6 +100,8 @@ pub struct Domain {
     pub shutdown_code: Option<u8>,
     /// Guest-physical address of `shared_info`.
     pub shared_info_gpa: u64,
+    /// The emulated PIT behind ports 0x42, 0x43 and 0x61 (Xen's `d->arch.vpit`).
+    pub pit: crate::pit::Pit,
     vcpus: [VcpuSlot; MAX_VCPUS],
     /// How many of `vcpus` the domain has (`d->max_vcpus`).
     nr_vcpus: u32,
@@ -128,6 +130,7 @@ impl Domain {
         pirq_eoi_mfn: None,
         shutdown_code: None,
         shared_info_gpa: 0,
+        pit: crate::pit::Pit::RESET,
         vcpus: [VcpuSlot::EMPTY; MAX_VCPUS],
         nr_vcpus: 1,
         vcpu_context: [0; VCPU_CONTEXT_WORDS],
@@ -178,6 +181,7 @@ impl Domain {
         self.pirq_eoi_mfn = None;
         self.shutdown_code = None;
         self.shared_info_gpa = shared_info_gpa;
+        self.pit = crate::pit::Pit::RESET;
         self.nr_vcpus = nr_vcpus;
     }
 

@@ -23,7 +23,7 @@ pub use crate::msr::{
 /// None when the #GP must go to the guest.
 pub fn emulate_privileged_op(
     vcpu: &mut Vcpu,
-    dom: &Domain,
+    dom: &mut Domain,
     regs: &mut GuestRegs,
     p: &mut dyn Platform,
 ) -> Option<usize> {
@@ -40,7 +40,7 @@ pub fn emulate_privileged_op(
         regs.rip = regs.rip.wrapping_add(len);
         return Some(emulated::MOV_CR);
     }
-    if let Some(len) = emulate_port_io(vcpu, dom, regs, bytes) {
+    if let Some(len) = emulate_port_io(vcpu, dom, regs, bytes, p.system_time_ns()) {
         regs.rip = regs.rip.wrapping_add(len);
         return Some(emulated::PORT_IO);
     }
@@ -164,10 +164,17 @@ fn iopl_ok(vcpu: &Vcpu, dom: &Domain) -> bool {
 }
 
 /// `in`/`out` (immediate or dx port, 8/16/32-bit) from a guest whose virtual IOPL allows
-/// them: the domain has no I/O ports, so as on Xen reads return all ones and writes are
-/// dropped. Without IOPL they are not emulated (the caller bounces the #GP). String forms
-/// are not emulated. Returns the length.
-fn emulate_port_io(vcpu: &Vcpu, dom: &Domain, regs: &mut GuestRegs, bytes: [u8; 4]) -> Option<u64> {
+/// them, answered from the domain's port space as Xen answers a domain with no I/O
+/// ports ([`crate::pit`]: the emulated PIT at 0x42, 0x43 and 0x61, all ones and dropped
+/// writes elsewhere). Without IOPL they are not emulated (the caller bounces the #GP).
+/// String forms are not emulated. Returns the length.
+fn emulate_port_io(
+    vcpu: &Vcpu,
+    dom: &mut Domain,
+    regs: &mut GuestRegs,
+    bytes: [u8; 4],
+    now: u64,
+) -> Option<u64> {
     if !iopl_ok(vcpu, dom) {
         return None;
     }
@@ -177,20 +184,29 @@ fn emulate_port_io(vcpu: &Vcpu, dom: &Domain, regs: &mut GuestRegs, bytes: [u8; 
         (false, 0)
     };
     let op = *bytes.get(at)?;
-    let len = at as u64 + if matches!(op, 0xe4..=0xe7) { 2 } else { 1 };
+    let imm8 = matches!(op, 0xe4..=0xe7);
+    let len = at as u64 + if imm8 { 2 } else { 1 };
     let width = match op {
         0xe4 | 0xe6 | 0xec | 0xee => 1,
         0xe5 | 0xe7 | 0xed | 0xef if opsize16 => 2,
         0xe5 | 0xe7 | 0xed | 0xef => 4,
         _ => return None,
     };
+    let port = if imm8 {
+        u16::from(*bytes.get(at + 1)?)
+    } else {
+        regs.rdx as u16
+    };
     if matches!(op, 0xe4 | 0xe5 | 0xec | 0xed) {
+        let value = u64::from(crate::pit::port_in(&mut dom.pit, port, width, now));
         regs.rax = match width {
-            1 => regs.rax | 0xff,
-            2 => regs.rax | 0xffff,
+            1 => (regs.rax & !0xff) | value,
+            2 => (regs.rax & !0xffff) | value,
             // A 32-bit result zero-extends into rax.
-            _ => 0xffff_ffff,
+            _ => value,
         };
+    } else {
+        crate::pit::port_out(&mut dom.pit, port, width, regs.rax as u32, now);
     }
     Some(len)
 }
@@ -224,7 +240,7 @@ mod tests {
 
     #[test]
     fn cli_and_sti_under_iopl_are_skipped_and_leave_the_event_mask_alone() {
-        let (mut vcpu, d, mut p) = setup();
+        let (mut vcpu, mut d, mut p) = setup();
         let mask_gpa = vcpu.vcpu_info_gpa + xen_abi::xen::vcpu_info::UPCALL_MASK;
         let rip = crate::testutil::DATA_VA;
         // Without IOPL: #GP for the guest.
@@ -233,7 +249,7 @@ mod tests {
             rip,
             ..Default::default()
         };
-        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_none());
+        assert!(emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p).is_none());
         // With the IOPL Linux sets (1): skipped, as Xen does; the mask stays 0 even for
         // `pushf; cli; ...; popf`, whose popf could not restore it.
         vcpu.iopl = 1 << 12;
@@ -244,15 +260,59 @@ mod tests {
                 rip,
                 ..Default::default()
             };
-            assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_some());
+            assert!(emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p).is_some());
             assert_eq!(regs.rip, rip + 1);
             assert_eq!(p.mem[mask_gpa as usize], 0, "insn {insn:#x}");
         }
     }
 
     #[test]
+    fn port_io_under_iopl_reaches_the_pit_and_reads_all_ones_elsewhere() {
+        let (mut vcpu, mut d, mut p) = setup();
+        vcpu.iopl = 1 << 12;
+        let rip = crate::testutil::DATA_VA;
+        let mut run = |d: &mut crate::Domain, insn: &[u8], rax: u64, rdx: u64| {
+            let mut code = [0x90u8; 4];
+            code[..insn.len()].copy_from_slice(insn);
+            place(&mut p, &vcpu, rip, &code);
+            let mut regs = GuestRegs {
+                rip,
+                rax,
+                rdx,
+                ..Default::default()
+            };
+            assert!(emulate_privileged_op(&mut vcpu, d, &mut regs, &mut p).is_some());
+            assert_eq!(regs.rip, rip + insn.len() as u64);
+            regs.rax
+        };
+        // Other ports: all ones in the width read, the rest of rax kept (32-bit: zeroed).
+        assert_eq!(run(&mut d, &[0xe4, 0x80], 0x1234_5600, 0), 0x1234_56ff);
+        assert_eq!(run(&mut d, &[0x66, 0xed], 0xaaaa_0000, 0x3f8), 0xaaaa_ffff);
+        assert_eq!(run(&mut d, &[0xe5, 0x80], u64::MAX << 40, 0), 0xffff_ffff);
+        // Channel 2 as Linux programs it (`out` to 0x61, 0x43, 0x42 twice), then read
+        // back: LSB, MSB of a count that started at 0xffff.
+        assert_eq!(
+            run(&mut d, &[0xe6, 0x61], 1, 0),
+            1,
+            "an out changes no register"
+        );
+        run(&mut d, &[0xe6, 0x43], 0xb0, 0);
+        run(&mut d, &[0xe6, 0x42], 0xff, 0);
+        run(&mut d, &[0xee], 0xff, 0x42);
+        let lo = run(&mut d, &[0xe4, 0x42], 0, 0) as u16;
+        let hi = run(&mut d, &[0xec], 0, 0x42) as u16;
+        let count = lo | hi << 8;
+        assert!(count > 0xf000, "counting down from 0xffff: {count:#x}");
+        assert_eq!(
+            run(&mut d, &[0xe4, 0x61], 0, 0) & 3,
+            1,
+            "gate high, speaker off"
+        );
+    }
+
+    #[test]
     fn wrmsr_gs_base_sets_the_kernel_gs_base() {
-        let (mut vcpu, d, mut p) = setup();
+        let (mut vcpu, mut d, mut p) = setup();
         let mut regs = GuestRegs {
             rip: crate::testutil::DATA_VA,
             rcx: 0xc000_0101,
@@ -261,7 +321,7 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x30]);
-        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_some());
+        assert!(emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p).is_some());
         assert_eq!(vcpu.gs_base_kernel, 0xffff_ffff_8000_1000);
         assert_eq!(regs.rip, crate::testutil::DATA_VA + 2);
         assert_eq!(vcpu.hw_state().gs_base, 0xffff_ffff_8000_1000);
@@ -269,7 +329,7 @@ mod tests {
 
     #[test]
     fn rdmsr_reads_back_and_unknown_msrs_are_not_emulated() {
-        let (mut vcpu, d, mut p) = setup();
+        let (mut vcpu, mut d, mut p) = setup();
         vcpu.fs_base = 0x1234_5678_9abc;
         let mut regs = GuestRegs {
             rip: crate::testutil::DATA_VA,
@@ -277,21 +337,21 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x32]);
-        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_some());
+        assert!(emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p).is_some());
         assert_eq!((regs.rdx, regs.rax), (0x1234, 0x5678_9abc));
         let mut regs = GuestRegs {
             rip: crate::testutil::DATA_VA,
             rcx: 0x10,
             ..Default::default()
         };
-        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_none());
+        assert!(emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p).is_none());
         assert_eq!(regs.rip, crate::testutil::DATA_VA);
     }
 
     #[test]
     fn msr_table_through_the_instruction_decoder() {
         use crate::msr::{feature as f, MsrEffect};
-        let (mut vcpu, d, mut p) = setup();
+        let (mut vcpu, mut d, mut p) = setup();
         p.set_policy(b"AuthenticAMD", &[f::MCE, f::MCA, f::IBPB, f::SBPB]);
         let rip = crate::testutil::DATA_VA;
         place(&mut p, &vcpu, rip, &[0x0f, 0x32]);
@@ -304,7 +364,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p),
+            emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p),
             Some(emulated::MSR)
         );
         assert_eq!((regs.rdx, regs.rax, regs.rip), (0, 2, rip + 2));
@@ -317,7 +377,7 @@ mod tests {
             rdx: 0,
             ..Default::default()
         };
-        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_some());
+        assert!(emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p).is_some());
         assert_eq!(p.effects, [MsrEffect::PredCmd(0x80)]);
         // A reserved bit: not emulated, rip unchanged, no effect.
         let mut regs = GuestRegs {
@@ -326,7 +386,7 @@ mod tests {
             rax: 0x2,
             ..Default::default()
         };
-        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_none());
+        assert!(emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p).is_none());
         assert_eq!((regs.rip, p.effects.len()), (rip, 1));
         // wrmsr takes EAX only: the upper half of rax is not part of the value.
         let mut regs = GuestRegs {
@@ -336,7 +396,7 @@ mod tests {
             rdx: 0,
             ..Default::default()
         };
-        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_some());
+        assert!(emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p).is_some());
         assert_eq!(p.effects, [MsrEffect::PredCmd(0x80), MsrEffect::PredCmd(1)]);
     }
 
@@ -369,7 +429,7 @@ mod tests {
 
     #[test]
     fn non_canonical_base_and_user_mode_are_refused() {
-        let (mut vcpu, d, mut p) = setup();
+        let (mut vcpu, mut d, mut p) = setup();
         let mut regs = GuestRegs {
             rip: crate::testutil::DATA_VA,
             rcx: 0xc000_0101,
@@ -377,10 +437,10 @@ mod tests {
             ..Default::default()
         };
         place(&mut p, &vcpu, regs.rip, &[0x0f, 0x30]);
-        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_none());
+        assert!(emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p).is_none());
         vcpu.mode = Mode::User;
         vcpu.user_cr3 = vcpu.kernel_cr3;
         regs.rdx = 0;
-        assert!(emulate_privileged_op(&mut vcpu, &d, &mut regs, &mut p).is_none());
+        assert!(emulate_privileged_op(&mut vcpu, &mut d, &mut regs, &mut p).is_none());
     }
 }

@@ -32,6 +32,7 @@ pub mod m2p;
 pub mod memory;
 pub mod mmu;
 pub mod msr;
+pub mod pit;
 #[cfg(test)]
 mod preemption;
 pub mod ptwr;

@@ -203,7 +203,7 @@ mod tests {
         place(p, vcpu, DATA_VA, &XSETBV);
         let done = emulate_privileged_op(
             vcpu,
-            &crate::Domain::new(crate::testutil::SHARED_INFO, 1),
+            &mut crate::Domain::new(crate::testutil::SHARED_INFO, 1),
             &mut regs,
             p,
         )

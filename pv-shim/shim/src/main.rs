@@ -21,11 +21,10 @@
 //! - one IDT stub per vector: push an error code (0 where the CPU pushes none) and the
 //!   vector, ring the trap doorbell, then (where the VMM resumes it: `trap_return`) `iretq`
 //!   to the frame the VMM may have rewritten. Four emulated instructions per trap.
-//!   #GP first looks for the cases it can finish alone: `cli`/`sti` and one-byte-opcode
-//!   port I/O from the guest kernel under its virtual IOPL, done as the engine would do
-//!   them, a few dozen ring-0 instructions instead of a VM exit (a Linux boot runs ~5,600
-//!   `cli`/`sti` and ~100,000 reads of the PIT while it calibrates), where the VMM's
-//!   measured floors say that is cheaper (`in_vm::IOPL_OPS`).
+//!   #GP first looks for the case it can finish alone: `cli`/`sti` from the guest kernel
+//!   under its virtual IOPL, skipped as the engine would, a dozen ring-0 instructions
+//!   instead of a VM exit (a Linux boot runs ~5,600), where the VMM's measured floors say
+//!   that is cheaper (`in_vm::IOPL_OPS`).
 //!
 //! - `shim_apply`: entered when the VMM redirects a stub (or the hypercall return) to it:
 //!   performs the pagetable stores the VMM posted, from inside the VM (the host's shadow
@@ -160,12 +159,12 @@ fast_gate:
     iretq
     ud2
 
-    // #GP from the guest kernel under its virtual IOPL, for the one-byte-opcode forms
-    // the engine would finish without the guest seeing a fault: `cli`/`sti` (fa, fb)
-    // are skipped (Xen does not map them onto the event mask); `in` (e4/e5 imm8, ec/ed
-    // dx) reads all ones, al or eax (zero-extended), as the domain has no ports; `out`
-    // (e6/e7, ee/ef) is dropped. The stack holds the error code, then the CPU's frame.
-    // Anything else, or a doubt, takes the ordinary stub to the engine.
+    // #GP from the guest kernel under its virtual IOPL for `cli`/`sti` (fa, fb): skipped,
+    // as Xen does (it does not map them onto the event mask). The stack holds the error
+    // code, then the CPU's frame. Anything else, or a doubt, takes the ordinary stub to
+    // the engine. (Port I/O does not come here: under the same IOPL the VMM opens the
+    // TSS I/O bitmap, so it leaves the VM as a plain I/O exit, answered from the
+    // domain's emulated PIT and port space.)
     // The VMM points the #GP gate here only while `in_vm::IOPL_OPS` is on (otherwise
     // at the ordinary stub, `ShimHeader::gp_plain`), so the bit needs no test.
 gp_entry:
@@ -181,28 +180,10 @@ gp_entry:
 gp_fixup_start:
     movzbl (%rax), %eax
 gp_fixup_end:
-    mov %al, %ah
     or $1, %al
     cmp $0xfb, %al
-    je 3f
-    // e4-e7 and ec-ef are exactly the bytes that are e4 under the mask f4.
-    mov %ah, %al
-    and $0xf4, %al
-    cmp $0xe4, %al
     jne gp_fixup_resume
-    test $2, %ah
-    jnz 2f
-    test $1, %ah
-    jnz 1f
-    movb $0xff, (%rsp)
-    jmp 2f
-1:  movl $0xffffffff, (%rsp)
-    movl $0, 4(%rsp)
-    // e4-e7 carry an imm8 port (two bytes), ec-ef take the port from dx (one byte).
-2:  test $8, %ah
-    jnz 3f
     incq 16(%rsp)
-3:  incq 16(%rsp)
     pop %rax
     add $8, %rsp
     iretq

@@ -410,6 +410,29 @@ impl Vcpu {
         self.sregs_dirty = true;
     }
 
+    /// The data of the port I/O the last exit stopped at (`KVM_EXIT_IO`): each element's
+    /// width in bytes and the elements, one after the other (several for a string
+    /// instruction). The VMM reads an `out`'s and fills an `in`'s before the next entry,
+    /// which finishes the instruction with them. None after any other exit.
+    pub fn io_data(&mut self) -> Option<(u8, &mut [u8])> {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != kvm_bindings::KVM_EXIT_IO {
+            return None;
+        }
+        // SAFETY: exit_reason is KVM_EXIT_IO, so KVM filled the `io` member of the union.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let len = usize::from(io.size) * io.count as usize;
+        let base: *mut u8 = (run as *mut kvm_bindings::kvm_run).cast();
+        // SAFETY: KVM places the `size * count` data bytes at `data_offset` inside the
+        // vCPU's kvm_run mapping (KVM_GET_VCPU_MMAP_SIZE covers it: the PIO page), which
+        // lives as long as `self.fd`; the slice borrows `self` mutably, so nothing else
+        // touches the mapping meanwhile. The same contract kvm-ioctls relies on for
+        // `VcpuExit::IoIn`.
+        let data =
+            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        Some((io.size, data))
+    }
+
     /// Whether KVM holds an exception, NMI or interrupt that it will deliver at the next
     /// entry (`KVM_GET_VCPU_EVENTS`). A `KVM_RUN` that a signal cut short can return
     /// between injecting a guest fault and delivering it: the fault is then delivered with
