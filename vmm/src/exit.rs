@@ -121,6 +121,8 @@ pub struct ExitStats {
     pub port_io_then_event: u64,
     /// Applies of posted stores and flushes (entries into the shim's apply routine).
     pub applies: u64,
+    /// Full local flushes left to KVM's load of a new CR3 (no apply; see `pending`).
+    pub flushes_by_cr3_load: u64,
     /// Pagetable stores the shim repeated inside the VM.
     pub posted_stores: u64,
     /// The most stores one apply carried (the posted queue's high-water mark).
@@ -151,6 +153,7 @@ impl ExitStats {
         self.port_io += o.port_io;
         self.port_io_then_event += o.port_io_then_event;
         self.applies += o.applies;
+        self.flushes_by_cr3_load += o.flushes_by_cr3_load;
         self.posted_stores += o.posted_stores;
         self.posted_peak = self.posted_peak.max(o.posted_peak);
         self.hypercall_max_ns = self.hypercall_max_ns.max(o.hypercall_max_ns);
@@ -771,7 +774,10 @@ fn resume_at(
     let g = &g;
     copy_gprs(g, &mut regs);
     sync_gdt(dom);
-    if pending(dom) {
+    // Nothing has written the system registers yet in this exit: they are what the vCPU
+    // ran with, and apply_hw_state below loads the PV state's CR3.
+    let cr3_reload = cpu.sregs()?.cr3 != dom.vcpu.hw_state().cr3;
+    if pending(dom, cr3_reload) {
         // Stores or flushes wait: enter the shim's apply routine at ring 0 on a
         // TrapFrame-shaped frame that returns to the guest where the engine said.
         let mut frame = TrapFrame {
@@ -890,7 +896,8 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
     g.ss = u64::from(sregs.ss.selector);
     let before = g;
     let outcome = events_before_resume(dom, &mut g).unwrap_or(Outcome::Resume);
-    if g == before && !pending(dom) {
+    // (No CR3 shortcut here: this path may resume without loading system registers.)
+    if g == before && !pending(dom, false) {
         return Ok(match outcome {
             Outcome::Resume => Action::Interrupted,
             other => outcome_to_action(other, dom, &g),
@@ -902,7 +909,13 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
 
 /// Whether pagetable stores or flushes wait for the shim. Collects the flushes the MMU
 /// engine deferred (type changes in copy/clear page, descriptor pages) first.
-fn pending(dom: &mut Domain<'_>) -> bool {
+///
+/// `cr3_reload`: the caller resumes the vCPU with another CR3 than it ran with (a base
+/// pointer switch), which KVM loads as the CPU would a `mov %cr3`, flushing the TLB's
+/// non-global entries: then a full local flush with no store and no single address
+/// (what a `NEW_BASEPTR` asks for, Xen's `write_ptbase`) needs no apply of its own. A
+/// Linux context switch is one such hypercall; ~18,000 in a boot.
+fn pending(dom: &mut Domain<'_>, cr3_reload: bool) -> bool {
     let p = &mut dom.platform;
     if let Some(mm) = p.mm.as_deref_mut() {
         let deferred = mm.take_pending_flush();
@@ -911,6 +924,11 @@ fn pending(dom: &mut Domain<'_>) -> bool {
             mm.tlb_flushed();
         }
         p.remote_flush |= p.flush.all_vcpus;
+    }
+    if cr3_reload && p.flush.local_all && p.flush.invlpg.is_empty() && p.frames.posted.is_empty() {
+        // The other vCPUs' part (all_vcpus) is theirs: `remote_flush` above.
+        p.flush.clear();
+        dom.exits.flushes_by_cr3_load += 1;
     }
     !p.frames.posted.nothing_waits(p.flush)
 }
@@ -1211,11 +1229,12 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
     frame.ss = g.ss | 3;
     copy_gprs(&g, &mut regs);
     sync_gdt(dom);
+    let cr3_reload = sregs.cr3 != dom.vcpu.hw_state().cr3;
     // rsp is the stub's, at the two words it pushed below the CPU's frame: the apply
     // routine takes them as it is (the general one drops them at the end, the short
     // ones hold the guest's values of their registers there); with nothing to apply,
     // the vCPU resumes at an `iretq` with rsp at the CPU's frame.
-    if pending(dom) {
+    if pending(dom, cr3_reload) {
         let (entry, skip) = start_apply(dom, &mut frame, &mut regs)?;
         regs.rip = entry;
         regs.rsp += skip;
@@ -2132,6 +2151,11 @@ mod tests {
     /// Rings the trap doorbell with `waiting` queued; returns the vCPU and the frame's
     /// guest-physical address.
     fn trap_with(w: &mut World, waiting: Waiting) -> (FakeCpu, u64, u64) {
+        trap_with_cr3(w, waiting, L4)
+    }
+
+    /// [`trap_with`] on a vCPU that ran with CR3 `ran_with` (the PV state's is L4).
+    fn trap_with_cr3(w: &mut World, waiting: Waiting, ran_with: u64) -> (FakeCpu, u64, u64) {
         w.vcpu.trap_table[3] = xen_abi::xen::TrapInfo {
             vector: 3,
             flags: 3,
@@ -2165,6 +2189,7 @@ mod tests {
             }
         }
         let mut cpu = cpu_at(0xffff_8100_0000_0500);
+        cpu.sregs.cr3 = ran_with;
         cpu.regs.rsp = rsp0;
         cpu.regs.rax = 0xaaaa;
         cpu.regs.rdi = 0xd1d1;
@@ -2225,6 +2250,37 @@ mod tests {
             "the guest's rax"
         );
         assert!(w.posted.nothing_waits(&w.flush));
+    }
+
+    /// A full local flush alone, with the vCPU resuming on another CR3 (a base pointer
+    /// switch): KVM's load of that CR3 is the flush, so no apply runs; with stores, or
+    /// with the CR3 unchanged, the apply stays.
+    #[test]
+    fn a_new_cr3_is_the_full_flush_a_base_pointer_switch_asks_for() {
+        let mut w = world();
+        let (cpu, rsp0, _) = trap_with_cr3(&mut w, Waiting::FullFlush, 0x9000);
+        let shim = w.region.vcpu0();
+        assert_eq!(
+            (cpu.regs.rip, cpu.regs.rsp),
+            (shim.trap_return, rsp0 + 16),
+            "no apply"
+        );
+        assert_eq!(cpu.sregs.cr3, L4, "the PV state's CR3 is loaded");
+        assert_eq!((w.exits.applies, w.exits.flushes_by_cr3_load), (0, 1));
+        assert!(w.flush.is_empty());
+
+        let mut w = world();
+        {
+            let mut p = platform(&mut w);
+            pv_mm::FrameAccess::write_entry(&mut p.frames, 5, 0, 0x77);
+        }
+        let (cpu, _, _) = trap_with_cr3(&mut w, Waiting::FullFlush, 0x9000);
+        assert_eq!(
+            cpu.regs.rip,
+            w.region.vcpu0().apply_entry,
+            "a store keeps the apply"
+        );
+        assert_eq!(w.exits.flushes_by_cr3_load, 0);
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl Channel {
         match self.mode {
             0 => d >= count,
             1 => d < count,
-            2 => d % count == 0 && d != 0,
+            2 => d.is_multiple_of(count) && d != 0,
             3 => d % count < count.div_ceil(2),
             _ => d == count,
         }
