@@ -154,6 +154,23 @@ pub fn fpu_taskswitch(set: bool) -> i64 {
     unsafe { hypercall1(nr::FPU_TASKSWITCH, set as u64) }
 }
 
+/// `PHYSDEVOP_set_iopl(iopl)`: the virtual IOPL under which guest kernel mode may run
+/// port I/O and `cli`/`sti` (`public/physdev.h`: command 6, `struct physdev_set_iopl {
+/// u32 iopl; }`).
+pub fn set_iopl(iopl: u32) -> i64 {
+    const PHYSDEVOP_SET_IOPL: u64 = 6;
+    let arg = iopl;
+    // SAFETY: the argument is a live u32; the IOPL changes only what port I/O and
+    // cli/sti do.
+    unsafe {
+        hypercall2(
+            nr::PHYSDEV_OP,
+            PHYSDEVOP_SET_IOPL,
+            &arg as *const u32 as u64,
+        )
+    }
+}
+
 /// `HYPERVISOR_stack_switch(ss, sp)`: the kernel stack used on entry from user mode.
 ///
 /// # Safety

@@ -2089,10 +2089,10 @@ mod tests {
         assert_eq!(w.exits.pkru_resets, 1);
     }
 
-    #[test]
-    fn trap_doorbell_bounces_and_rewrites_the_iret_frame() {
-        let mut w = world();
-        // A trap table with a #BP handler, as set_trap_table would leave it.
+    /// A #BP from guest user mode at CODE + 1 whose kernel has a handler at CODE + 0x100:
+    /// the trap table as set_trap_table leaves it, and the stub's frame (vector 3 and a 0
+    /// error code below the CPU's) on the shim stack. Returns its rsp and address.
+    fn bp_with_handler(w: &mut World) -> (u64, u64) {
         w.vcpu.trap_table[3] = xen_abi::xen::TrapInfo {
             vector: 3,
             flags: 3,
@@ -2100,7 +2100,6 @@ mod tests {
             _pad: 0,
             address: CODE + 0x100,
         };
-        // The stub pushed vector 3 and a 0 error code below the CPU's frame.
         let frame = TrapFrame {
             vector: 3,
             error_code: 0,
@@ -2110,7 +2109,13 @@ mod tests {
             rsp: 0x8_0000,
             ss: 0xe02b,
         };
-        let (rsp0, frame_gpa) = push_trap_frame(&w, &frame);
+        push_trap_frame(w, &frame)
+    }
+
+    #[test]
+    fn trap_doorbell_bounces_and_rewrites_the_iret_frame() {
+        let mut w = world();
+        let (rsp0, frame_gpa) = bp_with_handler(&mut w);
         let mut cpu = cpu_at(0xffff_8100_0000_0500);
         cpu.regs.rsp = rsp0;
         cpu.regs.rbx = 0xb0b;
@@ -2156,23 +2161,7 @@ mod tests {
 
     /// [`trap_with`] on a vCPU that ran with CR3 `ran_with` (the PV state's is L4).
     fn trap_with_cr3(w: &mut World, waiting: Waiting, ran_with: u64) -> (FakeCpu, u64, u64) {
-        w.vcpu.trap_table[3] = xen_abi::xen::TrapInfo {
-            vector: 3,
-            flags: 3,
-            cs: selector::FLAT_KERNEL_CS,
-            _pad: 0,
-            address: CODE + 0x100,
-        };
-        let frame = TrapFrame {
-            vector: 3,
-            error_code: 0,
-            rip: CODE + 1,
-            cs: 0xe033,
-            rflags: 0x202,
-            rsp: 0x8_0000,
-            ss: 0xe02b,
-        };
-        let (rsp0, frame_gpa) = push_trap_frame(w, &frame);
+        let (rsp0, frame_gpa) = bp_with_handler(w);
         {
             let mut p = platform(w);
             match waiting {

@@ -203,6 +203,16 @@ mod tests {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
+    /// The VMM's frames over `m`, queueing into `posted`, with no M2P.
+    fn vmm_frames<'a>(m: &'a GuestMemoryMmap, posted: &'a mut Posted) -> VmmFrames<'a> {
+        VmmFrames {
+            mem: m,
+            posted,
+            m2p_gpa: 0,
+            m2p_frames: 0,
+        }
+    }
+
     fn header(mem: &GuestMemoryMmap, at: u64) -> PostedHeader {
         let mut raw = vec![0u8; 0x1000];
         mem.read_slice(&mut raw, GuestAddress(at)).unwrap();
@@ -247,12 +257,7 @@ mod tests {
     fn unwalked_stores_reach_memory_and_are_not_posted() {
         let m = mem();
         let mut posted = Posted::default();
-        let mut frames = VmmFrames {
-            mem: &m,
-            posted: &mut posted,
-            m2p_gpa: 0,
-            m2p_frames: 0,
-        };
+        let mut frames = vmm_frames(&m, &mut posted);
         frames.write_entry_unwalked(5, 3, 0x1234);
         assert_eq!(frames.read_entry(5, 3), 0x1234);
         frames.write_entry(5, 4, 0x5678);
@@ -264,12 +269,7 @@ mod tests {
         let m = mem();
         let mut posted = Posted::default();
         let mut flush = FlushSet::default();
-        let mut frames = VmmFrames {
-            mem: &m,
-            posted: &mut posted,
-            m2p_gpa: 0,
-            m2p_frames: 0,
-        };
+        let mut frames = vmm_frames(&m, &mut posted);
         for i in 0..(MAX_POSTED_STORES + 5) {
             frames.write_entry(10 + (i / 512) as u64, i % 512, i as u64);
         }
@@ -293,12 +293,7 @@ mod tests {
         let m = mem();
         let mut posted = Posted::default();
         let mut flush = FlushSet::default();
-        let mut frames = VmmFrames {
-            mem: &m,
-            posted: &mut posted,
-            m2p_gpa: 0,
-            m2p_frames: 0,
-        };
+        let mut frames = vmm_frames(&m, &mut posted);
         frames.write_entry(3, 7, 0xabc);
         assert_eq!(
             posted.take_short(&mut flush),
@@ -310,23 +305,13 @@ mod tests {
         assert!(posted.nothing_waits(&flush));
 
         // A store with any flush, or two stores, is the general routine's: nothing taken.
-        let mut frames = VmmFrames {
-            mem: &m,
-            posted: &mut posted,
-            m2p_gpa: 0,
-            m2p_frames: 0,
-        };
+        let mut frames = vmm_frames(&m, &mut posted);
         frames.write_entry(3, 7, 1);
         assert!(flush.invlpg.try_push(0x4000));
         assert_eq!(posted.take_short(&mut flush), None);
         assert_eq!((posted.queued(), flush.invlpg.len()), (1, 1));
         posted.discard(&mut flush);
-        let mut frames = VmmFrames {
-            mem: &m,
-            posted: &mut posted,
-            m2p_gpa: 0,
-            m2p_frames: 0,
-        };
+        let mut frames = vmm_frames(&m, &mut posted);
         frames.write_entry(3, 7, 1);
         frames.write_entry(3, 8, 2);
         assert_eq!(posted.take_short(&mut flush), None);

@@ -601,16 +601,7 @@ fn null_hypercall(ctx: &mut Ctx) {
 }
 
 fn port_read(ctx: &mut Ctx) {
-    const PHYSDEVOP_SET_IOPL: u64 = 6;
-    let iopl: u32 = 1;
-    // SAFETY: the argument is a live u32.
-    let rc = unsafe {
-        hypercall::hypercall2(
-            nr::PHYSDEV_OP,
-            PHYSDEVOP_SET_IOPL,
-            &iopl as *const u32 as u64,
-        )
-    };
+    let rc = hypercall::set_iopl(1);
     if rc != 0 {
         fail!("PHYSDEVOP_set_iopl(1) returned {}", rc);
     }

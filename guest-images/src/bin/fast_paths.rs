@@ -24,7 +24,7 @@
 #![no_main]
 
 use core::arch::asm;
-use pv_test_kernels::hypercall::{hypercall2, hypercall4, MmuextOp};
+use pv_test_kernels::hypercall::{hypercall4, MmuextOp};
 use pv_test_kernels::mm;
 use pv_test_kernels::traps::{install_trap_table, last_trap};
 use pv_test_kernels::xen_abi::errno::{EFAULT, ESRCH};
@@ -78,19 +78,13 @@ fn own_int3_is_a_breakpoint() {
     check_eq!("int3: rip (after the int3)", t.rip, insn);
 }
 
-/// PHYSDEVOP_set_iopl.
+/// PHYSDEVOP_set_iopl, which must succeed.
 fn set_iopl(iopl: u32) {
-    const PHYSDEVOP_SET_IOPL: u64 = 6;
-    let arg = iopl;
-    // SAFETY: the argument is a live u32.
-    let rc = unsafe {
-        hypercall2(
-            hc::PHYSDEV_OP,
-            PHYSDEVOP_SET_IOPL,
-            &arg as *const u32 as u64,
-        )
-    };
-    check_rc!("PHYSDEVOP_set_iopl", rc, 0);
+    check_rc!(
+        "PHYSDEVOP_set_iopl",
+        pv_test_kernels::hypercall::set_iopl(iopl),
+        0
+    );
 }
 
 /// Runs one port-I/O or cli/sti instruction (`$insn`, Intel syntax) with rax = `rax`

@@ -246,17 +246,11 @@ fn main(si: &'static StartInfo) {
     }
 
     // The port-read phase, under the same timer.
-    const PHYSDEVOP_SET_IOPL: u64 = 6;
-    let iopl: u32 = 1;
-    // SAFETY: the argument is a live u32.
-    let rc = unsafe {
-        hypercall2(
-            hc::PHYSDEV_OP,
-            PHYSDEVOP_SET_IOPL,
-            &iopl as *const u32 as u64,
-        )
-    };
-    check_rc!("PHYSDEVOP_set_iopl(1)", rc, 0);
+    check_rc!(
+        "PHYSDEVOP_set_iopl(1)",
+        pv_test_kernels::hypercall::set_iopl(1),
+        0
+    );
     let end = events.now_ns() + secs * 1_000_000_000;
     // SAFETY: as above; lets events in again.
     unsafe { write_volatile((shinfo + vcpu_info::UPCALL_MASK) as *mut u8, 0) };
