@@ -913,8 +913,8 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
 /// `cr3_reload`: the caller resumes the vCPU with another CR3 than it ran with (a base
 /// pointer switch), which KVM loads as the CPU would a `mov %cr3`, flushing the TLB's
 /// non-global entries: then a full local flush with no store and no single address
-/// (what a `NEW_BASEPTR` asks for, Xen's `write_ptbase`) needs no apply of its own. A
-/// Linux context switch is one such hypercall; ~18,000 in a boot.
+/// (what a `NEW_BASEPTR` asks for, Xen's `write_ptbase`) needs no apply of its own
+/// (~18,000 such switches in a Linux boot).
 fn pending(dom: &mut Domain<'_>, cr3_reload: bool) -> bool {
     let p = &mut dom.platform;
     if let Some(mm) = p.mm.as_deref_mut() {
