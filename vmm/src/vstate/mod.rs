@@ -423,13 +423,13 @@ impl Vcpu {
         let io = unsafe { run.__bindgen_anon_1.io };
         let len = usize::from(io.size) * io.count as usize;
         let base: *mut u8 = (run as *mut kvm_bindings::kvm_run).cast();
-        // SAFETY: KVM places the `size * count` data bytes at `data_offset` inside the
-        // vCPU's kvm_run mapping (KVM_GET_VCPU_MMAP_SIZE covers it: the PIO page), which
-        // lives as long as `self.fd`; the slice borrows `self` mutably, so nothing else
-        // touches the mapping meanwhile. The same contract kvm-ioctls relies on for
-        // `VcpuExit::IoIn`.
-        let data =
-            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        // KVM places the `size * count` data bytes at `data_offset` inside the vCPU's
+        // kvm_run mapping (KVM_GET_VCPU_MMAP_SIZE covers it: the PIO page), the contract
+        // kvm-ioctls relies on for `VcpuExit::IoIn`.
+        let at = io.data_offset as usize;
+        // SAFETY: `base + at .. + len` lies in that mapping, which lives as long as
+        // `self.fd`; the slice borrows `self` mutably, so nothing else touches it meanwhile.
+        let data = unsafe { std::slice::from_raw_parts_mut(base.add(at), len) };
         Some((io.size, data))
     }
 
