@@ -1478,12 +1478,12 @@ mod tests {
                 cpuid: &w.cpuid,
                 console: &mut w.console,
                 mm: None,
-                frames: crate::posted::VmmFrames {
-                    mem: &w.mem,
-                    posted: &mut w.posted,
-                    m2p_gpa: w.region.m2p_gpa,
-                    m2p_frames: RAM >> 12,
-                },
+                frames: crate::posted::VmmFrames::new(
+                    &w.mem,
+                    &mut w.posted,
+                    w.region.m2p_gpa,
+                    RAM >> 12,
+                ),
                 flush: &mut w.flush,
                 clock: pv_engine::time::PvClock::new(0, 1_000_000_000),
                 tsc_offset: 0,

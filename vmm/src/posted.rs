@@ -10,7 +10,10 @@
 
 use pv_engine::mmu::BatchFlush as FlushSet;
 use pv_mm::{FrameAccess, Mfn};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use std::cell::Cell;
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory, VolatileSlice,
+};
 use xen_abi::contract::{
     PostedHeader, PostedStore, DIRECTMAP_VA, MAX_POSTED_INVLPG, MAX_POSTED_STORES,
     POSTED_FLUSH_ALL, POSTED_MORE,
@@ -141,9 +144,45 @@ pub struct VmmFrames<'a> {
     pub m2p_gpa: u64,
     /// Frames the M2P table has entries for.
     pub m2p_frames: u64,
+    /// The frame `read_entry` read last and its bytes: validating or demoting a table
+    /// reads its 512 entries in a row, and a lookup of the guest-memory region per
+    /// entry cost ~30 ns, a fifth of a fork's VMM time.
+    last_read: Cell<Option<(Mfn, VolatileSlice<'a>)>>,
 }
 
-impl VmmFrames<'_> {
+impl<'a> VmmFrames<'a> {
+    /// The frames of `mem`, queueing stores into `posted`; the M2P table is at
+    /// `m2p_gpa` with `m2p_frames` entries (0: no M2P writes).
+    pub fn new(
+        mem: &'a GuestMemoryMmap,
+        posted: &'a mut Posted,
+        m2p_gpa: u64,
+        m2p_frames: u64,
+    ) -> Self {
+        VmmFrames {
+            mem,
+            posted,
+            m2p_gpa,
+            m2p_frames,
+            last_read: Cell::new(None),
+        }
+    }
+
+    /// The 4 KiB of frame `mfn`, None outside guest memory.
+    fn frame(&self, mfn: Mfn) -> Option<VolatileSlice<'a>> {
+        if let Some((last, bytes)) = self.last_read.get() {
+            if last == mfn {
+                return Some(bytes);
+            }
+        }
+        let bytes = self
+            .mem
+            .get_slice(GuestAddress(mfn.checked_mul(4096)?), 4096)
+            .ok()?;
+        self.last_read.set(Some((mfn, bytes)));
+        Some(bytes)
+    }
+
     fn store(&mut self, gpa: u64, value: u64) {
         if self.mem.write_obj(value, GuestAddress(gpa)).is_ok() {
             self.posted.stores.push(PostedStore {
@@ -156,8 +195,12 @@ impl VmmFrames<'_> {
 
 impl FrameAccess for VmmFrames<'_> {
     fn read_entry(&self, mfn: Mfn, slot: usize) -> u64 {
-        let gpa = (mfn << 12) + (slot as u64 & 511) * 8;
-        self.mem.read_obj(GuestAddress(gpa)).unwrap_or(0)
+        match self.frame(mfn) {
+            Some(bytes) => bytes
+                .get_ref::<u64>((slot & 511) * 8)
+                .map_or(0, |entry| entry.load()),
+            None => 0,
+        }
     }
 
     fn write_entry(&mut self, mfn: Mfn, slot: usize, value: u64) {
@@ -205,12 +248,7 @@ mod tests {
 
     /// The VMM's frames over `m`, queueing into `posted`, with no M2P.
     fn vmm_frames<'a>(m: &'a GuestMemoryMmap, posted: &'a mut Posted) -> VmmFrames<'a> {
-        VmmFrames {
-            mem: m,
-            posted,
-            m2p_gpa: 0,
-            m2p_frames: 0,
-        }
+        VmmFrames::new(m, posted, 0, 0)
     }
 
     fn header(mem: &GuestMemoryMmap, at: u64) -> PostedHeader {
@@ -224,12 +262,7 @@ mod tests {
         let m = mem();
         let mut posted = Posted::default();
         let mut flush = FlushSet::default();
-        let mut frames = VmmFrames {
-            mem: &m,
-            posted: &mut posted,
-            m2p_gpa: 0x8_0000,
-            m2p_frames: 16,
-        };
+        let mut frames = VmmFrames::new(&m, &mut posted, 0x8_0000, 16);
         frames.write_entry(3, 7, 0xabc);
         frames.write_entry(3, 8, 0xdef);
         assert_eq!(frames.read_entry(3, 7), 0xabc);
@@ -251,6 +284,31 @@ mod tests {
         let first: u64 = m.read_obj(GuestAddress(area + 0x1000)).unwrap();
         assert_eq!(first, DIRECTMAP_VA + 3 * 4096 + 7 * 8);
         assert!(posted.nothing_waits(&flush));
+    }
+
+    #[test]
+    fn reads_follow_frame_switches_writes_and_end_of_memory() {
+        let m = mem();
+        let mut posted = Posted::default();
+        let mut frames = vmm_frames(&m, &mut posted);
+        m.write_obj(0x11u64, GuestAddress(2 * 4096 + 511 * 8))
+            .unwrap();
+        m.write_obj(0x22u64, GuestAddress(3 * 4096)).unwrap();
+        assert_eq!(frames.read_entry(2, 511), 0x11);
+        assert_eq!(frames.read_entry(3, 0), 0x22);
+        assert_eq!(frames.read_entry(2, 511), 0x11, "back to the first frame");
+        frames.write_entry(2, 511, 0x33);
+        assert_eq!(
+            frames.read_entry(2, 511),
+            0x33,
+            "a read sees the frame's own store"
+        );
+        m.write_obj(0x44u64, GuestAddress(2 * 4096 + 8)).unwrap();
+        assert_eq!(frames.read_entry(2, 1), 0x44, "and anyone else's");
+        // Frames past the end of guest memory (a hostile mfn) read as 0.
+        assert_eq!(frames.read_entry(0x100, 0), 0);
+        assert_eq!(frames.read_entry(u64::MAX, 3), 0);
+        assert_eq!(frames.read_entry(2, 512 + 511), 0x33, "slots wrap at 512");
     }
 
     #[test]

@@ -1289,6 +1289,16 @@ fn kick_until_ended(
     Ok(())
 }
 
+/// Whether the watchdog must hear that a vCPU's deadline moved from `before` to `due`
+/// (guest system time, u64::MAX for none) at `now`. It sleeps until the earliest
+/// deadline it has seen that is not yet kicked for: a deadline moved later is found
+/// when it wakes for the earlier one, as long as that one is still ahead; a note per
+/// move was a futex wake per exit whenever Linux reprogrammed its timer. No deadline
+/// (u64::MAX) needs no look.
+fn watchdog_must_look(before: u64, due: u64, now: u64) -> bool {
+    due != before && due != u64::MAX && (due < before || before <= now)
+}
+
 /// How long a stopped vCPU thread may take to notice.
 const VCPU_STOP_LIMIT: Duration = Duration::from_secs(10);
 
@@ -1386,12 +1396,7 @@ fn initial_mm(
     });
     let mut posted = Posted::default();
     let mut flush = pv_engine::mmu::BatchFlush::default();
-    let mut frames = VmmFrames {
-        mem: vm.memory(),
-        posted: &mut posted,
-        m2p_gpa: region.m2p_gpa,
-        m2p_frames: ram >> 12,
-    };
+    let mut frames = VmmFrames::new(vm.memory(), &mut posted, region.m2p_gpa, ram >> 12);
     let _ = mm.pin_table(&mut frames, l4, pv_mm::Level::L4)?;
     let _ = mm.set_root(&mut frames, None, Some(l4))?;
     // Nothing has run: the stores are in memory, which is all a first walk will read.
@@ -1566,12 +1571,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 cpuid: &cpuid,
                 console: &mut console,
                 mm: mm_guard.as_deref_mut(),
-                frames: VmmFrames {
-                    mem: vm.memory(),
-                    posted: &mut posted,
-                    m2p_gpa: region.m2p_gpa,
-                    m2p_frames: ram >> 12,
-                },
+                frames: VmmFrames::new(vm.memory(), &mut posted, region.m2p_gpa, ram >> 12),
                 flush: &mut flush,
                 clock,
                 tsc_offset: paths.tsc_offset,
@@ -1723,7 +1723,9 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         let due = pv_engine::time::next_deadline(dom.vcpu)
             .unwrap_or(u64::MAX)
             .min(dom.soft_trap.recheck_at.unwrap_or(u64::MAX));
-        if shared.next_timer.swap(due, Ordering::SeqCst) != due {
+        let before = shared.next_timer.swap(due, Ordering::SeqCst);
+        let now = pv_engine::Platform::system_time_ns(&dom.platform);
+        if watchdog_must_look(before, due, now) {
             let _ = shared.watchdog.send(WatchNote::TimerMoved);
         }
         match action {
@@ -2158,5 +2160,32 @@ impl crate::backends::xenbus::EventChannels for VcpuChannels {
 
     fn raise(&self, backend_port: u32) {
         self.send(Wake::BackendEvent(backend_port));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watchdog_must_look;
+
+    #[test]
+    fn the_watchdog_hears_of_earlier_deadlines_and_of_any_after_a_passed_one() {
+        const NONE: u64 = u64::MAX;
+        let now = 1_000;
+        assert!(watchdog_must_look(NONE, 2_000, now), "a first deadline");
+        assert!(watchdog_must_look(3_000, 2_000, now), "an earlier one");
+        assert!(
+            !watchdog_must_look(2_000, 3_000, now),
+            "later: found at 2,000"
+        );
+        assert!(
+            !watchdog_must_look(2_000, NONE, now),
+            "cancelled: found at 2,000"
+        );
+        assert!(!watchdog_must_look(2_000, 2_000, now), "unchanged");
+        // The old deadline has passed: the watchdog may have kicked for it and sleep
+        // for its whole interval now.
+        assert!(watchdog_must_look(900, 3_000, now));
+        assert!(watchdog_must_look(1_000, 3_000, now));
+        assert!(!watchdog_must_look(900, NONE, now), "nothing to wake for");
     }
 }

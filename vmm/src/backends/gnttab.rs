@@ -180,13 +180,8 @@ impl GuestGrantTable {
     }
 
     fn frames<'a>(&'a self, posted: &'a mut Posted) -> VmmFrames<'a> {
-        VmmFrames {
-            mem: &self.mem,
-            posted,
-            // Grant mappings never update the M2P.
-            m2p_gpa: 0,
-            m2p_frames: 0,
-        }
+        // Grant mappings never update the M2P.
+        VmmFrames::new(&self.mem, posted, 0, 0)
     }
 
     fn page_gpa(&self, m: &Mapping, offset: usize, len: usize) -> Result<GuestAddress, GrantError> {
