@@ -794,13 +794,13 @@ fn resume_at(
             .shim
             .va_to_gpa(rsp0)
             .ok_or("the shim stack is outside the shim region")?;
-        let (entry, skip) = start_apply(dom, &mut frame, &mut regs)?;
+        let (entry, skip) = start_apply(dom, &mut frame, &mut regs, rsp0)?;
         dom.platform
             .mem
             .write_slice(frame.as_bytes(), GuestAddress(gpa))
             .map_err(|e| e.to_string())?;
         regs.rip = entry;
-        regs.rsp = rsp0 + skip;
+        regs.rsp = rsp0.wrapping_add_signed(skip);
         regs.rflags = 0x2;
         cpu.set_regs(&regs);
         apply_hw_state(cpu, dom.vcpu, 0, 0, false)?;
@@ -944,7 +944,8 @@ fn start_apply(
     dom: &mut Domain<'_>,
     frame: &mut TrapFrame,
     regs: &mut Regs,
-) -> Result<(u64, u64), String> {
+    frame_va: u64,
+) -> Result<(u64, i64), String> {
     dom.exits.applies += 1;
     let queued = dom.platform.frames.posted.queued() as u64;
     dom.exits.posted_stores += queued;
@@ -962,6 +963,36 @@ fn start_apply(
         Some(ShortApply::FlushAll) => {
             frame.error_code = regs.rax;
             Ok((dom.shim.apply_flush_all, 8))
+        }
+        Some(ShortApply::List { stores, flush_all }) => {
+            // Below the frame: the stores, then the guest's rcx; its rdi and rax go
+            // where the frame's vector and error code are.
+            let mut words = Vec::with_capacity(stores.len() * 2 + 1);
+            for s in &stores {
+                words.extend([s.va, s.value]);
+            }
+            words.push(regs.rcx);
+            let below = (words.len() * 8) as u64;
+            let list_va = frame_va - below;
+            let gpa = dom
+                .shim
+                .va_to_gpa(list_va)
+                .filter(|_| {
+                    list_va >= dom.shim.stack_top - xen_abi::contract::layout::vcpu::STACK_SIZE
+                })
+                .ok_or("the listed stores do not fit the shim stack")?;
+            p.mem
+                .write_slice(words.as_bytes(), GuestAddress(gpa))
+                .map_err(|e| e.to_string())?;
+            frame.vector = regs.rdi;
+            frame.error_code = regs.rax;
+            regs.rcx = stores.len() as u64;
+            let entry = if flush_all {
+                dom.shim.apply_list_flush_all
+            } else {
+                dom.shim.apply_list
+            };
+            Ok((entry, -(below as i64)))
         }
         None => {
             p.frames.posted.fill(p.flush, p.mem, area)?;
@@ -1235,9 +1266,10 @@ fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action,
     // ones hold the guest's values of their registers there); with nothing to apply,
     // the vCPU resumes at an `iretq` with rsp at the CPU's frame.
     if pending(dom, cr3_reload) {
-        let (entry, skip) = start_apply(dom, &mut frame, &mut regs)?;
+        let frame_va = regs.rsp;
+        let (entry, skip) = start_apply(dom, &mut frame, &mut regs, frame_va)?;
         regs.rip = entry;
-        regs.rsp += skip;
+        regs.rsp = frame_va.wrapping_add_signed(skip);
     } else {
         regs.rip = dom.shim.trap_return;
         regs.rsp += 16;
@@ -2182,6 +2214,7 @@ mod tests {
         cpu.regs.rsp = rsp0;
         cpu.regs.rax = 0xaaaa;
         cpu.regs.rdi = 0xd1d1;
+        cpu.regs.rcx = 0xc0c0;
         cpu.regs.rbx = 0xb0b;
         let exit = Exit::IoOut {
             port: port::TRAP,
@@ -2266,16 +2299,48 @@ mod tests {
         let (cpu, _, _) = trap_with_cr3(&mut w, Waiting::FullFlush, 0x9000);
         assert_eq!(
             cpu.regs.rip,
-            w.region.vcpu0().apply_entry,
-            "a store keeps the apply"
+            w.region.vcpu0().apply_list_flush_all,
+            "a store keeps the apply, and its flush"
         );
         assert_eq!(w.exits.flushes_by_cr3_load, 0);
     }
 
+    /// A few stores: listed on the ring-0 stack below the guest's rcx, rdi and rax, for
+    /// `apply_list`'s pops; the rest of the frame as for any apply.
+    #[test]
+    fn a_few_stores_are_listed_on_the_ring0_stack() {
+        let mut w = world();
+        let (cpu, rsp0, frame_gpa) = trap_with(&mut w, Waiting::Stores(3));
+        let shim = w.region.vcpu0();
+        let below = 3 * 16 + 8;
+        assert_eq!(
+            (cpu.regs.rip, cpu.regs.rsp, cpu.regs.rcx),
+            (shim.apply_list, rsp0 - below, 3)
+        );
+        let mut words = [0u64; 7];
+        w.mem
+            .read_slice(words.as_mut_bytes(), GuestAddress(frame_gpa - below))
+            .unwrap();
+        let entry = xen_abi::contract::DIRECTMAP_VA + 5 * 4096;
+        assert_eq!(
+            words,
+            [entry, 0x77, entry + 8, 0x78, entry + 16, 0x79, 0xc0c0],
+            "the stores in order, then the guest's rcx"
+        );
+        let after = read_frame(&w, frame_gpa);
+        assert_eq!((after.vector, after.error_code), (0xd1d1, 0xaaaa));
+        assert_eq!(after.rip, CODE + 0x100);
+        assert_eq!(cpu.regs.rbx, 0xb0b);
+        assert!(w.posted.nothing_waits(&w.flush));
+        assert_eq!((w.exits.applies, w.exits.posted_stores), (1, 3));
+    }
+
+    /// More stores than the list holds, or a single-address flush: the posting area.
     #[test]
     fn other_shapes_go_to_the_general_apply_through_the_posting_area() {
+        let many = xen_abi::contract::MAX_LISTED_STORES + 1;
         for (waiting, stores, invlpg) in [
-            (Waiting::Stores(2), 2, 0),
+            (Waiting::Stores(many), many as u32, 0),
             (Waiting::OneStoreAndInvlpg, 1, 1),
         ] {
             let mut w = world();

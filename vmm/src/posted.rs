@@ -15,15 +15,16 @@ use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory, VolatileSlice,
 };
 use xen_abi::contract::{
-    PostedHeader, PostedStore, DIRECTMAP_VA, MAX_POSTED_INVLPG, MAX_POSTED_STORES,
-    POSTED_FLUSH_ALL, POSTED_MORE,
+    PostedHeader, PostedStore, DIRECTMAP_VA, MAX_LISTED_STORES, MAX_POSTED_INVLPG,
+    MAX_POSTED_STORES, POSTED_FLUSH_ALL, POSTED_MORE,
 };
 use zerocopy::{FromZeros, IntoBytes};
 
 /// What the next apply does, when it fits one of the shim's short routines: the VMM
-/// then hands the operands over in registers instead of the posting area, and the shim
-/// runs 4 ring-0 instructions instead of ~30 (each one emulated on a software-KVM host).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// then hands the operands over in registers (or on the ring-0 stack) instead of the
+/// posting area, and the shim runs 4 ring-0 instructions a store instead of 6 plus ~25
+/// (each one emulated on a software-KVM host).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ShortApply {
     /// One store and no flush (`xen_abi::contract::ShimHeader::apply_one`): `*va = value`.
     One {
@@ -35,6 +36,14 @@ pub enum ShortApply {
     /// A full flush of this vCPU's TLB and no store
     /// (`xen_abi::contract::ShimHeader::apply_flush_all`).
     FlushAll,
+    /// Up to [`MAX_LISTED_STORES`] stores, in order, then a full flush or none
+    /// (`xen_abi::contract::ShimHeader::apply_list`, `apply_list_flush_all`).
+    List {
+        /// The stores.
+        stores: Vec<PostedStore>,
+        /// Whether a full flush of this vCPU's TLB follows them.
+        flush_all: bool,
+    },
 }
 
 /// The store queue of one vCPU (the flushes that go with it are the engine's
@@ -79,20 +88,28 @@ impl Posted {
 
     /// Takes everything that waits (the queue and the flushes) when it is one of the
     /// [`ShortApply`] shapes; otherwise takes nothing (the general routine then runs
-    /// from [`Posted::fill`]). A flush is never dropped: exactly the shapes `fill` would
-    /// have posted as one store with no flush, or no store with `POSTED_FLUSH_ALL`.
+    /// from [`Posted::fill`]). A flush is never dropped: exactly what `fill` would have
+    /// posted, stores in order, the flush as `POSTED_FLUSH_ALL` or none (single
+    /// addresses stay the general routine's).
     pub fn take_short(&mut self, flush: &mut FlushSet) -> Option<ShortApply> {
         if self.sent != 0 {
             return None;
         }
+        let full = flush.local_all || flush.all_vcpus || flush.invlpg.len() > MAX_POSTED_INVLPG;
+        if !full && !flush.is_empty() {
+            return None;
+        }
         let shape = match self.stores.as_slice() {
-            [only] if flush.is_empty() => ShortApply::One {
+            [] if full => ShortApply::FlushAll,
+            [] => return None,
+            [only] if !full => ShortApply::One {
                 va: only.va,
                 value: only.value,
             },
-            [] if flush.local_all || flush.all_vcpus || flush.invlpg.len() > MAX_POSTED_INVLPG => {
-                ShortApply::FlushAll
-            }
+            stores if stores.len() <= MAX_LISTED_STORES => ShortApply::List {
+                stores: stores.to_vec(),
+                flush_all: full,
+            },
             _ => return None,
         };
         self.discard(flush);
@@ -362,18 +379,61 @@ mod tests {
         );
         assert!(posted.nothing_waits(&flush));
 
-        // A store with any flush, or two stores, is the general routine's: nothing taken.
+        // A store with a single-address flush is the general routine's: nothing taken.
         let mut frames = vmm_frames(&m, &mut posted);
         frames.write_entry(3, 7, 1);
         assert!(flush.invlpg.try_push(0x4000));
         assert_eq!(posted.take_short(&mut flush), None);
         assert_eq!((posted.queued(), flush.invlpg.len()), (1, 1));
         posted.discard(&mut flush);
+
+        // Two stores, or one with a full flush, are a list, in order.
         let mut frames = vmm_frames(&m, &mut posted);
         frames.write_entry(3, 7, 1);
         frames.write_entry(3, 8, 2);
+        let store = |slot: u64, value| PostedStore {
+            va: DIRECTMAP_VA + 3 * 4096 + slot * 8,
+            value,
+        };
+        assert_eq!(
+            posted.take_short(&mut flush),
+            Some(ShortApply::List {
+                stores: vec![store(7, 1), store(8, 2)],
+                flush_all: false
+            })
+        );
+        assert!(posted.nothing_waits(&flush));
+        let mut frames = vmm_frames(&m, &mut posted);
+        frames.write_entry(3, 9, 3);
+        flush.all_vcpus = true;
+        assert_eq!(
+            posted.take_short(&mut flush),
+            Some(ShortApply::List {
+                stores: vec![store(9, 3)],
+                flush_all: true
+            })
+        );
+        assert!(posted.nothing_waits(&flush));
+        let mut frames = vmm_frames(&m, &mut posted);
+        frames.write_entry(3, 9, 3);
+        frames.write_entry(3, 10, 4);
+        flush.local_all = true;
+        assert_eq!(
+            posted.take_short(&mut flush),
+            Some(ShortApply::List {
+                stores: vec![store(9, 3), store(10, 4)],
+                flush_all: true
+            })
+        );
+        assert!(posted.nothing_waits(&flush));
+
+        // More than the stack list holds: the posting area's.
+        let mut frames = vmm_frames(&m, &mut posted);
+        for slot in 0..=MAX_LISTED_STORES {
+            frames.write_entry(3, slot, 1);
+        }
         assert_eq!(posted.take_short(&mut flush), None);
-        assert_eq!(posted.queued(), 2);
+        assert_eq!(posted.queued(), MAX_LISTED_STORES + 1);
         posted.discard(&mut flush);
 
         // Single addresses stay the general routine's; a full flush, of this vCPU or of

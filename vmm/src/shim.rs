@@ -178,6 +178,10 @@ pub struct VcpuShim {
     pub apply_flush_all: u64,
     /// An `iretq` a trap's doorbell resumes at when nothing waits (`ShimHeader::trap_return`).
     pub trap_return: u64,
+    /// The apply of a few stores listed on the stack (`ShimHeader::apply_list`).
+    pub apply_list: u64,
+    /// The same, then a full flush (`ShimHeader::apply_list_flush_all`).
+    pub apply_list_flush_all: u64,
     /// Top of the vCPU's ring-0 stack (TSS rsp0).
     pub stack_top: u64,
     /// Guest-physical address of the `GuestStatePage` this vCPU's syscall stub reads.
@@ -699,6 +703,8 @@ fn build_block(
         apply_one: text + u64::from(hdr.apply_one),
         apply_flush_all: text + u64::from(hdr.apply_flush_all),
         trap_return: text + u64::from(hdr.trap_return),
+        apply_list: text + u64::from(hdr.apply_list),
+        apply_list_flush_all: text + u64::from(hdr.apply_list_flush_all),
         stack_top: va(layout::vcpu::STACK),
         guest_state_gpa,
         posted_gpa: block_gpa + layout::vcpu::POSTED,
@@ -968,6 +974,7 @@ mod tests {
             assert!(v.in_text(v.syscall_entry) && v.in_text(v.apply_entry));
             assert!(v.in_text(v.apply_one) && v.in_text(v.apply_flush_all));
             assert!(v.in_text(v.trap_return));
+            assert!(v.in_text(v.apply_list) && v.in_text(v.apply_list_flush_all));
             assert!(v.in_text(v.syscall_doorbell_end));
             assert_eq!(
                 v.va_to_gpa(v.syscall_entry),

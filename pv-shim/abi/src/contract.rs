@@ -27,7 +27,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this contract; the shim header carries it.
-pub const CONTRACT_VERSION: u32 = 9;
+pub const CONTRACT_VERSION: u32 = 10;
 /// Magic at offset 0 of the shim image.
 pub const SHIM_MAGIC: [u8; 8] = *b"PVKVSHIM";
 /// Number of IDT vectors the shim provides stubs for.
@@ -305,6 +305,14 @@ pub struct ShimHeader {
     /// An `iretq`: where a trap's doorbell resumes, rsp at the CPU's frame, when nothing
     /// waits for the apply routine.
     pub trap_return: u32,
+    /// Up to [`MAX_LISTED_STORES`] posted stores and no flush, listed on the ring-0
+    /// stack: entered with rcx = their number (at least 1) and rsp at the list, each
+    /// store two words (the entry's direct-map address, then its value), followed by
+    /// three words holding the guest's rcx, rdi and rax (the last two in place of a
+    /// [`TrapFrame`]'s vector and error code), the CPU's frame above them.
+    pub apply_list: u32,
+    /// The same list followed by a full TLB flush.
+    pub apply_list_flush_all: u32,
 }
 
 /// Words the IDT stub pushes on the ring-0 stack below the CPU's interrupt frame: at the
@@ -331,6 +339,10 @@ pub struct TrapFrame {
 /// Stores the VMM posts: the apply routine performs them, in order, from inside the VM,
 /// so the host's shadow MMU sees every pagetable change (docs/host-kvm.md).
 pub const MAX_POSTED_STORES: usize = ((layout::vcpu::POSTED_SIZE - 0x1000) / 16) as usize;
+/// Stores the VMM may list on the ring-0 stack for [`ShimHeader::apply_list`] (16 bytes
+/// each, well inside the stack): more, or any single-address flush, take the posting
+/// area and the general routine.
+pub const MAX_LISTED_STORES: usize = 64;
 /// Single-address invalidations one apply can carry.
 pub const MAX_POSTED_INVLPG: usize = (0x1000 - 16) / 8;
 /// [`PostedHeader::flags`]: ring [`port::APPLY_MORE`] after the stores (more follow).
@@ -356,7 +368,9 @@ pub struct PostedHeader {
 
 /// One posted store: `*va = value`, with `va` in the direct map.
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Default, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct PostedStore {
     /// Virtual address (in the shim's direct map) of the 8-byte entry.
     pub va: u64,
