@@ -11,14 +11,21 @@ CARGO_TARGET_DIR (target/report-before/<sha>, kept so that a rerun does not rebu
 Floor model, per operation of a figure:
 
     floor = sum over exit kinds (exits of that kind / op x the probe's round trip of it)
-          + in-VM transitions / op x the probe's in-VM exception round trip
+          + applies / op x the probe's in-VM exception round trip
+          + further ring-0 instructions / op x the probe's emulated instruction
           + native work (the same figure run natively on this host)
 
 with the round trips of `pvkvm probe --json`: hypercall doorbells (and exits pvkvm does not
 attribute: interrupted, other) cost "syscall -> VMM -> guest", trap doorbells "int3 ->
-shim stub -> VMM -> iretq", apply refills "out from ring 0 -> VMM -> guest"; an in-VM
-transition costs "int3 -> ring-0 iretq (no VMM)". ratio = value / floor; a figure above
-FLAG_RATIO is flagged.
+shim stub -> VMM -> iretq", apply refills "out from ring 0 -> VMM -> guest"; an apply (the
+shim's ring-0 routine that repeats the VMM's pagetable stores inside the VM, entered on the
+way back to the guest: `--stats`' "N in M applies") costs "int3 -> ring-0 iretq (no VMM)".
+Where the host KVM emulates ring 0 (kvm_pvm), the instructions it emulated are counted with
+the host's `kvm:kvm_emulate_insn` tracepoint (`perf stat`, root; see
+benches/emulated_insns.sh), and those not already in a round trip above (one per hypercall
+doorbell, four per trap doorbell, one per apply) cost "ring-0 instruction (emulated?)"
+each; without perf the term is left out and the notes say so. ratio = value / floor; a
+figure above FLAG_RATIO is flagged.
 
 Python 3 standard library only; uses benches/linux.py for the builds and the boots.
 """
@@ -65,6 +72,12 @@ PROBE_HYPERCALL = "syscall -> VMM -> guest (sync regs)"
 PROBE_TRAP = "int3 -> shim stub -> VMM -> iretq"
 PROBE_REFILL = "out from ring 0 -> VMM -> guest"
 PROBE_IN_VM = "int3 -> ring-0 iretq (no VMM)"
+PROBE_RING0_INSN = "ring-0 instruction (emulated?)"
+# Emulated instructions a probe round trip above already includes, per exit kind and per
+# apply: a hypercall's doorbell `out`; a trap stub's pushes, `out` and `iretq`; an
+# apply's `iretq`.
+PROBE_TIMINGS = (PROBE_HYPERCALL, PROBE_TRAP, PROBE_REFILL, PROBE_IN_VM, PROBE_RING0_INSN)
+EMULATED_IN_FLOORS = [("hypercall_doorbells", 1), ("trap_doorbells", 4), ("applies", 1)]
 EXIT_KINDS = [  # (--stats counter, probe timing charged per exit)
     ("hypercall_doorbells", PROBE_HYPERCALL),
     ("trap_doorbells", PROBE_TRAP),
@@ -72,8 +85,28 @@ EXIT_KINDS = [  # (--stats counter, probe timing charged per exit)
     ("interrupted_exits", PROBE_HYPERCALL),
     ("other_exits", PROBE_HYPERCALL),
 ]
-IN_VM_NOTE = ("pvkvm's --stats does not count in-VM transitions (exceptions the shim handles "
-              "without leaving the VM, such as its in-VM page flushes): 0 in the floor")
+IN_VM_NOTE = ("the shim's applies (ring-0 entries on the way back to the guest that repeat "
+              "the VMM's pagetable stores inside the VM) per operation, from --stats; in-VM "
+              "exceptions that never reach the VMM (the in-VM page flush) are not counted")
+EMULATED_NOTE = ("ring-0 instructions the host KVM emulated per operation (`perf stat -a -e "
+                 "kvm:kvm_emulate_insn` around each boot, figure boot minus the boot running "
+                 "none), doorbells and applies included")
+EMULATED_EVENT = "kvm:kvm_emulate_insn"
+
+
+def emulated_counter():
+    """Whether this host can count the instructions its KVM emulates (perf and the
+    tracepoint, as root), and why not."""
+    if shutil.which("perf") is None:
+        return False, "no perf on this host"
+    try:
+        r = subprocess.run(["perf", "stat", "-a", "-x,", "-e", EMULATED_EVENT, "--", "true"],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"perf stat failed: {e}"
+    if r.returncode != 0 or EMULATED_EVENT not in r.stderr or "<not" in r.stderr:
+        return False, "perf stat cannot count %s here: %s" % (EMULATED_EVENT, r.stderr.strip()[-200:])
+    return True, None
 
 
 def say(msg):
@@ -205,8 +238,9 @@ def native_figures(wl_binary):
 class Side:
     """One pvkvm binary's samples: per figure, one value and one counter delta per round."""
 
-    def __init__(self, name, pvkvm, work):
+    def __init__(self, name, pvkvm, work, count_emulated=False):
         self.name, self.pvkvm, self.work = name, pvkvm, work
+        self.count_emulated = count_emulated
         work.mkdir(parents=True, exist_ok=True)
         self.values = {}    # figure -> [ns per op, one per round]
         self.per_op = {}    # figure -> [counters per op, one per round]
@@ -218,9 +252,18 @@ class Side:
         if mixed:  # mixed_boot parses the counters itself
             return linux.mixed_boot("pvkvm", self.work, self.pvkvm, kernel, initrd, None, None, mixed, sizes)
         b = linux.platform_boot("pvkvm", self.work, self.pvkvm, kernel, initrd, None, None, only=only,
-                                limit=limit).run()
+                                limit=limit)
+        counts = None
+        if self.count_emulated:
+            counts = self.work / "emulated.csv"
+            b.argv = ["perf", "stat", "-a", "-x,", "-e", EMULATED_EVENT, "-o", str(counts), "--"] + b.argv
+        b.run()
         res = b.result()
         res["counters"] = linux.parse_stats(t for _, t in b.lines)
+        if counts is not None:
+            n = read_perf_count(counts)
+            if n is not None:
+                res["counters"]["emulated_insns"] = n
         return res
 
     def record(self, fig, value_ns, counters, ops, baseline=None, subtract=True):
@@ -237,6 +280,18 @@ class Side:
     def fail(self, fig, reason):
         self.errors[fig] = reason
         say(f"{self.name} {fig}: failed: {reason}")
+
+
+def read_perf_count(path):
+    """The count `perf stat -x,` wrote for EMULATED_EVENT, or None."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            parts = line.split(",")
+            if len(parts) > 2 and parts[2] == EMULATED_EVENT and parts[0].strip().isdigit():
+                return int(parts[0])
+    except OSError:
+        pass
+    return None
 
 
 def measure_workload_figure(side, fig, kernel, initrd):
@@ -326,10 +381,15 @@ def floor_ns(per_op, native_ns, rt):
     if not any(counter in per_op for counter, _ in EXIT_KINDS):
         # A build that does not split exits by kind: all of them at the hypercall price.
         exits_ns = max(per_op.get("vm_exits", 0.0), 0.0) * rt[PROBE_HYPERCALL]
-    in_vm = per_op.get("in_vm_transitions", 0.0)
-    in_vm_ns = in_vm * rt.get(PROBE_IN_VM, 0.0)
-    return {"exits_ns": exits_ns, "in_vm_ns": in_vm_ns, "native_ns": native_ns or 0.0,
-            "total_ns": exits_ns + in_vm_ns + (native_ns or 0.0)}
+    applies = max(per_op.get("applies", 0.0), 0.0)
+    in_vm_ns = applies * rt.get(PROBE_IN_VM, 0.0)
+    emulated_ns = 0.0
+    if "emulated_insns" in per_op:
+        further = per_op["emulated_insns"] - sum(per_op.get(k, 0.0) * n for k, n in EMULATED_IN_FLOORS)
+        emulated_ns = max(further, 0.0) * rt.get(PROBE_RING0_INSN, 0.0)
+    return {"exits_ns": exits_ns, "in_vm_ns": in_vm_ns, "emulated_ns": emulated_ns,
+            "native_ns": native_ns or 0.0,
+            "total_ns": exits_ns + in_vm_ns + emulated_ns + (native_ns or 0.0)}
 
 
 def summarize(side, fig, native_ns, rt):
@@ -341,7 +401,8 @@ def summarize(side, fig, native_ns, rt):
     per_op = {k: statistics.median(r.get(k, 0.0) for r in per_op_rounds) for k in keys}
     value = statistics.median(vals)
     out = {"value_ns": value, "rounds_ns": vals, "exits_per_op": per_op.get("vm_exits"),
-           "in_vm_per_op": per_op.get("in_vm_transitions", 0.0), "per_op": per_op}
+           "in_vm_per_op": per_op.get("applies"), "emulated_per_op": per_op.get("emulated_insns"),
+           "per_op": per_op}
     if "vm_exits" not in per_op:
         out["exits_note"] = "no exits: " + (side.errors.get("baseline") or "no --stats counters")
         return out
@@ -352,7 +413,8 @@ def summarize(side, fig, native_ns, rt):
     return out
 
 
-def compare(before, after, native, native_reason, probes, rounds, rev_info, not_run=()):
+def compare(before, after, native, native_reason, probes, rounds, rev_info, not_run=(),
+            emulated_reason=None):
     """The JSON of the comparison; `probes`: the round trips of each probe run (their
     median is charged); `not_run`: figures left out on purpose (the mixed workload with
     --no-mixed)."""
@@ -370,11 +432,13 @@ def compare(before, after, native, native_reason, probes, rounds, rev_info, not_
             row["speedup"] = b["value_ns"] / a["value_ns"]
         rows.append(row)
     return {"before": rev_info, "rounds": rounds, "flag_ratio": FLAG_RATIO,
-            "probe_round_trips_ns": {k: rt.get(k) for k in
-                                     (PROBE_HYPERCALL, PROBE_TRAP, PROBE_REFILL, PROBE_IN_VM)},
-            "probe_runs": [{k: p.get(k) for k in (PROBE_HYPERCALL, PROBE_TRAP, PROBE_REFILL, PROBE_IN_VM)}
-                           for p in probes],
+            "probe_round_trips_ns": {k: rt.get(k) for k in PROBE_TIMINGS},
+            "probe_runs": [{k: p.get(k) for k in PROBE_TIMINGS} for p in probes],
             "in_vm_note": IN_VM_NOTE,
+            "emulated_note": EMULATED_NOTE + (
+                f"; not counted in this run ({emulated_reason}): that term of the floor is 0"
+                if emulated_reason else "; boot and the mixed workload: not counted (their "
+                "boots are not wrapped), so that term of their floor is 0"),
             "native_note": ("native: the same workload binary run on this host (figures); "
                             "omitted for boot and the mixed workload" +
                             (f"; native run failed: {native_reason}" if native_reason else "")),
@@ -406,13 +470,15 @@ def markdown(cmp):
            f"operation = exits/op x the probe's round trip of their kind (median of "
            f"{len(cmp.get('probe_runs', []))} probe runs, one before the report and one per round: "
            f"hypercall {us(PROBE_HYPERCALL)} us, "
-           f"trap {us(PROBE_TRAP)} us, refill {us(PROBE_REFILL)} us) + in-VM transitions/op x "
-           f"{us(PROBE_IN_VM)} us (in-VM exception) + native work; ratio = value / floor, "
+           f"trap {us(PROBE_TRAP)} us, refill {us(PROBE_REFILL)} us) + applies/op x "
+           f"{us(PROBE_IN_VM)} us (in-VM exception) + ring-0 instructions/op not in those "
+           f"round trips x {fmt_num(rt[PROBE_RING0_INSN] / 1e3 if rt.get(PROBE_RING0_INSN) else None, 2)} us "
+           f"(the probe's emulated instruction) + native work; ratio = value / floor, "
            f"**bold** above {cmp['flag_ratio']}x. Speed-up = before / after time (> 1: after "
            "is faster).", "",
-           "| figure | before | after | speed-up | exits/op before / after | in-VM/op | native | "
-           "floor before / after | ratio before / after |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| figure | before | after | speed-up | exits/op before / after | applies/op | "
+           "ring-0 insns/op before / after | native | floor before / after | ratio before / after |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in cmp["rows"]:
         b, a, unit = row["before"], row["after"], row["unit"]
         ratio = " / ".join(fmt_ratio(s.get("ratio"), cmp["flag_ratio"]) for s in (b, a))
@@ -422,7 +488,8 @@ def markdown(cmp):
             cell_value(b, unit), cell_value(a, unit),
             fmt_num(row.get("speedup"), 2) + "x" if row.get("speedup") else "-",
             f"{fmt_num(b.get('exits_per_op'))} / {fmt_num(a.get('exits_per_op'))}",
-            fmt_num(a.get("in_vm_per_op"), 0),
+            fmt_num(a.get("in_vm_per_op")),
+            f"{fmt_num(b.get('emulated_per_op'), 0)} / {fmt_num(a.get('emulated_per_op'), 0)}",
             fmt_value(row["native_ns"], unit) if row["native_ns"] else "omitted",
             floors, ratio]) + " |")
     out.append("")
@@ -440,7 +507,9 @@ def markdown(cmp):
                "still time over floor time (floor rate / rate).")
     if info.get("error"):
         out.append(f"- before: **{shorten(info['error'], 600)}** (whole in the JSON)")
-    out += [f"- in-VM/op: {cmp['in_vm_note']}.", f"- {cmp['native_note']}.",
+    out += [f"- applies/op: {cmp['in_vm_note']}.",
+            f"- ring-0 insns/op: {cmp.get('emulated_note', 'not counted')}.",
+            f"- {cmp['native_note']}.",
             "- exits/op: `pvkvm run --stats` of a boot running only that figure minus a boot "
             "running none, over the operations (warm-up sample included); boot: all exits to "
             "power-off; mixed: the mixed boot minus the boot running none.", ""]

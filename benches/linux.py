@@ -1144,6 +1144,7 @@ STAT_HC_RE = re.compile(r"^\s*(\w+) \((\d+)\)\s+(\d+)\s+enosys (\d+)")
 STAT_SYSCALLS_RE = re.compile(r"guest-user syscalls bounced: (\d+)")
 STAT_EXC_RE = re.compile(r"exception\s+(\d+) bounced (\d+)")
 STAT_STORES_RE = re.compile(r"posted pagetable stores: (\d+)")
+STAT_APPLIES_RE = re.compile(r"posted pagetable stores: \d+ in (\d+) applies")
 
 
 def parse_stats(lines):
@@ -1152,7 +1153,8 @@ def parse_stats(lines):
     for text in lines:
         for rx, keys in ((STAT_EXITS_RE, ["vm_exits"]), (STAT_KINDS_RE, ["hypercall_doorbells", "trap_doorbells"]),
                          (STAT_MORE_KINDS_RE, ["refill_exits", "interrupted_exits", "other_exits"]),
-                         (STAT_SYSCALLS_RE, ["syscalls_bounced"]), (STAT_STORES_RE, ["pagetable_stores"])):
+                         (STAT_SYSCALLS_RE, ["syscalls_bounced"]), (STAT_STORES_RE, ["pagetable_stores"]),
+                         (STAT_APPLIES_RE, ["applies"])):
             m = rx.search(text)
             if m:
                 for k, v in zip(keys, m.groups()):

@@ -179,14 +179,18 @@ def before_after_part(rev, rounds, mixed, report, default_kernel, default_initrd
         if bb.error:
             info["error"] = bb.error
             log(bb.error)
-        after = before_after.Side("after", linux.Path(PVKVM), work / "after")
-        before = before_after.Side("before", bb.pvkvm, work / "before") if bb.pvkvm else None
+        counting, emulated_reason = before_after.emulated_counter()
+        if not counting:
+            log(f"ring-0 instructions not counted: {emulated_reason}")
+        after = before_after.Side("after", linux.Path(PVKVM), work / "after", counting)
+        before = before_after.Side("before", bb.pvkvm, work / "before", counting) if bb.pvkvm else None
         sides = [s for s in (before, after) if s]
         before_after.run_rounds(sides, rounds, kernel, initrd, default_kernel, default_initrd,
                                 boot_profile, mixed_initrd, spec, sizes, probe=probe, probes=probes)
     return {"status": "ok",
             "result": before_after.compare(before, after, native, native_reason, probes, rounds, info,
-                                           not_run=() if mixed else ("mixed",))}
+                                           not_run=() if mixed else ("mixed",),
+                                           emulated_reason=emulated_reason)}
 
 
 def part(name, fn):
