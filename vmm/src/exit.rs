@@ -127,6 +127,9 @@ pub struct ExitStats {
     pub posted_stores: u64,
     /// The most stores one apply carried (the posted queue's high-water mark).
     pub posted_peak: u64,
+    /// Stores over not-present entries written without posting
+    /// (`crate::host::Paths::absent_stores_unposted`).
+    pub absent_unposted: u64,
     /// The longest hypercall doorbell, in nanoseconds of VMM time (a preempted
     /// hypercall ends its exit after about [`EXIT_BUDGET`]).
     pub hypercall_max_ns: u64,
@@ -156,6 +159,7 @@ impl ExitStats {
         self.flushes_by_cr3_load += o.flushes_by_cr3_load;
         self.posted_stores += o.posted_stores;
         self.posted_peak = self.posted_peak.max(o.posted_peak);
+        self.absent_unposted += o.absent_unposted;
         self.hypercall_max_ns = self.hypercall_max_ns.max(o.hypercall_max_ns);
         self.hypercall_ns += o.hypercall_ns;
         self.trap_ns += o.trap_ns;
@@ -952,7 +956,7 @@ fn start_apply(
     dom.exits.posted_peak = dom.exits.posted_peak.max(queued);
     let area = dom.shim.posted_gpa;
     let p = &mut dom.platform;
-    match p.frames.posted.take_short(p.flush) {
+    match p.frames.posted.take_short(p.flush, p.mem) {
         Some(ShortApply::One { va, value }) => {
             frame.vector = regs.rdi;
             frame.error_code = regs.rax;

@@ -29,6 +29,9 @@ pub struct HostFacts {
     /// A PTE the VMM stores through its own mapping is seen by the guest without an
     /// in-guest flush.
     pub vmm_pte_store_visible: bool,
+    /// The same for a store over a not-present entry the guest has faulted on
+    /// (`probe::vmm_absent_pte_store_visible`).
+    pub vmm_absent_store_visible: bool,
     /// Guest TSC minus host TSC as guest code reads it (0 when within the measurement's
     /// uncertainty), in cycles.
     pub tsc_offset: i64,
@@ -79,6 +82,11 @@ pub struct Paths {
     /// The answers the shim gives inside the VM (`xen_abi::contract::in_vm` bits): each
     /// only where the host's measured costs make it cheaper than the exit it saves.
     pub in_vm: u32,
+    /// Whether a pagetable store over a not-present entry is written into guest memory
+    /// only, not posted for the shim to repeat: where the host's paging reads memory for
+    /// an entry it never saw present (the probe's fact; a shadow MMU keeps no
+    /// translation of a not-present entry). Saves a Linux page fault's ring-0 entry.
+    pub absent_stores_unposted: bool,
 }
 
 /// Round trips per kind and batch [`HostFacts::probe`] times for the transition floors
@@ -145,6 +153,7 @@ impl HostFacts {
             syscall_cpl: landing.cpl,
             ring3_cpuid_intercepted: landing.cpuid_from_table,
             vmm_pte_store_visible: probe::vmm_pte_store_visible()?,
+            vmm_absent_store_visible: probe::vmm_absent_pte_store_visible()?,
             tsc_offset: significant_tsc_offset(offset, uncertainty),
             m2p_slot_usable: probe::hole_slot_usable(256)?,
             guest_tsc_aux: probe::guest_tsc_aux_loaded()?,
@@ -194,6 +203,7 @@ impl HostFacts {
             guest_tsc_aux: self.guest_tsc_aux,
             m2p_at_abi: self.m2p_slot_usable,
             in_vm: in_vm_paths(self.floors.as_ref()),
+            absent_stores_unposted: self.vmm_absent_store_visible || self.vmm_pte_store_visible,
         })
     }
 }
@@ -209,6 +219,7 @@ impl Default for Paths {
             guest_tsc_aux: false,
             m2p_at_abi: false,
             in_vm: xen_abi::contract::in_vm::ALL,
+            absent_stores_unposted: true,
         }
     }
 }
@@ -225,6 +236,7 @@ impl HostFacts {
                 "xstate": format!("{:?}", p.xstate),
                 "guest_tsc_aux": p.guest_tsc_aux,
                 "in_vm": p.in_vm,
+                "absent_stores_unposted": p.absent_stores_unposted,
             }),
             Err(refusal) => serde_json::json!({ "refused": refusal.to_string() }),
         };
@@ -236,6 +248,7 @@ impl HostFacts {
             "syscall_cpl": self.syscall_cpl,
             "ring3_cpuid_intercepted": self.ring3_cpuid_intercepted,
             "vmm_pte_store_visible": self.vmm_pte_store_visible,
+            "vmm_absent_store_visible": self.vmm_absent_store_visible,
             "tsc_offset": self.tsc_offset,
             "m2p_slot_usable": self.m2p_slot_usable,
             "guest_tsc_aux": self.guest_tsc_aux,
@@ -252,13 +265,15 @@ impl HostFacts {
             Err(r) => format!("REFUSED: {r}"),
         };
         format!(
-            "\nhost facts the runner uses\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  paths: {paths}\n",
+            "\nhost facts the runner uses\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  paths: {paths}\n",
             "syscall lands at CPL",
             self.syscall_cpl,
             "ring-3 CPUID leaf 0x40000000 from pvkvm's table",
             self.ring3_cpuid_intercepted,
             "VMM PTE store visible without guest flush",
             self.vmm_pte_store_visible,
+            "VMM store over a not-present PTE visible at once",
+            self.vmm_absent_store_visible,
             "guest TSC offset (cycles, 0 = none measured)",
             self.tsc_offset,
             "L4 slot 256 (Xen's M2P address) usable",
@@ -299,6 +314,7 @@ mod tests {
             syscall_cpl: 3,
             ring3_cpuid_intercepted: true,
             vmm_pte_store_visible: false,
+            vmm_absent_store_visible: true,
             tsc_offset: 0,
             m2p_slot_usable: false,
             guest_tsc_aux: false,
@@ -358,6 +374,23 @@ mod tests {
         let mut f = software();
         f.immediate_exit = false;
         assert_eq!(f.paths(), Err(Refusal::NoImmediateExit));
+    }
+
+    #[test]
+    fn stores_over_absent_entries_skip_posting_only_where_the_probe_saw_them() {
+        assert!(software().paths().unwrap().absent_stores_unposted);
+        assert!(hardware().paths().unwrap().absent_stores_unposted);
+        let mut f = software();
+        f.vmm_absent_store_visible = false;
+        assert!(
+            !f.paths().unwrap().absent_stores_unposted,
+            "a host that keeps a translation of a not-present entry gets every store posted"
+        );
+        f.vmm_pte_store_visible = true;
+        assert!(
+            f.paths().unwrap().absent_stores_unposted,
+            "hardware paging reads memory anyway"
+        );
     }
 
     #[test]

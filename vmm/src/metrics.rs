@@ -177,8 +177,8 @@ pub fn format_report(report: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  posted pagetable stores: {} in {} applies inside the VM, at most {} in one; full flushes done by a new CR3's load: {}",
-        e.posted_stores, e.applies, e.posted_peak, e.flushes_by_cr3_load
+        "  posted pagetable stores: {} in {} applies inside the VM, at most {} in one; full flushes done by a new CR3's load: {}; stores over not-present entries, not posted: {}",
+        e.posted_stores, e.applies, e.posted_peak, e.flushes_by_cr3_load, e.absent_unposted
     );
     if e.remote_flushes > 0 {
         let _ = writeln!(

@@ -52,6 +52,8 @@ pub enum ShortApply {
 pub struct Posted {
     stores: Vec<PostedStore>,
     sent: usize,
+    /// Stores over not-present entries written without posting, so far.
+    absent_unposted: u64,
     /// Fault injection: chunks shorter than the posting area (None: as long as it takes).
     chunk_limit: Option<usize>,
 }
@@ -78,6 +80,24 @@ impl Posted {
         self.stores.len()
     }
 
+    /// Stores over not-present entries written without posting, since the start.
+    pub fn absent_unposted(&self) -> u64 {
+        self.absent_unposted
+    }
+
+    /// The store at `s.va` with the value guest memory holds there now: the last store
+    /// the engine made to that entry (it writes memory at once). A queue may hold an
+    /// earlier store to an entry that a later one, not posted (over a not-present
+    /// entry), or another vCPU's, changed again; repeating the older value would undo
+    /// that. Memory, not the queue, has the entry's value.
+    fn current(mem: &GuestMemoryMmap, s: &PostedStore) -> PostedStore {
+        let value =
+            s.va.checked_sub(DIRECTMAP_VA)
+                .and_then(|gpa| mem.read_obj(GuestAddress(gpa)).ok())
+                .unwrap_or(s.value);
+        PostedStore { va: s.va, value }
+    }
+
     /// Forgets everything queued (used once at boot: nothing has walked the tables yet,
     /// so the stores already in memory are all the hardware will ever see).
     pub fn discard(&mut self, flush: &mut FlushSet) {
@@ -91,7 +111,11 @@ impl Posted {
     /// from [`Posted::fill`]). A flush is never dropped: exactly what `fill` would have
     /// posted, stores in order, the flush as `POSTED_FLUSH_ALL` or none (single
     /// addresses stay the general routine's).
-    pub fn take_short(&mut self, flush: &mut FlushSet) -> Option<ShortApply> {
+    pub fn take_short(
+        &mut self,
+        flush: &mut FlushSet,
+        mem: &GuestMemoryMmap,
+    ) -> Option<ShortApply> {
         if self.sent != 0 {
             return None;
         }
@@ -102,12 +126,15 @@ impl Posted {
         let shape = match self.stores.as_slice() {
             [] if full => ShortApply::FlushAll,
             [] => return None,
-            [only] if !full => ShortApply::One {
-                va: only.va,
-                value: only.value,
-            },
+            [only] if !full => {
+                let s = Self::current(mem, only);
+                ShortApply::One {
+                    va: s.va,
+                    value: s.value,
+                }
+            }
             stores if stores.len() <= MAX_LISTED_STORES => ShortApply::List {
-                stores: stores.to_vec(),
+                stores: stores.iter().map(|s| Self::current(mem, s)).collect(),
                 flush_all: full,
             },
             _ => return None,
@@ -126,7 +153,10 @@ impl Posted {
     ) -> Result<(), String> {
         let chunk = self.chunk_limit.unwrap_or(MAX_POSTED_STORES);
         let end = (self.sent + chunk).min(self.stores.len());
-        let chunk = &self.stores[self.sent..end];
+        let chunk: Vec<PostedStore> = self.stores[self.sent..end]
+            .iter()
+            .map(|s| Self::current(mem, s))
+            .collect();
         let more = end < self.stores.len();
         let mut header = PostedHeader::new_zeroed();
         header.nr_stores = chunk.len() as u32;
@@ -165,6 +195,9 @@ pub struct VmmFrames<'a> {
     /// reads its 512 entries in a row, and a lookup of the guest-memory region per
     /// entry cost ~30 ns, a fifth of a fork's VMM time.
     last_read: Cell<Option<(Mfn, VolatileSlice<'a>)>>,
+    /// Whether stores over not-present entries are written without posting
+    /// (`crate::host::Paths::absent_stores_unposted`).
+    absent_unposted: bool,
 }
 
 impl<'a> VmmFrames<'a> {
@@ -182,7 +215,16 @@ impl<'a> VmmFrames<'a> {
             m2p_gpa,
             m2p_frames,
             last_read: Cell::new(None),
+            absent_unposted: false,
         }
+    }
+
+    /// Writes stores over not-present entries without posting them, where the host's
+    /// paging reads memory for an entry it never saw present (a shadow MMU keeps no
+    /// translation of one): the probe's `vmm_absent_pte_store_visible`.
+    pub fn absent_stores_unposted(mut self, on: bool) -> Self {
+        self.absent_unposted = on;
+        self
     }
 
     /// The 4 KiB of frame `mfn`, None outside guest memory.
@@ -221,7 +263,17 @@ impl FrameAccess for VmmFrames<'_> {
     }
 
     fn write_entry(&mut self, mfn: Mfn, slot: usize, value: u64) {
-        self.store((mfn << 12) + (slot as u64 & 511) * 8, value);
+        let gpa = (mfn << 12) + (slot as u64 & 511) * 8;
+        if self.absent_unposted && self.read_entry(mfn, slot) & pv_mm::pte::PAGE_PRESENT == 0 {
+            // No walk has found this entry present since it last was (every store over
+            // a present entry is posted, and the host then drops what it derived from
+            // it): nothing holds a translation of it, and the next walk reads memory.
+            if self.mem.write_obj(value, GuestAddress(gpa)).is_ok() {
+                self.posted.absent_unposted += 1;
+            }
+            return;
+        }
+        self.store(gpa, value);
     }
 
     fn write_entry_unwalked(&mut self, mfn: Mfn, slot: usize, value: u64) {
@@ -328,6 +380,47 @@ mod tests {
         assert_eq!(frames.read_entry(2, 512 + 511), 0x33, "slots wrap at 512");
     }
 
+    /// Where the host reads memory for an entry it never saw present, a store over a
+    /// not-present entry is written and not posted; a store over a present one is
+    /// posted; and what an apply repeats is the entry's value now, so an older queued
+    /// store cannot undo a later unposted one.
+    #[test]
+    fn stores_over_absent_entries_are_written_not_posted_and_applies_repeat_memory() {
+        let m = mem();
+        let mut posted = Posted::default();
+        let mut flush = FlushSet::default();
+        let present = 0x7000 | pv_mm::pte::PAGE_PRESENT;
+        let mut frames = VmmFrames::new(&m, &mut posted, 0, 0).absent_stores_unposted(true);
+        frames.write_entry(6, 1, present);
+        assert_eq!(frames.read_entry(6, 1), present);
+        assert_eq!(
+            (frames.posted.queued(), frames.posted.absent_unposted()),
+            (0, 1)
+        );
+        // Present -> not present: posted (the host may hold a translation of it)...
+        frames.write_entry(6, 1, 0x2);
+        assert_eq!(frames.posted.queued(), 1);
+        // ...and not present -> present again in the same batch: not posted.
+        frames.write_entry(6, 1, present | 0x60);
+        assert_eq!(
+            (frames.posted.queued(), frames.posted.absent_unposted()),
+            (1, 2)
+        );
+        assert_eq!(
+            posted.take_short(&mut flush, &m),
+            Some(ShortApply::One {
+                va: DIRECTMAP_VA + 6 * 4096 + 8,
+                value: present | 0x60
+            }),
+            "the apply stores the entry's final value, not the queued 0x2"
+        );
+        // Off (the default): every store is posted.
+        let mut frames = vmm_frames(&m, &mut posted);
+        frames.write_entry(6, 2, present);
+        assert_eq!(posted.queued(), 1);
+        assert_eq!(posted.absent_unposted(), 2);
+    }
+
     #[test]
     fn unwalked_stores_reach_memory_and_are_not_posted() {
         let m = mem();
@@ -371,7 +464,7 @@ mod tests {
         let mut frames = vmm_frames(&m, &mut posted);
         frames.write_entry(3, 7, 0xabc);
         assert_eq!(
-            posted.take_short(&mut flush),
+            posted.take_short(&mut flush, &m),
             Some(ShortApply::One {
                 va: DIRECTMAP_VA + 3 * 4096 + 7 * 8,
                 value: 0xabc
@@ -383,7 +476,7 @@ mod tests {
         let mut frames = vmm_frames(&m, &mut posted);
         frames.write_entry(3, 7, 1);
         assert!(flush.invlpg.try_push(0x4000));
-        assert_eq!(posted.take_short(&mut flush), None);
+        assert_eq!(posted.take_short(&mut flush, &m), None);
         assert_eq!((posted.queued(), flush.invlpg.len()), (1, 1));
         posted.discard(&mut flush);
 
@@ -396,7 +489,7 @@ mod tests {
             value,
         };
         assert_eq!(
-            posted.take_short(&mut flush),
+            posted.take_short(&mut flush, &m),
             Some(ShortApply::List {
                 stores: vec![store(7, 1), store(8, 2)],
                 flush_all: false
@@ -407,7 +500,7 @@ mod tests {
         frames.write_entry(3, 9, 3);
         flush.all_vcpus = true;
         assert_eq!(
-            posted.take_short(&mut flush),
+            posted.take_short(&mut flush, &m),
             Some(ShortApply::List {
                 stores: vec![store(9, 3)],
                 flush_all: true
@@ -419,7 +512,7 @@ mod tests {
         frames.write_entry(3, 10, 4);
         flush.local_all = true;
         assert_eq!(
-            posted.take_short(&mut flush),
+            posted.take_short(&mut flush, &m),
             Some(ShortApply::List {
                 stores: vec![store(9, 3), store(10, 4)],
                 flush_all: true
@@ -432,22 +525,25 @@ mod tests {
         for slot in 0..=MAX_LISTED_STORES {
             frames.write_entry(3, slot, 1);
         }
-        assert_eq!(posted.take_short(&mut flush), None);
+        assert_eq!(posted.take_short(&mut flush, &m), None);
         assert_eq!(posted.queued(), MAX_LISTED_STORES + 1);
         posted.discard(&mut flush);
 
         // Single addresses stay the general routine's; a full flush, of this vCPU or of
         // all, is the short one.
         assert!(flush.invlpg.try_push(0x4000));
-        assert_eq!(posted.take_short(&mut flush), None);
+        assert_eq!(posted.take_short(&mut flush, &m), None);
         flush.clear();
         for all_vcpus in [false, true] {
             flush.local_all = !all_vcpus;
             flush.all_vcpus = all_vcpus;
-            assert_eq!(posted.take_short(&mut flush), Some(ShortApply::FlushAll));
+            assert_eq!(
+                posted.take_short(&mut flush, &m),
+                Some(ShortApply::FlushAll)
+            );
             assert!(posted.nothing_waits(&flush));
         }
         // Nothing waits: nothing to take.
-        assert_eq!(posted.take_short(&mut flush), None);
+        assert_eq!(posted.take_short(&mut flush, &m), None);
     }
 }

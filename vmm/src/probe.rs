@@ -1362,6 +1362,36 @@ pub fn vmm_pte_store_visible() -> Result<bool, Error> {
     Ok(r.rbx == 0xbbbb)
 }
 
+/// Whether a PTE the VMM stores through its own mapping over a *not-present* entry is
+/// seen by the guest's next access without any flush inside the guest, after the guest
+/// has already faulted on that entry and touched its neighbours (so the host's shadow
+/// of the table exists): the case of a Linux page fault's `set_pte`. A shadow MMU holds
+/// no translation of a not-present entry, so its next walk reads memory; where this
+/// holds, the VMM writes such stores without posting them (`Paths::absent_stores_unposted`).
+pub fn vmm_absent_pte_store_visible() -> Result<bool, Error> {
+    const DATA_C: u64 = DATA_A + 0x2000;
+    let l1_entry = L1_BASE + (DATA_C >> 21) * 0x1000 + ((DATA_C >> 12) & 511) * 8;
+    let present = DATA_C | pte::P | pte::RW | pte::U | pte::A | pte::D;
+    let mut p = ProbeVm::new()?;
+    let mem = p.vm.memory();
+    mem.write_obj(0xccccu64, GuestAddress(DATA_C))
+        .and_then(|()| mem.write_obj(0u64, GuestAddress(l1_entry)))
+        .map_err(|_| shim::Error::Memory(l1_entry))?;
+    // A neighbour in the same table and prefetch group first.
+    p.start(Snippet::probe_r3_read, false, DATA_A)?;
+    let (end, _) = p.run(|_: &mut ProbeVm, _| {}, false)?;
+    expect("absent pte: neighbour", &end, End::Doorbell)?;
+    p.start(Snippet::probe_r3_read, false, DATA_C)?;
+    let (end, _) = p.run(|_: &mut ProbeVm, _| {}, false)?;
+    expect("absent pte: first touch", &end, End::Exception(14))?;
+    p.vm.memory()
+        .write_obj(present, GuestAddress(l1_entry))
+        .map_err(|_| shim::Error::Memory(l1_entry))?;
+    // The #PF stub resumes past its doorbell and returns to the read, which retries.
+    let (end, r) = p.run(|_: &mut ProbeVm, _| {}, false)?;
+    Ok(end == End::Doorbell && r.rbx == 0xcccc)
+}
+
 /// Guest TSC minus host TSC as guest ring 3 reads it, bracketed by host reads around
 /// the run: returns the offset and its uncertainty (half the bracket), in cycles.
 pub fn guest_tsc_offset_bracketed() -> Result<(i64, u64), Error> {

@@ -1571,7 +1571,8 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
                 cpuid: &cpuid,
                 console: &mut console,
                 mm: mm_guard.as_deref_mut(),
-                frames: VmmFrames::new(vm.memory(), &mut posted, region.m2p_gpa, ram >> 12),
+                frames: VmmFrames::new(vm.memory(), &mut posted, region.m2p_gpa, ram >> 12)
+                    .absent_stores_unposted(paths.absent_stores_unposted),
                 flush: &mut flush,
                 clock,
                 tsc_offset: paths.tsc_offset,
@@ -1684,6 +1685,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
         } else {
             action
         };
+        dom.exits.absent_unposted = dom.platform.frames.posted.absent_unposted();
         let action = match load_xstate(&mut vcpu, &mut dom, from_user) {
             Ok(()) => action,
             Err(e) => Action::Fatal(format!(
