@@ -448,6 +448,9 @@ pub struct Domain<'a> {
     pub mapped_gdt: &'a mut [u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE],
     /// The paths this host's facts chose.
     pub paths: crate::host::Paths,
+    /// VA of the guest's hypercall page (its `HYPERCALL_PAGE` note), whose stubs ring
+    /// the hypercall doorbell themselves (`loader::hypercall_page_bytes`).
+    pub hypercall_page: Option<u64>,
     /// A kick left alone because a software trap may be in flight (see [`SoftTrapCheck`]).
     pub soft_trap: &'a mut SoftTrapCheck,
     /// The guest state saved while the shim's PKRU-reset trampoline runs.
@@ -720,9 +723,25 @@ fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Ac
     }
     let sregs = cpu.sregs()?;
     let mut g = to_guest_regs(&regs);
-    (g.cs, g.ss) = syscall_origin_selectors(&sregs, dom.paths);
-    if regs.rip != dom.shim.syscall_doorbell_end {
+    // The hypercall page's own doorbell: only the guest kernel runs that page.
+    let from_page = regs.rip != dom.shim.syscall_doorbell_end
+        && dom.vcpu.mode == pv_engine::Mode::Kernel
+        && dom
+            .hypercall_page
+            .is_some_and(|page| regs.rip.wrapping_sub(page & !0xfff) < 0x1000);
+    if regs.rip != dom.shim.syscall_doorbell_end && !from_page {
         return denied_io(cpu, dom);
+    }
+    if from_page {
+        // An `out` in the guest's own code: its selectors are the current ones, it
+        // returns to the next instruction, and it left rcx and r11 alone (the stub
+        // saved them, as Xen's stubs do around their `syscall`); `syscall`'s return
+        // address and flags are what the engine returns through.
+        (g.cs, g.ss) = (u64::from(sregs.cs.selector), u64::from(sregs.ss.selector));
+        g.rcx = regs.rip;
+        g.r11 = regs.rflags;
+    } else {
+        (g.cs, g.ss) = syscall_origin_selectors(&sregs, dom.paths);
     }
     dom.exits.last = match dom.vcpu.mode {
         pv_engine::Mode::Kernel => ExitKind::Hypercall {
@@ -732,8 +751,8 @@ fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Ac
         _ => ExitKind::UserSyscall,
     };
     // A `syscall`: it saved the return rip in rcx and the flags in r11.
-    g.rip = regs.rcx;
-    g.rflags = regs.r11;
+    g.rip = g.rcx;
+    g.rflags = g.r11;
     let outcome = pv_engine::syscall_entry(
         dom.vcpu,
         dom.pv_domain.get(),
@@ -1371,6 +1390,8 @@ mod tests {
     const RAM: u64 = 4 << 20;
     const L4: u64 = 0x1000;
     const CODE: u64 = 0x10_0000;
+    /// Where the test kernel's hypercall page would be (mapped like CODE).
+    const HYPERCALL_PAGE_VA: u64 = CODE + 0x4000;
 
     struct FakeCpu {
         regs: Regs,
@@ -1543,6 +1564,7 @@ mod tests {
             soft_trap: &mut w.soft_trap,
             pkru_reset: &mut w.pkru_reset,
             paths: w.paths,
+            hypercall_page: Some(HYPERCALL_PAGE_VA),
         }
     }
 
@@ -1778,6 +1800,44 @@ mod tests {
             }
             other => panic!("expected a crash, got {other:?}"),
         }
+    }
+
+    /// The hypercall page's stubs ring the doorbell themselves (`out` where Xen's have
+    /// `syscall`): from the guest kernel that is a hypercall returning to the stub's
+    /// next instruction with the flags as they were.
+    #[test]
+    fn the_hypercall_pages_own_doorbell_is_a_hypercall_returning_after_it() {
+        let mut w = world();
+        let after_out = HYPERCALL_PAGE_VA + hc::XEN_VERSION * 32 + 10;
+        let mut cpu = cpu_at(after_out);
+        cpu.regs.rax = hc::XEN_VERSION;
+        cpu.regs.rdi = 0;
+        cpu.regs.rflags = 0x246;
+        cpu.regs.r12 = 0x1212;
+        assert_eq!(handle(&mut w, doorbell(), &mut cpu), Action::Resume);
+        assert_eq!(cpu.regs.rax, (4 << 16) | 17);
+        assert_eq!((cpu.regs.rip, cpu.regs.rflags), (after_out, 0x246));
+        assert_eq!(cpu.regs.r12, 0x1212);
+        assert_eq!(w.exits.hypercall_doorbells, 1);
+        assert!(matches!(w.exits.last, ExitKind::Hypercall { nr: 17, .. }));
+    }
+
+    /// The same `out` from guest user mode is the guest's own port I/O, never a
+    /// hypercall (here, with no user pagetables to find the instruction in, the
+    /// domain's end; `guest_io_to_the_doorbell_port_is_a_gp_at_the_instruction` has
+    /// the #GP).
+    #[test]
+    fn the_hypercall_pages_doorbell_from_user_mode_is_no_hypercall() {
+        let mut w = world();
+        w.vcpu.mode = pv_engine::Mode::User;
+        let mut cpu = cpu_at(HYPERCALL_PAGE_VA + 0x200 + 10);
+        cpu.regs.rax = hc::XEN_VERSION;
+        assert!(matches!(
+            handle(&mut w, doorbell(), &mut cpu),
+            Action::Fatal(_)
+        ));
+        assert_eq!(cpu.regs.rax, hc::XEN_VERSION, "no hypercall ran");
+        assert!(!matches!(w.exits.last, ExitKind::Hypercall { .. }));
     }
 
     #[test]

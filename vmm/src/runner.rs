@@ -666,6 +666,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
         let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
         domain.vcpus[id].set_wake(wake_tx);
         let thread = VcpuThread {
+            hypercall_page: layout.hypercall_page,
             id: id as u32,
             vm: vm.clone(),
             vcpu: kvm_vcpu,
@@ -1166,6 +1167,8 @@ struct ThreadEnd {
 /// Everything the vCPU thread owns.
 struct VcpuThread {
     id: u32,
+    /// VA of the guest's hypercall page, when its kernel named one.
+    hypercall_page: Option<u64>,
     vm: Arc<Vm>,
     vcpu: vstate::Vcpu,
     region: Arc<ShimRegion>,
@@ -1429,6 +1432,7 @@ fn load_xstate(
 fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let VcpuThread {
         id,
+        hypercall_page,
         vm,
         mut vcpu,
         region,
@@ -1589,6 +1593,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             },
             mapped_gdt: &mut mapped_gdt,
             paths,
+            hypercall_page,
             soft_trap: &mut soft_trap,
             pkru_reset: &mut pkru_reset,
         };

@@ -1,8 +1,10 @@
 //! `hypercall_page`: the kernel names a HYPERCALL_PAGE in its ELF notes, so the domain
-//! builder must fill it with Xen's 32-byte stubs, and calls through the stubs must work
-//! like inline `syscall`s. Checks: the page is no longer the `int3` fill; stub 17 is
-//! `push rcx; push r11; mov $17, %eax; syscall; pop r11; pop rcx; ret`; stub 23 is the
-//! `iret` stub (no `ret`); `call`ing stub 17 returns the same version as an inline
+//! builder must fill it with 32-byte stubs shaped like Xen's, and calls through the stubs
+//! must work like inline `syscall`s. Checks: the page is no longer the `int3` fill; stub
+//! 17 is `push rcx; push r11; mov $17, %eax; out %al, $0xe1; pop r11; pop rcx; ret`
+//! (pvkvm rings its hypercall doorbell where Xen's stub has `syscall`: the page's
+//! contents are the hypervisor's, not ABI); stub 23 is the `iret` stub (no `ret`); stub
+//! 24 (`vcpu_op`) keeps Xen's `syscall`; `call`ing stub 17 returns the same version as an inline
 //! hypercall and keeps rcx and r11 (the stub saves them); a console line is written
 //! through stub 18.
 #![no_std]
@@ -28,21 +30,31 @@ fn stub(n: u64) -> &'static [u8] {
 
 fn main(_si: &'static StartInfo) {
     let xv = [
-        0x51, 0x41, 0x53, 0xb8, 17, 0, 0, 0, 0x0f, 0x05, 0x41, 0x5b, 0x59, 0xc3,
+        0x51, 0x41, 0x53, 0xb8, 17, 0, 0, 0, 0xe6, 0xe1, 0x41, 0x5b, 0x59, 0xc3,
     ];
     if stub(nr::XEN_VERSION)[..xv.len()] != xv {
         fail!(
-            "stub 17 is {:02x?}, expected Xen's {:02x?}",
+            "stub 17 is {:02x?}, expected {:02x?}",
             &stub(nr::XEN_VERSION)[..xv.len()],
             xv
         );
     }
-    let iret = [0x51, 0x41, 0x53, 0x50, 0xb8, 23, 0, 0, 0, 0x0f, 0x05];
+    let iret = [0x51, 0x41, 0x53, 0x50, 0xb8, 23, 0, 0, 0, 0xe6, 0xe1];
     if stub(nr::IRET)[..iret.len()] != iret {
         fail!(
-            "stub 23 is {:02x?}, expected Xen's iret stub {:02x?}",
+            "stub 23 is {:02x?}, expected the iret stub {:02x?}",
             &stub(nr::IRET)[..iret.len()],
             iret
+        );
+    }
+    let vcpu_op = [
+        0x51, 0x41, 0x53, 0xb8, 24, 0, 0, 0, 0x0f, 0x05, 0x41, 0x5b, 0x59, 0xc3,
+    ];
+    if stub(nr::VCPU_OP)[..vcpu_op.len()] != vcpu_op {
+        fail!(
+            "stub 24 is {:02x?}, expected Xen's {:02x?}",
+            &stub(nr::VCPU_OP)[..vcpu_op.len()],
+            vcpu_op
         );
     }
 

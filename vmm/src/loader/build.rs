@@ -31,22 +31,42 @@ const PTE_D: u64 = 1 << 6;
 const HYPERCALL_STUB_SIZE: usize = 32;
 /// `__HYPERVISOR_iret`, whose stub does not return.
 const HYPERCALL_IRET: u32 = 23;
+/// Hypercalls whose stubs keep Xen's `syscall`: the shim's `syscall` entry answers
+/// their common cases inside the VM (`VCPUOP_is_up`, `MMUEXT_INVLPG_LOCAL`).
+const HYPERCALLS_VIA_SYSCALL: [u32; 2] = [
+    xen_abi::xen::hypercall::VCPU_OP as u32,
+    xen_abi::xen::hypercall::MMUEXT_OP as u32,
+];
 
 /// The contents of a 64-bit PV hypercall page: `int3` filler, then for each hypercall
-/// `push %rcx; push %r11; mov $nr,%eax; syscall; pop %r11; pop %rcx; ret`, except iret:
-/// `push %rcx; push %r11; push %rax; mov $23,%eax; syscall` (the guest jumps to it).
+/// `push %rcx; push %r11; mov $nr,%eax; out %al,$DOORBELL; pop %r11; pop %rcx; ret`,
+/// except iret: `push %rcx; push %r11; push %rax; mov $23,%eax; out %al,$DOORBELL` (the
+/// guest jumps to it). Xen's stubs have `syscall` where these ring the hypercall
+/// doorbell directly (`xen_abi::contract::port::HYPERCALL`, which the TSS I/O bitmap
+/// lets ring 3 use): the same registers and stack, one transition fewer (a `syscall`
+/// from ring 3 costs a round trip through the host on a software-KVM host before the
+/// shim's stub rings the same doorbell). The page's contents are the hypervisor's
+/// choice, not ABI (Linux fills it with `ret`s for Xen to overwrite). `vcpu_op` and
+/// `mmuext_op` keep `syscall` (HYPERCALLS_VIA_SYSCALL).
 pub fn hypercall_page_bytes() -> Vec<u8> {
     let mut page = vec![0xccu8; PAGE_SIZE as usize];
+    let doorbell = [0xe6, xen_abi::contract::port::HYPERCALL as u8];
     for (nr, stub) in page.chunks_exact_mut(HYPERCALL_STUB_SIZE).enumerate() {
         let nr = nr as u32;
         let imm = nr.to_le_bytes();
+        let enter: &[u8] = if HYPERCALLS_VIA_SYSCALL.contains(&nr) {
+            &[0x0f, 0x05]
+        } else {
+            &doorbell
+        };
         let code: Vec<u8> = if nr == HYPERCALL_IRET {
-            [&[0x51, 0x41, 0x53, 0x50, 0xb8][..], &imm, &[0x0f, 0x05]].concat()
+            [&[0x51, 0x41, 0x53, 0x50, 0xb8][..], &imm, enter].concat()
         } else {
             [
                 &[0x51, 0x41, 0x53, 0xb8][..],
                 &imm,
-                &[0x0f, 0x05, 0x41, 0x5b, 0x59, 0xc3],
+                enter,
+                &[0x41, 0x5b, 0x59, 0xc3],
             ]
             .concat()
         };
