@@ -133,10 +133,16 @@ impl Posted {
                     value: s.value,
                 }
             }
-            stores if stores.len() <= MAX_LISTED_STORES => ShortApply::List {
-                stores: stores.iter().map(|s| Self::current(mem, s)).collect(),
-                flush_all: full,
-            },
+            // Fault injection's short chunks keep the refill path running.
+            stores
+                if stores.len() <= MAX_LISTED_STORES
+                    && self.chunk_limit.is_none_or(|c| stores.len() <= c) =>
+            {
+                ShortApply::List {
+                    stores: stores.iter().map(|s| Self::current(mem, s)).collect(),
+                    flush_all: full,
+                }
+            }
             _ => return None,
         };
         self.discard(flush);
@@ -519,6 +525,16 @@ mod tests {
             })
         );
         assert!(posted.nothing_waits(&flush));
+
+        // Under fault injection's short chunks, more than a chunk: the posting area's.
+        posted.set_chunk_limit(Some(2));
+        let mut frames = vmm_frames(&m, &mut posted);
+        for slot in 0..3 {
+            frames.write_entry(3, slot, 1);
+        }
+        assert_eq!(posted.take_short(&mut flush, &m), None);
+        posted.discard(&mut flush);
+        posted.set_chunk_limit(None);
 
         // More than the stack list holds: the posting area's.
         let mut frames = vmm_frames(&m, &mut posted);
