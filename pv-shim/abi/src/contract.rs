@@ -392,10 +392,10 @@ mod tests {
         // magic (8), seven u32 offsets before the vector table (28), version and
         // header_size (8), the vector table, then the two PKRU trampoline offsets (8)
         // the #GP stub's fixup range, resume point and plain stub (16), and the two short
-        // applies and the trap return (12).
+        // applies and the trap return (12), the two list applies (8).
         assert_eq!(
             core::mem::size_of::<ShimHeader>(),
-            44 + 4 * NR_VECTORS + 8 + 16 + 12
+            44 + 4 * NR_VECTORS + 8 + 16 + 12 + 8
         );
         assert_eq!(core::mem::size_of::<GuestStatePage>(), 16);
         assert_eq!(core::mem::size_of::<PostedHeader>(), 0x1000);
