@@ -644,6 +644,19 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
     if !matches!(exit, Exit::Interrupted) {
         *dom.soft_trap = SoftTrapCheck::default();
     }
+    if dom.paths.io_exit_rip_at_insn
+        && matches!(
+            exit,
+            Exit::IoOut {
+                port: port::HYPERCALL | port::TRAP | port::APPLY_MORE,
+                ..
+            }
+        )
+    {
+        if let Err(e) = step_past_out(cpu, dom) {
+            return Action::Fatal(format!("pvkvm: cannot access vCPU state: {e}"));
+        }
+    }
     let result = match exit {
         Exit::IoOut {
             port: port::HYPERCALL,
@@ -1063,6 +1076,39 @@ fn sync_gdt(dom: &mut Domain<'_>) {
         );
         dom.mapped_gdt[page] = frame.unwrap_or(0);
     }
+}
+
+/// Where the host reports a port-I/O exit with rip still at the `out` (KVM's fast PIO
+/// with hardware virtualization, which skips it at the next entry unless rip moved;
+/// `Paths::io_exit_rip_at_insn`), moves rip past it, so that the doorbell handlers see
+/// what kvm_pvm reports: rip after the instruction. An `out` needs nothing else to
+/// complete. The instruction is read from the guest (the doorbells' are `out %al,$imm`;
+/// a guest's own write to the doorbell port may be any form).
+fn step_past_out(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<(), String> {
+    let mut regs = cpu.regs()?;
+    let mut at = [0u8; 4];
+    let len = pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, regs.rip, &mut at)
+        .ok()
+        .and_then(|()| out_insn_len_at(&at))
+        .ok_or_else(|| format!("no port-I/O instruction at rip {:#x}", regs.rip))?;
+    regs.rip = regs.rip.wrapping_add(len);
+    cpu.set_regs(&regs);
+    Ok(())
+}
+
+/// Length of the `out`/`outs` instruction that starts with `at` (an operand-size or rep
+/// prefix allowed), None if it is none.
+fn out_insn_len_at(at: &[u8; 4]) -> Option<u64> {
+    let (prefix, op) = match at[0] {
+        0x66 | 0xf3 | 0xf2 => (1, at[1]),
+        op => (0, op),
+    };
+    let core = match op {
+        0xe6 | 0xe7 => 2,
+        0xee | 0xef | 0x6e | 0x6f => 1,
+        _ => return None,
+    };
+    Some(prefix + core)
 }
 
 /// Length of the port-I/O instruction that ends at `rip`, from the bytes before it: `in`
@@ -1859,6 +1905,34 @@ mod tests {
             }
             other => panic!("expected a crash, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn out_lengths_from_the_instruction_start() {
+        assert_eq!(out_insn_len_at(&[0xe6, 0xe1, 0, 0]), Some(2));
+        assert_eq!(out_insn_len_at(&[0x66, 0xe7, 0xe1, 0]), Some(3));
+        assert_eq!(out_insn_len_at(&[0xee, 0, 0, 0]), Some(1));
+        assert_eq!(out_insn_len_at(&[0xf3, 0x6e, 0, 0]), Some(2));
+        assert_eq!(out_insn_len_at(&[0x0f, 0x05, 0, 0]), None);
+    }
+
+    /// With hardware virtualization KVM reports the doorbell's exit with rip at the
+    /// `out`: the handler steps past it first and then answers as on kvm_pvm.
+    #[test]
+    fn a_doorbell_reported_at_its_out_is_stepped_past_where_the_host_does_that() {
+        let mut w = world();
+        w.paths.io_exit_rip_at_insn = true;
+        let out_at = HYPERCALL_PAGE_VA + hc::XEN_VERSION * 32 + 8;
+        w.mem
+            .write_slice(&[0xe6, 0xe1, 0x41, 0x5b], GuestAddress(out_at))
+            .unwrap();
+        let mut cpu = cpu_at(out_at);
+        cpu.regs.rax = hc::XEN_VERSION;
+        cpu.regs.rdi = 0;
+        cpu.regs.rflags = 0x246;
+        assert_eq!(handle(&mut w, doorbell(), &mut cpu), Action::Resume);
+        assert_eq!(cpu.regs.rax, (4 << 16) | 17);
+        assert_eq!(cpu.regs.rip, out_at + 2, "resumes after the out");
     }
 
     #[test]

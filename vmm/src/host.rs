@@ -32,6 +32,8 @@ pub struct HostFacts {
     /// The same for a store over a not-present entry the guest has faulted on
     /// (`probe::vmm_absent_pte_store_visible`).
     pub vmm_absent_store_visible: bool,
+    /// A port-I/O exit reports rip past the `out` (`probe::io_exit_rip_past`).
+    pub io_exit_rip_past: bool,
     /// Guest TSC minus host TSC as guest code reads it (0 when within the measurement's
     /// uncertainty), in cycles.
     pub tsc_offset: i64,
@@ -87,6 +89,10 @@ pub struct Paths {
     /// an entry it never saw present (the probe's fact; a shadow MMU keeps no
     /// translation of a not-present entry). Saves a Linux page fault's ring-0 entry.
     pub absent_stores_unposted: bool,
+    /// Whether the host reports a port-I/O exit with rip still at the `out` (KVM's fast
+    /// PIO with hardware virtualization) rather than past it (kvm_pvm's emulator): the
+    /// exit handler then steps past the doorbells' `out` first.
+    pub io_exit_rip_at_insn: bool,
 }
 
 /// Round trips per kind and batch [`HostFacts::probe`] times for the transition floors
@@ -154,6 +160,7 @@ impl HostFacts {
             ring3_cpuid_intercepted: landing.cpuid_from_table,
             vmm_pte_store_visible: probe::vmm_pte_store_visible()?,
             vmm_absent_store_visible: probe::vmm_absent_pte_store_visible()?,
+            io_exit_rip_past: probe::io_exit_rip_past()?,
             tsc_offset: significant_tsc_offset(offset, uncertainty),
             m2p_slot_usable: probe::hole_slot_usable(256)?,
             guest_tsc_aux: probe::guest_tsc_aux_loaded()?,
@@ -204,6 +211,7 @@ impl HostFacts {
             m2p_at_abi: self.m2p_slot_usable,
             in_vm: in_vm_paths(self.floors.as_ref()),
             absent_stores_unposted: self.vmm_absent_store_visible || self.vmm_pte_store_visible,
+            io_exit_rip_at_insn: !self.io_exit_rip_past,
         })
     }
 }
@@ -220,6 +228,7 @@ impl Default for Paths {
             m2p_at_abi: false,
             in_vm: xen_abi::contract::in_vm::ALL,
             absent_stores_unposted: true,
+            io_exit_rip_at_insn: false,
         }
     }
 }
@@ -249,6 +258,7 @@ impl HostFacts {
             "ring3_cpuid_intercepted": self.ring3_cpuid_intercepted,
             "vmm_pte_store_visible": self.vmm_pte_store_visible,
             "vmm_absent_store_visible": self.vmm_absent_store_visible,
+            "io_exit_rip_past": self.io_exit_rip_past,
             "tsc_offset": self.tsc_offset,
             "m2p_slot_usable": self.m2p_slot_usable,
             "guest_tsc_aux": self.guest_tsc_aux,
@@ -315,6 +325,7 @@ mod tests {
             ring3_cpuid_intercepted: true,
             vmm_pte_store_visible: false,
             vmm_absent_store_visible: true,
+            io_exit_rip_past: true,
             tsc_offset: 0,
             m2p_slot_usable: false,
             guest_tsc_aux: false,
@@ -333,6 +344,7 @@ mod tests {
             hardware_virt: true,
             syscall_cpl: 0,
             vmm_pte_store_visible: true,
+            io_exit_rip_past: false,
             tsc_offset: -123_456_789_000,
             m2p_slot_usable: true,
             guest_tsc_aux: true,
@@ -360,6 +372,8 @@ mod tests {
         assert_eq!(p.syscall_entry, SyscallEntry::StubAtCpl0);
         assert_eq!(p.tsc_offset, -123_456_789_000);
         assert!(p.m2p_at_abi);
+        assert!(p.io_exit_rip_at_insn, "fast PIO leaves rip at the out");
+        assert!(!software().paths().unwrap().io_exit_rip_at_insn);
     }
 
     #[test]

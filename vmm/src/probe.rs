@@ -1392,6 +1392,28 @@ pub fn vmm_absent_pte_store_visible() -> Result<bool, Error> {
     Ok(end == End::Doorbell && r.rbx == 0xcccc)
 }
 
+/// Whether a port-I/O exit reports rip past the `out` (kvm_pvm's emulator finishes the
+/// instruction first) rather than at it (KVM's fast PIO with hardware virtualization,
+/// which skips it at the next entry): one ring-3 doorbell, and the two bytes before the
+/// reported rip.
+pub fn io_exit_rip_past() -> Result<bool, Error> {
+    let mut p = ProbeVm::new()?;
+    p.start(Snippet::probe_r3_out, false, 1)?;
+    match p.vcpu.run()? {
+        Exit::IoOut {
+            port: port::HYPERCALL,
+            ..
+        } => {}
+        other => return Err(Error::Step("io exit rip", format!("{other:?}"))),
+    }
+    let rip = p.vcpu.regs()?.rip;
+    let mut before = [0u8; 2];
+    p.vm.memory()
+        .read_slice(&mut before, GuestAddress(rip.wrapping_sub(2)))
+        .map_err(|_| shim::Error::Memory(rip))?;
+    Ok(before == [0xe6, port::HYPERCALL as u8])
+}
+
 /// Guest TSC minus host TSC as guest ring 3 reads it, bracketed by host reads around
 /// the run: returns the offset and its uncertainty (half the bracket), in cycles.
 pub fn guest_tsc_offset_bracketed() -> Result<(i64, u64), Error> {
