@@ -455,6 +455,8 @@ pub struct Domain<'a> {
     pub soft_trap: &'a mut SoftTrapCheck,
     /// The guest state saved while the shim's PKRU-reset trampoline runs.
     pub pkru_reset: &'a mut Option<PkruReset>,
+    /// A guest `in` from the doorbell port, being denied (see [`DeniedIn`]).
+    pub denied_in: &'a mut Option<DeniedIn>,
 }
 
 /// What the PKRU-reset trampoline clobbers, restored at its doorbell: the guest's rax,
@@ -466,6 +468,21 @@ pub struct PkruReset {
     rdx: u64,
     rflags: u64,
     rip: u64,
+}
+
+/// A guest `in` from the hypercall doorbell's port, on its way to the #GP(0) Xen gives
+/// for denied port I/O. The I/O bitmap opens that port to ring 3 for the shim's
+/// doorbell, so any guest code (a guest user process too) can read it. KVM reports an
+/// `in` with rip still at the instruction and finishes it at the next `KVM_RUN` (its
+/// emulator, or fast PIO with hardware virtualization), writing the data and moving rip
+/// past it whatever the VMM set meanwhile (kvm_pvm's emulator does). So the denial is two
+/// steps: the entry after the exit only finishes the instruction (with data that leaves
+/// memory as it was, for the string form), then [`interrupted`] puts back every register
+/// saved here and bounces the #GP at the instruction.
+#[derive(Clone, Copy, Debug)]
+pub struct DeniedIn {
+    /// The guest's registers at the exit: rip at the `in`.
+    regs: Regs,
 }
 
 /// The protection-key bit of a #PF error code.
@@ -644,6 +661,17 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
     if !matches!(exit, Exit::Interrupted) {
         *dom.soft_trap = SoftTrapCheck::default();
     }
+    if dom.denied_in.is_some() {
+        // The entry only finished the denied `in` (or, for a `rep ins`, asked for the
+        // next chunk's data): nothing else ran. `interrupted` completes the denial.
+        return match exit {
+            Exit::IoIn {
+                port: port::HYPERCALL,
+            } => deny_in(cpu, dom)
+                .unwrap_or_else(|e| Action::Fatal(format!("cannot access vCPU state: {e}"))),
+            _ => Action::Interrupted,
+        };
+    }
     if dom.paths.io_exit_rip_at_insn
         && matches!(
             exit,
@@ -671,7 +699,7 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
             port: port::HYPERCALL,
         } => {
             dom.exits.other += 1;
-            denied_io(cpu, dom)
+            deny_in(cpu, dom)
         }
         Exit::IoOut {
             port: port::TRAP, ..
@@ -883,8 +911,13 @@ pub fn interrupted(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Actio
     // Moving rip now (to an event callback) would deliver that fault at the callback's
     // first instruction. Let the fault reach the shim; its trap exit delivers events.
     if cpu.event_in_flight()? {
+        // (A denied `ins` whose store faulted: that fault is the instruction's answer.)
+        *dom.denied_in = None;
         dom.exits.kicks_with_fault_in_flight += 1;
         return Ok(Action::Interrupted);
+    }
+    if let Some(denied) = dom.denied_in.take() {
+        return finish_denied_in(cpu, dom, denied);
     }
     // The PKRU-reset trampoline runs with the guest's registers saved: events wait for
     // its doorbell (four instructions later).
@@ -1083,32 +1116,52 @@ fn sync_gdt(dom: &mut Domain<'_>) {
 /// `Paths::io_exit_rip_at_insn`), moves rip past it, so that the doorbell handlers see
 /// what kvm_pvm reports: rip after the instruction. An `out` needs nothing else to
 /// complete. The instruction is read from the guest (the doorbells' are `out %al,$imm`;
-/// a guest's own write to the doorbell port may be any form).
+/// a guest's own write to the doorbell port may be any form). Fast PIO takes only the
+/// non-string forms: a string `outs` went through KVM's emulator, which leaves rip past
+/// it once done (and at it while a `rep` has elements left, which [`denied_io`] sees),
+/// so where no non-string `out` is at rip, rip stays.
 fn step_past_out(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<(), String> {
     let mut regs = cpu.regs()?;
     let mut at = [0u8; 4];
     let len = pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, regs.rip, &mut at)
         .ok()
-        .and_then(|()| out_insn_len_at(&at))
-        .ok_or_else(|| format!("no port-I/O instruction at rip {:#x}", regs.rip))?;
-    regs.rip = regs.rip.wrapping_add(len);
-    cpu.set_regs(&regs);
+        .and_then(|()| out_insn_len_at(&at));
+    if let Some(len) = len {
+        regs.rip = regs.rip.wrapping_add(len);
+        cpu.set_regs(&regs);
+    }
     Ok(())
 }
 
-/// Length of the `out`/`outs` instruction that starts with `at` (an operand-size or rep
+/// Length of the non-string `out` instruction that starts with `at` (an operand-size
 /// prefix allowed), None if it is none.
 fn out_insn_len_at(at: &[u8; 4]) -> Option<u64> {
     let (prefix, op) = match at[0] {
-        0x66 | 0xf3 | 0xf2 => (1, at[1]),
+        0x66 => (1, at[1]),
         op => (0, op),
     };
     let core = match op {
         0xe6 | 0xe7 => 2,
-        0xee | 0xef | 0x6e | 0x6f => 1,
+        0xee | 0xef => 1,
         _ => return None,
     };
     Some(prefix + core)
+}
+
+/// Whether `at` starts a `rep outs` (operand-size, segment or rep prefixes, in any
+/// order): with elements left (rcx not 0) KVM's emulator reports its exit with rip still
+/// at it, on every host.
+fn is_rep_outs(at: &[u8; 4]) -> bool {
+    let mut rep = false;
+    for &b in at {
+        match b {
+            0xf3 | 0xf2 => rep = true,
+            0x66 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
+            0x6e | 0x6f => return rep,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Length of the port-I/O instruction that ends at `rip`, from the bytes before it: `in`
@@ -1162,33 +1215,128 @@ fn guest_port_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>, port: u16, read: 
     Action::Resume
 }
 
-/// The guest itself touched the doorbell port (the I/O bitmap cannot tell the shim's
-/// stub from guest code): the port is not the guest's, so it gets the #GP(0) Xen gives
-/// for denied port I/O, at the instruction.
+/// First step of denying a guest `in` from the doorbell port ([`DeniedIn`]): saves the
+/// registers (once: a `rep ins` may ask for several chunks), gives KVM data that leaves
+/// the destination as it is, and makes the next entry only finish the instruction.
+fn deny_in(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
+    let regs = cpu.regs()?;
+    dom.exits.last = ExitKind::PortIo;
+    let first = dom.denied_in.is_none();
+    if first {
+        *dom.denied_in = Some(DeniedIn { regs });
+    }
+    let mut at = [0u8; 4];
+    let string = pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, regs.rip, &mut at)
+        .is_ok()
+        && in_insn_is_string(&at);
+    let vcpu = &*dom.vcpu;
+    let platform = &dom.platform;
+    if let Some((width, data)) = cpu.io_data() {
+        if string {
+            // A string `in` stores each element at rdi, moving by the width (down with
+            // DF): hand back what is there, so finishing it stores nothing new.
+            let width = u64::from(width.max(1));
+            let down = regs.rflags & (1 << 10) != 0;
+            for (i, element) in data.chunks_mut(width as usize).enumerate() {
+                let step = (i as u64).wrapping_mul(width);
+                let va = if down {
+                    regs.rdi.wrapping_sub(step)
+                } else {
+                    regs.rdi.wrapping_add(step)
+                };
+                if pv_engine::guest::copy_from_guest(vcpu, platform, va, element).is_err() {
+                    element.fill(0xff);
+                }
+            }
+        } else {
+            // The destination is rax, which the second step puts back.
+            data.fill(0xff);
+        }
+    }
+    cpu.finish_io_then_stop();
+    Ok(Action::Resume)
+}
+
+/// Whether the port-input instruction at `at` is the string form (`ins`), after an
+/// operand-size, rep or segment prefix.
+fn in_insn_is_string(at: &[u8; 4]) -> bool {
+    at.iter()
+        .find(|b| {
+            !matches!(
+                b,
+                0x66 | 0xf3 | 0xf2 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65
+            )
+        })
+        .is_some_and(|op| matches!(op, 0x6c | 0x6d))
+}
+
+/// Second step of a denied `in` ([`DeniedIn`]): the instruction is finished (KVM owes
+/// it nothing more); every register goes back to what it was at the `in`, and the guest
+/// gets #GP(0) there, as Xen gives it.
+fn finish_denied_in(
+    cpu: &mut dyn CpuState,
+    dom: &mut Domain<'_>,
+    denied: DeniedIn,
+) -> Result<Action, String> {
+    let sregs = cpu.sregs()?;
+    let mut g = to_guest_regs(&denied.regs);
+    g.cs = u64::from(sregs.cs.selector);
+    g.ss = u64::from(sregs.ss.selector);
+    let trap = Trap {
+        vector: 13,
+        error_code: Some(0),
+        cr2: 0,
+    };
+    let outcome = pv_engine::exception(
+        dom.vcpu,
+        dom.pv_domain.get(),
+        &mut g,
+        trap,
+        &mut dom.platform,
+        dom.stats,
+    );
+    resume_at(cpu, dom, denied.regs, &g, outcome)
+}
+
+/// The guest itself wrote to the doorbell port (the I/O bitmap cannot tell the shim's
+/// stub from guest code; a guest `in` is [`DeniedIn`]'s): the port is not the guest's,
+/// so it gets the #GP(0) Xen gives for denied port I/O, at the instruction. The host
+/// has finished the `out` (its data goes nowhere), except a `rep outs` with elements
+/// left, which stays at the instruction.
 fn denied_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
     let regs = cpu.regs()?;
     let sregs = cpu.sregs()?;
     let mut g = to_guest_regs(&regs);
     g.cs = u64::from(sregs.cs.selector);
     g.ss = u64::from(sregs.ss.selector);
-    let mut before = [0u8; 4];
-    let len = pv_engine::guest::copy_from_guest(
-        dom.vcpu,
-        &dom.platform,
-        regs.rip.wrapping_sub(4),
-        &mut before,
-    )
-    .ok()
-    .and_then(|()| io_insn_len(&before, port::HYPERCALL as u8));
-    let Some(len) = len else {
-        return Ok(Action::Fatal(diagnostic(
-            "port I/O to the hypercall doorbell from an instruction pvkvm cannot find",
-            dom,
-            Some(&g),
-            Some(cpu),
-        )));
-    };
-    g.rip = regs.rip.wrapping_sub(len);
+    let mut at = [0u8; 4];
+    let unfinished_rep = regs.rcx != 0
+        && pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, regs.rip, &mut at).is_ok()
+        && is_rep_outs(&at);
+    if !unfinished_rep {
+        // Done, so rip is past it (kvm_pvm's emulator; hardware virtualization's fast
+        // PIO after `step_past_out`).
+        let mut before = [0u8; 4];
+        let len = pv_engine::guest::copy_from_guest(
+            dom.vcpu,
+            &dom.platform,
+            regs.rip.wrapping_sub(4),
+            &mut before,
+        )
+        .ok()
+        .and_then(|()| io_insn_len(&before, port::HYPERCALL as u8));
+        let Some(len) = len else {
+            return Ok(Action::Fatal(diagnostic(
+                "port I/O to the hypercall doorbell from an instruction pvkvm cannot find",
+                dom,
+                Some(&g),
+                Some(cpu),
+            )));
+        };
+        g.rip = regs.rip.wrapping_sub(len);
+    }
+    // (A `rep outs` with elements left faults where it stands, rcx and rsi as the
+    // elements done left them, as a fault in the middle of one does.)
     let trap = Trap {
         vector: 13,
         error_code: Some(0),
@@ -1491,6 +1639,7 @@ mod tests {
         msr_writes: Vec<(u32, u64)>,
         soft_trap: SoftTrapCheck,
         pkru_reset: Option<PkruReset>,
+        denied_in: Option<DeniedIn>,
     }
 
     /// Guest RAM with the low 4 MiB identity-mapped (user, writable) and the shim region.
@@ -1538,6 +1687,7 @@ mod tests {
             mapped_gdt: [0; 14],
             soft_trap: SoftTrapCheck::default(),
             pkru_reset: None,
+            denied_in: None,
             notified: Vec::new(),
             paths: crate::host::Paths::default(),
             msr_writes: Vec::new(),
@@ -1609,6 +1759,7 @@ mod tests {
             mapped_gdt: &mut w.mapped_gdt,
             soft_trap: &mut w.soft_trap,
             pkru_reset: &mut w.pkru_reset,
+            denied_in: &mut w.denied_in,
             paths: w.paths,
             hypercall_page: Some(HYPERCALL_PAGE_VA),
         }
@@ -1886,25 +2037,76 @@ mod tests {
         assert!(!matches!(w.exits.last, ExitKind::Hypercall { .. }));
     }
 
+    /// A guest `in` from the doorbell port: KVM reports it with rip at the instruction
+    /// and finishes it at the next entry whatever the VMM set, so the first exit only
+    /// lets it finish; the kick that follows puts every register back and raises the #GP
+    /// at the `in` (here, with no trap table, Xen's crash of the domain).
     #[test]
-    fn guest_in_from_the_doorbell_port_is_denied_too() {
+    fn guest_in_from_the_doorbell_port_is_denied_after_kvm_finishes_it() {
         let mut w = world();
         w.mem
-            .write_slice(&[0x90, 0x90, 0x90, 0xec], GuestAddress(CODE - 3))
+            .write_slice(&[0xec, 0x90], GuestAddress(CODE))
             .unwrap();
-        let mut cpu = cpu_at(CODE + 1);
-        match handle(
-            &mut w,
-            Exit::IoIn {
-                port: port::HYPERCALL,
-            },
-            &mut cpu,
-        ) {
+        let mut cpu = cpu_at(CODE);
+        cpu.regs.rax = 0x1234_5678;
+        cpu.regs.rdx = u64::from(port::HYPERCALL);
+        cpu.io = Some((1, vec![0]));
+        let exit = Exit::IoIn {
+            port: port::HYPERCALL,
+        };
+        assert_eq!(handle(&mut w, exit, &mut cpu), Action::Resume);
+        assert!(cpu.io_finish_requested);
+        assert_eq!(cpu.regs.rip, CODE, "KVM finishes the instruction first");
+        assert!(w.denied_in.is_some());
+        // KVM finished it: al written, rip past it; the kick comes back.
+        cpu.regs.rax = 0x1234_56ff;
+        cpu.regs.rip = CODE + 1;
+        assert_eq!(
+            handle(&mut w, Exit::Interrupted, &mut cpu),
+            Action::Interrupted
+        );
+        match interrupted(&mut cpu, &mut domain(&mut w)).unwrap() {
             Action::Fatal(diag) => {
-                assert!(diag.contains(&format!("guest rip {:#x}", CODE)), "{diag}")
+                assert!(diag.contains("vector: 13"), "{diag}");
+                assert!(diag.contains(&format!("guest rip {:#x}", CODE)), "{diag}");
+                assert!(diag.contains("rax 0x12345678 "), "{diag}");
             }
             other => panic!("expected a crash, got {other:?}"),
         }
+        assert!(w.denied_in.is_none());
+    }
+
+    /// A denied `rep insb` gets back the bytes its buffer holds, chunk after chunk, so
+    /// finishing it stores nothing new; the registers of the first exit are the ones put
+    /// back.
+    #[test]
+    fn a_denied_string_in_gets_the_buffers_own_bytes() {
+        let mut w = world();
+        w.mem
+            .write_slice(&[0xf3, 0x6c], GuestAddress(CODE))
+            .unwrap();
+        w.mem.write_slice(b"keep", GuestAddress(0x9000)).unwrap();
+        let mut cpu = cpu_at(CODE);
+        cpu.regs.rdi = 0x9000;
+        cpu.regs.rcx = 6;
+        cpu.io = Some((1, vec![0; 4]));
+        let exit = Exit::IoIn {
+            port: port::HYPERCALL,
+        };
+        assert_eq!(handle(&mut w, exit.clone(), &mut cpu), Action::Resume);
+        assert_eq!(cpu.io.as_ref().unwrap().1, b"keep");
+        // KVM asks for the next chunk of the same instruction.
+        cpu.regs.rdi = 0x9002;
+        cpu.regs.rcx = 2;
+        cpu.io = Some((1, vec![0; 2]));
+        cpu.io_finish_requested = false;
+        assert_eq!(handle(&mut w, exit, &mut cpu), Action::Resume);
+        assert!(cpu.io_finish_requested);
+        assert_eq!(cpu.io.as_ref().unwrap().1, b"ep");
+        assert_eq!(
+            w.denied_in.map(|d| (d.regs.rdi, d.regs.rcx)),
+            Some((0x9000, 6))
+        );
     }
 
     #[test]
@@ -1912,8 +2114,46 @@ mod tests {
         assert_eq!(out_insn_len_at(&[0xe6, 0xe1, 0, 0]), Some(2));
         assert_eq!(out_insn_len_at(&[0x66, 0xe7, 0xe1, 0]), Some(3));
         assert_eq!(out_insn_len_at(&[0xee, 0, 0, 0]), Some(1));
-        assert_eq!(out_insn_len_at(&[0xf3, 0x6e, 0, 0]), Some(2));
+        assert_eq!(
+            out_insn_len_at(&[0xf3, 0x6e, 0, 0]),
+            None,
+            "string: no fast PIO"
+        );
         assert_eq!(out_insn_len_at(&[0x0f, 0x05, 0, 0]), None);
+        assert!(is_rep_outs(&[0xf3, 0x6e, 0, 0]));
+        assert!(is_rep_outs(&[0x66, 0xf3, 0x6f, 0]));
+        assert!(!is_rep_outs(&[0x6e, 0, 0, 0]), "no rep");
+        assert!(!is_rep_outs(&[0xf3, 0x6c, 0, 0]), "ins");
+        assert!(!is_rep_outs(&[0xf3, 0x90, 0x6e, 0]));
+    }
+
+    /// A guest `rep outs` to the doorbell port with elements left is reported with rip
+    /// still at it (KVM's emulator, every host): the #GP is raised there, not before it.
+    /// A finished `outs` leaves rip past it on every host, hardware virtualization
+    /// included (no fast PIO for string forms): nothing is stepped, the #GP is at it.
+    #[test]
+    fn a_guest_outs_to_the_doorbell_port_faults_at_the_instruction() {
+        for (rep_left, at_insn_host) in [(true, false), (true, true), (false, false), (false, true)]
+        {
+            let mut w = world();
+            w.paths.io_exit_rip_at_insn = at_insn_host;
+            w.mem
+                .write_slice(
+                    &[0x90, 0xf3, 0x6e, 0x90, 0x90, 0x90],
+                    GuestAddress(CODE - 1),
+                )
+                .unwrap();
+            let (rip, rcx) = if rep_left { (CODE, 7) } else { (CODE + 2, 0) };
+            let mut cpu = cpu_at(rip);
+            cpu.regs.rcx = rcx;
+            match handle(&mut w, doorbell(), &mut cpu) {
+                Action::Fatal(diag) => {
+                    assert!(diag.contains("vector: 13"), "{diag}");
+                    assert!(diag.contains(&format!("guest rip {:#x}", CODE)), "{diag}");
+                }
+                other => panic!("expected a crash, got {other:?}"),
+            }
+        }
     }
 
     /// With hardware virtualization KVM reports the doorbell's exit with rip at the

@@ -1494,6 +1494,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
     let mut mapped_gdt = [0u64; xen_abi::xen::selector::FIRST_RESERVED_GDT_PAGE];
     let mut soft_trap = exit::SoftTrapCheck::default();
     let mut pkru_reset: Option<exit::PkruReset> = None;
+    let mut denied_in: Option<exit::DeniedIn> = None;
     let mut exits = ExitStats {
         profile: profile.then(crate::metrics::Profile::default),
         ..ExitStats::default()
@@ -1596,6 +1597,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             hypercall_page,
             soft_trap: &mut soft_trap,
             pkru_reset: &mut pkru_reset,
+            denied_in: &mut denied_in,
         };
         if !waiting && me.take_flush_request() {
             // Another vCPU changed what this one may cache: flush before running on.

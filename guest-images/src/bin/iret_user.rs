@@ -6,14 +6,17 @@
 //!   1. runs `int3`: the handler returns to user mode (plain iret of the bounce frame);
 //!   2. reads the unmapped address 0x10000: #PF, the handler returns to user mode at the
 //!      next instruction;
-//!   3. runs `int3` again: this time the handler resumes the kernel (it rewrites the
+//!   3. reads pvkvm's hypercall doorbell port (`in al, 0xe1`; the I/O bitmap opens it to
+//!      ring 3 for the shim): #GP(0) at the instruction, as any denied port I/O under
+//!      Xen, the handler returns to user mode after it, and al is unchanged;
+//!   4. runs `int3` again: this time the handler resumes the kernel (it rewrites the
 //!      frame to CS 0xe030 / the kernel's rsp), and the kernel checks everything.
 //!
-//! The user code copies the trap record after steps 1 and 2. Asserted for each: vector,
+//! The user code copies the trap record after steps 1 to 3. Asserted for each: vector,
 //! error code (#PF: 4 = user-mode read of a non-present page), CS 0xe033 (RPL 3: user
 //! mode), SS 0xe02b, the user rip (after `int3`; at the faulting load) and rsp, the saved
 //! upcall mask 1 (user mode was entered with RFLAGS.IF clear), the bounce frame at the
-//! top of the `stack_switch` stack, and that user mode resumed after each (3 exceptions in
+//! top of the `stack_switch` stack, and that user mode resumed after each (4 exceptions in
 //! total, the user's r12 intact).
 #![no_std]
 #![no_main]
@@ -30,11 +33,15 @@ test_kernel!(main);
 const R12_MAGIC: u64 = 0x1212_3434_5656_7878;
 
 /// Copies of the trap record's first 7 words (vector, error code, rip, cs, rflags, rsp,
-/// ss) made by the user code after steps 1 and 2; the resume target for step 3.
+/// ss) made by the user code after steps 1 and 2 (step 3: `IU_GP`); the resume target for step 4.
 #[no_mangle]
 static mut IU_BP1: [u64; 7] = [0; 7];
 #[no_mangle]
 static mut IU_PF: [u64; 7] = [0; 7];
+#[no_mangle]
+static mut IU_GP: [u64; 7] = [0; 7];
+#[no_mangle]
+static mut IU_GP_RAX: u64 = 0;
 #[no_mangle]
 static mut IU_KERNEL_RIP: u64 = 0;
 #[no_mangle]
@@ -68,6 +75,20 @@ iu_after_pf:
     lea rdi, [rip + IU_PF]
     mov ecx, 7
     rep movsq
+    lea rax, [rip + iu_after_gp]
+    mov [rip + PVT_TRAP + 72], rax
+    mov qword ptr [rip + PVT_TRAP + 64], 1
+    mov eax, 0x77
+    .global iu_gp_insn
+iu_gp_insn:
+    in al, 0xe1
+    ud2
+iu_after_gp:
+    mov [rip + IU_GP_RAX], rax
+    lea rsi, [rip + PVT_TRAP]
+    lea rdi, [rip + IU_GP]
+    mov ecx, 7
+    rep movsq
     mov [rip + IU_R12_AT_END], r12
     mov rax, [rip + IU_KERNEL_RIP]
     mov [rip + PVT_TRAP + 72], rax
@@ -87,6 +108,7 @@ extern "C" {
     fn iu_user_main();
     static iu_after_bp1: u8;
     static iu_pf_insn: u8;
+    static iu_gp_insn: u8;
     static iu_after_bp2: u8;
 }
 
@@ -166,25 +188,28 @@ fn main(si: &'static StartInfo) {
         );
     }
     let t = last_trap();
-    if t.count != before + 3 {
+    if t.count != before + 4 {
         fail!(
-            "{} exceptions delivered from user mode, expected 3 (int3, #PF, int3)",
+            "{} exceptions delivered from user mode, expected 4 (int3, #PF, #GP, int3)",
             t.count.wrapping_sub(before)
         );
     }
     // SAFETY: plain statics written by the user code before the last int3.
-    let (bp1, pf, r12) = unsafe {
+    let (bp1, pf, gp, gp_rax, r12) = unsafe {
         (
             core::ptr::read_volatile(&raw const IU_BP1),
             core::ptr::read_volatile(&raw const IU_PF),
+            core::ptr::read_volatile(&raw const IU_GP),
+            core::ptr::read_volatile(&raw const IU_GP_RAX),
             core::ptr::read_volatile(&raw const IU_R12_AT_END),
         )
     };
     // SAFETY: only the addresses of the labels are taken.
-    let (a_bp1, a_pf, a_bp2) = unsafe {
+    let (a_bp1, a_pf, a_gp, a_bp2) = unsafe {
         (
             &iu_after_bp1 as *const u8 as u64,
             &iu_pf_insn as *const u8 as u64,
+            &iu_gp_insn as *const u8 as u64,
             &iu_after_bp2 as *const u8 as u64,
         )
     };
@@ -197,6 +222,17 @@ fn main(si: &'static StartInfo) {
         a_pf,
         usp,
     );
+    check_frame(
+        "#GP from user mode (in al, 0xe1: the doorbell port)",
+        &gp,
+        13,
+        0,
+        a_gp,
+        usp,
+    );
+    if gp_rax & 0xff != 0x77 {
+        fail!("in al, 0xe1 from user mode changed al: rax {:#x}", gp_rax);
+    }
     let bp2 = [t.vector, t.error_code, t.rip, t.cs, t.rflags, t.rsp, t.ss];
     check_frame("second int3 from user mode", &bp2, 3, u64::MAX, a_bp2, usp);
     if t.frame + 40 != kernel_stack_top() & !15 {
