@@ -698,8 +698,14 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn CpuState, dom: &mut Domain<'_>) ->
         Exit::IoIn {
             port: port::HYPERCALL,
         } => {
-            dom.exits.other += 1;
-            deny_in(cpu, dom)
+            if pv_engine::emulate::kernel_io_ok(dom.vcpu, dom.pv_domain.get()) {
+                // Under its virtual IOPL the guest kernel's port I/O is answered, not
+                // denied (all ones: the domain has no device there).
+                Ok(guest_port_io(cpu, dom, port::HYPERCALL, true))
+            } else {
+                dom.exits.other += 1;
+                deny_in(cpu, dom)
+            }
         }
         Exit::IoOut {
             port: port::TRAP, ..
@@ -771,6 +777,11 @@ fn hypercall_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Ac
             .hypercall_page
             .is_some_and(|page| regs.rip.wrapping_sub(page & !0xfff) < 0x1000);
     if regs.rip != dom.shim.syscall_doorbell_end && !from_page {
+        if pv_engine::emulate::kernel_io_ok(dom.vcpu, dom.pv_domain.get()) {
+            // The guest kernel's own `out` under its virtual IOPL: a write to a port the
+            // domain has no device at, dropped (the host finished the instruction).
+            return Ok(guest_port_io(cpu, dom, port::HYPERCALL, false));
+        }
         return denied_io(cpu, dom);
     }
     if from_page {
@@ -2074,6 +2085,23 @@ mod tests {
             other => panic!("expected a crash, got {other:?}"),
         }
         assert!(w.denied_in.is_none());
+    }
+
+    /// Under the guest kernel's virtual IOPL the doorbell port is a port without a
+    /// device, as any other: an `in` reads all ones and is left to KVM to finish.
+    #[test]
+    fn under_iopl_the_kernels_in_from_the_doorbell_port_reads_all_ones() {
+        let mut w = world();
+        w.vcpu.iopl = 1 << 12;
+        let mut cpu = cpu_at(CODE);
+        cpu.io = Some((1, vec![0]));
+        let exit = Exit::IoIn {
+            port: port::HYPERCALL,
+        };
+        assert_eq!(handle(&mut w, exit, &mut cpu), Action::Resume);
+        assert_eq!(cpu.io.as_ref().unwrap().1, [0xff]);
+        assert!(w.denied_in.is_none());
+        assert_eq!(cpu.regs.rip, CODE);
     }
 
     /// A denied `rep insb` gets back the bytes its buffer holds, chunk after chunk, so

@@ -15,8 +15,9 @@
 //!   I/O exits, `cli`/`sti` go to the shim's #GP stub or the engine): `in` from a port
 //!   without a device (0x80) reads all ones, only in al (8-bit), zero-extended into rax
 //!   (32-bit), only in ax (16-bit, `66` prefix) for immediate and dx ports, 1000 times
-//!   for `in al, imm8` (the host test counts them as I/O exits, not #GP); `out` changes
-//!   no register; the PIT Xen emulates (channel 2 through ports 0x42/0x43, gated by 0x61)
+//!   for `in al, imm8` (the host test counts them as I/O exits, not #GP), and from
+//!   pvkvm's doorbell port 0xe1 too (only the shim's own `out` there is a doorbell);
+//!   `out` changes no register; the PIT Xen emulates (channel 2 through ports 0x42/0x43, gated by 0x61)
 //!   counts down once programmed; `cli`/`sti` are skipped and leave the event mask as it
 //!   was (the host test checks these cost no VM exit where the stub answers them). Under
 //!   IOPL 0 the same `in` is a #GP to the guest's handler at the instruction.
@@ -153,6 +154,14 @@ fn port_io_under_iopl(si: &StartInfo) {
     );
     check_eq!("out dx, al", with_rax!("out dx, al", PATTERN), PATTERN);
     check_eq!("out dx, ax", with_rax!("out dx, ax", PATTERN), PATTERN);
+    // pvkvm's doorbell port (0xe1, which the I/O bitmap always opens for the shim's
+    // stub) is a port without a device to the guest, like any other.
+    check_eq!(
+        "in al, 0xe1",
+        with_rax!("in al, 0xe1", PATTERN),
+        0x1122_3344_5566_77ffu64
+    );
+    check_eq!("out 0xe1, al", with_rax!("out 0xe1, al", PATTERN), PATTERN);
     println!("IOPL 1: in reads all ones (al, ax, eax zero-extended), out changes nothing");
 
     // The PIT Xen emulates for every domain: channel 2 programmed as Linux's
