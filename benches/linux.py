@@ -77,6 +77,7 @@ BEGIN = "pvkvm-workload begin v1"
 END_RE = re.compile(r"pvkvm-workload end status=(\w+) total_ms=(\d+)")
 WL_RE = re.compile(r"(?:^|\s)wl (\S+) (\d+) (\d+) (\d+) (\d+) (\d+)\s*$")
 WLFAIL_RE = re.compile(r"(?:^|\s)wl-fail (\S+) (.*)$")
+WLBEGIN_RE = re.compile(r"(?:^|\s)wl-begin (\S+)\s*$")
 INFO_RE = re.compile(r"(?:^|\s)info (\S+) (\S+)\s*$")
 
 # Figures in the order of the table, with what one operation is.
@@ -525,20 +526,47 @@ class Boot:
     line, stops when the benchmark ended (plus a grace period for the power-off), when a
     fatal pattern appears, or at the time limit."""
 
-    def __init__(self, name, argv, limit_s, log_path, fatal=(), stopped=()):
+    def __init__(self, name, argv, limit_s, log_path, fatal=(), stopped=(), api_socket=None):
         self.name, self.argv, self.limit_s, self.log_path = name, [str(a) for a in argv], limit_s, log_path
         self.fatal, self.stopped = fatal, stopped
         self.lines = []  # (seconds since launch, text)
         self.lock = threading.Lock()
+        # With pvkvm's control socket: its exit counters when each figure's timed samples
+        # began (`wl-begin`) and ended (the figure's `wl` line), read as the line arrives.
+        self.api_socket = api_socket
+        self.window_counters = {}  # figure -> {"begin": counters, "end": counters}
 
     def _reader(self, stream, t_launch, log):
         for raw in iter(stream.readline, b""):
             t = time.monotonic() - t_launch
             text = clean(raw.decode("utf-8", "replace"))
+            if self.api_socket:
+                self._window_mark(text)
             with self.lock:
                 self.lines.append((t, text))
             log.write("[%8.3f] %s\n" % (t, text))
             log.flush()
+
+    def _window_mark(self, text):
+        m = WLBEGIN_RE.search(text)
+        if m:
+            counters = vm_counters(self.api_socket)
+            if counters is not None:
+                self.window_counters[m.group(1)] = {"begin": counters}
+            return
+        m = WL_RE.search(text)
+        if m and m.group(1) in self.window_counters:
+            counters = vm_counters(self.api_socket)
+            if counters is not None:
+                self.window_counters[m.group(1)]["end"] = counters
+
+    def window(self, fig):
+        """The exit counters of `fig`'s timed samples alone (end minus begin), or None
+        (no control socket, or a build whose `vm.info` has no counters)."""
+        w = self.window_counters.get(fig) or {}
+        if "begin" not in w or "end" not in w:
+            return None
+        return {k: v - w["begin"].get(k, 0) for k, v in w["end"].items()}
 
     def _stop(self, proc):
         for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
@@ -664,15 +692,52 @@ class Boot:
         return "%s: %s; last console lines: %s" % (where, self.end_reason, " | ".join(last)[-500:])
 
 
+# vm.info's counter names -> parse_stats' names (what the floors charge).
+API_COUNTERS = {"vm_exits": "vm_exits", "hypercall_doorbells": "hypercall_doorbells",
+                "trap_doorbells": "trap_doorbells", "apply_refills": "refill_exits",
+                "interrupted": "interrupted_exits", "other": "other_exits", "applies": "applies"}
+
+
+def vm_counters(path, timeout=2.0):
+    """pvkvm's exit counters now, from `GET /api/v1/vm.info` on its control socket (as
+    parse_stats names them), or None (no socket, no answer, or no counters: an older
+    build)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(timeout)
+            c.connect(str(path))
+            c.sendall(b"GET /api/v1/vm.info HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        return None
+    try:
+        counters = json.loads(body.decode()).get("counters")
+    except ValueError:
+        return None
+    if not isinstance(counters, dict):
+        return None
+    return {API_COUNTERS[k]: int(v) for k, v in counters.items() if k in API_COUNTERS}
+
+
 def qemu_escape(s):
     return s.replace(",", ",,")
 
 
 def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None, disk=None, net_port=None,
-                  mixed=None, limit=None):
+                  mixed=None, limit=None, api_socket=None):
     """The platform's Boot. disk: a scratch raw image for the disk figures (destroyed);
     net_port: the host peer's port on 127.0.0.1 for the TCP figures; mixed: the mixed
-    workload's sizes (then only that runs, with the time limit `limit`)."""
+    workload's sizes (then only that runs, with the time limit `limit`); api_socket
+    (pvkvm): serve the control API there and read the exit counters around each
+    figure's timed samples (`Boot.window`)."""
     log = work / ("%s.log" % name)
     args = "quiet pvkvm.bench=1"
     if mixed:
@@ -692,9 +757,12 @@ def platform_boot(name, work, pvkvm, kernel, initrd, qemu, xen, only=None, disk=
         if net_port:
             extra += ["--net", "user"]
         lim = limit or 180
+        if api_socket:
+            Path(api_socket).unlink(missing_ok=True)
+            extra += ["--api-socket", str(api_socket)]
         argv = [pvkvm, "run", "--kernel", kernel, "--initrd", initrd, "--cmdline", "console=hvc0 " + args,
                 "--stats", "--timeout", str(lim - 10)] + extra
-        return Boot(name, argv, lim, log, fatal=["Kernel panic"])
+        return Boot(name, argv, lim, log, fatal=["Kernel panic"], api_socket=api_socket)
     if name in ("qemu-tcg", "qemu-kvm"):
         accel = ["-accel", "tcg"] if name == "qemu-tcg" else ["-enable-kvm"]
         extra = []

@@ -142,6 +142,17 @@ pub struct ExitStats {
 }
 
 impl ExitStats {
+    /// VM exits of every kind: the doorbells, apply refills, guest port I/O, kicks and
+    /// the rest.
+    pub fn vm_exits(&self) -> u64 {
+        self.hypercall_doorbells
+            + self.trap_doorbells
+            + self.apply_more
+            + self.port_io
+            + self.interrupted
+            + self.other
+    }
+
     /// Adds another vCPU's counters to these (maxima stay maxima).
     pub fn absorb(&mut self, o: &ExitStats) {
         self.hypercall_doorbells += o.hypercall_doorbells;

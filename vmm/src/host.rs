@@ -275,7 +275,7 @@ impl HostFacts {
             Err(r) => format!("REFUSED: {r}"),
         };
         format!(
-            "\nhost facts the runner uses\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  paths: {paths}\n",
+            "\nhost facts the runner uses\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  {:<48} {}\n  paths: {paths}\n",
             "syscall lands at CPL",
             self.syscall_cpl,
             "ring-3 CPUID leaf 0x40000000 from pvkvm's table",
@@ -284,6 +284,8 @@ impl HostFacts {
             self.vmm_pte_store_visible,
             "VMM store over a not-present PTE visible at once",
             self.vmm_absent_store_visible,
+            "port-I/O exit reports rip past the out",
+            self.io_exit_rip_past,
             "guest TSC offset (cycles, 0 = none measured)",
             self.tsc_offset,
             "L4 slot 256 (Xen's M2P address) usable",

@@ -124,12 +124,7 @@ fn on_off(bit: u32) -> &'static str {
 pub fn format_report(report: &RunReport) -> String {
     let mut s = String::new();
     let e = &report.exits;
-    let total = e.hypercall_doorbells
-        + e.trap_doorbells
-        + e.apply_more
-        + e.port_io
-        + e.interrupted
-        + e.other;
+    let total = e.vm_exits();
     let _ = writeln!(
         s,
         "pvkvm stats: {:.3} s, {total} VM exits{}",

@@ -931,6 +931,7 @@ pub fn run(cfg: &RunConfig, console: Box<dyn Write + Send>) -> Result<RunReport,
                         "disks": cfg.disks.iter().map(|d| d.path.display().to_string()).collect::<Vec<_>>(),
                         "nics": cfg.nets.len(),
                         "exits": progress.load(Ordering::Relaxed),
+                        "counters": counters_json(&domain.vcpus),
                     }))),
                     Command::Pause if paused.swap(true, Ordering::SeqCst) => {
                         Err(Refusal::new(409, "the domain is already paused"))
@@ -1693,6 +1694,7 @@ fn vcpu_loop(t: VcpuThread, shared: Shared<'_>) -> Result<ThreadEnd, Error> {
             action
         };
         dom.exits.absent_unposted = dom.platform.frames.posted.absent_unposted();
+        publish_counters(&me.counters, dom.exits);
         let action = match load_xstate(&mut vcpu, &mut dom, from_user) {
             Ok(()) => action,
             Err(e) => Action::Fatal(format!(
@@ -2170,6 +2172,52 @@ impl crate::backends::xenbus::EventChannels for VcpuChannels {
     fn raise(&self, backend_port: u32) {
         self.send(Wake::BackendEvent(backend_port));
     }
+}
+
+/// Publishes a vCPU's exit counters for the control API (plain stores: this thread is
+/// their only writer).
+fn publish_counters(c: &crate::smp::ExitCounters, e: &ExitStats) {
+    let pairs = [
+        (&c.hypercall_doorbells, e.hypercall_doorbells),
+        (&c.trap_doorbells, e.trap_doorbells),
+        (&c.apply_refills, e.apply_more),
+        (&c.port_io, e.port_io),
+        (&c.interrupted, e.interrupted),
+        (&c.other, e.other),
+        (&c.applies, e.applies),
+    ];
+    for (to, value) in pairs {
+        to.store(value, Ordering::Relaxed);
+    }
+}
+
+/// The domain's exit counters so far, summed over its vCPUs, as `vm.info` reports them
+/// (`vm_exits` is every exit kind's sum, as `--stats` prints it).
+fn counters_json(vcpus: &[crate::smp::VcpuHandle]) -> serde_json::Value {
+    let sum = |f: fn(&crate::smp::ExitCounters) -> &AtomicU64| -> u64 {
+        vcpus
+            .iter()
+            .map(|v| f(&v.counters).load(Ordering::Relaxed))
+            .sum()
+    };
+    let kinds = [
+        ("hypercall_doorbells", sum(|c| &c.hypercall_doorbells)),
+        ("trap_doorbells", sum(|c| &c.trap_doorbells)),
+        ("apply_refills", sum(|c| &c.apply_refills)),
+        ("port_io", sum(|c| &c.port_io)),
+        ("interrupted", sum(|c| &c.interrupted)),
+        ("other", sum(|c| &c.other)),
+    ];
+    let mut json = serde_json::Map::new();
+    json.insert(
+        "vm_exits".into(),
+        kinds.iter().map(|(_, n)| n).sum::<u64>().into(),
+    );
+    for (name, n) in kinds {
+        json.insert(name.into(), n.into());
+    }
+    json.insert("applies".into(), sum(|c| &c.applies).into());
+    json.into()
 }
 
 #[cfg(test)]

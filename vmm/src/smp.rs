@@ -80,10 +80,32 @@ pub struct VcpuHandle {
     pub next_timer: AtomicU64,
     /// Kicks this vCPU took to flush its TLB for another vCPU.
     pub remote_flushes: AtomicU64,
+    /// This vCPU's exit counters, as its thread last published them.
+    pub counters: ExitCounters,
     /// The state `VCPUOP_initialise` built for this vCPU, until its thread takes it up
     /// (`Platform::vcpu_initialised` puts it here under the domain lock; the thread
     /// takes it under the same lock).
     pub new_vcpu: Mutex<Option<Box<pv_engine::vcpu_context::NewVcpu>>>,
+}
+
+/// Exit counters a vCPU thread publishes after every exit (it is their only writer), for
+/// the control API's `vm.info`: what `--stats` counts, while the domain runs.
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    /// Hypercall doorbells (`ExitStats::hypercall_doorbells`).
+    pub hypercall_doorbells: AtomicU64,
+    /// Trap doorbells.
+    pub trap_doorbells: AtomicU64,
+    /// Apply refills (`APPLY_MORE`).
+    pub apply_refills: AtomicU64,
+    /// The guest kernel's own port I/O.
+    pub port_io: AtomicU64,
+    /// Kicks.
+    pub interrupted: AtomicU64,
+    /// Every other exit.
+    pub other: AtomicU64,
+    /// Applies inside the VM (no exit of their own).
+    pub applies: AtomicU64,
 }
 
 impl Default for VcpuHandle {
@@ -97,6 +119,7 @@ impl Default for VcpuHandle {
             left: (Mutex::new(()), Condvar::new()),
             next_timer: AtomicU64::new(u64::MAX),
             remote_flushes: AtomicU64::new(0),
+            counters: ExitCounters::default(),
             new_vcpu: Mutex::new(None),
         }
     }

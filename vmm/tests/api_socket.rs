@@ -55,6 +55,13 @@ fn pause_resume_attach_and_shutdown_through_the_socket() {
     let info: serde_json::Value = serde_json::from_str(&info).expect("JSON");
     assert_eq!(info["state"], "running");
     assert_eq!(info["memory_mib"], 512);
+    // A booted Linux has exited the VM tens of thousands of times and applied stores.
+    let exits = info["counters"]["vm_exits"].as_u64().expect("vm_exits");
+    assert!(exits > 10_000, "{info}");
+    assert!(
+        info["counters"]["applies"].as_u64().expect("applies") > 0,
+        "{info}"
+    );
 
     assert_eq!(remote(&sock, &["pause"]).0, 0);
     let (rc, _, err) = remote(&sock, &["pause"]);
@@ -62,6 +69,11 @@ fn pause_resume_attach_and_shutdown_through_the_socket() {
     assert!(err.contains("already paused"), "{err}");
     let (_, info, _) = remote(&sock, &["info"]);
     assert!(info.contains("\"paused\""), "{info}");
+    let paused: serde_json::Value = serde_json::from_str(&info).expect("JSON");
+    assert!(
+        paused["counters"]["vm_exits"].as_u64().expect("vm_exits") >= exits,
+        "{info}"
+    );
     console.send("echo resumed-$((40+2))");
     assert!(
         console

@@ -11,12 +11,15 @@
 //! ```text
 //! pvkvm-workload begin v1
 //! info <key> <value>
+//! wl-begin <name>
 //! wl <name> <median_ns> <p10_ns> <p90_ns> <ops> <samples>
 //! wl-fail <name> <reason>
 //! pvkvm-workload end status=<ok|failed> total_ms=<ms>
 //! ```
 //!
-//! `ops` is the number of operations timed (samples x batch). Figures:
+//! `ops` is the number of operations timed (samples x batch); `wl-begin` comes right
+//! before the first timed sample (after an untimed warm-up), so the operations between it
+//! and the figure's `wl` line are exactly those `ops`. Figures:
 //! clock (one clock_gettime), getppid (one raw syscall), cpu (1M rounds of xorshift,
 //! no syscalls), fault (first write to an anonymous page, per page), mmap_cycle (mmap 64
 //! pages + touch each + munmap, per page), memfill (mmap 4 MiB, write every byte,
@@ -122,6 +125,9 @@ impl Runner {
             self.fail(name, &e);
             return;
         }
+        // The timed samples start now: a host that counts its exits reads them here and
+        // at the figure's line (benches/before_after.py, through pvkvm's control API).
+        println!("wl-begin {name}");
         while per_op.len() < plan.max
             && (per_op.len() < plan.min || now_ns() - start < self.budget_ns)
         {
