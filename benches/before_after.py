@@ -89,8 +89,9 @@ IN_VM_NOTE = ("the shim's applies (ring-0 entries on the way back to the guest t
               "the VMM's pagetable stores inside the VM) per operation, from --stats; in-VM "
               "exceptions that never reach the VMM (the in-VM page flush) are not counted")
 EMULATED_NOTE = ("ring-0 instructions the host KVM emulated per operation (`perf stat -a -e "
-                 "kvm:kvm_emulate_insn` around each boot, figure boot minus the boot running "
-                 "none), doorbells and applies included")
+                 "kvm:kvm_emulate_insn` around each figure boot, switched on and off by the "
+                 "guest's `wl-begin` and figure lines through perf's control FIFO, so over the "
+                 "timed samples only), doorbells and applies included")
 EMULATED_EVENT = "kvm:kvm_emulate_insn"
 
 
@@ -257,10 +258,23 @@ class Side:
         b = linux.platform_boot("pvkvm", self.work, self.pvkvm, kernel, initrd, None, None, only=only,
                                 limit=limit, api_socket=sock)
         counts = None
+        perf_window = None
         if self.count_emulated:
             counts = self.work / "emulated.csv"
-            b.argv = ["perf", "stat", "-a", "-x,", "-e", EMULATED_EVENT, "-o", str(counts), "--"] + b.argv
-        b.run()
+            counts.unlink(missing_ok=True)
+            perf = ["perf", "stat", "-a", "-x,", "-e", EMULATED_EVENT, "-o", str(counts)]
+            if only and only != "none":
+                # Counted over the figure's timed samples only: perf starts with the event
+                # off and the guest's marker lines switch it on and off.
+                perf_window = PerfWindow(self.work, only)
+                perf += perf_window.perf_args()
+                b.on_window_begin, b.on_window_end = perf_window.enable, perf_window.disable
+            b.argv = perf + ["--"] + b.argv
+        try:
+            b.run()
+        finally:
+            if perf_window:
+                perf_window.close()
         res = b.result()
         res["counters"] = linux.parse_stats(t for _, t in b.lines)
         if only and only != "none":
@@ -268,7 +282,13 @@ class Side:
         if counts is not None:
             n = read_perf_count(counts)
             if n is not None:
-                res["counters"]["emulated_insns"] = n
+                if perf_window and perf_window.done:
+                    if res["window"] is not None:
+                        res["window"]["emulated_insns"] = n
+                    else:
+                        res["emulated_window"] = n
+                elif not perf_window:
+                    res["counters"]["emulated_insns"] = n
         return res
 
     def record(self, fig, value_ns, counters, ops, baseline=None, subtract=True):
@@ -290,6 +310,58 @@ class Side:
     def fail(self, fig, reason):
         self.errors[fig] = reason
         say(f"{self.name} {fig}: failed: {reason}")
+
+
+class PerfWindow:
+    """perf stat's control FIFOs: the count runs from the figure's `wl-begin` line to its
+    `wl` line only (`perf stat -D -1 --control fifo:CTL,ACK`). `done` is true once both
+    switches were acknowledged: the count is then the window's."""
+
+    def __init__(self, work, fig):
+        self.fig = fig
+        self.ctl, self.ack = work / "perf-ctl.fifo", work / "perf-ack.fifo"
+        for f in (self.ctl, self.ack):
+            f.unlink(missing_ok=True)
+            os.mkfifo(f)
+        self.ctl_fd = self.ack_fd = None
+        self.enabled = self.done = False
+
+    def perf_args(self):
+        return ["-D", "-1", "--control", f"fifo:{self.ctl},{self.ack}"]
+
+    def _send(self, command):
+        """Sends `command` and waits (at most 2 s) for perf's ack."""
+        try:
+            if self.ctl_fd is None:
+                # perf holds both FIFOs open (read-write) from its start.
+                self.ctl_fd = os.open(self.ctl, os.O_WRONLY | os.O_NONBLOCK)
+                self.ack_fd = os.open(self.ack, os.O_RDONLY | os.O_NONBLOCK)
+            os.write(self.ctl_fd, (command + "\n").encode())
+            deadline = time.monotonic() + 2
+            got = b""
+            while b"ack" not in got and time.monotonic() < deadline:
+                try:
+                    got += os.read(self.ack_fd, 64)
+                except BlockingIOError:
+                    time.sleep(0.0005)
+            return b"ack" in got
+        except OSError:
+            return False
+
+    def enable(self, fig):
+        if fig == self.fig and not self.enabled:
+            self.enabled = self._send("enable")
+
+    def disable(self, fig):
+        if fig == self.fig and self.enabled and not self.done:
+            self.done = self._send("disable")
+
+    def close(self):
+        for fd in (self.ctl_fd, self.ack_fd):
+            if fd is not None:
+                os.close(fd)
+        for f in (self.ctl, self.ack):
+            f.unlink(missing_ok=True)
 
 
 def read_perf_count(path):
@@ -316,15 +388,14 @@ def measure_workload_figure(side, fig, kernel, initrd):
     ops = f["ops"] + f["ops"] // f["samples"]
     window = res.get("window")
     if window and f["ops"] > 0:
-        per_op = {k: v / f["ops"] for k, v in window.items()}
-        emulated = res["counters"].get("emulated_insns")
-        if emulated is not None and side.baseline and "emulated_insns" in side.baseline:
-            # perf counts the whole boot: that term stays boot minus baseline.
-            per_op["emulated_insns"] = (emulated - side.baseline["emulated_insns"]) / ops
-        side.record_per_op(fig, f["median_ns"], per_op)
+        side.record_per_op(fig, f["median_ns"], {k: v / f["ops"] for k, v in window.items()})
         side.windowed[fig] = side.windowed.get(fig, 0) + 1
     else:
         side.record(fig, f["median_ns"], res["counters"], ops, side.baseline)
+        if "emulated_window" in res and f["ops"] > 0 and fig in side.per_op:
+            # A build without vm.info's counters: its exits are boot minus baseline, its
+            # emulated instructions still the window's.
+            side.per_op[fig][-1]["emulated_insns"] = res["emulated_window"] / f["ops"]
     say(f"{side.name} {fig}: {linux.fmt_ns(f['median_ns'])}")
 
 

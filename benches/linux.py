@@ -535,12 +535,16 @@ class Boot:
         # began (`wl-begin`) and ended (the figure's `wl` line), read as the line arrives.
         self.api_socket = api_socket
         self.window_counters = {}  # figure -> {"begin": counters, "end": counters}
+        # Called with the figure's name as its `wl-begin` / `wl` line arrives (e.g. to
+        # switch a perf count on and off around the timed samples).
+        self.on_window_begin = None
+        self.on_window_end = None
 
     def _reader(self, stream, t_launch, log):
         for raw in iter(stream.readline, b""):
             t = time.monotonic() - t_launch
             text = clean(raw.decode("utf-8", "replace"))
-            if self.api_socket:
+            if self.api_socket or self.on_window_begin or self.on_window_end:
                 self._window_mark(text)
             with self.lock:
                 self.lines.append((t, text))
@@ -550,15 +554,20 @@ class Boot:
     def _window_mark(self, text):
         m = WLBEGIN_RE.search(text)
         if m:
-            counters = vm_counters(self.api_socket)
+            if self.on_window_begin:
+                self.on_window_begin(m.group(1))
+            counters = vm_counters(self.api_socket) if self.api_socket else None
             if counters is not None:
                 self.window_counters[m.group(1)] = {"begin": counters}
             return
         m = WL_RE.search(text)
-        if m and m.group(1) in self.window_counters:
-            counters = vm_counters(self.api_socket)
-            if counters is not None:
-                self.window_counters[m.group(1)]["end"] = counters
+        if m:
+            if self.on_window_end:
+                self.on_window_end(m.group(1))
+            if m.group(1) in self.window_counters:
+                counters = vm_counters(self.api_socket)
+                if counters is not None:
+                    self.window_counters[m.group(1)]["end"] = counters
 
     def window(self, fig):
         """The exit counters of `fig`'s timed samples alone (end minus begin), or None
