@@ -545,6 +545,30 @@ fn may_follow_soft_trap(dom: &Domain<'_>, rip: u64) -> bool {
     matches!(before[1], 0xcc | 0xce) || before[0] == 0xcd
 }
 
+/// The 4 code bytes at `va` as the guest sees them, each byte that cannot be read (a
+/// neighbouring page not mapped: an instruction may end or start at a page boundary) as
+/// 0, which no decoder here takes for a prefix or an I/O opcode.
+fn code_bytes(dom: &Domain<'_>, va: u64) -> [u8; 4] {
+    let mut bytes = [0u8; 4];
+    if pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, va, &mut bytes).is_ok() {
+        return bytes;
+    }
+    for (i, b) in bytes.iter_mut().enumerate() {
+        let mut one = [0u8; 1];
+        if pv_engine::guest::copy_from_guest(
+            dom.vcpu,
+            &dom.platform,
+            va.wrapping_add(i as u64),
+            &mut one,
+        )
+        .is_ok()
+        {
+            *b = one[0];
+        }
+    }
+    bytes
+}
+
 /// Flags a guest may hold in the real rflags; IF is always set (the guest's virtual IF
 /// is its event mask) and IOPL always 0 (its virtual IOPL lives in the engine).
 const RFLAGS_GUEST_MASK: u64 = 0x0cd5 | (1 << 18) | (1 << 21);
@@ -1144,11 +1168,7 @@ fn sync_gdt(dom: &mut Domain<'_>) {
 /// so where no non-string `out` is at rip, rip stays.
 fn step_past_out(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<(), String> {
     let mut regs = cpu.regs()?;
-    let mut at = [0u8; 4];
-    let len = pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, regs.rip, &mut at)
-        .ok()
-        .and_then(|()| out_insn_len_at(&at));
-    if let Some(len) = len {
+    if let Some(len) = out_insn_len_at(&code_bytes(dom, regs.rip)) {
         regs.rip = regs.rip.wrapping_add(len);
         cpu.set_regs(&regs);
     }
@@ -1247,10 +1267,7 @@ fn deny_in(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, Strin
     if first {
         *dom.denied_in = Some(DeniedIn { regs });
     }
-    let mut at = [0u8; 4];
-    let string = pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, regs.rip, &mut at)
-        .is_ok()
-        && in_insn_is_string(&at);
+    let string = in_insn_is_string(&code_bytes(dom, regs.rip));
     let vcpu = &*dom.vcpu;
     let platform = &dom.platform;
     if let Some((width, data)) = cpu.io_data() {
@@ -1331,31 +1348,24 @@ fn denied_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, Str
     let mut g = to_guest_regs(&regs);
     g.cs = u64::from(sregs.cs.selector);
     g.ss = u64::from(sregs.ss.selector);
-    let mut at = [0u8; 4];
-    let unfinished_rep = regs.rcx != 0
-        && pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, regs.rip, &mut at).is_ok()
-        && is_rep_outs(&at);
+    let unfinished_rep = regs.rcx != 0 && is_rep_outs(&code_bytes(dom, regs.rip));
     if !unfinished_rep {
         // Done, so rip is past it (kvm_pvm's emulator; hardware virtualization's fast
         // PIO after `step_past_out`).
-        let mut before = [0u8; 4];
-        let len = pv_engine::guest::copy_from_guest(
-            dom.vcpu,
-            &dom.platform,
-            regs.rip.wrapping_sub(4),
-            &mut before,
-        )
-        .ok()
-        .and_then(|()| io_insn_len(&before, port::HYPERCALL as u8));
-        let Some(len) = len else {
-            return Ok(Action::Fatal(diagnostic(
-                "port I/O to the hypercall doorbell from an instruction pvkvm cannot find",
-                dom,
-                Some(&g),
-                Some(cpu),
-            )));
-        };
-        g.rip = regs.rip.wrapping_sub(len);
+        let before = code_bytes(dom, regs.rip.wrapping_sub(4));
+        match io_insn_len(&before, port::HYPERCALL as u8) {
+            Some(len) => g.rip = regs.rip.wrapping_sub(len),
+            None => {
+                // The bytes changed under us (another vCPU rewrote the code): the #GP
+                // still comes, at rip, rather than the domain's end.
+                log::warn!(
+                    "vCPU {}: port I/O to the doorbell port from an instruction no longer at {:#x}; #GP at {:#x}",
+                    dom.platform.vcpu_id,
+                    regs.rip,
+                    regs.rip
+                );
+            }
+        }
     }
     // (A `rep outs` with elements left faults where it stands, rcx and rsi as the
     // elements done left them, as a fault in the middle of one does.)
@@ -2021,6 +2031,29 @@ mod tests {
         }
     }
 
+    /// A guest `out dx, al` that starts a page whose predecessor is not mapped (the
+    /// bytes before rip cannot all be read): still the #GP at the instruction, never the
+    /// domain's end for want of those bytes.
+    #[test]
+    fn a_guest_out_at_a_page_start_after_an_unmapped_page_faults_at_it() {
+        let mut w = world();
+        let page = CODE + 0x2000;
+        // Unmap the page before it (the identity map's L1 entries start at 0x4000).
+        w.mem
+            .write_obj(0u64, GuestAddress(0x4000 + ((page >> 12) - 1) * 8))
+            .unwrap();
+        w.mem.write_slice(&[0xee], GuestAddress(page)).unwrap();
+        let mut cpu = cpu_at(page + 1);
+        cpu.regs.rdx = u64::from(port::HYPERCALL);
+        match handle(&mut w, doorbell(), &mut cpu) {
+            Action::Fatal(diag) => {
+                assert!(diag.contains("vector: 13"), "{diag}");
+                assert!(diag.contains(&format!("guest rip {page:#x}")), "{diag}");
+            }
+            other => panic!("expected a crash, got {other:?}"),
+        }
+    }
+
     /// The hypercall page's stubs ring the doorbell themselves (`out` where Xen's have
     /// `syscall`): from the guest kernel that is a hypercall returning to the stub's
     /// next instruction with the flags as they were.
@@ -2042,9 +2075,8 @@ mod tests {
     }
 
     /// The same `out` from guest user mode is the guest's own port I/O, never a
-    /// hypercall (here, with no user pagetables to find the instruction in, the
-    /// domain's end; `guest_io_to_the_doorbell_port_is_a_gp_at_the_instruction` has
-    /// the #GP).
+    /// hypercall: a #GP (here, with no trap table, Xen's crash of the domain;
+    /// `guest_io_to_the_doorbell_port_is_a_gp_at_the_instruction` has the #GP).
     #[test]
     fn the_hypercall_pages_doorbell_from_user_mode_is_no_hypercall() {
         let mut w = world();
