@@ -1321,6 +1321,17 @@ fn finish_denied_in(
     let mut g = to_guest_regs(&denied.regs);
     g.cs = u64::from(sregs.cs.selector);
     g.ss = u64::from(sregs.ss.selector);
+    denied_port_gp(cpu, dom, denied.regs, g)
+}
+
+/// Xen's answer to denied port I/O: #GP(0) to the guest at `g.rip`, the vCPU resumed
+/// from `regs` with what the engine made of it.
+fn denied_port_gp(
+    cpu: &mut dyn CpuState,
+    dom: &mut Domain<'_>,
+    regs: Regs,
+    mut g: GuestRegs,
+) -> Result<Action, String> {
     let trap = Trap {
         vector: 13,
         error_code: Some(0),
@@ -1334,7 +1345,7 @@ fn finish_denied_in(
         &mut dom.platform,
         dom.stats,
     );
-    resume_at(cpu, dom, denied.regs, &g, outcome)
+    resume_at(cpu, dom, regs, &g, outcome)
 }
 
 /// The guest itself wrote to the doorbell port (the I/O bitmap cannot tell the shim's
@@ -1369,20 +1380,7 @@ fn denied_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, Str
     }
     // (A `rep outs` with elements left faults where it stands, rcx and rsi as the
     // elements done left them, as a fault in the middle of one does.)
-    let trap = Trap {
-        vector: 13,
-        error_code: Some(0),
-        cr2: 0,
-    };
-    let outcome = pv_engine::exception(
-        dom.vcpu,
-        dom.pv_domain.get(),
-        &mut g,
-        trap,
-        &mut dom.platform,
-        dom.stats,
-    );
-    resume_at(cpu, dom, regs, &g, outcome)
+    denied_port_gp(cpu, dom, regs, g)
 }
 
 fn trap_doorbell(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
