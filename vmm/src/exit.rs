@@ -530,9 +530,21 @@ pub const SOFT_TRAP_RECHECK_NS: u64 = 1_000_000;
 
 /// Whether the instruction that ends at `rip` may be a software trap KVM holds
 /// queued: `int3` (CC), `into` (CE), or `int n` (CD n).
+///
+/// With more than one vCPU the `int3` may be gone from memory by the time the kick
+/// looks: Linux's `text_poke_bp` puts an `int3` on an instruction's first byte, another
+/// CPU may execute it, and the patching CPU writes the new first byte once every CPU
+/// answered its sync IPI, which is the kick in question (seen: a Debian SMP boot's
+/// `invalid opcode` at a jump label's `0f <1f> 44 00 00`, rip one byte into the new NOP,
+/// the #BP lost). So there the byte before rip also counts when it is one such a patch
+/// leaves first (`e8` call, `e9`/`eb` jmp, `0f` and `66` NOPs, `c3` ret): a kick after
+/// ordinary code ending in one of them only waits for its second look.
 fn may_follow_soft_trap(dom: &Domain<'_>, rip: u64) -> bool {
     let Some(start) = rip.checked_sub(2) else {
         return false;
+    };
+    let patched_first_byte = |b: u8| {
+        dom.platform.peers.len() > 1 && matches!(b, 0xe8 | 0xe9 | 0xeb | 0x0f | 0x66 | 0xc3)
     };
     let mut before = [0u8; 2];
     if pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, start, &mut before).is_err() {
@@ -540,9 +552,9 @@ fn may_follow_soft_trap(dom: &Domain<'_>, rip: u64) -> bool {
         let mut last = [0u8; 1];
         return pv_engine::guest::copy_from_guest(dom.vcpu, &dom.platform, rip - 1, &mut last)
             .is_ok()
-            && matches!(last[0], 0xcc | 0xce);
+            && (matches!(last[0], 0xcc | 0xce) || patched_first_byte(last[0]));
     }
-    matches!(before[1], 0xcc | 0xce) || before[0] == 0xcd
+    matches!(before[1], 0xcc | 0xce) || before[0] == 0xcd || patched_first_byte(before[1])
 }
 
 /// The 4 code bytes at `va` as the guest sees them, each byte that cannot be read (a
@@ -1263,10 +1275,7 @@ fn guest_port_io(cpu: &mut dyn CpuState, dom: &mut Domain<'_>, port: u16, read: 
 fn deny_in(cpu: &mut dyn CpuState, dom: &mut Domain<'_>) -> Result<Action, String> {
     let regs = cpu.regs()?;
     dom.exits.last = ExitKind::PortIo;
-    let first = dom.denied_in.is_none();
-    if first {
-        *dom.denied_in = Some(DeniedIn { regs });
-    }
+    dom.denied_in.get_or_insert(DeniedIn { regs });
     let string = in_insn_is_string(&code_bytes(dom, regs.rip));
     let vcpu = &*dom.vcpu;
     let platform = &dom.platform;
@@ -2424,6 +2433,29 @@ mod tests {
             assert_eq!(cpu.regs.rip, CODE + 0x200, "{insn:02x?}: delivered");
             assert_eq!(w.stats.upcalls, 1);
             assert_eq!(w.soft_trap, SoftTrapCheck::default());
+        }
+        // With more than one vCPU, a byte a `text_poke_bp` leaves where its `int3` was
+        // (here the first byte of a NOP5) counts too; with one, it does not.
+        for (vcpus, deferred) in [(2, true), (1, false)] {
+            let mut w = world();
+            w.vcpu.event_callback.address = CODE + 0x200;
+            w.mem
+                .write_obj(1u8, GuestAddress(w.vcpu.vcpu_info_gpa))
+                .unwrap();
+            w.mem
+                .write_slice(&[0x90, 0x0f, 0x1f, 0x44], GuestAddress(CODE + 5))
+                .unwrap();
+            let peers: Vec<crate::smp::VcpuHandle> = (0..vcpus)
+                .map(|_| crate::smp::VcpuHandle::default())
+                .collect();
+            let mut cpu = cpu_at(CODE + 7);
+            {
+                let mut d = domain(&mut w);
+                d.platform.peers = &peers;
+                interrupted(&mut cpu, &mut d).unwrap();
+            }
+            assert_eq!(cpu.regs.rip == CODE + 7, deferred, "{vcpus} vCPUs");
+            assert_eq!(w.exits.kicks_after_soft_trap, u64::from(deferred));
         }
         // Other bytes before rip: delivered at the first kick.
         let mut w = world();
